@@ -1,0 +1,1 @@
+//! OrderPipeline API types and the operator-to-worker contract.

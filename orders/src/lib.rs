@@ -1,0 +1,1 @@
+//! Pure order domain: records, validation, status state machine, notification rules.
