@@ -8,6 +8,7 @@ CARGO ?= cargo
 # pinned versions, so only a fresh machine pays for the build.
 export ORDERPIPE_CACHE ?= $(HOME)/.cache/orderpipe
 E2E_DIR := target/e2e
+CARGO_DENY_VERSION := 0.20.2
 
 .PHONY: help
 help: ## List the targets
@@ -22,10 +23,32 @@ fmt: ## Format the code
 	$(CARGO) fmt --all
 
 .PHONY: lint
-lint: ## rustfmt check, clippy -D warnings, cargo-deny
+lint: cargo-tools ## rustfmt check, clippy -D warnings, cargo-deny (licenses, bans, sources)
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) deny --offline check licenses bans sources
+
+.PHONY: audit
+audit: cargo-tools ## cargo-deny advisories (needs the RustSec database from the network)
+	$(CARGO) deny check advisories
+
+.PHONY: cargo-tools
+cargo-tools: ## Install the pinned cargo tools (cargo-deny) if missing
+	@$(CARGO) deny --version 2>/dev/null | grep -qF "$(CARGO_DENY_VERSION)" || \
+		$(CARGO) install cargo-deny --locked --version $(CARGO_DENY_VERSION)
+
+.PHONY: manifests
+manifests: ## Regenerate crds/ from the Rust API types
+	$(CARGO) run -q -p orderpipe-api --bin crdgen > crds/orderpipe.dev_orderpipelines.yaml
 
 .PHONY: test
 test: ## Unit tests, then the end-to-end tests on the local real stack
 	$(CARGO) test --workspace
+
+.PHONY: e2e-setup
+e2e-setup: ## Install the Debian packages the e2e tests need (kcat, prometheus, openssl...), if missing
+	@e2e/tools/setup-debian.sh
+
+.PHONY: e2e-tools
+e2e-tools: e2e-setup ## Build the real infrastructure (apiserver, etcd, kwok, Kafka...) into the versioned cache
+	@e2e/tools/build.sh

@@ -1,0 +1,234 @@
+//! The CRD's CEL rules, evaluated client-side with kube's CEL validator: each rule rejects the object
+//! it is written for, with a message naming the offending field, and accepts the valid neighbour.
+//! The same objects are sent to a real kube-apiserver by the e2e admission tests.
+
+use orderpipe_api::OrderPipeline;
+use serde_json::{Value, json};
+
+/// A valid pipeline with one validate stage, as JSON so tests can break it in any way.
+fn minimal() -> Value {
+    json!({
+        "apiVersion": "orderpipe.dev/v1alpha1",
+        "kind": "OrderPipeline",
+        "metadata": { "name": "shop", "namespace": "default" },
+        "spec": {
+            "kafka": { "bootstrapServers": ["127.0.0.1:9092"] },
+            "topics": [
+                { "name": "orders", "partitions": 3 },
+                { "name": "orders.validated", "partitions": 3 },
+                { "name": "orders.rejected", "partitions": 1 },
+                { "name": "orders.dlq", "partitions": 1 }
+            ],
+            "stages": [{
+                "name": "validate",
+                "processor": "validate",
+                "input": "orders",
+                "outputs": { "validated": "orders.validated", "rejected": "orders.rejected" },
+                "deadLetter": "orders.dlq"
+            }]
+        }
+    })
+}
+
+fn parse(value: Value) -> OrderPipeline {
+    serde_json::from_value(value).expect("fixture matches the Rust types")
+}
+
+/// The messages of all failed rules, or an empty list when the object is valid.
+fn violations(value: Value) -> Vec<String> {
+    match kube::core::cel::validate_cel(&parse(value)) {
+        Ok(()) => vec![],
+        Err(errors) => errors
+            .iter()
+            .map(|e| format!("{}: {}", e.field_path, e.message))
+            .collect(),
+    }
+}
+
+fn update_violations(old: Value, new: Value) -> Vec<String> {
+    match kube::core::cel::validate_cel_update(&parse(new), &parse(old)) {
+        Ok(()) => vec![],
+        Err(errors) => errors
+            .iter()
+            .map(|e| format!("{}: {}", e.field_path, e.message))
+            .collect(),
+    }
+}
+
+#[track_caller]
+fn assert_rejected_naming(violations: &[String], needle: &str) {
+    assert!(
+        violations.iter().any(|v| v.contains(needle)),
+        "expected a violation naming {needle:?}, got {violations:?}"
+    );
+}
+
+#[test]
+fn minimal_fixture_is_valid() {
+    assert_eq!(violations(minimal()), Vec::<String>::new());
+}
+
+#[test]
+fn stage_input_must_name_a_declared_topic() {
+    let mut p = minimal();
+    p["spec"]["stages"][0]["input"] = json!("orders.typo");
+    let v = violations(p);
+    assert_rejected_naming(&v, "spec.stages[].input");
+    assert_rejected_naming(&v, "validate -> orders.typo");
+}
+
+#[test]
+fn dead_letter_must_name_a_declared_topic() {
+    let mut p = minimal();
+    p["spec"]["stages"][0]["deadLetter"] = json!("nowhere");
+    assert_rejected_naming(&violations(p), "spec.stages[].deadLetter");
+}
+
+#[test]
+fn outputs_must_name_declared_topics() {
+    let mut p = minimal();
+    p["spec"]["stages"][0]["outputs"]["validated"] = json!("orders.valid");
+    assert_rejected_naming(&violations(p), "spec.stages[].outputs");
+}
+
+#[test]
+fn topic_named_dot_or_dot_dot_is_rejected() {
+    for name in [".", ".."] {
+        let mut p = minimal();
+        p["spec"]["topics"][3]["name"] = json!(name);
+        p["spec"]["stages"][0]["deadLetter"] = json!(name);
+        assert_rejected_naming(&violations(p), "spec.topics[].name");
+    }
+}
+
+#[test]
+fn partitions_may_grow_but_never_shrink() {
+    let old = minimal();
+    let mut grown = minimal();
+    grown["spec"]["topics"][0]["partitions"] = json!(6);
+    assert_eq!(update_violations(old.clone(), grown), Vec::<String>::new());
+
+    let mut shrunk = minimal();
+    shrunk["spec"]["topics"][0]["partitions"] = json!(2);
+    let v = update_violations(old, shrunk);
+    assert_rejected_naming(&v, "spec.topics[orders].partitions may only grow: 3 -> 2");
+}
+
+#[test]
+fn replication_factor_is_immutable() {
+    let mut old = minimal();
+    old["spec"]["topics"][0]["replicationFactor"] = json!(1);
+    let mut new = old.clone();
+    new["spec"]["topics"][0]["replicationFactor"] = json!(3);
+    assert_rejected_naming(
+        &update_violations(old.clone(), new),
+        "replicationFactor cannot be changed",
+    );
+
+    let mut unset = old.clone();
+    unset["spec"]["topics"][0]
+        .as_object_mut()
+        .map(|t| t.remove("replicationFactor"));
+    assert_rejected_naming(
+        &update_violations(old, unset),
+        "replicationFactor cannot be changed",
+    );
+}
+
+#[test]
+fn custom_processor_requires_an_image() {
+    let mut p = minimal();
+    p["spec"]["stages"][0]["processor"] = json!("custom");
+    assert_rejected_naming(&violations(p.clone()), "spec.stages[].image is required");
+    p["spec"]["stages"][0]["image"] = json!("registry.example/fraud-check:1.2");
+    assert_eq!(violations(p), Vec::<String>::new());
+}
+
+#[test]
+fn replicas_and_autoscaling_are_exclusive() {
+    let mut p = minimal();
+    p["spec"]["stages"][0]["replicas"] = json!(2);
+    p["spec"]["stages"][0]["autoscaling"] = json!({ "maxReplicas": 3 });
+    assert_rejected_naming(&violations(p), "either replicas or autoscaling");
+}
+
+#[test]
+fn min_replicas_must_not_exceed_max_replicas() {
+    let mut p = minimal();
+    p["spec"]["stages"][0]["autoscaling"] = json!({ "minReplicas": 4, "maxReplicas": 2 });
+    assert_rejected_naming(
+        &violations(p),
+        "autoscaling.minReplicas (4) must not exceed maxReplicas (2)",
+    );
+}
+
+#[test]
+fn max_replicas_above_partitions_is_accepted_and_capped_later() {
+    // Documented choice: the operator caps maxReplicas at the input partitions and says so in status,
+    // because partitions may grow later and the user's intent stays meaningful.
+    let mut p = minimal();
+    p["spec"]["stages"][0]["autoscaling"] = json!({ "minReplicas": 1, "maxReplicas": 50 });
+    assert_eq!(violations(p), Vec::<String>::new());
+}
+
+#[test]
+fn notify_processor_requires_webhook_settings_and_only_it_may_have_them() {
+    let mut p = minimal();
+    p["spec"]["stages"][0]["processor"] = json!("notify");
+    p["spec"]["stages"][0]["outputs"] = json!({ "audit": "orders.validated" });
+    assert_rejected_naming(
+        &violations(p.clone()),
+        "spec.stages[].notify (webhook settings) is required",
+    );
+
+    let mut q = minimal();
+    q["spec"]["stages"][0]["notify"] = json!({ "webhook": { "url": "http://127.0.0.1:1/hook" } });
+    assert_rejected_naming(
+        &violations(q),
+        "notify is only allowed when processor is notify",
+    );
+}
+
+#[test]
+fn built_in_processors_require_their_named_outputs() {
+    let mut p = minimal();
+    p["spec"]["stages"][0]["outputs"] = json!({ "validated": "orders.validated" });
+    assert_rejected_naming(&violations(p), "'validated' and 'rejected'");
+
+    let mut s = minimal();
+    s["spec"]["stages"][0]["processor"] = json!("status");
+    assert_rejected_naming(&violations(s), "'changes' topic for processor status");
+}
+
+#[test]
+fn canary_step_sets_exactly_one_action() {
+    let mut p = minimal();
+    p["spec"]["stages"][0]["rollout"] = json!({
+        "strategy": "Canary",
+        "canary": { "steps": [{ "setWeight": 20, "pause": { "duration": "1m" } }] }
+    });
+    assert_rejected_naming(&violations(p), "exactly one of setWeight or pause");
+}
+
+#[test]
+fn canary_settings_need_the_canary_strategy() {
+    let mut p = minimal();
+    p["spec"]["stages"][0]["rollout"] =
+        json!({ "strategy": "RollingUpdate", "canary": { "steps": [{ "setWeight": 20 }] } });
+    assert_rejected_naming(
+        &violations(p),
+        "rollout.canary is only allowed when strategy is Canary",
+    );
+}
+
+#[test]
+fn pipeline_name_must_be_a_dns_label_that_leaves_room_for_stage_names() {
+    let mut p = minimal();
+    p["metadata"]["name"] = json!("shop.eu");
+    assert_rejected_naming(&violations(p), "metadata.name must be a DNS-1035 label");
+
+    let mut long = minimal();
+    long["metadata"]["name"] = json!("a".repeat(50));
+    long["spec"]["stages"][0]["name"] = json!("validate-orders-for-the-european-shop");
+    assert_rejected_naming(&violations(long), "must fit in 63 characters");
+}

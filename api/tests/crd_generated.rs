@@ -1,0 +1,40 @@
+//! `crds/` holds the CRD generated from the Rust types; this fails when someone changes the types and
+//! forgets `make manifests`, or edits the generated YAML by hand.
+
+use std::path::Path;
+
+#[test]
+fn checked_in_crd_matches_the_rust_types() {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds/orderpipe.dev_orderpipelines.yaml");
+    let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
+    let generated = orderpipe_api::crd_yaml().expect("CRD serializes");
+    assert!(
+        checked_in == generated,
+        "{} is stale: run `make manifests` and commit the result",
+        path.display()
+    );
+}
+
+#[test]
+fn crd_declares_unique_names_as_list_map_keys() {
+    let crd: serde_json::Value =
+        serde_yaml::from_str(&orderpipe_api::crd_yaml().expect("CRD serializes")).expect("YAML");
+    let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+    for list in ["topics", "stages"] {
+        let schema = &spec["properties"][list];
+        assert_eq!(schema["x-kubernetes-list-type"], "map", "{list}");
+        assert_eq!(
+            schema["x-kubernetes-list-map-keys"],
+            serde_json::json!(["name"]),
+            "{list}"
+        );
+        assert!(
+            schema["maxItems"].is_u64(),
+            "{list} must be bounded for the CEL cost budget"
+        );
+    }
+    let topic_name = &spec["properties"]["topics"]["items"]["properties"]["name"];
+    assert_eq!(topic_name["pattern"], "^[a-zA-Z0-9._-]+$");
+    assert_eq!(topic_name["maxLength"], 249);
+}
