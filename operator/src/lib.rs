@@ -1,1 +1,10 @@
-//! placeholder
+//! orderpipe-operator: reconciles OrderPipelines into Kafka topics, stage workloads, autoscalers,
+//! services, monitors and a truthful status.
+//!
+//! The reconcile is a straight script: observe -> validate -> desired -> apply -> status. Only the
+//! modules that say so in their header do I/O (`controller`, `apply`, `topics::admin`); `model`,
+//! `desired`, `children`, `topics::plan` and `status` are pure and tested without a cluster.
+
+pub mod children;
+pub mod desired;
+pub mod model;

@@ -1,0 +1,196 @@
+//! The desired state: every child object a pipeline should have, built from the validated model.
+//!
+//! Pure: no client, no async, no clock. Given the same pipeline, model, capabilities and settings,
+//! [`desired_children`] returns the same objects byte for byte, so a no-op reconcile applies nothing
+//! new. Each kind has one builder in a submodule; this module walks the stages, decides which kinds a
+//! stage gets, and stamps the metadata every child shares (name, namespace, labels, owner).
+//!
+//! Per stage, all children share the name `<pipeline>-<stage>`:
+//! - a Deployment, or an Argo Rollout plus its AnalysisTemplate (`workload`, `analysis`);
+//! - a HorizontalPodAutoscaler when the stage autoscales (`hpa`);
+//! - a Service for the metrics port and, when served, a ServiceMonitor (`service`);
+//! - a PodDisruptionBudget (`pdb`).
+
+mod analysis;
+mod hpa;
+mod pdb;
+mod pod;
+mod service;
+mod workload;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use kube::Resource;
+use orderpipe_api::OrderPipeline;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::children::{self, Child, ChildKind};
+use crate::model::{
+    Capabilities, OperatorSettings, ValidatedPipeline, ValidatedStage, WorkloadKind,
+};
+
+/// Why the desired children cannot be built. Each is permanent until the pipeline (or the
+/// operator's view of the cluster) changes.
+#[derive(Debug, thiserror::Error)]
+pub enum DesiredError {
+    /// Children need the pipeline's uid for their owner reference; a pipeline read from the
+    /// apiserver always has one.
+    #[error("pipeline {name} has no metadata.uid; cannot set owner references")]
+    MissingUid { name: String },
+    /// The worker environment could not be rendered (e.g. an unparsable duration).
+    #[error("stage {stage}: cannot render the worker environment: {reason}")]
+    WorkerEnv { stage: String, reason: String },
+    /// A duration in the stage's spec could not be parsed.
+    #[error("stage {stage}: {field} is invalid: {reason}")]
+    InvalidDuration {
+        stage: String,
+        field: String,
+        reason: String,
+    },
+    /// The model asks for a kind the cluster does not serve (validation ran with other capabilities).
+    #[error("stage {stage}: {kind:?} is not served by the cluster")]
+    KindNotServed { stage: String, kind: ChildKind },
+    #[error("{kind:?} {name}: cannot serialize: {source}")]
+    Serialize {
+        kind: ChildKind,
+        name: String,
+        source: serde_json::Error,
+    },
+}
+
+/// Every child object the pipeline should have, given what the cluster serves.
+pub fn desired_children(
+    pipeline: &OrderPipeline,
+    validated: &ValidatedPipeline,
+    capabilities: Capabilities,
+    settings: &OperatorSettings,
+) -> Result<Vec<Child>, DesiredError> {
+    let owner = owner_reference(pipeline, validated)?;
+    let mut children = Vec::new();
+    for stage in &validated.stages {
+        let ctx = StageContext {
+            pipeline: validated,
+            stage,
+            owner: &owner,
+        };
+        let template = pod::pod_template(pipeline, &ctx)?;
+        match stage.workload {
+            WorkloadKind::Deployment => {
+                children.push(ctx.child(
+                    ChildKind::Deployment,
+                    workload::desired_deployment(&ctx, template),
+                )?);
+            }
+            WorkloadKind::Rollout => {
+                if !ChildKind::Rollout.is_served(capabilities) {
+                    return Err(DesiredError::KindNotServed {
+                        stage: stage.spec.name.clone(),
+                        kind: ChildKind::Rollout,
+                    });
+                }
+                children.push(ctx.child(
+                    ChildKind::Rollout,
+                    workload::desired_rollout(&ctx, template)?,
+                )?);
+                children.push(ctx.child(
+                    ChildKind::AnalysisTemplate,
+                    analysis::desired_analysis_template(&ctx, settings)?,
+                )?);
+            }
+        }
+        // None for a fixed count; a paused stage is Fixed(0), which an HPA would undo.
+        if let Some(hpa) = hpa::desired_hpa(&ctx) {
+            children.push(ctx.child(ChildKind::HorizontalPodAutoscaler, hpa)?);
+        }
+        children.push(ctx.child(ChildKind::Service, service::desired_service(&ctx))?);
+        if ChildKind::ServiceMonitor.is_served(capabilities) {
+            children.push(ctx.child(
+                ChildKind::ServiceMonitor,
+                service::desired_service_monitor(&ctx),
+            )?);
+        }
+        children.push(ctx.child(ChildKind::PodDisruptionBudget, pdb::desired_pdb(&ctx))?);
+    }
+    Ok(children)
+}
+
+/// The pipeline as controlling owner: garbage collection removes the children with it, and
+/// `blockOwnerDeletion` keeps a foreground deletion of the pipeline waiting until they are gone.
+fn owner_reference(
+    pipeline: &OrderPipeline,
+    validated: &ValidatedPipeline,
+) -> Result<OwnerReference, DesiredError> {
+    let owner = pipeline
+        .controller_owner_ref(&())
+        .ok_or_else(|| DesiredError::MissingUid {
+            name: validated.name.clone(),
+        })?;
+    Ok(OwnerReference {
+        block_owner_deletion: Some(true),
+        ..owner
+    })
+}
+
+/// What every builder of one stage needs.
+struct StageContext<'a> {
+    pipeline: &'a ValidatedPipeline,
+    stage: &'a ValidatedStage,
+    owner: &'a OwnerReference,
+}
+
+impl StageContext<'_> {
+    fn name(&self) -> &str {
+        &self.stage.workload_name
+    }
+
+    fn labels(&self) -> BTreeMap<String, String> {
+        children::stage_labels(
+            &self.pipeline.name,
+            &self.stage.spec.name,
+            self.stage.spec.processor.as_str(),
+        )
+    }
+
+    fn selector_labels(&self) -> BTreeMap<String, String> {
+        children::selector_labels(&self.pipeline.name, &self.stage.spec.name)
+    }
+
+    fn selector(&self) -> LabelSelector {
+        LabelSelector {
+            match_labels: Some(self.selector_labels()),
+            match_expressions: None,
+        }
+    }
+
+    /// The metadata every child of the stage carries.
+    fn metadata(&self) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(self.name().to_owned()),
+            namespace: Some(self.pipeline.namespace.clone()),
+            labels: Some(self.labels()),
+            owner_references: Some(vec![self.owner.clone()]),
+            ..ObjectMeta::default()
+        }
+    }
+
+    fn to_json(&self, kind: ChildKind, object: impl Serialize) -> Result<Value, DesiredError> {
+        serde_json::to_value(object).map_err(|source| DesiredError::Serialize {
+            kind,
+            name: self.name().to_owned(),
+            source,
+        })
+    }
+
+    fn child(&self, kind: ChildKind, object: impl Serialize) -> Result<Child, DesiredError> {
+        Ok(Child {
+            kind,
+            name: self.name().to_owned(),
+            object: self.to_json(kind, object)?,
+        })
+    }
+}

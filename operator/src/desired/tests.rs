@@ -1,0 +1,657 @@
+//! Tests of the desired children: snapshots of the samples, and one test per invariant.
+//!
+//! Snapshots live in `snapshots/` as the multi-document YAML the operator would apply. After an
+//! intended change, regenerate them with `UPDATE_SNAPSHOTS=1 cargo test -p orderpipe-operator
+//! desired` and review the diff like code.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use orderpipe_api::OrderPipeline;
+use orderpipe_api::contract::{self, metrics};
+use orderpipe_api::v1alpha1::{CanaryAnalysis, KafkaTls, SecretName};
+use serde_json::{Value, json};
+
+use super::*;
+use crate::children::{selector_labels, stage_labels};
+use crate::model::validate;
+
+const UID: &str = "0b7e3c1a-5d2f-4c8e-9a61-3f0d2c4b5e6f";
+const CHECKOUT: &str = include_str!("../../../config/samples/orderpipe_v1alpha1_checkout.yaml");
+const CANARY: &str = include_str!("../../../config/samples/orderpipe_v1alpha1_canary.yaml");
+
+const ALL_CRDS: Capabilities = Capabilities {
+    rollouts: true,
+    service_monitors: true,
+};
+const NO_CRDS: Capabilities = Capabilities {
+    rollouts: false,
+    service_monitors: false,
+};
+
+fn sample(yaml: &str) -> OrderPipeline {
+    let mut pipeline: OrderPipeline = serde_yaml::from_str(yaml).expect("sample parses");
+    pipeline.metadata.namespace = Some("shop".into());
+    pipeline.metadata.uid = Some(UID.into());
+    pipeline
+}
+
+fn settings() -> OperatorSettings {
+    OperatorSettings {
+        worker_image: "docker.io/orderpipe/orderpipe-worker:0.1.0".into(),
+        prometheus_url: "http://prometheus-operated.monitoring.svc:9090".into(),
+    }
+}
+
+/// Kafka has every topic with the declared partitions.
+fn declared_partitions(pipeline: &OrderPipeline) -> BTreeMap<String, i32> {
+    pipeline
+        .spec
+        .topics
+        .iter()
+        .map(|t| (t.name.clone(), t.partitions))
+        .collect()
+}
+
+fn render_with(
+    pipeline: &OrderPipeline,
+    partitions: &BTreeMap<String, i32>,
+    capabilities: Capabilities,
+) -> Vec<Child> {
+    let (validated, _) = validate(pipeline, partitions, capabilities, &settings());
+    desired_children(pipeline, &validated, capabilities, &settings()).expect("children build")
+}
+
+fn render(pipeline: &OrderPipeline, capabilities: Capabilities) -> Vec<Child> {
+    render_with(pipeline, &declared_partitions(pipeline), capabilities)
+}
+
+fn object<'a>(children: &'a [Child], kind: ChildKind, name: &str) -> &'a Value {
+    &children
+        .iter()
+        .find(|c| c.kind == kind && c.name == name)
+        .unwrap_or_else(|| panic!("no {kind:?} {name} in {children:#?}"))
+        .object
+}
+
+fn workloads(children: &[Child]) -> impl Iterator<Item = &Child> {
+    children
+        .iter()
+        .filter(|c| matches!(c.kind, ChildKind::Deployment | ChildKind::Rollout))
+}
+
+fn env_var<'a>(workload: &'a Value, name: &str) -> &'a Value {
+    workload["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .expect("env list")
+        .iter()
+        .find(|v| v["name"] == name)
+        .unwrap_or_else(|| panic!("no env var {name}"))
+}
+
+/// Compares the children with `snapshots/<name>.yaml`, or rewrites it when UPDATE_SNAPSHOTS is set.
+fn assert_snapshot(name: &str, children: &[Child]) {
+    let rendered: String = children
+        .iter()
+        .map(|c| format!("---\n{}", serde_yaml::to_string(&c.object).expect("yaml")))
+        .collect();
+    let path: PathBuf = [env!("CARGO_MANIFEST_DIR"), "src/desired/snapshots", name]
+        .iter()
+        .collect::<PathBuf>()
+        .with_extension("yaml");
+    if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
+        std::fs::write(&path, &rendered).expect("write snapshot");
+        return;
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_default();
+    if let Some((line, (want, got))) = expected
+        .lines()
+        .chain(std::iter::repeat(""))
+        .zip(rendered.lines().chain(std::iter::repeat("")))
+        .take(expected.lines().count().max(rendered.lines().count()))
+        .enumerate()
+        .find(|(_, (want, got))| want != got)
+    {
+        panic!(
+            "{} differs at line {}:\n  expected: {want}\n  rendered: {got}\n\
+             rerun with UPDATE_SNAPSHOTS=1 and review the diff if the change is intended",
+            path.display(),
+            line + 1,
+        );
+    }
+}
+
+#[test]
+fn checkout_children_match_the_snapshot() {
+    assert_snapshot("checkout", &render(&sample(CHECKOUT), ALL_CRDS));
+}
+
+#[test]
+fn canary_children_match_the_snapshot() {
+    assert_snapshot("canary", &render(&sample(CANARY), ALL_CRDS));
+}
+
+#[test]
+fn autoscaled_workload_never_carries_replicas() {
+    let checkout = render(&sample(CHECKOUT), ALL_CRDS);
+    let canary = render(&sample(CANARY), ALL_CRDS);
+    let autoscaled = [
+        object(&checkout, ChildKind::Deployment, "checkout-validate"),
+        object(&canary, ChildKind::Rollout, "canary-validate"),
+    ];
+    for workload in autoscaled {
+        let spec = workload["spec"].as_object().expect("spec");
+        assert!(
+            !spec.contains_key("replicas"),
+            "spec.replicas must be absent (not null) so the HPA owns it: {spec:?}"
+        );
+    }
+    // The fixed stages keep their declared counts.
+    let status = object(&checkout, ChildKind::Deployment, "checkout-status");
+    assert_eq!(status["spec"]["replicas"], 2);
+    let notify = object(&checkout, ChildKind::Deployment, "checkout-notify");
+    assert_eq!(notify["spec"]["replicas"], 1);
+}
+
+#[test]
+fn hpa_max_never_exceeds_input_partitions() {
+    let pipeline = sample(CHECKOUT);
+    // The validate stage declares maxReplicas 6 on input `orders`.
+    for partitions in 1..=8 {
+        let mut observed = declared_partitions(&pipeline);
+        observed.insert("orders".into(), partitions);
+        let children = render_with(&pipeline, &observed, NO_CRDS);
+        let hpa = object(
+            &children,
+            ChildKind::HorizontalPodAutoscaler,
+            "checkout-validate",
+        );
+        assert_eq!(hpa["spec"]["maxReplicas"], partitions.min(6), "{hpa}");
+        assert!(hpa["spec"]["minReplicas"].as_i64() <= hpa["spec"]["maxReplicas"].as_i64());
+    }
+}
+
+#[test]
+fn hpa_scales_on_cpu_and_lag_of_its_own_stage() {
+    let children = render(&sample(CHECKOUT), NO_CRDS);
+    let spec = &object(
+        &children,
+        ChildKind::HorizontalPodAutoscaler,
+        "checkout-validate",
+    )["spec"];
+    assert_eq!(
+        spec["scaleTargetRef"],
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "name": "checkout-validate"})
+    );
+    assert_eq!(
+        spec["metrics"],
+        json!([
+            {"type": "Resource", "resource": {"name": "cpu",
+                "target": {"type": "Utilization", "averageUtilization": 70}}},
+            {"type": "External", "external": {
+                "metric": {"name": metrics::CONSUMER_LAG,
+                    "selector": {"matchLabels": {"pipeline": "checkout", "stage": "validate"}}},
+                "target": {"type": "AverageValue", "averageValue": "1000"}}},
+        ])
+    );
+    assert_eq!(
+        spec["behavior"]["scaleDown"]["stabilizationWindowSeconds"],
+        300
+    );
+    // Only the autoscaled stage has an HPA.
+    let hpas = children
+        .iter()
+        .filter(|c| c.kind == ChildKind::HorizontalPodAutoscaler)
+        .count();
+    assert_eq!(hpas, 1);
+}
+
+#[test]
+fn hpa_of_a_canary_stage_scales_the_rollout() {
+    let children = render(&sample(CANARY), ALL_CRDS);
+    let hpa = object(
+        &children,
+        ChildKind::HorizontalPodAutoscaler,
+        "canary-validate",
+    );
+    assert_eq!(
+        hpa["spec"]["scaleTargetRef"],
+        json!({"apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout", "name": "canary-validate"})
+    );
+}
+
+#[test]
+fn pod_security_is_restricted() {
+    let mut children = render(&sample(CHECKOUT), ALL_CRDS);
+    children.extend(render(&sample(CANARY), ALL_CRDS));
+    for workload in workloads(&children) {
+        let pod = &workload.object["spec"]["template"]["spec"];
+        assert_eq!(
+            pod["securityContext"],
+            json!({
+                "runAsNonRoot": true,
+                "runAsUser": 65532,
+                "runAsGroup": 65532,
+                "fsGroup": 65532,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            }),
+            "{}",
+            workload.name
+        );
+        assert_eq!(pod["automountServiceAccountToken"], false);
+        let containers = pod["containers"].as_array().expect("containers");
+        assert_eq!(containers.len(), 1);
+        assert_eq!(
+            containers[0]["securityContext"],
+            json!({
+                "allowPrivilegeEscalation": false,
+                "readOnlyRootFilesystem": true,
+                "capabilities": {"drop": ["ALL"]},
+            }),
+            "{}",
+            workload.name
+        );
+        // The read-only root needs a writable /tmp.
+        assert!(
+            containers[0]["volumeMounts"]
+                .as_array()
+                .expect("mounts")
+                .iter()
+                .any(|m| m["mountPath"] == "/tmp")
+        );
+    }
+}
+
+#[test]
+fn secrets_are_referenced_never_inlined() {
+    let mut pipeline = sample(CANARY);
+    // Exercise every Secret reference the spec has: CA, client certificate, SASL credentials.
+    pipeline.spec.kafka.tls = Some(KafkaTls {
+        client_cert_secret_name: Some(SecretName("orderpipe-client-tls".into())),
+        ..pipeline.spec.kafka.tls.clone().expect("sample uses TLS")
+    });
+    let children = render(&pipeline, ALL_CRDS);
+    let text = serde_json::to_string(&children.iter().map(|c| &c.object).collect::<Vec<_>>())
+        .expect("json");
+    assert!(!text.contains("\"kind\":\"Secret\""), "no Secret objects");
+    assert!(!text.contains("\"stringData\""), "no Secret data");
+
+    let rollout = object(&children, ChildKind::Rollout, "canary-validate");
+    for (var, key) in [
+        (contract::env::SASL_USERNAME, "username"),
+        (contract::env::SASL_PASSWORD, "password"),
+    ] {
+        let var = env_var(rollout, var);
+        assert_eq!(var.get("value"), None, "{var}");
+        assert_eq!(
+            var["valueFrom"]["secretKeyRef"],
+            json!({"name": "orderpipe-kafka-user", "key": key, "optional": false})
+        );
+    }
+
+    let pod = &rollout["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["volumes"],
+        json!([
+            {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
+            {"name": "kafka-ca", "secret": {"secretName": "kafka-ca", "defaultMode": 0o440,
+                "optional": false, "items": [{"key": "ca.crt", "path": contract::TLS_CA_FILE}]}},
+            {"name": "kafka-client-tls", "secret": {"secretName": "orderpipe-client-tls",
+                "defaultMode": 0o440, "optional": false,
+                "items": [{"key": "tls.crt", "path": "tls.crt"}, {"key": "tls.key", "path": "tls.key"}]}},
+        ])
+    );
+    assert_eq!(
+        pod["containers"][0]["volumeMounts"],
+        json!([
+            {"name": "tmp", "mountPath": "/tmp"},
+            {"name": "kafka-ca", "mountPath": contract::TLS_MOUNT_DIR, "readOnly": true},
+            {"name": "kafka-client-tls", "mountPath": contract::TLS_CLIENT_MOUNT_DIR, "readOnly": true},
+        ])
+    );
+    // The env points the worker at exactly those mounts.
+    assert_eq!(
+        env_var(rollout, contract::env::TLS_CA_FILE)["value"],
+        format!("{}/{}", contract::TLS_MOUNT_DIR, contract::TLS_CA_FILE)
+    );
+}
+
+#[test]
+fn rollout_and_deployment_share_the_pod_template() {
+    let pipeline = sample(CANARY);
+    let as_rollout = render(&pipeline, ALL_CRDS);
+    let as_deployment = render(&pipeline, NO_CRDS);
+    let rollout = object(&as_rollout, ChildKind::Rollout, "canary-validate");
+    let deployment = object(&as_deployment, ChildKind::Deployment, "canary-validate");
+    for field in [
+        "template",
+        "selector",
+        "revisionHistoryLimit",
+        "progressDeadlineSeconds",
+        "minReadySeconds",
+    ] {
+        assert_eq!(rollout["spec"][field], deployment["spec"][field], "{field}");
+    }
+    assert!(!rollout["spec"]["template"]["spec"].is_null());
+    // Both replace one pod at a time and never run a consumer beyond the count.
+    let canary = &rollout["spec"]["strategy"]["canary"];
+    let rolling = &deployment["spec"]["strategy"]["rollingUpdate"];
+    assert_eq!((&canary["maxSurge"], &canary["maxUnavailable"]), (&json!(0), &json!(1)));
+    assert_eq!((&rolling["maxSurge"], &rolling["maxUnavailable"]), (&json!(0), &json!(1)));
+}
+
+#[test]
+fn pod_template_speaks_the_worker_contract() {
+    let children = render(&sample(CHECKOUT), NO_CRDS);
+    let deployment = object(&children, ChildKind::Deployment, "checkout-notify");
+    let template = &deployment["spec"]["template"];
+    let container = &template["spec"]["containers"][0];
+    assert_eq!(container["name"], "worker");
+    assert_eq!(container["image"], settings().worker_image);
+    assert_eq!(container["args"], json!(contract::WORKER_ARGS));
+    assert_eq!(
+        container["ports"],
+        json!([{"name": "metrics", "containerPort": contract::METRICS_PORT, "protocol": "TCP"}])
+    );
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(env_var(deployment, contract::env::STAGE)["value"], "notify");
+    assert_eq!(
+        template["spec"]["terminationGracePeriodSeconds"],
+        contract::defaults::SHUTDOWN_GRACE.as_secs() + 5
+    );
+    assert_eq!(
+        template["metadata"]["labels"],
+        json!(stage_labels("checkout", "notify", "notify"))
+    );
+    assert_eq!(
+        template["metadata"]["annotations"]["prometheus.io/port"],
+        contract::METRICS_PORT.to_string()
+    );
+    assert_eq!(
+        deployment["spec"]["selector"]["matchLabels"],
+        json!(selector_labels("checkout", "notify"))
+    );
+    // No declared resources: the modest default.
+    assert_eq!(
+        container["resources"],
+        json!({"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}})
+    );
+}
+
+#[test]
+fn no_rollout_or_servicemonitor_without_their_crds() {
+    for pipeline in [sample(CHECKOUT), sample(CANARY)] {
+        let children = render(&pipeline, NO_CRDS);
+        assert!(
+            children.iter().all(|c| c.kind.is_served(NO_CRDS)),
+            "{:?}",
+            children.iter().map(|c| c.kind).collect::<Vec<_>>()
+        );
+    }
+    let with_crds = render(&sample(CANARY), ALL_CRDS);
+    for kind in [
+        ChildKind::Rollout,
+        ChildKind::AnalysisTemplate,
+        ChildKind::ServiceMonitor,
+    ] {
+        assert!(with_crds.iter().any(|c| c.kind == kind), "{kind:?}");
+    }
+}
+
+#[test]
+fn a_rollout_the_cluster_does_not_serve_is_an_error_not_a_missing_workload() {
+    let pipeline = sample(CANARY);
+    let (validated, _) = validate(
+        &pipeline,
+        &declared_partitions(&pipeline),
+        ALL_CRDS,
+        &settings(),
+    );
+    let err = desired_children(&pipeline, &validated, NO_CRDS, &settings())
+        .expect_err("stale capabilities");
+    assert_eq!(
+        err.to_string(),
+        "stage validate: Rollout is not served by the cluster"
+    );
+}
+
+#[test]
+fn every_child_has_owner_reference_and_labels() {
+    let mut children = render(&sample(CHECKOUT), ALL_CRDS);
+    children.extend(render(&sample(CANARY), ALL_CRDS));
+    for child in &children {
+        let object = &child.object;
+        let (pipeline, stage) = child.name.split_once('-').expect("<pipeline>-<stage>");
+        let meta = &object["metadata"];
+        assert!(object["apiVersion"].is_string(), "{}", child.name);
+        assert_eq!(object["kind"], format!("{:?}", child.kind));
+        assert_eq!(
+            object["apiVersion"],
+            child.kind.api_resource().api_version,
+            "{:?}",
+            child.kind
+        );
+        assert_eq!(meta["name"], child.name);
+        assert_eq!(meta["namespace"], "shop");
+        let processor = meta["labels"]["app.kubernetes.io/component"]
+            .as_str()
+            .expect("component label");
+        assert_eq!(
+            meta["labels"],
+            json!(stage_labels(pipeline, stage, processor))
+        );
+        assert_eq!(
+            meta["ownerReferences"],
+            json!([{
+                "apiVersion": "orderpipe.dev/v1alpha1",
+                "kind": "OrderPipeline",
+                "name": pipeline,
+                "uid": UID,
+                "controller": true,
+                "blockOwnerDeletion": true,
+            }]),
+            "{:?} {}",
+            child.kind,
+            child.name
+        );
+    }
+}
+
+#[test]
+fn a_pipeline_without_uid_cannot_own_children() {
+    let mut pipeline = sample(CHECKOUT);
+    pipeline.metadata.uid = None;
+    let (validated, _) = validate(&pipeline, &BTreeMap::new(), NO_CRDS, &settings());
+    let err = desired_children(&pipeline, &validated, NO_CRDS, &settings())
+        .expect_err("no owner reference");
+    assert!(matches!(err, DesiredError::MissingUid { ref name } if name == "checkout"));
+}
+
+#[test]
+fn paused_pipeline_has_no_hpa_and_zero_replicas() {
+    for yaml in [CHECKOUT, CANARY] {
+        let mut pipeline = sample(yaml);
+        pipeline.spec.paused = true;
+        let children = render(&pipeline, ALL_CRDS);
+        assert!(
+            children
+                .iter()
+                .all(|c| c.kind != ChildKind::HorizontalPodAutoscaler)
+        );
+        let mut count = 0;
+        for workload in workloads(&children) {
+            assert_eq!(workload.object["spec"]["replicas"], 0, "{}", workload.name);
+            count += 1;
+        }
+        assert_eq!(count, pipeline.spec.stages.len());
+        // Metrics and the disruption budget stay while paused.
+        assert!(children.iter().any(|c| c.kind == ChildKind::Service));
+        assert!(
+            children
+                .iter()
+                .any(|c| c.kind == ChildKind::PodDisruptionBudget)
+        );
+    }
+}
+
+#[test]
+fn analysis_template_queries_the_stage_error_and_dead_letter_share() {
+    let children = render(&sample(CANARY), ALL_CRDS);
+    let template = object(&children, ChildKind::AnalysisTemplate, "canary-validate");
+    let rollout = object(&children, ChildKind::Rollout, "canary-validate");
+    assert_eq!(
+        rollout["spec"]["strategy"]["canary"]["analysis"],
+        json!({"templates": [{"templateName": "canary-validate"}], "startingStep": 1})
+    );
+
+    let stage = r#"namespace="shop",pipeline="canary",stage="validate""#;
+    let share = |outcomes: &str| {
+        format!(
+            "(sum(rate({}{{{stage},outcome=~\"{outcomes}\"}}[2m])) / \
+             (sum(rate({}{{{stage}}}[2m])) > 0)) or vector(0)",
+            metrics::RECORDS_PROCESSED,
+            metrics::RECORDS_CONSUMED,
+        )
+    };
+    let prometheus = |query: String| {
+        json!({"prometheus": {"address": settings().prometheus_url, "query": query}})
+    };
+    // The sample allows 1% errors and 2% dead letters, measured every minute, one failure aborts.
+    assert_eq!(
+        template["spec"]["metrics"],
+        json!([
+            {"name": "error-share", "interval": "1m", "failureLimit": 1,
+             "successCondition": "result[0] <= 0.01",
+             "provider": prometheus(share("error|dead_lettered"))},
+            {"name": "dead-letter-share", "interval": "1m", "failureLimit": 1,
+             "successCondition": "result[0] <= 0.02",
+             "provider": prometheus(share("dead_lettered"))},
+        ])
+    );
+    // The outcomes queried are ones the worker contract defines.
+    for outcome in [metrics::outcome::ERROR, metrics::outcome::DEAD_LETTERED] {
+        assert!(metrics::outcome::ALL.contains(&outcome));
+    }
+}
+
+#[test]
+fn analysis_uses_the_stage_prometheus_when_it_names_one() {
+    let mut pipeline = sample(CANARY);
+    let analysis = pipeline.spec.stages[0]
+        .rollout
+        .as_mut()
+        .and_then(|r| r.canary.as_mut())
+        .and_then(|c| c.analysis.as_mut())
+        .expect("sample analysis");
+    analysis.prometheus_url = Some("https://thanos.example:9091".into());
+    let children = render(&pipeline, ALL_CRDS);
+    let template = object(&children, ChildKind::AnalysisTemplate, "canary-validate");
+    for metric in template["spec"]["metrics"].as_array().expect("metrics") {
+        assert_eq!(
+            metric["provider"]["prometheus"]["address"],
+            "https://thanos.example:9091"
+        );
+    }
+}
+
+#[test]
+fn default_analysis_matches_the_crd_defaults() {
+    let from_crd: CanaryAnalysis = serde_json::from_value(json!({})).expect("defaults");
+    assert_eq!(analysis::default_analysis(), from_crd);
+}
+
+#[test]
+fn canary_without_steps_gets_the_default_plan() {
+    let mut pipeline = sample(CANARY);
+    if let Some(canary) = pipeline.spec.stages[0]
+        .rollout
+        .as_mut()
+        .and_then(|r| r.canary.as_mut())
+    {
+        canary.steps.clear();
+        canary.analysis = None;
+    }
+    let children = render(&pipeline, ALL_CRDS);
+    let rollout = object(&children, ChildKind::Rollout, "canary-validate");
+    assert_eq!(
+        rollout["spec"]["strategy"]["canary"]["steps"],
+        json!([
+            {"setWeight": 25}, {"pause": {"duration": "1m"}},
+            {"setWeight": 50}, {"pause": {"duration": "1m"}},
+        ])
+    );
+    let template = object(&children, ChildKind::AnalysisTemplate, "canary-validate");
+    assert_eq!(
+        template["spec"]["metrics"][1]["successCondition"],
+        "result[0] <= 0.01"
+    );
+}
+
+#[test]
+fn an_unparsable_duration_names_the_stage_and_field() {
+    let mut pipeline = sample(CANARY);
+    if let Some(canary) = pipeline.spec.stages[0]
+        .rollout
+        .as_mut()
+        .and_then(|r| r.canary.as_mut())
+    {
+        canary.steps[1].pause = Some(orderpipe_api::v1alpha1::CanaryPause {
+            duration: Some(orderpipe_api::v1alpha1::Duration(
+                "99999999999999999999h".into(),
+            )),
+        });
+    }
+    let (validated, _) = validate(
+        &pipeline,
+        &declared_partitions(&pipeline),
+        ALL_CRDS,
+        &settings(),
+    );
+    let err = desired_children(&pipeline, &validated, ALL_CRDS, &settings())
+        .expect_err("overflowing duration");
+    assert!(
+        err.to_string()
+            .starts_with("stage validate: rollout.canary.steps[1].pause.duration is invalid"),
+        "{err}"
+    );
+}
+
+#[test]
+fn service_and_monitor_expose_the_metrics_port_of_their_stage_only() {
+    let children = render(&sample(CHECKOUT), ALL_CRDS);
+    let service = object(&children, ChildKind::Service, "checkout-status");
+    assert_eq!(
+        service["spec"],
+        json!({
+            "type": "ClusterIP",
+            "selector": selector_labels("checkout", "status"),
+            "ports": [{"name": "metrics", "port": contract::METRICS_PORT,
+                       "targetPort": "metrics", "protocol": "TCP"}],
+        })
+    );
+    let monitor = object(&children, ChildKind::ServiceMonitor, "checkout-status");
+    assert_eq!(
+        monitor["spec"],
+        json!({
+            "selector": {"matchLabels": selector_labels("checkout", "status")},
+            "endpoints": [{"port": "metrics", "path": "/metrics", "interval": "15s"}],
+        })
+    );
+}
+
+#[test]
+fn every_stage_gets_a_pdb_allowing_one_disruption() {
+    let children = render(&sample(CHECKOUT), NO_CRDS);
+    for name in ["checkout-validate", "checkout-status", "checkout-notify"] {
+        let pdb = object(&children, ChildKind::PodDisruptionBudget, name);
+        assert_eq!(pdb["spec"]["maxUnavailable"], 1);
+        assert_eq!(pdb["spec"]["unhealthyPodEvictionPolicy"], "AlwaysAllow");
+    }
+}
+
+#[test]
+fn rendering_is_deterministic() {
+    let pipeline = sample(CANARY);
+    assert_eq!(render(&pipeline, ALL_CRDS), render(&pipeline, ALL_CRDS));
+}

@@ -1,0 +1,3 @@
+//! Entry point of `orderpipe-operator` (wired up with the controller).
+
+fn main() {}

@@ -1,0 +1,331 @@
+//! The validated model every pure builder works from: a pipeline checked against what admission
+//! cannot see (the cluster's capabilities, the observed partition counts) with the operator's
+//! decisions made explicit (workload kind, effective replica bounds, image).
+//!
+//! Pure: no client, no async. `validate` turns an `OrderPipeline` plus observations into a
+//! `ValidatedPipeline` and a list of `StageIssue`s that become conditions; it never fails on a spec
+//! the CRD admitted, because an operator that errors on input it accepted leaves users stuck.
+
+use std::collections::BTreeMap;
+
+use orderpipe_api::v1alpha1::{AutoscalingSpec, OrderPipeline, RolloutStrategy, StageSpec};
+
+/// Cluster features detected at start and whenever CRDs change.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    /// argoproj.io Rollouts and AnalysisTemplates are served.
+    pub rollouts: bool,
+    /// monitoring.coreos.com ServiceMonitors are served.
+    pub service_monitors: bool,
+}
+
+/// Operator-wide settings from the command line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OperatorSettings {
+    /// Image of the worker for the built-in processors.
+    pub worker_image: String,
+    /// Prometheus the canary analysis queries when a stage does not name one.
+    pub prometheus_url: String,
+}
+
+/// The workload kind a stage runs as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkloadKind {
+    Deployment,
+    Rollout,
+}
+
+impl WorkloadKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Deployment => "Deployment",
+            Self::Rollout => "Rollout",
+        }
+    }
+}
+
+/// How many replicas a stage runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scaling {
+    /// A fixed count, applied as `spec.replicas` (0 while paused).
+    Fixed(i32),
+    /// An HPA owns the replica count: the workload must not carry `spec.replicas`.
+    Auto {
+        min: i32,
+        /// The declared maximum capped at the input topic's partitions.
+        max: i32,
+        /// The declared maximum when it was capped.
+        capped_from: Option<i32>,
+        target_cpu_utilization: Option<i32>,
+        target_lag_per_replica: Option<i64>,
+    },
+}
+
+/// One stage, ready for the builders.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValidatedStage {
+    pub spec: StageSpec,
+    /// `<pipeline>-<stage>`: the name of every child object of the stage.
+    pub workload_name: String,
+    pub workload: WorkloadKind,
+    pub image: String,
+    pub scaling: Scaling,
+}
+
+/// A pipeline ready for the builders.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValidatedPipeline {
+    pub name: String,
+    pub namespace: String,
+    pub paused: bool,
+    pub stages: Vec<ValidatedStage>,
+}
+
+/// A change the operator made, published as a Kubernetes Event on the pipeline.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    /// PascalCase reason, e.g. `TopicCreated`, `PartitionsIncreased`.
+    pub reason: &'static str,
+    /// What changed, for humans.
+    pub note: String,
+}
+
+/// Something the spec asks for that the operator cannot (fully) provide; surfaced as a condition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StageIssue {
+    /// A Canary rollout was requested but Argo Rollouts is not installed; the stage runs as a
+    /// Deployment so orders keep flowing.
+    RolloutsNotInstalled { stage: String },
+    /// The input topic's partition count is unknown (topic not created yet); autoscaling bounds wait.
+    InputPartitionsUnknown { stage: String, topic: String },
+}
+
+impl StageIssue {
+    /// PascalCase reason for conditions and Events.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::RolloutsNotInstalled { .. } => "RolloutsNotInstalled",
+            Self::InputPartitionsUnknown { .. } => "InputTopicPending",
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            Self::RolloutsNotInstalled { stage } => format!(
+                "stage {stage} asks for a Canary rollout but argoproj.io Rollouts are not installed; \
+                 running it as a Deployment"
+            ),
+            Self::InputPartitionsUnknown { stage, topic } => format!(
+                "stage {stage} waits for its input topic {topic} before its autoscaler is sized"
+            ),
+        }
+    }
+}
+
+/// Validates a pipeline against the cluster's capabilities and the observed partition counts
+/// (`partitions` maps topic name to its partition count in Kafka).
+pub fn validate(
+    pipeline: &OrderPipeline,
+    partitions: &BTreeMap<String, i32>,
+    capabilities: Capabilities,
+    settings: &OperatorSettings,
+) -> (ValidatedPipeline, Vec<StageIssue>) {
+    let name = pipeline.metadata.name.clone().unwrap_or_default();
+    let namespace = pipeline.metadata.namespace.clone().unwrap_or_default();
+    let paused = pipeline.spec.paused;
+    let mut issues = Vec::new();
+    let stages = pipeline
+        .spec
+        .stages
+        .iter()
+        .map(|stage| {
+            let wants_canary = stage
+                .rollout
+                .as_ref()
+                .is_some_and(|r| r.strategy == RolloutStrategy::Canary);
+            let workload = match (wants_canary, capabilities.rollouts) {
+                (false, _) => WorkloadKind::Deployment,
+                (true, true) => WorkloadKind::Rollout,
+                (true, false) => {
+                    issues.push(StageIssue::RolloutsNotInstalled {
+                        stage: stage.name.clone(),
+                    });
+                    WorkloadKind::Deployment
+                }
+            };
+            let input_partitions = partitions.get(&stage.input).copied();
+            let scaling = match (&stage.autoscaling, paused) {
+                (_, true) => Scaling::Fixed(0),
+                (None, false) => Scaling::Fixed(stage.replicas.unwrap_or(1)),
+                (Some(auto), false) => {
+                    if input_partitions.is_none() {
+                        issues.push(StageIssue::InputPartitionsUnknown {
+                            stage: stage.name.clone(),
+                            topic: stage.input.clone(),
+                        });
+                    }
+                    auto_scaling(auto, input_partitions)
+                }
+            };
+            // CEL guarantees custom stages carry an image; built-ins default to the operator's.
+            let image = stage
+                .image
+                .clone()
+                .unwrap_or_else(|| settings.worker_image.clone());
+            ValidatedStage {
+                spec: stage.clone(),
+                workload_name: orderpipe_api::contract::naming::workload(&name, &stage.name),
+                workload,
+                image,
+                scaling,
+            }
+        })
+        .collect();
+    (
+        ValidatedPipeline {
+            name,
+            namespace,
+            paused,
+            stages,
+        },
+        issues,
+    )
+}
+
+/// Effective autoscaling bounds: a consumer beyond the input's partition count would sit idle, so
+/// the maximum is capped there. Workloads roll out with `maxSurge: 0` (Deployment and canary alike),
+/// so canary pods are part of this count, never on top of it.
+fn auto_scaling(auto: &AutoscalingSpec, input_partitions: Option<i32>) -> Scaling {
+    let (max, capped_from) = match input_partitions {
+        Some(p) if p < auto.max_replicas => (p.max(1), Some(auto.max_replicas)),
+        _ => (auto.max_replicas, None),
+    };
+    Scaling::Auto {
+        min: auto.min_replicas.min(max),
+        max,
+        capped_from,
+        target_cpu_utilization: match (auto.target_cpu_utilization, auto.target_lag_per_replica) {
+            (None, None) => Some(80),
+            (cpu, _) => cpu,
+        },
+        target_lag_per_replica: auto.target_lag_per_replica,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn checkout() -> OrderPipeline {
+        let text = include_str!("../../config/samples/orderpipe_v1alpha1_checkout.yaml");
+        let mut p: OrderPipeline = serde_yaml::from_str(text).expect("sample parses");
+        p.metadata.namespace = Some("shop".into());
+        p
+    }
+
+    fn settings() -> OperatorSettings {
+        OperatorSettings {
+            worker_image: "orderpipe/orderpipe-worker:test".into(),
+            prometheus_url: "http://prometheus:9090".into(),
+        }
+    }
+
+    fn partitions(n: i32) -> BTreeMap<String, i32> {
+        ["orders", "order-events", "order-status"]
+            .iter()
+            .map(|t| (t.to_string(), n))
+            .collect()
+    }
+
+    #[test]
+    fn max_replicas_is_capped_at_the_input_partitions_and_the_cap_is_reported() {
+        let (v, issues) = validate(
+            &checkout(),
+            &partitions(4),
+            Capabilities::default(),
+            &settings(),
+        );
+        assert!(issues.is_empty(), "{issues:?}");
+        let validate_stage = &v.stages[0];
+        assert_eq!(
+            validate_stage.scaling,
+            Scaling::Auto {
+                min: 1,
+                max: 4,
+                capped_from: Some(6),
+                target_cpu_utilization: Some(70),
+                target_lag_per_replica: Some(1000)
+            }
+        );
+    }
+
+    #[test]
+    fn max_replicas_within_partitions_is_kept() {
+        let (v, _) = validate(
+            &checkout(),
+            &partitions(12),
+            Capabilities::default(),
+            &settings(),
+        );
+        assert!(matches!(
+            v.stages[0].scaling,
+            Scaling::Auto {
+                max: 6,
+                capped_from: None,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn paused_pipeline_scales_every_stage_to_zero_without_an_autoscaler() {
+        let mut p = checkout();
+        p.spec.paused = true;
+        let (v, _) = validate(&p, &partitions(6), Capabilities::default(), &settings());
+        assert!(v.stages.iter().all(|s| s.scaling == Scaling::Fixed(0)));
+    }
+
+    #[test]
+    fn canary_without_argo_rollouts_runs_as_a_deployment_and_says_so() {
+        let text = include_str!("../../config/samples/orderpipe_v1alpha1_canary.yaml");
+        let p: OrderPipeline = serde_yaml::from_str(text).expect("sample parses");
+        let (v, issues) = validate(&p, &BTreeMap::new(), Capabilities::default(), &settings());
+        assert_eq!(v.stages[0].workload, WorkloadKind::Deployment);
+        assert_eq!(issues[0].reason(), "RolloutsNotInstalled");
+
+        let caps = Capabilities {
+            rollouts: true,
+            service_monitors: false,
+        };
+        let (v, _) = validate(&p, &BTreeMap::new(), caps, &settings());
+        assert_eq!(v.stages[0].workload, WorkloadKind::Rollout);
+    }
+
+    #[test]
+    fn unknown_input_partitions_keep_the_declared_maximum_and_raise_an_issue() {
+        let (v, issues) = validate(
+            &checkout(),
+            &BTreeMap::new(),
+            Capabilities::default(),
+            &settings(),
+        );
+        assert!(matches!(v.stages[0].scaling, Scaling::Auto { max: 6, .. }));
+        assert_eq!(issues[0].reason(), "InputTopicPending");
+    }
+
+    #[test]
+    fn built_in_stages_use_the_operator_image_unless_overridden() {
+        let (v, _) = validate(
+            &checkout(),
+            &partitions(6),
+            Capabilities::default(),
+            &settings(),
+        );
+        assert!(
+            v.stages
+                .iter()
+                .all(|s| s.image == "orderpipe/orderpipe-worker:test")
+        );
+        assert_eq!(v.stages[1].workload_name, "checkout-status");
+    }
+}
