@@ -71,6 +71,58 @@ pub mod defaults {
     pub const RETRY_MAX_BACKOFF: Duration = Duration::from_secs(30);
 }
 
+/// Metric and label names the worker exports and the operator's children query: the canary
+/// analysis (error and dead-letter share) and the autoscaler (consumer lag). Renaming one silently
+/// breaks canaries and autoscaling, so both sides use these constants.
+///
+/// Names are as Prometheus stores them; prometheus-client appends `_total` to a counter's name, so
+/// the worker registers counters without that suffix. Every series carries [`labels::PIPELINE`] and
+/// [`labels::STAGE`] (the pipeline and stage names, bounded by the CRD); `outcome` takes only the
+/// values in [`outcome`]. Prometheus adds the `namespace` target label when it scrapes.
+pub mod metrics {
+    /// Counter: records handed to the processor, re-deliveries after an aborted transaction included.
+    pub const RECORDS_CONSUMED: &str = "orderpipe_records_consumed_total";
+    /// Counter: records finished, by [`labels::OUTCOME`].
+    pub const RECORDS_PROCESSED: &str = "orderpipe_records_processed_total";
+    /// Gauge: records on the stage's input topic its consumer group has not consumed yet (high
+    /// watermark minus committed offset). The autoscaler reads the stage's sum through the External
+    /// metrics API, e.g. from prometheus-adapter.
+    pub const CONSUMER_LAG: &str = "orderpipe_consumer_lag";
+
+    /// Label names.
+    pub mod labels {
+        pub const PIPELINE: &str = "pipeline";
+        pub const STAGE: &str = "stage";
+        pub const OUTCOME: &str = "outcome";
+    }
+
+    /// Values of [`labels::OUTCOME`]: what became of a record. Processors' finer outcomes map onto
+    /// these (e.g. validate's `validated` and status's `transitioned` are `processed`).
+    pub mod outcome {
+        /// Handled and its outputs written.
+        pub const PROCESSED: &str = "processed";
+        /// Refused on business grounds and written to the stage's rejected output.
+        pub const REJECTED: &str = "rejected";
+        /// Written to the dead-letter topic.
+        pub const DEAD_LETTERED: &str = "dead_lettered";
+        /// Processing failed and the transaction was aborted; the record is consumed again.
+        pub const ERROR: &str = "error";
+        /// Already processed (same order id, or an event seen before); nothing written.
+        pub const DUPLICATE: &str = "duplicate";
+        /// Not for this stage (e.g. an event type it does not handle); nothing written.
+        pub const IGNORED: &str = "ignored";
+
+        pub const ALL: [&str; 6] = [
+            PROCESSED,
+            REJECTED,
+            DEAD_LETTERED,
+            ERROR,
+            DUPLICATE,
+            IGNORED,
+        ];
+    }
+}
+
 /// Names of the objects derived from a pipeline, shared by the operator and the worker.
 pub mod naming {
     /// Deployment, Rollout, Service, HPA and PDB name of a stage.

@@ -13,8 +13,8 @@
 //! partitions, not requests, so there is no canary-only traffic to compare against a baseline, and
 //! the thresholds are what the user declared for the stage.
 
-use orderpipe_api::contract::metrics::{self, labels, outcome};
 use orderpipe_api::contract;
+use orderpipe_api::contract::metrics::{self, labels, outcome};
 use orderpipe_api::v1alpha1::CanaryAnalysis;
 use serde_json::{Value, json};
 

@@ -37,12 +37,11 @@ pub(super) fn pod_template(
     ctx: &StageContext<'_>,
 ) -> Result<PodTemplateSpec, DesiredError> {
     let stage = ctx.stage;
-    let env = contract::render_env(pipeline, &stage.spec).map_err(|reason| {
-        DesiredError::WorkerEnv {
+    let env =
+        contract::render_env(pipeline, &stage.spec).map_err(|reason| DesiredError::WorkerEnv {
             stage: stage.spec.name.clone(),
             reason,
-        }
-    })?;
+        })?;
     let (volumes, mounts) = volumes(pipeline);
     let container = Container {
         name: CONTAINER.into(),
@@ -188,7 +187,10 @@ fn volumes(pipeline: &OrderPipeline) -> (Vec<Volume>, Vec<VolumeMount>) {
             &secret.0,
             &[("tls.crt", "tls.crt"), ("tls.key", "tls.key")],
         ));
-        mounts.push(read_only_mount("kafka-client-tls", contract::TLS_CLIENT_MOUNT_DIR));
+        mounts.push(read_only_mount(
+            "kafka-client-tls",
+            contract::TLS_CLIENT_MOUNT_DIR,
+        ));
     }
     (volumes, mounts)
 }

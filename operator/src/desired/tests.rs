@@ -103,20 +103,25 @@ fn assert_snapshot(name: &str, children: &[Child]) {
         std::fs::write(&path, &rendered).expect("write snapshot");
         return;
     }
-    let expected = std::fs::read_to_string(&path).unwrap_or_default();
-    if let Some((line, (want, got))) = expected
-        .lines()
-        .chain(std::iter::repeat(""))
-        .zip(rendered.lines().chain(std::iter::repeat("")))
-        .take(expected.lines().count().max(rendered.lines().count()))
-        .enumerate()
-        .find(|(_, (want, got))| want != got)
-    {
+    let expected = std::fs::read_to_string(&path).unwrap_or_else(|err| {
         panic!(
-            "{} differs at line {}:\n  expected: {want}\n  rendered: {got}\n\
+            "{}: {err}; create it with UPDATE_SNAPSHOTS=1",
+            path.display()
+        )
+    });
+    if expected != rendered {
+        let line = expected
+            .lines()
+            .zip(rendered.lines())
+            .take_while(|(want, got)| want == got)
+            .count();
+        panic!(
+            "{} differs at line {}:\n  expected: {}\n  rendered: {}\n\
              rerun with UPDATE_SNAPSHOTS=1 and review the diff if the change is intended",
             path.display(),
             line + 1,
+            expected.lines().nth(line).unwrap_or("<end of file>"),
+            rendered.lines().nth(line).unwrap_or("<end of output>"),
         );
     }
 }
@@ -336,8 +341,14 @@ fn rollout_and_deployment_share_the_pod_template() {
     // Both replace one pod at a time and never run a consumer beyond the count.
     let canary = &rollout["spec"]["strategy"]["canary"];
     let rolling = &deployment["spec"]["strategy"]["rollingUpdate"];
-    assert_eq!((&canary["maxSurge"], &canary["maxUnavailable"]), (&json!(0), &json!(1)));
-    assert_eq!((&rolling["maxSurge"], &rolling["maxUnavailable"]), (&json!(0), &json!(1)));
+    assert_eq!(
+        (&canary["maxSurge"], &canary["maxUnavailable"]),
+        (&json!(0), &json!(1))
+    );
+    assert_eq!(
+        (&rolling["maxSurge"], &rolling["maxUnavailable"]),
+        (&json!(0), &json!(1))
+    );
 }
 
 #[test]
@@ -514,9 +525,7 @@ fn analysis_template_queries_the_stage_error_and_dead_letter_share() {
             metrics::RECORDS_CONSUMED,
         )
     };
-    let prometheus = |query: String| {
-        json!({"prometheus": {"address": settings().prometheus_url, "query": query}})
-    };
+    let prometheus = |query: String| json!({"prometheus": {"address": settings().prometheus_url, "query": query}});
     // The sample allows 1% errors and 2% dead letters, measured every minute, one failure aborts.
     assert_eq!(
         template["spec"]["metrics"],
