@@ -1,0 +1,205 @@
+//! The validate stage: bytes of an `OrderPlaced` → validated, rejected, duplicate or dead-letter.
+//!
+//! - Bytes that are not a JSON object (null, not UTF-8, not JSON, JSON array/string/number) cannot be
+//!   judged as an order: dead-letter with the original bytes.
+//! - A JSON object that breaks rules: `RejectedOrder` listing every violated rule.
+//! - A valid order whose id was validated before (within the dedup window): dropped as `Duplicate` if
+//!   the content is the same, rejected with `order_id_reused` if it differs.
+//! - Otherwise: `ValidatedOrder`, plus the key's new dedup record for the changelog.
+//!
+//! This module must not do I/O or read the clock; time is the input record's timestamp.
+
+mod dedup;
+mod rules;
+
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+pub use dedup::SeenOrder;
+
+use crate::dead_letter::{DeadLetterReason, Failure, Undecodable, decode_payload};
+use crate::decision::{Decision, Emit, InputRecord, Output, Processor, Stage};
+use crate::records::{OriginalOrder, Reason, RejectedOrder, Rule, ValidatedOrder};
+use rules::CheckedOrder;
+
+/// Tunables of the validate stage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidatePolicy {
+    /// Most items an order may have (rule `items_max`).
+    pub max_items: usize,
+    /// How long a validated orderId suppresses duplicates, counted in record time.
+    pub dedup_window: Duration,
+}
+
+impl Default for ValidatePolicy {
+    fn default() -> Self {
+        Self {
+            max_items: 500,
+            // A week covers producer retries, replays after incidents and batch re-submissions; the
+            // changelog topic's retention.ms should be at least this.
+            dedup_window: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+/// What the validate stage decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ValidateOutcome {
+    Validated,
+    /// Same order already validated within the dedup window; nothing produced.
+    Duplicate,
+    Rejected {
+        reasons: Vec<Reason>,
+    },
+    DeadLettered {
+        reason: DeadLetterReason,
+    },
+}
+
+impl ValidateOutcome {
+    /// Bounded metric label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Validated => "validated",
+            Self::Duplicate => "duplicate",
+            Self::Rejected { .. } => "rejected",
+            Self::DeadLettered { .. } => "dead_lettered",
+        }
+    }
+}
+
+/// The validate stage.
+#[derive(Debug, Clone, Default)]
+pub struct Validator {
+    policy: ValidatePolicy,
+}
+
+/// Shorthand for the validate stage's decision.
+pub type ValidateDecision = Decision<ValidateOutcome, SeenOrder>;
+
+impl Validator {
+    pub fn new(policy: ValidatePolicy) -> Self {
+        Self { policy }
+    }
+
+    fn dead_letter(input: &InputRecord<'_>, failure: Undecodable) -> ValidateDecision {
+        let emit = Failure {
+            stage: Stage::Validate,
+            reason: failure.reason,
+            field: None,
+            message: &failure.message,
+        }
+        .dead_letter(input);
+        Decision::stateless(
+            ValidateOutcome::DeadLettered {
+                reason: failure.reason,
+            },
+            vec![emit],
+        )
+    }
+
+    fn reject(
+        input: &InputRecord<'_>,
+        object: Map<String, Value>,
+        order_id: Option<String>,
+        reasons: Vec<Reason>,
+    ) -> ValidateDecision {
+        let rejected = RejectedOrder {
+            order_id,
+            reasons,
+            order: OriginalOrder(object),
+            rejected_at: input.timestamp,
+        };
+        // Keyed like the input (not by orderId, which may be missing or malformed) so a rejection
+        // stays in the partition of the submission it answers.
+        let emit = Emit {
+            output: Output::Rejected,
+            key: input.key.map(<[u8]>::to_vec),
+            payload: crate::json::encode(&rejected),
+            headers: Vec::new(),
+        };
+        let outcome = ValidateOutcome::Rejected {
+            reasons: rejected.reasons,
+        };
+        Decision::stateless(outcome, vec![emit])
+    }
+
+    fn accept(
+        &self,
+        input: &InputRecord<'_>,
+        object: Map<String, Value>,
+        checked: CheckedOrder,
+        seen: Option<&SeenOrder>,
+    ) -> ValidateDecision {
+        let candidate = SeenOrder::new(&checked.order, input.timestamp);
+        match seen.filter(|seen| seen.is_live(input.timestamp, self.policy.dedup_window)) {
+            Some(seen) if seen.fingerprint == candidate.fingerprint => {
+                Decision::stateless(ValidateOutcome::Duplicate, Vec::new())
+            }
+            Some(_) => {
+                let reason = Reason {
+                    field: "orderId".to_owned(),
+                    rule: Rule::OrderIdReused,
+                    message: "was already validated with different content".to_owned(),
+                };
+                Self::reject(input, object, Some(checked.order.order_id), vec![reason])
+            }
+            None => {
+                let CheckedOrder {
+                    order,
+                    subtotal_minor,
+                    currency_exponent,
+                } = checked;
+                let key = order.order_id.clone().into_bytes();
+                let validated = ValidatedOrder {
+                    shipping_minor: order.shipping_minor.unwrap_or(0),
+                    discount_minor: order.discount_minor.unwrap_or(0),
+                    order_id: order.order_id,
+                    customer_id: order.customer_id,
+                    created_at: order.created_at,
+                    currency: order.currency,
+                    currency_exponent,
+                    items: order.items,
+                    subtotal_minor,
+                    total_minor: order.total_minor,
+                    contact: order.contact,
+                    validated_at: input.timestamp,
+                };
+                let emit = Emit::json(Output::Validated, key.clone(), &validated);
+                Decision::with_state(ValidateOutcome::Validated, vec![emit], &key, candidate)
+            }
+        }
+    }
+}
+
+impl Processor for Validator {
+    type Outcome = ValidateOutcome;
+    type State = SeenOrder;
+
+    /// `seen` is the dedup record the runtime holds for the input's key, if any.
+    fn process(&self, input: &InputRecord<'_>, seen: Option<&SeenOrder>) -> ValidateDecision {
+        let object = match decode_payload::<Value>(input.payload) {
+            Ok(Value::Object(object)) => object,
+            Ok(_) => {
+                let failure = Undecodable {
+                    reason: DeadLetterReason::NotAnObject,
+                    message: "an order must be a JSON object".to_owned(),
+                };
+                return Self::dead_letter(input, failure);
+            }
+            Err(failure) => return Self::dead_letter(input, failure),
+        };
+        match rules::check_order(&object, input.key, self.policy.max_items) {
+            Ok(checked) => self.accept(input, object, checked, seen),
+            Err(reasons) => {
+                let order_id = object
+                    .get("orderId")
+                    .and_then(Value::as_str)
+                    .filter(|id| crate::ids::is_order_id(id))
+                    .map(str::to_owned);
+                Self::reject(input, object, order_id, reasons)
+            }
+        }
+    }
+}
