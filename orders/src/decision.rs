@@ -72,6 +72,9 @@ pub enum Output {
     StatusChanged,
     /// `NotificationDispatched` audit records (notify).
     NotificationAudit,
+    /// `StatusEvent` records (validate: the `Validated` event that starts an order's life cycle in
+    /// the status stage). Optional in a pipeline: dropped when the stage declares no `events` output.
+    StatusEvent,
 }
 
 /// A Kafka header; names are the constants in [`crate::headers`].

@@ -20,7 +20,10 @@ pub use dedup::SeenOrder;
 
 use crate::dead_letter::{DeadLetterReason, Failure, Undecodable, decode_payload};
 use crate::decision::{Decision, Emit, InputRecord, Output, Processor, Stage};
-use crate::records::{OriginalOrder, Reason, RejectedOrder, Rule, ValidatedOrder};
+use crate::records::{
+    EventDetails, EventType, OriginalOrder, Reason, RejectedOrder, Rule, StatusEvent,
+    ValidatedOrder,
+};
 use rules::CheckedOrder;
 
 /// Tunables of the validate stage.
@@ -166,10 +169,28 @@ impl Validator {
                     contact: order.contact,
                     validated_at: input.timestamp,
                 };
-                let emit = Emit::json(Output::Validated, key.clone(), &validated);
-                Decision::with_state(ValidateOutcome::Validated, vec![emit], &key, candidate)
+                let event = validated_event(&validated);
+                let emits = vec![
+                    Emit::json(Output::Validated, key.clone(), &validated),
+                    Emit::json(Output::StatusEvent, key.clone(), &event),
+                ];
+                Decision::with_state(ValidateOutcome::Validated, emits, &key, candidate)
             }
         }
+    }
+}
+
+/// The status event announcing a validated order. Its eventId is derived from the orderId, so a
+/// re-processed record (after a crash) yields the same event, which the status stage ignores.
+/// Rejections emit no event: a rejected submission never enters the life cycle, and a corrected
+/// re-submission under the same orderId must still be able to start it.
+fn validated_event(order: &ValidatedOrder) -> StatusEvent {
+    StatusEvent {
+        order_id: order.order_id.clone(),
+        event_id: format!("validate:{}", order.order_id),
+        kind: EventType::Validated,
+        at: order.validated_at,
+        details: EventDetails::default(),
     }
 }
 

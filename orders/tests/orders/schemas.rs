@@ -115,6 +115,7 @@ fn samples() -> Vec<(&'static str, Vec<u8>)> {
             match emit.output {
                 Output::Validated => samples.push(("validated-order", emit.payload)),
                 Output::Changelog => samples.push(("seen-order", emit.payload)),
+                Output::StatusEvent => samples.push(("status-event", emit.payload)),
                 other => panic!("unexpected {other:?}"),
             }
         }

@@ -427,3 +427,38 @@ mod redaction {
         assert_redacted(&format!("{reasons:?}"));
     }
 }
+
+#[test]
+fn a_validated_order_starts_its_life_cycle_with_a_replay_safe_status_event() {
+    use orderpipe_orders::StatusEvent;
+    use orderpipe_orders::status::StatusMachine;
+
+    let first = validate(Some(b"ord-1"), &support::json(&order()));
+    let again = validate(Some(b"ord-1"), &support::json(&order()));
+    let event_bytes = &only(&first.emits, Output::StatusEvent).payload;
+    assert_eq!(
+        event_bytes,
+        &only(&again.emits, Output::StatusEvent).payload,
+        "re-processing yields the same event"
+    );
+    let event: StatusEvent = serde_json::from_slice(event_bytes).expect("decodes");
+    assert_eq!(
+        (event.order_id.as_str(), event.event_id.as_str()),
+        ("ord-1", "validate:ord-1")
+    );
+
+    // The status stage accepts it as the order's first transition.
+    let status = StatusMachine::default().process(&input(Some(b"ord-1"), Some(event_bytes)), None);
+    assert_eq!(status.outcome.label(), "transitioned");
+}
+
+#[test]
+fn a_rejected_order_emits_no_status_event() {
+    let decision = validate_value(&with(|v| v["items"][0]["quantity"] = json!(0)));
+    assert!(
+        decision
+            .emits
+            .iter()
+            .all(|e| e.output != Output::StatusEvent)
+    );
+}
