@@ -52,3 +52,21 @@ e2e-setup: ## Install the Debian packages the e2e tests need (kcat, prometheus, 
 .PHONY: e2e-tools
 e2e-tools: e2e-setup ## Build the real infrastructure (apiserver, etcd, kwok, Kafka...) into the versioned cache
 	@e2e/tools/build.sh
+
+# Extra flags for `orderpipe-e2e up`, e.g. E2E_UP_FLAGS=--crds-dir=/tmp/my-crds.
+E2E_UP_FLAGS ?=
+
+.PHONY: e2e-up
+e2e-up: e2e-tools ## Start the local stack in the background; then: source target/e2e/env
+	$(CARGO) run -q -p orderpipe-e2e -- up $(E2E_UP_FLAGS)
+
+.PHONY: e2e-down
+e2e-down: ## Stop the local stack started by e2e-up
+	$(CARGO) run -q -p orderpipe-e2e -- down
+
+.PHONY: test-e2e
+test-e2e: e2e-tools ## End-to-end tests on a local stack started for the run and stopped after it, also on failure
+	$(CARGO) test -q -p orderpipe-e2e --no-run
+	trap '$(CARGO) run -q -p orderpipe-e2e -- down' EXIT; \
+	$(CARGO) run -q -p orderpipe-e2e -- up $(E2E_UP_FLAGS); \
+	$(CARGO) test -p orderpipe-e2e -- --include-ignored --test-threads=2
