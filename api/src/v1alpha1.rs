@@ -671,7 +671,8 @@ pub struct OrderPipelineStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stages_ready: Option<String>,
 
-    /// One entry per declared topic.
+    /// One entry per declared topic, per operator-managed state topic of a stateful stage, and per
+    /// topic still being deleted after it left the spec.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub topics: Vec<TopicStatus>,
@@ -688,17 +689,24 @@ pub struct OrderPipelineStatus {
 pub struct TopicStatus {
     /// Topic name.
     pub name: String,
-    /// Whether the topic exists with the declared partitions and config.
+    /// Whether the topic exists, is managed by this pipeline and has the declared partitions,
+    /// replication factor and config.
     pub ready: bool,
     /// Partitions the topic has in Kafka.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partitions: Option<i32>,
-    /// PascalCase reason when not ready (e.g. `Conflict`, `PartitionDecreaseRefused`).
+    /// PascalCase reason when not ready (e.g. `Conflict`, `PartitionDecreaseRefused`,
+    /// `ReplicationFactorMismatch`, `Deleting`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// Human-readable detail.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// What the operator does with this topic once it leaves the spec or the pipeline is deleted.
+    /// Set only on topics this pipeline manages (unset on a `Conflict`): it is the operator's memory
+    /// of what it manages, so a topic removed from the spec can still be deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_policy: Option<DeletionPolicy>,
 }
 
 /// Observed state of one stage.

@@ -8,3 +8,4 @@
 pub mod children;
 pub mod desired;
 pub mod model;
+pub mod topics;

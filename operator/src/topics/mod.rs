@@ -1,0 +1,62 @@
+//! Kafka topic management: the declared topics plus one compacted state topic per stateful stage,
+//! created, grown, kept at their declared config, and deleted when the user opted in.
+//!
+//! The controller calls, in order:
+//! 1. [`OwnershipView::new`] over every pipeline in its store: who owns each topic (the oldest
+//!    pipeline on the same Kafka cluster that declares it).
+//! 2. [`desired_topics`], [`LastStatus::of`] and [`TopicQuery::new`]: what to look at.
+//! 3. [`AdminPool::get`] and [`TopicAdmin::describe`]: what Kafka has (I/O).
+//! 4. [`plan`](fn@plan): the actions and the per-topic status (pure).
+//! 5. [`execute`](fn@execute): runs the actions, returns the Events to publish, the errors, and
+//!    the statuses corrected for actions that failed (I/O through [`TopicAdmin`] only).
+//!
+//! On deletion, the finalizer calls [`finalize_plan`] and [`execute`](fn@execute) instead of
+//! steps 2-4; [`needs_finalizer`] says whether a pipeline needs that finalizer at all.
+//!
+//! Only [`admin`] holds a Kafka client; [`plan`](mod@plan), [`ownership`] and [`connection`] are
+//! pure, and [`execute`](mod@execute) drives whatever [`TopicAdmin`] it is given. Nothing here
+//! keeps memory between reconciles: what the operator manages is read back from `status.topics`.
+
+pub mod admin;
+pub mod connection;
+pub mod execute;
+pub mod ownership;
+pub mod plan;
+
+pub use admin::{
+    AdminPool, AdminSettings, Effect, ErrorCategory, KafkaTopicAdmin, Operation, TopicAdmin,
+    TopicError,
+};
+pub use connection::{
+    AdminConnection, ClientCertificate, ConnectionKey, ResolvedKafkaSecrets, SaslCredentials,
+};
+pub use execute::{TopicOutcome, execute};
+pub use ownership::{OwnershipView, PipelineRef};
+pub use plan::{
+    ConfigReason, DesiredTopic, LastStatus, ObservedTopic, TopicAction, TopicPlan, TopicQuery,
+    desired_topics, finalize_plan, needs_finalizer, plan,
+};
+
+/// PascalCase reasons of the Events and topic statuses this module produces.
+pub mod reason {
+    /// Event: a topic was created.
+    pub const TOPIC_CREATED: &str = "TopicCreated";
+    /// Event: a topic got more partitions (keys are remapped).
+    pub const PARTITIONS_INCREASED: &str = "PartitionsIncreased";
+    /// Event: declared config keys were set on a topic for the first time (adoption, spec change).
+    pub const TOPIC_CONFIGURED: &str = "TopicConfigured";
+    /// Event: declared config keys changed out of band were set back.
+    pub const TOPIC_CONFIG_RESTORED: &str = "TopicConfigRestored";
+    /// Event: a topic with deletion policy Delete was deleted.
+    pub const TOPIC_DELETED: &str = "TopicDeleted";
+    /// Status: an older pipeline on the same Kafka cluster declares the topic.
+    pub const CONFLICT: &str = "Conflict";
+    /// Status: the topic has more partitions than declared; they are never removed.
+    pub const PARTITION_DECREASE_REFUSED: &str = "PartitionDecreaseRefused";
+    /// Status: the topic's replication factor differs from the declared one.
+    pub const REPLICATION_FACTOR_MISMATCH: &str = "ReplicationFactorMismatch";
+    /// Status: the topic left the spec (or the pipeline is being deleted) and is being deleted.
+    pub const DELETING: &str = "Deleting";
+    /// Status: a Kafka admin call for the topic failed; the message says which and why.
+    pub const KAFKA_ADMIN_FAILED: &str = "KafkaAdminFailed";
+}

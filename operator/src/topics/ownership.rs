@@ -1,0 +1,300 @@
+//! Which pipeline owns a Kafka topic that several pipelines declare.
+//!
+//! Pure: decided from the pipelines the controller already holds in its reflector store, with no
+//! client and no clock, so every operator replica and every reconcile agree. Among the live
+//! pipelines on the same Kafka cluster (their bootstrap server sets intersect, host names compared
+//! without case) that declare a topic, the oldest `metadata.creationTimestamp` wins; ties go to the
+//! smaller namespace, then name. A pipeline being deleted releases its claims, so the next one in
+//! line takes the topic over (adopting it) on its next reconcile.
+//!
+//! The view answers for the topics the pipeline it was built for declares or lists in its status;
+//! it must not be used for another pipeline.
+
+use std::borrow::Borrow;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use orderpipe_api::OrderPipeline;
+
+use super::plan::claimed_topic_names;
+
+/// A pipeline by namespace and name.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PipelineRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl PipelineRef {
+    pub fn of(pipeline: &OrderPipeline) -> Self {
+        Self {
+            namespace: pipeline.metadata.namespace.clone().unwrap_or_default(),
+            name: pipeline.metadata.name.clone().unwrap_or_default(),
+        }
+    }
+}
+
+impl fmt::Display for PipelineRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Orders claimants: older first. A pipeline without a creation timestamp has not been stored by
+/// the API server yet, so it is the youngest of all; the derived order compares fields top to
+/// bottom.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Seniority {
+    unstored: bool,
+    created: Option<Time>,
+    pipeline: PipelineRef,
+}
+
+impl Seniority {
+    fn of(pipeline: &OrderPipeline) -> Self {
+        let created = pipeline.metadata.creation_timestamp.clone();
+        Self {
+            unstored: created.is_none(),
+            created,
+            pipeline: PipelineRef::of(pipeline),
+        }
+    }
+}
+
+/// Topic ownership as seen by one pipeline.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OwnershipView {
+    me: PipelineRef,
+    /// The oldest claimant of each topic of interest, this pipeline included.
+    owners: BTreeMap<String, PipelineRef>,
+    /// Topics of interest another live pipeline on the same cluster declares.
+    claimed_by_others: BTreeSet<String>,
+}
+
+impl OwnershipView {
+    /// Builds the view for `me` from every pipeline in the store (`me` may be among them; the
+    /// argument is used, as it is the fresher copy). `me` counts even while being deleted, so its
+    /// finalizer still knows what it owned.
+    pub fn new<I>(me: &OrderPipeline, pipelines: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Borrow<OrderPipeline>,
+    {
+        let mine = claimed_topic_names(me);
+        // Topics in the status may have left the spec and still need a delete decision.
+        let status_topics = me
+            .status
+            .iter()
+            .flat_map(|s| s.topics.iter().map(|t| t.name.clone()));
+        let interest: BTreeSet<String> = mine.iter().cloned().chain(status_topics).collect();
+        let cluster = cluster_of(me);
+        let me_seniority = Seniority::of(me);
+
+        let mut oldest: BTreeMap<String, Seniority> = mine
+            .into_iter()
+            .map(|topic| (topic, me_seniority.clone()))
+            .collect();
+        let mut claimed_by_others = BTreeSet::new();
+        for other in pipelines {
+            let other = other.borrow();
+            let seniority = Seniority::of(other);
+            if seniority.pipeline == me_seniority.pipeline
+                || other.metadata.deletion_timestamp.is_some()
+                || cluster.is_disjoint(&cluster_of(other))
+            {
+                continue;
+            }
+            for topic in claimed_topic_names(other)
+                .into_iter()
+                .filter(|t| interest.contains(t))
+            {
+                claimed_by_others.insert(topic.clone());
+                let current = oldest.entry(topic).or_insert_with(|| seniority.clone());
+                if seniority < *current {
+                    *current = seniority.clone();
+                }
+            }
+        }
+        Self {
+            me: me_seniority.pipeline,
+            owners: oldest
+                .into_iter()
+                .map(|(topic, s)| (topic, s.pipeline))
+                .collect(),
+            claimed_by_others,
+        }
+    }
+
+    /// The owner of `topic`; `None` when no live pipeline on the cluster declares it.
+    pub fn owner_of(&self, topic: &str) -> Option<&PipelineRef> {
+        self.owners.get(topic)
+    }
+
+    /// Whether the pipeline this view was built for owns `topic`.
+    pub fn is_mine(&self, topic: &str) -> bool {
+        self.owner_of(topic) == Some(&self.me)
+    }
+
+    /// The owner of `topic` when it is another pipeline: then this one must not touch the topic.
+    pub fn other_owner(&self, topic: &str) -> Option<&PipelineRef> {
+        self.owner_of(topic).filter(|owner| **owner != self.me)
+    }
+
+    /// Whether a live pipeline other than this one declares `topic` (older or newer): such a topic
+    /// is never deleted on this pipeline's behalf.
+    pub fn is_claimed_by_another(&self, topic: &str) -> bool {
+        self.claimed_by_others.contains(topic)
+    }
+}
+
+/// The pipeline's bootstrap servers, normalised: DNS names are case-insensitive.
+fn cluster_of(pipeline: &OrderPipeline) -> BTreeSet<String> {
+    let servers = pipeline.spec.kafka.bootstrap_servers.iter();
+    servers
+        .map(|server| server.0.trim().to_ascii_lowercase())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::jiff::Timestamp;
+
+    use super::*;
+
+    /// A pipeline declaring `topics` (plus the `orders` input of its one custom stage).
+    fn pipeline(
+        namespace: &str,
+        name: &str,
+        created: &str,
+        bootstrap: &str,
+        topics: &[&str],
+    ) -> OrderPipeline {
+        let topics: Vec<String> = topics
+            .iter()
+            .map(|t| format!("{{name: {t}, partitions: 3}}"))
+            .collect();
+        let yaml = format!(
+            r#"
+apiVersion: orderpipe.dev/v1alpha1
+kind: OrderPipeline
+metadata: {{name: {name}, namespace: {namespace}, creationTimestamp: "{created}"}}
+spec:
+  kafka: {{bootstrapServers: ["{bootstrap}"]}}
+  topics: [{{name: orders, partitions: 3}}, {topics}]
+  stages:
+    - {{name: copy, processor: custom, image: example/copy, input: orders, deadLetter: orders}}
+"#,
+            topics = topics.join(", ")
+        );
+        serde_yaml::from_str(&yaml).expect("fixture parses")
+    }
+
+    const EARLY: &str = "2026-01-01T00:00:00Z";
+    const LATE: &str = "2026-02-01T00:00:00Z";
+
+    fn owner(view: &OwnershipView, topic: &str) -> Option<String> {
+        view.owner_of(topic).map(ToString::to_string)
+    }
+
+    #[test]
+    fn oldest_pipeline_owns_a_shared_topic() {
+        let old = pipeline("shop", "old", EARLY, "kafka:9092", &["shared"]);
+        let new = pipeline("shop", "new", LATE, "kafka:9092", &["shared", "own"]);
+        let all = [old.clone(), new.clone()];
+
+        let view = OwnershipView::new(&new, &all);
+        assert_eq!(owner(&view, "shared").as_deref(), Some("shop/old"));
+        assert!(!view.is_mine("shared"));
+        assert_eq!(
+            view.other_owner("shared")
+                .map(ToString::to_string)
+                .as_deref(),
+            Some("shop/old")
+        );
+        assert!(view.is_mine("own"));
+
+        let view = OwnershipView::new(&old, &all);
+        assert!(view.is_mine("shared"));
+        assert!(view.other_owner("shared").is_none());
+        assert!(
+            view.is_claimed_by_another("shared"),
+            "the newer pipeline still declares it"
+        );
+    }
+
+    #[test]
+    fn creation_time_ties_are_broken_by_namespace_then_name() {
+        let a = pipeline("alpha", "zeta", EARLY, "kafka:9092", &["shared"]);
+        let b = pipeline("beta", "able", EARLY, "kafka:9092", &["shared"]);
+        let c = pipeline("alpha", "omega", EARLY, "kafka:9092", &["shared"]);
+        let all = [a.clone(), b.clone(), c.clone()];
+        for me in &all {
+            let view = OwnershipView::new(me, &all);
+            assert_eq!(owner(&view, "shared").as_deref(), Some("alpha/omega"));
+        }
+    }
+
+    #[test]
+    fn pipelines_on_different_clusters_do_not_compete() {
+        let old = pipeline("shop", "old", EARLY, "kafka-a:9092", &["shared"]);
+        let new = pipeline("shop", "new", LATE, "kafka-b:9092", &["shared"]);
+        let view = OwnershipView::new(&new, [&old, &new]);
+        assert!(view.is_mine("shared"));
+        assert!(!view.is_claimed_by_another("shared"));
+    }
+
+    #[test]
+    fn bootstrap_hosts_compare_without_case() {
+        let old = pipeline("shop", "old", EARLY, "Kafka.Example.COM:9092", &["shared"]);
+        let new = pipeline("shop", "new", LATE, "kafka.example.com:9092", &["shared"]);
+        let view = OwnershipView::new(&new, [&old, &new]);
+        assert!(!view.is_mine("shared"));
+    }
+
+    #[test]
+    fn a_deleted_pipeline_releases_its_claims() {
+        let mut old = pipeline("shop", "old", EARLY, "kafka:9092", &["shared"]);
+        old.metadata.deletion_timestamp = Some(Time(
+            Timestamp::from_second(1_780_000_000).expect("in range"),
+        ));
+        let new = pipeline("shop", "new", LATE, "kafka:9092", &["shared"]);
+
+        let view = OwnershipView::new(&new, [&old, &new]);
+        assert!(view.is_mine("shared"));
+        assert!(!view.is_claimed_by_another("shared"));
+
+        // The pipeline being deleted still sees its own claims (its finalizer needs them), and sees
+        // that a live pipeline declares the topic, so it must not delete it.
+        let view = OwnershipView::new(&old, [&old, &new]);
+        assert!(view.is_mine("shared"));
+        assert!(view.is_claimed_by_another("shared"));
+    }
+
+    #[test]
+    fn a_pipeline_not_yet_stored_is_the_youngest() {
+        let stored = pipeline("shop", "stored", LATE, "kafka:9092", &["shared"]);
+        let mut fresh = pipeline("aaa", "fresh", EARLY, "kafka:9092", &["shared"]);
+        fresh.metadata.creation_timestamp = None;
+        let view = OwnershipView::new(&fresh, [&stored]);
+        assert_eq!(owner(&view, "shared").as_deref(), Some("shop/stored"));
+    }
+
+    #[test]
+    fn state_topics_are_claimed_like_declared_ones() {
+        let yaml = r#"
+apiVersion: orderpipe.dev/v1alpha1
+kind: OrderPipeline
+metadata: {name: checkout, namespace: shop, creationTimestamp: "2026-01-01T00:00:00Z"}
+spec:
+  kafka: {bootstrapServers: ["kafka:9092"]}
+  topics: [{name: orders, partitions: 3}, {name: ok, partitions: 3}, {name: bad, partitions: 3}]
+  stages:
+    - {name: validate, processor: validate, input: orders, deadLetter: bad,
+       outputs: {validated: ok, rejected: bad}}
+"#;
+        let me: OrderPipeline = serde_yaml::from_str(yaml).expect("fixture parses");
+        let view = OwnershipView::new(&me, [&me]);
+        assert!(view.is_mine("orderpipe.shop.checkout.validate.state"));
+    }
+}
