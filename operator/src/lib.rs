@@ -5,7 +5,14 @@
 //! modules that say so in their header do I/O (`controller`, `apply`, `topics::admin`); `model`,
 //! `desired`, `children`, `topics::plan` and `status` are pure and tested without a cluster.
 
+pub mod apply;
+pub mod capabilities;
 pub mod children;
+pub mod controller;
 pub mod desired;
+pub mod error;
+pub mod http;
+pub mod metrics;
 pub mod model;
+pub mod status;
 pub mod topics;

@@ -1,3 +1,223 @@
-//! Entry point of `orderpipe-operator` (wired up with the controller).
+//! `orderpipe-operator`: parses flags, sets up logging, metrics and health endpoints, waits for the
+//! leader lease, and runs the controller until SIGTERM (restarting it when the cluster's optional
+//! CRDs appear or disappear).
 
-fn main() {}
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use anyhow::Context as _;
+use clap::Parser;
+use kube::Client;
+use kube::runtime::events::Reporter;
+use kube_lease_manager::LeaseManagerBuilder;
+use orderpipe_operator::http::{self, Health};
+use orderpipe_operator::metrics::Metrics;
+use orderpipe_operator::model::OperatorSettings;
+use orderpipe_operator::topics::{AdminPool, AdminSettings};
+use orderpipe_operator::{capabilities, controller};
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about = "Reconciles OrderPipelines into Kafka topics and worker workloads"
+)]
+struct Args {
+    /// Worker image for the built-in processors.
+    #[arg(long, env = "ORDERPIPE_WORKER_IMAGE", default_value = concat!("docker.io/orderpipe/orderpipe-worker:", env!("CARGO_PKG_VERSION")))]
+    worker_image: String,
+    /// Prometheus queried by canary analyses unless a stage names its own.
+    #[arg(
+        long,
+        env = "ORDERPIPE_PROMETHEUS_URL",
+        default_value = "http://prometheus-operated.monitoring.svc:9090"
+    )]
+    prometheus_url: String,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "ORDERPIPE_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    metrics_addr: SocketAddr,
+    /// Only reconcile OrderPipelines in this namespace (default: all namespaces).
+    #[arg(long, env = "ORDERPIPE_WATCH_NAMESPACE")]
+    watch_namespace: Option<String>,
+    /// Run for leadership with a Lease so several replicas can run; only the holder reconciles.
+    #[arg(long, env = "ORDERPIPE_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_election: bool,
+    /// Namespace of the leader Lease (the operator's own namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "orderpipe-system")]
+    lease_namespace: String,
+    /// Identity in the Lease (the pod name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Log format.
+    #[arg(long, env = "ORDERPIPE_LOG_FORMAT", value_parser = ["json", "text"], default_value = "json")]
+    log_format: String,
+}
+
+const LEASE_NAME: &str = "orderpipe-operator-leader";
+const LEASE_SECONDS: u64 = 15;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_logging(&args.log_format);
+
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+
+    let mut registry = Registry::default();
+    let metrics = Arc::new(Metrics::register(&mut registry));
+    let health = Arc::new(Health {
+        registry,
+        ready: AtomicBool::new(false),
+    });
+    let server = tokio::spawn(http::serve(
+        args.metrics_addr,
+        health.clone(),
+        shutdown.clone().cancelled_owned(),
+    ));
+
+    let client = Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API")?;
+    let identity = args
+        .identity
+        .clone()
+        .unwrap_or_else(|| format!("orderpipe-operator-{}", std::process::id()));
+    let settings = OperatorSettings {
+        worker_image: args.worker_image.clone(),
+        prometheus_url: args.prometheus_url.clone(),
+    };
+
+    // Leadership: only the holder reconciles; losing the lease ends the process so a fresh start
+    // rejoins as a candidate with clean caches.
+    let leadership = CancellationToken::new();
+    let lease = if args.leader_election {
+        let manager = LeaseManagerBuilder::new(client.clone(), LEASE_NAME)
+            .with_namespace(&args.lease_namespace)
+            .with_identity(&identity)
+            .with_duration(LEASE_SECONDS)
+            .with_grace(5)
+            .build()
+            .await
+            .context("setting up the leader lease")?;
+        let (mut leader, task) = manager.watch().await;
+        health.set_ready(true);
+        info!(%identity, lease = LEASE_NAME, "waiting for leadership");
+        loop {
+            if *leader.borrow_and_update() {
+                break;
+            }
+            tokio::select! {
+                changed = leader.changed() => changed.context("lease manager stopped")?,
+                () = shutdown.cancelled() => return Ok(()),
+            }
+        }
+        let lost = leadership.clone();
+        let watcher = tokio::spawn(async move {
+            while leader.changed().await.is_ok() {
+                if !*leader.borrow_and_update() {
+                    break;
+                }
+            }
+            lost.cancel();
+            leader
+        });
+        Some((watcher, task))
+    } else {
+        None
+    };
+    metrics.set_leader(true);
+    info!(%identity, "leading: reconciling OrderPipelines");
+
+    let shared = controller::Shared {
+        client: client.clone(),
+        settings,
+        kafka: Arc::new(AdminPool::new(AdminSettings::default())),
+        metrics: metrics.clone(),
+        reporter: Reporter {
+            controller: "orderpipe-operator".into(),
+            instance: Some(identity),
+        },
+        watch_namespace: args.watch_namespace.clone(),
+    };
+    let mut lost_leadership = false;
+    loop {
+        let capabilities = capabilities::detect(&client).await;
+        health.set_ready(true);
+        let stop = CancellationToken::new();
+        let restart = tokio::spawn({
+            let (client, stop, shutdown, leadership) = (
+                client.clone(),
+                stop.clone(),
+                shutdown.clone(),
+                leadership.clone(),
+            );
+            async move {
+                tokio::select! {
+                    () = capabilities::changed(client, capabilities) => {}
+                    () = shutdown.cancelled() => {}
+                    () = leadership.cancelled() => {}
+                }
+                stop.cancel();
+            }
+        });
+        controller::run(shared.clone(), capabilities, stop.cancelled_owned()).await;
+        restart.abort();
+        if leadership.is_cancelled() {
+            lost_leadership = true;
+            break;
+        }
+        if shutdown.is_cancelled() {
+            break;
+        }
+    }
+
+    metrics.set_leader(false);
+    if let Some((watcher, task)) = lease {
+        watcher.abort();
+        // Closing the channel ends the lease task; releasing lets a standby take over at once.
+        if let Ok(Ok(manager)) = task.await
+            && let Err(error) = manager.release().await
+        {
+            error!(%error, "could not release the leader lease");
+        }
+    }
+    shutdown.cancel();
+    let _ = server.await;
+    if lost_leadership {
+        anyhow::bail!("lost the leader lease");
+    }
+    info!("stopped");
+    Ok(())
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn,rdkafka=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if format == "json" {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn cancel_on_signal(token: CancellationToken) {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+    info!("shutdown requested");
+    token.cancel();
+}

@@ -1,0 +1,54 @@
+//! The reconcile's errors: one variant per step, each with its source, and a bounded category for
+//! metrics. Permanent problems of the spec are not errors: they become conditions and wait for a
+//! change. Errors here are transient (API or Kafka unavailable) and are retried with backoff.
+
+use crate::children::ChildKind;
+use crate::desired::DesiredError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("OrderPipeline has no namespace")]
+    MissingNamespace,
+    #[error("reading Secret {secret} for the Kafka connection: {source}")]
+    ReadSecret { secret: String, source: kube::Error },
+    #[error("Secret {secret} has no key {key} (referenced by spec.kafka)")]
+    SecretKeyMissing { secret: String, key: String },
+    #[error("connecting to Kafka: {0}")]
+    Kafka(#[source] crate::topics::TopicError),
+    #[error("building the stage objects: {0}")]
+    Desired(#[from] DesiredError),
+    #[error("applying {kind:?} {name}: {source}")]
+    Apply {
+        kind: ChildKind,
+        name: String,
+        source: kube::Error,
+    },
+    #[error("deleting {kind:?} {name}: {source}")]
+    Delete {
+        kind: ChildKind,
+        name: String,
+        source: kube::Error,
+    },
+    #[error("writing status: {0}")]
+    Status(#[source] kube::Error),
+    #[error("updating the finalizer: {0}")]
+    Finalizer(#[source] kube::Error),
+    #[error("deleting topics before removing the finalizer: {0}")]
+    TopicCleanup(String),
+}
+
+impl Error {
+    /// Bounded label for `orderpipe_operator_reconcile_errors_total`.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Self::MissingNamespace => "invalid",
+            Self::ReadSecret { .. } | Self::SecretKeyMissing { .. } => "secret",
+            Self::Kafka(_) | Self::TopicCleanup(_) => "kafka",
+            Self::Desired(_) => "desired",
+            Self::Apply { .. } => "apply",
+            Self::Delete { .. } => "delete",
+            Self::Status(_) => "status",
+            Self::Finalizer(_) => "finalizer",
+        }
+    }
+}
