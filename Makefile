@@ -53,8 +53,9 @@ e2e-setup: ## Install the Debian packages the e2e tests need (kcat, prometheus, 
 e2e-tools: e2e-setup ## Build the real infrastructure (apiserver, etcd, kwok, Kafka...) into the versioned cache
 	@e2e/tools/build.sh
 
-# Extra flags for `orderpipe-e2e up`, e.g. E2E_UP_FLAGS=--crds-dir=/tmp/my-crds.
-E2E_UP_FLAGS ?=
+# Flags for `orderpipe-e2e up` (see `cargo run -p orderpipe-e2e -- up --help`); the shared stack runs
+# the Argo Rollouts controller too, for the canary tests.
+E2E_UP_FLAGS ?= --argo-rollouts
 
 .PHONY: e2e-up
 e2e-up: e2e-tools ## Start the local stack in the background; then: source target/e2e/env

@@ -20,6 +20,7 @@ pub enum Component {
     KubeControllerManager,
     KubeScheduler,
     Kwok,
+    RolloutsController,
     Kafka,
 }
 
@@ -32,6 +33,7 @@ impl Component {
             Component::KubeControllerManager => "kube-controller-manager",
             Component::KubeScheduler => "kube-scheduler",
             Component::Kwok => "kwok",
+            Component::RolloutsController => "rollouts-controller",
             Component::Kafka => "kafka",
         }
     }
@@ -110,8 +112,12 @@ impl Member {
         })
         .await;
         match outcome {
+            Ok(()) => {
+                process.note(&format!("ready ({what})"));
+                Ok(())
+            }
             Err(E2eError::Timeout { what, waited }) => Err(process.not_ready_error(what, waited)),
-            other => other,
+            Err(error) => Err(error),
         }
     }
 

@@ -20,6 +20,15 @@ use orderpipe_e2e::{
 };
 use tokio::signal::unix::{SignalKind, signal};
 
+/// `println!` that ignores a closed stdout (`orderpipe-e2e up | head`): the stack matters more
+/// than the message, and a panic here would skip the rest of `up`/`down`.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 #[derive(Debug, Parser)]
 #[command(
     version,
@@ -63,6 +72,9 @@ struct StackArgs {
     /// Install no CRDs at all (neither ours nor the third-party ones).
     #[arg(long)]
     no_crds: bool,
+    /// Also run the Argo Rollouts controller (full and kubernetes profiles).
+    #[arg(long)]
+    argo_rollouts: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -132,7 +144,7 @@ fn running_stack(env_file: &Path) -> anyhow::Result<Option<StackEnv>> {
 fn up(env_file: &Path, args: &StackArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     if let Some(env) = running_stack(env_file)? {
-        println!(
+        say!(
             "e2e stack already running (supervisor pid {}).",
             env.supervisor_pid
         );
@@ -166,6 +178,9 @@ fn up(env_file: &Path, args: &StackArgs) -> anyhow::Result<ExitCode> {
     if args.no_crds {
         command.arg("--no-crds");
     }
+    if args.argo_rollouts {
+        command.arg("--argo-rollouts");
+    }
     let mut supervisor = command
         .stdin(Stdio::null())
         .stdout(log.try_clone().context("duplicating the log handle")?)
@@ -173,12 +188,12 @@ fn up(env_file: &Path, args: &StackArgs) -> anyhow::Result<ExitCode> {
         .spawn()
         .context("starting the supervisor")?;
     let deadline = started + Duration::from_secs(args.timeout_secs);
-    println!("starting the e2e stack (log: {}) ...", log_path.display());
+    say!("starting the e2e stack (log: {}) ...", log_path.display());
     loop {
         if let Ok(env) = StackEnv::load(env_file)
             && env.supervisor_pid == supervisor.id()
         {
-            println!(
+            say!(
                 "e2e stack ready in {:.1} s",
                 started.elapsed().as_secs_f64()
             );
@@ -203,17 +218,17 @@ fn up(env_file: &Path, args: &StackArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn print_usage(env_file: &Path, env: &StackEnv) {
-    println!("  source {}", env_file.display());
+    say!("  source {}", env_file.display());
     if env.kubeconfig.is_some() {
-        println!(
+        say!(
             "  kubectl get nodes                      # kubectl from the tools dir, KUBECONFIG set"
         );
     }
     if let Some(bootstrap) = &env.kafka_bootstrap {
-        println!("  kcat -b {bootstrap} -L          # KAFKA_BOOTSTRAP_SERVERS={bootstrap}");
+        say!("  kcat -b {bootstrap} -L          # KAFKA_BOOTSTRAP_SERVERS={bootstrap}");
     }
-    println!("  logs: {}/logs/", env.work_dir.display());
-    println!("  stop: make e2e-down");
+    say!("  logs: {}/logs/", env.work_dir.display());
+    say!("  stop: make e2e-down");
 }
 
 async fn serve(env_file: &Path, args: &StackArgs) -> anyhow::Result<ExitCode> {
@@ -224,7 +239,9 @@ async fn serve(env_file: &Path, args: &StackArgs) -> anyhow::Result<ExitCode> {
     let mut terminate = signal(SignalKind::terminate()).context("handling SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("handling SIGINT")?;
 
-    let mut builder = Stack::builder(&args.name).install_crds(!args.no_crds);
+    let mut builder = Stack::builder(&args.name)
+        .install_crds(!args.no_crds)
+        .argo_rollouts(args.argo_rollouts);
     if let Some(dir) = &args.crds_dir {
         builder = builder.crds_dir(dir);
     }
@@ -240,7 +257,7 @@ async fn serve(env_file: &Path, args: &StackArgs) -> anyhow::Result<ExitCode> {
         _ = interrupt.recv() => bail!("stopped by SIGINT while starting"),
     };
     stack.env().write(env_file)?;
-    println!(
+    say!(
         "stack {} ready in {:.1} s: {:?}",
         stack.name(),
         started.elapsed().as_secs_f64(),
@@ -253,7 +270,7 @@ async fn serve(env_file: &Path, args: &StackArgs) -> anyhow::Result<ExitCode> {
             _ = hangup.recv() => continue,
         }
     }
-    println!("stopping stack {}", stack.name());
+    say!("stopping stack {}", stack.name());
     let stopped = stack.stop().await;
     if StackEnv::load(env_file).is_ok_and(|env| env.supervisor_pid == std::process::id()) {
         let _ = fs::remove_file(env_file);
@@ -264,7 +281,7 @@ async fn serve(env_file: &Path, args: &StackArgs) -> anyhow::Result<ExitCode> {
 
 fn down(env_file: &Path) -> anyhow::Result<ExitCode> {
     if !env_file.exists() {
-        println!(
+        say!(
             "no e2e stack running ({} does not exist)",
             env_file.display()
         );
@@ -294,17 +311,17 @@ fn down(env_file: &Path) -> anyhow::Result<ExitCode> {
         bail!("processes {leftovers:?} survived SIGKILL");
     }
     let _ = fs::remove_file(env_file);
-    println!("e2e stack stopped");
+    say!("e2e stack stopped");
     Ok(ExitCode::SUCCESS)
 }
 
 async fn status(env_file: &Path) -> anyhow::Result<ExitCode> {
     let Some(env) = running_stack(env_file)? else {
-        println!("no e2e stack running");
+        say!("no e2e stack running");
         return Ok(ExitCode::FAILURE);
     };
     let mut healthy = true;
-    println!(
+    say!(
         "supervisor pid {} (work dir {})",
         env.supervisor_pid,
         env.work_dir.display()
@@ -312,7 +329,7 @@ async fn status(env_file: &Path) -> anyhow::Result<ExitCode> {
     for (component, pid) in &env.pids {
         let alive = pid_alive(*pid);
         healthy &= alive;
-        println!(
+        say!(
             "  {component:<24} pid {pid:<8} {}",
             if alive { "running" } else { "GONE" }
         );
@@ -326,7 +343,7 @@ async fn status(env_file: &Path) -> anyhow::Result<ExitCode> {
         .await
         .is_ok();
         healthy &= ready;
-        println!(
+        say!(
             "  kube-apiserver /readyz     {}",
             if ready { "ok" } else { "NOT READY" }
         );
@@ -340,7 +357,7 @@ async fn status(env_file: &Path) -> anyhow::Result<ExitCode> {
         )
         .is_ok();
         healthy &= reachable;
-        println!(
+        say!(
             "  kafka {bootstrap:<20} {}",
             if reachable {
                 "accepting connections"

@@ -83,6 +83,7 @@ impl CommandSpec {
 #[derive(Debug)]
 pub struct Process {
     component: &'static str,
+    started: Instant,
     child: Child,
     exit: Option<ExitStatus>,
     watchdog: Option<Child>,
@@ -123,6 +124,7 @@ impl Process {
             })?;
         let mut process = Process {
             component,
+            started: Instant::now(),
             child,
             exit: None,
             watchdog: None,
@@ -139,6 +141,19 @@ impl Process {
     /// PID of the group leader, which is also the process group ID.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Appends a harness line to the component's log, with the time since spawn: the logs then
+    /// show how long each component took to become ready.
+    pub fn note(&self, what: &str) {
+        if let Ok(mut log) = OpenOptions::new().append(true).open(&self.log) {
+            let elapsed = self.started.elapsed().as_secs_f64();
+            let _ = writeln!(
+                log,
+                "==== orderpipe-e2e: {} {what} after {elapsed:.1} s",
+                self.component
+            );
+        }
     }
 
     /// The error to report if the component has already exited (it never should on its own).

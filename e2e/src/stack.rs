@@ -13,7 +13,7 @@ use crate::component::{Component, Member, stop_members, stop_members_blocking};
 use crate::envfile::StackEnv;
 use crate::error::{E2eError, Result};
 use crate::kafka::KafkaBroker;
-use crate::kube_cluster::{KubeCluster, Kubernetes};
+use crate::kube_cluster::{KubeCluster, KubeOptions, Kubernetes};
 use crate::tools::{self, Tools};
 
 /// Marks a directory as a stack work dir, the only kind `start` will wipe.
@@ -32,6 +32,7 @@ pub struct StackBuilder {
     crds_dir: Option<PathBuf>,
     install_crds: bool,
     third_party_crds: bool,
+    argo_rollouts: bool,
     ready_timeout: Duration,
     stop_grace: Duration,
 }
@@ -81,6 +82,13 @@ impl StackBuilder {
     /// Install the Argo Rollouts and Prometheus Operator CRDs from the tools dir (default: yes).
     pub fn third_party_crds(mut self, on: bool) -> Self {
         self.third_party_crds = on;
+        self
+    }
+
+    /// Also run the Argo Rollouts controller (default: no), for canary tests; needs
+    /// [`Kubernetes::Full`] and the third-party CRDs.
+    pub fn argo_rollouts(mut self, on: bool) -> Self {
+        self.argo_rollouts = on;
         self
     }
 
@@ -140,13 +148,13 @@ impl StackBuilder {
                         crd_files.extend(tools.third_party_crds()?);
                     }
                 }
-                Some(KubeCluster::prepare(
-                    &tools,
-                    &work_dir,
+                let options = KubeOptions {
                     mode,
                     crd_files,
-                    self.ready_timeout,
-                )?)
+                    argo_rollouts: self.argo_rollouts,
+                    timeout: self.ready_timeout,
+                };
+                Some(KubeCluster::prepare(&tools, &work_dir, options)?)
             }
         };
         let kafka = if self.kafka {
@@ -188,6 +196,7 @@ impl Stack {
             crds_dir: None,
             install_crds: true,
             third_party_crds: true,
+            argo_rollouts: false,
             ready_timeout: Duration::from_secs(180),
             stop_grace: Duration::from_secs(15),
         }

@@ -1,12 +1,14 @@
 //! Kubernetes on the shared stack: the control plane really reconciles workloads (controller-
-//! manager → ReplicaSet → pods, scheduler → kwok node, kwok → Ready). Needs `make test-e2e`.
+//! manager → ReplicaSet → pods, scheduler → kwok node, kwok → Ready), and so does the Argo
+//! Rollouts controller. Needs `make test-e2e`.
 
 use std::time::Duration;
 
 use anyhow::Context;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{ListParams, PostParams};
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, PostParams};
 use orderpipe_e2e::{NODE_NAME, SharedStack, wait_until};
 
 const REPLICAS: i32 = 3;
@@ -69,6 +71,58 @@ async fn deployment_becomes_available() -> anyhow::Result<()> {
             .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
         assert!(ready, "pod {name} not Ready");
     }
+    ns.cleanup().await?;
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs the local stack: make test-e2e"]
+async fn argo_rollout_becomes_healthy() -> anyhow::Result<()> {
+    let stack = SharedStack::get()?;
+    let ns = stack.namespace("rollout").await?;
+    let gvk = GroupVersionKind::gvk("argoproj.io", "v1alpha1", "Rollout");
+    let resource = ApiResource::from_gvk_with_plural(&gvk, "rollouts");
+    let rollouts: Api<DynamicObject> =
+        Api::namespaced_with(ns.client().clone(), ns.name(), &resource);
+    let rollout: DynamicObject = serde_json::from_value(serde_json::json!({
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Rollout",
+        "metadata": { "name": "web" },
+        "spec": {
+            "replicas": 2,
+            "selector": { "matchLabels": { "app": "web" } },
+            "template": {
+                "metadata": { "labels": { "app": "web" } },
+                "spec": { "containers": [{ "name": "web", "image": "example.invalid/web:1" }] },
+            },
+            "strategy": { "canary": { "steps": [{ "setWeight": 50 }, { "pause": { "duration": 1 } }] } },
+        },
+    }))?;
+    rollouts
+        .create(&PostParams::default(), &rollout)
+        .await
+        .context("creating the rollout (are the Argo CRDs installed?)")?;
+
+    wait_until(
+        "rollout web Healthy with 2 available replicas (is the stack up with --argo-rollouts?)",
+        Duration::from_secs(90),
+        || async {
+            let status = rollouts.get("web").await.ok()?.data.get("status")?.clone();
+            (status["phase"] == "Healthy" && status["availableReplicas"] == 2).then_some(())
+        },
+    )
+    .await?;
+
+    // The controller, not something else, did the work: its ReplicaSet carries the owner.
+    let replica_sets = ns.api::<ReplicaSet>().list(&ListParams::default()).await?;
+    let owned = replica_sets.items.iter().any(|rs| {
+        rs.metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|owner| owner.kind == "Rollout" && owner.name == "web")
+    });
+    assert!(owned, "no ReplicaSet owned by Rollout web");
     ns.cleanup().await?;
     Ok(())
 }
