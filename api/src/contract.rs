@@ -88,12 +88,34 @@ pub mod metrics {
     /// watermark minus committed offset). The autoscaler reads the stage's sum through the External
     /// metrics API, e.g. from prometheus-adapter.
     pub const CONSUMER_LAG: &str = "orderpipe_consumer_lag";
+    /// Counter: records written to the dead-letter topic, by [`labels::REASON`] (the stable
+    /// dead-letter reason codes of `orderpipe-orders`).
+    pub const DEAD_LETTERS: &str = "orderpipe_dead_letters_total";
+    /// Counter: transactions (or, at-least-once, offset commits) by [`labels::RESULT`]:
+    /// `committed` or `aborted`.
+    pub const TRANSACTIONS: &str = "orderpipe_transactions_total";
+    /// Counter: blocking retries of a transient failure (webhook attempts after the first).
+    pub const RETRIES: &str = "orderpipe_retries_total";
+    /// Counter: webhook attempts by [`labels::RESULT`] (`2xx`, `4xx`, `429`, `5xx`, `timeout`...).
+    pub const WEBHOOK_REQUESTS: &str = "orderpipe_webhook_requests_total";
+    /// Counter: consumer group rebalances by [`labels::KIND`]: `assigned`, `revoked`, `lost`.
+    pub const REBALANCES: &str = "orderpipe_rebalances_total";
+    /// Gauge: input partitions currently assigned to this worker.
+    pub const ASSIGNED_PARTITIONS: &str = "orderpipe_assigned_partitions";
+    /// Histogram: seconds from handing a record to the processor to its decision (webhook
+    /// attempts and retry waits included).
+    pub const PROCESSING_DURATION: &str = "orderpipe_processing_duration_seconds";
 
     /// Label names.
     pub mod labels {
         pub const PIPELINE: &str = "pipeline";
         pub const STAGE: &str = "stage";
         pub const OUTCOME: &str = "outcome";
+        /// Input partition number (bounded by the topic's partition count).
+        pub const PARTITION: &str = "partition";
+        pub const REASON: &str = "reason";
+        pub const RESULT: &str = "result";
+        pub const KIND: &str = "kind";
     }
 
     /// Values of [`labels::OUTCOME`]: what became of a record. Processors' finer outcomes map onto

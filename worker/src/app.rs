@@ -1,0 +1,197 @@
+//! `orderpipe-worker run`: wires one stage from the worker contract — metrics and health
+//! endpoints, the stage handler, the producer for the configured delivery guarantee, the state
+//! topic reader, the coordinator and the stage consumer — and runs the loop on its own thread
+//! until shutdown. Must not contain loop logic (see [`crate::runtime`]).
+
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use orderpipe_api::contract::{ContractError, Delivery, WorkerConfig, env};
+use orderpipe_api::v1alpha1::Processor as ProcessorKind;
+use orderpipe_orders::status::StatusMachine;
+use orderpipe_orders::validate::Validator;
+use rdkafka::consumer::BaseConsumer;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::WorkerError;
+use crate::kafka::changelog::KafkaChangelog;
+use crate::kafka::client;
+use crate::kafka::consumer::{KafkaSource, StageContext};
+use crate::kafka::producer::{AtLeastOnceSink, TransactionalSink};
+use crate::metrics::Metrics;
+use crate::routes::OutputRoutes;
+use crate::runtime::{
+    ChangelogReader, Coordinator, CoordinatorParts, Health, LagBook, Sink, SinkError, Tuning,
+    driver,
+};
+use crate::server::{self, Endpoints};
+use crate::stage::notify::{self, NotifyStage};
+use crate::stage::webhook::HttpWebhook;
+use crate::stage::{StageHandler, Stateful};
+
+/// Beyond the longest legitimate blocking call of the loop (a revocation waiting for workers, then
+/// a commit), a silent loop counts as wedged.
+const STALL_MARGIN: Duration = Duration::from_secs(90);
+
+/// Shared by everything the stage runs.
+struct Shared {
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    tuning: Tuning,
+}
+
+/// Runs the configured stage until `shutdown` is cancelled or an unrecoverable error occurs.
+pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<(), WorkerError> {
+    let (registry, metrics) = Metrics::registry(&config.pipeline, &config.stage);
+    let tuning = Tuning::new(config.commit_interval, config.shutdown_grace);
+    let health = Arc::new(Health::new(tuning.stop_timeout + STALL_MARGIN));
+    let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, config.metrics_port))
+        .await
+        .map_err(|source| WorkerError::Serve {
+            port: config.metrics_port,
+            source,
+        })?;
+    let endpoints = Arc::new(Endpoints {
+        registry,
+        health: Arc::clone(&health),
+    });
+    let server_stop = CancellationToken::new();
+    let server = tokio::spawn(server::serve(listener, endpoints, server_stop.clone()));
+
+    let shared = Shared {
+        metrics: Arc::new(metrics),
+        health,
+        tuning,
+    };
+    let result = match config.processor {
+        ProcessorKind::Validate => {
+            run_stage(Stateful(Validator::default()), config, shared, shutdown).await
+        }
+        ProcessorKind::Status => {
+            run_stage(Stateful(StatusMachine::default()), config, shared, shutdown).await
+        }
+        ProcessorKind::Notify => {
+            let settings = config.notify.as_ref().ok_or(ContractError::Missing {
+                var: env::WEBHOOK_URL,
+                why: "the notify processor posts to a webhook",
+            })?;
+            let stage = NotifyStage::new(
+                notify::policy(settings),
+                HttpWebhook::new(settings)?,
+                Arc::clone(&shared.metrics),
+            );
+            run_stage(stage, config, shared, shutdown).await
+        }
+        ProcessorKind::Custom => Err(WorkerError::UnsupportedProcessor {
+            processor: ProcessorKind::Custom.as_str(),
+        }),
+    };
+    server_stop.cancel();
+    match server.await {
+        Ok(Err(error)) => tracing::warn!(%error, "the metrics server failed"),
+        Err(error) => tracing::warn!(%error, "the metrics server task failed"),
+        Ok(Ok(())) => {}
+    }
+    result
+}
+
+/// Runs the blocking loop on its own thread (Kafka's transactional calls and rebalance callbacks
+/// block) while partition workers run on this async runtime.
+async fn run_stage<H: StageHandler>(
+    stage: H,
+    config: WorkerConfig,
+    shared: Shared,
+    shutdown: CancellationToken,
+) -> Result<(), WorkerError> {
+    let runtime = tokio::runtime::Handle::current();
+    let (done, finished) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("orderpipe-loop".to_owned())
+        .spawn(move || {
+            let result = stage_loop(stage, &config, runtime, shared, &shutdown);
+            let _ = done.send(result);
+        })
+        .map_err(|error| WorkerError::Thread {
+            what: "consume loop",
+            detail: error.to_string(),
+        })?;
+    finished.await.unwrap_or_else(|_| {
+        Err(WorkerError::Thread {
+            what: "consume loop",
+            detail: "it ended without a result (panicked)".to_owned(),
+        })
+    })
+}
+
+fn startup(error: SinkError) -> WorkerError {
+    WorkerError::Kafka {
+        operation: error.operation,
+        source: error.source,
+    }
+}
+
+fn stage_loop<H: StageHandler>(
+    stage: H,
+    config: &WorkerConfig,
+    runtime: tokio::runtime::Handle,
+    shared: Shared,
+    shutdown: &CancellationToken,
+) -> Result<(), WorkerError> {
+    let routes = OutputRoutes::for_stage(config)?;
+    // Before joining the group: initialising transactions fences a previous incarnation of this
+    // worker and aborts its open transaction, so its records never become visible.
+    let sink: Box<dyn Sink> = match config.delivery {
+        Delivery::ExactlyOnce => Box::new(
+            TransactionalSink::connect(client::transactional_producer(config)).map_err(startup)?,
+        ),
+        Delivery::AtLeastOnce => {
+            Box::new(AtLeastOnceSink::connect(client::producer(config)).map_err(startup)?)
+        }
+    };
+    let changelog = config.state_topic.as_ref().map(|topic| {
+        Arc::new(KafkaChangelog::new(
+            client::restore_consumer(config),
+            topic.clone(),
+        )) as Arc<dyn ChangelogReader>
+    });
+    let lag = Arc::new(LagBook::new(Arc::clone(&shared.metrics)));
+    let coordinator = Arc::new(Mutex::new(Coordinator::new(CoordinatorParts {
+        stage: Arc::new(stage),
+        sink,
+        routes,
+        input_topic: config.input_topic.clone(),
+        changelog,
+        runtime,
+        tuning: shared.tuning,
+        metrics: shared.metrics,
+        health: Arc::clone(&shared.health),
+        lag: Arc::clone(&lag),
+        transactional_id: config.transactional_id(),
+    })));
+    let consumer: BaseConsumer<StageContext<H, Box<dyn Sink>>> = client::stage_consumer(config)
+        .create_with_context(StageContext::new(Arc::clone(&coordinator), lag))
+        .map_err(|source| WorkerError::KafkaClient {
+            client: "consumer",
+            source,
+        })?;
+    let mut source = KafkaSource::subscribe(consumer, &config.input_topic)
+        .map_err(WorkerError::kafka("subscribing to the input topic"))?;
+    tracing::info!(
+        pipeline = config.pipeline,
+        stage = config.stage,
+        processor = config.processor.as_str(),
+        input = config.input_topic,
+        group = config.consumer_group,
+        delivery = ?config.delivery,
+        "worker started"
+    );
+    driver::drive(
+        &mut source,
+        &coordinator,
+        shutdown,
+        &shared.health,
+        config.shutdown_grace,
+    )
+}

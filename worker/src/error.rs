@@ -1,0 +1,112 @@
+//! The worker's error type: one variant per step that can fail, each with the context an operator
+//! needs to act (which partition, which topic, which Kafka call). This module must not decide how an
+//! error is handled; the runtime does (abort and rewind, re-create the producer, or stop).
+
+use std::time::Duration;
+
+use orderpipe_api::contract::ContractError;
+use orderpipe_orders::StateDecodeError;
+use rdkafka::error::KafkaError;
+
+/// Why the worker (or one of its steps) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("invalid configuration: {0}")]
+    Config(#[from] ContractError),
+
+    #[error(
+        "processor {processor:?} is not built into orderpipe-worker (it runs the user's image)"
+    )]
+    UnsupportedProcessor { processor: &'static str },
+
+    #[error(
+        "output {output} has no topic in ORDERPIPE_OUTPUTS (the stage needs one named {name:?})"
+    )]
+    UnroutedOutput {
+        output: &'static str,
+        name: &'static str,
+    },
+
+    #[error("creating the Kafka {client} failed: {source}")]
+    KafkaClient {
+        client: &'static str,
+        #[source]
+        source: KafkaError,
+    },
+
+    #[error("Kafka {operation} failed: {source}")]
+    Kafka {
+        operation: &'static str,
+        #[source]
+        source: KafkaError,
+    },
+
+    #[error(
+        "the producer was fenced: another worker with transactional id {transactional_id:?} took \
+         over, so this process is a zombie and stops"
+    )]
+    Fenced { transactional_id: String },
+
+    #[error("restoring partition {partition} of state topic {topic:?} failed: {reason}")]
+    Restore {
+        topic: String,
+        partition: i32,
+        reason: RestoreFailure,
+    },
+
+    #[error("workers of partitions {partitions:?} did not stop within {waited:?}")]
+    StopTimeout {
+        partitions: Vec<i32>,
+        waited: Duration,
+    },
+
+    #[error("building the webhook HTTP client failed: {0}")]
+    HttpClient(#[source] reqwest::Error),
+
+    #[error("serving /metrics on port {port} failed: {source}")]
+    Serve {
+        port: u16,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("the {what} thread failed: {detail}")]
+    Thread { what: &'static str, detail: String },
+}
+
+/// Why restoring per-key state from a changelog partition failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreFailure {
+    #[error("Kafka error: {0}")]
+    Kafka(#[source] KafkaError),
+    #[error("record at offset {offset} cannot be decoded: {source}")]
+    Decode {
+        offset: i64,
+        #[source]
+        source: StateDecodeError,
+    },
+    #[error("the end offset {end} was not reached within {waited:?} (position {position})")]
+    Timeout {
+        end: i64,
+        position: i64,
+        waited: Duration,
+    },
+    #[error("interrupted by shutdown or revocation")]
+    Interrupted,
+}
+
+impl WorkerError {
+    pub(crate) fn kafka(operation: &'static str) -> impl FnOnce(KafkaError) -> Self {
+        move |source| Self::Kafka { operation, source }
+    }
+
+    /// Process exit code: configuration errors (2) and fencing (3) are told apart from other
+    /// failures (1) so a supervisor or test can react to each.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Config(_) | Self::UnsupportedProcessor { .. } | Self::UnroutedOutput { .. } => 2,
+            Self::Fenced { .. } => 3,
+            _ => 1,
+        }
+    }
+}

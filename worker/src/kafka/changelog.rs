@@ -1,0 +1,106 @@
+//! Restores per-key state: reads one partition of the stage's compacted state topic from the
+//! beginning to its last stable offset with a read_committed consumer of its own, so only what
+//! committed transactions wrote is restored. Must not write to the state topic.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::RestoreFailure;
+use crate::runtime::{ApplyChangelog, ChangelogReader};
+
+/// How long a restore may take before the worker gives up (and exits, to be restarted).
+const RESTORE_TIMEOUT: Duration = Duration::from_secs(600);
+const POLL: Duration = Duration::from_millis(100);
+
+/// A state topic read through Kafka.
+#[derive(Clone)]
+pub struct KafkaChangelog {
+    config: ClientConfig,
+    topic: String,
+}
+
+impl std::fmt::Debug for KafkaChangelog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaChangelog")
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KafkaChangelog {
+    /// `config` must be read_committed with `enable.partition.eof` (see
+    /// `crate::kafka::client::restore_consumer`).
+    pub fn new(config: ClientConfig, topic: String) -> Self {
+        Self { config, topic }
+    }
+}
+
+impl ChangelogReader for KafkaChangelog {
+    fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    fn read(
+        &self,
+        partition: i32,
+        stop: &CancellationToken,
+        apply: &mut ApplyChangelog<'_>,
+    ) -> Result<u64, RestoreFailure> {
+        let consumer: BaseConsumer = self.config.create().map_err(RestoreFailure::Kafka)?;
+        let started = Instant::now();
+        // Under read_committed the "high" watermark is the last stable offset: the end of what
+        // committed transactions wrote.
+        let (low, end) = consumer
+            .fetch_watermarks(&self.topic, partition, Duration::from_secs(30))
+            .map_err(RestoreFailure::Kafka)?;
+        if end <= low {
+            return Ok(0);
+        }
+        let mut assignment = TopicPartitionList::new();
+        assignment
+            .add_partition_offset(&self.topic, partition, Offset::Beginning)
+            .map_err(RestoreFailure::Kafka)?;
+        consumer
+            .assign(&assignment)
+            .map_err(RestoreFailure::Kafka)?;
+
+        let mut applied = 0_u64;
+        let mut position = low;
+        while position < end {
+            if stop.is_cancelled() {
+                return Err(RestoreFailure::Interrupted);
+            }
+            if started.elapsed() > RESTORE_TIMEOUT {
+                return Err(RestoreFailure::Timeout {
+                    end,
+                    position,
+                    waited: RESTORE_TIMEOUT,
+                });
+            }
+            match consumer.poll(POLL) {
+                None => {}
+                Some(Ok(message)) => {
+                    position = message.offset() + 1;
+                    // Keyless records belong to no key; the stages never write them.
+                    if let Some(key) = message.key() {
+                        apply(message.offset(), key, message.payload())?;
+                        applied += 1;
+                    }
+                }
+                // The end of what is readable now; records after `end` are not needed (aborted
+                // transactions and control records leave gaps the position jumps over).
+                Some(Err(KafkaError::PartitionEOF(_))) => break,
+                Some(Err(error)) => {
+                    tracing::warn!(%error, partition, topic = self.topic, "restore read error; retrying");
+                }
+            }
+        }
+        Ok(applied)
+    }
+}

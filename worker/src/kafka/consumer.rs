@@ -1,0 +1,255 @@
+//! The stage consumer: the [`Source`] over a librdkafka group member, and its context, whose
+//! rebalance callback hands assignments and revocations to the coordinator *before* librdkafka
+//! applies them, so revoked partitions are committed while this member still owns them.
+//! Must not process or produce records.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, ConsumerGroupMetadata, Rebalance,
+};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::statistics::Statistics;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+use super::offsets_list;
+use crate::record::SourceRecord;
+use crate::runtime::driver::lock;
+use crate::runtime::{CommittedOffsets, Coordinator, GroupCommit, LagBook, Offsets, Sink, Source};
+use crate::stage::StageHandler;
+
+/// How long a group call (committed offsets, seek) may take.
+const GROUP_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Callbacks of the stage consumer.
+pub struct StageContext<H: StageHandler, K: Sink> {
+    coordinator: Arc<Mutex<Coordinator<H, K>>>,
+    lag: Arc<LagBook>,
+    topic: String,
+}
+
+impl<H: StageHandler, K: Sink> std::fmt::Debug for StageContext<H, K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StageContext")
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<H: StageHandler, K: Sink> StageContext<H, K> {
+    pub fn new(coordinator: Arc<Mutex<Coordinator<H, K>>>, lag: Arc<LagBook>) -> Self {
+        let topic = lock(&coordinator).input_topic().to_owned();
+        Self {
+            coordinator,
+            lag,
+            topic,
+        }
+    }
+
+    fn partitions(&self, list: &TopicPartitionList) -> Vec<i32> {
+        list.elements_for_topic(&self.topic)
+            .iter()
+            .map(|element| element.partition())
+            .collect()
+    }
+}
+
+impl<H: StageHandler, K: Sink> ClientContext for StageContext<H, K> {
+    fn stats(&self, statistics: Statistics) {
+        if let Some(topic) = statistics.topics.get(&self.topic) {
+            for (&partition, stats) in &topic.partitions {
+                // Partition -1 is librdkafka's "unassigned" bucket.
+                if partition >= 0 && stats.hi_offset >= 0 {
+                    self.lag.high_watermark(partition, stats.hi_offset);
+                }
+            }
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(%error, reason, "Kafka client error");
+    }
+}
+
+impl<H: StageHandler, K: Sink> ConsumerContext for StageContext<H, K> {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(list) => {
+                let partitions = self.partitions(list);
+                // Read before the workers restore state: with read_committed this waits for a
+                // previous owner's pending transactional commit, whose changelog records the
+                // restore must then see.
+                let committed = match consumer
+                    .committed_offsets((*list).clone(), GROUP_CALL_TIMEOUT)
+                {
+                    Ok(list) => committed_offsets(&list, &self.topic),
+                    Err(error) => {
+                        tracing::warn!(%error, "reading committed offsets of the assignment failed");
+                        partitions.iter().map(|&p| (p, None)).collect()
+                    }
+                };
+                lock(&self.coordinator).assign(&committed);
+            }
+            Rebalance::Revoke(list) => {
+                let partitions = self.partitions(list);
+                let lost = consumer.assignment_lost();
+                lock(&self.coordinator).revoke(&partitions, lost, consumer);
+            }
+            Rebalance::Error(error) => tracing::warn!(%error, "rebalance error"),
+        }
+    }
+}
+
+impl<C: ConsumerContext> GroupCommit for BaseConsumer<C> {
+    fn group_metadata(&self) -> Option<ConsumerGroupMetadata> {
+        Consumer::group_metadata(self)
+    }
+
+    fn commit_offsets(&self, topic: &str, offsets: &Offsets) -> Result<(), KafkaError> {
+        self.commit(&offsets_list(topic, offsets)?, CommitMode::Sync)
+    }
+}
+
+fn committed_offsets(list: &TopicPartitionList, topic: &str) -> CommittedOffsets {
+    list.elements_for_topic(topic)
+        .iter()
+        .map(|element| {
+            let offset = match element.offset() {
+                Offset::Offset(offset) => Some(offset),
+                _ => None,
+            };
+            (element.partition(), offset)
+        })
+        .collect()
+}
+
+/// The stage's input, consumed as a member of its group.
+pub struct KafkaSource<C: ConsumerContext> {
+    /// `None` once closed, or abandoned after a close that did not finish in time.
+    consumer: Option<BaseConsumer<C>>,
+    topic: String,
+}
+
+impl<C: ConsumerContext> std::fmt::Debug for KafkaSource<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSource")
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C: ConsumerContext> KafkaSource<C> {
+    /// Subscribes `consumer` to `topic`.
+    pub fn subscribe(consumer: BaseConsumer<C>, topic: &str) -> Result<Self, KafkaError> {
+        consumer.subscribe(&[topic])?;
+        Ok(Self {
+            consumer: Some(consumer),
+            topic: topic.to_owned(),
+        })
+    }
+
+    fn consumer(&self) -> Result<&BaseConsumer<C>, KafkaError> {
+        self.consumer.as_ref().ok_or(KafkaError::Canceled)
+    }
+
+    fn partition_list(&self, partitions: &[i32]) -> TopicPartitionList {
+        let mut list = TopicPartitionList::new();
+        for &partition in partitions {
+            list.add_partition(&self.topic, partition);
+        }
+        list
+    }
+}
+
+fn source_record(message: &BorrowedMessage<'_>) -> SourceRecord {
+    let timestamp = message
+        .timestamp()
+        .to_millis()
+        .and_then(DateTime::from_timestamp_millis)
+        // Brokers since 0.10 always set one; a record without falls back to arrival time.
+        .unwrap_or_else(Utc::now);
+    SourceRecord {
+        partition: message.partition(),
+        offset: message.offset(),
+        key: message.key().map(<[u8]>::to_vec),
+        payload: message.payload().map(<[u8]>::to_vec),
+        timestamp,
+    }
+}
+
+impl<C: ConsumerContext> Source for KafkaSource<C> {
+    fn poll(&mut self, timeout: Duration) -> Option<Result<SourceRecord, KafkaError>> {
+        let consumer = self.consumer.as_ref()?;
+        consumer
+            .poll(timeout)
+            .map(|polled| polled.map(|message| source_record(&message)))
+    }
+
+    fn pause(&mut self, partition: i32) -> Result<(), KafkaError> {
+        self.consumer()?.pause(&self.partition_list(&[partition]))
+    }
+
+    fn resume(&mut self, partition: i32) -> Result<(), KafkaError> {
+        self.consumer()?.resume(&self.partition_list(&[partition]))
+    }
+
+    fn committed(&mut self, partitions: &[i32]) -> Result<CommittedOffsets, KafkaError> {
+        let list = self
+            .consumer()?
+            .committed_offsets(self.partition_list(partitions), GROUP_CALL_TIMEOUT)?;
+        Ok(committed_offsets(&list, &self.topic))
+    }
+
+    fn seek(&mut self, partition: i32, offset: Option<i64>) -> Result<(), KafkaError> {
+        let offset = offset.map_or(Offset::Beginning, Offset::Offset);
+        self.consumer()?
+            .seek(&self.topic, partition, offset, GROUP_CALL_TIMEOUT)
+    }
+
+    fn group(&self) -> &dyn GroupCommit {
+        match &self.consumer {
+            Some(consumer) => consumer,
+            None => &Closed,
+        }
+    }
+
+    fn close(&mut self, deadline: Instant) {
+        let Some(consumer) = self.consumer.take() else {
+            return;
+        };
+        match consumer.close_queue() {
+            Ok(()) => {
+                while !consumer.closed() && Instant::now() < deadline {
+                    // Serves the final revocation; records polled now are simply not processed.
+                    let _ = consumer.poll(Duration::from_millis(100));
+                }
+            }
+            Err(error) => tracing::warn!(%error, "closing the consumer failed"),
+        }
+        if consumer.closed() {
+            drop(consumer);
+        } else {
+            // Dropping would wait for the close without a deadline; the process is exiting and
+            // the group times the member out instead.
+            tracing::warn!("the consumer did not leave the group in time");
+            std::mem::forget(consumer);
+        }
+    }
+}
+
+/// The group of a closed consumer: nothing can be committed any more.
+struct Closed;
+
+impl GroupCommit for Closed {
+    fn group_metadata(&self) -> Option<ConsumerGroupMetadata> {
+        None
+    }
+
+    fn commit_offsets(&self, _topic: &str, _offsets: &Offsets) -> Result<(), KafkaError> {
+        Err(KafkaError::Canceled)
+    }
+}

@@ -1,0 +1,294 @@
+//! The [`Sink`]s over librdkafka: the transactional producer of exactly-once mode, and the
+//! idempotent producer plus offset commits of at-least-once mode (the benchmark baseline).
+//! Owns the classification of librdkafka errors into abort / re-create / fenced; must not decide
+//! what to do about them (the coordinator does).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{
+    BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig, ThreadedProducer,
+};
+
+use super::offsets_list;
+use crate::record::OutRecord;
+use crate::runtime::{GroupCommit, Offsets, Sink, SinkError, SinkErrorKind};
+
+/// How long one transactional call (init, send offsets, commit, abort) may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a send waits for room in a full producer queue.
+const QUEUE_FULL_WAIT: Duration = Duration::from_secs(30);
+
+/// Counts failed deliveries: at-least-once must not commit offsets past a lost record.
+#[derive(Debug, Default, Clone)]
+pub struct DeliveryCounter {
+    failures: Arc<AtomicU64>,
+}
+
+impl ClientContext for DeliveryCounter {}
+
+impl ProducerContext for DeliveryCounter {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _opaque: ()) {
+        if let Err((error, _)) = result {
+            tracing::warn!(%error, "record delivery failed");
+            self.failures.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+}
+
+type Client = ThreadedProducer<DeliveryCounter>;
+
+fn create(config: &ClientConfig, context: &DeliveryCounter) -> Result<Client, SinkError> {
+    config
+        .create_with_context(context.clone())
+        .map_err(|source| SinkError {
+            kind: SinkErrorKind::Fatal,
+            operation: "creating the producer",
+            source,
+        })
+}
+
+/// Whether `code` says another producer with our transactional id took over.
+fn is_fencing(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced
+    )
+}
+
+/// Classifies a failed producer call by what librdkafka says about the producer's state.
+fn classify(producer: &Client, operation: &'static str, source: KafkaError) -> SinkError {
+    let fatal = producer.client().fatal_error().map(|(code, _)| code);
+    let kind = match (&source, fatal) {
+        (_, Some(code)) if is_fencing(code) => SinkErrorKind::Fenced,
+        (KafkaError::Transaction(error), _) if is_fencing(error.code()) => SinkErrorKind::Fenced,
+        (_, Some(_)) => SinkErrorKind::Fatal,
+        (KafkaError::Transaction(error), None) if error.is_fatal() => SinkErrorKind::Fatal,
+        _ => SinkErrorKind::Abortable,
+    };
+    SinkError {
+        kind,
+        operation,
+        source,
+    }
+}
+
+/// Runs a transactional call, repeating it while librdkafka says a retry can succeed.
+fn retrying(
+    producer: &Client,
+    operation: &'static str,
+    call: impl Fn(&Client) -> Result<(), KafkaError>,
+) -> Result<(), SinkError> {
+    let deadline = Instant::now() + CALL_TIMEOUT;
+    loop {
+        match call(producer) {
+            Ok(()) => return Ok(()),
+            Err(KafkaError::Transaction(error))
+                if error.is_retriable()
+                    && !error.txn_requires_abort()
+                    && !error.is_fatal()
+                    && Instant::now() < deadline =>
+            {
+                tracing::debug!(%error, operation, "retrying");
+            }
+            Err(error) => return Err(classify(producer, operation, error)),
+        }
+    }
+}
+
+/// Produces one record, waiting (bounded) while the local queue is full.
+fn send(producer: &Client, record: OutRecord<'_>) -> Result<(), SinkError> {
+    let deadline = Instant::now() + QUEUE_FULL_WAIT;
+    loop {
+        let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+        for header in record.headers {
+            headers = headers.insert(Header {
+                key: header.name,
+                value: Some(header.value.as_bytes()),
+            });
+        }
+        let mut base: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(record.topic)
+            .payload(record.payload)
+            .headers(headers);
+        if let Some(key) = record.key {
+            base = base.key(key);
+        }
+        if let Some(partition) = record.partition {
+            base = base.partition(partition);
+        }
+        match producer.send(base) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))
+                if Instant::now() < deadline =>
+            {
+                // The producer's own thread drains the queue; back off briefly and try again.
+                thread::sleep(Duration::from_millis(5));
+            }
+            Err((error, _)) => return Err(classify(producer, "producing a record", error)),
+        }
+    }
+}
+
+/// Exactly-once: one transactional producer per worker process.
+pub struct TransactionalSink {
+    config: ClientConfig,
+    context: DeliveryCounter,
+    producer: Client,
+}
+
+impl std::fmt::Debug for TransactionalSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TransactionalSink").finish_non_exhaustive()
+    }
+}
+
+impl TransactionalSink {
+    /// Creates the producer and initialises transactions, which fences any earlier incarnation
+    /// with the same transactional id and aborts what it left open.
+    pub fn connect(config: ClientConfig) -> Result<Self, SinkError> {
+        let context = DeliveryCounter::default();
+        let producer = Self::initialised(&config, &context)?;
+        Ok(Self {
+            config,
+            context,
+            producer,
+        })
+    }
+
+    fn initialised(config: &ClientConfig, context: &DeliveryCounter) -> Result<Client, SinkError> {
+        let producer = create(config, context)?;
+        retrying(&producer, "initialising transactions", |p| {
+            p.init_transactions(CALL_TIMEOUT)
+        })?;
+        Ok(producer)
+    }
+}
+
+impl Sink for TransactionalSink {
+    fn begin(&mut self) -> Result<(), SinkError> {
+        self.producer
+            .begin_transaction()
+            .map_err(|error| classify(&self.producer, "beginning a transaction", error))
+    }
+
+    fn send(&mut self, record: OutRecord<'_>) -> Result<(), SinkError> {
+        send(&self.producer, record)
+    }
+
+    fn commit(
+        &mut self,
+        input_topic: &str,
+        offsets: &Offsets,
+        group: &dyn GroupCommit,
+    ) -> Result<(), SinkError> {
+        let metadata = group.group_metadata().ok_or(SinkError {
+            kind: SinkErrorKind::Abortable,
+            operation: "reading the consumer group metadata",
+            source: KafkaError::ConsumerCommit(RDKafkaErrorCode::State),
+        })?;
+        let list = offsets_list(input_topic, offsets).map_err(|source| SinkError {
+            kind: SinkErrorKind::Abortable,
+            operation: "listing offsets",
+            source,
+        })?;
+        retrying(&self.producer, "sending offsets to the transaction", |p| {
+            p.send_offsets_to_transaction(&list, &metadata, CALL_TIMEOUT)
+        })?;
+        retrying(&self.producer, "committing the transaction", |p| {
+            p.commit_transaction(CALL_TIMEOUT)
+        })
+    }
+
+    fn abort(&mut self) -> Result<(), SinkError> {
+        retrying(&self.producer, "aborting the transaction", |p| {
+            p.abort_transaction(CALL_TIMEOUT)
+        })
+    }
+
+    fn recreate(&mut self) -> Result<(), SinkError> {
+        tracing::warn!("re-creating the transactional producer");
+        self.producer = Self::initialised(&self.config, &self.context)?;
+        Ok(())
+    }
+}
+
+/// At-least-once: produce, wait for every acknowledgement, then commit offsets with the consumer.
+pub struct AtLeastOnceSink {
+    config: ClientConfig,
+    context: DeliveryCounter,
+    producer: Client,
+}
+
+impl std::fmt::Debug for AtLeastOnceSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AtLeastOnceSink").finish_non_exhaustive()
+    }
+}
+
+impl AtLeastOnceSink {
+    pub fn connect(config: ClientConfig) -> Result<Self, SinkError> {
+        let context = DeliveryCounter::default();
+        let producer = create(&config, &context)?;
+        Ok(Self {
+            config,
+            context,
+            producer,
+        })
+    }
+}
+
+impl Sink for AtLeastOnceSink {
+    fn begin(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
+
+    fn send(&mut self, record: OutRecord<'_>) -> Result<(), SinkError> {
+        send(&self.producer, record)
+    }
+
+    fn commit(
+        &mut self,
+        input_topic: &str,
+        offsets: &Offsets,
+        group: &dyn GroupCommit,
+    ) -> Result<(), SinkError> {
+        let abortable = |operation, source| SinkError {
+            kind: SinkErrorKind::Abortable,
+            operation,
+            source,
+        };
+        self.producer
+            .flush(CALL_TIMEOUT)
+            .map_err(|error| abortable("waiting for acknowledgements", error))?;
+        if self.context.failures.swap(0, Ordering::AcqRel) > 0 {
+            return Err(abortable(
+                "delivering the batch",
+                KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut),
+            ));
+        }
+        group
+            .commit_offsets(input_topic, offsets)
+            .map_err(|error| abortable("committing offsets", error))
+    }
+
+    /// Drops what is not sent yet; what was sent may still land (at-least-once allows duplicates).
+    fn abort(&mut self) -> Result<(), SinkError> {
+        self.producer
+            .purge(PurgeConfig::default().queue().inflight());
+        self.context.failures.store(0, Ordering::Release);
+        Ok(())
+    }
+
+    fn recreate(&mut self) -> Result<(), SinkError> {
+        self.producer = create(&self.config, &self.context)?;
+        Ok(())
+    }
+}

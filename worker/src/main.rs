@@ -1,0 +1,247 @@
+//! The `orderpipe-worker` binary: `run` (one pipeline stage, configured by the worker contract's
+//! environment) and `loadgen` (seeded input for a stage). Owns the command line, logging, signals
+//! and exit codes; must not contain stage or loop logic.
+
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use orderpipe_api::contract::{KafkaConnection, WorkerConfig};
+use orderpipe_orders::generator::{EventConfig, GenConfig};
+use orderpipe_worker::WorkerError;
+use orderpipe_worker::loadgen::{self, LoadMode, LoadSpec};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "orderpipe-worker",
+    version,
+    about = "One stage of an order pipeline"
+)]
+struct Cli {
+    /// Log format.
+    #[arg(
+        long,
+        env = "ORDERPIPE_LOG_FORMAT",
+        default_value = "text",
+        global = true
+    )]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the stage described by the ORDERPIPE_* environment (the operator-to-worker contract).
+    Run,
+    /// Produce seeded orders or status events to a topic.
+    Loadgen(LoadgenArgs),
+}
+
+#[derive(Debug, Args)]
+struct LoadgenArgs {
+    #[arg(long)]
+    bootstrap_servers: String,
+    #[arg(long)]
+    topic: String,
+    #[arg(long, value_enum, default_value = "orders")]
+    mode: LoadMode,
+    /// Records per second; 0 for as fast as the broker takes them.
+    #[arg(long, default_value_t = 0)]
+    rate: u32,
+    /// Records to produce.
+    #[arg(long)]
+    count: u64,
+    /// status-events: orders whose life cycles are interleaved at any time.
+    #[arg(long)]
+    keys: Option<usize>,
+    /// orders: invalid submissions; status-events: orders with an illegal event.
+    #[arg(long, value_parser = share)]
+    invalid_share: Option<f64>,
+    /// orders: payloads that are not an order (status-events: not supported).
+    #[arg(long, value_parser = share)]
+    garbage_share: Option<f64>,
+    /// orders: re-submissions; status-events: re-deliveries of an accepted event.
+    #[arg(long, value_parser = share)]
+    duplicate_share: Option<f64>,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+fn share(value: &str) -> Result<f64, String> {
+    match value.parse::<f64>() {
+        Ok(share) if (0.0..=1.0).contains(&share) => Ok(share),
+        _ => Err(format!("{value:?} is not a share between 0 and 1")),
+    }
+}
+
+impl LoadgenArgs {
+    fn spec(&self) -> Result<LoadSpec, String> {
+        let (keys, invalid, garbage, duplicate) = match self.mode {
+            LoadMode::Orders => {
+                if self.keys.is_some() {
+                    return Err(
+                        "--keys applies to --mode status-events (orders are keyed by \
+                                their unique order id)"
+                            .to_owned(),
+                    );
+                }
+                let defaults = GenConfig::default();
+                (
+                    1,
+                    self.invalid_share.unwrap_or(defaults.invalid_share),
+                    self.garbage_share.unwrap_or(defaults.garbage_share),
+                    self.duplicate_share.unwrap_or(defaults.duplicate_share),
+                )
+            }
+            LoadMode::StatusEvents => {
+                if self.garbage_share.is_some_and(|share| share > 0.0) {
+                    return Err("--garbage-share applies to --mode orders".to_owned());
+                }
+                let defaults = EventConfig::default();
+                (
+                    self.keys.unwrap_or(1_000),
+                    self.invalid_share.unwrap_or(defaults.illegal_share),
+                    0.0,
+                    self.duplicate_share.unwrap_or(defaults.duplicate_share),
+                )
+            }
+        };
+        Ok(LoadSpec {
+            mode: self.mode,
+            count: self.count,
+            rate: (self.rate > 0).then_some(self.rate),
+            keys,
+            invalid_share: invalid,
+            garbage_share: garbage,
+            duplicate_share: duplicate,
+            seed: self.seed,
+        })
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match cli.command {
+        Command::Run => run(),
+        Command::Loadgen(args) => loadgen(&args),
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn run() -> ExitCode {
+    let config = match WorkerConfig::from_env(|name| std::env::var(name).ok()) {
+        Ok(config) => config,
+        Err(error) => return fail(&WorkerError::from(error)),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("orderpipe-worker")
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: starting the async runtime failed: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let shutdown = shutdown_on_signals();
+        orderpipe_worker::app::run(config, shutdown).await
+    });
+    match result {
+        Ok(()) => {
+            tracing::info!("worker stopped");
+            ExitCode::SUCCESS
+        }
+        Err(error) => fail(&error),
+    }
+}
+
+fn fail(error: &WorkerError) -> ExitCode {
+    tracing::error!(%error, "worker failed");
+    eprintln!("error: {error}");
+    ExitCode::from(error.exit_code())
+}
+
+/// Cancelled on SIGTERM (Kubernetes stopping the pod) or SIGINT.
+fn shutdown_on_signals() -> CancellationToken {
+    let shutdown = CancellationToken::new();
+    let cancel = shutdown.clone();
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        let terminate = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut signal) => {
+                    signal.recv().await;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot listen for SIGTERM");
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        #[cfg(not(unix))]
+        let terminate = std::future::pending::<()>();
+        tokio::select! {
+            () = terminate => tracing::info!("SIGTERM: shutting down"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        }
+        cancel.cancel();
+    });
+    shutdown
+}
+
+fn loadgen(args: &LoadgenArgs) -> ExitCode {
+    let spec = match args.spec() {
+        Ok(spec) => spec,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let connection = KafkaConnection {
+        bootstrap_servers: args.bootstrap_servers.clone(),
+        tls: false,
+        tls_ca_file: None,
+        tls_client_dir: None,
+        sasl: None,
+    };
+    let result = loadgen::produce(&connection, &args.topic, &spec, |progress| {
+        let seconds = progress.elapsed.as_secs_f64().max(0.001);
+        eprintln!(
+            "produced {}/{} (acknowledged {}, failed {}) in {:.1}s, {:.0} records/s",
+            progress.sent,
+            spec.count,
+            progress.acknowledged,
+            progress.failed,
+            seconds,
+            progress.acknowledged as f64 / seconds,
+        );
+    });
+    match result {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}

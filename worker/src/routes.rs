@@ -1,0 +1,123 @@
+//! Where each logical [`Output`] of a stage goes: the topic names from the worker contract, and the
+//! partition rule for changelog records. Resolved once at startup so a missing output fails the
+//! worker before it consumes anything. Must not produce records.
+
+use std::collections::HashMap;
+
+use orderpipe_api::contract::WorkerConfig;
+use orderpipe_api::v1alpha1::Processor as ProcessorKind;
+use orderpipe_orders::{Emit, Output};
+
+use crate::error::WorkerError;
+use crate::record::OutRecord;
+
+/// The contract's output name (`ORDERPIPE_OUTPUTS`) of each logical output a built-in stage writes.
+/// Dead-letter and changelog records have their own variables.
+fn output_name(output: Output) -> Option<&'static str> {
+    match output {
+        Output::Validated => Some("validated"),
+        Output::Rejected => Some("rejected"),
+        Output::StatusChanged => Some("changes"),
+        Output::NotificationAudit => Some("audit"),
+        Output::StatusEvent => Some("events"),
+        Output::DeadLetter | Output::Changelog => None,
+    }
+}
+
+/// Outputs a pipeline may leave out; their records are then not produced.
+fn is_optional(output: Output) -> bool {
+    output == Output::StatusEvent
+}
+
+/// The outputs each built-in stage writes.
+fn stage_outputs(processor: ProcessorKind) -> &'static [Output] {
+    match processor {
+        ProcessorKind::Validate => &[
+            Output::Validated,
+            Output::Rejected,
+            Output::StatusEvent,
+            Output::DeadLetter,
+            Output::Changelog,
+        ],
+        ProcessorKind::Status => &[Output::StatusChanged, Output::DeadLetter, Output::Changelog],
+        ProcessorKind::Notify => &[Output::NotificationAudit, Output::DeadLetter],
+        ProcessorKind::Custom => &[],
+    }
+}
+
+/// Topic of every output of one stage.
+#[derive(Debug, Clone)]
+pub struct OutputRoutes {
+    topics: HashMap<Output, String>,
+}
+
+impl OutputRoutes {
+    /// Resolves every output the configured stage writes, failing on the first without a topic.
+    pub fn for_stage(config: &WorkerConfig) -> Result<Self, WorkerError> {
+        let mut topics = HashMap::new();
+        for &output in stage_outputs(config.processor) {
+            let topic = match output {
+                Output::DeadLetter => Some(config.dead_letter_topic.clone()),
+                Output::Changelog => config.state_topic.clone(),
+                other => output_name(other).and_then(|name| config.output(name).map(str::to_owned)),
+            };
+            match topic {
+                Some(topic) => {
+                    topics.insert(output, topic);
+                }
+                None if is_optional(output) => {}
+                None => return Err(unrouted(output)),
+            }
+        }
+        Ok(Self { topics })
+    }
+
+    /// The record to produce for `emit`, decided while processing input partition `partition`;
+    /// `None` for an optional output the pipeline left out.
+    pub fn resolve<'a>(
+        &'a self,
+        emit: &'a Emit,
+        partition: i32,
+    ) -> Result<Option<OutRecord<'a>>, WorkerError> {
+        let Some(topic) = self.topics.get(&emit.output) else {
+            return if is_optional(emit.output) {
+                Ok(None)
+            } else {
+                Err(unrouted(emit.output))
+            };
+        };
+        Ok(Some(OutRecord {
+            topic,
+            // The state topic is co-partitioned with the input: restoring partition p of the input
+            // reads partition p of the state topic, whatever partitioner wrote the input.
+            partition: (emit.output == Output::Changelog).then_some(partition),
+            key: emit.key.as_deref(),
+            payload: &emit.payload,
+            headers: &emit.headers,
+        }))
+    }
+
+    /// The topic of `output`, if this stage writes it.
+    pub fn topic(&self, output: Output) -> Option<&str> {
+        self.topics.get(&output).map(String::as_str)
+    }
+}
+
+fn unrouted(output: Output) -> WorkerError {
+    WorkerError::UnroutedOutput {
+        output: output_label(output),
+        name: output_name(output).unwrap_or("state topic"),
+    }
+}
+
+fn output_label(output: Output) -> &'static str {
+    match output {
+        Output::Validated => "Validated",
+        Output::Rejected => "Rejected",
+        Output::DeadLetter => "DeadLetter",
+        Output::Changelog => "Changelog",
+        Output::StatusChanged => "StatusChanged",
+        Output::NotificationAudit => "NotificationAudit",
+        Output::StatusEvent => "StatusEvent",
+    }
+}

@@ -1,0 +1,663 @@
+//! The coordinator: the single owner of the producer (the [`Sink`]) and of every partition
+//! worker. It routes records to workers under the queue and byte bounds, turns finished records
+//! into produced records inside one open transaction, and commits every partition's progress
+//! together with the consumer offsets once per commit interval (KIP-447: one transactional
+//! producer per worker process, offsets sent with the group metadata).
+//!
+//! It also owns the two ways progress can be lost and must be redone:
+//! - rebalancing: revoked partitions finish the record in hand and are committed before the
+//!   callback returns; a lost assignment (session expired) aborts instead;
+//! - transaction failures: abort (or re-create the producer after a fatal error), then restart
+//!   every partition from its committed offset with state restored from the changelog, which holds
+//!   exactly what committed transactions wrote. Fencing stops the worker: a newer instance with the
+//!   same transactional id exists.
+//!
+//! It runs on the driver's thread (and inside rebalance callbacks on that thread), never on the
+//! async runtime, because Kafka's transactional calls block. It must not poll the consumer.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use orderpipe_api::contract::metrics::outcome;
+use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::partition::{Completed, PartitionWorker, Queued, Report};
+use super::{
+    ByteBudget, ChangelogReader, CommittedOffsets, GroupCommit, Health, LagBook, Offsets, Sink,
+    SinkError, SinkErrorKind, Tuning,
+};
+use crate::error::WorkerError;
+use crate::metrics::{Metrics, rebalance, transaction};
+use crate::record::SourceRecord;
+use crate::routes::OutputRoutes;
+use crate::stage::StageHandler;
+
+/// Reports handled per [`Coordinator::tick`], so a flood of results cannot starve polling (and
+/// with it the consumer's liveness in its group).
+const REPORTS_PER_TICK: usize = 10_000;
+/// Poll timeout while work is in flight: results are picked up at most this late.
+const BUSY_POLL: Duration = Duration::from_millis(2);
+/// Poll timeout when idle.
+const IDLE_POLL: Duration = Duration::from_millis(100);
+
+/// Everything a coordinator is built from.
+pub struct CoordinatorParts<H, K> {
+    pub stage: Arc<H>,
+    pub sink: K,
+    pub routes: OutputRoutes,
+    pub input_topic: String,
+    /// The stage's changelog, for stateful stages.
+    pub changelog: Option<Arc<dyn ChangelogReader>>,
+    /// The multi-threaded runtime the partition workers run on.
+    pub runtime: tokio::runtime::Handle,
+    pub tuning: Tuning,
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+    pub lag: Arc<LagBook>,
+    /// For the error that stops a fenced worker.
+    pub transactional_id: String,
+}
+
+impl<H, K> std::fmt::Debug for CoordinatorParts<H, K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CoordinatorParts")
+            .field("input_topic", &self.input_topic)
+            .field("tuning", &self.tuning)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What [`Coordinator::route`] did with a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routed {
+    /// Queued for its partition worker.
+    Queued,
+    /// Held back: the partition's queue or the byte budget is full. `pause` is set the first time,
+    /// when the caller must pause fetching the partition.
+    Held { pause: bool },
+    /// Not for a partition this worker is processing (revoked, or waiting for a rewind's seek);
+    /// it will be fetched again by whoever processes the partition.
+    Dropped,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Running,
+    /// Revoked or shutting down: finishing the record in hand, accepting no more.
+    Stopping,
+    /// Its uncommitted progress was discarded; waiting for the consumer to seek back.
+    AwaitingSeek,
+}
+
+#[derive(Debug)]
+struct WorkerHandle {
+    queue: mpsc::Sender<Queued>,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl WorkerHandle {
+    fn abort(&self) {
+        self.stop.cancel();
+        self.task.abort();
+    }
+}
+
+#[derive(Debug)]
+struct Slot {
+    incarnation: u64,
+    phase: Phase,
+    worker: Option<WorkerHandle>,
+    restored: bool,
+    /// Records polled after the queue filled up, in offset order; the partition is paused.
+    held: VecDeque<SourceRecord>,
+    paused: bool,
+}
+
+/// The open transaction's progress.
+#[derive(Debug)]
+struct OpenTransaction {
+    started: Instant,
+    offsets: Offsets,
+    records: u64,
+    outcomes: BTreeMap<&'static str, u64>,
+    dead_letters: BTreeMap<&'static str, u64>,
+}
+
+/// See the module documentation.
+pub struct Coordinator<H: StageHandler, K: Sink> {
+    stage: Arc<H>,
+    sink: K,
+    routes: OutputRoutes,
+    topic: Arc<str>,
+    changelog: Option<Arc<dyn ChangelogReader>>,
+    runtime: tokio::runtime::Handle,
+    tuning: Tuning,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    lag: Arc<LagBook>,
+    transactional_id: String,
+    slots: BTreeMap<i32, Slot>,
+    reports_tx: mpsc::Sender<Report>,
+    reports_rx: mpsc::Receiver<Report>,
+    budget: ByteBudget,
+    transaction: Option<OpenTransaction>,
+    next_incarnation: u64,
+    to_resume: Vec<i32>,
+    to_rewind: BTreeSet<i32>,
+    fatal: Option<WorkerError>,
+}
+
+impl<H: StageHandler, K: Sink> std::fmt::Debug for Coordinator<H, K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Coordinator")
+            .field("topic", &self.topic)
+            .field("partitions", &self.slots.keys().collect::<Vec<_>>())
+            .field("transaction_open", &self.transaction.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<H: StageHandler, K: Sink> Coordinator<H, K> {
+    pub fn new(parts: CoordinatorParts<H, K>) -> Self {
+        // Enough for every queued record of a few partitions; a full channel only makes workers
+        // wait for the coordinator, which is the back-pressure we want.
+        let (reports_tx, reports_rx) = mpsc::channel(parts.tuning.partition_queue.max(64) * 4);
+        Self {
+            budget: ByteBudget::new(parts.tuning.max_in_flight_bytes),
+            stage: parts.stage,
+            sink: parts.sink,
+            routes: parts.routes,
+            topic: Arc::from(parts.input_topic),
+            changelog: parts.changelog,
+            runtime: parts.runtime,
+            tuning: parts.tuning,
+            metrics: parts.metrics,
+            health: parts.health,
+            lag: parts.lag,
+            transactional_id: parts.transactional_id,
+            slots: BTreeMap::new(),
+            reports_tx,
+            reports_rx,
+            transaction: None,
+            next_incarnation: 0,
+            to_resume: Vec::new(),
+            to_rewind: BTreeSet::new(),
+            fatal: None,
+        }
+    }
+
+    pub fn input_topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Partitions this worker currently owns.
+    pub fn assigned(&self) -> Vec<i32> {
+        self.slots.keys().copied().collect()
+    }
+
+    /// How long the driver may block in its next poll.
+    pub fn poll_timeout(&self) -> Duration {
+        if self.transaction.is_some() || self.budget.used() > 0 {
+            BUSY_POLL
+        } else {
+            IDLE_POLL
+        }
+    }
+
+    /// Starts workers for newly assigned partitions; `committed` are their committed offsets,
+    /// read before the workers restore state so a restore sees every committed transaction.
+    pub fn assign(&mut self, committed: &CommittedOffsets) {
+        self.metrics.rebalance(rebalance::ASSIGNED);
+        for (&partition, &offset) in committed {
+            if self.slots.contains_key(&partition) {
+                continue;
+            }
+            let slot = self.spawn(partition);
+            self.slots.insert(partition, slot);
+            self.lag.committed(partition, offset);
+            tracing::info!(partition, ?offset, "partition assigned");
+        }
+        self.metrics.set_assigned_partitions(self.slots.len());
+        self.update_readiness();
+    }
+
+    /// Gives up `partitions`. Unless the assignment was `lost`, workers finish the record in hand
+    /// and everything finished is committed before this returns, so the next owner starts exactly
+    /// where this worker stopped. A lost assignment cannot commit in this group generation: the
+    /// open transaction is aborted and the partitions still owned start over.
+    pub fn revoke(&mut self, partitions: &[i32], lost: bool, group: &dyn GroupCommit) {
+        let owned: Vec<i32> = partitions
+            .iter()
+            .copied()
+            .filter(|p| self.slots.contains_key(p))
+            .collect();
+        if lost {
+            self.metrics.rebalance(rebalance::LOST);
+            for partition in &owned {
+                if let Some(worker) = self.slots.get(partition).and_then(|s| s.worker.as_ref()) {
+                    worker.abort();
+                }
+            }
+            self.release(&owned);
+            if self.transaction.is_some() {
+                tracing::warn!(
+                    ?owned,
+                    "assignment lost; aborting the open transaction and restarting the rest"
+                );
+                self.fail_transaction(SinkError {
+                    kind: SinkErrorKind::Abortable,
+                    operation: "commit after a lost assignment",
+                    source: rdkafka::error::KafkaError::Canceled,
+                });
+            }
+        } else {
+            self.metrics.rebalance(rebalance::REVOKED);
+            let deadline = Instant::now() + self.tuning.stop_timeout;
+            self.stop_and_drain(&owned, deadline);
+            self.commit_now(group);
+            self.release(&owned);
+        }
+        tracing::info!(?owned, lost, "partitions revoked");
+        self.metrics.set_assigned_partitions(self.slots.len());
+        self.update_readiness();
+    }
+
+    /// Offers a polled record to its partition worker.
+    pub fn route(&mut self, record: SourceRecord) -> Routed {
+        let Some(slot) = self.slots.get_mut(&record.partition) else {
+            return Routed::Dropped;
+        };
+        if slot.phase != Phase::Running {
+            return Routed::Dropped;
+        }
+        if slot.held.is_empty() {
+            match offer(&self.budget, slot.worker.as_ref(), record) {
+                Ok(()) => return Routed::Queued,
+                Err(record) => slot.held.push_back(record),
+            }
+        } else {
+            // Keep offset order: nothing overtakes a held record.
+            slot.held.push_back(record);
+        }
+        let pause = !slot.paused;
+        slot.paused = true;
+        Routed::Held { pause }
+    }
+
+    /// One turn of bookkeeping: take finished records into the transaction, move held records
+    /// into freed queue space, and commit when the interval is over.
+    pub fn tick(&mut self, group: &dyn GroupCommit) {
+        for _ in 0..REPORTS_PER_TICK {
+            match self.reports_rx.try_recv() {
+                Ok(report) => self.on_report(report),
+                Err(_) => break,
+            }
+        }
+        self.release_held();
+        self.maybe_commit(group);
+        self.update_readiness();
+    }
+
+    /// Partitions whose held records all moved on; the caller resumes fetching them.
+    pub fn take_resumes(&mut self) -> Vec<i32> {
+        std::mem::take(&mut self.to_resume)
+    }
+
+    /// Partitions whose uncommitted progress was discarded; the caller seeks each back to its
+    /// committed offset, resumes it, then calls [`Coordinator::restart`].
+    pub fn take_rewinds(&mut self) -> Vec<i32> {
+        std::mem::take(&mut self.to_rewind).into_iter().collect()
+    }
+
+    /// The error that ends this worker, if one happened.
+    pub fn take_fatal(&mut self) -> Option<WorkerError> {
+        self.fatal.take()
+    }
+
+    pub fn has_failed(&self) -> bool {
+        self.fatal.is_some()
+    }
+
+    /// Starts fresh workers for rewound partitions once the consumer has sought back.
+    pub fn restart(&mut self, committed: &CommittedOffsets) {
+        for (&partition, &offset) in committed {
+            let awaiting = self
+                .slots
+                .get(&partition)
+                .is_some_and(|slot| slot.phase == Phase::AwaitingSeek);
+            if awaiting {
+                let slot = self.spawn(partition);
+                self.slots.insert(partition, slot);
+                self.lag.committed(partition, offset);
+                tracing::info!(
+                    partition,
+                    ?offset,
+                    "partition restarted from its committed offset"
+                );
+            }
+        }
+        self.update_readiness();
+    }
+
+    /// Graceful shutdown: workers finish the record in hand, the transaction commits, and the
+    /// partitions are released, so the final revocation when the consumer closes finds nothing.
+    pub fn shut_down(&mut self, group: &dyn GroupCommit, deadline: Instant) {
+        let owned = self.assigned();
+        if self.fatal.is_some() {
+            for slot in self.slots.values() {
+                if let Some(worker) = &slot.worker {
+                    worker.abort();
+                }
+            }
+        } else {
+            self.stop_and_drain(&owned, deadline);
+            self.commit_now(group);
+        }
+        self.release(&owned);
+        self.metrics.set_assigned_partitions(0);
+        self.health.set_ready(false);
+    }
+
+    fn spawn(&mut self, partition: i32) -> Slot {
+        let incarnation = self.next_incarnation;
+        self.next_incarnation += 1;
+        let (queue, records) = mpsc::channel(self.tuning.partition_queue.max(1));
+        let stop = CancellationToken::new();
+        let worker = PartitionWorker {
+            partition,
+            incarnation,
+            topic: Arc::clone(&self.topic),
+            stage: Arc::clone(&self.stage),
+            changelog: self.changelog.clone(),
+            reports: self.reports_tx.clone(),
+            stop: stop.clone(),
+            metrics: Arc::clone(&self.metrics),
+        };
+        let task = self.runtime.spawn(worker.run(records));
+        Slot {
+            incarnation,
+            phase: Phase::Running,
+            worker: Some(WorkerHandle { queue, stop, task }),
+            restored: false,
+            held: VecDeque::new(),
+            paused: false,
+        }
+    }
+
+    fn release(&mut self, partitions: &[i32]) {
+        for partition in partitions {
+            self.slots.remove(partition);
+            self.lag.forget(*partition);
+        }
+    }
+
+    fn on_report(&mut self, report: Report) {
+        let (partition, incarnation) = match &report {
+            Report::Restored {
+                partition,
+                incarnation,
+                ..
+            }
+            | Report::Failed {
+                partition,
+                incarnation,
+                ..
+            } => (*partition, *incarnation),
+            Report::Done(done) => (done.partition, done.incarnation),
+        };
+        let Some(slot) = self.slots.get_mut(&partition) else {
+            return;
+        };
+        // Reports of a replaced incarnation, or of a partition awaiting its seek, describe work
+        // that was discarded.
+        if slot.incarnation != incarnation || slot.phase == Phase::AwaitingSeek {
+            return;
+        }
+        match report {
+            Report::Restored { keys, took, .. } => {
+                slot.restored = true;
+                tracing::info!(partition, keys, ?took, "partition state restored");
+            }
+            Report::Failed { error, .. } => {
+                tracing::error!(partition, %error, "partition worker failed");
+                self.fatal.get_or_insert(error);
+            }
+            Report::Done(done) => self.take_into_transaction(done),
+        }
+    }
+
+    /// Produces a finished record's outputs into the open transaction (beginning one if needed)
+    /// and records its offset as the partition's progress.
+    fn take_into_transaction(&mut self, done: Completed) {
+        if self.fatal.is_some() {
+            return;
+        }
+        if self.transaction.is_none() {
+            if let Err(error) = self.sink.begin() {
+                self.fail_transaction(error);
+                return;
+            }
+            self.transaction = Some(OpenTransaction {
+                started: Instant::now(),
+                offsets: Offsets::new(),
+                records: 0,
+                outcomes: BTreeMap::new(),
+                dead_letters: BTreeMap::new(),
+            });
+        }
+        for emit in &done.handled.emits {
+            let record = match self.routes.resolve(emit, done.partition) {
+                Ok(Some(record)) => record,
+                Ok(None) => continue,
+                Err(error) => {
+                    self.fatal.get_or_insert(error);
+                    return;
+                }
+            };
+            if let Err(error) = self.sink.send(record) {
+                self.fail_transaction(error);
+                return;
+            }
+        }
+        if let Some(transaction) = &mut self.transaction {
+            transaction.offsets.insert(done.partition, done.offset + 1);
+            transaction.records += 1;
+            let outcome = done.handled.outcome;
+            *transaction.outcomes.entry(outcome.label).or_default() += 1;
+            if let Some(reason) = outcome.dead_letter {
+                *transaction.dead_letters.entry(reason.code()).or_default() += 1;
+            }
+        }
+        // `done.permit` drops here: the record's bytes now live in the producer's bounded queue.
+    }
+
+    fn maybe_commit(&mut self, group: &dyn GroupCommit) {
+        let due = self.transaction.as_ref().is_some_and(|t| {
+            t.started.elapsed() >= self.tuning.commit_interval
+                || t.records >= self.tuning.max_records_per_transaction as u64
+        });
+        if due {
+            self.commit_now(group);
+        }
+    }
+
+    fn commit_now(&mut self, group: &dyn GroupCommit) {
+        if self.fatal.is_some() {
+            return;
+        }
+        let Some(transaction) = self.transaction.take() else {
+            return;
+        };
+        match self.sink.commit(&self.topic, &transaction.offsets, group) {
+            Ok(()) => {
+                self.metrics.transaction(transaction::COMMITTED);
+                for (label, count) in &transaction.outcomes {
+                    self.metrics.processed(label, *count);
+                }
+                for (reason, count) in &transaction.dead_letters {
+                    self.metrics.dead_lettered(reason, *count);
+                }
+                for (&partition, &offset) in &transaction.offsets {
+                    self.lag.committed(partition, Some(offset));
+                }
+                tracing::debug!(
+                    records = transaction.records,
+                    offsets = ?transaction.offsets,
+                    "transaction committed"
+                );
+            }
+            Err(error) => {
+                self.transaction = Some(transaction);
+                self.fail_transaction(error);
+            }
+        }
+    }
+
+    /// Recovers from a failed transaction: abort (or re-create the producer), then discard every
+    /// partition's uncommitted progress and in-memory state; the caller seeks back and restarts.
+    fn fail_transaction(&mut self, error: SinkError) {
+        tracing::warn!(%error, "transaction failed; rewinding to the committed offsets");
+        self.metrics.transaction(transaction::ABORTED);
+        if let Some(transaction) = self.transaction.take() {
+            self.metrics.processed(outcome::ERROR, transaction.records);
+        }
+        let recovered = match error.kind {
+            SinkErrorKind::Fenced => Err(error),
+            SinkErrorKind::Abortable => self.sink.abort().or_else(|abort| match abort.kind {
+                SinkErrorKind::Fenced => Err(abort),
+                // A producer that cannot abort is replaced; re-initialising aborts what it left.
+                SinkErrorKind::Abortable | SinkErrorKind::Fatal => self.sink.recreate(),
+            }),
+            SinkErrorKind::Fatal => self.sink.recreate(),
+        };
+        if let Err(error) = recovered {
+            self.fatal.get_or_insert(match error.kind {
+                SinkErrorKind::Fenced => WorkerError::Fenced {
+                    transactional_id: self.transactional_id.clone(),
+                },
+                SinkErrorKind::Abortable | SinkErrorKind::Fatal => WorkerError::Kafka {
+                    operation: error.operation,
+                    source: error.source,
+                },
+            });
+        }
+        for (&partition, slot) in &mut self.slots {
+            if slot.phase == Phase::Stopping {
+                continue;
+            }
+            if let Some(worker) = slot.worker.take() {
+                worker.abort();
+            }
+            slot.phase = Phase::AwaitingSeek;
+            slot.restored = false;
+            slot.held.clear();
+            self.to_rewind.insert(partition);
+        }
+    }
+
+    /// Asks the workers of `partitions` to stop after the record in hand and takes what they
+    /// finish into the transaction; workers still busy at `deadline` are aborted.
+    fn stop_and_drain(&mut self, partitions: &[i32], deadline: Instant) {
+        for partition in partitions {
+            if let Some(slot) = self.slots.get_mut(partition) {
+                slot.held.clear();
+                if slot.phase == Phase::Running {
+                    slot.phase = Phase::Stopping;
+                }
+                if let Some(worker) = &slot.worker {
+                    worker.stop.cancel();
+                }
+            }
+        }
+        loop {
+            let busy: Vec<i32> = partitions
+                .iter()
+                .copied()
+                .filter(|p| {
+                    self.slots
+                        .get(p)
+                        .and_then(|slot| slot.worker.as_ref())
+                        .is_some_and(|worker| !worker.task.is_finished())
+                })
+                .collect();
+            if busy.is_empty() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(
+                    partitions = ?busy,
+                    "workers did not finish in time; their records stay uncommitted"
+                );
+                for partition in &busy {
+                    if let Some(worker) = self.slots.get(partition).and_then(|s| s.worker.as_ref())
+                    {
+                        worker.abort();
+                    }
+                }
+                break;
+            }
+            // This thread is not a runtime thread (see the module docs), so it may block on one.
+            let runtime = self.runtime.clone();
+            let reports = &mut self.reports_rx;
+            let next = runtime.block_on(async {
+                tokio::time::timeout(Duration::from_millis(20), reports.recv()).await
+            });
+            if let Ok(Some(report)) = next {
+                self.on_report(report);
+            }
+        }
+        // Reports sent just before the workers returned.
+        while let Ok(report) = self.reports_rx.try_recv() {
+            self.on_report(report);
+        }
+    }
+
+    fn release_held(&mut self) {
+        for (&partition, slot) in &mut self.slots {
+            if slot.phase != Phase::Running || slot.held.is_empty() {
+                continue;
+            }
+            while let Some(record) = slot.held.pop_front() {
+                if let Err(record) = offer(&self.budget, slot.worker.as_ref(), record) {
+                    slot.held.push_front(record);
+                    break;
+                }
+            }
+            if slot.held.is_empty() && slot.paused {
+                slot.paused = false;
+                self.to_resume.push(partition);
+            }
+        }
+    }
+
+    fn update_readiness(&self) {
+        let ready = self
+            .slots
+            .values()
+            .all(|slot| slot.phase == Phase::Running && slot.restored);
+        self.health.set_ready(ready && self.fatal.is_none());
+    }
+}
+
+/// Queues `record` for `worker` if the queue and the byte budget have room.
+fn offer(
+    budget: &ByteBudget,
+    worker: Option<&WorkerHandle>,
+    record: SourceRecord,
+) -> Result<(), SourceRecord> {
+    let Some(worker) = worker else {
+        return Err(record);
+    };
+    let Some(permit) = budget.try_acquire(record.size()) else {
+        return Err(record);
+    };
+    match worker.queue.try_send(Queued { record, permit }) {
+        Ok(()) => Ok(()),
+        Err(TrySendError::Full(queued) | TrySendError::Closed(queued)) => Err(queued.record),
+    }
+}

@@ -1,0 +1,400 @@
+//! An in-memory broker for the runtime's tests: input partitions, a group's committed offsets, a
+//! transactional sink whose commits can be made to fail on cue, and a changelog reader over what
+//! committed. Behaves like Kafka where the runtime depends on it (offsets, pause/resume, seek,
+//! revocation through the coordinator, only committed records visible). Test-only; must not be
+//! used by the binary.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeMap, BTreeSet};
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, TimeDelta, Utc};
+use rdkafka::consumer::ConsumerGroupMetadata;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use tokio_util::sync::CancellationToken;
+
+use super::driver::lock;
+use super::{
+    ApplyChangelog, ChangelogReader, CommittedOffsets, Coordinator, GroupCommit, Offsets, Sink,
+    SinkError, SinkErrorKind, Source,
+};
+use crate::error::RestoreFailure;
+use crate::record::{OutRecord, SourceRecord};
+use crate::stage::StageHandler;
+
+/// A record that reached an output topic in a committed transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Produced {
+    pub topic: String,
+    pub partition: Option<i32>,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Produced {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+}
+
+/// The broker's state; tests read it through [`Broker::state`].
+#[derive(Debug, Default)]
+pub struct BrokerState {
+    pub input: BTreeMap<i32, Vec<SourceRecord>>,
+    pub committed: Offsets,
+    /// Records of committed transactions, in commit order.
+    pub outputs: Vec<Produced>,
+    /// Commit attempts so far.
+    pub commit_attempts: u64,
+    /// Commit attempts (1-based) that fail as abortable.
+    pub failing_commits: BTreeSet<u64>,
+    pub aborts: u64,
+    pub pauses: u64,
+    pub resumes: u64,
+}
+
+impl BrokerState {
+    /// Whether the group committed every input record.
+    pub fn all_committed(&self) -> bool {
+        self.input.iter().all(|(partition, records)| {
+            self.committed.get(partition).copied().unwrap_or(0) == records.len() as i64
+        })
+    }
+
+    pub fn outputs_to<'a>(&'a self, topic: &'a str) -> impl Iterator<Item = &'a Produced> + 'a {
+        self.outputs
+            .iter()
+            .filter(move |record| record.topic == topic)
+    }
+}
+
+/// One in-memory cluster with one input topic.
+#[derive(Debug, Default)]
+pub struct Broker {
+    state: Mutex<BrokerState>,
+}
+
+impl Broker {
+    /// An input topic of `partitions` partitions holding `records` (keyed records by key hash,
+    /// keyless ones in partition 0), timestamps one millisecond apart.
+    pub fn with_input(
+        partitions: i32,
+        records: impl IntoIterator<Item = (Option<Vec<u8>>, Vec<u8>)>,
+    ) -> Arc<Self> {
+        let mut input: BTreeMap<i32, Vec<SourceRecord>> =
+            (0..partitions).map(|p| (p, Vec::new())).collect();
+        let start = DateTime::<Utc>::from_timestamp(1_750_000_000, 0).unwrap_or_default();
+        for (index, (key, payload)) in records.into_iter().enumerate() {
+            let partition = key.as_ref().map_or(0, |key| {
+                let mut hasher = DefaultHasher::new();
+                key.hash(&mut hasher);
+                i32::try_from(hasher.finish() % partitions.unsigned_abs() as u64).unwrap_or(0)
+            });
+            let log = input.entry(partition).or_default();
+            log.push(SourceRecord {
+                partition,
+                offset: log.len() as i64,
+                key,
+                payload: Some(payload),
+                timestamp: start + TimeDelta::milliseconds(index as i64),
+            });
+        }
+        Arc::new(Self {
+            state: Mutex::new(BrokerState {
+                input,
+                ..BrokerState::default()
+            }),
+        })
+    }
+
+    pub fn state(&self) -> MutexGuard<'_, BrokerState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Makes commit attempts `attempts` (1-based) fail as abortable.
+    pub fn fail_commits(&self, attempts: impl IntoIterator<Item = u64>) {
+        self.state().failing_commits.extend(attempts);
+    }
+
+    /// Waits until `condition` holds, failing the test after `timeout`.
+    pub fn wait_until(
+        &self,
+        what: &str,
+        timeout: Duration,
+        condition: impl Fn(&BrokerState) -> bool,
+    ) {
+        let deadline = Instant::now() + timeout;
+        while !condition(&self.state()) {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
+/// A transactional producer into the broker.
+#[derive(Debug)]
+pub struct MemorySink {
+    broker: Arc<Broker>,
+    open: Vec<Produced>,
+}
+
+impl MemorySink {
+    pub fn new(broker: Arc<Broker>) -> Self {
+        Self {
+            broker,
+            open: Vec::new(),
+        }
+    }
+}
+
+impl Sink for MemorySink {
+    fn begin(&mut self) -> Result<(), SinkError> {
+        self.open.clear();
+        Ok(())
+    }
+
+    fn send(&mut self, record: OutRecord<'_>) -> Result<(), SinkError> {
+        self.open.push(Produced {
+            topic: record.topic.to_owned(),
+            partition: record.partition,
+            key: record.key.map(<[u8]>::to_vec),
+            payload: record.payload.to_vec(),
+            headers: record
+                .headers
+                .iter()
+                .map(|header| (header.name.to_owned(), header.value.clone()))
+                .collect(),
+        });
+        Ok(())
+    }
+
+    fn commit(
+        &mut self,
+        _input_topic: &str,
+        offsets: &Offsets,
+        _group: &dyn GroupCommit,
+    ) -> Result<(), SinkError> {
+        let mut state = self.broker.state();
+        state.commit_attempts += 1;
+        if state.failing_commits.contains(&state.commit_attempts) {
+            return Err(SinkError {
+                kind: SinkErrorKind::Abortable,
+                operation: "committing the transaction",
+                source: KafkaError::MessageProduction(RDKafkaErrorCode::RequestTimedOut),
+            });
+        }
+        state.outputs.append(&mut self.open);
+        state.committed.extend(offsets);
+        Ok(())
+    }
+
+    fn abort(&mut self) -> Result<(), SinkError> {
+        self.open.clear();
+        self.broker.state().aborts += 1;
+        Ok(())
+    }
+
+    fn recreate(&mut self) -> Result<(), SinkError> {
+        self.open.clear();
+        Ok(())
+    }
+}
+
+/// The group side of an in-memory commit: nothing to send.
+#[derive(Debug)]
+pub struct NoGroup;
+
+impl GroupCommit for NoGroup {
+    fn group_metadata(&self) -> Option<ConsumerGroupMetadata> {
+        None
+    }
+
+    fn commit_offsets(&self, _topic: &str, _offsets: &Offsets) -> Result<(), KafkaError> {
+        Ok(())
+    }
+}
+
+/// A scripted rebalance: after `after_records` polled records, revoke `partitions`; after
+/// `reassign_after` records, assign them again (as another member taking them over would).
+#[derive(Debug, Clone)]
+pub struct Rebalance {
+    pub after_records: u64,
+    pub partitions: Vec<i32>,
+    pub reassign_after: u64,
+}
+
+/// The group member over the broker's input.
+pub struct MemorySource<H: StageHandler, K: Sink> {
+    broker: Arc<Broker>,
+    coordinator: Arc<Mutex<Coordinator<H, K>>>,
+    assigned: BTreeSet<i32>,
+    positions: BTreeMap<i32, i64>,
+    paused: BTreeSet<i32>,
+    started: bool,
+    polled: u64,
+    rebalance: Option<Rebalance>,
+    revoked: bool,
+    next: usize,
+}
+
+impl<H: StageHandler, K: Sink> MemorySource<H, K> {
+    pub fn new(
+        broker: Arc<Broker>,
+        coordinator: Arc<Mutex<Coordinator<H, K>>>,
+        rebalance: Option<Rebalance>,
+    ) -> Self {
+        Self {
+            broker,
+            coordinator,
+            assigned: BTreeSet::new(),
+            positions: BTreeMap::new(),
+            paused: BTreeSet::new(),
+            started: false,
+            polled: 0,
+            rebalance,
+            revoked: false,
+            next: 0,
+        }
+    }
+
+    fn assign(&mut self, partitions: &[i32]) {
+        let committed: CommittedOffsets = {
+            let state = self.broker.state();
+            partitions
+                .iter()
+                .map(|p| (*p, state.committed.get(p).copied()))
+                .collect()
+        };
+        for (&partition, &offset) in &committed {
+            self.assigned.insert(partition);
+            self.paused.remove(&partition);
+            self.positions.insert(partition, offset.unwrap_or(0));
+        }
+        lock(&self.coordinator).assign(&committed);
+    }
+
+    /// Runs the scripted rebalance when its time has come, as librdkafka runs callbacks in poll.
+    fn rebalance(&mut self) {
+        let Some(script) = self.rebalance.clone() else {
+            return;
+        };
+        if !self.revoked && self.polled >= script.after_records {
+            self.revoked = true;
+            lock(&self.coordinator).revoke(&script.partitions, false, &NoGroup);
+            for partition in &script.partitions {
+                self.assigned.remove(partition);
+            }
+        } else if self.revoked && self.polled >= script.reassign_after {
+            self.rebalance = None;
+            self.assign(&script.partitions);
+        }
+    }
+}
+
+impl<H: StageHandler, K: Sink> Source for MemorySource<H, K> {
+    fn poll(&mut self, timeout: Duration) -> Option<Result<SourceRecord, KafkaError>> {
+        if !self.started {
+            self.started = true;
+            let all: Vec<i32> = self.broker.state().input.keys().copied().collect();
+            self.assign(&all);
+        }
+        self.rebalance();
+        let partitions: Vec<i32> = self.assigned.iter().copied().collect();
+        let state = self.broker.state();
+        for step in 0..partitions.len() {
+            let partition = partitions[(self.next + step) % partitions.len()];
+            if self.paused.contains(&partition) {
+                continue;
+            }
+            let position = self.positions.get(&partition).copied().unwrap_or(0);
+            let record = state
+                .input
+                .get(&partition)
+                .and_then(|log| log.get(usize::try_from(position).ok()?));
+            if let Some(record) = record {
+                self.next = self.next.wrapping_add(step + 1);
+                self.positions.insert(partition, position + 1);
+                self.polled += 1;
+                return Some(Ok(record.clone()));
+            }
+        }
+        drop(state);
+        // Nothing to fetch: block like a real poll would, briefly.
+        std::thread::sleep(timeout.min(Duration::from_millis(1)));
+        None
+    }
+
+    fn pause(&mut self, partition: i32) -> Result<(), KafkaError> {
+        self.paused.insert(partition);
+        self.broker.state().pauses += 1;
+        Ok(())
+    }
+
+    fn resume(&mut self, partition: i32) -> Result<(), KafkaError> {
+        self.paused.remove(&partition);
+        self.broker.state().resumes += 1;
+        Ok(())
+    }
+
+    fn committed(&mut self, partitions: &[i32]) -> Result<CommittedOffsets, KafkaError> {
+        let state = self.broker.state();
+        Ok(partitions
+            .iter()
+            .map(|p| (*p, state.committed.get(p).copied()))
+            .collect())
+    }
+
+    fn seek(&mut self, partition: i32, offset: Option<i64>) -> Result<(), KafkaError> {
+        self.positions.insert(partition, offset.unwrap_or(0));
+        Ok(())
+    }
+
+    fn group(&self) -> &dyn GroupCommit {
+        &NoGroup
+    }
+
+    fn close(&mut self, _deadline: Instant) {
+        let assigned: Vec<i32> = std::mem::take(&mut self.assigned).into_iter().collect();
+        lock(&self.coordinator).revoke(&assigned, false, &NoGroup);
+    }
+}
+
+/// The stage's state topic as committed to the broker.
+#[derive(Debug)]
+pub struct MemoryChangelog {
+    pub broker: Arc<Broker>,
+    pub topic: String,
+}
+
+impl ChangelogReader for MemoryChangelog {
+    fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    fn read(
+        &self,
+        partition: i32,
+        _stop: &CancellationToken,
+        apply: &mut ApplyChangelog<'_>,
+    ) -> Result<u64, RestoreFailure> {
+        let records: Vec<Produced> = self
+            .broker
+            .state()
+            .outputs_to(&self.topic)
+            .filter(|record| record.partition == Some(partition))
+            .cloned()
+            .collect();
+        for (offset, record) in records.iter().enumerate() {
+            if let Some(key) = &record.key {
+                apply(offset as i64, key, Some(&record.payload))?;
+            }
+        }
+        Ok(records.len() as u64)
+    }
+}

@@ -1,0 +1,175 @@
+//! One partition worker: restores the partition's per-key state, then handles its queued records
+//! one at a time, in offset order, and reports each decision to the coordinator. Sequential per
+//! partition is what keeps per-key order; partitions run in parallel as separate tasks.
+//! A worker never produces or commits (the coordinator does) and never outlives its incarnation:
+//! on stop it finishes the record in hand and returns, leaving queued records uncommitted.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::ChangelogReader;
+use super::budget::BytePermit;
+use crate::error::{RestoreFailure, WorkerError};
+use crate::metrics::Metrics;
+use crate::record::SourceRecord;
+use crate::stage::{Handled, Handling, KeyStates, StageHandler};
+
+/// A record waiting for its partition worker, with its share of the byte budget.
+#[derive(Debug)]
+pub(crate) struct Queued {
+    pub record: SourceRecord,
+    pub permit: BytePermit,
+}
+
+/// What a worker tells the coordinator. Every report names the worker's incarnation, so reports of
+/// a worker that was replaced (after a rewind) are recognised and dropped.
+#[derive(Debug)]
+pub(crate) enum Report {
+    Restored {
+        partition: i32,
+        incarnation: u64,
+        keys: usize,
+        took: Duration,
+    },
+    Done(Completed),
+    Failed {
+        partition: i32,
+        incarnation: u64,
+        error: WorkerError,
+    },
+}
+
+/// One handled record.
+#[derive(Debug)]
+pub(crate) struct Completed {
+    pub partition: i32,
+    pub incarnation: u64,
+    pub offset: i64,
+    pub handled: Handled,
+    /// Held (never read) until the coordinator has produced the record's outputs; dropping it
+    /// returns the record's bytes to the budget.
+    pub _permit: BytePermit,
+}
+
+/// Everything a worker needs besides its queue.
+pub(crate) struct PartitionWorker<H: StageHandler> {
+    pub partition: i32,
+    pub incarnation: u64,
+    pub topic: Arc<str>,
+    pub stage: Arc<H>,
+    pub changelog: Option<Arc<dyn ChangelogReader>>,
+    pub reports: mpsc::Sender<Report>,
+    pub stop: CancellationToken,
+    pub metrics: Arc<Metrics>,
+}
+
+impl<H: StageHandler> PartitionWorker<H> {
+    pub async fn run(self, mut queue: mpsc::Receiver<Queued>) {
+        let restore_started = Instant::now();
+        let mut states = match self.restore().await {
+            Ok(states) => states,
+            Err(_) if self.stop.is_cancelled() => return,
+            Err(error) => {
+                let _ = self
+                    .reports
+                    .send(Report::Failed {
+                        partition: self.partition,
+                        incarnation: self.incarnation,
+                        error,
+                    })
+                    .await;
+                return;
+            }
+        };
+        let restored = Report::Restored {
+            partition: self.partition,
+            incarnation: self.incarnation,
+            keys: states.len(),
+            took: restore_started.elapsed(),
+        };
+        if self.reports.send(restored).await.is_err() {
+            return;
+        }
+        loop {
+            let queued = tokio::select! {
+                // Stop wins over a waiting record: queued records stay uncommitted for the next owner.
+                biased;
+                () = self.stop.cancelled() => return,
+                next = queue.recv() => match next {
+                    Some(queued) => queued,
+                    None => return,
+                },
+            };
+            self.metrics.consumed();
+            let started = Instant::now();
+            let handling = self
+                .stage
+                .handle(&queued.record, &self.topic, &mut states, &self.stop)
+                .await;
+            self.metrics.observe_processing(started.elapsed());
+            let handled = match handling {
+                Handling::Done(handled) => handled,
+                Handling::Interrupted => return,
+            };
+            let done = Report::Done(Completed {
+                partition: self.partition,
+                incarnation: self.incarnation,
+                offset: queued.record.offset,
+                handled,
+                _permit: queued.permit,
+            });
+            if self.reports.send(done).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// The partition's per-key state from the changelog (empty for stateless stages). Reading
+    /// blocks, so it runs on the blocking pool.
+    async fn restore(&self) -> Result<KeyStates<H::State>, WorkerError> {
+        let Some(reader) = self.changelog.clone() else {
+            return Ok(HashMap::new());
+        };
+        let stage = Arc::clone(&self.stage);
+        let stop = self.stop.clone();
+        let partition = self.partition;
+        let read = tokio::task::spawn_blocking(move || {
+            let mut states = HashMap::new();
+            reader
+                .read(partition, &stop, &mut |offset, key, value| {
+                    match value {
+                        // A tombstone: the key's state was deleted (compaction will drop it).
+                        None => {
+                            states.remove(key);
+                        }
+                        Some(bytes) => {
+                            let state = stage
+                                .decode_state(bytes)
+                                .map_err(|source| RestoreFailure::Decode { offset, source })?;
+                            states.insert(key.to_vec(), state);
+                        }
+                    }
+                    Ok(())
+                })
+                .map(|_| states)
+                .map_err(|reason| (reader.topic().to_owned(), reason))
+        })
+        .await;
+        match read {
+            Ok(Ok(states)) => Ok(states),
+            Ok(Err((topic, reason))) => Err(WorkerError::Restore {
+                topic,
+                partition,
+                reason,
+            }),
+            Err(join) => Err(WorkerError::Thread {
+                what: "state restore",
+                detail: join.to_string(),
+            }),
+        }
+    }
+}

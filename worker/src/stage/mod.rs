@@ -1,0 +1,162 @@
+//! The stages as the runtime drives them: one [`StageHandler`] per built-in processor, wrapping the
+//! pure decisions of `orderpipe-orders`. A handler turns one input record (plus the partition's
+//! per-key state) into the records to produce; only the notify stage does I/O (its webhook).
+//! This module must not touch Kafka, offsets or transactions.
+
+pub mod notify;
+pub mod webhook;
+
+use std::collections::HashMap;
+use std::future::Future;
+
+use orderpipe_api::contract::metrics::outcome;
+use orderpipe_orders::status::StatusOutcome;
+use orderpipe_orders::validate::ValidateOutcome;
+use orderpipe_orders::{
+    ChangelogState, DeadLetterReason, Emit, Output, Processor, StateDecodeError,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::record::SourceRecord;
+
+/// Per-key state of one partition, keyed like the changelog records.
+pub type KeyStates<S> = HashMap<Vec<u8>, S>;
+
+/// What became of one record, for metrics: the contract's bounded outcome and, for dead letters,
+/// the reason code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    /// One of [`orderpipe_api::contract::metrics::outcome::ALL`].
+    pub label: &'static str,
+    pub dead_letter: Option<DeadLetterReason>,
+}
+
+impl Outcome {
+    pub const PROCESSED: Self = Self::plain(outcome::PROCESSED);
+    pub const REJECTED: Self = Self::plain(outcome::REJECTED);
+    pub const DUPLICATE: Self = Self::plain(outcome::DUPLICATE);
+    pub const IGNORED: Self = Self::plain(outcome::IGNORED);
+
+    const fn plain(label: &'static str) -> Self {
+        Self {
+            label,
+            dead_letter: None,
+        }
+    }
+
+    pub const fn dead_lettered(reason: DeadLetterReason) -> Self {
+        Self {
+            label: outcome::DEAD_LETTERED,
+            dead_letter: Some(reason),
+        }
+    }
+}
+
+/// A handled record: what to produce in the transaction that commits its offset.
+#[derive(Debug)]
+pub struct Handled {
+    pub outcome: Outcome,
+    pub emits: Vec<Emit>,
+}
+
+/// How handling one record ended.
+#[derive(Debug)]
+pub enum Handling {
+    Done(Handled),
+    /// Stopped (revocation, shutdown) before a decision; the record stays uncommitted and is
+    /// processed again by whoever owns the partition next.
+    Interrupted,
+}
+
+/// One stage of the pipeline, as the partition workers call it. Records of one partition are
+/// handled one at a time, in offset order.
+pub trait StageHandler: Send + Sync + 'static {
+    /// Per-key state restored from the changelog; `()` for stateless stages.
+    type State: Send + 'static;
+
+    /// Decodes one changelog record written by this stage.
+    fn decode_state(&self, payload: &[u8]) -> Result<Self::State, StateDecodeError>;
+
+    /// Handles one record. `stop` asks the handler to give up waits (retry backoff) early.
+    fn handle<'a>(
+        &'a self,
+        record: &'a SourceRecord,
+        topic: &'a str,
+        states: &'a mut KeyStates<Self::State>,
+        stop: &'a CancellationToken,
+    ) -> impl Future<Output = Handling> + Send + 'a;
+}
+
+/// Maps a processor's own outcome onto the contract's bounded metric outcomes.
+pub trait MetricOutcome {
+    fn metric_outcome(&self) -> Outcome;
+}
+
+impl MetricOutcome for ValidateOutcome {
+    fn metric_outcome(&self) -> Outcome {
+        match self {
+            Self::Validated => Outcome::PROCESSED,
+            Self::Duplicate => Outcome::DUPLICATE,
+            Self::Rejected { .. } => Outcome::REJECTED,
+            Self::DeadLettered { reason } => Outcome::dead_lettered(*reason),
+        }
+    }
+}
+
+impl MetricOutcome for StatusOutcome {
+    fn metric_outcome(&self) -> Outcome {
+        match self {
+            Self::Transitioned { .. } | Self::Released => Outcome::PROCESSED,
+            Self::DuplicateEvent => Outcome::DUPLICATE,
+            Self::NotQuarantined => Outcome::IGNORED,
+            Self::DeadLettered { reason, .. } => Outcome::dead_lettered(*reason),
+        }
+    }
+}
+
+/// A pure, stateful processor (validate, status) as a stage: look up the key's state, decide,
+/// remember the new state. The state is updated before the transaction commits so the next record
+/// of the same key sees it; if the transaction aborts, the runtime discards the partition's state
+/// and restores it from the changelog, which only holds committed state.
+#[derive(Debug, Clone, Default)]
+pub struct Stateful<P>(pub P);
+
+impl<P> StageHandler for Stateful<P>
+where
+    P: Processor + Send + Sync + 'static,
+    P::Outcome: MetricOutcome,
+    P::State: Send + 'static,
+{
+    type State = P::State;
+
+    fn decode_state(&self, payload: &[u8]) -> Result<P::State, StateDecodeError> {
+        P::State::decode(payload)
+    }
+
+    fn handle<'a>(
+        &'a self,
+        record: &'a SourceRecord,
+        topic: &'a str,
+        states: &'a mut KeyStates<P::State>,
+        _stop: &'a CancellationToken,
+    ) -> impl Future<Output = Handling> + Send + 'a {
+        let input = record.as_input(topic);
+        let current = input.key.and_then(|key| states.get(key));
+        let decision = self.0.process(&input, current);
+        if let Some(state) = decision.state {
+            // Keyed like the changelog record, which is what a restore reads back.
+            let key = decision
+                .emits
+                .iter()
+                .find(|emit| emit.output == Output::Changelog)
+                .and_then(|emit| emit.key.clone());
+            if let Some(key) = key {
+                states.insert(key, state);
+            }
+        }
+        std::future::ready(Handling::Done(Handled {
+            outcome: decision.outcome.metric_outcome(),
+            emits: decision.emits,
+        }))
+    }
+}

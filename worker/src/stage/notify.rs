@@ -1,0 +1,152 @@
+//! The notify stage: plan a notification (pure), POST it, and retry transient failures with the
+//! pure policy's backoff, blocking only this record's partition. The audit record (and, after a
+//! permanent failure or exhausted retries, the dead letter) is produced in the transaction that
+//! commits the offset; a crash before that commit repeats the POST with the same idempotency key.
+//! This module must not touch Kafka; it must not sleep past a stop request.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use orderpipe_api::contract::NotifyConfig;
+use orderpipe_orders::StateDecodeError;
+use orderpipe_orders::notify::RetryPolicy;
+use orderpipe_orders::notify::{AttemptDecision, HttpOutcome, Notifier, NotifyPlan, NotifyPolicy};
+use tokio_util::sync::CancellationToken;
+
+use super::webhook::Webhook;
+use super::{Handled, Handling, KeyStates, Outcome, StageHandler};
+use crate::metrics::Metrics;
+use crate::record::SourceRecord;
+
+/// The notify stage's tunables from the worker contract.
+pub fn policy(config: &NotifyConfig) -> NotifyPolicy {
+    NotifyPolicy {
+        channel: config.channel.clone(),
+        retry: RetryPolicy {
+            max_attempts: config.max_attempts,
+            base_delay: config.initial_backoff,
+            max_delay: config.max_backoff,
+            ..RetryPolicy::default()
+        },
+        ..NotifyPolicy::default()
+    }
+}
+
+/// The notify stage over a [`Webhook`].
+#[derive(Debug)]
+pub struct NotifyStage<W> {
+    notifier: Notifier,
+    webhook: W,
+    metrics: Arc<Metrics>,
+}
+
+impl<W: Webhook> NotifyStage<W> {
+    pub fn new(policy: NotifyPolicy, webhook: W, metrics: Arc<Metrics>) -> Self {
+        Self {
+            notifier: Notifier::new(policy),
+            webhook,
+            metrics,
+        }
+    }
+
+    async fn dispatch(
+        &self,
+        dispatch: &orderpipe_orders::notify::Dispatch,
+        stop: &CancellationToken,
+    ) -> Handling {
+        let mut attempt: u32 = 1;
+        loop {
+            let outcome = self
+                .webhook
+                .post(dispatch.body(), &dispatch.http_headers())
+                .await;
+            self.metrics.webhook_request(attempt_label(&outcome));
+            let decision = self.notifier.after_attempt(
+                dispatch,
+                attempt,
+                &outcome,
+                Utc::now(),
+                rand::random(),
+            );
+            match decision {
+                AttemptDecision::Delivered { audit } => {
+                    return Handling::Done(Handled {
+                        outcome: Outcome::PROCESSED,
+                        emits: vec![audit],
+                    });
+                }
+                AttemptDecision::GiveUp {
+                    reason,
+                    audit,
+                    dead_letter,
+                } => {
+                    return Handling::Done(Handled {
+                        outcome: Outcome::dead_lettered(reason),
+                        emits: vec![audit, dead_letter],
+                    });
+                }
+                AttemptDecision::Retry { after } => {
+                    self.metrics.retry();
+                    tracing::debug!(
+                        key = dispatch.idempotency_key(),
+                        attempt,
+                        ?after,
+                        "webhook failed transiently; retrying"
+                    );
+                    tokio::select! {
+                        () = tokio::time::sleep(after) => {}
+                        () = stop.cancelled() => return Handling::Interrupted,
+                    }
+                    attempt = attempt.saturating_add(1);
+                }
+            }
+        }
+    }
+}
+
+/// Bounded label of one webhook attempt.
+fn attempt_label(outcome: &HttpOutcome) -> &'static str {
+    match outcome {
+        HttpOutcome::Response { status, .. } => match status {
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            429 => "429",
+            400..=499 => "4xx",
+            _ => "5xx",
+        },
+        HttpOutcome::Timeout => "timeout",
+        HttpOutcome::ConnectionFailed => "connection_failed",
+    }
+}
+
+impl<W: Webhook> StageHandler for NotifyStage<W> {
+    /// Notifications of one order are independent messages; nothing is remembered per key.
+    type State = ();
+
+    fn decode_state(&self, _payload: &[u8]) -> Result<(), StateDecodeError> {
+        Ok(())
+    }
+
+    async fn handle<'a>(
+        &'a self,
+        record: &'a SourceRecord,
+        topic: &'a str,
+        _states: &'a mut KeyStates<()>,
+        stop: &'a CancellationToken,
+    ) -> Handling {
+        match self.notifier.plan(&record.as_input(topic)) {
+            NotifyPlan::Skip { .. } => Handling::Done(Handled {
+                outcome: Outcome::IGNORED,
+                emits: Vec::new(),
+            }),
+            NotifyPlan::DeadLetter {
+                reason,
+                dead_letter,
+            } => Handling::Done(Handled {
+                outcome: Outcome::dead_lettered(reason),
+                emits: vec![dead_letter],
+            }),
+            NotifyPlan::Dispatch(dispatch) => self.dispatch(&dispatch, stop).await,
+        }
+    }
+}
