@@ -4,8 +4,9 @@
 
 use std::time::{Duration, Instant};
 
+use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -17,6 +18,19 @@ use crate::runtime::{ApplyChangelog, ChangelogReader};
 /// How long a restore may take before the worker gives up (and exits, to be restarted).
 const RESTORE_TIMEOUT: Duration = Duration::from_secs(600);
 const POLL: Duration = Duration::from_millis(100);
+
+/// Reaching the end of the partition is how a restore finishes, not an error worth a log line.
+struct RestoreContext;
+
+impl ClientContext for RestoreContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(error, KafkaError::PartitionEOF(_)) {
+            tracing::warn!(%error, reason, "state restore client error");
+        }
+    }
+}
+
+impl ConsumerContext for RestoreContext {}
 
 /// A state topic read through Kafka.
 #[derive(Clone)]
@@ -52,7 +66,10 @@ impl ChangelogReader for KafkaChangelog {
         stop: &CancellationToken,
         apply: &mut ApplyChangelog<'_>,
     ) -> Result<u64, RestoreFailure> {
-        let consumer: BaseConsumer = self.config.create().map_err(RestoreFailure::Kafka)?;
+        let consumer: BaseConsumer<RestoreContext> = self
+            .config
+            .create_with_context(RestoreContext)
+            .map_err(RestoreFailure::Kafka)?;
         let started = Instant::now();
         // Under read_committed the "high" watermark is the last stable offset: the end of what
         // committed transactions wrote.

@@ -181,7 +181,7 @@ fn source_record(message: &BorrowedMessage<'_>) -> SourceRecord {
     }
 }
 
-impl<C: ConsumerContext> Source for KafkaSource<C> {
+impl<C: ConsumerContext + 'static> Source for KafkaSource<C> {
     fn poll(&mut self, timeout: Duration) -> Option<Result<SourceRecord, KafkaError>> {
         let consumer = self.consumer.as_ref()?;
         consumer
@@ -221,22 +221,23 @@ impl<C: ConsumerContext> Source for KafkaSource<C> {
         let Some(consumer) = self.consumer.take() else {
             return;
         };
-        match consumer.close_queue() {
-            Ok(()) => {
-                while !consumer.closed() && Instant::now() < deadline {
-                    // Serves the final revocation; records polled now are simply not processed.
-                    let _ = consumer.poll(Duration::from_millis(100));
-                }
-            }
-            Err(error) => tracing::warn!(%error, "closing the consumer failed"),
+        // Dropping closes the consumer: it runs the final revocation and leaves the group, with no
+        // deadline of its own, so it happens on a helper thread we stop waiting for at `deadline`.
+        let (closed, wait) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("orderpipe-close".to_owned())
+            .spawn(move || {
+                drop(consumer);
+                let _ = closed.send(());
+            });
+        if let Err(error) = spawned {
+            tracing::warn!(%error, "cannot close the consumer on a helper thread");
+            return;
         }
-        if consumer.closed() {
-            drop(consumer);
-        } else {
-            // Dropping would wait for the close without a deadline; the process is exiting and
-            // the group times the member out instead.
+        let left = wait.recv_timeout(deadline.saturating_duration_since(Instant::now()));
+        if left.is_err() {
+            // The process is exiting; the group times the member out instead.
             tracing::warn!("the consumer did not leave the group in time");
-            std::mem::forget(consumer);
         }
     }
 }

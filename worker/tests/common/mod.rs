@@ -1,0 +1,422 @@
+//! Helpers for the worker's tests against a real broker (`KAFKA_BOOTSTRAP_SERVERS`, set by
+//! `make test-e2e` with the local stack up): topics, reading a topic to its end, the group's
+//! committed offsets, and worker processes started from the built binary. Waits are on
+//! conditions with timeouts, never fixed sleeps.
+
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use orderpipe_api::contract::{KafkaConnection, env};
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Headers, Message};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+pub const ENV_BOOTSTRAP: &str = "KAFKA_BOOTSTRAP_SERVERS";
+
+/// The broker of the local stack.
+pub fn bootstrap() -> String {
+    std::env::var(ENV_BOOTSTRAP).unwrap_or_else(|_| {
+        panic!("{ENV_BOOTSTRAP} is not set: start the local stack (make test-e2e)")
+    })
+}
+
+pub fn connection(bootstrap: &str) -> KafkaConnection {
+    KafkaConnection {
+        bootstrap_servers: bootstrap.to_owned(),
+        tls: false,
+        tls_ca_file: None,
+        tls_client_dir: None,
+        sasl: None,
+    }
+}
+
+/// A name no other test run uses.
+pub fn unique(prefix: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    format!(
+        "{prefix}-{}-{}-{nanos:x}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Waits until `condition` holds; panics naming `what` after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Creates the topics (replication 1) and waits until the broker reports their leaders.
+pub fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("admin client");
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1)))
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = runtime
+        .block_on(admin.create_topics(new.iter(), &options))
+        .expect("create topics");
+    for result in results {
+        result.expect("topic created");
+    }
+    let probe = consumer(bootstrap, None, "read_committed");
+    for (name, partitions) in topics {
+        wait_until(
+            &format!("leaders of {name}"),
+            Duration::from_secs(30),
+            || {
+                (0..*partitions).all(|p| {
+                    probe
+                        .fetch_watermarks(name, p, Duration::from_secs(5))
+                        .is_ok()
+                })
+            },
+        );
+    }
+}
+
+fn consumer(bootstrap: &str, group: Option<&str>, isolation: &str) -> BaseConsumer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set(
+            "group.id",
+            group.map_or_else(|| unique("reader"), str::to_owned),
+        )
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", isolation)
+        .create()
+        .expect("consumer")
+}
+
+/// A record as a test sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Record {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+}
+
+fn partitions(consumer: &BaseConsumer, topic: &str) -> Vec<i32> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(30))
+        .expect("metadata");
+    metadata
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect()
+}
+
+/// Everything a reader with `isolation` (`read_committed` or `read_uncommitted`) sees in
+/// `topic` now, in partition then offset order.
+pub fn read_all(bootstrap: &str, topic: &str, isolation: &str) -> Vec<Record> {
+    let consumer = consumer(bootstrap, None, isolation);
+    let ids = partitions(&consumer, topic);
+    let mut assignment = TopicPartitionList::new();
+    for &partition in &ids {
+        assignment
+            .add_partition_offset(topic, partition, Offset::Beginning)
+            .expect("assignment");
+    }
+    consumer.assign(&assignment).expect("assign");
+    let mut at_end: BTreeMap<i32, bool> = ids.iter().map(|p| (*p, false)).collect();
+    let mut records = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while at_end.values().any(|done| !done) {
+        assert!(
+            Instant::now() < deadline,
+            "reading {topic} to its end timed out"
+        );
+        match consumer.poll(Duration::from_millis(200)) {
+            None => {}
+            Some(Ok(message)) => records.push(Record {
+                partition: message.partition(),
+                offset: message.offset(),
+                key: message.key().map(<[u8]>::to_vec),
+                payload: message.payload().map(<[u8]>::to_vec),
+                headers: message
+                    .headers()
+                    .map(|headers| {
+                        headers
+                            .iter()
+                            .map(|h| {
+                                let value = String::from_utf8_lossy(h.value.unwrap_or_default());
+                                (h.key.to_owned(), value.into_owned())
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            }),
+            Some(Err(KafkaError::PartitionEOF(partition))) => {
+                at_end.insert(partition, true);
+            }
+            Some(Err(error)) => panic!("reading {topic}: {error}"),
+        }
+    }
+    records.sort_by_key(|r| (r.partition, r.offset));
+    records
+}
+
+/// The end (last stable offset) of every partition of `topic`.
+pub fn end_offsets(bootstrap: &str, topic: &str) -> BTreeMap<i32, i64> {
+    let consumer = consumer(bootstrap, None, "read_committed");
+    partitions(&consumer, topic)
+        .into_iter()
+        .map(|p| {
+            let (_, high) = consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .expect("watermarks");
+            (p, high)
+        })
+        .collect()
+}
+
+/// The offsets `group` committed for `topic` (0 where nothing is committed yet).
+pub fn committed_offsets(bootstrap: &str, group: &str, topic: &str) -> BTreeMap<i32, i64> {
+    let consumer = consumer(bootstrap, Some(group), "read_committed");
+    let mut list = TopicPartitionList::new();
+    for partition in partitions(&consumer, topic) {
+        list.add_partition(topic, partition);
+    }
+    let committed = consumer
+        .committed_offsets(list, Duration::from_secs(10))
+        .expect("committed offsets");
+    committed
+        .elements()
+        .iter()
+        .map(|e| {
+            let offset = match e.offset() {
+                Offset::Offset(offset) => offset,
+                _ => 0,
+            };
+            (e.partition(), offset)
+        })
+        .collect()
+}
+
+/// Whether `group` has committed every record currently in `topic`.
+pub fn caught_up(bootstrap: &str, group: &str, topic: &str) -> bool {
+    committed_offsets(bootstrap, group, topic) == end_offsets(bootstrap, topic)
+}
+
+/// A free TCP port on loopback (for a worker's metrics endpoint).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("a free port")
+}
+
+/// The validate stage's topics and group for one test.
+#[derive(Debug, Clone)]
+pub struct ValidatePipeline {
+    pub input: String,
+    pub validated: String,
+    pub rejected: String,
+    pub dead_letter: String,
+    pub state: String,
+    pub group: String,
+}
+
+impl ValidatePipeline {
+    /// Creates the topics: input and state co-partitioned with `partitions` partitions.
+    pub fn create(bootstrap: &str, partitions: i32) -> Self {
+        let id = unique("wt");
+        let pipeline = Self {
+            input: format!("{id}.orders"),
+            validated: format!("{id}.validated"),
+            rejected: format!("{id}.rejected"),
+            dead_letter: format!("{id}.dlq"),
+            state: format!("{id}.state"),
+            group: format!("{id}.validate"),
+        };
+        create_topics(
+            bootstrap,
+            &[
+                (&pipeline.input, partitions),
+                (&pipeline.validated, partitions),
+                (&pipeline.rejected, 1),
+                (&pipeline.dead_letter, 1),
+                (&pipeline.state, partitions),
+            ],
+        );
+        pipeline
+    }
+
+    /// The worker contract's environment for a validate worker of this pipeline.
+    pub fn worker_env(
+        &self,
+        bootstrap: &str,
+        pod: &str,
+        metrics_port: u16,
+    ) -> Vec<(String, String)> {
+        [
+            (env::PIPELINE, "wt"),
+            (env::NAMESPACE, "test"),
+            (env::STAGE, "validate"),
+            (env::POD_NAME, pod),
+            (env::PROCESSOR, "validate"),
+            (env::BOOTSTRAP_SERVERS, bootstrap),
+            (env::INPUT_TOPIC, &self.input),
+            (
+                env::OUTPUTS,
+                &format!("validated={},rejected={}", self.validated, self.rejected),
+            ),
+            (env::DEAD_LETTER_TOPIC, &self.dead_letter),
+            (env::STATE_TOPIC, &self.state),
+            (env::CONSUMER_GROUP, &self.group),
+            (env::METRICS_PORT, &metrics_port.to_string()),
+            (env::SHUTDOWN_GRACE_SECONDS, "20"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+    }
+}
+
+/// A worker process started from the built binary; killed when dropped.
+#[derive(Debug)]
+pub struct WorkerProcess {
+    child: Child,
+    pub log: PathBuf,
+    pub metrics_port: u16,
+}
+
+impl WorkerProcess {
+    pub fn spawn(name: &str, env: &[(String, String)]) -> Self {
+        let dir = std::env::temp_dir().join("orderpipe-worker-tests");
+        std::fs::create_dir_all(&dir).expect("log dir");
+        let log = dir.join(format!("{}.log", unique(name)));
+        let file = File::create(&log).expect("log file");
+        let metrics_port = env
+            .iter()
+            .find(|(k, _)| k == env::METRICS_PORT)
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or_default();
+        let child = Command::new(env!("CARGO_BIN_EXE_orderpipe-worker"))
+            .arg("run")
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("worker starts");
+        Self {
+            child,
+            log,
+            metrics_port,
+        }
+    }
+
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(i32::try_from(self.child.id()).expect("pid fits"))
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        kill(self.pid(), signal).expect("signal delivered");
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "worker did not exit within {timeout:?}; log:\n{}",
+                self.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = self.log_text();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// GET of one of the worker's endpoints: status code and body.
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        let url = format!("http://127.0.0.1:{}{path}", self.metrics_port);
+        plain_http::get(&url)
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+mod plain_http {
+    //! A blocking GET without an HTTP client's blocking feature: a tiny HTTP/1.0 exchange is
+    //! enough for the worker's own endpoints.
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::Duration;
+
+    pub fn get(url: &str) -> Option<(u16, String)> {
+        let rest = url.strip_prefix("http://")?;
+        let (host, path) = rest.split_once('/')?;
+        let mut stream = TcpStream::connect(host).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(stream, "GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n").ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        let status = response.split_whitespace().nth(1)?.parse().ok()?;
+        let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+        Some((status, body))
+    }
+}
