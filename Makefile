@@ -42,7 +42,10 @@ manifests: ## Regenerate crds/ from the Rust API types
 	$(CARGO) run -q -p orderpipe-api --bin crdgen > crds/orderpipe.dev_orderpipelines.yaml
 
 .PHONY: test
-test: ## Unit tests, then the end-to-end tests on the local real stack
+test: test-unit test-e2e ## Unit tests, then the end-to-end tests on the local real stack
+
+.PHONY: test-unit
+test-unit: ## Unit tests (no infrastructure needed)
 	$(CARGO) test --workspace
 
 .PHONY: e2e-setup
@@ -65,9 +68,10 @@ e2e-up: e2e-tools ## Start the local stack in the background; then: source targe
 e2e-down: ## Stop the local stack started by e2e-up
 	$(CARGO) run -q -p orderpipe-e2e -- down
 
+# The e2e tests of every crate are #[ignore]d (they need the stack); this runs exactly those.
 .PHONY: test-e2e
 test-e2e: e2e-tools ## End-to-end tests on a local stack started for the run and stopped after it, also on failure
-	$(CARGO) test -q -p orderpipe-e2e --no-run
+	$(CARGO) test --workspace --no-run
 	trap '$(CARGO) run -q -p orderpipe-e2e -- down' EXIT; \
 	$(CARGO) run -q -p orderpipe-e2e -- up $(E2E_UP_FLAGS); \
-	$(CARGO) test -p orderpipe-e2e -- --include-ignored --test-threads=2
+	$(CARGO) test --workspace -- --ignored --test-threads=2

@@ -6,7 +6,10 @@
 //! This module must not contain behaviour beyond small accessors: reconciling is the operator's job.
 //!
 //! Every list and string is bounded so the CEL cost estimate of the cross-field rules stays inside the
-//! apiserver's budget; the bounds are in `limits` so the tests and docs can name them.
+//! apiserver's budget; the bounds are in `limits` so the tests and docs can name them. Messages are
+//! static or concatenate bounded fields only: the apiserver estimates a `messageExpression` that uses
+//! list macros (`filter`, `map`, `join`) or `string(int)` as unbounded and refuses the whole CRD. The
+//! apiserver prefixes every message with the field path and, for `FieldValueInvalid`, the value.
 
 use std::collections::BTreeMap;
 
@@ -92,19 +95,19 @@ pub mod limits {
 #[serde(rename_all = "camelCase")]
 #[x_kube(
     validation = Rule::new("self.stages.all(s, self.topics.exists(t, t.name == s.input))")
-        .message(Message::Expression("'spec.stages[].input must name a topic declared in spec.topics; undeclared: ' + self.stages.filter(s, !self.topics.exists(t, t.name == s.input)).map(s, s.name + ' -> ' + s.input).join(', ')".into()))
+        .message("spec.stages[].input must name a topic declared in spec.topics")
         .field_path(".stages")
         .reason(Reason::FieldValueInvalid),
 )]
 #[x_kube(
     validation = Rule::new("self.stages.all(s, self.topics.exists(t, t.name == s.deadLetter))")
-        .message(Message::Expression("'spec.stages[].deadLetter must name a topic declared in spec.topics; undeclared: ' + self.stages.filter(s, !self.topics.exists(t, t.name == s.deadLetter)).map(s, s.name + ' -> ' + s.deadLetter).join(', ')".into()))
+        .message("spec.stages[].deadLetter must name a topic declared in spec.topics")
         .field_path(".stages")
         .reason(Reason::FieldValueInvalid),
 )]
 #[x_kube(
     validation = Rule::new("self.stages.all(s, !has(s.outputs) || s.outputs.all(o, self.topics.exists(t, t.name == s.outputs[o])))")
-        .message(Message::Expression("'spec.stages[].outputs must name topics declared in spec.topics; undeclared: ' + self.stages.filter(s, has(s.outputs) && s.outputs.exists(o, !self.topics.exists(t, t.name == s.outputs[o]))).map(s, s.name).join(', ')".into()))
+        .message("spec.stages[].outputs must name topics declared in spec.topics")
         .field_path(".stages")
         .reason(Reason::FieldValueInvalid),
 )]
@@ -265,9 +268,9 @@ pub struct SecretKey(
 )]
 #[x_kube(
     validation = Rule::new("self.partitions >= oldSelf.partitions")
-        .message(Message::Expression("'spec.topics[' + self.name + '].partitions may only grow: ' + string(oldSelf.partitions) + ' -> ' + string(self.partitions) + ' would lose the key-to-partition mapping; create a new topic instead'".into()))
+        .message(Message::Expression("'spec.topics[' + self.name + '].partitions may only grow (Kafka cannot remove partitions); declare a new topic instead'".into()))
         .field_path(".partitions")
-        .reason(Reason::FieldValueForbidden),
+        .reason(Reason::FieldValueInvalid),
 )]
 #[x_kube(
     validation = Rule::new("has(self.replicationFactor) == has(oldSelf.replicationFactor) && (!has(self.replicationFactor) || self.replicationFactor == oldSelf.replicationFactor)")
@@ -288,7 +291,7 @@ pub struct TopicSpec {
     /// Replicas of each partition. Unset: the broker's `default.replication.factor`. Immutable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 32))]
-    pub replication_factor: Option<i16>,
+    pub replication_factor: Option<i32>,
 
     /// Topic configuration (e.g. `retention.ms`, `cleanup.policy`, `min.insync.replicas`). The operator
     /// sets these keys and restores them when changed out of band; keys not listed are left alone.
@@ -453,7 +456,7 @@ impl Processor {
 #[serde(rename_all = "camelCase")]
 #[x_kube(
     validation = Rule::new("self.minReplicas <= self.maxReplicas")
-        .message(Message::Expression("'spec.stages[].autoscaling.minReplicas (' + string(self.minReplicas) + ') must not exceed maxReplicas (' + string(self.maxReplicas) + ')'".into()))
+        .message("spec.stages[].autoscaling.minReplicas must not exceed maxReplicas")
         .field_path(".minReplicas")
         .reason(Reason::FieldValueInvalid),
 )]

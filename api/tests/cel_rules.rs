@@ -73,8 +73,10 @@ fn stage_input_must_name_a_declared_topic() {
     let mut p = minimal();
     p["spec"]["stages"][0]["input"] = json!("orders.typo");
     let v = violations(p);
-    assert_rejected_naming(&v, "spec.stages[].input");
-    assert_rejected_naming(&v, "validate -> orders.typo");
+    assert_rejected_naming(
+        &v,
+        "spec.stages[].input must name a topic declared in spec.topics",
+    );
 }
 
 #[test]
@@ -111,7 +113,7 @@ fn partitions_may_grow_but_never_shrink() {
     let mut shrunk = minimal();
     shrunk["spec"]["topics"][0]["partitions"] = json!(2);
     let v = update_violations(old, shrunk);
-    assert_rejected_naming(&v, "spec.topics[orders].partitions may only grow: 3 -> 2");
+    assert_rejected_naming(&v, "spec.topics[orders].partitions may only grow");
 }
 
 #[test]
@@ -158,7 +160,7 @@ fn min_replicas_must_not_exceed_max_replicas() {
     p["spec"]["stages"][0]["autoscaling"] = json!({ "minReplicas": 4, "maxReplicas": 2 });
     assert_rejected_naming(
         &violations(p),
-        "autoscaling.minReplicas (4) must not exceed maxReplicas (2)",
+        "autoscaling.minReplicas must not exceed maxReplicas",
     );
 }
 

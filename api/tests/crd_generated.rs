@@ -38,3 +38,19 @@ fn crd_declares_unique_names_as_list_map_keys() {
     assert_eq!(topic_name["pattern"], "^[a-zA-Z0-9._-]+$");
     assert_eq!(topic_name["maxLength"], 249);
 }
+
+/// The apiserver refuses the whole CRD when a messageExpression's estimated cost is unbounded, which
+/// kube's client-side CEL validator does not check (found on a real kube-apiserver 1.37). List
+/// macros and `string()` of numbers are what makes the estimate unbounded.
+#[test]
+fn message_expressions_stay_within_the_apiserver_cost_budget() {
+    let crd = orderpipe_api::crd_yaml().expect("CRD serializes");
+    for line in crd.lines().filter(|l| l.contains("messageExpression")) {
+        for unbounded in [".filter(", ".map(", ".join(", "string("] {
+            assert!(
+                !line.contains(unbounded),
+                "{unbounded} in a messageExpression: {line}"
+            );
+        }
+    }
+}

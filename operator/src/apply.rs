@@ -70,6 +70,26 @@ pub fn is_subset(desired: &Value, live: &Value) -> bool {
     }
 }
 
+/// Field manager that seeds `spec.replicas` of an autoscaled Rollout. The main field manager never
+/// sets replicas on an autoscaled workload (the HPA owns the count), but an HPA cannot read the scale
+/// of a Rollout that has no `spec.replicas` at all (Deployments get it defaulted by the apiserver).
+/// A separate manager sets it once; the HPA's first scale update takes the field over.
+pub const REPLICA_SEED_MANAGER: &str = "orderpipe-operator-replica-seed";
+
+/// The seed to apply when an autoscaled Rollout has no replica count yet: `Some(patch)` or `None`.
+pub fn replica_seed(child: &Child, live: Option<&Value>, min_replicas: i32) -> Option<Value> {
+    let autoscaled = child.object.pointer("/spec/replicas").is_none();
+    let missing = live.is_none_or(|l| l.pointer("/spec/replicas").is_none());
+    (child.kind == ChildKind::Rollout && autoscaled && missing).then(|| {
+        serde_json::json!({
+            "apiVersion": child.object.get("apiVersion"),
+            "kind": child.object.get("kind"),
+            "metadata": { "name": child.name },
+            "spec": { "replicas": min_replicas },
+        })
+    })
+}
+
 /// Identity of a child within one pipeline.
 pub type ChildKey = (ChildKind, String);
 
@@ -133,6 +153,20 @@ impl Applier {
         let params = PatchParams::apply(FIELD_MANAGER).force();
         self.api(child.kind)
             .patch(&child.name, &params, &Patch::Apply(&child.object))
+            .await?;
+        Ok(())
+    }
+
+    /// Applies a replica seed (see [`replica_seed`]) with its own field manager.
+    pub async fn seed_replicas(
+        &self,
+        kind: ChildKind,
+        name: &str,
+        seed: &Value,
+    ) -> Result<(), kube::Error> {
+        let params = PatchParams::apply(REPLICA_SEED_MANAGER);
+        self.api(kind)
+            .patch(name, &params, &Patch::Apply(seed))
             .await?;
         Ok(())
     }
@@ -213,6 +247,32 @@ mod tests {
     fn numbers_compare_by_value_not_representation() {
         assert!(is_subset(&json!({ "n": 1 }), &json!({ "n": 1.0 })));
         assert!(!is_subset(&json!({ "n": 1 }), &json!({ "n": 2 })));
+    }
+
+    #[test]
+    fn autoscaled_rollout_without_replicas_gets_a_seed_once() {
+        let rollout = child(ChildKind::Rollout, "r", json!({ "strategy": {} }));
+        let seed = replica_seed(&rollout, None, 2).expect("a new rollout is seeded");
+        assert_eq!(seed["spec"]["replicas"], 2);
+        let mut live = rollout.object.clone();
+        live["spec"]["replicas"] = json!(5);
+        assert_eq!(
+            replica_seed(&rollout, Some(&live), 2),
+            None,
+            "the HPA's count is never touched"
+        );
+        let deployment = child(ChildKind::Deployment, "d", json!({}));
+        assert_eq!(
+            replica_seed(&deployment, None, 2),
+            None,
+            "the apiserver defaults Deployments"
+        );
+        let fixed = child(ChildKind::Rollout, "r", json!({ "replicas": 3 }));
+        assert_eq!(
+            replica_seed(&fixed, None, 2),
+            None,
+            "fixed replicas are applied normally"
+        );
     }
 
     #[test]

@@ -230,6 +230,27 @@ async fn reconcile(pipeline: Arc<OrderPipeline>, ctx: Arc<Context>) -> Result<Ac
                 note: format!("{verb} {:?} {}", child.kind, child.name),
             });
         }
+        // After the apply, so the seed never creates a Rollout on its own.
+        let min_replicas = validated
+            .stages
+            .iter()
+            .find(|s| s.workload_name == child.name)
+            .and_then(|s| match s.scaling {
+                model::Scaling::Auto { min, .. } => Some(min),
+                model::Scaling::Fixed(_) => None,
+            });
+        if let Some(seed) = min_replicas.and_then(|min| apply::replica_seed(child, live, min)) {
+            applier
+                .seed_replicas(child.kind, &child.name, &seed)
+                .await
+                .map_err(|source| Error::Apply {
+                    kind: child.kind,
+                    name: child.name.clone(),
+                    source,
+                })?;
+            ctx.metrics
+                .api_write(&format!("{:?}", child.kind), "seed-replicas");
+        }
     }
 
     // 7. Delete owned objects that left the spec; a replaced workload waits for its successor.
@@ -524,6 +545,10 @@ async fn write_status(
 
 /// Publishes one Event per change. An Event that cannot be written is logged, not retried: the
 /// change itself already happened.
+///
+/// The Recorder folds events with the same reason and action into one series (keeping the first
+/// note), so the action names the object changed: eight topics created are eight Events, while the
+/// same drift restored again on the same topic counts up one series.
 async fn publish(ctx: &Context, pipeline: &OrderPipeline, changes: &[Change]) {
     let reference = pipeline.object_ref(&());
     for change in changes {
@@ -531,7 +556,7 @@ async fn publish(ctx: &Context, pipeline: &OrderPipeline, changes: &[Change]) {
             type_: EventType::Normal,
             reason: change.reason.into(),
             note: Some(change.note.clone()),
-            action: change.reason.into(),
+            action: event_action(&change.note),
             secondary: None,
         };
         match ctx.recorder.publish(&event, &reference).await {
@@ -539,4 +564,9 @@ async fn publish(ctx: &Context, pipeline: &OrderPipeline, changes: &[Change]) {
             Err(error) => warn!(%error, reason = change.reason, "could not publish event"),
         }
     }
+}
+
+/// The Event action: the change's note, cut to the API's 128-character limit.
+fn event_action(note: &str) -> String {
+    note.chars().take(128).collect()
 }

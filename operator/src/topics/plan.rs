@@ -54,13 +54,19 @@ pub struct DesiredTopic {
     pub co_partitioned_with: Option<String>,
 }
 
+/// Kafka carries replication factors as int16; the CRD bounds them to 1..=32, so this never fails for
+/// an admitted spec.
+fn kafka_replication_factor(declared: i32) -> Option<i16> {
+    i16::try_from(declared).ok()
+}
+
 /// The declared topics, then one compacted state topic per stateful stage. The first declaration of
 /// a name wins, so a user who declares a state topic's name explicitly gets their own settings.
 pub fn desired_topics(pipeline: &OrderPipeline) -> Vec<DesiredTopic> {
     let declared = pipeline.spec.topics.iter().map(|topic| DesiredTopic {
         name: topic.name.clone(),
         partitions: topic.partitions,
-        replication_factor: topic.replication_factor,
+        replication_factor: topic.replication_factor.and_then(kafka_replication_factor),
         config: topic
             .config
             .iter()
@@ -72,7 +78,7 @@ pub fn desired_topics(pipeline: &OrderPipeline) -> Vec<DesiredTopic> {
     let state = state_topics(pipeline).map(|(name, input)| DesiredTopic {
         name,
         partitions: input.partitions,
-        replication_factor: input.replication_factor,
+        replication_factor: input.replication_factor.and_then(kafka_replication_factor),
         config: STATE_TOPIC_CONFIG
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))

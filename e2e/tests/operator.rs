@@ -1,0 +1,622 @@
+//! The operator against the real apiserver and Kafka broker of the shared stack: an OrderPipeline
+//! becomes Kafka topics, stage workloads, capped autoscalers, services and a truthful status; spec
+//! changes and out-of-band edits converge; an idle resync writes nothing. Each test runs its own
+//! in-process operator limited to its own namespace, so tests do not see each other's pipelines.
+//! Needs `make test-e2e`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{Event, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use kube::runtime::events::Reporter;
+use orderpipe_api::OrderPipeline;
+use orderpipe_e2e::{SharedStack, TestNamespace, wait_until};
+use orderpipe_operator::controller::{self, Shared};
+use orderpipe_operator::metrics::Metrics;
+use orderpipe_operator::model::OperatorSettings;
+use orderpipe_operator::topics::{AdminPool, AdminSettings};
+use prometheus_client::registry::Registry;
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+const CONVERGE: Duration = Duration::from_secs(90);
+
+/// An operator running in this test process, watching one namespace.
+struct RunningOperator {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    registry: Arc<Registry>,
+}
+
+impl RunningOperator {
+    async fn start(ns: &TestNamespace) -> anyhow::Result<Self> {
+        let client = ns.client().clone();
+        let mut registry = Registry::default();
+        let metrics = Arc::new(Metrics::register(&mut registry));
+        let shared = Shared {
+            client: client.clone(),
+            settings: OperatorSettings {
+                worker_image: "orderpipe/orderpipe-worker:e2e".into(),
+                prometheus_url: "http://127.0.0.1:9090".into(),
+            },
+            kafka: Arc::new(AdminPool::new(AdminSettings::default())),
+            metrics,
+            reporter: Reporter {
+                controller: "orderpipe-operator".into(),
+                instance: Some("e2e".into()),
+            },
+            watch_namespace: Some(ns.name().to_string()),
+        };
+        let capabilities = orderpipe_operator::capabilities::detect(&client).await;
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(controller::run(
+            shared,
+            capabilities,
+            stop.clone().cancelled_owned(),
+        ));
+        Ok(Self {
+            stop,
+            task,
+            registry: Arc::new(registry),
+        })
+    }
+
+    /// Sum of a counter family in the operator's /metrics text.
+    fn counter(&self, name: &str) -> f64 {
+        let mut text = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text.lines()
+            .filter(|line| line.starts_with(name))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+/// A two-stage pipeline whose topics carry the namespace name, so parallel tests never share one.
+fn pipeline(ns: &str, bootstrap: &str) -> Value {
+    let t = |suffix: &str| format!("{ns}.{suffix}");
+    json!({
+        "apiVersion": "orderpipe.dev/v1alpha1",
+        "kind": "OrderPipeline",
+        "metadata": { "name": "shop" },
+        "spec": {
+            "kafka": { "bootstrapServers": [bootstrap] },
+            "topics": [
+                { "name": t("orders"), "partitions": 2, "config": { "retention.ms": "86400000" } },
+                { "name": t("validated"), "partitions": 2 },
+                { "name": t("rejected"), "partitions": 1 },
+                { "name": t("events"), "partitions": 2 },
+                { "name": t("status"), "partitions": 2 },
+                { "name": t("dlq"), "partitions": 1 }
+            ],
+            "stages": [
+                {
+                    "name": "validate",
+                    "processor": "validate",
+                    "input": t("orders"),
+                    "outputs": { "validated": t("validated"), "rejected": t("rejected"), "events": t("events") },
+                    "deadLetter": t("dlq"),
+                    "autoscaling": { "minReplicas": 1, "maxReplicas": 6, "targetLagPerReplica": 500 }
+                },
+                {
+                    "name": "status",
+                    "processor": "status",
+                    "input": t("events"),
+                    "outputs": { "changes": t("status") },
+                    "deadLetter": t("dlq"),
+                    "replicas": 2
+                }
+            ]
+        }
+    })
+}
+
+fn pipelines(ns: &TestNamespace) -> Api<OrderPipeline> {
+    ns.api::<OrderPipeline>()
+}
+
+async fn apply(ns: &TestNamespace, object: &Value) -> anyhow::Result<()> {
+    let name = object["metadata"]["name"].as_str().unwrap_or_default();
+    pipelines(ns)
+        .patch(
+            name,
+            &PatchParams::apply("e2e-user").force(),
+            &Patch::Apply(object),
+        )
+        .await
+        .with_context(|| format!("applying OrderPipeline {name}"))?;
+    Ok(())
+}
+
+fn condition(pipeline: &OrderPipeline, type_: &str) -> Option<(String, String)> {
+    let status = pipeline.status.as_ref()?;
+    let c = status.conditions.iter().find(|c| c.type_ == type_)?;
+    Some((c.status.clone(), c.reason.clone()))
+}
+
+async fn wait_ready(ns: &TestNamespace, name: &str) -> anyhow::Result<OrderPipeline> {
+    let api = pipelines(ns);
+    let result = wait_until(
+        &format!("OrderPipeline {name} Ready=True"),
+        CONVERGE,
+        || async {
+            let p = api.get(name).await.ok()?;
+            let current = p.status.as_ref()?.observed_generation == p.metadata.generation;
+            (current && condition(&p, "Ready")?.0 == "True").then_some(p)
+        },
+    )
+    .await;
+    match result {
+        Ok(p) => Ok(p),
+        Err(e) => {
+            let status = api
+                .get(name)
+                .await
+                .ok()
+                .and_then(|p| serde_json::to_string_pretty(&p.status).ok());
+            anyhow::bail!(
+                "{e}\nstatus: {}\n{}",
+                status.unwrap_or_default(),
+                ns.dump().await
+            )
+        }
+    }
+}
+
+/// Partitions of a topic as the broker reports them; None when it does not exist.
+fn kafka_partitions(bootstrap: &str, topic: &str) -> anyhow::Result<Option<usize>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("allow.auto.create.topics", "false")
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    Ok(metadata
+        .topics()
+        .first()
+        .filter(|t| t.error().is_none())
+        .map(|t| t.partitions().len()))
+}
+
+/// The managed fields of one field manager, as JSON text.
+fn fields_owned_by(metadata: &kube::api::ObjectMeta, manager: &str) -> String {
+    metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|f| f.manager.as_deref() == Some(manager))
+        .map(|f| serde_json::to_string(&f.fields_v1).unwrap_or_default())
+        .collect()
+}
+
+async fn events_with_reason(ns: &TestNamespace, reason: &str) -> usize {
+    ns.api::<Event>()
+        .list(&ListParams::default())
+        .await
+        .map(|l| {
+            l.items
+                .iter()
+                .filter(|e| e.reason.as_deref() == Some(reason))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+#[ignore = "needs the local stack: make test-e2e"]
+async fn pipeline_becomes_ready_with_topics_workloads_and_capped_autoscaler() -> anyhow::Result<()>
+{
+    let stack = SharedStack::get()?;
+    let bootstrap = stack.kafka_bootstrap()?.to_string();
+    let ns = stack.namespace("op-ready").await?;
+    let operator = RunningOperator::start(&ns).await?;
+    apply(&ns, &pipeline(ns.name(), &bootstrap)).await?;
+
+    let p = wait_ready(&ns, "shop").await?;
+    let status = p.status.clone().unwrap_or_default();
+    assert_eq!(status.stages_ready.as_deref(), Some("2/2"));
+    // 6 declared topics plus the two operator-managed state topics of validate and status.
+    assert_eq!(status.topics_ready.as_deref(), Some("8/8"));
+    let validate = status
+        .stages
+        .iter()
+        .find(|s| s.name == "validate")
+        .context("validate status")?;
+    assert_eq!(
+        (validate.max_replicas, validate.max_replicas_capped_from),
+        (Some(2), Some(6))
+    );
+
+    // Kafka has the topics, and the state topic is co-partitioned with its input.
+    assert_eq!(
+        kafka_partitions(&bootstrap, &format!("{}.orders", ns.name()))?,
+        Some(2)
+    );
+    let state = format!("orderpipe.{}.shop.validate.state", ns.name());
+    assert_eq!(kafka_partitions(&bootstrap, &state)?, Some(2));
+
+    // Workloads, autoscaler, service, PDB.
+    let deployments = ns.api::<Deployment>();
+    let validate_deploy = deployments.get("shop-validate").await?;
+    let status_deploy = deployments.get("shop-status").await?;
+    assert_eq!(
+        status_deploy.spec.as_ref().and_then(|s| s.replicas),
+        Some(2)
+    );
+    // The HPA owns validate's replica count: our field manager must not own spec.replicas.
+    let ours = fields_owned_by(&validate_deploy.metadata, "orderpipe-operator");
+    assert!(
+        !ours.contains("f:replicas"),
+        "operator owns spec.replicas of an autoscaled Deployment: {ours}"
+    );
+    let hpa = ns
+        .api::<HorizontalPodAutoscaler>()
+        .get("shop-validate")
+        .await?;
+    assert_eq!(hpa.spec.as_ref().map(|s| s.max_replicas), Some(2));
+    ns.api::<Service>().get("shop-validate").await?;
+    ns.api::<PodDisruptionBudget>().get("shop-status").await?;
+    assert!(
+        ns.api::<HorizontalPodAutoscaler>()
+            .get_opt("shop-status")
+            .await?
+            .is_none()
+    );
+    wait_until("one TopicCreated Event per topic (8)", CONVERGE, || async {
+        (events_with_reason(&ns, "TopicCreated").await == 8).then_some(())
+    })
+    .await?;
+
+    operator.stop().await;
+    ns.cleanup().await?;
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs the local stack: make test-e2e"]
+async fn idle_resync_makes_no_api_writes() -> anyhow::Result<()> {
+    let stack = SharedStack::get()?;
+    let bootstrap = stack.kafka_bootstrap()?.to_string();
+    let ns = stack.namespace("op-idle").await?;
+    let operator = RunningOperator::start(&ns).await?;
+    apply(&ns, &pipeline(ns.name(), &bootstrap)).await?;
+    wait_ready(&ns, "shop").await?;
+    // Let the last status write and its echo settle: wait until two reconciles in a row wrote nothing.
+    let settled = || async {
+        let before = (
+            operator.counter("orderpipe_operator_api_writes_total"),
+            operator.counter("orderpipe_operator_reconciles_total"),
+        );
+        touch(&ns).await.ok()?;
+        wait_until(
+            "a reconcile after the touch",
+            Duration::from_secs(30),
+            || async {
+                (operator.counter("orderpipe_operator_reconciles_total") > before.1).then_some(())
+            },
+        )
+        .await
+        .ok()?;
+        (operator.counter("orderpipe_operator_api_writes_total") == before.0).then_some(())
+    };
+    wait_until("a reconcile that writes nothing", CONVERGE, settled).await?;
+
+    // Now every further reconcile must write nothing, and no child may change.
+    let versions = child_versions(&ns).await?;
+    let writes = operator.counter("orderpipe_operator_api_writes_total");
+    for _ in 0..3 {
+        let reconciles = operator.counter("orderpipe_operator_reconciles_total");
+        touch(&ns).await?;
+        wait_until(
+            "a reconcile after the touch",
+            Duration::from_secs(30),
+            || async {
+                (operator.counter("orderpipe_operator_reconciles_total") > reconciles).then_some(())
+            },
+        )
+        .await?;
+    }
+    assert_eq!(
+        operator.counter("orderpipe_operator_api_writes_total"),
+        writes,
+        "an idle reconcile wrote to the API"
+    );
+    assert_eq!(
+        child_versions(&ns).await?,
+        versions,
+        "an idle reconcile changed a child object"
+    );
+    operator.stop().await;
+    ns.cleanup().await?;
+    Ok(())
+}
+
+/// Changes an annotation of the pipeline (not its spec), which makes the controller reconcile it.
+async fn touch(ns: &TestNamespace) -> anyhow::Result<()> {
+    let nonce = orderpipe_e2e::unique_name("t");
+    let patch = json!({ "metadata": { "annotations": { "e2e/touch": nonce } } });
+    pipelines(ns)
+        .patch("shop", &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
+}
+
+async fn child_versions(ns: &TestNamespace) -> anyhow::Result<Vec<(String, String)>> {
+    let mut versions = Vec::new();
+    for d in ns.api::<Deployment>().list(&ListParams::default()).await? {
+        versions.push((
+            format!("deploy/{}", d.metadata.name.unwrap_or_default()),
+            d.metadata.resource_version.unwrap_or_default(),
+        ));
+    }
+    for h in ns
+        .api::<HorizontalPodAutoscaler>()
+        .list(&ListParams::default())
+        .await?
+    {
+        // The HPA controller writes status; compare the spec generation instead.
+        versions.push((
+            format!("hpa/{}", h.metadata.name.unwrap_or_default()),
+            h.metadata.generation.unwrap_or_default().to_string(),
+        ));
+    }
+    for s in ns.api::<Service>().list(&ListParams::default()).await? {
+        versions.push((
+            format!("svc/{}", s.metadata.name.unwrap_or_default()),
+            s.metadata.resource_version.unwrap_or_default(),
+        ));
+    }
+    versions.sort();
+    Ok(versions)
+}
+
+#[tokio::test]
+#[ignore = "needs the local stack: make test-e2e"]
+async fn spec_changes_and_out_of_band_edits_converge() -> anyhow::Result<()> {
+    let stack = SharedStack::get()?;
+    let bootstrap = stack.kafka_bootstrap()?.to_string();
+    let ns = stack.namespace("op-change").await?;
+    let operator = RunningOperator::start(&ns).await?;
+    let mut spec = pipeline(ns.name(), &bootstrap);
+    apply(&ns, &spec).await?;
+    wait_ready(&ns, "shop").await?;
+
+    // Growing the input topic reaches Kafka (and the co-partitioned state topic), lifts the HPA
+    // cap, and is announced as an Event because keys are remapped.
+    spec["spec"]["topics"][0]["partitions"] = json!(4);
+    apply(&ns, &spec).await?;
+    let hpas = ns.api::<HorizontalPodAutoscaler>();
+    wait_until(
+        "HPA maxReplicas follows the grown input topic",
+        CONVERGE,
+        || async {
+            let hpa = hpas.get("shop-validate").await.ok()?;
+            (hpa.spec?.max_replicas == 4).then_some(())
+        },
+    )
+    .await?;
+    assert_eq!(
+        kafka_partitions(&bootstrap, &format!("{}.orders", ns.name()))?,
+        Some(4)
+    );
+    let state = format!("orderpipe.{}.shop.validate.state", ns.name());
+    assert_eq!(kafka_partitions(&bootstrap, &state)?, Some(4));
+    // Events are published at the end of the reconcile that made the change.
+    wait_until("a PartitionsIncreased Event", CONVERGE, || async {
+        (events_with_reason(&ns, "PartitionsIncreased").await >= 1).then_some(())
+    })
+    .await?;
+
+    // Someone edits the worker image by hand: the operator puts it back.
+    let deployments = ns.api::<Deployment>();
+    let vandal = json!({ "spec": { "template": { "spec": { "containers": [{ "name": "worker", "image": "evil:latest" }] } } } });
+    deployments
+        .patch(
+            "shop-status",
+            &PatchParams::default(),
+            &Patch::Strategic(&vandal),
+        )
+        .await?;
+    wait_until("the worker image is restored", CONVERGE, || async {
+        let d = deployments.get("shop-status").await.ok()?;
+        let image = d.spec?.template.spec?.containers.first()?.image.clone()?;
+        (image == "orderpipe/orderpipe-worker:e2e").then_some(())
+    })
+    .await?;
+
+    // Removing a stage deletes its children.
+    if let Some(stages) = spec["spec"]["stages"].as_array_mut() {
+        stages.truncate(1);
+    }
+    apply(&ns, &spec).await?;
+    wait_until(
+        "the removed stage's Deployment is deleted",
+        CONVERGE,
+        || async {
+            deployments
+                .get_opt("shop-status")
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await?;
+    assert!(ns.api::<Service>().get_opt("shop-status").await?.is_none());
+
+    // Pausing scales to zero and removes the autoscaler.
+    spec["spec"]["paused"] = json!(true);
+    apply(&ns, &spec).await?;
+    wait_until(
+        "paused: validate at zero replicas, no HPA",
+        CONVERGE,
+        || async {
+            let d = deployments.get("shop-validate").await.ok()?;
+            let hpa_gone = hpas.get_opt("shop-validate").await.ok()?.is_none();
+            (d.spec?.replicas == Some(0) && hpa_gone).then_some(())
+        },
+    )
+    .await?;
+    let paused = pipelines(&ns).get("shop").await?;
+    wait_until("Ready=False reason Paused", CONVERGE, || async {
+        let p = pipelines(&ns).get("shop").await.ok()?;
+        (condition(&p, "Ready")? == ("False".to_string(), "Paused".to_string())).then_some(())
+    })
+    .await
+    .with_context(|| format!("{:?}", paused.status))?;
+
+    operator.stop().await;
+    ns.cleanup().await?;
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs the local stack: make test-e2e"]
+async fn the_newer_of_two_pipelines_claiming_a_topic_gets_a_conflict() -> anyhow::Result<()> {
+    let stack = SharedStack::get()?;
+    let bootstrap = stack.kafka_bootstrap()?.to_string();
+    let ns = stack.namespace("op-conflict").await?;
+    let operator = RunningOperator::start(&ns).await?;
+    let older = pipeline(ns.name(), &bootstrap);
+    apply(&ns, &older).await?;
+    wait_ready(&ns, "shop").await?;
+
+    let mut newer = pipeline(ns.name(), &bootstrap);
+    newer["metadata"]["name"] = json!("copycat");
+    apply(&ns, &newer).await?;
+    let api = pipelines(&ns);
+    wait_until("copycat reports a topic Conflict", CONVERGE, || async {
+        let p = api.get("copycat").await.ok()?;
+        let (status, reason) = condition(&p, "TopicsReady")?;
+        (status == "False" && reason == "Conflict").then_some(())
+    })
+    .await?;
+    let shop = api.get("shop").await?;
+    assert_eq!(
+        condition(&shop, "Ready").map(|c| c.0),
+        Some("True".into()),
+        "the older pipeline keeps its topics"
+    );
+    operator.stop().await;
+    ns.cleanup().await?;
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs the local stack: make test-e2e"]
+async fn delete_policy_topics_are_deleted_with_the_pipeline_and_retained_ones_kept()
+-> anyhow::Result<()> {
+    let stack = SharedStack::get()?;
+    let bootstrap = stack.kafka_bootstrap()?.to_string();
+    let ns = stack.namespace("op-delete").await?;
+    let operator = RunningOperator::start(&ns).await?;
+    let mut spec = pipeline(ns.name(), &bootstrap);
+    spec["spec"]["topics"][2]["deletionPolicy"] = json!("Delete");
+    apply(&ns, &spec).await?;
+    let p = wait_ready(&ns, "shop").await?;
+    assert!(
+        p.metadata
+            .finalizers
+            .unwrap_or_default()
+            .iter()
+            .any(|f| f == "orderpipe.dev/topic-cleanup")
+    );
+
+    pipelines(&ns)
+        .delete("shop", &DeleteParams::default())
+        .await?;
+    wait_until("the pipeline is gone", CONVERGE, || async {
+        pipelines(&ns)
+            .get_opt("shop")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await?;
+    assert_eq!(
+        kafka_partitions(&bootstrap, &format!("{}.rejected", ns.name()))?,
+        None,
+        "Delete topic survived"
+    );
+    assert_eq!(
+        kafka_partitions(&bootstrap, &format!("{}.orders", ns.name()))?,
+        Some(2),
+        "Retain topic was deleted"
+    );
+    operator.stop().await;
+    ns.cleanup().await?;
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs the local stack: make test-e2e"]
+async fn canary_stage_runs_as_an_argo_rollout_with_analysis() -> anyhow::Result<()> {
+    let stack = SharedStack::get()?;
+    let bootstrap = stack.kafka_bootstrap()?.to_string();
+    let ns = stack.namespace("op-canary").await?;
+    let operator = RunningOperator::start(&ns).await?;
+    let mut spec = pipeline(ns.name(), &bootstrap);
+    spec["spec"]["stages"][0]["rollout"] = json!({ "strategy": "Canary" });
+    apply(&ns, &spec).await?;
+    wait_ready(&ns, "shop").await?;
+
+    let rollouts: Api<DynamicObject> = Api::namespaced_with(
+        ns.client().clone(),
+        ns.name(),
+        &ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("argoproj.io", "v1alpha1", "Rollout"),
+            "rollouts",
+        ),
+    );
+    let rollout = rollouts.get("shop-validate").await?;
+    // The HPA owns the replica count: the operator's main field manager never sets it (a separate
+    // manager seeds it once, because an HPA cannot read the scale of a Rollout without one).
+    assert!(
+        !fields_owned_by(&rollout.metadata, "orderpipe-operator").contains("f:replicas"),
+        "the operator owns the Rollout's replicas"
+    );
+    assert!(
+        rollout.data.pointer("/spec/replicas").is_some(),
+        "the Rollout has a replica count for the HPA"
+    );
+    assert!(
+        ns.api::<Deployment>()
+            .get_opt("shop-validate")
+            .await?
+            .is_none()
+    );
+    let hpa = ns
+        .api::<HorizontalPodAutoscaler>()
+        .get("shop-validate")
+        .await?;
+    assert_eq!(
+        hpa.spec.map(|s| s.scale_target_ref.kind),
+        Some("Rollout".to_string())
+    );
+
+    // Switching back to RollingUpdate: the Deployment comes up before the Rollout goes away.
+    spec["spec"]["stages"][0]["rollout"] = json!({ "strategy": "RollingUpdate" });
+    apply(&ns, &spec).await?;
+    wait_until("Deployment ready and Rollout removed", CONVERGE, || async {
+        let gone = rollouts.get_opt("shop-validate").await.ok()?.is_none();
+        let d = ns.api::<Deployment>().get("shop-validate").await.ok()?;
+        (gone && d.status?.ready_replicas.unwrap_or(0) >= 1).then_some(())
+    })
+    .await?;
+    operator.stop().await;
+    ns.cleanup().await?;
+    Ok(())
+}
