@@ -46,6 +46,7 @@ impl RunningOperator {
             settings: OperatorSettings {
                 worker_image: "orderpipe/orderpipe-worker:e2e".into(),
                 prometheus_url: "http://127.0.0.1:9090".into(),
+                ..OperatorSettings::default()
             },
             kafka: Arc::new(AdminPool::new(AdminSettings::default())),
             metrics,

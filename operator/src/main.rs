@@ -8,12 +8,13 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::Context as _;
 use clap::Parser;
+use k8s_openapi::api::core::v1::Toleration;
 use kube::Client;
 use kube::runtime::events::Reporter;
 use kube_lease_manager::LeaseManagerBuilder;
 use orderpipe_operator::http::{self, Health};
 use orderpipe_operator::metrics::Metrics;
-use orderpipe_operator::model::OperatorSettings;
+use orderpipe_operator::model::{OperatorSettings, WorkerPlacement};
 use orderpipe_operator::topics::{AdminPool, AdminSettings};
 use orderpipe_operator::{capabilities, controller};
 use prometheus_client::registry::Registry;
@@ -36,6 +37,12 @@ struct Args {
         default_value = "http://prometheus-operated.monitoring.svc:9090"
     )]
     prometheus_url: String,
+    /// Node label every worker pod requires, as key=value (repeatable), e.g. a dedicated node pool.
+    #[arg(long = "worker-node-selector", value_parser = parse_node_selector)]
+    worker_node_selector: Vec<(String, String)>,
+    /// Taint every worker pod tolerates, as key[=value]:Effect (repeatable).
+    #[arg(long = "worker-toleration", value_parser = parse_toleration)]
+    worker_tolerations: Vec<Toleration>,
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, env = "ORDERPIPE_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     metrics_addr: SocketAddr,
@@ -89,6 +96,10 @@ async fn main() -> anyhow::Result<()> {
     let settings = OperatorSettings {
         worker_image: args.worker_image.clone(),
         prometheus_url: args.prometheus_url.clone(),
+        worker_placement: WorkerPlacement {
+            node_selector: args.worker_node_selector.iter().cloned().collect(),
+            tolerations: args.worker_tolerations.clone(),
+        },
     };
 
     // Leadership: only the holder reconciles; losing the lease ends the process so a fresh start
@@ -192,6 +203,36 @@ async fn main() -> anyhow::Result<()> {
     }
     info!("stopped");
     Ok(())
+}
+
+fn parse_node_selector(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.into(), value.into())),
+        _ => Err(format!("{text:?} is not key=value")),
+    }
+}
+
+/// `key=value:Effect` tolerates that exact taint; `key:Effect` any value of the key.
+fn parse_toleration(text: &str) -> Result<Toleration, String> {
+    let (taint, effect) = text
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{text:?} is not key[=value]:Effect"))?;
+    if !["NoSchedule", "PreferNoSchedule", "NoExecute"].contains(&effect) {
+        return Err(format!(
+            "{effect:?} is not NoSchedule, PreferNoSchedule or NoExecute"
+        ));
+    }
+    let (key, value, operator) = match taint.split_once('=') {
+        Some((key, value)) => (key, Some(value.to_string()), "Equal"),
+        None => (taint, None, "Exists"),
+    };
+    Ok(Toleration {
+        key: Some(key.into()),
+        value,
+        operator: Some(operator.into()),
+        effect: Some(effect.into()),
+        toleration_seconds: None,
+    })
 }
 
 fn init_logging(format: &str) {

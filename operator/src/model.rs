@@ -20,12 +20,21 @@ pub struct Capabilities {
 }
 
 /// Operator-wide settings from the command line.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Default)]
 pub struct OperatorSettings {
     /// Image of the worker for the built-in processors.
     pub worker_image: String,
     /// Prometheus the canary analysis queries when a stage does not name one.
     pub prometheus_url: String,
+    /// Where worker pods may run (e.g. a dedicated node pool near the Kafka brokers).
+    pub worker_placement: WorkerPlacement,
+}
+
+/// Node selection for every worker pod, set operator-wide.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct WorkerPlacement {
+    pub node_selector: BTreeMap<String, String>,
+    pub tolerations: Vec<k8s_openapi::api::core::v1::Toleration>,
 }
 
 /// The workload kind a stage runs as.
@@ -227,6 +236,7 @@ mod tests {
         OperatorSettings {
             worker_image: "orderpipe/orderpipe-worker:test".into(),
             prometheus_url: "http://prometheus:9090".into(),
+            ..OperatorSettings::default()
         }
     }
 

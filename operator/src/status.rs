@@ -319,6 +319,7 @@ mod tests {
         let settings = OperatorSettings {
             worker_image: "w".into(),
             prometheus_url: "http://p".into(),
+            ..OperatorSettings::default()
         };
         validate(&p, &BTreeMap::new(), Capabilities::default(), &settings).0
     }

@@ -77,6 +77,7 @@ pub fn desired_children(
             pipeline: validated,
             stage,
             owner: &owner,
+            settings,
         };
         let template = pod::pod_template(pipeline, &ctx)?;
         match stage.workload {
@@ -141,6 +142,7 @@ struct StageContext<'a> {
     pipeline: &'a ValidatedPipeline,
     stage: &'a ValidatedStage,
     owner: &'a OwnerReference,
+    settings: &'a OperatorSettings,
 }
 
 impl StageContext<'_> {

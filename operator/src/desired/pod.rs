@@ -112,9 +112,16 @@ pub(super) fn pod_template(
             // Service env vars of every Service in the namespace are noise for the worker.
             enable_service_links: Some(false),
             termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
+            node_selector: non_empty(ctx.settings.worker_placement.node_selector.clone()),
+            tolerations: non_empty(ctx.settings.worker_placement.tolerations.clone()),
             ..PodSpec::default()
         }),
     })
+}
+
+/// `None` for an empty collection, so an unset placement leaves the field out of the applied object.
+fn non_empty<C: IntoIterator + Default + PartialEq>(items: C) -> Option<C> {
+    (items != C::default()).then_some(items)
 }
 
 fn probe(path: &str) -> Probe {

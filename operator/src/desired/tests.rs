@@ -40,6 +40,7 @@ fn settings() -> OperatorSettings {
     OperatorSettings {
         worker_image: "docker.io/orderpipe/orderpipe-worker:0.1.0".into(),
         prometheus_url: "http://prometheus-operated.monitoring.svc:9090".into(),
+        ..OperatorSettings::default()
     }
 }
 
@@ -663,4 +664,40 @@ fn every_stage_gets_a_pdb_allowing_one_disruption() {
 fn rendering_is_deterministic() {
     let pipeline = sample(CANARY);
     assert_eq!(render(&pipeline, ALL_CRDS), render(&pipeline, ALL_CRDS));
+}
+
+#[test]
+fn worker_placement_applies_to_every_worker_pod_and_is_absent_by_default() {
+    let pipeline = sample(CHECKOUT);
+    let partitions = declared_partitions(&pipeline);
+    let mut placed = settings();
+    placed.worker_placement.node_selector =
+        BTreeMap::from([("pool".to_string(), "kafka".to_string())]);
+    placed.worker_placement.tolerations = vec![k8s_openapi::api::core::v1::Toleration {
+        key: Some("dedicated".into()),
+        operator: Some("Exists".into()),
+        effect: Some("NoSchedule".into()),
+        ..Default::default()
+    }];
+    let (validated, _) = validate(&pipeline, &partitions, ALL_CRDS, &placed);
+    let children =
+        desired_children(&pipeline, &validated, ALL_CRDS, &placed).expect("children build");
+    for workload in workloads(&children) {
+        let pod = &workload.object["spec"]["template"]["spec"];
+        assert_eq!(
+            pod["nodeSelector"],
+            json!({ "pool": "kafka" }),
+            "{}",
+            workload.name
+        );
+        assert_eq!(
+            pod["tolerations"][0]["key"], "dedicated",
+            "{}",
+            workload.name
+        );
+    }
+    for workload in workloads(&render(&pipeline, ALL_CRDS)) {
+        let pod = &workload.object["spec"]["template"]["spec"];
+        assert!(pod.get("nodeSelector").is_none() && pod.get("tolerations").is_none());
+    }
 }
