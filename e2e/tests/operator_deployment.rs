@@ -1,0 +1,342 @@
+//! The operator binary as it is deployed: its own ServiceAccount bound to the RBAC of `config/rbac`
+//! (so the apiserver enforces exactly the permissions we ship), two replicas electing a leader with a
+//! Lease, `/metrics`, `/healthz`, `/readyz`, and a handover when the leader gets SIGTERM.
+//! Needs `make test-e2e`.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context;
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::ServiceAccount;
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::core::GroupVersionKind;
+use kube::discovery::ApiResource;
+use orderpipe_api::OrderPipeline;
+use orderpipe_e2e::{SharedStack, TestNamespace, unique_name, wait_until};
+use serde_json::{Value, json};
+use tokio::process::{Child, Command};
+
+const CONVERGE: Duration = Duration::from_secs(90);
+
+/// The operator binary built next to this test (`cargo test --workspace` builds every binary).
+fn operator_binary() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("test binary location")?;
+    let binary = dir.join("orderpipe-operator");
+    anyhow::ensure!(
+        binary.exists(),
+        "{} missing: run cargo build -p orderpipe-operator",
+        binary.display()
+    );
+    Ok(binary)
+}
+
+fn rbac_manifest(file: &str) -> anyhow::Result<Value> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../config/rbac")
+        .join(file);
+    Ok(serde_yaml::from_str(&std::fs::read_to_string(&path)?)?)
+}
+
+async fn apply_dynamic(
+    client: &kube::Client,
+    namespace: Option<&str>,
+    object: &Value,
+) -> anyhow::Result<()> {
+    let gvk = GroupVersionKind::try_from(&serde_json::from_value::<kube::api::TypeMeta>(
+        object.clone(),
+    )?)?;
+    let plural = format!("{}s", gvk.kind.to_lowercase());
+    let resource = ApiResource::from_gvk_with_plural(&gvk, &plural);
+    let api: Api<DynamicObject> = match namespace {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
+        None => Api::all_with(client.clone(), &resource),
+    };
+    let name = object["metadata"]["name"].as_str().unwrap_or_default();
+    api.patch(
+        name,
+        &PatchParams::apply("e2e-test").force(),
+        &Patch::Apply(object),
+    )
+    .await
+    .with_context(|| format!("applying {} {name}", gvk.kind))?;
+    Ok(())
+}
+
+/// The shipped RBAC, bound to a ServiceAccount of the test namespace (the cluster-scoped objects get
+/// a unique name so parallel runs do not collide); returns a kubeconfig authenticating as it, and
+/// the names of the cluster-scoped objects to delete afterwards.
+async fn operator_identity(
+    stack: &SharedStack,
+    ns: &TestNamespace,
+) -> anyhow::Result<(PathBuf, String)> {
+    let client = ns.client();
+    let cluster_name = unique_name("orderpipe-operator");
+    let mut sa = rbac_manifest("service_account.yaml")?;
+    sa["metadata"]["namespace"] = json!(ns.name());
+    apply_dynamic(client, Some(ns.name()), &sa).await?;
+
+    let mut role = rbac_manifest("role.yaml")?;
+    role["metadata"]["name"] = json!(cluster_name);
+    apply_dynamic(client, None, &role).await?;
+    let mut binding = rbac_manifest("role_binding.yaml")?;
+    binding["metadata"]["name"] = json!(cluster_name);
+    binding["roleRef"]["name"] = json!(cluster_name);
+    binding["subjects"][0]["namespace"] = json!(ns.name());
+    apply_dynamic(client, None, &binding).await?;
+    for file in [
+        "leader_election_role.yaml",
+        "leader_election_role_binding.yaml",
+    ] {
+        let mut object = rbac_manifest(file)?;
+        object["metadata"]["namespace"] = json!(ns.name());
+        if let Some(subjects) = object.get_mut("subjects") {
+            subjects[0]["namespace"] = json!(ns.name());
+        }
+        apply_dynamic(client, Some(ns.name()), &object).await?;
+    }
+
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            expiration_seconds: Some(3600),
+            ..TokenRequestSpec::default()
+        },
+        ..TokenRequest::default()
+    };
+    let token = Api::<ServiceAccount>::namespaced(client.clone(), ns.name())
+        .create_token_request("orderpipe-operator", &PostParams::default(), &request)
+        .await?
+        .status
+        .context("token request has no status")?
+        .token;
+    let mut kubeconfig: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(stack.kubeconfig()?)?)?;
+    kubeconfig["users"][0]["user"] = json!({ "token": token });
+    let path = std::env::temp_dir().join(format!("{}-operator.kubeconfig", ns.name()));
+    std::fs::write(&path, serde_yaml::to_string(&kubeconfig)?)?;
+    Ok((path, cluster_name))
+}
+
+/// One operator process; killed when dropped.
+struct Replica {
+    name: &'static str,
+    child: Child,
+    metrics: String,
+}
+
+impl Replica {
+    fn start(name: &'static str, kubeconfig: &Path, ns: &str) -> anyhow::Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let log = std::fs::File::create(std::env::temp_dir().join(format!("{ns}-{name}.log")))?;
+        let child = Command::new(operator_binary()?)
+            .env("KUBECONFIG", kubeconfig)
+            .env("POD_NAME", name)
+            .env("RUST_LOG", "info")
+            .args([
+                "--watch-namespace",
+                ns,
+                "--lease-namespace",
+                ns,
+                "--log-format",
+                "text",
+            ])
+            .args(["--worker-image", "orderpipe/orderpipe-worker:e2e"])
+            .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()?;
+        Ok(Self {
+            name,
+            child,
+            metrics: format!("http://127.0.0.1:{port}"),
+        })
+    }
+
+    async fn get(&self, path: &str) -> Option<(u16, String)> {
+        let response = reqwest::get(format!("{}{path}", self.metrics)).await.ok()?;
+        let status = response.status().as_u16();
+        Some((status, response.text().await.ok()?))
+    }
+
+    async fn is_leader(&self) -> bool {
+        self.get("/metrics")
+            .await
+            .is_some_and(|(_, body)| body.lines().any(|l| l == "orderpipe_operator_leader 1"))
+    }
+
+    fn terminate(&self) -> anyhow::Result<()> {
+        let pid = self.child.id().context("replica already exited")?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(i32::try_from(pid)?),
+            nix::sys::signal::Signal::SIGTERM,
+        )?;
+        Ok(())
+    }
+}
+
+fn pipeline(ns: &str, bootstrap: &str, partitions: i32) -> Value {
+    let t = |suffix: &str| format!("{ns}.{suffix}");
+    json!({
+        "apiVersion": "orderpipe.dev/v1alpha1",
+        "kind": "OrderPipeline",
+        "metadata": { "name": "shop" },
+        "spec": {
+            "kafka": { "bootstrapServers": [bootstrap] },
+            "topics": [
+                { "name": t("orders"), "partitions": partitions },
+                { "name": t("validated"), "partitions": 1 },
+                { "name": t("rejected"), "partitions": 1 },
+                { "name": t("dlq"), "partitions": 1, "deletionPolicy": "Delete" }
+            ],
+            "stages": [{
+                "name": "validate",
+                "processor": "validate",
+                "input": t("orders"),
+                "outputs": { "validated": t("validated"), "rejected": t("rejected") },
+                "deadLetter": t("dlq"),
+                "autoscaling": { "maxReplicas": 8 }
+            }]
+        }
+    })
+}
+
+async fn wait_ready_at_partitions(api: &Api<OrderPipeline>, partitions: i32) -> anyhow::Result<()> {
+    wait_until(
+        &format!("pipeline Ready with the input at {partitions} partitions"),
+        CONVERGE,
+        || async {
+            let p = api.get("shop").await.ok()?;
+            let status = p.status?;
+            let ready = status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            let grown = status.stages.first()?.max_replicas == Some(partitions);
+            (ready && grown && status.observed_generation == p.metadata.generation).then_some(())
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs the local stack: make test-e2e"]
+async fn two_replicas_with_shipped_rbac_elect_a_leader_and_hand_over_on_sigterm()
+-> anyhow::Result<()> {
+    let stack = SharedStack::get()?;
+    let bootstrap = stack.kafka_bootstrap()?.to_string();
+    let ns = stack.namespace("op-deploy").await?;
+    let (kubeconfig, cluster_name) = operator_identity(&stack, &ns).await?;
+
+    let replicas = [
+        Replica::start("op-a", &kubeconfig, ns.name())?,
+        Replica::start("op-b", &kubeconfig, ns.name())?,
+    ];
+    for replica in &replicas {
+        wait_until(
+            &format!("{} /healthz and /readyz answer 200", replica.name),
+            CONVERGE,
+            || async {
+                let healthy = replica.get("/healthz").await?.0 == 200;
+                (healthy && replica.get("/readyz").await?.0 == 200).then_some(())
+            },
+        )
+        .await?;
+    }
+    let leader = wait_until("exactly one leader", CONVERGE, || async {
+        let a = replicas[0].is_leader().await;
+        let b = replicas[1].is_leader().await;
+        match (a, b) {
+            (true, false) => Some(0),
+            (false, true) => Some(1),
+            _ => None,
+        }
+    })
+    .await?;
+
+    // Everything the operator does below, it does with the shipped permissions only.
+    let api = ns.api::<OrderPipeline>();
+    api.patch(
+        "shop",
+        &PatchParams::apply("e2e-user").force(),
+        &Patch::Apply(&pipeline(ns.name(), &bootstrap, 2)),
+    )
+    .await?;
+    wait_ready_at_partitions(&api, 2).await?;
+
+    // The leader's metrics carry the families the dashboards and alerts use.
+    let (_, metrics) = replicas[leader]
+        .get("/metrics")
+        .await
+        .context("leader /metrics")?;
+    for family in [
+        "orderpipe_operator_reconciles_total",
+        "orderpipe_operator_reconcile_duration_seconds_bucket",
+        "orderpipe_operator_kafka_admin_operations_total",
+        "orderpipe_operator_pipelines",
+        "orderpipe_operator_api_writes_total",
+    ] {
+        assert!(
+            metrics.contains(family),
+            "{family} missing from /metrics:\n{metrics}"
+        );
+    }
+
+    // SIGTERM: the leader releases the Lease and exits cleanly; the standby takes over.
+    replicas[leader].terminate()?;
+    let standby = 1 - leader;
+    let [first, second] = replicas;
+    let (mut old, new) = if leader == 0 {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    let exit = tokio::time::timeout(Duration::from_secs(30), old.child.wait()).await??;
+    assert!(exit.success(), "the leader exited with {exit} on SIGTERM");
+    wait_until(
+        &format!("replica {standby} becomes the leader"),
+        CONVERGE,
+        || async { new.is_leader().await.then_some(()) },
+    )
+    .await?;
+    api.patch(
+        "shop",
+        &PatchParams::apply("e2e-user").force(),
+        &Patch::Apply(&pipeline(ns.name(), &bootstrap, 3)),
+    )
+    .await?;
+    wait_ready_at_partitions(&api, 3).await?;
+
+    // The finalizer (a Delete topic) also works with the shipped permissions.
+    api.delete("shop", &DeleteParams::default()).await?;
+    wait_until("the pipeline is deleted", CONVERGE, || async {
+        api.get_opt("shop").await.ok()?.is_none().then_some(())
+    })
+    .await?;
+
+    drop(new);
+    let client = ns.client().clone();
+    let role = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("rbac.authorization.k8s.io", "v1", "ClusterRole"),
+        "clusterroles",
+    );
+    let binding = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding"),
+        "clusterrolebindings",
+    );
+    for resource in [role, binding] {
+        Api::<DynamicObject>::all_with(client.clone(), &resource)
+            .delete(&cluster_name, &DeleteParams::default())
+            .await?;
+    }
+    ns.cleanup().await?;
+    Ok(())
+}
