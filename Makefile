@@ -74,4 +74,44 @@ test-e2e: e2e-tools ## End-to-end tests on a local stack started for the run and
 	$(CARGO) test --workspace --no-run
 	trap '$(CARGO) run -q -p orderpipe-e2e -- down' EXIT; \
 	$(CARGO) run -q -p orderpipe-e2e -- up $(E2E_UP_FLAGS); \
-	$(CARGO) test --workspace -- --ignored --test-threads=2
+	$(CARGO) test --workspace -- --ignored --test-threads=2; \
+	e2e/postman/run.sh
+
+.PHONY: api-test
+api-test: e2e-tools ## Postman (newman) tests of the operator's HTTP API on a local stack
+	$(CARGO) build -q -p orderpipe-operator
+	trap '$(CARGO) run -q -p orderpipe-e2e -- down' EXIT; \
+	$(CARGO) run -q -p orderpipe-e2e -- up --profile kubernetes; \
+	e2e/postman/run.sh
+
+# --- Delivery (used by the Jenkinsfile; they act on the current kubectl context) ---------------
+
+IMG_TAG ?= $(shell git rev-parse --short=12 HEAD)
+REGISTRY ?= docker.io/orderpipe
+DEPLOY_DIR := target/deploy
+
+.PHONY: deploy
+deploy: ## Apply config/default with operator and worker images tagged IMG_TAG
+	mkdir -p $(DEPLOY_DIR)
+	sed -e 's|@REGISTRY@|$(REGISTRY)|g' -e 's|@TAG@|$(IMG_TAG)|g' config/deploy/kustomization.yaml.in > $(DEPLOY_DIR)/kustomization.yaml
+	kubectl apply --server-side -k $(DEPLOY_DIR)
+
+TIMEOUT ?= 20m
+ROLLOUTS := -A -l app.kubernetes.io/managed-by=orderpipe-operator
+
+.PHONY: canary-status
+canary-status: ## Wait until every worker Rollout (canary stage) is Healthy
+	kubectl wait rollouts.argoproj.io $(ROLLOUTS) --for=jsonpath='{.status.phase}'=Healthy --timeout=$(TIMEOUT)
+
+.PHONY: canary-abort
+canary-abort: ## Abort every worker Rollout that is not Healthy (back to the stable version)
+	kubectl get rollouts.argoproj.io $(ROLLOUTS) -o jsonpath='{range .items[?(@.status.phase!="Healthy")]}{.metadata.namespace} {.metadata.name}{"\n"}{end}' | \
+	while read -r ns name; do \
+		kubectl -n "$$ns" patch rollout "$$name" --subresource=status --type=merge -p '{"status":{"abort":true}}'; \
+	done
+
+.PHONY: promote
+promote: ## Point the production Argo CD Application at this commit and images, then wait for Healthy
+	kubectl -n argocd patch application orderpipe --type=merge -p \
+		'{"spec":{"source":{"targetRevision":"$(shell git rev-parse HEAD)","kustomize":{"images":["$(REGISTRY)/orderpipe-operator:$(IMG_TAG)"]}}}}'
+	kubectl -n argocd wait application orderpipe --for=jsonpath='{.status.health.status}'=Healthy --timeout=$(TIMEOUT)

@@ -103,6 +103,8 @@ impl Metrics {
             "1 while this replica holds the leader lease",
             metrics.leader.clone(),
         );
+        // Zero series from the start, so dashboards and alerts see 0 rather than "no data".
+        metrics.refresh_pipelines(&BTreeMap::new());
         metrics
     }
 
@@ -167,6 +169,10 @@ impl Metrics {
             Some(s) => readiness.insert(key.to_string(), s.to_string()),
             None => readiness.remove(key),
         };
+        self.refresh_pipelines(&readiness);
+    }
+
+    fn refresh_pipelines(&self, readiness: &BTreeMap<String, String>) {
         for status in ["True", "False", "Unknown"] {
             let count = readiness.values().filter(|s| *s == status).count();
             self.pipelines
