@@ -74,6 +74,7 @@ test-e2e: e2e-tools ## End-to-end tests on a local stack started for the run and
 	$(CARGO) test --workspace --no-run
 	trap '$(CARGO) run -q -p orderpipe-e2e -- down' EXIT; \
 	$(CARGO) run -q -p orderpipe-e2e -- up $(E2E_UP_FLAGS); \
+	set -a; . $(E2E_DIR)/env; set +a; \
 	$(CARGO) test --workspace -- --ignored --test-threads=2; \
 	e2e/postman/run.sh
 
