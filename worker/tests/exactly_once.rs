@@ -4,169 +4,16 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use common::{
-    Record, ValidatePipeline, WorkerProcess, bootstrap, caught_up, committed_offsets, connection,
-    free_port, read_all, wait_until,
+    ValidatePipeline, WorkerProcess, assert_exactly_once, bootstrap, caught_up, committed_offsets,
+    free_port, orders, produce, read_all, wait_until,
 };
 use nix::sys::signal::Signal;
 use orderpipe_api::contract::env;
-use orderpipe_orders::generator::Expected;
-use orderpipe_orders::headers;
-use orderpipe_worker::loadgen::{self, Expectation, LoadMode, LoadRecord, LoadSpec};
 
 const PROCESS_TIMEOUT: Duration = Duration::from_secs(120);
-
-fn orders(count: u64, seed: u64) -> LoadSpec {
-    LoadSpec {
-        mode: LoadMode::Orders,
-        count,
-        rate: None,
-        keys: 1,
-        invalid_share: 0.05,
-        garbage_share: 0.03,
-        duplicate_share: 0.03,
-        seed,
-    }
-}
-
-fn produce(bootstrap: &str, topic: &str, spec: &LoadSpec) {
-    loadgen::produce(&connection(bootstrap), topic, spec, |_| {}).expect("load produced");
-}
-
-/// A record's key and value.
-type RecordBytes = (Option<Vec<u8>>, Vec<u8>);
-
-/// What validate must do with each input record, found by its bytes: a duplicate has the bytes of
-/// the submission it repeats, so each entry lists the expectations in production order (one key
-/// stays in one partition, so input offset order is production order).
-fn expectations(specs: &[LoadSpec]) -> HashMap<RecordBytes, VecDeque<Expected>> {
-    let mut expected: HashMap<_, VecDeque<Expected>> = HashMap::new();
-    for spec in specs {
-        for LoadRecord {
-            key,
-            payload,
-            expectation,
-        } in loadgen::generate(spec)
-        {
-            if let Expectation::Order(order) = expectation {
-                expected.entry((key, payload)).or_default().push_back(order);
-            }
-        }
-    }
-    expected
-}
-
-fn keys(records: &[Record]) -> Vec<Vec<u8>> {
-    records
-        .iter()
-        .map(|r| r.key.clone().unwrap_or_default())
-        .collect()
-}
-
-/// Checks the committed outputs of the pipeline against the generated input (`specs`, produced
-/// in this order): each valid order exactly once and in its partition's input order, one rejection
-/// per invalid submission, one dead letter (original bytes, reason, origin) per garbage record,
-/// nothing for duplicates.
-fn assert_exactly_once(bootstrap: &str, pipeline: &ValidatePipeline, specs: &[LoadSpec]) {
-    let mut expected = expectations(specs);
-    let input = read_all(bootstrap, &pipeline.input, "read_committed");
-    assert_eq!(
-        input.len() as u64,
-        specs.iter().map(|s| s.count).sum::<u64>()
-    );
-    let mut judgement: HashMap<(i32, i64), Expected> = HashMap::new();
-    for record in &input {
-        let bytes = (
-            record.key.clone(),
-            record.payload.clone().unwrap_or_default(),
-        );
-        let judged = expected
-            .get_mut(&bytes)
-            .and_then(VecDeque::pop_front)
-            .expect("every input record was generated");
-        judgement.insert((record.partition, record.offset), judged);
-    }
-    let judged = |record: &Record| judgement[&(record.partition, record.offset)].clone();
-
-    let mut valid_by_partition: BTreeMap<i32, Vec<Vec<u8>>> = BTreeMap::new();
-    let (mut invalid, mut garbage) = (0, 0);
-    for record in &input {
-        match judged(record) {
-            Expected::Valid => valid_by_partition
-                .entry(record.partition)
-                .or_default()
-                .push(record.key.clone().unwrap_or_default()),
-            Expected::Invalid { .. } => invalid += 1,
-            Expected::Garbage { .. } => garbage += 1,
-            Expected::Duplicate => {}
-        }
-    }
-
-    let validated = read_all(bootstrap, &pipeline.validated, "read_committed");
-    let valid_total: usize = valid_by_partition.values().map(Vec::len).sum();
-    assert_eq!(
-        validated.len(),
-        valid_total,
-        "each valid order exactly once"
-    );
-    for (partition, keys_in_input_order) in &valid_by_partition {
-        let output: Vec<Record> = validated
-            .iter()
-            .filter(|r| r.partition == *partition)
-            .cloned()
-            .collect();
-        // Same partitioner (murmur2) and partition count on both sides: same partition number.
-        assert_eq!(
-            &keys(&output),
-            keys_in_input_order,
-            "partition {partition} in input order"
-        );
-    }
-
-    let rejected = read_all(bootstrap, &pipeline.rejected, "read_committed");
-    assert_eq!(
-        rejected.len(),
-        invalid,
-        "one rejection per invalid submission"
-    );
-
-    let dead_letters = read_all(bootstrap, &pipeline.dead_letter, "read_committed");
-    assert_eq!(
-        dead_letters.len(),
-        garbage,
-        "one dead letter per garbage record"
-    );
-    for dead in &dead_letters {
-        let partition: i32 = dead
-            .header(headers::ORIGINAL_PARTITION)
-            .expect("partition")
-            .parse()
-            .expect("number");
-        let offset: i64 = dead
-            .header(headers::ORIGINAL_OFFSET)
-            .expect("offset")
-            .parse()
-            .expect("number");
-        let original = input
-            .iter()
-            .find(|r| r.partition == partition && r.offset == offset)
-            .expect("the original record");
-        assert_eq!(dead.payload, original.payload, "original bytes");
-        assert_eq!(dead.key, original.key, "original key");
-        assert_eq!(
-            dead.header(headers::ORIGINAL_TOPIC),
-            Some(pipeline.input.as_str())
-        );
-        assert_eq!(dead.header(headers::ERROR_STAGE), Some("validate"));
-        let Expected::Garbage { reason } = judged(original) else {
-            panic!("dead letter for a record that is not garbage");
-        };
-        assert_eq!(dead.header(headers::ERROR_REASON), Some(reason.code()));
-    }
-}
 
 #[test]
 #[ignore = "needs the local stack: make test-e2e"]
@@ -212,7 +59,7 @@ fn validate_commits_each_order_exactly_once_in_key_order_and_stops_cleanly_on_si
         1_000.0 / took.as_secs_f64()
     );
 
-    assert_exactly_once(&bootstrap, &pipeline, &[spec]);
+    assert_exactly_once(&bootstrap, &pipeline.topics(), &[spec]);
 }
 
 #[test]
@@ -303,5 +150,5 @@ fn a_worker_fenced_by_a_newer_instance_stops_and_its_open_transaction_never_beco
         "the fenced worker's aborted transaction held {hidden} validated records, none visible"
     );
 
-    assert_exactly_once(&bootstrap, &pipeline, &[first_batch, second_batch]);
+    assert_exactly_once(&bootstrap, &pipeline.topics(), &[first_batch, second_batch]);
 }

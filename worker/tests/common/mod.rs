@@ -5,6 +5,8 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod pipeline;
+
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::PathBuf;
@@ -14,7 +16,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use std::collections::{HashMap, VecDeque};
+
 use orderpipe_api::contract::{KafkaConnection, env};
+use orderpipe_orders::generator::Expected;
+use orderpipe_orders::headers;
+use orderpipe_worker::loadgen::{self, Expectation, LoadMode, LoadRecord, LoadSpec};
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -236,9 +243,41 @@ pub fn committed_offsets(bootstrap: &str, group: &str, topic: &str) -> BTreeMap<
         .collect()
 }
 
-/// Whether `group` has committed every record currently in `topic`.
+/// Whether `group` has committed every record currently visible in `topic`: nothing a
+/// read_committed reader finds after the committed offsets. (Comparing with the end offsets is not
+/// enough: a transactional topic ends with commit markers, which no consumer ever commits past.)
 pub fn caught_up(bootstrap: &str, group: &str, topic: &str) -> bool {
-    committed_offsets(bootstrap, group, topic) == end_offsets(bootstrap, topic)
+    let committed = committed_offsets(bootstrap, group, topic);
+    let ends = end_offsets(bootstrap, topic);
+    if committed == ends {
+        return true;
+    }
+    let reader = consumer(bootstrap, None, "read_committed");
+    let mut assignment = TopicPartitionList::new();
+    let mut at_end: BTreeMap<i32, bool> = BTreeMap::new();
+    for (&partition, &offset) in &committed {
+        let end = ends.get(&partition).copied().unwrap_or_default();
+        if offset < end {
+            assignment
+                .add_partition_offset(topic, partition, Offset::Offset(offset))
+                .expect("assignment");
+            at_end.insert(partition, false);
+        }
+    }
+    reader.assign(&assignment).expect("assign");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while at_end.values().any(|done| !done) {
+        assert!(Instant::now() < deadline, "reading the rest of {topic} timed out");
+        match reader.poll(Duration::from_millis(200)) {
+            None => {}
+            Some(Ok(_)) => return false,
+            Some(Err(KafkaError::PartitionEOF(partition))) => {
+                at_end.insert(partition, true);
+            }
+            Some(Err(error)) => panic!("reading {topic}: {error}"),
+        }
+    }
+    true
 }
 
 /// A free TCP port on loopback (for a worker's metrics endpoint).
@@ -247,6 +286,164 @@ pub fn free_port() -> u16 {
         .and_then(|listener| listener.local_addr())
         .map(|addr| addr.port())
         .expect("a free port")
+}
+
+/// The topics the validate stage reads and writes.
+#[derive(Debug, Clone)]
+pub struct ValidateTopics {
+    pub input: String,
+    pub validated: String,
+    pub rejected: String,
+    pub dead_letter: String,
+}
+
+pub fn orders(count: u64, seed: u64) -> LoadSpec {
+    LoadSpec {
+        mode: LoadMode::Orders,
+        count,
+        rate: None,
+        keys: 1,
+        invalid_share: 0.05,
+        garbage_share: 0.03,
+        duplicate_share: 0.03,
+        seed,
+    }
+}
+
+pub fn produce(bootstrap: &str, topic: &str, spec: &LoadSpec) {
+    loadgen::produce(&connection(bootstrap), topic, spec, |_| {}).expect("load produced");
+}
+
+/// A record's key and value.
+type RecordBytes = (Option<Vec<u8>>, Vec<u8>);
+
+/// What validate must do with each input record, found by its bytes: a duplicate has the bytes of
+/// the submission it repeats, so each entry lists the expectations in production order (one key
+/// stays in one partition, so input offset order is production order).
+pub fn expectations(specs: &[LoadSpec]) -> HashMap<RecordBytes, VecDeque<Expected>> {
+    let mut expected: HashMap<_, VecDeque<Expected>> = HashMap::new();
+    for spec in specs {
+        for LoadRecord {
+            key,
+            payload,
+            expectation,
+        } in loadgen::generate(spec)
+        {
+            if let Expectation::Order(order) = expectation {
+                expected.entry((key, payload)).or_default().push_back(order);
+            }
+        }
+    }
+    expected
+}
+
+fn keys(records: &[Record]) -> Vec<Vec<u8>> {
+    records
+        .iter()
+        .map(|r| r.key.clone().unwrap_or_default())
+        .collect()
+}
+
+/// Checks the committed outputs of the pipeline against the generated input (`specs`, produced
+/// in this order): each valid order exactly once and in its partition's input order, one rejection
+/// per invalid submission, one dead letter (original bytes, reason, origin) per garbage record,
+/// nothing for duplicates.
+pub fn assert_exactly_once(bootstrap: &str, pipeline: &ValidateTopics, specs: &[LoadSpec]) {
+    let mut expected = expectations(specs);
+    let input = read_all(bootstrap, &pipeline.input, "read_committed");
+    assert_eq!(
+        input.len() as u64,
+        specs.iter().map(|s| s.count).sum::<u64>()
+    );
+    let mut judgement: HashMap<(i32, i64), Expected> = HashMap::new();
+    for record in &input {
+        let bytes = (
+            record.key.clone(),
+            record.payload.clone().unwrap_or_default(),
+        );
+        let judged = expected
+            .get_mut(&bytes)
+            .and_then(VecDeque::pop_front)
+            .expect("every input record was generated");
+        judgement.insert((record.partition, record.offset), judged);
+    }
+    let judged = |record: &Record| judgement[&(record.partition, record.offset)].clone();
+
+    let mut valid_by_partition: BTreeMap<i32, Vec<Vec<u8>>> = BTreeMap::new();
+    let (mut invalid, mut garbage) = (0, 0);
+    for record in &input {
+        match judged(record) {
+            Expected::Valid => valid_by_partition
+                .entry(record.partition)
+                .or_default()
+                .push(record.key.clone().unwrap_or_default()),
+            Expected::Invalid { .. } => invalid += 1,
+            Expected::Garbage { .. } => garbage += 1,
+            Expected::Duplicate => {}
+        }
+    }
+
+    let validated = read_all(bootstrap, &pipeline.validated, "read_committed");
+    let valid_total: usize = valid_by_partition.values().map(Vec::len).sum();
+    assert_eq!(
+        validated.len(),
+        valid_total,
+        "each valid order exactly once"
+    );
+    for (partition, keys_in_input_order) in &valid_by_partition {
+        let output: Vec<Record> = validated
+            .iter()
+            .filter(|r| r.partition == *partition)
+            .cloned()
+            .collect();
+        // Same partitioner (murmur2) and partition count on both sides: same partition number.
+        assert_eq!(
+            &keys(&output),
+            keys_in_input_order,
+            "partition {partition} in input order"
+        );
+    }
+
+    let rejected = read_all(bootstrap, &pipeline.rejected, "read_committed");
+    assert_eq!(
+        rejected.len(),
+        invalid,
+        "one rejection per invalid submission"
+    );
+
+    let dead_letters = read_all(bootstrap, &pipeline.dead_letter, "read_committed");
+    assert_eq!(
+        dead_letters.len(),
+        garbage,
+        "one dead letter per garbage record"
+    );
+    for dead in &dead_letters {
+        let partition: i32 = dead
+            .header(headers::ORIGINAL_PARTITION)
+            .expect("partition")
+            .parse()
+            .expect("number");
+        let offset: i64 = dead
+            .header(headers::ORIGINAL_OFFSET)
+            .expect("offset")
+            .parse()
+            .expect("number");
+        let original = input
+            .iter()
+            .find(|r| r.partition == partition && r.offset == offset)
+            .expect("the original record");
+        assert_eq!(dead.payload, original.payload, "original bytes");
+        assert_eq!(dead.key, original.key, "original key");
+        assert_eq!(
+            dead.header(headers::ORIGINAL_TOPIC),
+            Some(pipeline.input.as_str())
+        );
+        assert_eq!(dead.header(headers::ERROR_STAGE), Some("validate"));
+        let Expected::Garbage { reason } = judged(original) else {
+            panic!("dead letter for a record that is not garbage");
+        };
+        assert_eq!(dead.header(headers::ERROR_REASON), Some(reason.code()));
+    }
 }
 
 /// The validate stage's topics and group for one test.
@@ -283,6 +480,15 @@ impl ValidatePipeline {
             ],
         );
         pipeline
+    }
+
+    pub fn topics(&self) -> ValidateTopics {
+        ValidateTopics {
+            input: self.input.clone(),
+            validated: self.validated.clone(),
+            rejected: self.rejected.clone(),
+            dead_letter: self.dead_letter.clone(),
+        }
     }
 
     /// The worker contract's environment for a validate worker of this pipeline.
