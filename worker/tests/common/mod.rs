@@ -267,7 +267,10 @@ pub fn caught_up(bootstrap: &str, group: &str, topic: &str) -> bool {
     reader.assign(&assignment).expect("assign");
     let deadline = Instant::now() + Duration::from_secs(30);
     while at_end.values().any(|done| !done) {
-        assert!(Instant::now() < deadline, "reading the rest of {topic} timed out");
+        assert!(
+            Instant::now() < deadline,
+            "reading the rest of {topic} timed out"
+        );
         match reader.poll(Duration::from_millis(200)) {
             None => {}
             Some(Ok(_)) => return false,
