@@ -608,15 +608,41 @@ async fn canary_stage_runs_as_an_argo_rollout_with_analysis() -> anyhow::Result<
         Some("Rollout".to_string())
     );
 
-    // Switching back to RollingUpdate: the Deployment comes up before the Rollout goes away.
-    spec["spec"]["stages"][0]["rollout"] = json!({ "strategy": "RollingUpdate" });
-    apply(&ns, &spec).await?;
-    wait_until("Deployment ready and Rollout removed", CONVERGE, || async {
-        let gone = rollouts.get_opt("shop-validate").await.ok()?.is_none();
-        let d = ns.api::<Deployment>().get("shop-validate").await.ok()?;
-        (gone && d.status?.ready_replicas.unwrap_or(0) >= 1).then_some(())
-    })
-    .await?;
+    // Switching in both directions: the new workload is ready before the old one goes away, so at
+    // every observation some workload of the stage has a ready replica (no gap in consumption).
+    let deployments = ns.api::<Deployment>();
+    for (strategy, new_kind) in [("RollingUpdate", "Deployment"), ("Canary", "Rollout")] {
+        spec["spec"]["stages"][0]["rollout"] = json!({ "strategy": strategy });
+        apply(&ns, &spec).await?;
+        wait_until(
+            &format!("switch to {strategy}: only a ready {new_kind} left"),
+            CONVERGE,
+            || async {
+                let rollout = rollouts.get_opt("shop-validate").await.ok()?;
+                let deployment = deployments.get_opt("shop-validate").await.ok()?;
+                let rollout_ready = rollout.as_ref().map_or(0, |r| {
+                    r.data
+                        .pointer("/status/readyReplicas")
+                        .and_then(Value::as_i64)
+                        .unwrap_or(0)
+                });
+                let deployment_ready = deployment
+                    .as_ref()
+                    .and_then(|d| d.status.as_ref()?.ready_replicas)
+                    .map_or(0, i64::from);
+                assert!(
+                    rollout_ready + deployment_ready >= 1,
+                    "no ready workload for the stage while switching to {strategy}"
+                );
+                let done = match new_kind {
+                    "Deployment" => rollout.is_none() && deployment_ready >= 1,
+                    _ => deployment.is_none() && rollout_ready >= 1,
+                };
+                done.then_some(())
+            },
+        )
+        .await?;
+    }
     operator.stop().await;
     ns.cleanup().await?;
     Ok(())
