@@ -7,7 +7,8 @@ CARGO ?= cargo
 # Tools built from the registries (kube-apiserver, etcd, kwok, Kafka...) live in a cache keyed by their
 # pinned versions, so only a fresh machine pays for the build.
 export ORDERPIPE_CACHE ?= $(HOME)/.cache/orderpipe
-E2E_DIR := target/e2e
+# The harness keeps its work dirs and env file under the cargo target dir (CI moves it out of the clone).
+E2E_DIR := $(or $(CARGO_TARGET_DIR),target)/e2e
 CARGO_DENY_VERSION := 0.20.2
 
 .PHONY: help

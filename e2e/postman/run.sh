@@ -3,12 +3,12 @@
 # stack: `make api-test` starts the stack, runs this, and stops the stack.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-: "${ORDERPIPE_E2E_ENV:=target/e2e/env}"
+: "${ORDERPIPE_E2E_ENV:=${CARGO_TARGET_DIR:-target}/e2e/env}"
 # shellcheck source=/dev/null
 source "$ORDERPIPE_E2E_ENV"
 operator="${CARGO_TARGET_DIR:-target}/debug/orderpipe-operator"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-log="target/e2e/api-test-operator.log"
+log="$(dirname "$ORDERPIPE_E2E_ENV")/api-test-operator.log"
 "$operator" --leader-election=false --log-format=text --metrics-addr "127.0.0.1:$port" >"$log" 2>&1 &
 pid=$!
 trap 'kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true' EXIT
