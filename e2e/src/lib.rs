@@ -8,7 +8,8 @@
 //! - a private one from [`Stack::builder`], for tests that restart or kill components.
 //!
 //! This crate owns process lifecycles, ports, certificates and readiness. It must not know
-//! about the operator or the worker: their tests build on these helpers.
+//! about the operator or the worker: their tests build on these helpers. The one exception is
+//! [`node_agent`], a local kubelet for worker pods, which speaks the worker contract's port.
 
 mod component;
 pub mod crds;
@@ -18,6 +19,7 @@ mod harness;
 mod kafka;
 mod kube_cluster;
 mod kubeconfig;
+pub mod node_agent;
 mod pki;
 mod ports;
 mod process;
@@ -35,6 +37,7 @@ pub use harness::{
 };
 pub use kube_cluster::{Kubernetes, NODE_NAME};
 pub use kubeconfig::client as kube_client_for;
+pub use node_agent::{NodeAgent, NodeAgentConfig};
 pub use process::pid_alive;
 pub use stack::{Stack, StackBuilder};
 pub use topics::{Isolation, Record, create_topic, read_all};

@@ -213,10 +213,8 @@ impl Process {
 
     /// Kills and reaps the watchdog (its job ends with a deliberate stop).
     fn dismiss_watchdog(&mut self) {
-        if let Some(mut watchdog) = self.watchdog.take() {
-            // The watchdog leads its own group, which also holds its `sleep`.
-            let _ = killpg(Pid::from_raw(watchdog.id() as i32), Signal::SIGKILL);
-            let _ = watchdog.wait();
+        if let Some(watchdog) = self.watchdog.take() {
+            dismiss_watchdog(watchdog);
         }
     }
 }
@@ -232,11 +230,13 @@ impl Drop for Process {
     }
 }
 
-fn spawn_watchdog(component: &'static str, parent: u32, group: u32) -> Result<Child> {
+/// Starts a watchdog that kills process group `group` once process `parent` is gone. Also used
+/// by the node agent for the containers it runs; `label` names the watchdog in `ps`.
+pub(crate) fn spawn_watchdog(label: &str, parent: u32, group: u32) -> Result<Child> {
     Command::new("/bin/sh")
         .arg("-c")
         .arg(WATCHDOG_SCRIPT)
-        .arg(format!("orderpipe-e2e-watchdog-{component}"))
+        .arg(format!("orderpipe-e2e-watchdog-{label}"))
         .arg(parent.to_string())
         .arg(group.to_string())
         .stdin(Stdio::null())
@@ -250,6 +250,13 @@ fn spawn_watchdog(component: &'static str, parent: u32, group: u32) -> Result<Ch
             program: PathBuf::from("/bin/sh"),
             error,
         })
+}
+
+/// Kills and reaps a watchdog whose group has been stopped deliberately.
+pub(crate) fn dismiss_watchdog(mut watchdog: Child) {
+    // The watchdog leads its own group, which also holds its `sleep`.
+    let _ = killpg(Pid::from_raw(watchdog.id() as i32), Signal::SIGKILL);
+    let _ = watchdog.wait();
 }
 
 /// SIGTERM every group, wait up to `grace` for all leaders to exit, SIGKILL the rest.

@@ -1,0 +1,179 @@
+//! Which local binary stands in for which container image. The agent pulls nothing: an image is
+//! only a name that selects a binary on this machine. Registry host, tag and digest are ignored,
+//! so `docker.io/orderpipe/orderpipe-worker:0.1.0` and `orderpipe/orderpipe-worker` are the same
+//! image. Pure; must not touch the file system beyond checking that a mapped binary exists.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use super::error::NodeAgentError;
+
+/// One `--image IMAGE=PATH` mapping.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageMapping {
+    /// The image as the user wrote it (normalised when matched).
+    pub image: String,
+    /// The local binary that runs for containers of this image.
+    pub binary: PathBuf,
+}
+
+impl FromStr for ImageMapping {
+    type Err = NodeAgentError;
+
+    fn from_str(arg: &str) -> Result<Self, Self::Err> {
+        let invalid = |reason: &str| NodeAgentError::ImageMapping {
+            arg: arg.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let (image, binary) = arg
+            .split_once('=')
+            .ok_or_else(|| invalid("expected IMAGE=PATH"))?;
+        if repository(image).is_empty() {
+            return Err(invalid("the image name is empty"));
+        }
+        if binary.is_empty() {
+            return Err(invalid("the binary path is empty"));
+        }
+        Ok(ImageMapping {
+            image: image.to_owned(),
+            binary: PathBuf::from(binary),
+        })
+    }
+}
+
+impl fmt::Display for ImageMapping {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}={}", self.image, self.binary.display())
+    }
+}
+
+/// Image repository → local binary.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ImageMap {
+    binaries: BTreeMap<String, PathBuf>,
+}
+
+impl ImageMap {
+    /// Adds (or replaces) a mapping.
+    pub fn insert(&mut self, mapping: ImageMapping) {
+        self.binaries
+            .insert(repository(&mapping.image), mapping.binary);
+    }
+
+    /// The binary for `image`, if one is mapped.
+    pub fn binary_for(&self, image: &str) -> Option<&Path> {
+        self.binaries.get(&repository(image)).map(PathBuf::as_path)
+    }
+
+    /// Fails on the first mapped binary that is not an executable file, naming it: better at
+    /// start-up than as a crash loop of every pod using it.
+    pub fn check_binaries(&self) -> Result<(), NodeAgentError> {
+        for (image, binary) in &self.binaries {
+            let executable = std::fs::metadata(binary)
+                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                .unwrap_or(false);
+            if !executable {
+                return Err(NodeAgentError::BinaryNotExecutable {
+                    image: image.clone(),
+                    binary: binary.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The mappings, for the start-up log line.
+    pub fn describe(&self) -> String {
+        self.binaries
+            .iter()
+            .map(|(image, binary)| format!("{image}={}", binary.display()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// The repository part of an image reference: without registry host, tag or digest, and without
+/// Docker Hub's implicit `library/`.
+fn repository(image: &str) -> String {
+    let without_digest = image.split_once('@').map_or(image, |(name, _)| name);
+    let mut parts: Vec<&str> = without_digest.split('/').collect();
+    // Like Docker: a first component with a dot or a port, or `localhost`, is a registry host.
+    if parts.len() > 1
+        && parts
+            .first()
+            .is_some_and(|host| host.contains(['.', ':']) || *host == "localhost")
+    {
+        parts.remove(0);
+    }
+    if let Some(last) = parts.last_mut() {
+        *last = last.split_once(':').map_or(*last, |(name, _tag)| name);
+    }
+    if parts.len() > 1 && parts.first() == Some(&"library") {
+        parts.remove(0);
+    }
+    parts.join("/")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_tag_and_digest_do_not_matter() {
+        for image in [
+            "orderpipe/orderpipe-worker",
+            "orderpipe/orderpipe-worker:0.1.0",
+            "docker.io/orderpipe/orderpipe-worker:0.1.0",
+            "localhost:5000/orderpipe/orderpipe-worker:e2e",
+            "ghcr.io/orderpipe/orderpipe-worker@sha256:0123abcd",
+            "registry.local:443/orderpipe/orderpipe-worker:1@sha256:0123abcd",
+        ] {
+            assert_eq!(repository(image), "orderpipe/orderpipe-worker", "{image}");
+        }
+        assert_eq!(repository("docker.io/library/busybox:1.36"), "busybox");
+        assert_eq!(repository("busybox"), "busybox");
+    }
+
+    #[test]
+    fn a_mapping_selects_the_binary_for_every_spelling_of_the_image() {
+        let mut map = ImageMap::default();
+        map.insert(
+            "docker.io/orderpipe/orderpipe-worker=/opt/worker"
+                .parse()
+                .expect("valid"),
+        );
+        assert_eq!(
+            map.binary_for("orderpipe/orderpipe-worker:0.1.0"),
+            Some(Path::new("/opt/worker"))
+        );
+        assert_eq!(map.binary_for("orderpipe/other:0.1.0"), None);
+        // Same repository name under another owner is another image.
+        assert_eq!(map.binary_for("someone/orderpipe-worker"), None);
+    }
+
+    #[test]
+    fn malformed_mappings_are_refused_with_the_argument() {
+        for arg in ["orderpipe/worker", "=/opt/worker", "orderpipe/worker="] {
+            let err = arg.parse::<ImageMapping>().expect_err(arg);
+            assert!(err.to_string().contains(arg), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_missing_binary_fails_the_check_naming_it() {
+        let mut map = ImageMap::default();
+        map.insert(
+            "orderpipe/w=/nonexistent/orderpipe-worker"
+                .parse()
+                .expect("valid"),
+        );
+        let err = map.check_binaries().expect_err("missing");
+        assert!(
+            err.to_string().contains("/nonexistent/orderpipe-worker"),
+            "{err}"
+        );
+    }
+}
