@@ -68,19 +68,22 @@ impl ImageMap {
         self.binaries.get(&repository(image)).map(PathBuf::as_path)
     }
 
-    /// Fails on the first mapped binary that is not an executable file, naming it: better at
-    /// start-up than as a crash loop of every pod using it.
-    pub fn check_binaries(&self) -> Result<(), NodeAgentError> {
-        for (image, binary) in &self.binaries {
-            let executable = std::fs::metadata(binary)
-                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-                .unwrap_or(false);
+    /// Makes every mapped binary an absolute path (a container runs in its pod directory, where a
+    /// relative path would name something else) and fails on the first that is not an executable
+    /// file, naming it: better at start-up than as a crash loop of every pod using it.
+    pub fn resolve_binaries(&mut self) -> Result<(), NodeAgentError> {
+        for (image, binary) in &mut self.binaries {
+            let not_executable = || NodeAgentError::BinaryNotExecutable {
+                image: image.clone(),
+                binary: binary.clone(),
+            };
+            let absolute = std::fs::canonicalize(&*binary).map_err(|_| not_executable())?;
+            let executable = std::fs::metadata(&absolute)
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
             if !executable {
-                return Err(NodeAgentError::BinaryNotExecutable {
-                    image: image.clone(),
-                    binary: binary.clone(),
-                });
+                return Err(not_executable());
             }
+            *binary = absolute;
         }
         Ok(())
     }
@@ -163,17 +166,49 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_binary_fails_the_check_naming_it() {
+    fn binaries_become_absolute_and_a_missing_one_is_named() {
         let mut map = ImageMap::default();
         map.insert(
             "orderpipe/w=/nonexistent/orderpipe-worker"
                 .parse()
                 .expect("valid"),
         );
-        let err = map.check_binaries().expect_err("missing");
+        let err = map.resolve_binaries().expect_err("missing");
         assert!(
             err.to_string().contains("/nonexistent/orderpipe-worker"),
             "{err}"
         );
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let binary = dir.path().join("worker");
+        std::fs::write(&binary, "#!/bin/sh\n").expect("write");
+        let mut map = ImageMap::default();
+        map.insert(ImageMapping {
+            image: "orderpipe/w".into(),
+            binary: binary.clone(),
+        });
+        let err = map.resolve_binaries().expect_err("not executable");
+        assert!(
+            matches!(err, NodeAgentError::BinaryNotExecutable { .. }),
+            "{err}"
+        );
+
+        std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        // `../../tmp/.../worker`: relative to the test's working directory.
+        let cwd = std::env::current_dir().expect("cwd");
+        let relative: PathBuf = std::iter::repeat_n("..", cwd.components().count() - 1)
+            .map(PathBuf::from)
+            .chain(binary.strip_prefix("/").map(Path::to_path_buf))
+            .collect();
+        assert!(relative.is_relative());
+        let mut map = ImageMap::default();
+        map.insert(ImageMapping {
+            image: "orderpipe/w".into(),
+            binary: relative,
+        });
+        map.resolve_binaries().expect("executable");
+        let resolved = map.binary_for("orderpipe/w").expect("mapped");
+        assert!(resolved.is_absolute(), "{}", resolved.display());
+        assert_eq!(resolved, binary.canonicalize().expect("canonical"));
     }
 }

@@ -120,9 +120,9 @@ impl NodeAgent {
         let NodeAgentConfig {
             node_name,
             work_dir,
-            images,
+            mut images,
         } = config;
-        images.check_binaries()?;
+        images.resolve_binaries()?;
         let pods_dir = work_dir.join("pods");
         std::fs::create_dir_all(&pods_dir).map_err(|error| NodeAgentError::Io {
             action: "creating",
