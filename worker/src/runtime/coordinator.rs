@@ -220,6 +220,9 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
             let slot = self.spawn(partition);
             self.slots.insert(partition, slot);
             self.lag.committed(partition, offset);
+            // librdkafka keeps a partition's pause across revocation and re-assignment: one
+            // paused when it was revoked would otherwise never deliver again.
+            self.to_resume.push(partition);
             tracing::info!(partition, ?offset, "partition assigned");
         }
         self.metrics.set_assigned_partitions(self.slots.len());
@@ -303,7 +306,8 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
         self.update_readiness();
     }
 
-    /// Partitions whose held records all moved on; the caller resumes fetching them.
+    /// Partitions whose held records all moved on, and newly assigned ones; the caller resumes
+    /// fetching them.
     pub fn take_resumes(&mut self) -> Vec<i32> {
         std::mem::take(&mut self.to_resume)
     }

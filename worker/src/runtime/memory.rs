@@ -220,13 +220,15 @@ impl GroupCommit for NoGroup {
     }
 }
 
-/// A scripted rebalance: after `after_records` polled records, revoke `partitions`; after
-/// `reassign_after` records, assign them again (as another member taking them over would).
+/// A scripted rebalance: after `after_records` polled records (and, with `while_paused`, once
+/// one of the partitions is paused), revoke `partitions`; after `reassign_after` records, assign
+/// them again (as another member taking them over would).
 #[derive(Debug, Clone)]
 pub struct Rebalance {
     pub after_records: u64,
     pub partitions: Vec<i32>,
     pub reassign_after: u64,
+    pub while_paused: bool,
 }
 
 /// The group member over the broker's input.
@@ -272,8 +274,8 @@ impl<H: StageHandler, K: Sink> MemorySource<H, K> {
                 .collect()
         };
         for (&partition, &offset) in &committed {
+            // Like librdkafka, a pause outlives revocation and re-assignment.
             self.assigned.insert(partition);
-            self.paused.remove(&partition);
             self.positions.insert(partition, offset.unwrap_or(0));
         }
         lock(&self.coordinator).assign(&committed);
@@ -284,7 +286,9 @@ impl<H: StageHandler, K: Sink> MemorySource<H, K> {
         let Some(script) = self.rebalance.clone() else {
             return;
         };
-        if !self.revoked && self.polled >= script.after_records {
+        let paused = script.partitions.iter().any(|p| self.paused.contains(p));
+        if !self.revoked && self.polled >= script.after_records && (paused || !script.while_paused)
+        {
             self.revoked = true;
             lock(&self.coordinator).revoke(&script.partitions, false, &NoGroup);
             for partition in &script.partitions {

@@ -312,6 +312,7 @@ fn status_changes_keep_each_orders_order_through_aborts_and_a_revocation() {
         after_records: 1_000,
         partitions: vec![1],
         reassign_after: 1_600,
+        while_paused: false,
     };
     let running = Running::start(
         Stateful(StatusMachine::default()),
@@ -353,7 +354,8 @@ fn status_changes_keep_each_orders_order_through_aborts_and_a_revocation() {
 }
 
 #[test]
-fn a_full_partition_is_paused_and_resumed_without_losing_or_reordering_records() {
+fn a_full_partition_is_paused_and_resumed_without_losing_or_reordering_records_across_a_rebalance()
+{
     let spec = LoadSpec {
         mode: LoadMode::Orders,
         count: 600,
@@ -377,12 +379,19 @@ fn a_full_partition_is_paused_and_resumed_without_losing_or_reordering_records()
         max_in_flight_bytes: 4 * 1024,
         ..fast_tuning()
     };
+    // Revoked while paused and assigned again: the partitions must be fetched again.
+    let rebalance = Rebalance {
+        after_records: 150,
+        partitions: vec![0, 1],
+        reassign_after: 150,
+        while_paused: true,
+    };
     let running = Running::start(
         Stateful(Validator::default()),
         &config,
         &broker,
         tuning,
-        None,
+        Some(rebalance),
     );
     broker.wait_until("every order committed", WAIT, BrokerState::all_committed);
     running.stop().expect("clean shutdown");
