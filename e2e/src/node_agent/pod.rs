@@ -142,20 +142,17 @@ pub(crate) async fn run(agent: Arc<AgentContext>, mut signals: watch::Receiver<P
     let (stop_tx, stop_rx) = watch::channel(None);
     if !passive {
         match worker.admit() {
-            Ok(admitted) => {
+            Ok((admitted, binaries)) => {
                 info!(pod = %admitted, containers = worker.views.len(), dir = %admitted.dir.display(), "pod admitted");
                 worker.annotation = admitted.ports.annotation();
                 worker.context = admitted.clone();
-                for (index, container) in spec.containers.iter().enumerate() {
-                    let image = container.image.as_deref().unwrap_or_default();
-                    let Some(binary) = admitted.agent.images.binary_for(image) else {
-                        continue;
-                    };
+                let containers = spec.containers.iter().zip(binaries);
+                for (index, (container, binary)) in containers.enumerate() {
                     let runner = ContainerRunner {
                         pod: admitted.clone(),
                         index,
                         container: container.clone(),
-                        binary: binary.to_path_buf(),
+                        binary,
                     };
                     runners.spawn(runner.run(stop_rx.clone(), reports_tx.clone()));
                 }
@@ -196,8 +193,9 @@ struct PodWorker {
 }
 
 impl PodWorker {
-    /// Checks that the agent can run the pod, and prepares its directory and ports.
-    fn admit(&self) -> Result<Arc<PodContext>, PodRejection> {
+    /// Checks that the agent can run the pod, and prepares its directory and ports. Returns the
+    /// pod's context and the binary of each container, in spec order.
+    fn admit(&self) -> Result<(Arc<PodContext>, Vec<PathBuf>), PodRejection> {
         let context = &self.context;
         let spec = context.pod.spec.clone().unwrap_or_default();
         if spec.init_containers.as_ref().is_some_and(|c| !c.is_empty()) {
@@ -205,18 +203,20 @@ impl PodWorker {
                 what: "init containers",
             });
         }
+        let mut binaries = Vec::with_capacity(spec.containers.len());
         for container in &spec.containers {
             let Some(image) = container.image.as_deref().filter(|i| !i.is_empty()) else {
                 return Err(PodRejection::NoImage {
                     container: container.name.clone(),
                 });
             };
-            if context.agent.images.binary_for(image).is_none() {
+            let Some(binary) = context.agent.images.binary_for(image) else {
                 return Err(PodRejection::ImageNotMapped {
                     container: container.name.clone(),
                     image: image.to_owned(),
                 });
-            }
+            };
+            binaries.push(binary.to_path_buf());
         }
         // An emptyDir needs nothing: the process sees the machine's file system anyway. Other
         // volumes (Secrets, the service account token ...) are simply not there.
@@ -237,7 +237,7 @@ impl PodWorker {
             PortMap::allocate(&spec.containers).map_err(|error| PodRejection::LocalSetup {
                 what: error.to_string(),
             })?;
-        Ok(Arc::new(PodContext {
+        let admitted = PodContext {
             agent: context.agent.clone(),
             pod: context.pod.clone(),
             namespace: context.namespace.clone(),
@@ -246,7 +246,8 @@ impl PodWorker {
             dir: context.dir.clone(),
             ports,
             grace: context.grace,
-        }))
+        };
+        Ok((Arc::new(admitted), binaries))
     }
 
     /// Until the pod's end: apply signals and reports, write status, then finish.
@@ -284,7 +285,11 @@ impl PodWorker {
                         *slot = view;
                     }
                 }
-                Some(_) = runners.join_next(), if !runners.is_empty() => {}
+                Some(joined) = runners.join_next(), if !runners.is_empty() => {
+                    if let Err(error) = joined {
+                        warn!(pod = %self.context, %error, "a container runner failed");
+                    }
+                }
                 () = sleep_until(retry.unwrap_or_else(Instant::now)), if retry.is_some() => retry = None,
             }
         }
@@ -319,8 +324,8 @@ impl PodWorker {
         grace: Option<Duration>,
         stop_tx: &watch::Sender<Option<Instant>>,
     ) {
-        // Gone outranks the others (nothing left to write); a deletion outranks a shutdown only
-        // in that both end the same way.
+        // Gone outranks the others: nothing is left to write. Deleted and Shutdown end the same
+        // way (last status, then delete); Shutdown only bounds how long that may take.
         if self.stopping != Some(Stopping::Gone) {
             if self.stopping.is_none() {
                 info!(pod = %self.context, reason = ?why, "stopping the pod's containers");
