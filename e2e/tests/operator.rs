@@ -268,6 +268,20 @@ async fn pipeline_becomes_ready_with_topics_workloads_and_capped_autoscaler() ->
         .await?;
     assert_eq!(hpa.spec.as_ref().map(|s| s.max_replicas), Some(2));
     ns.api::<Service>().get("shop-validate").await?;
+    // The shared stack serves the Prometheus Operator CRDs, so each stage also gets a ServiceMonitor.
+    let monitors: Api<DynamicObject> = Api::namespaced_with(
+        ns.client().clone(),
+        ns.name(),
+        &ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("monitoring.coreos.com", "v1", "ServiceMonitor"),
+            "servicemonitors",
+        ),
+    );
+    let monitor = monitors.get("shop-validate").await?;
+    assert_eq!(
+        monitor.data.pointer("/spec/endpoints/0/port"),
+        Some(&json!("metrics"))
+    );
     ns.api::<PodDisruptionBudget>().get("shop-status").await?;
     assert!(
         ns.api::<HorizontalPodAutoscaler>()
