@@ -305,3 +305,67 @@ fn rebalances_between_two_validate_workers_keep_every_order_exactly_once() {
     let delivered = assert_pipeline_exactly_once(&bootstrap, &pipeline, &spec, &webhook);
     eprintln!("after 8 rebalances of validate: {delivered}");
 }
+
+#[test]
+#[ignore = "needs the local stack: make test-e2e"]
+fn a_broker_restart_mid_run_loses_and_duplicates_nothing() {
+    // A private broker: the shared one must not be restarted under other tests.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut stack = runtime
+        .block_on(
+            orderpipe_e2e::Stack::builder(&common::unique("worker-restart"))
+                .kafka_only()
+                .start(),
+        )
+        .expect("private Kafka");
+    let bootstrap = stack.kafka_bootstrap().expect("bootstrap").to_owned();
+    let pipeline = Pipeline::create(&bootstrap, 6);
+    let webhook = WebhookReceiver::start(0);
+    let spec = spec(baseline_orders() / 5, 400);
+    produce(&bootstrap, &pipeline.orders, &spec);
+
+    let workers: Vec<WorkerProcess> = Stage::ALL
+        .iter()
+        .map(|stage| {
+            start(
+                &pipeline,
+                &bootstrap,
+                *stage,
+                &format!("{}-0", stage.name()),
+                &webhook,
+            )
+        })
+        .collect();
+    wait_until("30% validate progress", DRAIN_TIMEOUT, || {
+        validate_progress(&bootstrap, &pipeline) >= 0.3
+    });
+    // Same port, same log dirs: in-flight transactions time out or are aborted, the workers'
+    // clients reconnect, and whatever failed is rewound to the committed offsets.
+    runtime
+        .block_on(stack.stop_kafka())
+        .expect("broker stopped");
+    wait_until("every worker to notice the outage", DRAIN_TIMEOUT, || {
+        workers
+            .iter()
+            .all(|worker| worker.log_text().contains("brokers are down"))
+    });
+    runtime
+        .block_on(stack.start_kafka())
+        .expect("broker restarted");
+
+    wait_until("every stage to drain its input", DRAIN_TIMEOUT, || {
+        pipeline.drained(&bootstrap)
+    });
+    for worker in workers {
+        stop_gracefully(worker);
+    }
+    let delivered = assert_pipeline_exactly_once(&bootstrap, &pipeline, &spec, &webhook);
+    eprintln!("after a broker restart: {delivered}");
+    runtime
+        .block_on(stack.stop())
+        .expect("private Kafka stopped");
+}

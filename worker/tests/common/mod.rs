@@ -206,15 +206,30 @@ pub fn read_all(bootstrap: &str, topic: &str, isolation: &str) -> Vec<Record> {
     records
 }
 
+/// Repeats a broker call that fails while the broker is (re)starting, for up to a minute.
+fn retrying<T>(what: &str, mut call: impl FnMut() -> Result<T, KafkaError>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match call() {
+            Ok(value) => return value,
+            Err(error) if Instant::now() < deadline => {
+                eprintln!("{what}: {error}; retrying");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(error) => panic!("{what}: {error}"),
+        }
+    }
+}
+
 /// The end (last stable offset) of every partition of `topic`.
 pub fn end_offsets(bootstrap: &str, topic: &str) -> BTreeMap<i32, i64> {
     let consumer = consumer(bootstrap, None, "read_committed");
     partitions(&consumer, topic)
         .into_iter()
         .map(|p| {
-            let (_, high) = consumer
-                .fetch_watermarks(topic, p, Duration::from_secs(10))
-                .expect("watermarks");
+            let (_, high) = retrying("watermarks", || {
+                consumer.fetch_watermarks(topic, p, Duration::from_secs(10))
+            });
             (p, high)
         })
         .collect()
@@ -227,9 +242,10 @@ pub fn committed_offsets(bootstrap: &str, group: &str, topic: &str) -> BTreeMap<
     for partition in partitions(&consumer, topic) {
         list.add_partition(topic, partition);
     }
-    let committed = consumer
-        .committed_offsets(list, Duration::from_secs(10))
-        .expect("committed offsets");
+    // Right after a broker (re)start the group coordinator may still be loading: retry.
+    let committed = retrying("committed offsets", || {
+        consumer.committed_offsets(list.clone(), Duration::from_secs(10))
+    });
     committed
         .elements()
         .iter()
