@@ -118,6 +118,19 @@ struct Slot {
     paused: bool,
 }
 
+impl Slot {
+    fn awaiting_seek(incarnation: u64) -> Self {
+        Self {
+            incarnation,
+            phase: Phase::AwaitingSeek,
+            worker: None,
+            restored: false,
+            held: VecDeque::new(),
+            paused: false,
+        }
+    }
+}
+
 /// The open transaction's progress.
 #[derive(Debug)]
 struct OpenTransaction {
@@ -149,6 +162,8 @@ pub struct Coordinator<H: StageHandler, K: Sink> {
     next_incarnation: u64,
     to_resume: Vec<i32>,
     to_rewind: BTreeSet<i32>,
+    /// Set while the producer is unusable: when to try re-creating it next.
+    recreate_at: Option<Instant>,
     fatal: Option<WorkerError>,
 }
 
@@ -187,6 +202,7 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
             next_incarnation: 0,
             to_resume: Vec::new(),
             to_rewind: BTreeSet::new(),
+            recreate_at: None,
             fatal: None,
         }
     }
@@ -217,7 +233,13 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
             if self.slots.contains_key(&partition) {
                 continue;
             }
-            let slot = self.spawn(partition);
+            let slot = if self.can_restart() {
+                self.spawn(partition)
+            } else {
+                // Started by the rewind that follows the producer's recovery.
+                self.to_rewind.insert(partition);
+                Slot::awaiting_seek(self.next_incarnation)
+            };
             self.slots.insert(partition, slot);
             self.lag.committed(partition, offset);
             // librdkafka keeps a partition's pause across revocation and re-assignment: one
@@ -295,6 +317,7 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
     /// One turn of bookkeeping: take finished records into the transaction, move held records
     /// into freed queue space, and commit when the interval is over.
     pub fn tick(&mut self, group: &dyn GroupCommit) {
+        self.retry_recreate();
         for _ in 0..REPORTS_PER_TICK {
             match self.reports_rx.try_recv() {
                 Ok(report) => self.on_report(report),
@@ -310,6 +333,12 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
     /// fetching them.
     pub fn take_resumes(&mut self) -> Vec<i32> {
         std::mem::take(&mut self.to_resume)
+    }
+
+    /// Whether rewound partitions may restart: not while the producer is unusable, because
+    /// nothing they finish could be produced.
+    pub fn can_restart(&self) -> bool {
+        self.recreate_at.is_none()
     }
 
     /// Partitions whose uncommitted progress was discarded; the caller seeks each back to its
@@ -540,15 +569,7 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
             SinkErrorKind::Fatal => self.sink.recreate(),
         };
         if let Err(error) = recovered {
-            self.fatal.get_or_insert(match error.kind {
-                SinkErrorKind::Fenced => WorkerError::Fenced {
-                    transactional_id: self.transactional_id.clone(),
-                },
-                SinkErrorKind::Abortable | SinkErrorKind::Fatal => WorkerError::Kafka {
-                    operation: error.operation,
-                    source: error.source,
-                },
-            });
+            self.producer_unusable(error);
         }
         for (&partition, slot) in &mut self.slots {
             if slot.phase == Phase::Stopping {
@@ -561,6 +582,32 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
             slot.restored = false;
             slot.held.clear();
             self.to_rewind.insert(partition);
+        }
+    }
+
+    /// A producer that could not be recovered: fencing ends the worker; anything else (typically
+    /// the broker being unreachable for longer than a call's timeout) is retried from
+    /// [`Coordinator::tick`] while every partition waits, instead of exiting.
+    fn producer_unusable(&mut self, error: SinkError) {
+        if error.kind == SinkErrorKind::Fenced {
+            self.fatal.get_or_insert(WorkerError::Fenced {
+                transactional_id: self.transactional_id.clone(),
+            });
+            return;
+        }
+        tracing::warn!(%error, "the producer is unusable; re-creating it shortly");
+        self.recreate_at = Some(Instant::now() + self.tuning.recreate_backoff);
+    }
+
+    /// Retries re-creating an unusable producer when its time has come.
+    fn retry_recreate(&mut self) {
+        if self.recreate_at.is_none_or(|at| Instant::now() < at) {
+            return;
+        }
+        self.recreate_at = None;
+        match self.sink.recreate() {
+            Ok(()) => tracing::info!("the producer is usable again"),
+            Err(error) => self.producer_unusable(error),
         }
     }
 

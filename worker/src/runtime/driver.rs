@@ -66,14 +66,18 @@ where
                 }
             }
         }
-        let (resumes, assigned) = {
+        let (resumes, assigned, can_restart) = {
             let mut coordinator = lock(coordinator);
             coordinator.tick(source.group());
             if coordinator.has_failed() {
                 break;
             }
             rewinds.extend(coordinator.take_rewinds());
-            (coordinator.take_resumes(), coordinator.assigned())
+            (
+                coordinator.take_resumes(),
+                coordinator.assigned(),
+                coordinator.can_restart(),
+            )
         };
         for partition in resumes {
             if let Err(error) = source.resume(partition) {
@@ -81,7 +85,7 @@ where
             }
         }
         rewinds.retain(|partition| assigned.contains(partition));
-        if !rewinds.is_empty() {
+        if !rewinds.is_empty() && can_restart {
             rewind(source, coordinator, &mut rewinds);
         }
     }

@@ -54,6 +54,11 @@ pub struct BrokerState {
     pub commit_attempts: u64,
     /// Commit attempts (1-based) that fail as abortable.
     pub failing_commits: BTreeSet<u64>,
+    /// Commit attempts (1-based) that leave the producer unusable (fatal).
+    pub fatal_commits: BTreeSet<u64>,
+    /// How many of the next producer re-creations fail (the broker is unreachable).
+    pub failing_recreates: u64,
+    pub recreates: u64,
     pub aborts: u64,
     pub pauses: u64,
     pub resumes: u64,
@@ -182,12 +187,18 @@ impl Sink for MemorySink {
     ) -> Result<(), SinkError> {
         let mut state = self.broker.state();
         state.commit_attempts += 1;
-        if state.failing_commits.contains(&state.commit_attempts) {
-            return Err(SinkError {
-                kind: SinkErrorKind::Abortable,
-                operation: "committing the transaction",
-                source: KafkaError::MessageProduction(RDKafkaErrorCode::RequestTimedOut),
-            });
+        let attempt = state.commit_attempts;
+        for (failing, kind) in [
+            (&state.failing_commits, SinkErrorKind::Abortable),
+            (&state.fatal_commits, SinkErrorKind::Fatal),
+        ] {
+            if failing.contains(&attempt) {
+                return Err(SinkError {
+                    kind,
+                    operation: "committing the transaction",
+                    source: KafkaError::MessageProduction(RDKafkaErrorCode::RequestTimedOut),
+                });
+            }
         }
         state.outputs.append(&mut self.open);
         state.committed.extend(offsets);
@@ -202,6 +213,16 @@ impl Sink for MemorySink {
 
     fn recreate(&mut self) -> Result<(), SinkError> {
         self.open.clear();
+        let mut state = self.broker.state();
+        if state.failing_recreates > 0 {
+            state.failing_recreates -= 1;
+            return Err(SinkError {
+                kind: SinkErrorKind::Fatal,
+                operation: "initialising transactions",
+                source: KafkaError::MessageProduction(RDKafkaErrorCode::AllBrokersDown),
+            });
+        }
+        state.recreates += 1;
         Ok(())
     }
 }

@@ -60,6 +60,8 @@ pub struct Tuning {
     pub max_in_flight_bytes: usize,
     /// How long a revocation or shutdown waits for partition workers to finish the record in hand.
     pub stop_timeout: Duration,
+    /// Wait between attempts to re-create a producer that could not be recovered.
+    pub recreate_backoff: Duration,
 }
 
 impl Tuning {
@@ -72,6 +74,7 @@ impl Tuning {
             max_in_flight_bytes: 32 * 1024 * 1024,
             // Leaves part of the grace period for the commit and leaving the group.
             stop_timeout: shutdown_grace.mul_f64(0.6),
+            recreate_backoff: Duration::from_secs(2),
         }
     }
 }

@@ -276,6 +276,58 @@ fn validate_writes_each_order_exactly_once_although_transactions_abort() {
     );
 }
 
+#[test]
+fn a_producer_that_cannot_be_recreated_at_once_is_retried_and_nothing_is_lost_or_doubled() {
+    let spec = LoadSpec {
+        mode: LoadMode::Orders,
+        count: 1_500,
+        rate: None,
+        keys: 1,
+        invalid_share: 0.0,
+        garbage_share: 0.0,
+        duplicate_share: 0.0,
+        seed: 21,
+    };
+    let load = load(&spec);
+    let broker = Broker::with_input(3, input_of(&load));
+    {
+        let mut state = broker.state();
+        state.fatal_commits.insert(3);
+        state.failing_recreates = 2;
+    }
+    let config = worker_config(
+        "validate",
+        "orders",
+        "validated=orders.validated,rejected=orders.rejected",
+        true,
+    );
+    let tuning = Tuning {
+        recreate_backoff: Duration::from_millis(10),
+        ..fast_tuning()
+    };
+    let running = Running::start(
+        Stateful(Validator::default()),
+        &config,
+        &broker,
+        tuning,
+        None,
+    );
+    broker.wait_until("every order committed", WAIT, BrokerState::all_committed);
+    running
+        .stop()
+        .expect("the worker kept running through the outage");
+
+    let state = broker.state();
+    assert_eq!(
+        state.recreates, 1,
+        "re-created once the broker was reachable again"
+    );
+    assert_eq!(state.failing_recreates, 0, "both failed attempts were made");
+    let validated = count_by_key(state.outputs_to("orders.validated"));
+    assert_eq!(validated.len(), load.len());
+    assert!(validated.values().all(|count| *count == 1), "exactly once");
+}
+
 /// The transitions each order must go through, in order, as the generator labelled them.
 fn expected_transitions(
     load: &[LoadRecord],
