@@ -18,6 +18,7 @@ use crate::runtime::{ApplyChangelog, ChangelogReader};
 /// How long a restore may take before the worker gives up (and exits, to be restarted).
 const RESTORE_TIMEOUT: Duration = Duration::from_secs(600);
 const POLL: Duration = Duration::from_millis(100);
+const WATERMARK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Reaching the end of the partition is how a restore finishes, not an error worth a log line.
 struct RestoreContext;
@@ -56,6 +57,56 @@ impl KafkaChangelog {
     }
 }
 
+impl KafkaChangelog {
+    /// The low watermark and the end to restore to: the last stable offset once it has reached
+    /// the high watermark seen at the start. A transaction still open on the partition can only be
+    /// a previous owner's (this worker writes nothing before its restore), possibly one whose
+    /// offsets already committed while its marker here is still being written; restoring before it
+    /// resolves would miss its state. It resolves within the transaction timeout.
+    fn stable_end(
+        &self,
+        consumer: &BaseConsumer<RestoreContext>,
+        partition: i32,
+        stop: &CancellationToken,
+        started: Instant,
+    ) -> Result<(i64, i64), RestoreFailure> {
+        let mut uncommitted = self.config.clone();
+        uncommitted.set("isolation.level", "read_uncommitted");
+        let probe: BaseConsumer<RestoreContext> = uncommitted
+            .create_with_context(RestoreContext)
+            .map_err(RestoreFailure::Kafka)?;
+        let (_, high) = probe
+            .fetch_watermarks(&self.topic, partition, WATERMARK_TIMEOUT)
+            .map_err(RestoreFailure::Kafka)?;
+        loop {
+            // Under read_committed the "high" watermark is the last stable offset.
+            let (low, stable) = consumer
+                .fetch_watermarks(&self.topic, partition, WATERMARK_TIMEOUT)
+                .map_err(RestoreFailure::Kafka)?;
+            if stable >= high {
+                return Ok((low, stable));
+            }
+            if stop.is_cancelled() {
+                return Err(RestoreFailure::Interrupted);
+            }
+            if started.elapsed() > RESTORE_TIMEOUT {
+                return Err(RestoreFailure::Timeout {
+                    end: high,
+                    position: stable,
+                    waited: RESTORE_TIMEOUT,
+                });
+            }
+            tracing::info!(
+                partition,
+                stable,
+                high,
+                "waiting for an open transaction on the state partition to end"
+            );
+            std::thread::sleep(POLL);
+        }
+    }
+}
+
 impl ChangelogReader for KafkaChangelog {
     fn topic(&self) -> &str {
         &self.topic
@@ -72,11 +123,7 @@ impl ChangelogReader for KafkaChangelog {
             .create_with_context(RestoreContext)
             .map_err(RestoreFailure::Kafka)?;
         let started = Instant::now();
-        // Under read_committed the "high" watermark is the last stable offset: the end of what
-        // committed transactions wrote.
-        let (low, end) = consumer
-            .fetch_watermarks(&self.topic, partition, Duration::from_secs(30))
-            .map_err(RestoreFailure::Kafka)?;
+        let (low, end) = self.stable_end(&consumer, partition, stop, started)?;
         if end <= low {
             return Ok(0);
         }
