@@ -54,12 +54,6 @@ pub enum WorkerError {
         reason: RestoreFailure,
     },
 
-    #[error("workers of partitions {partitions:?} did not stop within {waited:?}")]
-    StopTimeout {
-        partitions: Vec<i32>,
-        waited: Duration,
-    },
-
     #[error("building the webhook HTTP client failed: {0}")]
     HttpClient(#[source] reqwest::Error),
 

@@ -96,11 +96,6 @@ impl OutputRoutes {
             headers: &emit.headers,
         }))
     }
-
-    /// The topic of `output`, if this stage writes it.
-    pub fn topic(&self, output: Output) -> Option<&str> {
-        self.topics.get(&output).map(String::as_str)
-    }
 }
 
 fn unrouted(output: Output) -> WorkerError {

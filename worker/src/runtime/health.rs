@@ -66,11 +66,6 @@ impl Health {
             .saturating_sub(self.last_turn_ms.load(Ordering::Acquire));
         Duration::from_millis(since) <= self.stall_after
     }
-
-    /// Whether the loop has turned at least once and not stopped.
-    pub fn is_running(&self) -> bool {
-        self.running.load(Ordering::Acquire)
-    }
 }
 
 #[cfg(test)]

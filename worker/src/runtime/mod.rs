@@ -10,8 +10,7 @@
 //! - partition workers (`partition`) handle one partition's records one at a time, in offset
 //!   order, after restoring its per-key state from the [`ChangelogReader`].
 //!
-//! Kafka implements the ports in `crate::kafka`; `crate::memory` implements them in memory for
-//! tests. This module must not name rdkafka clients or topics' contents; it must not block the
+//! Kafka implements the ports in `crate::kafka`; `memory` (test-only) implements them in memory. This module must not name rdkafka clients or topics' contents; it must not block the
 //! async runtime (the driver runs on its own thread).
 
 mod budget;
