@@ -13,6 +13,7 @@
 
 mod component;
 pub mod crds;
+pub mod demo;
 mod envfile;
 mod error;
 mod harness;
