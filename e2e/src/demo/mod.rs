@@ -406,6 +406,9 @@ fn start_operator(config: &DemoConfig) -> Result<Child, DemoError> {
             "--worker-toleration",
             &format!("{NODE_AGENT_LABEL}=true:NoSchedule"),
         ])
+        // Its own process group: Ctrl-C at the demo's terminal must not kill it before the
+        // teardown, which needs it (topic deletion runs through its finalizer).
+        .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
