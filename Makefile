@@ -69,14 +69,16 @@ e2e-up: e2e-tools ## Start the local stack in the background; then: source targe
 e2e-down: ## Stop the local stack started by e2e-up
 	$(CARGO) run -q -p orderpipe-e2e -- down
 
-# The e2e tests of every crate are #[ignore]d (they need the stack); this runs exactly those.
+# The e2e tests of every crate are #[ignore]d (they need the stack); this runs exactly those. The
+# worker's run whole pipelines of processes each, so they go one at a time on a 2-core machine.
 .PHONY: test-e2e
 test-e2e: e2e-tools ## End-to-end tests on a local stack started for the run and stopped after it, also on failure
 	$(CARGO) test --workspace --no-run
 	trap '$(CARGO) run -q -p orderpipe-e2e -- down' EXIT; \
 	$(CARGO) run -q -p orderpipe-e2e -- up $(E2E_UP_FLAGS); \
 	set -a; . $(E2E_DIR)/env; set +a; \
-	$(CARGO) test --workspace -- --ignored --test-threads=2; \
+	$(CARGO) test --workspace --exclude orderpipe-worker -- --ignored --test-threads=2; \
+	$(CARGO) test -p orderpipe-worker -- --ignored --test-threads=1; \
 	e2e/postman/run.sh
 
 .PHONY: api-test
