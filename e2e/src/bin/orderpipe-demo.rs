@@ -143,29 +143,41 @@ async fn run(args: &Args, demo: &Demo) -> anyhow::Result<Books> {
     let load_time = load.elapsed();
     let sent = load.finish().await?;
     let drain_started = Instant::now();
-    let mut books = demo.books(&sent).await?;
-    while !books.drained() && drain_started.elapsed() < DRAIN_TIMEOUT {
+    loop {
+        let snapshot = observer.snapshot().await?;
+        let validate = snapshot
+            .stages
+            .first()
+            .map(|s| s.counters)
+            .unwrap_or_default();
+        let notify = snapshot
+            .stages
+            .last()
+            .map(|s| s.counters)
+            .unwrap_or_default();
+        let header = format!(
+            "load stopped after {} orders; draining for {:.0} s: validate finished {:.0}, notify delivered {:.0} of {}",
+            sent.sent,
+            drain_started.elapsed().as_secs_f64(),
+            validate.processed + validate.rejected + validate.dead_lettered + validate.duplicates,
+            notify.processed,
+            sent.valid
+        );
+        show(args.headless, &header, &snapshot, demo);
+        if snapshot.accounts_for(&sent) || drain_started.elapsed() >= DRAIN_TIMEOUT {
+            break;
+        }
         tokio::select! {
             _ = ticks.tick() => {}
             // A second Ctrl-C skips the drain; the books then show what is still in flight.
             _ = sigint.recv() => break,
         }
-        books = demo.books(&sent).await?;
-        let accounted = books.validated.records + books.rejected + books.dead_lettered;
-        let header = format!(
-            "load stopped after {} orders; draining for {:.0} s: {accounted} of {} accounted, {} of {} notified",
-            sent.sent,
-            drain_started.elapsed().as_secs_f64(),
-            sent.sent - sent.duplicates,
-            books.notifications.records,
-            sent.valid
-        );
-        show(args.headless, &header, &observer.snapshot().await?, demo);
     }
     let drain_time = drain_started.elapsed();
+    let books = demo.books(&sent).await?;
     println!("\n==== orderpipe demo: summary");
     println!(
-        "load: {} orders in {:.1} s ({:.0}/s; target {}/s); backlog drained {:.1} s after the load stopped",
+        "load: {} orders in {:.1} s ({:.0}/s; target {}/s); drain took {:.1} s after the load stopped",
         sent.sent,
         load_time.as_secs_f64(),
         sent.sent as f64 / load_time.as_secs_f64().max(0.001),

@@ -109,15 +109,6 @@ impl Books {
         })
     }
 
-    /// Whether the outputs account for every input: `validated + rejected + dead-lettered`
-    /// reached what was sent minus the duplicates. Used to wait for the backlog to drain.
-    pub fn drained(&self) -> bool {
-        self.validated.records as u64 + self.rejected as u64 + self.dead_lettered as u64
-            >= self.sent.sent - self.sent.duplicates
-            && self.audit.records as u64 >= self.sent.valid
-            && self.notifications.records as u64 >= self.sent.valid
-    }
-
     /// What does not balance, in words; empty when the books balance.
     pub fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();

@@ -309,20 +309,21 @@ impl Demo {
         .await
     }
 
-    /// Waits until the outputs account for everything `sent` (the backlog drained), then
-    /// returns the books. On timeout the books are returned anyway: they show what is missing.
+    /// Waits until the stages' committed work accounts for everything `sent` (the backlog
+    /// drained), then counts the books. On timeout the books are counted anyway: they show what
+    /// is missing.
     pub async fn drain(&self, sent: &Tally, timeout: Duration) -> Result<Books, DemoError> {
+        let mut observer = self.observer()?;
+        let observer = tokio::sync::Mutex::new(&mut observer);
         let drained = wait_until("the pipeline drains its backlog", timeout, || async {
-            self.books(sent).await.ok().filter(Books::drained)
+            let snapshot = observer.lock().await.snapshot().await.ok()?;
+            snapshot.accounts_for(sent).then_some(())
         })
         .await;
-        match drained {
-            Ok(books) => Ok(books),
-            Err(error) => {
-                tracing::warn!(%error, "not drained; counting the books as they are");
-                self.books(sent).await
-            }
+        if let Err(error) = drained {
+            tracing::warn!(%error, "not drained; counting the books as they are");
         }
+        self.books(sent).await
     }
 
     /// Tears down: deletes the pipeline (its workers and topics), drains and removes the node,

@@ -14,6 +14,7 @@ use orderpipe_api::OrderPipeline;
 use orderpipe_api::contract::naming;
 
 use super::DemoError;
+use super::load::Tally;
 use super::pipeline::STAGES;
 use crate::node_agent::local_ports;
 use crate::pid_alive;
@@ -61,6 +62,25 @@ pub struct Snapshot {
     pub stages: Vec<StageView>,
     /// `type=status (reason)` of each condition.
     pub conditions: Vec<String>,
+}
+
+impl Snapshot {
+    /// Whether the stages' committed work accounts for everything `sent`: validate finished every
+    /// order and notify every valid one. Cheap enough for once a second, unlike reading the
+    /// topics; the books then confirm it from Kafka.
+    pub fn accounts_for(&self, sent: &Tally) -> bool {
+        let stage = |name: &str| {
+            self.stages
+                .iter()
+                .find(|s| s.name == name)
+                .map(|s| s.counters)
+                .unwrap_or_default()
+        };
+        let validate = stage("validate");
+        let finished =
+            validate.processed + validate.rejected + validate.dead_lettered + validate.duplicates;
+        finished >= sent.sent as f64 && stage("notify").processed >= sent.valid as f64
+    }
 }
 
 /// Takes snapshots of one pipeline; remembers the last counters of each worker pod.
