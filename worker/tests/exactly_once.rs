@@ -152,3 +152,28 @@ fn a_worker_fenced_by_a_newer_instance_stops_and_its_open_transaction_never_beco
 
     assert_exactly_once(&bootstrap, &pipeline.topics(), &[first_batch, second_batch]);
 }
+
+#[test]
+#[ignore = "needs the local stack: make test-e2e"]
+fn at_least_once_mode_loses_no_valid_order() {
+    let bootstrap = bootstrap();
+    let pipeline = ValidatePipeline::create(&bootstrap, 3);
+    let spec = orders(1_000, 43);
+    produce(&bootstrap, &pipeline.input, &spec);
+
+    let mut env = pipeline.worker_env(&bootstrap, "validate-0", free_port());
+    env.push((env::DELIVERY.to_owned(), "at-least-once".to_owned()));
+    let mut worker = WorkerProcess::spawn("at-least-once", &env);
+    wait_until("the worker to commit every order", PROCESS_TIMEOUT, || {
+        caught_up(&bootstrap, &pipeline.group, &pipeline.input)
+    });
+    worker.signal(Signal::SIGTERM);
+    assert!(
+        worker.wait_exit(Duration::from_secs(30)).success(),
+        "{}",
+        worker.log_tail()
+    );
+
+    // Without failures at-least-once delivers exactly once too; the full check applies.
+    assert_exactly_once(&bootstrap, &pipeline.topics(), &[spec]);
+}
