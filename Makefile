@@ -81,6 +81,18 @@ test-e2e: e2e-tools ## End-to-end tests on a local stack started for the run and
 	$(CARGO) test -p orderpipe-worker -- --ignored --test-threads=1; \
 	e2e/postman/run.sh
 
+# Demo knobs: DEMO_RATE orders/s, DEMO_SECONDS to stop by itself (default: at Ctrl-C), DEMO_FLAGS for more
+# (`target/debug/orderpipe-demo --help`).
+DEMO_RATE ?= 300
+DEMO_FLAGS ?=
+
+.PHONY: demo
+demo: e2e-tools ## The checkout pipeline on a local stack with a live view; Ctrl-C (or DEMO_SECONDS=N) stops, drains, checks the books
+	@echo "[demo] building the operator, the worker and the demo ..."
+	@start=$$(date +%s); $(CARGO) build -p orderpipe-operator -p orderpipe-worker -p orderpipe-e2e --bins; \
+		echo "[demo] built in $$(( $$(date +%s) - start )) s"
+	$(or $(CARGO_TARGET_DIR),target)/debug/orderpipe-demo --rate $(DEMO_RATE) $(DEMO_FLAGS)
+
 .PHONY: api-test
 api-test: e2e-tools ## Postman (newman) tests of the operator's HTTP API on a local stack
 	$(CARGO) build -q -p orderpipe-operator
