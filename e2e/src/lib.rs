@@ -8,8 +8,9 @@
 //! - a private one from [`Stack::builder`], for tests that restart or kill components.
 //!
 //! This crate owns process lifecycles, ports, certificates and readiness. It must not know
-//! about the operator or the worker: their tests build on these helpers. The one exception is
-//! [`node_agent`], a local kubelet for worker pods, which speaks the worker contract's port.
+//! about the operator or the worker: their tests build on these helpers. The exceptions are
+//! [`node_agent`], a local kubelet for worker pods, which speaks the worker contract's port, and
+//! [`demo`], which runs the checkout pipeline end to end (`make demo` and its test).
 
 mod component;
 pub mod crds;
