@@ -31,11 +31,14 @@ async fn the_demo_balances_its_books_and_scaling_a_stage_loses_and_duplicates_no
 -> anyhow::Result<()> {
     let stack = SharedStack::get()?;
     let ns = stack.namespace("demo").await?;
+    // Operator and worker logs; kept when the test fails.
+    let work_dir = std::env::temp_dir().join(ns.name());
+    eprintln!("demo: operator and worker logs in {}", work_dir.display());
     let config = DemoConfig {
         namespace: ns.name().to_owned(),
         topic_prefix: format!("{}.", ns.name()),
         node_name: unique_name("demo-node"),
-        work_dir: std::env::temp_dir().join(ns.name()),
+        work_dir: work_dir.clone(),
         kubeconfig: stack.kubeconfig()?.to_path_buf(),
         bootstrap: stack.kafka_bootstrap()?.to_owned(),
         binaries: Binaries::next_to_current_exe()?,
@@ -81,5 +84,6 @@ async fn the_demo_balances_its_books_and_scaling_a_stage_loses_and_duplicates_no
 
     demo.stop().await?;
     ns.cleanup().await?;
+    std::fs::remove_dir_all(&work_dir)?;
     Ok(())
 }
