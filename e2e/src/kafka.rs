@@ -192,10 +192,20 @@ pub(crate) fn server_properties(port: u16, controller_port: u16, data_dir: &Path
     props
 }
 
-/// A Kafka cluster ID: 16 random bytes, URL-safe base64 without padding (22 characters).
+/// A Kafka cluster ID: 16 random bytes, URL-safe base64 without padding (22 characters), never
+/// starting with `-`: StorageTool's argument parser would read such an ID as an option (and Kafka's
+/// own `Uuid.randomUuid` avoids it for the same reason).
 fn random_cluster_id() -> String {
+    loop {
+        let id = encode_cluster_id(rand::random());
+        if !id.starts_with('-') {
+            return id;
+        }
+    }
+}
+
+fn encode_cluster_id(bytes: [u8; 16]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let bytes: [u8; 16] = rand::random();
     let mut bits: u32 = 0;
     let mut nbits = 0;
     let mut out = String::with_capacity(22);
@@ -226,6 +236,13 @@ mod tests {
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         );
         assert_ne!(id, random_cluster_id());
+    }
+
+    #[test]
+    fn cluster_id_never_starts_with_a_dash() {
+        // 0xF8 in the first byte encodes to '-' (62) as the first character.
+        assert!(encode_cluster_id([0xF8; 16]).starts_with('-'));
+        assert!((0..500).all(|_| !random_cluster_id().starts_with('-')));
     }
 
     #[test]
