@@ -41,20 +41,31 @@ impl fmt::Display for PipelineRef {
     }
 }
 
-/// Orders claimants: older first. A pipeline without a creation timestamp has not been stored by
-/// the API server yet, so it is the youngest of all; the derived order compares fields top to
-/// bottom.
+/// Orders claimants of one topic: the pipeline already managing it first (its status records the
+/// topic with a deletion policy), then older first. Incumbency comes first because creation
+/// timestamps have one-second resolution: two pipelines created in the same second would otherwise
+/// be ordered by name, and a newcomer could take a topic away from the pipeline running on it. A
+/// pipeline without a creation timestamp has not been stored by the API server yet, so it is the
+/// youngest of all; the derived order compares fields top to bottom.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Seniority {
+    newcomer: bool,
     unstored: bool,
     created: Option<Time>,
     pipeline: PipelineRef,
 }
 
 impl Seniority {
-    fn of(pipeline: &OrderPipeline) -> Self {
+    /// The seniority of `pipeline` as a claimant of `topic`.
+    fn of(pipeline: &OrderPipeline, topic: &str) -> Self {
         let created = pipeline.metadata.creation_timestamp.clone();
+        let manages = pipeline
+            .status
+            .iter()
+            .flat_map(|s| s.topics.iter())
+            .any(|t| t.name == topic && t.deletion_policy.is_some());
         Self {
+            newcomer: !manages,
             unstored: created.is_none(),
             created,
             pipeline: PipelineRef::of(pipeline),
@@ -89,17 +100,19 @@ impl OwnershipView {
             .flat_map(|s| s.topics.iter().map(|t| t.name.clone()));
         let interest: BTreeSet<String> = mine.iter().cloned().chain(status_topics).collect();
         let cluster = cluster_of(me);
-        let me_seniority = Seniority::of(me);
+        let me_ref = PipelineRef::of(me);
 
         let mut oldest: BTreeMap<String, Seniority> = mine
             .into_iter()
-            .map(|topic| (topic, me_seniority.clone()))
+            .map(|topic| {
+                let seniority = Seniority::of(me, &topic);
+                (topic, seniority)
+            })
             .collect();
         let mut claimed_by_others = BTreeSet::new();
         for other in pipelines {
             let other = other.borrow();
-            let seniority = Seniority::of(other);
-            if seniority.pipeline == me_seniority.pipeline
+            if PipelineRef::of(other) == me_ref
                 || other.metadata.deletion_timestamp.is_some()
                 || cluster.is_disjoint(&cluster_of(other))
             {
@@ -110,14 +123,15 @@ impl OwnershipView {
                 .filter(|t| interest.contains(t))
             {
                 claimed_by_others.insert(topic.clone());
+                let seniority = Seniority::of(other, &topic);
                 let current = oldest.entry(topic).or_insert_with(|| seniority.clone());
                 if seniority < *current {
-                    *current = seniority.clone();
+                    *current = seniority;
                 }
             }
         }
         Self {
-            me: me_seniority.pipeline,
+            me: me_ref,
             owners: oldest
                 .into_iter()
                 .map(|(topic, s)| (topic, s.pipeline))
@@ -232,6 +246,31 @@ spec:
         for me in &all {
             let view = OwnershipView::new(me, &all);
             assert_eq!(owner(&view, "shared").as_deref(), Some("alpha/omega"));
+        }
+    }
+
+    #[test]
+    fn the_pipeline_managing_a_topic_keeps_it_against_a_newcomer_of_the_same_second() {
+        let mut incumbent = pipeline("shop", "shop", EARLY, "kafka:9092", &["shared"]);
+        incumbent.status = Some(orderpipe_api::OrderPipelineStatus {
+            topics: vec![orderpipe_api::v1alpha1::TopicStatus {
+                name: "shared".into(),
+                ready: true,
+                deletion_policy: Some(orderpipe_api::v1alpha1::DeletionPolicy::Retain),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        // Same creation second, and "copycat" sorts before "shop".
+        let newcomer = pipeline("shop", "copycat", EARLY, "kafka:9092", &["shared"]);
+        for view in [
+            OwnershipView::new(&newcomer, [&incumbent, &newcomer]),
+            OwnershipView::new(&incumbent, [&incumbent, &newcomer]),
+        ] {
+            assert_eq!(
+                view.owner_of("shared").map(|p| p.name.as_str()),
+                Some("shop")
+            );
         }
     }
 
