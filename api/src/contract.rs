@@ -725,7 +725,7 @@ mod tests {
 
     fn checkout() -> OrderPipeline {
         let text = include_str!("../../config/samples/orderpipe_v1alpha1_checkout.yaml");
-        let mut pipeline: OrderPipeline = serde_yaml::from_str(text).expect("sample parses");
+        let mut pipeline: OrderPipeline = serde_norway::from_str(text).expect("sample parses");
         pipeline.metadata.namespace = Some("shop".into());
         pipeline
     }

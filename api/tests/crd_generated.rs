@@ -19,7 +19,7 @@ fn checked_in_crd_matches_the_rust_types() {
 #[test]
 fn crd_declares_unique_names_as_list_map_keys() {
     let crd: serde_json::Value =
-        serde_yaml::from_str(&orderpipe_api::crd_yaml().expect("CRD serializes")).expect("YAML");
+        serde_norway::from_str(&orderpipe_api::crd_yaml().expect("CRD serializes")).expect("YAML");
     let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
     for list in ["topics", "stages"] {
         let schema = &spec["properties"][list];

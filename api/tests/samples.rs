@@ -54,7 +54,7 @@ fn there_are_samples_to_check() {
 fn every_sample_deserializes_without_dropping_fields() {
     for path in samples() {
         let text = std::fs::read_to_string(&path).expect("sample readable");
-        let original: Value = serde_yaml::from_str(&text).expect("sample is YAML");
+        let original: Value = serde_norway::from_str(&text).expect("sample is YAML");
         let pipeline: OrderPipeline = serde_json::from_value(original.clone())
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let roundtrip = serde_json::to_value(&pipeline).expect("serializes");
@@ -70,7 +70,7 @@ fn every_sample_deserializes_without_dropping_fields() {
 fn every_sample_passes_the_cel_rules() {
     for path in samples() {
         let text = std::fs::read_to_string(&path).expect("sample readable");
-        let pipeline: OrderPipeline = serde_yaml::from_str(&text).expect("sample parses");
+        let pipeline: OrderPipeline = serde_norway::from_str(&text).expect("sample parses");
         if let Err(errors) = kube::core::cel::validate_cel(&pipeline) {
             panic!("{}: {errors:?}", path.display());
         }

@@ -24,7 +24,7 @@ pub fn load(files: &[PathBuf]) -> Result<Vec<serde_json::Value>> {
     let mut crds = Vec::new();
     for path in files {
         let text = fs::read_to_string(path).map_err(|e| E2eError::io("reading", path, e))?;
-        for document in serde_yaml::Deserializer::from_str(&text) {
+        for document in serde_norway::Deserializer::from_str(&text) {
             let value =
                 serde_json::Value::deserialize(document).map_err(|error| E2eError::Yaml {
                     path: path.clone(),

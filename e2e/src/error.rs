@@ -97,7 +97,7 @@ pub enum E2eError {
     #[error("invalid YAML in {path}: {error}")]
     Yaml {
         path: PathBuf,
-        error: serde_yaml::Error,
+        error: serde_norway::Error,
     },
 
     #[error("invalid manifest in {path}: {reason}")]

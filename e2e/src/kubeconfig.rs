@@ -45,7 +45,7 @@ pub fn write(
         }],
         "current-context": CLUSTER,
     });
-    let yaml = serde_yaml::to_string(&config).map_err(|error| E2eError::Yaml {
+    let yaml = serde_norway::to_string(&config).map_err(|error| E2eError::Yaml {
         path: path.to_path_buf(),
         error,
     })?;

@@ -97,7 +97,7 @@ async fn every_sample_is_accepted() -> anyhow::Result<()> {
         {
             continue;
         }
-        let object: Value = serde_yaml::from_str(&std::fs::read_to_string(&path)?)?;
+        let object: Value = serde_norway::from_str(&std::fs::read_to_string(&path)?)?;
         let name = object["metadata"]["name"]
             .as_str()
             .unwrap_or_default()

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 fn health_script() -> anyhow::Result<String> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/argocd/health-check.yaml");
-    let config: Value = serde_yaml::from_str(&std::fs::read_to_string(path)?)?;
+    let config: Value = serde_norway::from_str(&std::fs::read_to_string(path)?)?;
     let script = config["data"]["resource.customizations.health.orderpipe.dev_OrderPipeline"]
         .as_str()
         .ok_or_else(|| anyhow::anyhow!("health check missing from argocd-cm"))?;

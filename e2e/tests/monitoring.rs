@@ -18,10 +18,10 @@ fn monitoring_dir() -> PathBuf {
 
 /// The `spec` of the PrometheusRule: a plain Prometheus rule file.
 fn rule_file() -> anyhow::Result<String> {
-    let rule: Value = serde_yaml::from_str(&std::fs::read_to_string(
+    let rule: Value = serde_norway::from_str(&std::fs::read_to_string(
         monitoring_dir().join("prometheusrule.yaml"),
     )?)?;
-    Ok(serde_yaml::to_string(&rule["spec"])?)
+    Ok(serde_norway::to_string(&rule["spec"])?)
 }
 
 /// Metric names (`orderpipe_...`) in a text, with histogram suffixes folded to the family name.

@@ -40,7 +40,7 @@ fn rbac_manifest(file: &str) -> anyhow::Result<Value> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../config/rbac")
         .join(file);
-    Ok(serde_yaml::from_str(&std::fs::read_to_string(&path)?)?)
+    Ok(serde_norway::from_str(&std::fs::read_to_string(&path)?)?)
 }
 
 async fn apply_dynamic(
@@ -115,10 +115,10 @@ async fn operator_identity(
         .context("token request has no status")?
         .token;
     let mut kubeconfig: Value =
-        serde_yaml::from_str(&std::fs::read_to_string(stack.kubeconfig()?)?)?;
+        serde_norway::from_str(&std::fs::read_to_string(stack.kubeconfig()?)?)?;
     kubeconfig["users"][0]["user"] = json!({ "token": token });
     let path = std::env::temp_dir().join(format!("{}-operator.kubeconfig", ns.name()));
-    std::fs::write(&path, serde_yaml::to_string(&kubeconfig)?)?;
+    std::fs::write(&path, serde_norway::to_string(&kubeconfig)?)?;
     Ok((path, cluster_name))
 }
 

@@ -227,7 +227,7 @@ mod tests {
 
     fn checkout() -> OrderPipeline {
         let text = include_str!("../../config/samples/orderpipe_v1alpha1_checkout.yaml");
-        let mut p: OrderPipeline = serde_yaml::from_str(text).expect("sample parses");
+        let mut p: OrderPipeline = serde_norway::from_str(text).expect("sample parses");
         p.metadata.namespace = Some("shop".into());
         p
     }
@@ -298,7 +298,7 @@ mod tests {
     #[test]
     fn canary_without_argo_rollouts_runs_as_a_deployment_and_says_so() {
         let text = include_str!("../../config/samples/orderpipe_v1alpha1_canary.yaml");
-        let p: OrderPipeline = serde_yaml::from_str(text).expect("sample parses");
+        let p: OrderPipeline = serde_norway::from_str(text).expect("sample parses");
         let (v, issues) = validate(&p, &BTreeMap::new(), Capabilities::default(), &settings());
         assert_eq!(v.stages[0].workload, WorkloadKind::Deployment);
         assert_eq!(issues[0].reason(), "RolloutsNotInstalled");

@@ -314,7 +314,7 @@ mod tests {
 
     fn pipeline(paused: bool) -> ValidatedPipeline {
         let text = include_str!("../../config/samples/orderpipe_v1alpha1_minimal.yaml");
-        let mut p: OrderPipeline = serde_yaml::from_str(text).expect("sample parses");
+        let mut p: OrderPipeline = serde_norway::from_str(text).expect("sample parses");
         p.spec.paused = paused;
         let settings = OperatorSettings {
             worker_image: "w".into(),

@@ -66,7 +66,7 @@ spec:
 "#,
         bootstrap = bootstrap()
     );
-    serde_yaml::from_str(&yaml).expect("fixture parses")
+    serde_norway::from_str(&yaml).expect("fixture parses")
 }
 
 fn state_topic(prefix: &str) -> String {

@@ -1,6 +1,6 @@
 //! Prints the OrderPipeline CustomResourceDefinition as YAML; `make manifests` writes it to `crds/`.
 
-fn main() -> Result<(), serde_yaml::Error> {
+fn main() -> Result<(), serde_norway::Error> {
     print!("{}", orderpipe_api::crd_yaml()?);
     Ok(())
 }

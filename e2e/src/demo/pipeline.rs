@@ -59,7 +59,7 @@ pub fn checkout(
     webhook_url: &str,
 ) -> Result<(Value, Topics), DemoError> {
     let mut manifest: Value =
-        serde_yaml::from_str(SAMPLE).map_err(|e| DemoError::Sample(e.to_string()))?;
+        serde_norway::from_str(SAMPLE).map_err(|e| DemoError::Sample(e.to_string()))?;
     manifest["metadata"]["namespace"] = json!(namespace);
     let spec = manifest
         .get_mut("spec")

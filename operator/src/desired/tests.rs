@@ -30,7 +30,7 @@ const NO_CRDS: Capabilities = Capabilities {
 };
 
 fn sample(yaml: &str) -> OrderPipeline {
-    let mut pipeline: OrderPipeline = serde_yaml::from_str(yaml).expect("sample parses");
+    let mut pipeline: OrderPipeline = serde_norway::from_str(yaml).expect("sample parses");
     pipeline.metadata.namespace = Some("shop".into());
     pipeline.metadata.uid = Some(UID.into());
     pipeline
@@ -94,7 +94,7 @@ fn env_var<'a>(workload: &'a Value, name: &str) -> &'a Value {
 fn assert_snapshot(name: &str, children: &[Child]) {
     let rendered: String = children
         .iter()
-        .map(|c| format!("---\n{}", serde_yaml::to_string(&c.object).expect("yaml")))
+        .map(|c| format!("---\n{}", serde_norway::to_string(&c.object).expect("yaml")))
         .collect();
     let path: PathBuf = [env!("CARGO_MANIFEST_DIR"), "src/desired/snapshots", name]
         .iter()

@@ -201,7 +201,7 @@ spec:
 "#,
             topics = topics.join(", ")
         );
-        serde_yaml::from_str(&yaml).expect("fixture parses")
+        serde_norway::from_str(&yaml).expect("fixture parses")
     }
 
     const EARLY: &str = "2026-01-01T00:00:00Z";
@@ -332,7 +332,7 @@ spec:
     - {name: validate, processor: validate, input: orders, deadLetter: bad,
        outputs: {validated: ok, rejected: bad}}
 "#;
-        let me: OrderPipeline = serde_yaml::from_str(yaml).expect("fixture parses");
+        let me: OrderPipeline = serde_norway::from_str(yaml).expect("fixture parses");
         let view = OwnershipView::new(&me, [&me]);
         assert!(view.is_mine("orderpipe.shop.checkout.validate.state"));
     }

@@ -35,7 +35,7 @@ spec:
       deadLetter: orders.dlq
 "#
     );
-    serde_yaml::from_str(&yaml).expect("fixture parses")
+    serde_norway::from_str(&yaml).expect("fixture parses")
 }
 
 /// What Kafka has once every desired topic exists as declared (broker default replication: 1).
