@@ -97,6 +97,14 @@ demo: e2e-tools ## The checkout pipeline on a local stack with a live view; Ctrl
 		echo "[demo] built in $$(( $$(date +%s) - start )) s"
 	$(or $(CARGO_TARGET_DIR),target)/debug/orderpipe-demo --rate $(DEMO_RATE) $(DEMO_FLAGS)
 
+# Bench knobs: BENCH_FLAGS (`orderpipe-bench --help`: --only worker,operator, --quick).
+BENCH_FLAGS ?=
+
+.PHONY: bench
+bench: e2e-tools ## Benchmarks on a local stack (release builds), side by side with baselines; report in bench/results/latest.md
+	$(CARGO) build --release -p orderpipe-worker -p orderpipe-operator -p orderpipe-bench
+	$(or $(CARGO_TARGET_DIR),target)/release/orderpipe-bench $(BENCH_FLAGS)
+
 .PHONY: api-test
 api-test: e2e-tools ## Postman (newman) tests of the operator's HTTP API on a local stack
 	$(CARGO) build -q -p orderpipe-operator

@@ -1,0 +1,124 @@
+//! `orderpipe-bench` (`make bench`): measures the worker and the operator on the local real stack,
+//! side by side with the baselines a user would pick instead, in one run on one broker, and writes
+//! a markdown report (also printed) with the machine's core count and the versions involved.
+//! Ratios measured in one run are the numbers that count on a shared, noisy machine.
+
+mod operator;
+mod report;
+mod worker;
+
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+use report::Section;
+
+#[derive(Debug, Parser)]
+#[command(name = "orderpipe-bench", about = "Benchmarks on the local real stack")]
+struct Cli {
+    /// Sections to run (default: all).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<Part>,
+    /// Smaller runs (fewer orders, fewer pipelines): a smoke test of the benchmarks themselves.
+    #[arg(long)]
+    quick: bool,
+    /// Where the report goes (also printed).
+    #[arg(long, default_value = "bench/results/latest.md")]
+    out: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Part {
+    Worker,
+    Operator,
+}
+
+/// What every section gets.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub quick: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let parts = if cli.only.is_empty() {
+        vec![Part::Worker, Part::Operator]
+    } else {
+        cli.only.clone()
+    };
+    let ctx = Context { quick: cli.quick };
+    let runtime = tokio::runtime::Runtime::new()?;
+    let mut sections = Vec::new();
+    let mut failed = Vec::new();
+    for part in parts {
+        let result = runtime.block_on(async {
+            match part {
+                Part::Worker => worker::run(&ctx).await,
+                Part::Operator => operator::run(&ctx).await,
+            }
+        });
+        match result {
+            Ok(mut done) => sections.append(&mut done),
+            Err(error) => {
+                eprintln!("[bench] {part:?} failed: {error:#}");
+                failed.push(Section {
+                    title: format!("{part:?}: failed"),
+                    notes: vec![format!("{error:#}")],
+                    ..Section::default()
+                });
+            }
+        }
+    }
+    let failures = failed.len();
+    sections.append(&mut failed);
+    let report = render(&header(), &sections);
+    if let Some(dir) = cli.out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&cli.out, &report)?;
+    println!("{report}");
+    eprintln!("[bench] report written to {}", cli.out.display());
+    anyhow::ensure!(failures == 0, "{failures} benchmark part(s) failed");
+    Ok(())
+}
+
+/// The machine and the versions, so a number is never read without its context.
+fn header() -> Vec<String> {
+    let versions = include_str!("../../e2e/tools/versions.env");
+    let pinned = |key: &str| {
+        versions
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("{key}=")))
+            .unwrap_or("?")
+            .to_owned()
+    };
+    vec![
+        format!("date: {}", chrono::Utc::now().format("%Y-%m-%d %H:%M UTC")),
+        format!(
+            "cores: {}",
+            std::thread::available_parallelism().map_or(0, usize::from)
+        ),
+        format!("orderpipe: {}", env!("CARGO_PKG_VERSION")),
+        format!("Kafka: {}", pinned("KAFKA_VERSION")),
+        format!("Kubernetes: {}", pinned("K8S_VERSION")),
+    ]
+}
+
+fn render(header: &[String], sections: &[Section]) -> String {
+    let mut out = String::from("# orderpipe benchmarks\n\n");
+    for line in header {
+        out.push_str(&format!("- {line}\n"));
+    }
+    out.push('\n');
+    for section in sections {
+        out.push_str(&section.to_markdown());
+        out.push('\n');
+    }
+    out
+}
