@@ -14,18 +14,30 @@ use common::{
     expectations, free_port, orders, produce, read_all, wait_until,
 };
 use nix::sys::signal::Signal;
-use orderpipe_orders::generator::Expected;
+use orderpipe_orders::generator::{EventExpectation, Expected};
+use orderpipe_orders::headers;
+use orderpipe_orders::notify::{NotifyPolicy, idempotency_key};
 use orderpipe_orders::{DispatchResult, NotificationDispatched, OrderState, StatusChanged};
-use orderpipe_worker::loadgen::LoadSpec;
+use orderpipe_worker::loadgen::{self, Expectation, LoadMode, LoadSpec};
 
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(900);
 
-/// Orders in the baseline run; `ORDERPIPE_TEST_ORDERS` overrides it for a quicker local run.
-fn baseline_orders() -> u64 {
-    std::env::var("ORDERPIPE_TEST_ORDERS")
+/// A count from the environment, or `default`.
+fn count_from_env(var: &str, default: u64) -> u64 {
+    std::env::var(var)
         .ok()
         .and_then(|n| n.parse().ok())
-        .unwrap_or(100_000)
+        .unwrap_or(default)
+}
+
+/// Orders in the baseline run; `ORDERPIPE_TEST_ORDERS` overrides it for a quicker local run.
+fn baseline_orders() -> u64 {
+    count_from_env("ORDERPIPE_TEST_ORDERS", 100_000)
+}
+
+/// Orders in each fault run: 20,000 in `make test`; `make test-faults` runs 100,000.
+fn fault_orders() -> u64 {
+    count_from_env("ORDERPIPE_FAULT_ORDERS", 20_000)
 }
 
 fn start(
@@ -86,6 +98,7 @@ fn assert_pipeline_exactly_once(
         validated: pipeline.validated.clone(),
         rejected: pipeline.rejected.clone(),
         dead_letter: pipeline.dead_letter.clone(),
+        group: pipeline.group(Stage::Validate),
     };
     // Also checks the dead-letter topic holds exactly validate's garbage: the later stages must
     // dead-letter nothing in a run without bad events.
@@ -207,7 +220,7 @@ fn sigkilled_workers_resume_from_committed_state_and_a_flaky_webhook_is_retried(
     let pipeline = Pipeline::create(&bootstrap, 6);
     // Every 7th request fails transiently (503, or 429 with Retry-After).
     let webhook = WebhookReceiver::start(7);
-    let spec = spec(baseline_orders() / 5, 200);
+    let spec = spec(fault_orders(), 200);
     produce(&bootstrap, &pipeline.orders, &spec);
 
     let pods: HashMap<Stage, String> = Stage::ALL
@@ -264,7 +277,7 @@ fn rebalances_between_two_validate_workers_keep_every_order_exactly_once() {
     let bootstrap = bootstrap();
     let pipeline = Pipeline::create(&bootstrap, 6);
     let webhook = WebhookReceiver::start(0);
-    let spec = spec(baseline_orders() / 5, 300);
+    let spec = spec(fault_orders(), 300);
     produce(&bootstrap, &pipeline.orders, &spec);
 
     let steady: Vec<WorkerProcess> = Stage::ALL
@@ -325,7 +338,7 @@ fn a_broker_restart_mid_run_loses_and_duplicates_nothing() {
     let bootstrap = stack.kafka_bootstrap().expect("bootstrap").to_owned();
     let pipeline = Pipeline::create(&bootstrap, 6);
     let webhook = WebhookReceiver::start(0);
-    let spec = spec(baseline_orders() / 5, 400);
+    let spec = spec(fault_orders(), 400);
     produce(&bootstrap, &pipeline.orders, &spec);
 
     let workers: Vec<WorkerProcess> = Stage::ALL
@@ -368,4 +381,152 @@ fn a_broker_restart_mid_run_loses_and_duplicates_nothing() {
     runtime
         .block_on(stack.stop())
         .expect("private Kafka stopped");
+}
+
+/// Status events in the per-key run; `ORDERPIPE_TEST_EVENTS` overrides it.
+fn status_events() -> u64 {
+    count_from_env("ORDERPIPE_TEST_EVENTS", 50_000)
+}
+
+#[test]
+#[ignore = "needs the local stack: make test-e2e"]
+fn status_events_over_10000_interleaved_keys_change_each_order_in_order_and_notify_once_per_version()
+ {
+    let bootstrap = bootstrap();
+    let pipeline = Pipeline::create(&bootstrap, 6);
+    let webhook = WebhookReceiver::start(0);
+    // 10,000 orders' life cycles open at any time, their events interleaved; some redelivered,
+    // some illegal (which quarantines the order: its later events are dead-lettered too).
+    let spec = LoadSpec {
+        mode: LoadMode::StatusEvents,
+        count: status_events(),
+        keys: 10_000,
+        invalid_share: 0.02,
+        duplicate_share: 0.05,
+        ..orders(0, 500)
+    };
+    produce(&bootstrap, &pipeline.events, &spec);
+    let workers: Vec<WorkerProcess> = [Stage::Status, Stage::Notify]
+        .iter()
+        .map(|stage| {
+            start(
+                &pipeline,
+                &bootstrap,
+                *stage,
+                &format!("{}-0", stage.name()),
+                &webhook,
+            )
+        })
+        .collect();
+    let processing = Instant::now();
+    wait_until(
+        "status and notify to drain their inputs",
+        DRAIN_TIMEOUT,
+        || pipeline.drained(&bootstrap),
+    );
+    let took = processing.elapsed();
+    for worker in workers {
+        stop_gracefully(worker);
+    }
+
+    // What each order's changes must be, in production order, and which of them notify.
+    let mut expected_changes: HashMap<Vec<u8>, Vec<(OrderState, OrderState, u64)>> = HashMap::new();
+    let mut expected_dead_letters: HashMap<&str, usize> = HashMap::new();
+    for record in loadgen::generate(&spec) {
+        let key = record.key.unwrap_or_default();
+        match record.expectation {
+            Expectation::Event(EventExpectation::Transition { from, to, version }) => {
+                expected_changes
+                    .entry(key)
+                    .or_default()
+                    .push((from, to, version));
+            }
+            Expectation::Event(EventExpectation::Illegal) => {
+                *expected_dead_letters
+                    .entry("illegal_transition")
+                    .or_default() += 1;
+            }
+            Expectation::Event(EventExpectation::Quarantined) => {
+                *expected_dead_letters.entry("key_quarantined").or_default() += 1;
+            }
+            Expectation::Event(EventExpectation::Duplicate) | Expectation::Order(_) => {}
+        }
+    }
+    assert!(
+        expected_changes.len() > 10_000,
+        "more orders than open keys"
+    );
+
+    // Changes are keyed by order id into as many partitions as the input: one order's changes
+    // are in one partition, so offset order is the order they were committed in.
+    let mut changes: HashMap<Vec<u8>, Vec<(OrderState, OrderState, u64)>> = HashMap::new();
+    for record in read_all(&bootstrap, &pipeline.changes, "read_committed") {
+        let changed: StatusChanged =
+            serde_json::from_slice(record.payload.as_deref().unwrap_or_default())
+                .expect("StatusChanged");
+        changes
+            .entry(record.key.unwrap_or_default())
+            .or_default()
+            .push((changed.from, changed.to, changed.version));
+    }
+    let wrong: Vec<_> = expected_changes
+        .iter()
+        .filter(|(key, expected)| changes.get(*key) != Some(expected))
+        .take(3)
+        .collect();
+    assert!(
+        wrong.is_empty() && changes.len() == expected_changes.len(),
+        "every order's changes exactly once and in event order; first wrong: {wrong:?}"
+    );
+
+    let mut dead_letters: HashMap<String, usize> = HashMap::new();
+    for record in read_all(&bootstrap, &pipeline.dead_letter, "read_committed") {
+        let reason = record.header(headers::ERROR_REASON).unwrap_or("none");
+        *dead_letters.entry(reason.to_owned()).or_default() += 1;
+    }
+    let expected_dead_letters: HashMap<String, usize> = expected_dead_letters
+        .into_iter()
+        .map(|(reason, count)| (reason.to_owned(), count))
+        .collect();
+    assert_eq!(
+        dead_letters, expected_dead_letters,
+        "dead letters by reason"
+    );
+
+    let notify_on = NotifyPolicy::default().notify_on;
+    let expected_keys: HashSet<String> = expected_changes
+        .iter()
+        .flat_map(|(key, changes)| {
+            let order_id = String::from_utf8_lossy(key).into_owned();
+            changes
+                .iter()
+                .filter(|(_, to, _)| notify_on.contains(to))
+                .map(move |(_, _, version)| idempotency_key(&order_id, *version, "webhook"))
+        })
+        .collect();
+    let delivered = webhook.delivered();
+    let delivered_keys: HashSet<String> = delivered.keys().cloned().collect();
+    assert_eq!(
+        delivered_keys.len(),
+        expected_keys.len(),
+        "one distinct delivery per notifying (order, version)"
+    );
+    assert_eq!(delivered_keys, expected_keys);
+    let audit = read_all(&bootstrap, &pipeline.audit, "read_committed");
+    assert_eq!(
+        audit.len(),
+        expected_keys.len(),
+        "one audit record per notification"
+    );
+    eprintln!(
+        "{} status events over {} orders drained through status and notify in {took:.1?} \
+         ({:.0} events/s); {} changes, {} dead letters, {} distinct / {} raw deliveries",
+        spec.count,
+        expected_changes.len(),
+        spec.count as f64 / took.as_secs_f64(),
+        expected_changes.values().map(Vec::len).sum::<usize>(),
+        dead_letters.values().sum::<usize>(),
+        delivered_keys.len(),
+        delivered.values().sum::<u64>(),
+    );
 }

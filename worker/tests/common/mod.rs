@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use orderpipe_api::contract::{KafkaConnection, env};
 use orderpipe_orders::generator::Expected;
@@ -145,15 +145,22 @@ impl Record {
     }
 }
 
+/// The partitions of `topic`. Right after a broker (re)start the metadata may list the topic with
+/// an error and no partitions; such an answer is retried, never taken for "no partitions" (that
+/// made a drain check compare two empty maps and declare an unfinished stage drained).
 fn partitions(consumer: &BaseConsumer, topic: &str) -> Vec<i32> {
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(30))
-        .expect("metadata");
-    metadata
-        .topics()
-        .iter()
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect()
+    retrying(&format!("partitions of {topic}"), || {
+        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(30))?;
+        let described = metadata.topics().iter().find(|t| t.name() == topic);
+        match described {
+            Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
+                Ok(t.partitions().iter().map(|p| p.id()).collect())
+            }
+            _ => Err(KafkaError::MetadataFetch(
+                rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition,
+            )),
+        }
+    })
 }
 
 /// Everything a reader with `isolation` (`read_committed` or `read_uncommitted`) sees in
@@ -314,6 +321,8 @@ pub struct ValidateTopics {
     pub validated: String,
     pub rejected: String,
     pub dead_letter: String,
+    /// The validate stage's consumer group (to tell a lost order from an unprocessed one).
+    pub group: String,
 }
 
 pub fn orders(count: u64, seed: u64) -> LoadSpec {
@@ -404,11 +413,29 @@ pub fn assert_exactly_once(bootstrap: &str, pipeline: &ValidateTopics, specs: &[
 
     let validated = read_all(bootstrap, &pipeline.validated, "read_committed");
     let valid_total: usize = valid_by_partition.values().map(Vec::len).sum();
-    assert_eq!(
-        validated.len(),
-        valid_total,
-        "each valid order exactly once"
-    );
+    if validated.len() != valid_total {
+        let seen: HashSet<Vec<u8>> = validated.iter().filter_map(|r| r.key.clone()).collect();
+        let committed = committed_offsets(bootstrap, &pipeline.group, &pipeline.input);
+        let missing: Vec<(i32, i64)> = input
+            .iter()
+            .filter(|r| judged(r) == Expected::Valid)
+            .filter(|r| !seen.contains(&r.key.clone().unwrap_or_default()))
+            .map(|r| (r.partition, r.offset))
+            .collect();
+        let (lost, unprocessed): (Vec<&(i32, i64)>, Vec<_>) = missing
+            .iter()
+            .partition(|(partition, offset)| committed.get(partition).is_some_and(|c| offset < c));
+        panic!(
+            "each valid order exactly once: {} of {valid_total} valid orders in {}; missing: {} \
+             below the group's committed offsets (lost), {} at or above them (not processed), \
+             first: {:?}; committed: {committed:?}",
+            validated.len(),
+            pipeline.validated,
+            lost.len(),
+            unprocessed.len(),
+            missing.iter().take(5).collect::<Vec<_>>(),
+        );
+    }
     for (partition, keys_in_input_order) in &valid_by_partition {
         let output: Vec<Record> = validated
             .iter()
@@ -507,6 +534,7 @@ impl ValidatePipeline {
             validated: self.validated.clone(),
             rejected: self.rejected.clone(),
             dead_letter: self.dead_letter.clone(),
+            group: self.group.clone(),
         }
     }
 
