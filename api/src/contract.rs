@@ -175,6 +175,27 @@ pub fn is_stateful(processor: Processor) -> bool {
     matches!(processor, Processor::Validate | Processor::Status)
 }
 
+/// Validate's dedup window, in record time: how long a validated orderId turns a re-submission into
+/// a duplicate. The worker's validator uses it, and the operator keeps validate's state topic that
+/// long (see [`state_topic_config`]).
+pub const DEDUP_WINDOW: StdDuration = StdDuration::from_secs(7 * 24 * 3600);
+
+/// Topic config of a stateful stage's state topic. Compacted: a restore only needs each key's
+/// latest state. Validate's dedup records also expire after [`DEDUP_WINDOW`], so its topic deletes
+/// segments older than that (`compact,delete`) and stays bounded however many orders pass; status
+/// keeps an order's state as long as the order lives, so compaction alone.
+pub fn state_topic_config(processor: Processor) -> BTreeMap<String, String> {
+    let mut config = BTreeMap::from([("cleanup.policy".to_owned(), "compact".to_owned())]);
+    if processor == Processor::Validate {
+        config.insert("cleanup.policy".to_owned(), "compact,delete".to_owned());
+        config.insert(
+            "retention.ms".to_owned(),
+            DEDUP_WINDOW.as_millis().to_string(),
+        );
+    }
+    config
+}
+
 /// Processing guarantee of a worker. Exactly-once is the product; at-least-once exists so the
 /// benchmark can measure what the transactions cost.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

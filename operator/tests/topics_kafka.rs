@@ -189,7 +189,13 @@ async fn creates_declared_topics_with_their_config_and_a_compacted_state_topic()
     let state = config(&state_topic(&prefix)).await;
     assert_eq!(
         state.get("cleanup.policy").map(String::as_str),
-        Some("compact")
+        Some("compact,delete"),
+        "validate's dedup records expire"
+    );
+    assert_eq!(
+        state.get("retention.ms").map(String::as_str),
+        Some("604800000"),
+        "the dedup window"
     );
     assert!(
         outcome.statuses.iter().all(|s| s.ready),

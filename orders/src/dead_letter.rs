@@ -16,6 +16,9 @@ stable_codes! {
     pub enum DeadLetterReason {
         /// The record has a null value (Kafka tombstone) where a record was expected.
         NullPayload = "null_payload",
+        /// The payload is larger than [`MAX_PAYLOAD_BYTES`]; the dead letter carries its first
+        /// `MAX_PAYLOAD_BYTES` bytes and the full size in `orderpipe.original.size`.
+        PayloadTooLarge = "payload_too_large",
         /// The payload is not UTF-8.
         NotUtf8 = "not_utf8",
         /// The payload is UTF-8 but not JSON.
@@ -39,6 +42,13 @@ stable_codes! {
     }
 }
 
+/// The largest payload a stage judges. Whatever a stage writes for one record (a rejection that
+/// quotes the order, a dead letter that copies it, plus headers) must fit the broker's default
+/// `max.message.bytes` (1 MiB): an output the broker refuses would fail its transaction on every
+/// retry and stop the partition. Half of that leaves room for the quoting; a real order with the
+/// maximum 500 items is about a fifth of it.
+pub const MAX_PAYLOAD_BYTES: usize = 512 * 1024;
+
 /// Why a payload could not be decoded; becomes a dead-letter record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Undecodable {
@@ -57,6 +67,15 @@ pub(crate) fn decode_payload<T: DeserializeOwned>(
             message: "record value is null".to_owned(),
         });
     };
+    if bytes.len() > MAX_PAYLOAD_BYTES {
+        return Err(Undecodable {
+            reason: DeadLetterReason::PayloadTooLarge,
+            message: format!(
+                "payload of {} bytes is larger than the limit of {MAX_PAYLOAD_BYTES}",
+                bytes.len()
+            ),
+        });
+    }
     // Checked before JSON parsing so the reason says "not UTF-8" rather than a JSON syntax error.
     let text = std::str::from_utf8(bytes).map_err(|error| Undecodable {
         reason: DeadLetterReason::NotUtf8,
@@ -82,6 +101,8 @@ pub(crate) struct Failure<'m> {
 
 impl Failure<'_> {
     /// The dead-letter record for `input`: original key and bytes, plus the error and origin headers.
+    /// Bytes beyond [`MAX_PAYLOAD_BYTES`] are cut (so the dead letter fits the broker), and then
+    /// `orderpipe.original.size` says how many there were.
     pub(crate) fn dead_letter(&self, input: &InputRecord<'_>) -> Emit {
         let mut headers = vec![
             Header::new(headers::ERROR_REASON, self.reason.code()),
@@ -103,10 +124,17 @@ impl Failure<'_> {
                 rfc3339::format(&input.timestamp),
             ),
         ]);
+        let payload = input.payload.unwrap_or_default();
+        if payload.len() > MAX_PAYLOAD_BYTES {
+            headers.push(Header::new(
+                headers::ORIGINAL_SIZE,
+                payload.len().to_string(),
+            ));
+        }
         Emit {
             output: Output::DeadLetter,
             key: input.key.map(<[u8]>::to_vec),
-            payload: input.payload.map(<[u8]>::to_vec).unwrap_or_default(),
+            payload: payload[..payload.len().min(MAX_PAYLOAD_BYTES)].to_vec(),
             headers,
         }
     }
@@ -140,6 +168,15 @@ mod tests {
         assert_eq!(
             reason_for(Some(b"{\"a\":1}")),
             Some(DeadLetterReason::InvalidRecord)
+        );
+        let huge = vec![b' '; MAX_PAYLOAD_BYTES + 1];
+        assert_eq!(
+            reason_for(Some(&huge)),
+            Some(DeadLetterReason::PayloadTooLarge)
+        );
+        assert_eq!(
+            reason_for(Some(&huge[1..])),
+            Some(DeadLetterReason::NotJson)
         );
     }
 

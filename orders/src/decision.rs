@@ -197,6 +197,13 @@ pub trait Processor {
         input: &InputRecord<'_>,
         state: Option<&Self::State>,
     ) -> Decision<Self::Outcome, Self::State>;
+
+    /// Whether `state` no longer affects any decision at record time `now`, so the runtime may
+    /// forget it (validate's dedup records after the dedup window). Forgetting must not change a
+    /// decision: `process` treats an expired state exactly like no state.
+    fn is_expired(&self, _state: &Self::State, _now: DateTime<Utc>) -> bool {
+        false
+    }
 }
 
 /// Per-key state kept in a compacted changelog topic and restored by the runtime on assignment.

@@ -20,6 +20,9 @@ pub const ORIGINAL_PARTITION: &str = "orderpipe.original.partition";
 pub const ORIGINAL_OFFSET: &str = "orderpipe.original.offset";
 /// Timestamp of the input record (RFC 3339, UTC).
 pub const ORIGINAL_TIMESTAMP: &str = "orderpipe.original.timestamp";
+/// Size in bytes of an input payload that was too large to copy whole (decimal); only on dead
+/// letters whose payload was cut to [`crate::MAX_PAYLOAD_BYTES`].
+pub const ORIGINAL_SIZE: &str = "orderpipe.original.size";
 /// How many webhook attempts were made before the notify stage gave up (decimal).
 pub const NOTIFY_ATTEMPTS: &str = "orderpipe.notify.attempts";
 /// The last HTTP status the webhook answered, when it answered at all (decimal).
@@ -35,6 +38,7 @@ pub const ALL: &[&str] = &[
     ORIGINAL_PARTITION,
     ORIGINAL_OFFSET,
     ORIGINAL_TIMESTAMP,
+    ORIGINAL_SIZE,
     NOTIFY_ATTEMPTS,
     NOTIFY_HTTP_STATUS,
 ];

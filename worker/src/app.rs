@@ -7,10 +7,10 @@ use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use orderpipe_api::contract::{ContractError, Delivery, WorkerConfig, env};
+use orderpipe_api::contract::{self, ContractError, Delivery, WorkerConfig, env};
 use orderpipe_api::v1alpha1::Processor as ProcessorKind;
 use orderpipe_orders::status::StatusMachine;
-use orderpipe_orders::validate::Validator;
+use orderpipe_orders::validate::{ValidatePolicy, Validator};
 use rdkafka::consumer::BaseConsumer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -67,7 +67,11 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
     };
     let result = match config.processor {
         ProcessorKind::Validate => {
-            run_stage(Stateful(Validator::default()), config, shared, shutdown).await
+            let policy = ValidatePolicy {
+                dedup_window: contract::DEDUP_WINDOW,
+                ..ValidatePolicy::default()
+            };
+            run_stage(Stateful(Validator::new(policy)), config, shared, shutdown).await
         }
         ProcessorKind::Status => {
             run_stage(Stateful(StatusMachine::default()), config, shared, shutdown).await

@@ -28,15 +28,12 @@ use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
 
 use orderpipe_api::OrderPipeline;
-use orderpipe_api::contract::{is_stateful, naming};
-use orderpipe_api::v1alpha1::{DeletionPolicy, TopicSpec, TopicStatus};
+use orderpipe_api::contract::{is_stateful, naming, state_topic_config};
+use orderpipe_api::v1alpha1::{DeletionPolicy, Processor, TopicSpec, TopicStatus};
 
 use super::ownership::{OwnershipView, PipelineRef};
 use super::reason;
 use crate::model::Change;
-
-/// Config of every state topic: a changelog only needs the latest state of each key.
-const STATE_TOPIC_CONFIG: [(&str, &str); 1] = [("cleanup.policy", "compact")];
 
 /// A topic as the pipeline wants it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -75,14 +72,11 @@ pub fn desired_topics(pipeline: &OrderPipeline) -> Vec<DesiredTopic> {
         deletion_policy: topic.deletion_policy,
         co_partitioned_with: None,
     });
-    let state = state_topics(pipeline).map(|(name, input)| DesiredTopic {
+    let state = state_topics(pipeline).map(|(name, processor, input)| DesiredTopic {
         name,
         partitions: input.partitions,
         replication_factor: input.replication_factor.and_then(kafka_replication_factor),
-        config: STATE_TOPIC_CONFIG
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
+        config: state_topic_config(processor),
         deletion_policy: input.deletion_policy,
         co_partitioned_with: Some(input.name.clone()),
     });
@@ -98,12 +92,12 @@ pub fn desired_topics(pipeline: &OrderPipeline) -> Vec<DesiredTopic> {
 pub(super) fn claimed_topic_names(pipeline: &OrderPipeline) -> BTreeSet<String> {
     let declared = pipeline.spec.topics.iter().map(|topic| topic.name.clone());
     declared
-        .chain(state_topics(pipeline).map(|(name, _)| name))
+        .chain(state_topics(pipeline).map(|(name, _, _)| name))
         .collect()
 }
 
-/// The state topic name of each stateful stage, with the stage's input topic.
-fn state_topics(pipeline: &OrderPipeline) -> impl Iterator<Item = (String, &TopicSpec)> {
+/// The state topic name of each stateful stage, with the stage's processor and input topic.
+fn state_topics(pipeline: &OrderPipeline) -> impl Iterator<Item = (String, Processor, &TopicSpec)> {
     let namespace = pipeline.metadata.namespace.as_deref().unwrap_or_default();
     let name = pipeline.metadata.name.as_deref().unwrap_or_default();
     let spec = &pipeline.spec;
@@ -114,7 +108,11 @@ fn state_topics(pipeline: &OrderPipeline) -> impl Iterator<Item = (String, &Topi
             // CEL guarantees the input is declared; without it there is nothing to co-partition
             // with.
             let input = spec.topics.iter().find(|topic| topic.name == stage.input)?;
-            Some((naming::state_topic(namespace, name, &stage.name), input))
+            Some((
+                naming::state_topic(namespace, name, &stage.name),
+                stage.processor,
+                input,
+            ))
         })
 }
 

@@ -14,6 +14,7 @@ mod rules;
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
 pub use dedup::SeenOrder;
@@ -39,8 +40,9 @@ impl Default for ValidatePolicy {
     fn default() -> Self {
         Self {
             max_items: 500,
-            // A week covers producer retries, replays after incidents and batch re-submissions; the
-            // changelog topic's retention.ms should be at least this.
+            // A week covers producer retries, replays after incidents and batch re-submissions.
+            // The worker sets it from the contract (`DEDUP_WINDOW`), which also sizes the state
+            // topic's retention.ms.
             dedup_window: Duration::from_secs(7 * 24 * 3600),
         }
     }
@@ -197,6 +199,11 @@ fn validated_event(order: &ValidatedOrder) -> StatusEvent {
 impl Processor for Validator {
     type Outcome = ValidateOutcome;
     type State = SeenOrder;
+
+    /// A dedup record older than the window is ignored by `process`, so it can go.
+    fn is_expired(&self, seen: &SeenOrder, now: DateTime<Utc>) -> bool {
+        !seen.is_live(now, self.policy.dedup_window)
+    }
 
     /// `seen` is the dedup record the runtime holds for the input's key, if any.
     fn process(&self, input: &InputRecord<'_>, seen: Option<&SeenOrder>) -> ValidateDecision {

@@ -5,8 +5,8 @@ use std::time::Duration;
 use orderpipe_orders::generator::Mutation;
 use orderpipe_orders::validate::{SeenOrder, ValidateOutcome, ValidatePolicy, Validator};
 use orderpipe_orders::{
-    ChangelogState, DeadLetterReason, Output, Processor, RejectedOrder, Rule, ValidatedOrder,
-    headers,
+    ChangelogState, DeadLetterReason, MAX_PAYLOAD_BYTES, Output, Processor, RejectedOrder, Rule,
+    ValidatedOrder, headers,
 };
 use serde_json::{Value, json};
 
@@ -279,6 +279,45 @@ fn bytes_that_are_not_a_json_object_are_dead_lettered_unchanged_with_headers() {
     }
 }
 
+#[test]
+fn a_payload_over_512_kib_is_dead_lettered_cut_to_the_limit_with_its_size() {
+    // A valid order made huge by an unknown member: judged by size before anything else, so
+    // neither its rejection nor its dead letter can outgrow what the broker takes.
+    let mut order = serde_json::to_value(order()).expect("order json");
+    order["padding"] = Value::String("x".repeat(MAX_PAYLOAD_BYTES));
+    let payload = serde_json::to_vec(&order).expect("encodes");
+    let record = input(Some(b"ord-1"), Some(&payload));
+    let decision = Validator::default().process(&record, None);
+    assert_eq!(
+        decision.outcome,
+        ValidateOutcome::DeadLettered {
+            reason: DeadLetterReason::PayloadTooLarge
+        }
+    );
+    let emit = only(&decision.emits, Output::DeadLetter);
+    assert_eq!(
+        emit.payload,
+        payload[..MAX_PAYLOAD_BYTES],
+        "the first 512 KiB"
+    );
+    let size = payload.len().to_string();
+    assert_eq!(emit.header(headers::ORIGINAL_SIZE), Some(size.as_str()));
+    assert_eq!(
+        emit.header(headers::ERROR_REASON),
+        Some("payload_too_large")
+    );
+
+    let just_fits = input(Some(b"ord-1"), Some(&payload[..MAX_PAYLOAD_BYTES]));
+    let decision = Validator::default().process(&just_fits, None);
+    let emit = only(&decision.emits, Output::DeadLetter);
+    assert_eq!(
+        emit.header(headers::ERROR_REASON),
+        Some("not_json"),
+        "judged, not cut"
+    );
+    assert_eq!(emit.header(headers::ORIGINAL_SIZE), None);
+}
+
 mod dedup {
     use super::*;
 
@@ -330,7 +369,7 @@ mod dedup {
     }
 
     #[test]
-    fn after_the_window_the_same_order_is_validated_again() {
+    fn after_the_window_the_same_order_is_validated_again_and_its_record_may_be_forgotten() {
         let seen = first_seen();
         let window = Duration::from_secs(3600);
         let policy = ValidatePolicy {
@@ -347,9 +386,13 @@ mod dedup {
         let outside = input_at(Some(b"ord-1"), Some(&payload), 9, support::later(60));
         let decision = validator.process(&outside, Some(&seen));
         assert_eq!(decision.outcome, ValidateOutcome::Validated);
-        let renewed = decision.state.expect("remembered again");
+        let renewed = decision.state.clone().expect("remembered again");
         assert_eq!(renewed.first_validated_at, support::later(60));
         assert!(!seen.is_live(support::later(60), window));
+        // So the runtime may forget it then, and not before: forgetting changes no decision.
+        assert!(!validator.is_expired(&seen, support::later(59)));
+        assert!(validator.is_expired(&seen, support::later(60)));
+        assert_eq!(validator.process(&outside, None), decision);
     }
 
     #[test]

@@ -4,7 +4,6 @@
 //! A worker never produces or commits (the coordinator does) and never outlives its incarnation:
 //! on stop it finishes the record in hand and returns, leaving queued records uncommitted.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -132,13 +131,13 @@ impl<H: StageHandler> PartitionWorker<H> {
     /// blocks, so it runs on the blocking pool.
     async fn restore(&self) -> Result<KeyStates<H::State>, WorkerError> {
         let Some(reader) = self.changelog.clone() else {
-            return Ok(HashMap::new());
+            return Ok(KeyStates::default());
         };
         let stage = Arc::clone(&self.stage);
         let stop = self.stop.clone();
         let partition = self.partition;
         let read = tokio::task::spawn_blocking(move || {
-            let mut states = HashMap::new();
+            let mut states = KeyStates::default();
             reader
                 .read(partition, &stop, &mut |offset, key, value| {
                     match value {

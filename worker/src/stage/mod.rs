@@ -9,6 +9,8 @@ pub mod webhook;
 use std::collections::HashMap;
 use std::future::Future;
 
+use chrono::{DateTime, TimeDelta, Utc};
+
 use orderpipe_api::contract::metrics::outcome;
 use orderpipe_orders::status::StatusOutcome;
 use orderpipe_orders::validate::ValidateOutcome;
@@ -19,8 +21,64 @@ use tokio_util::sync::CancellationToken;
 
 use crate::record::SourceRecord;
 
+/// How often, in record time, a partition drops the states its processor calls expired. A sweep
+/// walks every key of the partition, so it runs rarely; an expired state is never used meanwhile
+/// (processors treat it like no state), it only takes memory a little longer.
+const EXPIRY_SWEEP_EVERY: TimeDelta = TimeDelta::minutes(10);
+
 /// Per-key state of one partition, keyed like the changelog records.
-pub type KeyStates<S> = HashMap<Vec<u8>, S>;
+#[derive(Debug)]
+pub struct KeyStates<S> {
+    by_key: HashMap<Vec<u8>, S>,
+    /// Record time of the last expiry sweep (`None`: none yet, the first record sweeps).
+    swept_at: Option<DateTime<Utc>>,
+}
+
+impl<S> Default for KeyStates<S> {
+    fn default() -> Self {
+        Self {
+            by_key: HashMap::new(),
+            swept_at: None,
+        }
+    }
+}
+
+impl<S> KeyStates<S> {
+    pub fn get(&self, key: &[u8]) -> Option<&S> {
+        self.by_key.get(key)
+    }
+
+    pub fn insert(&mut self, key: Vec<u8>, state: S) {
+        self.by_key.insert(key, state);
+    }
+
+    pub fn remove(&mut self, key: &[u8]) {
+        self.by_key.remove(key);
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_key.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
+
+    /// Drops the states `expired` says are expired at record time `now`, if the last sweep is
+    /// [`EXPIRY_SWEEP_EVERY`] old (or there was none); returns how many it dropped.
+    pub fn sweep(&mut self, now: DateTime<Utc>, expired: impl Fn(&S) -> bool) -> usize {
+        if self
+            .swept_at
+            .is_some_and(|at| now.signed_duration_since(at) < EXPIRY_SWEEP_EVERY)
+        {
+            return 0;
+        }
+        self.swept_at = Some(now);
+        let before = self.by_key.len();
+        self.by_key.retain(|_, state| !expired(state));
+        before - self.by_key.len()
+    }
+}
 
 /// What became of one record, for metrics: the contract's bounded outcome and, for dead letters,
 /// the reason code.
@@ -141,6 +199,9 @@ where
         _stop: &'a CancellationToken,
     ) -> impl Future<Output = Handling> + Send + 'a {
         let input = record.as_input(topic);
+        states.sweep(input.timestamp, |state| {
+            self.0.is_expired(state, input.timestamp)
+        });
         let current = input.key.and_then(|key| states.get(key));
         let decision = self.0.process(&input, current);
         if let Some(state) = decision.state {
@@ -158,5 +219,39 @@ where
             outcome: decision.outcome.metric_outcome(),
             emits: decision.emits,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(minutes: i64) -> DateTime<Utc> {
+        DateTime::<Utc>::UNIX_EPOCH + TimeDelta::minutes(minutes)
+    }
+
+    #[test]
+    fn a_sweep_drops_expired_states_at_most_every_ten_minutes_of_record_time() {
+        let mut states = KeyStates::default();
+        states.insert(b"old".to_vec(), 1);
+        states.insert(b"new".to_vec(), 100);
+        let older_than = |limit: i32| move |state: &i32| *state < limit;
+
+        assert_eq!(
+            states.sweep(at(0), older_than(50)),
+            1,
+            "the first record sweeps"
+        );
+        assert_eq!(states.get(b"old"), None);
+        states.insert(b"old".to_vec(), 1);
+        assert_eq!(states.sweep(at(9), older_than(50)), 0, "too soon");
+        assert_eq!(states.len(), 2);
+        assert_eq!(states.sweep(at(10), older_than(50)), 1);
+        assert_eq!(states.get(b"new"), Some(&100));
+        assert_eq!(
+            states.sweep(at(5), older_than(500)),
+            0,
+            "record time going back does not sweep"
+        );
     }
 }

@@ -442,13 +442,19 @@ fn a_removed_topic_that_is_already_gone_needs_nothing() {
 }
 
 #[test]
-fn state_topic_is_compacted_and_follows_its_input() {
+fn validate_state_topic_is_compacted_keeps_the_dedup_window_and_follows_its_input() {
     let desired = desired_topics(&checkout());
     let state = desired
         .iter()
         .find(|t| t.name == STATE)
         .expect("validate is stateful");
-    assert_eq!(state.config, config(&[("cleanup.policy", "compact")]));
+    assert_eq!(
+        state.config,
+        config(&[
+            ("cleanup.policy", "compact,delete"),
+            ("retention.ms", "604800000")
+        ])
+    );
     assert_eq!(state.partitions, 6);
     assert_eq!(state.replication_factor, Some(3));
     assert_eq!(state.deletion_policy, DeletionPolicy::Retain);
