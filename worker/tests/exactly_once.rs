@@ -8,10 +8,12 @@ use std::time::{Duration, Instant};
 
 use common::{
     ValidatePipeline, WorkerProcess, assert_exactly_once, bootstrap, caught_up, committed_offsets,
-    free_port, orders, produce, read_all, wait_until,
+    free_port, orders, produce, produce_raw, read_all, wait_until,
 };
 use nix::sys::signal::Signal;
 use orderpipe_api::contract::env;
+use orderpipe_orders::{MAX_PAYLOAD_BYTES, headers};
+use orderpipe_worker::loadgen::LoadSpec;
 
 const PROCESS_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -176,4 +178,54 @@ fn at_least_once_mode_loses_no_valid_order() {
 
     // Without failures at-least-once delivers exactly once too; the full check applies.
     assert_exactly_once(&bootstrap, &pipeline.topics(), &[spec]);
+}
+
+#[test]
+#[ignore = "needs the local stack: make test-e2e"]
+fn a_record_at_the_broker_size_limit_is_dead_lettered_cut_and_the_orders_behind_it_flow() {
+    let bootstrap = bootstrap();
+    // One partition: the orders queue behind the huge record, so they flow only if it does not
+    // fail its transaction over and over. Near the broker's default limit (1 MiB), a dead letter
+    // copying it whole plus headers would be refused.
+    let pipeline = ValidatePipeline::create(&bootstrap, 1);
+    let huge = vec![b'x'; 1_040_000];
+    produce_raw(&bootstrap, &pipeline.input, b"ord-huge", &huge);
+    let spec = LoadSpec {
+        invalid_share: 0.0,
+        garbage_share: 0.0,
+        duplicate_share: 0.0,
+        ..orders(200, 9)
+    };
+    produce(&bootstrap, &pipeline.input, &spec);
+
+    let mut worker = WorkerProcess::spawn(
+        "validate",
+        &pipeline.worker_env(&bootstrap, "validate-0", free_port()),
+    );
+    wait_until("the worker to commit every record", PROCESS_TIMEOUT, || {
+        caught_up(&bootstrap, &pipeline.group, &pipeline.input)
+    });
+    worker.signal(Signal::SIGTERM);
+    assert!(worker.wait_exit(Duration::from_secs(30)).success());
+
+    let dead_letters = read_all(&bootstrap, &pipeline.dead_letter, "read_committed");
+    assert_eq!(
+        dead_letters.len(),
+        1,
+        "only the huge record is dead-lettered"
+    );
+    let dead = &dead_letters[0];
+    assert_eq!(
+        dead.header(headers::ERROR_REASON),
+        Some("payload_too_large")
+    );
+    assert_eq!(
+        dead.payload.as_deref().map(<[u8]>::len),
+        Some(MAX_PAYLOAD_BYTES)
+    );
+    let size = huge.len().to_string();
+    assert_eq!(dead.header(headers::ORIGINAL_SIZE), Some(size.as_str()));
+    assert_eq!(dead.key.as_deref(), Some(&b"ord-huge"[..]));
+    let validated = read_all(&bootstrap, &pipeline.validated, "read_committed");
+    assert_eq!(validated.len(), 200, "every order behind it validated once");
 }

@@ -28,6 +28,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 pub const ENV_BOOTSTRAP: &str = "KAFKA_BOOTSTRAP_SERVERS";
@@ -340,6 +341,23 @@ pub fn orders(count: u64, seed: u64) -> LoadSpec {
 
 pub fn produce(bootstrap: &str, topic: &str, spec: &LoadSpec) {
     loadgen::produce(&connection(bootstrap), topic, spec, |_| {}).expect("load produced");
+}
+
+/// Produces one record as it is (for inputs the load generator does not make), up to the broker's
+/// default size limit (1 MiB), and waits for the broker's acknowledgement.
+pub fn produce_raw(bootstrap: &str, topic: &str, key: &[u8], payload: &[u8]) {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("message.max.bytes", "1048576")
+        .create()
+        .expect("producer");
+    producer
+        .send(BaseRecord::to(topic).key(key).payload(payload))
+        .map_err(|(error, _)| error)
+        .expect("record queued");
+    producer
+        .flush(Duration::from_secs(30))
+        .expect("record acknowledged");
 }
 
 /// A record's key and value.
