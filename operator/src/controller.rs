@@ -36,8 +36,9 @@ use orderpipe_api::contract::SecretString;
 /// Finalizer that lets the operator delete topics with deletion policy Delete.
 pub const TOPIC_FINALIZER: &str = "orderpipe.dev/topic-cleanup";
 
-/// How often a Ready pipeline is re-checked; Kafka changes (config drift, partitions changed out of
-/// band) produce no Kubernetes watch event, so this is how drift is found.
+/// How often a Ready pipeline is re-checked unless the settings say otherwise; Kafka changes (config
+/// drift, partitions changed out of band) produce no Kubernetes watch event, so this is how drift is
+/// found. Also the longest error backoff.
 const RESYNC: Duration = Duration::from_secs(300);
 /// Re-check interval while something is still converging.
 const CONVERGING: Duration = Duration::from_secs(10);
@@ -320,7 +321,7 @@ async fn reconcile(pipeline: Arc<OrderPipeline>, ctx: Arc<Context>) -> Result<Ac
     }
     ctx.metrics.reconciled();
     Ok(Action::requeue(if ready.as_deref() == Some("True") {
-        RESYNC
+        ctx.settings.resync.unwrap_or(RESYNC)
     } else {
         CONVERGING
     }))

@@ -9,7 +9,7 @@ use std::sync::atomic::AtomicBool;
 use anyhow::Context as _;
 use clap::Parser;
 use k8s_openapi::api::core::v1::Toleration;
-use kube::Client;
+use kube::client::ClientBuilder;
 use kube::runtime::events::Reporter;
 use kube_lease_manager::LeaseManagerBuilder;
 use orderpipe_operator::http::{self, Health};
@@ -58,6 +58,9 @@ struct Args {
     /// Identity in the Lease (the pod name).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+    /// Seconds between re-checks of a Ready pipeline (default 300); Kafka drift is found this way.
+    #[arg(long, env = "ORDERPIPE_RESYNC_SECONDS")]
+    resync_seconds: Option<u64>,
     /// Log format.
     #[arg(long, env = "ORDERPIPE_LOG_FORMAT", value_parser = ["json", "text"], default_value = "json")]
     log_format: String,
@@ -86,9 +89,13 @@ async fn main() -> anyhow::Result<()> {
         shutdown.clone().cancelled_owned(),
     ));
 
-    let client = Client::try_default()
+    let config = kube::Config::infer()
         .await
-        .context("connecting to the Kubernetes API")?;
+        .context("reading the Kubernetes client configuration")?;
+    let client = ClientBuilder::try_from(config)
+        .context("connecting to the Kubernetes API")?
+        .with_layer(&metrics.api_request_counter())
+        .build();
     let identity = args
         .identity
         .clone()
@@ -100,6 +107,7 @@ async fn main() -> anyhow::Result<()> {
             node_selector: args.worker_node_selector.iter().cloned().collect(),
             tolerations: args.worker_tolerations.clone(),
         },
+        resync: args.resync_seconds.map(std::time::Duration::from_secs),
     };
 
     // Leadership: only the holder reconciles; losing the lease ends the process so a fresh start

@@ -11,6 +11,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use tower::util::MapRequestLayer;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
@@ -35,6 +36,11 @@ pub struct AdminLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub verb: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WriteLabels {
     pub kind: String,
     pub verb: String,
@@ -49,6 +55,7 @@ pub struct Metrics {
     pipelines: Family<ConditionLabels, Gauge>,
     admin_operations: Family<AdminLabels, Counter>,
     api_writes: Family<WriteLabels, Counter>,
+    api_requests: Family<RequestLabels, Counter>,
     leader: Gauge,
     /// Ready status per pipeline, to recompute the `pipelines` gauge without a label per pipeline.
     readiness: Mutex<BTreeMap<String, String>>,
@@ -64,6 +71,7 @@ impl Metrics {
             pipelines: Family::default(),
             admin_operations: Family::default(),
             api_writes: Family::default(),
+            api_requests: Family::default(),
             leader: Gauge::default(),
             readiness: Mutex::new(BTreeMap::new()),
         };
@@ -97,6 +105,11 @@ impl Metrics {
             "api_writes",
             "Kubernetes API writes by kind and verb (a no-op resync makes none)",
             metrics.api_writes.clone(),
+        );
+        r.register(
+            "api_requests",
+            "Requests the Kubernetes client sent, by verb (watch, read, or the HTTP method of a write)",
+            metrics.api_requests.clone(),
         );
         r.register(
             "leader",
@@ -156,6 +169,21 @@ impl Metrics {
             .inc();
     }
 
+    /// A client layer counting every request the operator's Kubernetes client sends, whoever makes
+    /// it (reconciles, watches, the lease, events), so an idle resync can be shown to write nothing.
+    pub fn api_request_counter<B>(
+        &self,
+    ) -> MapRequestLayer<impl Fn(http::Request<B>) -> http::Request<B> + Clone + use<B>> {
+        let family = self.api_requests.clone();
+        MapRequestLayer::new(move |request: http::Request<B>| {
+            let verb = request_verb(request.method(), request.uri().query());
+            family
+                .get_or_create(&RequestLabels { verb: verb.into() })
+                .inc();
+            request
+        })
+    }
+
     pub fn set_leader(&self, leader: bool) {
         self.leader.set(i64::from(leader));
     }
@@ -182,6 +210,23 @@ impl Metrics {
                 })
                 .set(i64::try_from(count).unwrap_or(i64::MAX));
         }
+    }
+}
+
+/// The verb label of one API request: `watch` and `read` for GETs, else the write's HTTP method.
+pub fn request_verb(method: &http::Method, query: Option<&str>) -> &'static str {
+    let watch = query.is_some_and(|q| {
+        q.split('&')
+            .any(|pair| pair == "watch=true" || pair == "watch=1")
+    });
+    match *method {
+        http::Method::GET if watch => "watch",
+        http::Method::GET | http::Method::HEAD => "read",
+        http::Method::POST => "post",
+        http::Method::PUT => "put",
+        http::Method::PATCH => "patch",
+        http::Method::DELETE => "delete",
+        _ => "other",
     }
 }
 
@@ -213,6 +258,14 @@ mod tests {
         metrics.api_write("Deployment", "apply");
         metrics.set_pipeline_ready("shop/checkout", Some("True"));
         drop(metrics.reconcile_timer());
+        let counter = metrics.api_request_counter::<()>();
+        let mut count = tower::Layer::layer(
+            &counter,
+            tower::service_fn(|_| async { Ok::<_, std::convert::Infallible>(()) }),
+        );
+        let request = http::Request::patch("/apis/x").body(()).expect("request");
+        futures::executor::block_on(tower::ServiceExt::oneshot(&mut count, request))
+            .expect("counted");
         let mut text = String::new();
         encode(&mut text, &registry).expect("encodes");
         for name in [
@@ -221,8 +274,26 @@ mod tests {
             "orderpipe_operator_api_writes_total{kind=\"Deployment\",verb=\"apply\"} 1",
             "orderpipe_operator_pipelines{condition=\"Ready\",status=\"True\"} 1",
             "orderpipe_operator_reconcile_duration_seconds_count 1",
+            "orderpipe_operator_api_requests_total{verb=\"patch\"} 1",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }
+    }
+
+    #[test]
+    fn a_get_with_watch_is_a_watch_and_writes_are_named_by_method() {
+        let verb = |method: http::Method, query: Option<&str>| request_verb(&method, query);
+        assert_eq!(
+            verb(http::Method::GET, Some("labelSelector=a&watch=true")),
+            "watch"
+        );
+        assert_eq!(verb(http::Method::GET, Some("watch=1")), "watch");
+        assert_eq!(verb(http::Method::GET, Some("resourceVersion=0")), "read");
+        assert_eq!(verb(http::Method::GET, Some("nowatch=true")), "read");
+        assert_eq!(verb(http::Method::GET, None), "read");
+        assert_eq!(verb(http::Method::PATCH, None), "patch");
+        assert_eq!(verb(http::Method::PUT, None), "put");
+        assert_eq!(verb(http::Method::POST, None), "post");
+        assert_eq!(verb(http::Method::DELETE, None), "delete");
     }
 }

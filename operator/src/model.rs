@@ -28,6 +28,8 @@ pub struct OperatorSettings {
     pub prometheus_url: String,
     /// Where worker pods may run (e.g. a dedicated node pool near the Kafka brokers).
     pub worker_placement: WorkerPlacement,
+    /// How often a Ready pipeline is re-checked (`None`: the controller's default of 5 minutes).
+    pub resync: Option<std::time::Duration>,
 }
 
 /// Node selection for every worker pod, set operator-wide.
