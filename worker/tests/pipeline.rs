@@ -53,6 +53,23 @@ fn start(
     )
 }
 
+/// One worker per stage, pods named `<stage>-<suffix>`.
+fn start_stages(
+    pipeline: &Pipeline,
+    bootstrap: &str,
+    stages: &[Stage],
+    suffix: &str,
+    webhook: &WebhookReceiver,
+) -> Vec<WorkerProcess> {
+    stages
+        .iter()
+        .map(|stage| {
+            let pod = format!("{}-{suffix}", stage.name());
+            start(pipeline, bootstrap, *stage, &pod, webhook)
+        })
+        .collect()
+}
+
 fn stop_gracefully(mut worker: WorkerProcess) {
     worker.signal(Signal::SIGTERM);
     let exit = worker.wait_exit(Duration::from_secs(40));
@@ -184,18 +201,7 @@ fn baseline_every_valid_order_flows_once_through_validate_status_and_notify() {
     produce(&bootstrap, &pipeline.orders, &spec);
     let produced = started.elapsed();
 
-    let workers: Vec<WorkerProcess> = Stage::ALL
-        .iter()
-        .map(|stage| {
-            start(
-                &pipeline,
-                &bootstrap,
-                *stage,
-                &format!("{}-0", stage.name()),
-                &webhook,
-            )
-        })
-        .collect();
+    let workers = start_stages(&pipeline, &bootstrap, &Stage::ALL, "0", &webhook);
     let processing = Instant::now();
     wait_until("every stage to drain its input", DRAIN_TIMEOUT, || {
         pipeline.drained(&bootstrap)
@@ -280,18 +286,7 @@ fn rebalances_between_two_validate_workers_keep_every_order_exactly_once() {
     let spec = spec(fault_orders(), 300);
     produce(&bootstrap, &pipeline.orders, &spec);
 
-    let steady: Vec<WorkerProcess> = Stage::ALL
-        .iter()
-        .map(|stage| {
-            start(
-                &pipeline,
-                &bootstrap,
-                *stage,
-                &format!("{}-a", stage.name()),
-                &webhook,
-            )
-        })
-        .collect();
+    let steady = start_stages(&pipeline, &bootstrap, &Stage::ALL, "a", &webhook);
     // A second validate worker joins and leaves repeatedly: each join and each graceful leave is a
     // cooperative rebalance that moves partitions between the two while they process.
     for (round, until) in [0.15, 0.35, 0.55, 0.75].into_iter().enumerate() {
@@ -341,18 +336,7 @@ fn a_broker_restart_mid_run_loses_and_duplicates_nothing() {
     let spec = spec(fault_orders(), 400);
     produce(&bootstrap, &pipeline.orders, &spec);
 
-    let workers: Vec<WorkerProcess> = Stage::ALL
-        .iter()
-        .map(|stage| {
-            start(
-                &pipeline,
-                &bootstrap,
-                *stage,
-                &format!("{}-0", stage.name()),
-                &webhook,
-            )
-        })
-        .collect();
+    let workers = start_stages(&pipeline, &bootstrap, &Stage::ALL, "0", &webhook);
     wait_until("30% validate progress", DRAIN_TIMEOUT, || {
         validate_progress(&bootstrap, &pipeline) >= 0.3
     });
@@ -406,18 +390,13 @@ fn status_events_over_10000_interleaved_keys_change_each_order_in_order_and_noti
         ..orders(0, 500)
     };
     produce(&bootstrap, &pipeline.events, &spec);
-    let workers: Vec<WorkerProcess> = [Stage::Status, Stage::Notify]
-        .iter()
-        .map(|stage| {
-            start(
-                &pipeline,
-                &bootstrap,
-                *stage,
-                &format!("{}-0", stage.name()),
-                &webhook,
-            )
-        })
-        .collect();
+    let workers = start_stages(
+        &pipeline,
+        &bootstrap,
+        &[Stage::Status, Stage::Notify],
+        "0",
+        &webhook,
+    );
     let processing = Instant::now();
     wait_until(
         "status and notify to drain their inputs",
