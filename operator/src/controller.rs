@@ -9,12 +9,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::{Future, StreamExt};
+use futures::{Future, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
-use kube::runtime::controller::Action;
+use kube::runtime::controller::{self, Action};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store, reflector};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
@@ -24,7 +24,8 @@ use serde_json::{Value, json};
 use tracing::{info, instrument, warn};
 
 use crate::apply::{self, Applier, ChildKey};
-use crate::children::{self, ChildKind, FIELD_MANAGER, MANAGED_BY, MANAGED_BY_LABEL};
+use crate::child_index::ChildIndex;
+use crate::children::{ChildKind, FIELD_MANAGER, MANAGED_BY, MANAGED_BY_LABEL};
 use crate::desired::desired_children;
 use crate::error::Error;
 use crate::metrics::Metrics;
@@ -40,6 +41,10 @@ pub const TOPIC_FINALIZER: &str = "orderpipe.dev/topic-cleanup";
 /// drift, partitions changed out of band) produce no Kubernetes watch event, so this is how drift is
 /// found. Also the longest error backoff.
 const RESYNC: Duration = Duration::from_secs(300);
+/// Reconciles running at once. Each one mostly waits on the one Kafka cluster (topic metadata calls
+/// hold a blocking-pool thread each) and the apiserver; unbounded, 1,000 new pipelines meant
+/// hundreds of threads and concurrent topic creations timing out on the broker.
+const CONCURRENCY: u16 = 32;
 /// Re-check interval while something is still converging.
 const CONVERGING: Duration = Duration::from_secs(10);
 
@@ -50,6 +55,8 @@ pub struct Context {
     pub capabilities: Capabilities,
     pub pipelines: Store<OrderPipeline>,
     pub children: BTreeMap<ChildKind, Store<DynamicObject>>,
+    /// Which of the stores' objects belong to which pipeline.
+    pub child_index: Arc<Mutex<ChildIndex>>,
     pub kafka: Arc<AdminPool>,
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
@@ -105,9 +112,11 @@ pub async fn run(
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    let mut controller = Controller::new(pipelines, watcher::Config::default().any_semantic());
+    let mut controller = Controller::new(pipelines, watcher::Config::default().any_semantic())
+        .with_config(controller::Config::default().concurrency(CONCURRENCY));
     let owned = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
     let mut stores = BTreeMap::new();
+    let child_index = Arc::new(Mutex::new(ChildIndex::default()));
     for kind in ChildKind::ALL
         .into_iter()
         .filter(|k| k.is_served(capabilities))
@@ -119,8 +128,15 @@ pub async fn run(
         };
         let writer = reflector::store::Writer::new(resource.clone());
         stores.insert(kind, writer.as_reader());
+        let index = child_index.clone();
+        // The index sees each event right after the store and before the reconcile it triggers.
         let stream = reflector(writer, watcher(api, owned.clone()))
             .default_backoff()
+            .inspect_ok(move |event| {
+                if let Ok(mut index) = index.lock() {
+                    index.apply(kind, event);
+                }
+            })
             .touched_objects();
         controller = controller.owns_stream_with(stream, resource);
     }
@@ -131,6 +147,7 @@ pub async fn run(
         capabilities,
         pipelines: controller.store(),
         children: stores,
+        child_index,
         kafka,
         metrics,
         failures: Mutex::new(HashMap::new()),
@@ -420,25 +437,21 @@ async fn resolve_kafka_secrets(
     Ok(resolved)
 }
 
-/// Owned children of one pipeline, from the watch caches (no API call).
+/// Owned children of one pipeline, from the watch caches (no API call): the index names them, the
+/// stores hold them; only these few objects are serialized.
 fn observed_children(ctx: &Context, namespace: &str, pipeline: &str) -> BTreeMap<ChildKey, Value> {
-    ctx.children
-        .iter()
-        .flat_map(|(kind, store)| {
-            store.state().into_iter().filter_map(move |object| {
-                let mine = object.metadata.namespace.as_deref() == Some(namespace)
-                    && object
-                        .labels()
-                        .get(children::PIPELINE_LABEL)
-                        .map(String::as_str)
-                        == Some(pipeline);
-                mine.then(|| {
-                    (
-                        (*kind, object.name_any()),
-                        serde_json::to_value(object.as_ref()).unwrap_or_default(),
-                    )
-                })
-            })
+    let names = ctx
+        .child_index
+        .lock()
+        .map(|index| index.children_of(namespace, pipeline))
+        .unwrap_or_default();
+    names
+        .into_iter()
+        .filter_map(|(kind, name)| {
+            let key = ObjectRef::new_with(&name, kind.api_resource()).within(namespace);
+            let object = ctx.children.get(&kind)?.get(&key)?;
+            let value = serde_json::to_value(object.as_ref()).unwrap_or_default();
+            Some(((kind, name), value))
         })
         .collect()
 }

@@ -3,10 +3,12 @@
 //!
 //! The reconcile is a straight script: observe -> validate -> desired -> apply -> status. Only the
 //! modules that say so in their header do I/O (`controller`, `apply`, `topics::admin`); `model`,
-//! `desired`, `children`, `topics::plan` and `status` are pure and tested without a cluster.
+//! `desired`, `children`, `child_index`, `topics::plan` and `status` are pure and tested without a
+//! cluster.
 
 pub mod apply;
 pub mod capabilities;
+pub mod child_index;
 pub mod children;
 pub mod controller;
 pub mod desired;
