@@ -4,12 +4,13 @@
 //! Ratios measured in one run are the numbers that count on a shared, noisy machine.
 
 mod operator;
+mod raw_copy;
 mod report;
 mod worker;
 
 use std::path::PathBuf;
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 use report::Section;
 
 #[derive(Debug, Parser)]
@@ -24,6 +25,16 @@ struct Cli {
     /// Where the report goes (also printed).
     #[arg(long, default_value = "bench/results/latest.md")]
     out: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// Helper processes the benchmarks start (each measured on its own).
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The raw librdkafka consume -> produce copy (the worker benchmarks' ceiling).
+    #[command(hide = true)]
+    RawCopy(raw_copy::Args),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -47,6 +58,9 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if let Some(Command::RawCopy(args)) = &cli.command {
+        return raw_copy::run(args);
+    }
     let parts = if cli.only.is_empty() {
         vec![Part::Worker, Part::Operator]
     } else {

@@ -1,9 +1,354 @@
-//! Worker benchmarks: the validate stage exactly-once vs at-least-once vs a raw librdkafka copy vs
-//! Kafka Streams; the whole pipeline; the commit-interval sweep.
+//! Worker benchmarks on a private one-broker stack: the validate stage exactly-once vs
+//! at-least-once vs a raw librdkafka copy vs Kafka Streams at 1, 4 and 8 partitions, and the
+//! commit-interval sweep. Each variant runs as its own process, one after the other, against the
+//! same broker in the same run. This module plans the runs and renders the sections; measuring is
+//! in `measure`, the processes in `variant`.
+
+pub mod kafka;
+mod measure;
+mod pipeline;
+mod process;
+mod stats;
+mod variant;
+mod webhook;
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use orderpipe_e2e::Stack;
+use orderpipe_e2e::tools::Tools;
 
 use crate::Context;
-use crate::report::Section;
+use crate::report::{Section, Table};
+use measure::{Pace, Throughput};
+use pipeline::PipelinePlan;
+use variant::{Programs, Run, Variant};
 
-pub async fn run(_ctx: &Context) -> anyhow::Result<Vec<Section>> {
-    anyhow::bail!("not written yet")
+/// The worker contract's default commit interval; every variant gets the same.
+const COMMIT_INTERVAL: Duration = orderpipe_api::contract::defaults::COMMIT_INTERVAL;
+/// Seed of the backlogs.
+const BACKLOG_SEED: u64 = 7;
+
+/// Sizes of one benchmark run.
+#[derive(Debug, Clone)]
+struct Plan {
+    backlog: u64,
+    partitions: Vec<i32>,
+    pace: Pace,
+    sweep_ms: Vec<u64>,
+    pipeline: PipelinePlan,
+}
+
+impl Plan {
+    fn new(quick: bool) -> Self {
+        if quick {
+            Self {
+                backlog: 20_000,
+                partitions: vec![1],
+                pace: Pace {
+                    rate: 200,
+                    seconds: 3,
+                },
+                sweep_ms: vec![10, 1_000],
+                pipeline: PipelinePlan {
+                    backlog: 20_000,
+                    paced_seconds: 3,
+                },
+            }
+        } else {
+            Self {
+                backlog: 100_000,
+                partitions: vec![1, 4, 8],
+                pace: Pace {
+                    rate: 500,
+                    seconds: 10,
+                },
+                sweep_ms: vec![10, 100, 1_000],
+                pipeline: PipelinePlan {
+                    backlog: 1_000_000,
+                    paced_seconds: 20,
+                },
+            }
+        }
+    }
+}
+
+/// What one variant measured.
+#[derive(Debug, Clone)]
+struct Measurement {
+    throughput: Throughput,
+    latencies: Vec<Duration>,
+}
+
+pub async fn run(ctx: &Context) -> anyhow::Result<Vec<Section>> {
+    let plan = Plan::new(ctx.quick);
+    eprintln!("[bench] worker: starting a private Kafka broker");
+    let stack = Stack::builder("bench-worker")
+        .kafka_only()
+        .start()
+        .await
+        .context("starting the local Kafka broker (make e2e-tools builds it)")?;
+    let bootstrap = stack.kafka_bootstrap()?.to_owned();
+    let classpath = Tools::locate()?.kafka_classpath()?;
+    let work_dir = stack.work_dir().join("bench");
+    std::fs::create_dir_all(&work_dir)
+        .with_context(|| format!("creating {}", work_dir.display()))?;
+    let handle = tokio::runtime::Handle::current();
+    let measured = tokio::task::spawn_blocking(move || {
+        let programs = Programs::prepare(&classpath, &work_dir, &bootstrap)?;
+        measure_all(&plan, &handle, &programs)
+    })
+    .await
+    .context("the worker benchmarks panicked");
+    stack.stop().await.context("stopping the local broker")?;
+    measured?
+}
+
+fn measure_all(
+    plan: &Plan,
+    handle: &tokio::runtime::Handle,
+    programs: &Programs,
+) -> anyhow::Result<Vec<Section>> {
+    let order_bytes = kafka::mean_payload_bytes(&kafka::orders(1_000, None, BACKLOG_SEED));
+    let mut side_by_side = Section {
+        title: "Worker: validate stage, side by side".to_owned(),
+        table: Table::new(&[
+            "partitions",
+            "variant",
+            "orders/s",
+            "p50 ms",
+            "p99 ms",
+            "peak RSS MiB",
+            "CPU (cores)",
+        ]),
+        notes: vec![
+            format!(
+                "Input: {} orders from the load generator (mean payload {order_bytes} bytes; 2 % invalid, \
+                 1 % re-submitted), pre-produced once per partition count and read by every variant \
+                 with its own group. Commit interval {} ms for all.",
+                plan.backlog,
+                COMMIT_INTERVAL.as_millis()
+            ),
+            "orders/s: the variant's process is started on the full backlog; the clock runs from the \
+             first probe (every 100 ms) that sees >= 10 % of the backlog in the group's committed \
+             offsets to the first that sees all of it (start-up, group join and restore excluded). \
+             With transactions, committed offsets become visible with the outputs."
+                .to_owned(),
+            format!(
+                "p50/p99: a fresh process on an empty input, a 100-order warm-up committed, then \
+                 {} valid orders at {}/s; latency = from handing an order to the bench's producer to a \
+                 read_committed consumer of the validated topic (raw copy: its output) receiving it, \
+                 both in the bench process.",
+                u64::from(plan.pace.rate) * u64::from(plan.pace.seconds),
+                plan.pace.rate
+            ),
+            "peak RSS: VmHWM of the process under test over the throughput run; CPU: its \
+             (utime+stime) over wall time in the timed interval. The broker and the bench's own \
+             clients run on the same cores."
+                .to_owned(),
+        ],
+    };
+    let mut sweep_input = None;
+    for &partitions in &plan.partitions {
+        let input = backlog(plan, handle, programs, partitions)?;
+        let mut results = Vec::new();
+        for variant in Variant::ALL {
+            let tag = format!("p{partitions}");
+            let result = measure_variant(
+                plan,
+                handle,
+                programs,
+                variant,
+                &input,
+                partitions,
+                COMMIT_INTERVAL,
+                &tag,
+            );
+            side_by_side.table.row(row(
+                vec![partitions.to_string(), variant.label().to_owned()],
+                &result,
+            ));
+            if let Err(error) = &result {
+                side_by_side.notes.push(format!(
+                    "{partitions} partition(s), {}: failed: {error:#}",
+                    variant.label()
+                ));
+            }
+            results.push((variant, result.ok()));
+        }
+        side_by_side.notes.push(ratios(partitions, &results));
+        if partitions == 1 {
+            sweep_input = Some(input);
+        }
+    }
+    let mut sections = vec![side_by_side];
+    sections.push(
+        pipeline::measure(plan.pipeline, handle, programs).unwrap_or_else(|error| Section {
+            title: "Worker: whole pipeline: failed".to_owned(),
+            notes: vec![format!("{error:#}")],
+            ..Section::default()
+        }),
+    );
+    if let Some(input) = sweep_input {
+        sections.push(sweep(plan, handle, programs, &input)?);
+    }
+    Ok(sections)
+}
+
+/// Creates `p<n>.orders` and fills it with the plan's backlog.
+fn backlog(
+    plan: &Plan,
+    handle: &tokio::runtime::Handle,
+    programs: &Programs,
+    partitions: i32,
+) -> anyhow::Result<String> {
+    let input = format!("p{partitions}.orders");
+    kafka::create_topics(handle, &programs.bootstrap, &[(&input, partitions)])?;
+    eprintln!(
+        "[bench] worker: producing {} orders into {input}",
+        plan.backlog
+    );
+    kafka::fill(
+        &programs.bootstrap,
+        &input,
+        &kafka::orders(plan.backlog, None, BACKLOG_SEED),
+    )?;
+    Ok(input)
+}
+
+/// A throughput run on `input` and a latency run on an input of its own.
+#[allow(clippy::too_many_arguments)]
+fn measure_variant(
+    plan: &Plan,
+    handle: &tokio::runtime::Handle,
+    programs: &Programs,
+    variant: Variant,
+    input: &str,
+    partitions: i32,
+    interval: Duration,
+    tag: &str,
+) -> anyhow::Result<Measurement> {
+    let run = Run::new(variant, input, partitions, interval, tag);
+    let latency_tag = format!("{tag}.latency");
+    let latency_input = format!("{latency_tag}.{}.orders", run.name);
+    let latency_run = Run::new(variant, &latency_input, partitions, interval, &latency_tag);
+    let mut topics = run.outputs();
+    topics.extend(latency_run.outputs());
+    topics.push((latency_input.clone(), partitions));
+    let topics: Vec<(&str, i32)> = topics.iter().map(|(name, p)| (name.as_str(), *p)).collect();
+    kafka::create_topics(handle, &programs.bootstrap, &topics)?;
+
+    eprintln!(
+        "[bench] worker: {} on {partitions} partition(s), commit interval {} ms: throughput",
+        variant.label(),
+        interval.as_millis()
+    );
+    let throughput = measure::throughput(programs, &run, plan.backlog)?;
+    eprintln!(
+        "[bench] worker: {}: {:.0} orders/s; latency",
+        variant.label(),
+        throughput.rate.unwrap_or(0.0)
+    );
+    let latencies = measure::latency(programs, &latency_run, plan.pace)?;
+    Ok(Measurement {
+        throughput,
+        latencies,
+    })
+}
+
+/// `leading` cells, then the measurement's (or dashes for a failed run).
+fn row(mut leading: Vec<String>, result: &anyhow::Result<Measurement>) -> Vec<String> {
+    let cells = match result {
+        Ok(measured) => vec![
+            stats::whole(measured.throughput.rate),
+            stats::millis(stats::percentile(&measured.latencies, 0.5)),
+            stats::millis(stats::percentile(&measured.latencies, 0.99)),
+            format!(
+                "{:.0}",
+                measured.throughput.peak_rss as f64 / (1024.0 * 1024.0)
+            ),
+            measured
+                .throughput
+                .cpu
+                .map_or_else(|| "-".to_owned(), |cpu| format!("{cpu:.2}")),
+        ],
+        Err(_) => vec![
+            "failed".to_owned(),
+            "-".into(),
+            "-".into(),
+            "-".into(),
+            "-".into(),
+        ],
+    };
+    leading.extend(cells);
+    leading
+}
+
+/// The issue's ratios for one partition count, against their targets.
+fn ratios(partitions: i32, results: &[(Variant, Option<Measurement>)]) -> String {
+    let of = |variant: Variant| {
+        results
+            .iter()
+            .find(|(v, _)| *v == variant)
+            .and_then(|(_, measured)| measured.as_ref())
+    };
+    let rate = |variant| of(variant).and_then(|m| m.throughput.rate);
+    let rss = |variant| of(variant).map(|m| m.throughput.peak_rss as f64);
+    let eos = rate(Variant::ExactlyOnce);
+    format!(
+        "{partitions} partition(s): a/c = {}; a/b = {}; a/d = {}; RSS a/d = {}",
+        stats::against_target(stats::ratio(eos, rate(Variant::RawCopy)), 0.5, true),
+        stats::against_target(stats::ratio(eos, rate(Variant::AtLeastOnce)), 0.85, true),
+        stats::against_target(stats::ratio(eos, rate(Variant::Streams)), 1.5, true),
+        stats::against_target(
+            stats::ratio(rss(Variant::ExactlyOnce), rss(Variant::Streams)),
+            0.2,
+            false
+        ),
+    )
+}
+
+/// The exactly-once worker on one partition at each of the plan's commit intervals.
+fn sweep(
+    plan: &Plan,
+    handle: &tokio::runtime::Handle,
+    programs: &Programs,
+    input: &str,
+) -> anyhow::Result<Section> {
+    let mut section = Section {
+        title: "Worker: commit interval sweep (validate, exactly-once, 1 partition)".to_owned(),
+        table: Table::new(&[
+            "commit interval ms",
+            "orders/s",
+            "p50 ms",
+            "p99 ms",
+            "peak RSS MiB",
+            "CPU (cores)",
+        ]),
+        notes: vec![
+            "Same backlog and method as the side-by-side table. The commit interval is the only \
+             batch setting of the worker contract (a transaction also ends at 20,000 records, \
+             a fixed bound in runtime::Tuning). The rate is read from committed offsets, so at \
+             1,000 ms it is coarser (one commit per second)."
+                .to_owned(),
+        ],
+    };
+    for &ms in &plan.sweep_ms {
+        let interval = Duration::from_millis(ms);
+        let result = measure_variant(
+            plan,
+            handle,
+            programs,
+            Variant::ExactlyOnce,
+            input,
+            1,
+            interval,
+            &format!("sweep{ms}"),
+        );
+        section.table.row(row(vec![ms.to_string()], &result));
+        if let Err(error) = &result {
+            section.notes.push(format!("{ms} ms: failed: {error:#}"));
+        }
+    }
+    Ok(section)
 }

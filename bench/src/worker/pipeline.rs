@@ -1,0 +1,249 @@
+//! The whole pipeline validate -> status -> notify, one exactly-once worker process per stage and
+//! a webhook receiver in the bench: how fast a backlog drains, and which paced rates it keeps up
+//! with (every order delivered within [`KEPT_UP_WITHIN`] of being produced). Must not render
+//! anything but its own section.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use orderpipe_api::contract::env;
+use orderpipe_orders::generator::Expected;
+use orderpipe_worker::loadgen::{self, Expectation};
+
+use super::process::{Measured, cpu_share};
+use super::variant::{Programs, StageEnv};
+use super::webhook::Webhook;
+use super::{COMMIT_INTERVAL, kafka, stats};
+use crate::report::{Section, Table};
+
+/// A paced rate is sustained when no order took longer than this from producer to webhook.
+const KEPT_UP_WITHIN: Duration = Duration::from_secs(5);
+const PARTITIONS: i32 = 4;
+const STAGES: [&str; 3] = ["validate", "status", "notify"];
+
+/// Sizes of the pipeline runs.
+#[derive(Debug, Clone, Copy)]
+pub struct PipelinePlan {
+    pub backlog: u64,
+    pub paced_seconds: u32,
+}
+
+pub fn measure(
+    plan: PipelinePlan,
+    handle: &tokio::runtime::Handle,
+    programs: &Programs,
+) -> anyhow::Result<Section> {
+    let topic = |name: &str| format!("pipe.{name}");
+    let mut topics: Vec<(String, i32)> = ["orders", "validated", "events", "changes", "audit"]
+        .iter()
+        .chain(&["validate.state", "status.state"])
+        .map(|name| (topic(name), PARTITIONS))
+        .collect();
+    topics.extend([(topic("rejected"), 1), (topic("dlq"), 1)]);
+    let names: Vec<(&str, i32)> = topics.iter().map(|(n, p)| (n.as_str(), *p)).collect();
+    kafka::create_topics(handle, &programs.bootstrap, &names)?;
+    let webhook = Webhook::start(handle)?;
+
+    let spec = kafka::orders(plan.backlog, None, 21);
+    eprintln!("[bench] pipeline: producing {} orders", plan.backlog);
+    kafka::fill(&programs.bootstrap, &topic("orders"), &spec)?;
+    let expected = loadgen::generate(&spec)
+        .filter(|record| record.expectation == Expectation::Order(Expected::Valid))
+        .count() as u64;
+
+    let mut stages = Vec::new();
+    for stage in STAGES {
+        let (input, outputs) = match stage {
+            "validate" => (
+                topic("orders"),
+                format!(
+                    "validated={},rejected={},events={}",
+                    topic("validated"),
+                    topic("rejected"),
+                    topic("events")
+                ),
+            ),
+            "status" => (topic("events"), format!("changes={}", topic("changes"))),
+            _ => (topic("changes"), format!("audit={}", topic("audit"))),
+        };
+        let mut command = programs.worker(&StageEnv {
+            stage,
+            input: &input,
+            outputs: &outputs,
+            dead_letter: &topic("dlq"),
+            group: &topic(stage),
+            commit_interval: COMMIT_INTERVAL,
+        });
+        if stage == "notify" {
+            command.env(env::WEBHOOK_URL, &webhook.url);
+        } else {
+            command.env(env::STATE_TOPIC, topic(&format!("{stage}.state")));
+        }
+        let log = programs.work_dir.join(format!("pipeline.{stage}.log"));
+        stages.push(Measured::spawn(stage, command, &log)?);
+    }
+
+    let mut section = Section {
+        title: format!(
+            "Worker: whole pipeline validate -> status -> notify ({PARTITIONS} partitions, exactly-once)"
+        ),
+        table: Table::new(&["load", "orders/s", "p50 ms", "p99 ms", "max ms", "kept up"]),
+        notes: vec![format!(
+            "One worker process per stage, commit interval {} ms, a webhook receiver in the bench \
+             answering 200 at once. Progress = webhook deliveries (one per valid order).",
+            COMMIT_INTERVAL.as_millis()
+        )],
+    };
+    let drain = drain(&mut stages, &webhook, plan.backlog, expected)?;
+    let drain_rate = stats::rate(plan.backlog, drain.total);
+    section.table.row(vec![
+        format!("backlog of {} orders", plan.backlog),
+        stats::whole(drain_rate),
+        "-".into(),
+        "-".into(),
+        "-".into(),
+        "-".into(),
+    ]);
+    section.notes.push(format!(
+        "Backlog: {} orders ({expected} valid) pre-produced, drained in {:.1} s from starting the \
+         three workers to the last webhook delivery (start-up included); orders/s = input orders \
+         over that time. Per stage over the drain: {}.",
+        plan.backlog,
+        drain.total.as_secs_f64(),
+        drain.per_stage.join("; ")
+    ));
+
+    let Some(steady) = drain_rate else {
+        bail!("the backlog drained too fast to measure a rate");
+    };
+    let mut sustained = None;
+    for (index, share) in [0.5, 0.9].into_iter().enumerate() {
+        let rate = (steady * share).round().max(1.0) as u32;
+        let (samples, all_delivered) = paced(
+            programs,
+            &webhook,
+            &topic("orders"),
+            rate,
+            plan.paced_seconds,
+            index,
+        )?;
+        let max = samples.iter().max().copied();
+        let kept_up = all_delivered && max.is_some_and(|max| max <= KEPT_UP_WITHIN);
+        if kept_up {
+            sustained = Some(rate);
+        }
+        section.table.row(vec![
+            format!("paced, {:.0} % of the drain rate", share * 100.0),
+            rate.to_string(),
+            stats::millis(stats::percentile(&samples, 0.5)),
+            stats::millis(stats::percentile(&samples, 0.99)),
+            stats::millis(max),
+            if kept_up { "yes" } else { "no" }.to_owned(),
+        ]);
+    }
+    section.notes.push(format!(
+        "Paced: {} s of valid orders at the rate shown; latency = from handing an order to the \
+         bench's producer to its webhook delivery. Kept up = no order took more than {} s. \
+         Sustained on this machine: {}.",
+        plan.paced_seconds,
+        KEPT_UP_WITHIN.as_secs(),
+        sustained.map_or_else(
+            || "below the lowest rate tried".to_owned(),
+            |rate| format!("at least {rate} orders/s")
+        )
+    ));
+    Ok(section)
+}
+
+struct Drain {
+    total: Duration,
+    per_stage: Vec<String>,
+}
+
+/// Waits until `expected` deliveries arrived; times the whole drain from the workers' start (the
+/// stages overlap, so a window on the last stage's progress alone would flatter the rate).
+fn drain(
+    stages: &mut [Measured],
+    webhook: &Webhook,
+    backlog: u64,
+    expected: u64,
+) -> anyhow::Result<Drain> {
+    let started = Instant::now();
+    let start_cpu = stages
+        .iter()
+        .map(Measured::cpu)
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    // Slower than 200 orders/s is a broken run, not a measurement.
+    let timeout = Duration::from_secs(300 + backlog / 200);
+    let mut last_report = Instant::now();
+    loop {
+        for stage in stages.iter_mut() {
+            stage.ensure_running()?;
+        }
+        let delivered = webhook.deliveries();
+        if delivered >= expected {
+            let total = started.elapsed();
+            let mut per_stage = Vec::new();
+            for ((stage, name), start) in stages.iter().zip(STAGES).zip(&start_cpu) {
+                per_stage.push(format!(
+                    "{name} {:.2} cores, peak RSS {} MiB",
+                    cpu_share(*start, stage.cpu()?).unwrap_or(0.0),
+                    stage.peak_rss()? / (1024 * 1024)
+                ));
+            }
+            return Ok(Drain { total, per_stage });
+        }
+        if started.elapsed() > timeout {
+            bail!("pipeline: {delivered} of {expected} deliveries after {timeout:?}");
+        }
+        if last_report.elapsed() >= Duration::from_secs(10) {
+            eprintln!("[bench] pipeline: {delivered} of {expected} delivered");
+            last_report = Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Latencies of `seconds` of valid orders at `rate`, producer to webhook, and whether every order
+/// arrived (within two minutes of the last one produced).
+fn paced(
+    programs: &Programs,
+    webhook: &Webhook,
+    input: &str,
+    rate: u32,
+    seconds: u32,
+    index: usize,
+) -> anyhow::Result<(Vec<Duration>, bool)> {
+    eprintln!("[bench] pipeline: paced load at {rate} orders/s for {seconds} s");
+    webhook.record_arrivals();
+    let count = u64::from(rate) * u64::from(seconds);
+    let spec = kafka::valid_orders(count, rate, 31 + index as u64);
+    let sent = Mutex::new(HashMap::new());
+    kafka::paced(&programs.bootstrap, input, &spec, &sent)?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (arrivals, all_delivered) = loop {
+        let arrivals = webhook.arrivals();
+        if arrivals.len() as u64 >= count {
+            break (arrivals, true);
+        }
+        if Instant::now() > deadline {
+            eprintln!(
+                "[bench] pipeline: {} of {count} paced orders delivered",
+                arrivals.len()
+            );
+            break (arrivals, false);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let sent = sent.into_inner().map_err(|_| anyhow::anyhow!("poisoned"))?;
+    let samples = arrivals
+        .iter()
+        .filter_map(|(order_id, at)| {
+            sent.get(order_id.as_bytes())
+                .map(|produced| at.duration_since(*produced))
+        })
+        .collect();
+    Ok((samples, all_delivered))
+}
