@@ -14,6 +14,8 @@ use crate::error::{E2eError, Result};
 pub mod var {
     pub const KUBECONFIG: &str = "KUBECONFIG";
     pub const KAFKA_BOOTSTRAP_SERVERS: &str = "KAFKA_BOOTSTRAP_SERVERS";
+    /// The broker's SASL_SSL listener (CA and password files are in the work dir's `kafka-tls/`).
+    pub const KAFKA_SASL_SSL_BOOTSTRAP_SERVERS: &str = "KAFKA_SASL_SSL_BOOTSTRAP_SERVERS";
     pub const TOOLS_DIR: &str = "E2E_TOOLS_DIR";
     pub const WORK_DIR: &str = "E2E_WORK_DIR";
     pub const SUPERVISOR_PID: &str = "E2E_SUPERVISOR_PID";
@@ -25,6 +27,7 @@ pub mod var {
 pub struct StackEnv {
     pub kubeconfig: Option<PathBuf>,
     pub kafka_bootstrap: Option<String>,
+    pub kafka_secure_bootstrap: Option<String>,
     pub tools_dir: PathBuf,
     pub work_dir: PathBuf,
     /// The process that owns the stack (the `orderpipe-e2e serve` supervisor, or a test).
@@ -46,6 +49,9 @@ impl StackEnv {
         }
         if let Some(bootstrap) = &self.kafka_bootstrap {
             export(var::KAFKA_BOOTSTRAP_SERVERS, bootstrap);
+        }
+        if let Some(bootstrap) = &self.kafka_secure_bootstrap {
+            export(var::KAFKA_SASL_SSL_BOOTSTRAP_SERVERS, bootstrap);
         }
         export(var::TOOLS_DIR, &self.tools_dir.display().to_string());
         export(var::WORK_DIR, &self.work_dir.display().to_string());
@@ -79,6 +85,7 @@ impl StackEnv {
             match key {
                 var::KUBECONFIG => env.kubeconfig = Some(PathBuf::from(value)),
                 var::KAFKA_BOOTSTRAP_SERVERS => env.kafka_bootstrap = Some(value),
+                var::KAFKA_SASL_SSL_BOOTSTRAP_SERVERS => env.kafka_secure_bootstrap = Some(value),
                 var::TOOLS_DIR => env.tools_dir = PathBuf::from(value),
                 var::WORK_DIR => env.work_dir = PathBuf::from(value),
                 var::SUPERVISOR_PID => {
@@ -138,6 +145,7 @@ mod tests {
         StackEnv {
             kubeconfig: Some(PathBuf::from("/w/it's here/kubeconfig")),
             kafka_bootstrap: Some("127.0.0.1:39092".into()),
+            kafka_secure_bootstrap: Some("127.0.0.1:39094".into()),
             tools_dir: PathBuf::from("/cache/e2e-tools/v1"),
             work_dir: PathBuf::from("/w"),
             supervisor_pid: 42,

@@ -15,6 +15,7 @@ use rand::distr::{Alphanumeric, SampleString};
 
 use crate::envfile::StackEnv;
 use crate::error::{E2eError, Result};
+use crate::kafka::SecureKafka;
 use crate::kubeconfig;
 use crate::process::pid_alive;
 use crate::tools;
@@ -84,6 +85,18 @@ impl SharedStack {
             })
     }
 
+    /// The shared broker's SASL_SSL listener and its credentials.
+    pub fn kafka_secure(&self) -> Result<SecureKafka> {
+        let bootstrap =
+            self.env
+                .kafka_secure_bootstrap
+                .as_deref()
+                .ok_or_else(|| E2eError::NoSharedStack {
+                    reason: "the shared stack runs without Kafka".into(),
+                })?;
+        SecureKafka::load(&self.env.work_dir, bootstrap)
+    }
+
     /// An admin client for the shared apiserver.
     pub async fn kube_client(&self) -> Result<Client> {
         kubeconfig::client(self.kubeconfig()?).await
@@ -103,6 +116,11 @@ pub async fn kube_client() -> Result<Client> {
 /// `host:port` of the shared stack's broker.
 pub fn kafka_bootstrap() -> Result<String> {
     SharedStack::get()?.kafka_bootstrap().map(str::to_owned)
+}
+
+/// The shared broker's SASL_SSL listener and its credentials.
+pub fn kafka_secure() -> Result<SecureKafka> {
+    SharedStack::get()?.kafka_secure()
 }
 
 /// `<prefix>-<8 random lowercase alphanumerics>`: a valid namespace, topic or object name that

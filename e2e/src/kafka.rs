@@ -12,8 +12,11 @@ use std::time::Duration;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
+use rand::distr::{Alphanumeric, SampleString};
+
 use crate::component::{Component, Member};
 use crate::error::{E2eError, Result};
+use crate::pki::KafkaTls;
 use crate::ports::free_port;
 use crate::process::{CommandSpec, Process, describe_exit, log_tail};
 use crate::tools::Tools;
@@ -21,9 +24,44 @@ use crate::wait::try_wait_until;
 
 const NODE_ID: u32 = 1;
 
+/// The SASL/PLAIN user of the secure listener (its password is random per stack).
+pub const SASL_USERNAME: &str = "orderpipe";
+
+/// The broker's second listener, SASL_SSL: TLS with the stack's own Kafka CA, SASL/PLAIN. What
+/// clients need to use it; the password stays in the work dir (`kafka-tls/sasl-password`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecureKafka {
+    pub bootstrap: String,
+    pub ca_file: PathBuf,
+    pub username: String,
+    pub password: String,
+}
+
+impl SecureKafka {
+    /// The TLS dir of a stack's work dir (see [`KafkaBroker::prepare`]).
+    pub(crate) fn tls_dir(work_dir: &Path) -> PathBuf {
+        work_dir.join("kafka-tls")
+    }
+
+    /// Reads the CA path and the password of the stack in `work_dir`.
+    pub(crate) fn load(work_dir: &Path, bootstrap: &str) -> Result<SecureKafka> {
+        let dir = Self::tls_dir(work_dir);
+        let password_file = dir.join("sasl-password");
+        let password = fs::read_to_string(&password_file)
+            .map_err(|e| E2eError::io("reading", &password_file, e))?;
+        Ok(SecureKafka {
+            bootstrap: bootstrap.to_owned(),
+            ca_file: dir.join(KafkaTls::CA_FILE),
+            username: SASL_USERNAME.to_owned(),
+            password: password.trim().to_owned(),
+        })
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct KafkaBroker {
     bootstrap: String,
+    secure_bootstrap: String,
     dir: PathBuf,
     data_dir: PathBuf,
     properties: PathBuf,
@@ -38,14 +76,27 @@ impl KafkaBroker {
         let logs = dir.join("logs");
         fs::create_dir_all(&logs).map_err(|e| E2eError::io("creating", &logs, e))?;
         let port = free_port()?;
+        let secure_port = free_port()?;
         let controller_port = free_port()?;
         let data_dir = dir.join("kafka-data");
+        let tls_dir = SecureKafka::tls_dir(dir);
+        let tls = KafkaTls::generate(&tls_dir)?;
+        let password = Alphanumeric.sample_string(&mut rand::rng(), 24);
+        let password_file = tls_dir.join("sasl-password");
+        fs::write(&password_file, &password)
+            .map_err(|e| E2eError::io("writing", &password_file, e))?;
         let properties = dir.join("server.properties");
-        fs::write(
-            &properties,
-            server_properties(port, controller_port, &data_dir),
-        )
-        .map_err(|e| E2eError::io("writing", &properties, e))?;
+        let ports = Ports {
+            plaintext: port,
+            sasl_ssl: secure_port,
+            controller: controller_port,
+        };
+        let secure = SecureListener {
+            keystore: &tls.keystore,
+            password: &password,
+        };
+        fs::write(&properties, server_properties(ports, &secure, &data_dir))
+            .map_err(|e| E2eError::io("writing", &properties, e))?;
         let classpath = tools.kafka_classpath()?;
         let java = java();
         let spec = CommandSpec::new(java.clone(), dir)
@@ -53,6 +104,7 @@ impl KafkaBroker {
             .args(["kafka.Kafka".to_owned(), properties.display().to_string()]);
         Ok(KafkaBroker {
             bootstrap: format!("127.0.0.1:{port}"),
+            secure_bootstrap: format!("127.0.0.1:{secure_port}"),
             dir: dir.to_path_buf(),
             data_dir,
             properties,
@@ -65,6 +117,11 @@ impl KafkaBroker {
 
     pub fn bootstrap(&self) -> &str {
         &self.bootstrap
+    }
+
+    /// `127.0.0.1:<port>` of the SASL_SSL listener.
+    pub fn secure_bootstrap(&self) -> &str {
+        &self.secure_bootstrap
     }
 
     pub fn member(&self) -> &Member {
@@ -162,18 +219,62 @@ fn jvm_args(classpath: &str) -> Vec<String> {
     ]
 }
 
-/// One combined broker+controller on loopback (see docs/testing: every line matters).
-pub(crate) fn server_properties(port: u16, controller_port: u16, data_dir: &Path) -> String {
+/// The broker's listener ports.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ports {
+    pub plaintext: u16,
+    pub sasl_ssl: u16,
+    pub controller: u16,
+}
+
+/// What the SASL_SSL listener needs.
+#[derive(Debug)]
+pub(crate) struct SecureListener<'a> {
+    pub keystore: &'a Path,
+    pub password: &'a str,
+}
+
+/// One combined broker+controller on loopback (see docs/testing: every line matters). Tests use
+/// the PLAINTEXT listener; the SASL_SSL one (TLS + SASL/PLAIN, user [`SASL_USERNAME`]) proves the
+/// clients' TLS and SASL settings against a real broker.
+pub(crate) fn server_properties(
+    ports: Ports,
+    secure: &SecureListener<'_>,
+    data_dir: &Path,
+) -> String {
+    let Ports {
+        plaintext: port,
+        sasl_ssl: secure_port,
+        controller: controller_port,
+    } = ports;
     let mut props = String::new();
     let lines = [
         "process.roles=broker,controller".to_owned(),
         format!("node.id={NODE_ID}"),
         format!("controller.quorum.voters={NODE_ID}@127.0.0.1:{controller_port}"),
-        format!("listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}"),
-        format!("advertised.listeners=PLAINTEXT://127.0.0.1:{port}"),
+        format!(
+            "listeners=PLAINTEXT://127.0.0.1:{port},SASL_SSL://127.0.0.1:{secure_port},\
+             CONTROLLER://127.0.0.1:{controller_port}"
+        ),
+        format!(
+            "advertised.listeners=PLAINTEXT://127.0.0.1:{port},SASL_SSL://127.0.0.1:{secure_port}"
+        ),
         "controller.listener.names=CONTROLLER".to_owned(),
         "inter.broker.listener.name=PLAINTEXT".to_owned(),
-        "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT".to_owned(),
+        "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL"
+            .to_owned(),
+        "listener.name.sasl_ssl.sasl.enabled.mechanisms=PLAIN".to_owned(),
+        format!(
+            "listener.name.sasl_ssl.plain.sasl.jaas.config=\
+             org.apache.kafka.common.security.plain.PlainLoginModule required \
+             user_{SASL_USERNAME}=\"{}\";",
+            secure.password
+        ),
+        "listener.name.sasl_ssl.ssl.keystore.type=PEM".to_owned(),
+        format!(
+            "listener.name.sasl_ssl.ssl.keystore.location={}",
+            secure.keystore.display()
+        ),
         format!("log.dirs={}", data_dir.display()),
         // One broker: internal topics cannot have more replicas, and 50 partitions are slow.
         "offsets.topic.replication.factor=1".to_owned(),
@@ -247,12 +348,23 @@ mod tests {
 
     #[test]
     fn server_properties_use_the_given_ports_and_no_auto_topics() {
-        let props = server_properties(9092, 9093, Path::new("/data"));
-        assert!(
-            props.contains("listeners=PLAINTEXT://127.0.0.1:9092,CONTROLLER://127.0.0.1:9093\n")
-        );
+        let ports = Ports {
+            plaintext: 9092,
+            sasl_ssl: 9094,
+            controller: 9093,
+        };
+        let secure = SecureListener {
+            keystore: Path::new("/tls/server-keystore.pem"),
+            password: "pw",
+        };
+        let props = server_properties(ports, &secure, Path::new("/data"));
+        assert!(props.contains(
+            "listeners=PLAINTEXT://127.0.0.1:9092,SASL_SSL://127.0.0.1:9094,CONTROLLER://127.0.0.1:9093\n"
+        ));
         assert!(props.contains("controller.quorum.voters=1@127.0.0.1:9093\n"));
         assert!(props.contains("auto.create.topics.enable=false\n"));
         assert!(props.contains("log.dirs=/data\n"));
+        assert!(props.contains("user_orderpipe=\"pw\";\n"));
+        assert!(props.contains("ssl.keystore.location=/tls/server-keystore.pem\n"));
     }
 }

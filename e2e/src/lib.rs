@@ -34,9 +34,10 @@ pub use component::Component;
 pub use envfile::StackEnv;
 pub use error::{E2eError, Result};
 pub use harness::{
-    ENV_FILE_VAR, SharedStack, TestNamespace, kafka_bootstrap, kube_client, shared_env_file,
-    unique_name,
+    ENV_FILE_VAR, SharedStack, TestNamespace, kafka_bootstrap, kafka_secure, kube_client,
+    shared_env_file, unique_name,
 };
+pub use kafka::{SASL_USERNAME, SecureKafka};
 pub use kube_cluster::{Kubernetes, NODE_NAME};
 pub use kubeconfig::client as kube_client_for;
 pub use node_agent::{NodeAgent, NodeAgentConfig};

@@ -108,6 +108,63 @@ impl Pki {
     }
 }
 
+/// The Kafka broker's TLS files: its own CA ([`KafkaTls::CA_FILE`], which clients trust) and a PEM
+/// keystore (the broker's unencrypted PKCS#8 key followed by its certificate), which Kafka reads
+/// with `ssl.keystore.type=PEM`.
+#[derive(Debug, Clone)]
+pub struct KafkaTls {
+    pub keystore: PathBuf,
+}
+
+impl KafkaTls {
+    pub const CA_FILE: &str = "ca.crt";
+
+    /// Generates a fresh CA and a serving certificate for 127.0.0.1 and localhost into `dir`.
+    pub fn generate(dir: &Path) -> Result<KafkaTls> {
+        fs::create_dir_all(dir).map_err(|e| E2eError::io("creating", dir, e))?;
+        let ca_key = key("Kafka CA")?;
+        let mut ca_params = CertificateParams::default();
+        ca_params.distinguished_name = name("orderpipe-e2e-kafka-ca", None);
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca_cert = ca_params
+            .self_signed(&ca_key)
+            .map_err(|error| E2eError::Pki {
+                what: "Kafka CA",
+                error,
+            })?;
+        write(&dir.join(Self::CA_FILE), &ca_cert.pem())?;
+        let issuer = Issuer::new(ca_params, ca_key);
+
+        let mut serving = leaf("kafka", None, ExtendedKeyUsagePurpose::ServerAuth);
+        serving.subject_alt_names = vec![
+            SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            "localhost"
+                .to_owned()
+                .try_into()
+                .map(SanType::DnsName)
+                .map_err(|error| E2eError::Pki {
+                    what: "Kafka serving",
+                    error,
+                })?,
+        ];
+        let server_key = key("Kafka serving")?;
+        let server_cert =
+            serving
+                .signed_by(&server_key, &issuer)
+                .map_err(|error| E2eError::Pki {
+                    what: "Kafka serving",
+                    error,
+                })?;
+        let keystore = dir.join("server-keystore.pem");
+        write(
+            &keystore,
+            &format!("{}{}", server_key.serialize_pem(), server_cert.pem()),
+        )?;
+        Ok(KafkaTls { keystore })
+    }
+}
+
 fn apiserver_sans() -> Result<Vec<SanType>> {
     let dns = |name: &str| {
         name.to_owned()

@@ -12,7 +12,7 @@ use kube::Client;
 use crate::component::{Component, Member, stop_members, stop_members_blocking};
 use crate::envfile::StackEnv;
 use crate::error::{E2eError, Result};
-use crate::kafka::KafkaBroker;
+use crate::kafka::{KafkaBroker, SecureKafka};
 use crate::kube_cluster::{KubeCluster, KubeOptions, Kubernetes};
 use crate::tools::{self, Tools};
 
@@ -239,6 +239,14 @@ impl Stack {
             })
     }
 
+    /// The broker's SASL_SSL listener and its credentials.
+    pub fn kafka_secure(&self) -> Result<SecureKafka> {
+        let kafka = self.kafka.as_ref().ok_or(E2eError::NotInStack {
+            component: Component::Kafka.name(),
+        })?;
+        SecureKafka::load(&self.work_dir, kafka.secure_bootstrap())
+    }
+
     /// PID (= process group) of every running component.
     pub fn pids(&self) -> Vec<(Component, u32)> {
         let mut members: Vec<&Member> = Vec::new();
@@ -259,6 +267,10 @@ impl Stack {
         StackEnv {
             kubeconfig: self.kubeconfig().map(Path::to_path_buf),
             kafka_bootstrap: self.kafka_bootstrap().ok().map(str::to_owned),
+            kafka_secure_bootstrap: self
+                .kafka
+                .as_ref()
+                .map(|kafka| kafka.secure_bootstrap().to_owned()),
             tools_dir: self.tools.root().to_path_buf(),
             work_dir: self.work_dir.clone(),
             supervisor_pid: std::process::id(),

@@ -11,9 +11,10 @@ use common::{
     free_port, orders, produce, produce_raw, read_all, wait_until,
 };
 use nix::sys::signal::Signal;
-use orderpipe_api::contract::env;
+use orderpipe_api::contract::{KafkaConnection, SaslConfig, SecretString, env};
+use orderpipe_api::v1alpha1::SaslMechanism;
 use orderpipe_orders::{MAX_PAYLOAD_BYTES, headers};
-use orderpipe_worker::loadgen::LoadSpec;
+use orderpipe_worker::loadgen::{self, LoadSpec};
 
 const PROCESS_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -228,4 +229,73 @@ fn a_record_at_the_broker_size_limit_is_dead_lettered_cut_and_the_orders_behind_
     assert_eq!(dead.key.as_deref(), Some(&b"ord-huge"[..]));
     let validated = read_all(&bootstrap, &pipeline.validated, "read_committed");
     assert_eq!(validated.len(), 200, "every order behind it validated once");
+}
+
+#[test]
+#[ignore = "needs the local stack: make test-e2e"]
+fn over_tls_with_sasl_the_worker_validates_every_order_and_a_wrong_password_stays_unready() {
+    let bootstrap = bootstrap();
+    let secure = orderpipe_e2e::kafka_secure().expect("the stack's SASL_SSL listener");
+    let pipeline = ValidatePipeline::create(&bootstrap, 3);
+    let spec = orders(500, 13);
+    let connection = KafkaConnection {
+        bootstrap_servers: secure.bootstrap.clone(),
+        tls: true,
+        tls_ca_file: Some(secure.ca_file.clone()),
+        tls_client_dir: None,
+        sasl: Some(SaslConfig {
+            mechanism: SaslMechanism::Plain,
+            username: secure.username.clone(),
+            password: SecretString::new(secure.password.clone()),
+        }),
+    };
+    // The load generator speaks TLS + SASL too.
+    loadgen::produce(&connection, &pipeline.input, &spec, |_| {}).expect("load produced");
+
+    // The worker gets the listener, CA file and credentials through the contract's variables, as
+    // the operator renders them from the pipeline's spec.kafka and its Secret.
+    let secure_env = |password: &str| {
+        let mut env = pipeline.worker_env(&secure.bootstrap, "validate-0", free_port());
+        env.extend(
+            [
+                (env::TLS_ENABLED, "true".to_owned()),
+                (env::TLS_CA_FILE, secure.ca_file.display().to_string()),
+                (env::SASL_MECHANISM, "PLAIN".to_owned()),
+                (env::SASL_USERNAME, secure.username.clone()),
+                (env::SASL_PASSWORD, password.to_owned()),
+            ]
+            .map(|(key, value)| (key.to_owned(), value)),
+        );
+        env
+    };
+
+    let intruder = WorkerProcess::spawn("validate-wrong-password", &secure_env("not-it"));
+    wait_until(
+        "the broker to refuse the credentials",
+        PROCESS_TIMEOUT,
+        || intruder.log_text().contains("Authentication failed"),
+    );
+    let (status, _) = intruder.get("/readyz").expect("readyz served");
+    assert_eq!(status, 503, "not ready without a broker session");
+    intruder.signal(Signal::SIGKILL);
+    assert!(
+        !intruder.log_text().contains("not-it"),
+        "the password never appears in the log"
+    );
+
+    let mut worker = WorkerProcess::spawn("validate-sasl-ssl", &secure_env(&secure.password));
+    wait_until("the worker to commit every order", PROCESS_TIMEOUT, || {
+        caught_up(&bootstrap, &pipeline.group, &pipeline.input)
+    });
+    worker.signal(Signal::SIGTERM);
+    assert!(
+        worker.wait_exit(Duration::from_secs(30)).success(),
+        "{}",
+        worker.log_tail()
+    );
+    assert!(
+        !worker.log_text().contains(&secure.password),
+        "the password never appears in the log"
+    );
+    assert_exactly_once(&bootstrap, &pipeline.topics(), &[spec]);
 }
