@@ -45,6 +45,10 @@ const RESYNC: Duration = Duration::from_secs(300);
 /// hold a blocking-pool thread each) and the apiserver; unbounded, 1,000 new pipelines meant
 /// hundreds of threads and concurrent topic creations timing out on the broker.
 const CONCURRENCY: u16 = 32;
+/// Triggers arriving this close together make one reconcile: a new pipeline's own status write and
+/// its children's creation and rollout would otherwise cost about ten reconciles, each describing
+/// every topic of the pipeline in Kafka.
+const DEBOUNCE: Duration = Duration::from_millis(500);
 /// Re-check interval while something is still converging.
 const CONVERGING: Duration = Duration::from_secs(10);
 
@@ -113,7 +117,11 @@ pub async fn run(
         None => Api::all(client.clone()),
     };
     let mut controller = Controller::new(pipelines, watcher::Config::default().any_semantic())
-        .with_config(controller::Config::default().concurrency(CONCURRENCY));
+        .with_config(
+            controller::Config::default()
+                .concurrency(CONCURRENCY)
+                .debounce(DEBOUNCE),
+        );
     let owned = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
     let mut stores = BTreeMap::new();
     let child_index = Arc::new(Mutex::new(ChildIndex::default()));
@@ -130,7 +138,11 @@ pub async fn run(
         stores.insert(kind, writer.as_reader());
         let index = child_index.clone();
         // The index sees each event right after the store and before the reconcile it triggers.
-        let stream = reflector(writer, watcher(api, owned.clone()))
+        // managedFields are most of a cached Deployment and nothing here reads them.
+        let children = watcher(api, owned.clone()).modify(|object: &mut DynamicObject| {
+            object.metadata.managed_fields = None;
+        });
+        let stream = reflector(writer, children)
             .default_backoff()
             .inspect_ok(move |event| {
                 if let Ok(mut index) = index.lock() {
