@@ -1,9 +1,359 @@
 //! Operator benchmarks: apply-to-Ready for 1, 100 and 1,000 pipelines, RSS, idle-resync API
 //! requests, reconcile latency.
+//!
+//! One private stack (real apiserver, controller-manager, scheduler, kwok, Kafka); per size a fresh
+//! namespace and a fresh release operator process watching only it, so each row's memory and
+//! latency belong to that size alone. Ready is read from a watch on the pipelines, never by polling
+//! with sleeps. This module drives the run; the numbers come from the pure functions in `scrape`.
+
+mod process;
+mod scrape;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use orderpipe_api::OrderPipeline;
+use orderpipe_e2e::{Stack, wait_until};
+use serde_json::{Value, json};
 
 use crate::Context;
-use crate::report::Section;
+use crate::report::{Section, Table};
+use process::{Memory, OperatorProcess};
+use scrape::histogram_quantile;
 
-pub async fn run(_ctx: &Context) -> anyhow::Result<Vec<Section>> {
-    anyhow::bail!("not written yet")
+/// Pipelines applied at once: enough to keep the apiserver busy, few enough not to queue in it.
+const APPLY_CONCURRENCY: usize = 16;
+/// Resync period the operator runs with, short enough to observe one idle pass per size.
+const RESYNC: Duration = Duration::from_secs(20);
+/// Budget for one size's apply-to-Ready, per pipeline on top of a base.
+const READY_BASE: Duration = Duration::from_secs(60);
+const READY_PER_PIPELINE: Duration = Duration::from_millis(300);
+/// Reconcile durations as the operator exports them.
+const RECONCILE_HISTOGRAM: &str = "orderpipe_operator_reconcile_duration_seconds";
+const RECONCILES: &str = "orderpipe_operator_reconciles_total";
+const API_REQUESTS: &str = "orderpipe_operator_api_requests_total";
+const WRITE_VERBS: [&str; 4] = ["post", "put", "patch", "delete"];
+const MIB: f64 = 1024.0 * 1024.0;
+
+pub async fn run(ctx: &Context) -> anyhow::Result<Vec<Section>> {
+    let sizes: &[usize] = if ctx.quick { &[1, 20] } else { &[1, 100, 1000] };
+    // Other work on a shared machine changes every number here; the report says how busy it was.
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    eprintln!("[bench] operator: starting a private stack");
+    let stack = Stack::builder("bench-operator")
+        .start()
+        .await
+        .context("starting the benchmark stack")?;
+    let result = run_sizes(&stack, sizes).await;
+    stack.stop().await.context("stopping the benchmark stack")?;
+    let rows = result?;
+    Ok(vec![section(&rows, load.trim())])
+}
+
+async fn run_sizes(stack: &Stack, sizes: &[usize]) -> anyhow::Result<Vec<Row>> {
+    let client = stack.kube_client()?;
+    let kubeconfig = stack.kubeconfig().context("the stack has no kubeconfig")?;
+    let bootstrap = stack.kafka_bootstrap()?.to_owned();
+    let mut rows = Vec::new();
+    for &size in sizes {
+        let namespace = format!("bench-{size}");
+        create_namespace(&client, &namespace).await?;
+        let log = stack.work_dir().join(format!("operator-{size}.log"));
+        let operator = OperatorProcess::start(kubeconfig, &namespace, RESYNC, &log).await?;
+        eprintln!(
+            "[bench] operator pid {} watching {namespace}, log {}",
+            operator.pid(),
+            log.display()
+        );
+        let row = measure(&client, &operator, &namespace, &bootstrap, size)
+            .await
+            .with_context(|| format!("{size} pipelines (operator log {})", log.display()))?;
+        operator.stop().await?;
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+/// One row of the report.
+#[derive(Debug)]
+struct Row {
+    pipelines: usize,
+    idle: Memory,
+    ready: ReadyOutcome,
+    loaded: Memory,
+    reconcile_p50: Option<f64>,
+    reconcile_p99: Option<f64>,
+    resync: Option<ResyncRequests>,
+}
+
+#[derive(Debug)]
+enum ReadyOutcome {
+    AllReady(Duration),
+    TimedOut { ready: usize, after: Duration },
+}
+
+/// Kubernetes API requests of the operator during one idle resync pass.
+#[derive(Debug)]
+struct ResyncRequests {
+    reconciles: f64,
+    reads: f64,
+    writes: f64,
+    took: Duration,
+}
+
+async fn measure(
+    client: &Client,
+    operator: &OperatorProcess,
+    namespace: &str,
+    bootstrap: &str,
+    size: usize,
+) -> anyhow::Result<Row> {
+    let idle = operator.memory()?;
+    let api: Api<OrderPipeline> = Api::namespaced(client.clone(), namespace);
+    let budget = READY_BASE + READY_PER_PIPELINE * u32::try_from(size)?;
+    let ready = apply_and_wait_ready(&api, namespace, bootstrap, size, budget).await?;
+    let loaded = operator.memory()?;
+    let resync = match ready {
+        ReadyOutcome::AllReady(_) => Some(idle_resync(operator, size).await?),
+        ReadyOutcome::TimedOut { .. } => None,
+    };
+    let scrape = operator.scrape().await?;
+    let buckets = scrape.buckets(RECONCILE_HISTOGRAM);
+    Ok(Row {
+        pipelines: size,
+        idle,
+        ready,
+        loaded,
+        reconcile_p50: histogram_quantile(0.5, &buckets),
+        reconcile_p99: histogram_quantile(0.99, &buckets),
+        resync,
+    })
+}
+
+/// Applies `size` pipelines with bounded concurrency and waits, on a watch, until every one is
+/// Ready; the clock starts just before the first apply.
+async fn apply_and_wait_ready(
+    api: &Api<OrderPipeline>,
+    namespace: &str,
+    bootstrap: &str,
+    size: usize,
+    budget: Duration,
+) -> anyhow::Result<ReadyOutcome> {
+    // The watch lists before the first apply, so no transition to Ready can be missed.
+    let mut events = watcher(api.clone(), watcher::Config::default())
+        .default_backoff()
+        .applied_objects()
+        .boxed();
+    let start = Instant::now();
+    let apply = futures::stream::iter(0..size)
+        .map(|i| {
+            let object = pipeline(namespace, &format!("p{i}"), bootstrap);
+            async move {
+                api.patch(
+                    &format!("p{i}"),
+                    &PatchParams::apply("orderpipe-bench").force(),
+                    &Patch::Apply(&object),
+                )
+                .await
+                .with_context(|| format!("applying pipeline p{i}"))
+            }
+        })
+        .buffer_unordered(APPLY_CONCURRENCY)
+        .try_for_each(|_| async { Ok(()) });
+    let mut apply = std::pin::pin!(apply);
+    let mut applied = false;
+    let mut ready = HashSet::new();
+    let mut last_progress = Instant::now();
+    let deadline = tokio::time::sleep(budget);
+    tokio::pin!(deadline);
+    while ready.len() < size {
+        tokio::select! {
+            result = &mut apply, if !applied => {
+                result?;
+                applied = true;
+                eprintln!("[bench] {size} pipelines applied after {:.1} s", start.elapsed().as_secs_f64());
+            }
+            event = events.try_next() => {
+                let pipeline = event?.context("the pipeline watch ended")?;
+                if is_ready(&pipeline) {
+                    ready.insert(pipeline.name_any());
+                }
+                if last_progress.elapsed() >= Duration::from_secs(5) {
+                    eprintln!("[bench] {}/{size} Ready after {:.1} s", ready.len(), start.elapsed().as_secs_f64());
+                    last_progress = Instant::now();
+                }
+            }
+            () = &mut deadline => {
+                eprintln!("[bench] timed out: {}/{size} Ready after {:.1} s", ready.len(), budget.as_secs_f64());
+                return Ok(ReadyOutcome::TimedOut { ready: ready.len(), after: budget });
+            }
+        }
+    }
+    let took = start.elapsed();
+    eprintln!(
+        "[bench] {size}/{size} Ready after {:.1} s",
+        took.as_secs_f64()
+    );
+    Ok(ReadyOutcome::AllReady(took))
+}
+
+/// Counts the API requests the operator makes while every pipeline is reconciled once more with
+/// nothing to change. The window starts when all are Ready and ends once a resync period has passed
+/// (each pipeline's last reconcile before the window requeues within it) and at least as many
+/// reconciles as pipelines have completed.
+async fn idle_resync(operator: &OperatorProcess, size: usize) -> anyhow::Result<ResyncRequests> {
+    let before = operator.scrape().await?;
+    let start = Instant::now();
+    let pipelines = size as f64;
+    let after = wait_until(
+        "one idle resync of every pipeline",
+        RESYNC * 2 + READY_PER_PIPELINE * u32::try_from(size)?,
+        || async {
+            let now = operator.scrape().await.ok()?;
+            let reconciles = now.delta(&before, RECONCILES, &[]);
+            (start.elapsed() >= RESYNC && reconciles >= pipelines).then_some(now)
+        },
+    )
+    .await?;
+    let count = |verbs: &[&str]| -> f64 {
+        verbs
+            .iter()
+            .map(|verb| after.delta(&before, API_REQUESTS, &[&format!("verb=\"{verb}\"")]))
+            .sum()
+    };
+    Ok(ResyncRequests {
+        reconciles: after.delta(&before, RECONCILES, &[]),
+        reads: count(&["read", "watch"]),
+        writes: count(&WRITE_VERBS),
+        took: start.elapsed(),
+    })
+}
+
+fn is_ready(pipeline: &OrderPipeline) -> bool {
+    pipeline.status.as_ref().is_some_and(|status| {
+        status.observed_generation == pipeline.metadata.generation
+            && status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+    })
+}
+
+/// The smallest pipeline: one stage, one replica, four 1-partition topics of its own.
+fn pipeline(namespace: &str, name: &str, bootstrap: &str) -> Value {
+    let topic = |suffix: &str| format!("{namespace}.{name}.{suffix}");
+    json!({
+        "apiVersion": "orderpipe.dev/v1alpha1",
+        "kind": "OrderPipeline",
+        "metadata": { "name": name },
+        "spec": {
+            "kafka": { "bootstrapServers": [bootstrap] },
+            "topics": [
+                { "name": topic("orders"), "partitions": 1 },
+                { "name": topic("validated"), "partitions": 1 },
+                { "name": topic("rejected"), "partitions": 1 },
+                { "name": topic("dlq"), "partitions": 1 }
+            ],
+            "stages": [{
+                "name": "validate",
+                "processor": "validate",
+                "input": topic("orders"),
+                "outputs": { "validated": topic("validated"), "rejected": topic("rejected") },
+                "deadLetter": topic("dlq")
+            }]
+        }
+    })
+}
+
+async fn create_namespace(client: &Client, name: &str) -> anyhow::Result<()> {
+    let namespace = json!({
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": { "name": name },
+    });
+    Api::<Namespace>::all(client.clone())
+        .patch(
+            name,
+            &PatchParams::apply("orderpipe-bench").force(),
+            &Patch::Apply(&namespace),
+        )
+        .await
+        .with_context(|| format!("creating namespace {name}"))?;
+    Ok(())
+}
+
+fn section(rows: &[Row], load: &str) -> Section {
+    let mut table = Table::new(&[
+        "pipelines",
+        "apply → all Ready",
+        "Ready/s",
+        "RSS idle",
+        "RSS all Ready",
+        "peak RSS",
+        "reconcile p50 / p99",
+        "idle resync: reconciles, reads, writes",
+    ]);
+    for row in rows {
+        table.row(cells(row));
+    }
+    Section {
+        title: "Operator".into(),
+        table,
+        notes: vec![
+            "Targets: idle RSS <= 20 MiB; <= 64 MiB and all Ready within 60 s at 1,000 pipelines; 0 writes per idle resync.".into(),
+            "Each size: a fresh namespace and a fresh release operator process (--watch-namespace, no leader election) on one private stack (kube-apiserver, controller-manager, scheduler, kwok node, KRaft Kafka); earlier sizes' objects stay in the cluster.".into(),
+            format!("Pipeline: one validate stage, 1 replica (a kwok pod, Ready once scheduled), four 1-partition topics of its own; applied {APPLY_CONCURRENCY} at a time with server-side apply. Ready = condition Ready True at the current generation, seen on a watch; the clock starts at the first apply."),
+            "RSS: VmRSS of the operator from /proc once its watches are open (idle) and when all are Ready; peak = VmHWM over the whole run of that size.".into(),
+            "Reconcile p50 / p99: from the operator's orderpipe_operator_reconcile_duration_seconds histogram (buckets 1 ms x 2^k, linear interpolation inside a bucket), over every reconcile of that run including the idle resync; 32768 ms is the last finite bucket and means \"that or more\".".into(),
+            format!("Idle resync: the operator runs with --resync-seconds {}; the window runs from all Ready until one resync period has passed (so every pipeline's last reconcile has come due) and the operator has completed at least as many reconciles as there are pipelines; the row takes the difference of its client-side request counter (orderpipe_operator_api_requests_total, a layer on its kube client counting every request by verb); reads include re-opened watches; writes = POST+PUT+PATCH+DELETE.", RESYNC.as_secs()),
+            format!("Load average (/proc/loadavg) when the section started: {load}; the machine is shared, so other builds compete for the same cores."),
+        ],
+    }
+}
+
+fn cells(row: &Row) -> Vec<String> {
+    let mib = |bytes: u64| {
+        let value = bytes as f64 / MIB;
+        format!("{value:.1} MiB")
+    };
+    let ms = |seconds: Option<f64>| seconds.map_or("-".into(), |s| format!("{:.1}", s * 1000.0));
+    let (ready, rate) = match row.ready {
+        ReadyOutcome::AllReady(took) => (
+            format!("{:.1} s", took.as_secs_f64()),
+            format!("{:.1}", row.pipelines as f64 / took.as_secs_f64()),
+        ),
+        ReadyOutcome::TimedOut { ready, after } => (
+            format!(
+                "timed out: {ready}/{} after {:.0} s",
+                row.pipelines,
+                after.as_secs_f64()
+            ),
+            "-".into(),
+        ),
+    };
+    let resync = row.resync.as_ref().map_or("-".into(), |r| {
+        format!(
+            "{:.0} in {:.1} s: {:.0} reads, {:.0} writes",
+            r.reconciles,
+            r.took.as_secs_f64(),
+            r.reads,
+            r.writes
+        )
+    });
+    vec![
+        row.pipelines.to_string(),
+        ready,
+        rate,
+        mib(row.idle.rss),
+        mib(row.loaded.rss),
+        mib(row.loaded.peak),
+        format!("{} / {} ms", ms(row.reconcile_p50), ms(row.reconcile_p99)),
+        resync,
+    ]
 }
