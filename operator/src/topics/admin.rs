@@ -22,12 +22,15 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use orderpipe_api::v1alpha1::KafkaSpec;
+use rdkafka::ClientConfig;
 use rdkafka::admin::{
     AdminClient, AdminOptions, AlterConfig, ConfigResource, ConfigSource, NewPartitions, NewTopic,
     OwnedResourceSpecifier, ResourceSpecifier, TopicReplication, TopicResult,
 };
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::producer::{BaseProducer, DeliveryResult, Producer, ProducerContext};
 use tokio::task::JoinError;
 
 use super::connection::{AdminConnection, ConnectionKey, ResolvedKafkaSecrets};
@@ -165,6 +168,17 @@ pub enum TopicError {
         topic: String,
         why: String,
     },
+    /// librdkafka could not reach the brokers (a local error code such as "broker transport
+    /// failure"); `cause` is what the client last reported about its connections, e.g. "SASL
+    /// authentication error: Authentication failed: Invalid username or password", which the
+    /// request's own error leaves out.
+    #[error("{op} topic {topic} failed: {code}; the client reports: {cause}")]
+    Unreachable {
+        op: Operation,
+        topic: String,
+        code: RDKafkaErrorCode,
+        cause: String,
+    },
     /// The blocking metadata call ended without a result.
     #[error("{op} topic {topic}: the metadata task did not complete: {source}")]
     Blocking {
@@ -205,7 +219,7 @@ impl TopicError {
         match self {
             Self::Connection(_) | Self::Client(_) | Self::Refused { .. } => ErrorCategory::Invalid,
             Self::Timeout { .. } | Self::Unconfirmed { .. } => ErrorCategory::Timeout,
-            Self::Broker { code, .. } => category_of(*code),
+            Self::Broker { code, .. } | Self::Unreachable { code, .. } => category_of(*code),
             Self::Kafka { .. } | Self::Unanswered { .. } | Self::Blocking { .. } => {
                 ErrorCategory::Other
             }
@@ -217,6 +231,7 @@ impl TopicError {
         match self {
             Self::Connection(_) | Self::Client(_) => None,
             Self::Broker { topic, .. }
+            | Self::Unreachable { topic, .. }
             | Self::Kafka { topic, .. }
             | Self::Timeout { topic, .. }
             | Self::Unconfirmed { topic, .. }
@@ -288,6 +303,102 @@ fn category_of(code: RDKafkaErrorCode) -> ErrorCategory {
     }
 }
 
+/// How long a probe may listen for the reason a connection fails.
+const PROBE_TIME: Duration = Duration::from_secs(3);
+
+/// Listens to what librdkafka reports about broker connections (authentication, TLS, name
+/// resolution) and keeps the first error. A request that fails for such a reason only says
+/// "broker transport failure", useless in a pipeline's status; and an `AdminClient` never hands
+/// its logs to its context (rust-rdkafka routes them to a queue only consumers and producers
+/// poll), so [`connection_failure`] asks a short-lived producer. librdkafka's messages name
+/// brokers and mechanisms, never credentials.
+#[derive(Debug, Default)]
+struct ProbeContext {
+    failure: Mutex<Option<String>>,
+}
+
+impl ClientContext for ProbeContext {
+    /// Connection failures arrive as error-level `FAIL` logs.
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        let error = matches!(
+            level,
+            RDKafkaLogLevel::Emerg
+                | RDKafkaLogLevel::Alert
+                | RDKafkaLogLevel::Critical
+                | RDKafkaLogLevel::Error
+        );
+        if error && fac == "FAIL" {
+            self.remember(log_message);
+        }
+    }
+
+    fn error(&self, _error: KafkaError, reason: &str) {
+        self.remember(reason);
+    }
+}
+
+impl ProducerContext for ProbeContext {
+    type DeliveryOpaque = ();
+
+    /// The probe sends nothing.
+    fn delivery(&self, _: &DeliveryResult<'_>, _: ()) {}
+}
+
+impl ProbeContext {
+    fn remember(&self, cause: &str) {
+        let mut failure = self.failure.lock().unwrap_or_else(PoisonError::into_inner);
+        failure.get_or_insert_with(|| cause.to_owned());
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// Why clients with `config` cannot talk to the brokers, if a fresh producer (which connects to
+/// the bootstrap brokers at once) hears a reason within [`PROBE_TIME`]. Blocks.
+fn connection_failure(config: &ClientConfig) -> Option<String> {
+    let producer: BaseProducer<ProbeContext> =
+        config.create_with_context(ProbeContext::default()).ok()?;
+    let deadline = Instant::now() + PROBE_TIME;
+    while Instant::now() < deadline {
+        producer.poll(Duration::from_millis(100));
+        if let Some(failure) = producer.context().failure() {
+            return Some(failure);
+        }
+    }
+    None
+}
+
+/// Whether `error` carries a local error code: librdkafka could not reach the brokers.
+fn is_local(error: &TopicError) -> bool {
+    matches!(error, TopicError::Broker { code, .. } if is_local_code(*code))
+}
+
+/// librdkafka's own codes are negative; the brokers' are not.
+fn is_local_code(code: RDKafkaErrorCode) -> bool {
+    (code as i32) < 0
+}
+
+/// A local failure (see [`is_local`]) becomes [`TopicError::Unreachable`] when a `cause` was found;
+/// other failures stay as they are.
+fn explained(error: TopicError, cause: Option<String>) -> TopicError {
+    match (error, cause) {
+        (TopicError::Broker { op, topic, code }, Some(cause)) if is_local_code(code) => {
+            TopicError::Unreachable {
+                op,
+                topic,
+                code,
+                cause,
+            }
+        }
+        (error, _) => error,
+    }
+}
+
 /// Added to the request timeout for our own deadline, so librdkafka's timeout (with its precise
 /// error) normally fires first.
 const DEADLINE_GRACE: Duration = Duration::from_secs(2);
@@ -296,6 +407,8 @@ const DEADLINE_GRACE: Duration = Duration::from_secs(2);
 #[derive(Clone)]
 pub struct KafkaTopicAdmin {
     client: Arc<AdminClient<DefaultClientContext>>,
+    /// The client's config, for a probe that finds out why a connection fails.
+    config: Arc<ClientConfig>,
     /// Per request: librdkafka's request and operation timeout, and our own deadline.
     timeout: Duration,
 }
@@ -312,12 +425,11 @@ impl KafkaTopicAdmin {
     /// Builds a client; it connects lazily, on its first request. Prefer [`AdminPool::get`]: a new
     /// client per reconcile would open new broker connections every time.
     pub fn connect(connection: &AdminConnection, timeout: Duration) -> Result<Self, TopicError> {
-        let client = connection
-            .client_config()
-            .create()
-            .map_err(TopicError::client)?;
+        let config = connection.client_config();
+        let client = config.create().map_err(TopicError::client)?;
         Ok(Self {
             client: Arc::new(client),
+            config: Arc::new(config),
             timeout,
         })
     }
@@ -340,7 +452,7 @@ impl KafkaTopicAdmin {
     ) -> Result<T, TopicError> {
         match tokio::time::timeout(self.timeout + DEADLINE_GRACE, request).await {
             Ok(Ok(answer)) => Ok(answer),
-            Ok(Err(error)) => Err(TopicError::kafka(op, topic, error)),
+            Ok(Err(error)) => Err(self.diagnosed(TopicError::kafka(op, topic, error)).await),
             Err(_elapsed) => Err(TopicError::Timeout {
                 op,
                 topic: topic.to_owned(),
@@ -386,11 +498,26 @@ impl KafkaTopicAdmin {
             }
             Ok(shapes)
         });
-        task.await.map_err(|source| TopicError::Blocking {
-            op: Operation::Describe,
-            topic: topics,
-            source,
-        })?
+        match task.await {
+            Ok(Ok(shapes)) => Ok(shapes),
+            Ok(Err(error)) => Err(self.diagnosed(error).await),
+            Err(source) => Err(TopicError::Blocking {
+                op: Operation::Describe,
+                topic: topics,
+                source,
+            }),
+        }
+    }
+
+    /// `error`, with the reason the brokers are unreachable when it is about that (see
+    /// [`connection_failure`]); the probe blocks, so it runs on the blocking pool.
+    async fn diagnosed(&self, error: TopicError) -> TopicError {
+        if !is_local(&error) {
+            return error;
+        }
+        let config = Arc::clone(&self.config);
+        let probe = tokio::task::spawn_blocking(move || connection_failure(&config));
+        explained(error, probe.await.ok().flatten())
     }
 
     /// The current configuration entries of one topic.
@@ -856,6 +983,51 @@ mod tests {
             KafkaError::AdminOp(RDKafkaErrorCode::OperationTimedOut),
         );
         assert_eq!(error.category(), ErrorCategory::Timeout);
+    }
+
+    #[test]
+    fn a_local_failure_is_explained_by_the_reason_the_brokers_are_unreachable() {
+        let failure = |code| TopicError::Broker {
+            op: Operation::Describe,
+            topic: "orders".into(),
+            code,
+        };
+        let transport = RDKafkaErrorCode::BrokerTransportFailure;
+        let sasl = Some("SASL authentication error: Authentication failed".to_owned());
+        let explained_transport = explained(failure(transport), sasl.clone());
+        assert_eq!(
+            explained_transport.to_string(),
+            "describing topic orders failed: BrokerTransportFailure (Local: Broker transport \
+             failure); the client reports: SASL authentication error: Authentication failed"
+        );
+        assert_eq!(
+            explained_transport.category(),
+            failure(transport).category()
+        );
+        assert!(matches!(
+            explained(failure(transport), None),
+            TopicError::Broker { .. }
+        ));
+        assert!(
+            matches!(
+                explained(failure(RDKafkaErrorCode::TopicAuthorizationFailed), sasl),
+                TopicError::Broker { .. }
+            ),
+            "a broker's own answer needs no explaining"
+        );
+    }
+
+    #[test]
+    fn a_probe_hears_why_the_brokers_refuse_a_client() {
+        // A broker address nobody listens on: the probe reports the connection failure.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .map(|addr| addr.port())
+            .expect("a free port");
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", format!("127.0.0.1:{port}"));
+        let failure = connection_failure(&config).expect("a reason");
+        assert!(failure.contains("Connection refused"), "{failure}");
     }
 
     #[test]
