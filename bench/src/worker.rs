@@ -112,15 +112,7 @@ fn measure_all(
     let order_bytes = kafka::mean_payload_bytes(&kafka::orders(1_000, None, BACKLOG_SEED));
     let mut side_by_side = Section {
         title: "Worker: validate stage, side by side".to_owned(),
-        table: Table::new(&[
-            "partitions",
-            "variant",
-            "orders/s",
-            "p50 ms",
-            "p99 ms",
-            "peak RSS MiB",
-            "CPU (cores)",
-        ]),
+        table: measured_table(&["partitions", "variant"]),
         notes: vec![
             format!(
                 "Input: {} orders from the load generator (mean payload {order_bytes} bytes; 2 % invalid, \
@@ -256,6 +248,19 @@ fn measure_variant(
     })
 }
 
+/// A table of `leading` columns, then what [`row`] fills in.
+fn measured_table(leading: &[&str]) -> Table {
+    let measured = [
+        "orders/s",
+        "p50 ms",
+        "p99 ms",
+        "peak RSS MiB",
+        "CPU (cores)",
+    ];
+    let columns: Vec<&str> = leading.iter().copied().chain(measured).collect();
+    Table::new(&columns)
+}
+
 /// `leading` cells, then the measurement's (or dashes for a failed run).
 fn row(mut leading: Vec<String>, result: &anyhow::Result<Measurement>) -> Vec<String> {
     let cells = match result {
@@ -317,14 +322,7 @@ fn sweep(
 ) -> anyhow::Result<Section> {
     let mut section = Section {
         title: "Worker: commit interval sweep (validate, exactly-once, 1 partition)".to_owned(),
-        table: Table::new(&[
-            "commit interval ms",
-            "orders/s",
-            "p50 ms",
-            "p99 ms",
-            "peak RSS MiB",
-            "CPU (cores)",
-        ]),
+        table: measured_table(&["commit interval ms"]),
         notes: vec![
             "Same backlog and method as the side-by-side table. The commit interval is the only \
              batch setting of the worker contract (a transaction also ends at 20,000 records, \
