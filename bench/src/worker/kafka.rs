@@ -220,6 +220,25 @@ pub fn paced(
             .set("linger.ms", "0")
             .create()
             .context("creating the latency producer")?;
+    // One unmeasured order first: connecting and acquiring the idempotent producer id must not
+    // be counted in the first measured orders' latency.
+    let primer = loadgen::generate(&LoadSpec {
+        count: 1,
+        seed: spec.seed ^ 0xffff,
+        ..spec.clone()
+    })
+    .next()
+    .context("generating the primer order")?;
+    let base: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic)
+        .key(primer.key.as_deref().unwrap_or_default())
+        .payload(primer.payload.as_slice());
+    producer
+        .send(base)
+        .map_err(|(error, _)| error)
+        .context("producing the primer order")?;
+    producer
+        .flush(BROKER_TIMEOUT)
+        .context("flushing the primer order")?;
     let rate = f64::from(spec.rate.unwrap_or(1).max(1));
     let started = Instant::now();
     for (index, record) in loadgen::generate(spec).enumerate() {

@@ -222,28 +222,30 @@ fn paced(
     let spec = kafka::valid_orders(count, rate, 31 + index as u64);
     let sent = Mutex::new(HashMap::new());
     kafka::paced(&programs.bootstrap, input, &spec, &sent)?;
+    let sent = sent.into_inner().map_err(|_| anyhow::anyhow!("poisoned"))?;
+    let measured = |arrivals: &HashMap<String, Instant>| -> Vec<Duration> {
+        arrivals
+            .iter()
+            .filter_map(|(order_id, at)| {
+                sent.get(order_id.as_bytes())
+                    .map(|produced| at.duration_since(*produced))
+            })
+            .collect()
+    };
     let deadline = Instant::now() + Duration::from_secs(120);
-    let (arrivals, all_delivered) = loop {
-        let arrivals = webhook.arrivals();
-        if arrivals.len() as u64 >= count {
-            break (arrivals, true);
+    let (samples, all_delivered) = loop {
+        let samples = measured(&webhook.arrivals());
+        if samples.len() as u64 >= count {
+            break (samples, true);
         }
         if Instant::now() > deadline {
             eprintln!(
                 "[bench] pipeline: {} of {count} paced orders delivered",
-                arrivals.len()
+                samples.len()
             );
-            break (arrivals, false);
+            break (samples, false);
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    let sent = sent.into_inner().map_err(|_| anyhow::anyhow!("poisoned"))?;
-    let samples = arrivals
-        .iter()
-        .filter_map(|(order_id, at)| {
-            sent.get(order_id.as_bytes())
-                .map(|produced| at.duration_since(*produced))
-        })
-        .collect();
     Ok((samples, all_delivered))
 }
