@@ -55,7 +55,10 @@ pub fn throughput(programs: &Programs, run: &Run, backlog: u64) -> anyhow::Resul
             let (from, from_cpu) = start.unwrap_or((committed, end));
             let elapsed = end.at().duration_since(from_cpu.at());
             return Ok(Throughput {
-                rate: stats::rate(committed - from, elapsed),
+                // One probe from 10 % to all: too fast to time at this backlog.
+                rate: (committed > from)
+                    .then(|| stats::rate(committed - from, elapsed))
+                    .flatten(),
                 cpu: cpu_share(from_cpu, end),
                 peak_rss: process.peak_rss()?,
             });
