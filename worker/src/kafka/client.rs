@@ -60,7 +60,7 @@ pub fn stage_consumer(config: &WorkerConfig) -> ClientConfig {
         .set("auto.offset.reset", "earliest")
         .set("partition.assignment.strategy", "cooperative-sticky")
         // Pre-fetched records over all partitions: part of the flat memory bound.
-        .set("queued.max.messages.kbytes", "16384")
+        .set("queued.max.messages.kbytes", "4096")
         .set("fetch.max.bytes", "16777216")
         // Statistics carry each partition's high watermark for the lag gauge.
         .set("statistics.interval.ms", "5000");

@@ -69,7 +69,7 @@ impl Tuning {
         Self {
             commit_interval,
             max_records_per_transaction: 20_000,
-            partition_queue: 1_000,
+            partition_queue: 10_000,
             max_in_flight_bytes: 32 * 1024 * 1024,
             // Leaves part of the grace period for the commit and leaving the group.
             stop_timeout: shutdown_grace.mul_f64(0.6),
