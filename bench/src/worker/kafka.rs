@@ -125,12 +125,23 @@ impl GroupProgress {
         })
     }
 
-    /// Sum of the group's committed offsets (a partition without a commit counts 0).
+    /// Sum of the group's committed offsets (a partition without a commit counts 0). A group
+    /// coordinator that is still loading or moving (`NotCoordinator` on a fresh broker) is asked
+    /// again for up to [`BROKER_TIMEOUT`].
     pub fn committed(&self) -> anyhow::Result<u64> {
-        let committed = self
-            .reader
-            .committed_offsets(self.partitions.clone(), BROKER_TIMEOUT)
-            .context("reading committed offsets")?;
+        let deadline = Instant::now() + BROKER_TIMEOUT;
+        let committed = loop {
+            match self
+                .reader
+                .committed_offsets(self.partitions.clone(), BROKER_TIMEOUT)
+            {
+                Ok(committed) => break committed,
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(error) => return Err(error).context("reading committed offsets"),
+            }
+        };
         Ok(committed
             .elements()
             .iter()
