@@ -5,41 +5,9 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
-use orderpipe_probes::Probes;
-use prometheus_client::registry::Registry;
-
-/// What the endpoints report.
-#[derive(Debug)]
-pub struct Health {
-    pub registry: Registry,
-    pub ready: AtomicBool,
-}
-
-impl Health {
-    pub fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::Relaxed);
-    }
-}
-
-impl Probes for Health {
-    fn registry(&self) -> &Registry {
-        &self.registry
-    }
-
-    fn live(&self) -> Result<(), &'static str> {
-        Ok(())
-    }
-
-    fn ready(&self) -> Result<(), &'static str> {
-        if self.ready.load(Ordering::Relaxed) {
-            Ok(())
-        } else {
-            Err("starting")
-        }
-    }
-}
+/// What the endpoints report: the registry and one readiness flag.
+pub use orderpipe_probes::FlagProbes as Health;
 
 /// Serves the endpoints on `addr` until `shutdown` resolves.
 pub async fn serve(

@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::extract::State;
@@ -22,6 +23,38 @@ pub trait Probes: Send + Sync + 'static {
     fn registry(&self) -> &Registry;
     fn live(&self) -> Result<(), &'static str>;
     fn ready(&self) -> Result<(), &'static str>;
+}
+
+/// Probes of a process that is live while it serves requests and ready when one flag says so
+/// (the operator: caches synced and reconciling, or a healthy standby).
+#[derive(Debug, Default)]
+pub struct FlagProbes {
+    pub registry: Registry,
+    pub ready: AtomicBool,
+}
+
+impl FlagProbes {
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+}
+
+impl Probes for FlagProbes {
+    fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    fn live(&self) -> Result<(), &'static str> {
+        Ok(())
+    }
+
+    fn ready(&self) -> Result<(), &'static str> {
+        if self.ready.load(Ordering::Relaxed) {
+            Ok(())
+        } else {
+            Err("starting")
+        }
+    }
 }
 
 /// The endpoints as a router, for serving or for tests.
@@ -69,29 +102,6 @@ async fn metrics<P: Probes>(State(probes): State<Arc<P>>) -> Response {
 mod tests {
     use super::*;
     use prometheus_client::metrics::counter::Counter;
-    use std::sync::atomic::{AtomicBool, Ordering};
-
-    #[derive(Debug, Default)]
-    struct Fake {
-        registry: Registry,
-        ready: AtomicBool,
-    }
-
-    impl Probes for Fake {
-        fn registry(&self) -> &Registry {
-            &self.registry
-        }
-        fn live(&self) -> Result<(), &'static str> {
-            Ok(())
-        }
-        fn ready(&self) -> Result<(), &'static str> {
-            if self.ready.load(Ordering::Relaxed) {
-                Ok(())
-            } else {
-                Err("starting")
-            }
-        }
-    }
 
     async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -111,19 +121,20 @@ mod tests {
 
     #[tokio::test]
     async fn endpoints_report_liveness_readiness_with_reasons_and_the_registry() {
-        let mut fake = Fake::default();
+        let mut probes = FlagProbes::default();
         let counter = Counter::<u64>::default();
         counter.inc();
-        fake.registry
+        probes
+            .registry
             .register("probe_test", "a test counter", counter);
-        let fake = Arc::new(fake);
+        let probes = Arc::new(probes);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let server = tokio::spawn(serve(listener, Arc::clone(&fake), std::future::pending()));
+        let server = tokio::spawn(serve(listener, Arc::clone(&probes), std::future::pending()));
 
         assert_eq!(get(addr, "/healthz").await, (200, "ok".to_owned()));
         assert_eq!(get(addr, "/readyz").await, (503, "starting".to_owned()));
-        fake.ready.store(true, Ordering::Relaxed);
+        probes.set_ready(true);
         assert_eq!(get(addr, "/readyz").await, (200, "ready".to_owned()));
         let (status, body) = get(addr, "/metrics").await;
         assert_eq!(status, 200);

@@ -50,13 +50,7 @@ fn validate_commits_each_order_exactly_once_in_key_order_and_stops_cleanly_on_si
         "{metrics}"
     );
 
-    worker.signal(Signal::SIGTERM);
-    let exit = worker.wait_exit(Duration::from_secs(30));
-    assert!(
-        exit.success(),
-        "graceful exit, got {exit}; log:\n{}",
-        worker.log_tail()
-    );
+    worker.stop_gracefully();
     eprintln!(
         "1,000 orders through validate in {took:.2?} ({:.0} records/s, worker start and group join included)",
         1_000.0 / took.as_secs_f64()
@@ -143,12 +137,7 @@ fn a_worker_fenced_by_a_newer_instance_stops_and_its_open_transaction_never_beco
         PROCESS_TIMEOUT,
         || caught_up(&bootstrap, &pipeline.group, &pipeline.input),
     );
-    successor.signal(Signal::SIGTERM);
-    assert!(
-        successor.wait_exit(Duration::from_secs(30)).success(),
-        "{}",
-        successor.log_tail()
-    );
+    successor.stop_gracefully();
     eprintln!(
         "the fenced worker's aborted transaction held {hidden} validated records, none visible"
     );
@@ -170,12 +159,7 @@ fn at_least_once_mode_loses_no_valid_order() {
     wait_until("the worker to commit every order", PROCESS_TIMEOUT, || {
         caught_up(&bootstrap, &pipeline.group, &pipeline.input)
     });
-    worker.signal(Signal::SIGTERM);
-    assert!(
-        worker.wait_exit(Duration::from_secs(30)).success(),
-        "{}",
-        worker.log_tail()
-    );
+    worker.stop_gracefully();
 
     // Without failures at-least-once delivers exactly once too; the full check applies.
     assert_exactly_once(&bootstrap, &pipeline.topics(), &[spec]);
@@ -206,8 +190,7 @@ fn a_record_at_the_broker_size_limit_is_dead_lettered_cut_and_the_orders_behind_
     wait_until("the worker to commit every record", PROCESS_TIMEOUT, || {
         caught_up(&bootstrap, &pipeline.group, &pipeline.input)
     });
-    worker.signal(Signal::SIGTERM);
-    assert!(worker.wait_exit(Duration::from_secs(30)).success());
+    worker.stop_gracefully();
 
     let dead_letters = read_all(&bootstrap, &pipeline.dead_letter, "read_committed");
     assert_eq!(
@@ -287,12 +270,7 @@ fn over_tls_with_sasl_the_worker_validates_every_order_and_a_wrong_password_stay
     wait_until("the worker to commit every order", PROCESS_TIMEOUT, || {
         caught_up(&bootstrap, &pipeline.group, &pipeline.input)
     });
-    worker.signal(Signal::SIGTERM);
-    assert!(
-        worker.wait_exit(Duration::from_secs(30)).success(),
-        "{}",
-        worker.log_tail()
-    );
+    worker.stop_gracefully();
     assert!(
         !worker.log_text().contains(&secure.password),
         "the password never appears in the log"

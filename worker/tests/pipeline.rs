@@ -70,16 +70,6 @@ fn start_stages(
         .collect()
 }
 
-fn stop_gracefully(mut worker: WorkerProcess) {
-    worker.signal(Signal::SIGTERM);
-    let exit = worker.wait_exit(Duration::from_secs(40));
-    assert!(
-        exit.success(),
-        "graceful exit, got {exit}; log:\n{}",
-        worker.log_tail()
-    );
-}
-
 /// Share of the validate stage's input its group has committed.
 fn validate_progress(bootstrap: &str, pipeline: &Pipeline) -> f64 {
     let committed: i64 = committed_offsets(
@@ -207,8 +197,8 @@ fn baseline_every_valid_order_flows_once_through_validate_status_and_notify() {
         pipeline.drained(&bootstrap)
     });
     let took = processing.elapsed();
-    for worker in workers {
-        stop_gracefully(worker);
+    for mut worker in workers {
+        worker.stop_gracefully();
     }
     let delivered = assert_pipeline_exactly_once(&bootstrap, &pipeline, &spec, &webhook);
     eprintln!(
@@ -266,8 +256,8 @@ fn sigkilled_workers_resume_from_committed_state_and_a_flaky_webhook_is_retried(
     wait_until("every stage to drain its input", DRAIN_TIMEOUT, || {
         pipeline.drained(&bootstrap)
     });
-    for (_, worker) in workers {
-        stop_gracefully(worker);
+    for (_, mut worker) in workers {
+        worker.stop_gracefully();
     }
     let delivered = assert_pipeline_exactly_once(&bootstrap, &pipeline, &spec, &webhook);
     eprintln!("after 3 SIGKILLs of every stage: {delivered}");
@@ -290,7 +280,7 @@ fn rebalances_between_two_validate_workers_keep_every_order_exactly_once() {
     // A second validate worker joins and leaves repeatedly: each join and each graceful leave is a
     // cooperative rebalance that moves partitions between the two while they process.
     for (round, until) in [0.15, 0.35, 0.55, 0.75].into_iter().enumerate() {
-        let joiner = start(
+        let mut joiner = start(
             &pipeline,
             &bootstrap,
             Stage::Validate,
@@ -302,13 +292,13 @@ fn rebalances_between_two_validate_workers_keep_every_order_exactly_once() {
             DRAIN_TIMEOUT,
             || validate_progress(&bootstrap, &pipeline) >= until,
         );
-        stop_gracefully(joiner);
+        joiner.stop_gracefully();
     }
     wait_until("every stage to drain its input", DRAIN_TIMEOUT, || {
         pipeline.drained(&bootstrap)
     });
-    for worker in steady {
-        stop_gracefully(worker);
+    for mut worker in steady {
+        worker.stop_gracefully();
     }
     let delivered = assert_pipeline_exactly_once(&bootstrap, &pipeline, &spec, &webhook);
     eprintln!("after 8 rebalances of validate: {delivered}");
@@ -357,8 +347,8 @@ fn a_broker_restart_mid_run_loses_and_duplicates_nothing() {
     wait_until("every stage to drain its input", DRAIN_TIMEOUT, || {
         pipeline.drained(&bootstrap)
     });
-    for worker in workers {
-        stop_gracefully(worker);
+    for mut worker in workers {
+        worker.stop_gracefully();
     }
     let delivered = assert_pipeline_exactly_once(&bootstrap, &pipeline, &spec, &webhook);
     eprintln!("after a broker restart: {delivered}");
@@ -404,8 +394,8 @@ fn status_events_over_10000_interleaved_keys_change_each_order_in_order_and_noti
         || pipeline.drained(&bootstrap),
     );
     let took = processing.elapsed();
-    for worker in workers {
-        stop_gracefully(worker);
+    for mut worker in workers {
+        worker.stop_gracefully();
     }
 
     // What each order's changes must be, in production order, and which of them notify.

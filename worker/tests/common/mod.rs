@@ -629,6 +629,18 @@ impl WorkerProcess {
         kill(self.pid(), signal).expect("signal delivered");
     }
 
+    /// SIGTERM, then asserts a clean exit (0) within 40 s: the graceful shutdown finished its
+    /// work, committed and left the group.
+    pub fn stop_gracefully(&mut self) {
+        self.signal(Signal::SIGTERM);
+        let exit = self.wait_exit(Duration::from_secs(40));
+        assert!(
+            exit.success(),
+            "graceful exit, got {exit}; log:\n{}",
+            self.log_tail()
+        );
+    }
+
     /// Waits for the process to exit.
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         let deadline = Instant::now() + timeout;
