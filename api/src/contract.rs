@@ -255,6 +255,19 @@ pub struct KafkaConnection {
     pub sasl: Option<SaslConfig>,
 }
 
+impl KafkaConnection {
+    /// A plaintext connection without authentication (the load generator's default, tests).
+    pub fn plaintext(bootstrap_servers: &str) -> Self {
+        Self {
+            bootstrap_servers: bootstrap_servers.to_owned(),
+            tls: false,
+            tls_ca_file: None,
+            tls_client_dir: None,
+            sasl: None,
+        }
+    }
+}
+
 /// Notify processor settings as the worker receives them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NotifyConfig {

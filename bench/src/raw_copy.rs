@@ -17,7 +17,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
-use crate::worker::kafka::connection;
+use orderpipe_api::contract::KafkaConnection;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -45,10 +45,12 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     consumer
         .subscribe(&[&args.input])
         .with_context(|| format!("subscribing to {}", args.input))?;
-    let producer: ThreadedProducer<_> =
-        client::idempotent_producer(&connection(&args.bootstrap), "orderpipe-bench-raw-copy")
-            .create()
-            .context("creating the producer")?;
+    let producer: ThreadedProducer<_> = client::idempotent_producer(
+        &KafkaConnection::plaintext(&args.bootstrap),
+        "orderpipe-bench-raw-copy",
+    )
+    .create()
+    .context("creating the producer")?;
     let interval = Duration::from_millis(args.commit_interval_ms);
     let mut next_offsets: HashMap<i32, i64> = HashMap::new();
     let mut last_commit = Instant::now();

@@ -219,13 +219,7 @@ fn loadgen(args: &LoadgenArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let connection = KafkaConnection {
-        bootstrap_servers: args.bootstrap_servers.clone(),
-        tls: false,
-        tls_ca_file: None,
-        tls_client_dir: None,
-        sasl: None,
-    };
+    let connection = KafkaConnection::plaintext(&args.bootstrap_servers);
     let result = loadgen::produce(&connection, &args.topic, &spec, |progress| {
         let seconds = progress.elapsed.as_secs_f64().max(0.001);
         eprintln!(

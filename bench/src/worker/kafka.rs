@@ -20,16 +20,6 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 /// Every wait on the broker gives up after this long.
 const BROKER_TIMEOUT: Duration = Duration::from_secs(30);
 
-pub fn connection(bootstrap: &str) -> KafkaConnection {
-    KafkaConnection {
-        bootstrap_servers: bootstrap.to_owned(),
-        tls: false,
-        tls_ca_file: None,
-        tls_client_dir: None,
-        sasl: None,
-    }
-}
-
 /// Orders as a shop sends them: mostly valid, a few invalid and re-submitted ones.
 pub fn orders(count: u64, rate: Option<u32>, seed: u64) -> LoadSpec {
     LoadSpec {
@@ -79,15 +69,20 @@ pub fn create_topics(
 /// Produces `spec` into `topic` and waits for every acknowledgement.
 pub fn fill(bootstrap: &str, topic: &str, spec: &LoadSpec) -> anyhow::Result<()> {
     let mut last = Instant::now();
-    loadgen::produce(&connection(bootstrap), topic, spec, |progress| {
-        if last.elapsed() >= Duration::from_secs(5) {
-            eprintln!(
-                "[bench]   {topic}: {} of {} orders produced",
-                progress.acknowledged, spec.count
-            );
-            last = Instant::now();
-        }
-    })
+    loadgen::produce(
+        &KafkaConnection::plaintext(bootstrap),
+        topic,
+        spec,
+        |progress| {
+            if last.elapsed() >= Duration::from_secs(5) {
+                eprintln!(
+                    "[bench]   {topic}: {} of {} orders produced",
+                    progress.acknowledged, spec.count
+                );
+                last = Instant::now();
+            }
+        },
+    )
     .with_context(|| format!("producing {} orders into {topic}", spec.count))?;
     Ok(())
 }
@@ -226,11 +221,13 @@ pub fn paced(
     spec: &LoadSpec,
     sent: &Mutex<HashMap<Vec<u8>, Instant>>,
 ) -> anyhow::Result<()> {
-    let producer: ThreadedProducer<_> =
-        client::idempotent_producer(&connection(bootstrap), "orderpipe-bench-latency")
-            .set("linger.ms", "0")
-            .create()
-            .context("creating the latency producer")?;
+    let producer: ThreadedProducer<_> = client::idempotent_producer(
+        &KafkaConnection::plaintext(bootstrap),
+        "orderpipe-bench-latency",
+    )
+    .set("linger.ms", "0")
+    .create()
+    .context("creating the latency producer")?;
     // One unmeasured order first: connecting and acquiring the idempotent producer id must not
     // be counted in the first measured orders' latency.
     let primer = loadgen::generate(&LoadSpec {

@@ -40,16 +40,6 @@ pub fn bootstrap() -> String {
     })
 }
 
-pub fn connection(bootstrap: &str) -> KafkaConnection {
-    KafkaConnection {
-        bootstrap_servers: bootstrap.to_owned(),
-        tls: false,
-        tls_ca_file: None,
-        tls_client_dir: None,
-        sasl: None,
-    }
-}
-
 /// A name no other test run uses.
 pub fn unique(prefix: &str) -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -340,7 +330,8 @@ pub fn orders(count: u64, seed: u64) -> LoadSpec {
 }
 
 pub fn produce(bootstrap: &str, topic: &str, spec: &LoadSpec) {
-    loadgen::produce(&connection(bootstrap), topic, spec, |_| {}).expect("load produced");
+    loadgen::produce(&KafkaConnection::plaintext(bootstrap), topic, spec, |_| {})
+        .expect("load produced");
 }
 
 /// Produces one record as it is (for inputs the load generator does not make), up to the broker's
