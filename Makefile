@@ -27,6 +27,9 @@ fmt: ## Format the code
 lint: cargo-tools ## rustfmt check, clippy -D warnings, cargo-deny (licenses, bans, sources)
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	@# cargo-deny resolves the graph for every platform, a build downloads only the host's crates:
+	@# fetch them all first, or a fresh cargo cache fails with "--offline was specified".
+	$(CARGO) fetch --locked
 	$(CARGO) deny --offline check licenses bans sources
 
 .PHONY: audit
@@ -39,8 +42,9 @@ cargo-tools: ## Install the pinned cargo tools (cargo-deny) if missing
 		$(CARGO) install cargo-deny --locked --version $(CARGO_DENY_VERSION)
 
 .PHONY: manifests
-manifests: ## Regenerate crds/ from the Rust API types
+manifests: ## Regenerate crds/ and the API reference docs/api.md from the Rust API types
 	$(CARGO) run -q -p orderpipe-api --bin crdgen > crds/orderpipe.dev_orderpipelines.yaml
+	$(CARGO) run -q -p orderpipe-api --bin apidoc > docs/api.md
 
 .PHONY: test
 test: test-unit test-e2e ## Unit tests, then the end-to-end tests on the local real stack

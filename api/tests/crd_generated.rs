@@ -1,5 +1,6 @@
-//! `crds/` holds the CRD generated from the Rust types; this fails when someone changes the types and
-//! forgets `make manifests`, or edits the generated YAML by hand.
+//! `crds/` holds the CRD generated from the Rust types, `docs/api.md` the reference rendered from it;
+//! this fails when someone changes the types and forgets `make manifests`, or edits a generated file by
+//! hand.
 
 use std::path::Path;
 
@@ -9,6 +10,18 @@ fn checked_in_crd_matches_the_rust_types() {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds/orderpipe.dev_orderpipelines.yaml");
     let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
     let generated = orderpipe_api::crd_yaml().expect("CRD serializes");
+    assert!(
+        checked_in == generated,
+        "{} is stale: run `make manifests` and commit the result",
+        path.display()
+    );
+}
+
+#[test]
+fn checked_in_api_reference_matches_the_crd() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/api.md");
+    let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
+    let generated = orderpipe_api::api_reference().expect("CRD serializes");
     assert!(
         checked_in == generated,
         "{} is stale: run `make manifests` and commit the result",
