@@ -19,6 +19,9 @@ stable_codes! {
         /// The payload is larger than [`MAX_PAYLOAD_BYTES`]; the dead letter carries its first
         /// `MAX_PAYLOAD_BYTES` bytes and the full size in `orderpipe.original.size`.
         PayloadTooLarge = "payload_too_large",
+        /// The record key is longer than [`MAX_KEY_BYTES`] (no order id is); the dead letter
+        /// carries its first `MAX_KEY_BYTES` bytes and the full size in `orderpipe.original.key-size`.
+        KeyTooLarge = "key_too_large",
         /// The payload is not UTF-8.
         NotUtf8 = "not_utf8",
         /// The payload is UTF-8 but not JSON.
@@ -39,6 +42,10 @@ stable_codes! {
         WebhookRejected = "webhook_rejected",
         /// notify: transient failures lasted for every allowed attempt.
         RetriesExhausted = "retries_exhausted",
+        /// Kafka refused an output of this record for a reason retrying cannot fix (e.g. larger
+        /// than the topic's `max.message.bytes`); the broker's error is in `orderpipe.error.message`.
+        /// Decided by the worker's runtime, not by a processor.
+        OutputRefused = "output_refused",
     }
 }
 
@@ -49,6 +56,17 @@ stable_codes! {
 /// maximum 500 items is about a fifth of it.
 pub const MAX_PAYLOAD_BYTES: usize = 512 * 1024;
 
+/// The longest record key a stage judges. Keys are order ids (at most 64 bytes); a longer key cannot
+/// belong to an order, and copying it whole into a dead letter could push that over the limit.
+pub const MAX_KEY_BYTES: usize = 4 * 1024;
+
+/// What any record a processor emits is bounded by: key + payload + header names and values. Every
+/// output either copies at most [`MAX_PAYLOAD_BYTES`] + [`MAX_KEY_BYTES`] of its input plus bounded
+/// headers, or is built from fields whose lengths the rules bound; the property tests check it on
+/// hostile input. It stays under librdkafka's `message.max.bytes` (1,000,000) and the broker's
+/// default `max.message.bytes` (1 MiB), with room for the record batch framing.
+pub const MAX_OUTPUT_BYTES: usize = 640 * 1024;
+
 /// Why a payload could not be decoded; becomes a dead-letter record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Undecodable {
@@ -56,12 +74,20 @@ pub(crate) struct Undecodable {
     pub message: String,
 }
 
-/// Decodes a payload as JSON of type `T`, telling apart the failures a human must fix differently:
-/// no payload, bytes that are not text, text that is not JSON, and JSON of the wrong shape.
+/// Decodes a record's payload as JSON of type `T`, telling apart the failures a human must fix
+/// differently: a key or payload too large to judge, no payload, bytes that are not text, text that
+/// is not JSON, and JSON of the wrong shape.
 pub(crate) fn decode_payload<T: DeserializeOwned>(
-    payload: Option<&[u8]>,
+    input: &InputRecord<'_>,
 ) -> Result<T, Undecodable> {
-    let Some(bytes) = payload else {
+    let key_len = input.key.map_or(0, <[u8]>::len);
+    if key_len > MAX_KEY_BYTES {
+        return Err(Undecodable {
+            reason: DeadLetterReason::KeyTooLarge,
+            message: format!("key of {key_len} bytes is longer than the limit of {MAX_KEY_BYTES}"),
+        });
+    }
+    let Some(bytes) = input.payload else {
         return Err(Undecodable {
             reason: DeadLetterReason::NullPayload,
             message: "record value is null".to_owned(),
@@ -99,11 +125,42 @@ pub(crate) struct Failure<'m> {
     pub message: &'m str,
 }
 
+/// How much of the input a dead letter copies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadLetterCopy {
+    /// Key and payload, each cut to its limit ([`MAX_KEY_BYTES`], [`MAX_PAYLOAD_BYTES`]).
+    KeyAndPayload,
+    /// Key (cut) and no payload: the last resort when even the cut copy was refused.
+    KeyOnly,
+}
+
+/// The dead letter for an input record whose output Kafka refused (reason
+/// [`DeadLetterReason::OutputRefused`]); `error` is the broker's answer. The worker's runtime
+/// escalates from [`DeadLetterCopy::KeyAndPayload`] to [`DeadLetterCopy::KeyOnly`] when the first is refused too.
+pub fn output_refused(
+    input: &InputRecord<'_>,
+    stage: Stage,
+    error: &str,
+    copy: DeadLetterCopy,
+) -> Emit {
+    Failure {
+        stage,
+        reason: DeadLetterReason::OutputRefused,
+        field: None,
+        message: error,
+    }
+    .dead_letter_copying(input, copy)
+}
+
 impl Failure<'_> {
     /// The dead-letter record for `input`: original key and bytes, plus the error and origin headers.
     /// Bytes beyond [`MAX_PAYLOAD_BYTES`] are cut (so the dead letter fits the broker), and then
     /// `orderpipe.original.size` says how many there were.
     pub(crate) fn dead_letter(&self, input: &InputRecord<'_>) -> Emit {
+        self.dead_letter_copying(input, DeadLetterCopy::KeyAndPayload)
+    }
+
+    fn dead_letter_copying(&self, input: &InputRecord<'_>, copy: DeadLetterCopy) -> Emit {
         let mut headers = vec![
             Header::new(headers::ERROR_REASON, self.reason.code()),
             Header::new(headers::ERROR_STAGE, self.stage.code()),
@@ -125,16 +182,29 @@ impl Failure<'_> {
             ),
         ]);
         let payload = input.payload.unwrap_or_default();
-        if payload.len() > MAX_PAYLOAD_BYTES {
+        let kept = match copy {
+            DeadLetterCopy::KeyAndPayload => payload.len().min(MAX_PAYLOAD_BYTES),
+            DeadLetterCopy::KeyOnly => 0,
+        };
+        if kept < payload.len() {
             headers.push(Header::new(
                 headers::ORIGINAL_SIZE,
                 payload.len().to_string(),
             ));
         }
+        let key = input.key.map(|key| {
+            if key.len() > MAX_KEY_BYTES {
+                headers.push(Header::new(
+                    headers::ORIGINAL_KEY_SIZE,
+                    key.len().to_string(),
+                ));
+            }
+            key[..key.len().min(MAX_KEY_BYTES)].to_vec()
+        });
         Emit {
             output: Output::DeadLetter,
-            key: input.key.map(<[u8]>::to_vec),
-            payload: payload[..payload.len().min(MAX_PAYLOAD_BYTES)].to_vec(),
+            key,
+            payload: payload[..kept].to_vec(),
             headers,
         }
     }
@@ -144,10 +214,62 @@ impl Failure<'_> {
 mod tests {
     use super::*;
 
+    fn record<'a>(key: Option<&'a [u8]>, payload: Option<&'a [u8]>) -> InputRecord<'a> {
+        InputRecord {
+            key,
+            payload,
+            origin: crate::decision::Origin {
+                topic: "orders",
+                partition: 0,
+                offset: 7,
+            },
+            timestamp: chrono::DateTime::UNIX_EPOCH,
+        }
+    }
+
     fn reason_for(payload: Option<&[u8]>) -> Option<DeadLetterReason> {
-        decode_payload::<crate::StatusEvent>(payload)
+        decode_payload::<crate::StatusEvent>(&record(Some(b"o-1"), payload))
             .err()
             .map(|failure| failure.reason)
+    }
+
+    #[test]
+    fn a_key_too_long_for_any_order_is_dead_lettered_cut_with_its_size() {
+        let key = vec![b'k'; MAX_KEY_BYTES + 1];
+        let input = record(Some(&key), Some(b"{}"));
+        let failure = decode_payload::<crate::StatusEvent>(&input).expect_err("key too large");
+        assert_eq!(failure.reason, DeadLetterReason::KeyTooLarge);
+        let emit = Failure {
+            stage: Stage::Status,
+            reason: failure.reason,
+            field: None,
+            message: &failure.message,
+        }
+        .dead_letter(&input);
+        assert_eq!(emit.key.as_ref().map(Vec::len), Some(MAX_KEY_BYTES));
+        let size = (MAX_KEY_BYTES + 1).to_string();
+        assert_eq!(emit.header(headers::ORIGINAL_KEY_SIZE), Some(size.as_str()));
+        assert_eq!(emit.payload, b"{}");
+    }
+
+    #[test]
+    fn an_output_refused_dead_letter_escalates_from_a_copy_to_the_key_alone() {
+        let input = record(Some(b"o-1"), Some(b"{\"orderId\":\"o-1\"}"));
+        let error = "Broker: Message size too large";
+        let copy = output_refused(
+            &input,
+            Stage::Validate,
+            error,
+            DeadLetterCopy::KeyAndPayload,
+        );
+        assert_eq!(copy.header(headers::ERROR_REASON), Some("output_refused"));
+        assert_eq!(copy.header(headers::ERROR_MESSAGE), Some(error));
+        assert_eq!(copy.payload, b"{\"orderId\":\"o-1\"}");
+        assert_eq!(copy.header(headers::ORIGINAL_SIZE), None);
+        let bare = output_refused(&input, Stage::Validate, error, DeadLetterCopy::KeyOnly);
+        assert!(bare.payload.is_empty());
+        assert_eq!(bare.key.as_deref(), Some(&b"o-1"[..]));
+        assert_eq!(bare.header(headers::ORIGINAL_SIZE), Some("17"));
     }
 
     #[test]

@@ -23,6 +23,9 @@ pub const ORIGINAL_TIMESTAMP: &str = "orderpipe.original.timestamp";
 /// Size in bytes of an input payload that was too large to copy whole (decimal); only on dead
 /// letters whose payload was cut to [`crate::MAX_PAYLOAD_BYTES`].
 pub const ORIGINAL_SIZE: &str = "orderpipe.original.size";
+/// Size in bytes of an input key that was too long to copy whole (decimal); only on dead letters
+/// whose key was cut to [`crate::dead_letter::MAX_KEY_BYTES`].
+pub const ORIGINAL_KEY_SIZE: &str = "orderpipe.original.key-size";
 /// How many webhook attempts were made before the notify stage gave up (decimal).
 pub const NOTIFY_ATTEMPTS: &str = "orderpipe.notify.attempts";
 /// The last HTTP status the webhook answered, when it answered at all (decimal).
@@ -39,6 +42,7 @@ pub const ALL: &[&str] = &[
     ORIGINAL_OFFSET,
     ORIGINAL_TIMESTAMP,
     ORIGINAL_SIZE,
+    ORIGINAL_KEY_SIZE,
     NOTIFY_ATTEMPTS,
     NOTIFY_HTTP_STATUS,
 ];

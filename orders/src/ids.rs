@@ -12,6 +12,9 @@ pub const CUSTOMER_ID_MAX_LEN: usize = 128;
 pub const SKU_MAX_LEN: usize = 64;
 /// Longest status event id.
 pub const EVENT_ID_MAX_LEN: usize = 128;
+/// Longest free text of a status event (`reason`, `carrier`, `trackingNumber`), in bytes: it is
+/// copied into `StatusChanged` and the notification, which must stay small.
+pub const EVENT_DETAIL_MAX_LEN: usize = 1024;
 /// Longest e-mail address (RFC 5321 path limit).
 pub const EMAIL_MAX_LEN: usize = 254;
 

@@ -33,7 +33,7 @@ pub mod validate;
 mod checks;
 mod json;
 
-pub use dead_letter::{DeadLetterReason, MAX_PAYLOAD_BYTES};
+pub use dead_letter::{DeadLetterReason, MAX_KEY_BYTES, MAX_OUTPUT_BYTES, MAX_PAYLOAD_BYTES};
 pub use decision::{
     ChangelogState, Decision, Emit, Header, InputRecord, Origin, Output, Processor, Stage,
     StateDecodeError,

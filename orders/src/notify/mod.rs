@@ -22,9 +22,10 @@ use chrono::{DateTime, Utc};
 
 pub use retry::{Classification, HttpOutcome, RetryPolicy, classify, parse_retry_after};
 
-use crate::dead_letter::{DeadLetterReason, Failure, decode_payload};
+use crate::dead_letter::{DeadLetterReason, Failure, Undecodable, decode_payload};
 use crate::decision::{Emit, Header, InputRecord, Origin, Output, Stage};
 use crate::headers;
+use crate::ids;
 use crate::records::{
     DispatchResult, Notification, NotificationDispatched, OrderState, StatusChanged,
 };
@@ -69,7 +70,7 @@ pub fn idempotency_key(order_id: &str, version: u64, channel: &str) -> String {
 }
 
 /// What to do with one `StatusChanged` record.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NotifyPlan {
     /// The transition is not configured to notify; commit and move on.
     Skip { to: OrderState },
@@ -184,7 +185,29 @@ impl Notifier {
 
     /// Decides whether and what to notify for one `StatusChanged` record.
     pub fn plan(&self, input: &InputRecord<'_>) -> NotifyPlan {
-        let changed: StatusChanged = match decode_payload(input.payload) {
+        let decoded = decode_payload::<StatusChanged>(input).and_then(|changed| {
+            // What the status stage writes always passes; anything else could make the
+            // notification, its Idempotency-Key header and the audit record arbitrarily large.
+            let invalid = |message: &str| Undecodable {
+                reason: DeadLetterReason::InvalidRecord,
+                message: message.to_owned(),
+            };
+            if !ids::is_order_id(&changed.order_id) {
+                return Err(invalid(&format!(
+                    "orderId {}",
+                    ids::ORDER_ID_FORMAT_MESSAGE
+                )));
+            }
+            if !ids::is_event_id(&changed.event_id) {
+                return Err(invalid("eventId must be 1-128 visible ASCII characters"));
+            }
+            if let Some(field) = changed.details.overlong_text() {
+                let limit = ids::EVENT_DETAIL_MAX_LEN;
+                return Err(invalid(&format!("{field} must be at most {limit} bytes")));
+            }
+            Ok(changed)
+        });
+        let changed = match decoded {
             Ok(changed) => changed,
             Err(failure) => {
                 let dead_letter = Failure {

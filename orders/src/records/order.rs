@@ -8,7 +8,7 @@ use std::fmt;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::value::RawValue;
 
 /// What `Debug` prints instead of contact data.
 pub const REDACTED: &str = "<redacted>";
@@ -110,32 +110,60 @@ pub struct RejectedOrder {
     /// The submitted orderId when it was well-formed, so consumers can correlate; otherwise absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub order_id: Option<String>,
-    /// Every violated rule, in field order; never empty.
+    /// The violated rules, in field order; never empty. At most [`RejectedOrder::MAX_REASONS`]:
+    /// the rest are counted in `reasonsOmitted`, so a rejection stays small whatever the input.
     pub reasons: Vec<Reason>,
-    /// The submitted object exactly as decoded, unknown fields included.
+    /// How many more rules were violated than `reasons` lists; absent when none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub reasons_omitted: u32,
+    /// The submitted object, quoted byte for byte (numbers, escapes, duplicate members and all).
     pub order: OriginalOrder,
     /// The input record's timestamp.
     #[serde(with = "crate::rfc3339")]
     pub rejected_at: DateTime<Utc>,
 }
 
-/// A submitted order object kept verbatim inside a [`RejectedOrder`].
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
+impl RejectedOrder {
+    /// Most reasons one rejection lists. An order of 500 broken items could otherwise list
+    /// thousands; the first hundred say what to fix.
+    pub const MAX_REASONS: usize = 100;
+
+    /// Keeps the first [`Self::MAX_REASONS`] of `reasons` and counts the rest.
+    pub fn bounded_reasons(mut reasons: Vec<Reason>) -> (Vec<Reason>, u32) {
+        let omitted = reasons.len().saturating_sub(Self::MAX_REASONS);
+        reasons.truncate(Self::MAX_REASONS);
+        (reasons, u32::try_from(omitted).unwrap_or(u32::MAX))
+    }
+}
+
+fn is_zero(count: &u32) -> bool {
+    *count == 0
+}
+
+/// A submitted order object quoted verbatim inside a [`RejectedOrder`]: the submitted JSON text
+/// itself, not a re-serialisation, so the quote is never longer than the submission (re-serialising
+/// turns `1e15` into `1000000000000000.0`).
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct OriginalOrder(pub Map<String, Value>);
+pub struct OriginalOrder(pub Box<RawValue>);
+
+impl OriginalOrder {
+    /// The quoted JSON text.
+    pub fn json(&self) -> &str {
+        self.0.get()
+    }
+}
+
+impl PartialEq for OriginalOrder {
+    fn eq(&self, other: &Self) -> bool {
+        self.json() == other.json()
+    }
+}
 
 // By hand: the raw object may carry a `contact` member, which must never reach logs.
 impl fmt::Debug for OriginalOrder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut map = f.debug_map();
-        for (name, value) in &self.0 {
-            if name == "contact" {
-                map.entry(name, &REDACTED);
-            } else {
-                map.entry(name, value);
-            }
-        }
-        map.finish()
+        write!(f, "OriginalOrder({} bytes, {REDACTED})", self.json().len())
     }
 }
 

@@ -73,6 +73,24 @@ pub struct EventDetails {
     pub amount_minor: Option<i64>,
 }
 
+impl EventDetails {
+    /// The first free-text member longer than [`crate::ids::EVENT_DETAIL_MAX_LEN`], by its JSON
+    /// name.
+    pub fn overlong_text(&self) -> Option<&'static str> {
+        [
+            ("reason", &self.reason),
+            ("carrier", &self.carrier),
+            ("trackingNumber", &self.tracking_number),
+        ]
+        .into_iter()
+        .find(|(_, text)| {
+            text.as_ref()
+                .is_some_and(|text| text.len() > crate::ids::EVENT_DETAIL_MAX_LEN)
+        })
+        .map(|(name, _)| name)
+    }
+}
+
 /// Input of the status stage: something happened to an order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -149,7 +149,7 @@ impl StatusMachine {
     /// Decodes the event and checks what serde cannot: id formats and key = orderId. Returns the key
     /// with the event because a keyless record belongs to no order.
     fn decode<'a>(input: &InputRecord<'a>) -> Result<(&'a [u8], StatusEvent), Refusal> {
-        let event: StatusEvent = decode_payload(input.payload)?;
+        let event: StatusEvent = decode_payload(input)?;
         let invalid = |field, message: &str| Refusal {
             reason: DeadLetterReason::InvalidRecord,
             field: Some(field),
@@ -163,6 +163,10 @@ impl StatusMachine {
         }
         if event.details.amount_minor.is_some_and(|amount| amount < 0) {
             return Err(invalid("amountMinor", "must be 0 or more"));
+        }
+        if let Some(field) = event.details.overlong_text() {
+            let message = format!("must be at most {} bytes", ids::EVENT_DETAIL_MAX_LEN);
+            return Err(invalid(field, &message));
         }
         match input.key {
             Some(key) if key == event.order_id.as_bytes() => Ok((key, event)),

@@ -15,7 +15,7 @@ mod rules;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 pub use dedup::SeenOrder;
 
@@ -104,16 +104,29 @@ impl Validator {
         )
     }
 
+    /// Rejects `input`, quoting its payload: a JSON object, since only objects are judged.
     fn reject(
         input: &InputRecord<'_>,
-        object: Map<String, Value>,
         order_id: Option<String>,
         reasons: Vec<Reason>,
     ) -> ValidateDecision {
+        // The payload already parsed as a JSON object; this second parse only keeps its text.
+        let original = match serde_json::from_slice(input.payload.unwrap_or_default()) {
+            Ok(raw) => OriginalOrder(raw),
+            Err(error) => {
+                let failure = Undecodable {
+                    reason: DeadLetterReason::NotJson,
+                    message: error.to_string(),
+                };
+                return Self::dead_letter(input, failure);
+            }
+        };
+        let (reasons, reasons_omitted) = RejectedOrder::bounded_reasons(reasons);
         let rejected = RejectedOrder {
             order_id,
             reasons,
-            order: OriginalOrder(object),
+            reasons_omitted,
+            order: original,
             rejected_at: input.timestamp,
         };
         // Keyed like the input (not by orderId, which may be missing or malformed) so a rejection
@@ -133,7 +146,6 @@ impl Validator {
     fn accept(
         &self,
         input: &InputRecord<'_>,
-        object: Map<String, Value>,
         checked: CheckedOrder,
         seen: Option<&SeenOrder>,
     ) -> ValidateDecision {
@@ -148,7 +160,7 @@ impl Validator {
                     rule: Rule::OrderIdReused,
                     message: "was already validated with different content".to_owned(),
                 };
-                Self::reject(input, object, Some(checked.order.order_id), vec![reason])
+                Self::reject(input, Some(checked.order.order_id), vec![reason])
             }
             None => {
                 let CheckedOrder {
@@ -207,7 +219,7 @@ impl Processor for Validator {
 
     /// `seen` is the dedup record the runtime holds for the input's key, if any.
     fn process(&self, input: &InputRecord<'_>, seen: Option<&SeenOrder>) -> ValidateDecision {
-        let object = match decode_payload::<Value>(input.payload) {
+        let object = match decode_payload::<Value>(input) {
             Ok(Value::Object(object)) => object,
             Ok(_) => {
                 let failure = Undecodable {
@@ -219,14 +231,14 @@ impl Processor for Validator {
             Err(failure) => return Self::dead_letter(input, failure),
         };
         match rules::check_order(&object, input.key, self.policy.max_items) {
-            Ok(checked) => self.accept(input, object, checked, seen),
+            Ok(checked) => self.accept(input, checked, seen),
             Err(reasons) => {
                 let order_id = object
                     .get("orderId")
                     .and_then(Value::as_str)
                     .filter(|id| crate::ids::is_order_id(id))
                     .map(str::to_owned);
-                Self::reject(input, object, order_id, reasons)
+                Self::reject(input, order_id, reasons)
             }
         }
     }

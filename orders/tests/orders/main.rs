@@ -3,6 +3,7 @@
 
 mod docs;
 mod generator;
+mod hostile;
 mod notify;
 mod properties;
 mod schemas;
