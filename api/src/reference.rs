@@ -135,10 +135,11 @@ fn type_of(field: &Value) -> String {
         (None, _) if field["x-kubernetes-int-or-string"] == true => "int or string".to_owned(),
         (None, _) => "any".to_owned(),
     };
-    if field["type"] == "object" && field.get("properties").is_none() {
-        if let Some(values) = field.get("additionalProperties") {
-            return format!("map[string]{}", type_of(values));
-        }
+    if field["type"] == "object"
+        && field.get("properties").is_none()
+        && let Some(values) = field.get("additionalProperties")
+    {
+        return format!("map[string]{}", type_of(values));
     }
     base
 }
