@@ -192,6 +192,9 @@ pub trait Processor {
     type Outcome;
     type State: ChangelogState;
 
+    /// Which stage this is, for dead-letter headers.
+    fn stage(&self) -> Stage;
+
     fn process(
         &self,
         input: &InputRecord<'_>,

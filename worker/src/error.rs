@@ -47,6 +47,18 @@ pub enum WorkerError {
     )]
     Fenced { transactional_id: String },
 
+    #[error(
+        "Kafka refused even a bare dead letter (headers only) for input record {topic}/{partition} \
+         at offset {offset}: {error}. This is not about the record: check max.message.bytes and \
+         the ACLs of the stage's dead-letter topic"
+    )]
+    OutputRefused {
+        topic: String,
+        partition: i32,
+        offset: i64,
+        error: String,
+    },
+
     #[error("restoring partition {partition} of state topic {topic:?} failed: {reason}")]
     Restore {
         topic: String,

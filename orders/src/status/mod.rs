@@ -277,6 +277,10 @@ impl Processor for StatusMachine {
     type Outcome = StatusOutcome;
     type State = OrderStatusState;
 
+    fn stage(&self) -> Stage {
+        Stage::Status
+    }
+
     /// `state` is the state the runtime holds for the input's key, if any.
     fn process(&self, input: &InputRecord<'_>, state: Option<&OrderStatusState>) -> StatusDecision {
         match Self::decode(input) {

@@ -212,6 +212,10 @@ impl Processor for Validator {
     type Outcome = ValidateOutcome;
     type State = SeenOrder;
 
+    fn stage(&self) -> Stage {
+        Stage::Validate
+    }
+
     /// A dedup record older than the window is ignored by `process`, so it can go.
     fn is_expired(&self, seen: &SeenOrder, now: DateTime<Utc>) -> bool {
         !seen.is_live(now, self.policy.dedup_window)

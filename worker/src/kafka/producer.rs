@@ -3,8 +3,8 @@
 //! Owns the classification of librdkafka errors into abort / re-create / fenced; must not decide
 //! what to do about them (the coordinator does).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -18,35 +18,86 @@ use rdkafka::producer::{
 
 use super::offsets_list;
 use crate::record::OutRecord;
-use crate::runtime::{GroupCommit, Offsets, Sink, SinkError, SinkErrorKind};
+use crate::runtime::driver::lock;
+use crate::runtime::{GroupCommit, Offsets, Position, Refusal, Sink, SinkError, SinkErrorKind};
 
 /// How long one transactional call (init, send offsets, commit, abort) may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a send waits for room in a full producer queue.
 const QUEUE_FULL_WAIT: Duration = Duration::from_secs(30);
 
-/// Counts failed deliveries: at-least-once must not commit offsets past a lost record.
-#[derive(Debug, Default, Clone)]
-pub struct DeliveryCounter {
-    failures: Arc<AtomicU64>,
+/// How long [`Sink::take_refusals`] waits for the delivery reports of an aborted transaction.
+const REPORTS_WAIT: Duration = Duration::from_secs(10);
+
+/// Whether Kafka refused a record for what it is, so that sending it again can never succeed:
+/// larger than `message.max.bytes` (checked by librdkafka before sending) or the topic's
+/// `max.message.bytes` (checked by the broker), or a record the broker calls invalid. Everything
+/// else (authorization, unknown topic, fencing, timeouts) is about the client, the cluster or the
+/// pipeline and must never be blamed on, and dead-lettered with, an input record.
+fn is_record_refusal(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::MessageSizeTooLarge
+            | RDKafkaErrorCode::InvalidMessageSize
+            | RDKafkaErrorCode::MessageBatchTooLarge
+            | RDKafkaErrorCode::InvalidRecord
+            | RDKafkaErrorCode::InvalidTimestamp
+    )
 }
 
-impl ClientContext for DeliveryCounter {}
+/// The producer's delivery reports: failures (at-least-once must not commit offsets past a lost
+/// record), record refusals by the input that produced them, and how many reports are outstanding.
+#[derive(Debug, Default, Clone)]
+pub struct Deliveries {
+    failures: Arc<AtomicU64>,
+    outstanding: Arc<AtomicI64>,
+    refusals: Arc<Mutex<Vec<Refusal>>>,
+}
 
-impl ProducerContext for DeliveryCounter {
-    type DeliveryOpaque = ();
+impl Deliveries {
+    fn refused(&self, from: Position, error: &KafkaError) {
+        lock(&self.refusals).push(Refusal {
+            from,
+            error: error.to_string(),
+        });
+    }
 
-    fn delivery(&self, result: &DeliveryResult<'_>, _opaque: ()) {
+    /// The producer was replaced: the old one's missing reports will never come.
+    fn replaced(&self) {
+        self.outstanding.store(0, Ordering::Release);
+    }
+
+    /// The refusals reported so far, once every outstanding report is in (or after `wait`).
+    fn take_refusals(&self, wait: Duration) -> Vec<Refusal> {
+        let deadline = Instant::now() + wait;
+        while self.outstanding.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+            // Reports arrive on the producer's own thread; nothing to wait on but the counter.
+            thread::sleep(Duration::from_millis(1));
+        }
+        std::mem::take(&mut *lock(&self.refusals))
+    }
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = Box<Position>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, from: Box<Position>) {
+        self.outstanding.fetch_sub(1, Ordering::AcqRel);
         if let Err((error, _)) = result {
             tracing::warn!(%error, "record delivery failed");
             self.failures.fetch_add(1, Ordering::AcqRel);
+            if error.rdkafka_error_code().is_some_and(is_record_refusal) {
+                self.refused(*from, error);
+            }
         }
     }
 }
 
-type Client = ThreadedProducer<DeliveryCounter>;
+type Client = ThreadedProducer<Deliveries>;
 
-fn create(config: &ClientConfig, context: &DeliveryCounter) -> Result<Client, SinkError> {
+fn create(config: &ClientConfig, context: &Deliveries) -> Result<Client, SinkError> {
     config
         .create_with_context(context.clone())
         .map_err(|source| SinkError {
@@ -104,8 +155,15 @@ fn retrying(
     }
 }
 
-/// Produces one record, waiting (bounded) while the local queue is full.
-fn send(producer: &Client, record: OutRecord<'_>) -> Result<(), SinkError> {
+/// Produces one record, an output of the input at `from`, waiting (bounded) while the local queue
+/// is full. A record librdkafka refuses at once for what it is counts as a refusal, like one the
+/// broker refuses later.
+fn send(
+    producer: &Client,
+    deliveries: &Deliveries,
+    from: Position,
+    record: OutRecord<'_>,
+) -> Result<(), SinkError> {
     let deadline = Instant::now() + QUEUE_FULL_WAIT;
     loop {
         let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
@@ -115,9 +173,10 @@ fn send(producer: &Client, record: OutRecord<'_>) -> Result<(), SinkError> {
                 value: Some(header.value.as_bytes()),
             });
         }
-        let mut base: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(record.topic)
-            .payload(record.payload)
-            .headers(headers);
+        let mut base: BaseRecord<'_, [u8], [u8], Box<Position>> =
+            BaseRecord::with_opaque_to(record.topic, Box::new(from))
+                .payload(record.payload)
+                .headers(headers);
         if let Some(key) = record.key {
             base = base.key(key);
         }
@@ -125,14 +184,22 @@ fn send(producer: &Client, record: OutRecord<'_>) -> Result<(), SinkError> {
             base = base.partition(partition);
         }
         match producer.send(base) {
-            Ok(()) => return Ok(()),
+            Ok(()) => {
+                deliveries.outstanding.fetch_add(1, Ordering::AcqRel);
+                return Ok(());
+            }
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))
                 if Instant::now() < deadline =>
             {
                 // The producer's own thread drains the queue; back off briefly and try again.
                 thread::sleep(Duration::from_millis(5));
             }
-            Err((error, _)) => return Err(classify(producer, "producing a record", error)),
+            Err((error, _)) => {
+                if error.rdkafka_error_code().is_some_and(is_record_refusal) {
+                    deliveries.refused(from, &error);
+                }
+                return Err(classify(producer, "producing a record", error));
+            }
         }
     }
 }
@@ -140,7 +207,7 @@ fn send(producer: &Client, record: OutRecord<'_>) -> Result<(), SinkError> {
 /// Exactly-once: one transactional producer per worker process.
 pub struct TransactionalSink {
     config: ClientConfig,
-    context: DeliveryCounter,
+    context: Deliveries,
     producer: Client,
 }
 
@@ -154,7 +221,7 @@ impl TransactionalSink {
     /// Creates the producer and initialises transactions, which fences any earlier incarnation
     /// with the same transactional id and aborts what it left open.
     pub fn connect(config: ClientConfig) -> Result<Self, SinkError> {
-        let context = DeliveryCounter::default();
+        let context = Deliveries::default();
         let producer = Self::initialised(&config, &context)?;
         Ok(Self {
             config,
@@ -163,7 +230,7 @@ impl TransactionalSink {
         })
     }
 
-    fn initialised(config: &ClientConfig, context: &DeliveryCounter) -> Result<Client, SinkError> {
+    fn initialised(config: &ClientConfig, context: &Deliveries) -> Result<Client, SinkError> {
         let producer = create(config, context)?;
         retrying(&producer, "initialising transactions", |p| {
             p.init_transactions(CALL_TIMEOUT)
@@ -179,8 +246,8 @@ impl Sink for TransactionalSink {
             .map_err(|error| classify(&self.producer, "beginning a transaction", error))
     }
 
-    fn send(&mut self, record: OutRecord<'_>) -> Result<(), SinkError> {
-        send(&self.producer, record)
+    fn send(&mut self, from: Position, record: OutRecord<'_>) -> Result<(), SinkError> {
+        send(&self.producer, &self.context, from, record)
     }
 
     fn commit(
@@ -216,14 +283,19 @@ impl Sink for TransactionalSink {
     fn recreate(&mut self) -> Result<(), SinkError> {
         tracing::warn!("re-creating the transactional producer");
         self.producer = Self::initialised(&self.config, &self.context)?;
+        self.context.replaced();
         Ok(())
+    }
+
+    fn take_refusals(&mut self) -> Vec<Refusal> {
+        self.context.take_refusals(REPORTS_WAIT)
     }
 }
 
 /// At-least-once: produce, wait for every acknowledgement, then commit offsets with the consumer.
 pub struct AtLeastOnceSink {
     config: ClientConfig,
-    context: DeliveryCounter,
+    context: Deliveries,
     producer: Client,
 }
 
@@ -235,7 +307,7 @@ impl std::fmt::Debug for AtLeastOnceSink {
 
 impl AtLeastOnceSink {
     pub fn connect(config: ClientConfig) -> Result<Self, SinkError> {
-        let context = DeliveryCounter::default();
+        let context = Deliveries::default();
         let producer = create(&config, &context)?;
         Ok(Self {
             config,
@@ -250,8 +322,8 @@ impl Sink for AtLeastOnceSink {
         Ok(())
     }
 
-    fn send(&mut self, record: OutRecord<'_>) -> Result<(), SinkError> {
-        send(&self.producer, record)
+    fn send(&mut self, from: Position, record: OutRecord<'_>) -> Result<(), SinkError> {
+        send(&self.producer, &self.context, from, record)
     }
 
     fn commit(
@@ -289,6 +361,11 @@ impl Sink for AtLeastOnceSink {
 
     fn recreate(&mut self) -> Result<(), SinkError> {
         self.producer = create(&self.config, &self.context)?;
+        self.context.replaced();
         Ok(())
+    }
+
+    fn take_refusals(&mut self) -> Vec<Refusal> {
+        self.context.take_refusals(REPORTS_WAIT)
     }
 }

@@ -26,6 +26,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::partition::{Completed, PartitionWorker, Queued, Report};
+use super::refusals::{Position, Refusals};
 use super::{
     ByteBudget, ChangelogReader, CommittedOffsets, GroupCommit, Health, LagBook, Offsets, Sink,
     SinkError, SinkErrorKind, Tuning,
@@ -165,6 +166,8 @@ pub struct Coordinator<H: StageHandler, K: Sink> {
     /// Set while the producer is unusable: when to try re-creating it next.
     recreate_at: Option<Instant>,
     fatal: Option<WorkerError>,
+    /// Inputs whose outputs Kafka refused; shared with the partition workers.
+    refusals: Arc<Refusals>,
 }
 
 impl<H: StageHandler, K: Sink> std::fmt::Debug for Coordinator<H, K> {
@@ -204,6 +207,7 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
             to_rewind: BTreeSet::new(),
             recreate_at: None,
             fatal: None,
+            refusals: Arc::default(),
         }
     }
 
@@ -410,6 +414,7 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
             reports: self.reports_tx.clone(),
             stop: stop.clone(),
             metrics: Arc::clone(&self.metrics),
+            refusals: Arc::clone(&self.refusals),
         };
         let task = self.runtime.spawn(worker.run(records));
         Slot {
@@ -426,6 +431,7 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
         for partition in partitions {
             self.slots.remove(partition);
             self.lag.forget(*partition);
+            self.refusals.released(*partition);
         }
     }
 
@@ -483,6 +489,10 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
                 dead_letters: BTreeMap::new(),
             });
         }
+        let from = Position {
+            partition: done.partition,
+            offset: done.offset,
+        };
         for emit in &done.handled.emits {
             let record = match self.routes.resolve(emit, done.partition) {
                 Ok(Some(record)) => record,
@@ -492,7 +502,7 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
                     return;
                 }
             };
-            if let Err(error) = self.sink.send(record) {
+            if let Err(error) = self.sink.send(from, record) {
                 self.fail_transaction(error);
                 return;
             }
@@ -537,6 +547,7 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
                 }
                 for (&partition, &offset) in &transaction.offsets {
                     self.lag.committed(partition, Some(offset));
+                    self.refusals.committed(partition, offset);
                 }
                 tracing::debug!(
                     records = transaction.records,
@@ -570,6 +581,16 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
         };
         if let Err(error) = recovered {
             self.producer_unusable(error);
+        }
+        // After the abort, so every delivery report of the transaction is in.
+        for refusal in self.sink.take_refusals() {
+            tracing::warn!(
+                partition = refusal.from.partition,
+                offset = refusal.from.offset,
+                error = %refusal.error,
+                "Kafka refused an output of this input record for good; it will be dead-lettered"
+            );
+            self.refusals.record(refusal);
         }
         for (&partition, slot) in &mut self.slots {
             if slot.phase == Phase::Stopping {

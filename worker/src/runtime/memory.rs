@@ -17,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::driver::lock;
 use super::{
-    ApplyChangelog, ChangelogReader, CommittedOffsets, Coordinator, GroupCommit, Offsets, Sink,
-    SinkError, SinkErrorKind, Source,
+    ApplyChangelog, ChangelogReader, CommittedOffsets, Coordinator, GroupCommit, Offsets, Position,
+    Refusal, Sink, SinkError, SinkErrorKind, Source,
 };
 use crate::error::RestoreFailure;
 use crate::record::{OutRecord, SourceRecord};
@@ -60,6 +60,8 @@ pub struct BrokerState {
     pub failing_recreates: u64,
     pub recreates: u64,
     pub aborts: u64,
+    /// Topics' `max.message.bytes`: a larger record (key + payload) fails its transaction.
+    pub max_record_bytes: BTreeMap<String, usize>,
     pub pauses: u64,
     pub resumes: u64,
 }
@@ -147,6 +149,8 @@ impl Broker {
 pub struct MemorySink {
     broker: Arc<Broker>,
     open: Vec<Produced>,
+    /// Records of the open transaction over their topic's limit, by the input that made them.
+    refused: Vec<Refusal>,
 }
 
 impl MemorySink {
@@ -154,6 +158,7 @@ impl MemorySink {
         Self {
             broker,
             open: Vec::new(),
+            refused: Vec::new(),
         }
     }
 }
@@ -164,7 +169,25 @@ impl Sink for MemorySink {
         Ok(())
     }
 
-    fn send(&mut self, record: OutRecord<'_>) -> Result<(), SinkError> {
+    fn send(&mut self, from: Position, record: OutRecord<'_>) -> Result<(), SinkError> {
+        let size = record.key.map_or(0, <[u8]>::len) + record.payload.len();
+        let limit = self
+            .broker
+            .state()
+            .max_record_bytes
+            .get(record.topic)
+            .copied();
+        if limit.is_some_and(|limit| size > limit) {
+            // Like the broker: the send is accepted, its delivery fails, and so does the commit.
+            self.refused.push(Refusal {
+                from,
+                error: format!(
+                    "Broker: Message size too large ({size} bytes to {})",
+                    record.topic
+                ),
+            });
+            return Ok(());
+        }
         self.open.push(Produced {
             topic: record.topic.to_owned(),
             partition: record.partition,
@@ -188,6 +211,13 @@ impl Sink for MemorySink {
         let mut state = self.broker.state();
         state.commit_attempts += 1;
         let attempt = state.commit_attempts;
+        if !self.refused.is_empty() {
+            return Err(SinkError {
+                kind: SinkErrorKind::Abortable,
+                operation: "committing the transaction",
+                source: KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge),
+            });
+        }
         for (failing, kind) in [
             (&state.failing_commits, SinkErrorKind::Abortable),
             (&state.fatal_commits, SinkErrorKind::Fatal),
@@ -224,6 +254,10 @@ impl Sink for MemorySink {
         }
         state.recreates += 1;
         Ok(())
+    }
+
+    fn take_refusals(&mut self) -> Vec<Refusal> {
+        std::mem::take(&mut self.refused)
     }
 }
 

@@ -21,6 +21,7 @@ mod lag;
 #[cfg(test)]
 mod memory;
 mod partition;
+mod refusals;
 #[cfg(test)]
 mod tests;
 
@@ -35,6 +36,7 @@ pub use budget::{ByteBudget, BytePermit};
 pub use coordinator::{Coordinator, CoordinatorParts, Routed};
 pub use health::Health;
 pub use lag::LagBook;
+pub use refusals::{Position, Refusal};
 
 use crate::error::RestoreFailure;
 use crate::record::{OutRecord, SourceRecord};
@@ -109,8 +111,8 @@ pub trait GroupCommit {
 /// Where a stage's records go: one producer, one open transaction at a time.
 pub trait Sink: Send + 'static {
     fn begin(&mut self) -> Result<(), SinkError>;
-    /// Produces one record into the open transaction.
-    fn send(&mut self, record: OutRecord<'_>) -> Result<(), SinkError>;
+    /// Produces one record, an output of the input record at `from`, into the open transaction.
+    fn send(&mut self, from: Position, record: OutRecord<'_>) -> Result<(), SinkError>;
     /// Adds the input offsets to the transaction and commits it.
     fn commit(
         &mut self,
@@ -121,6 +123,10 @@ pub trait Sink: Send + 'static {
     fn abort(&mut self) -> Result<(), SinkError>;
     /// Replaces an unusable producer with a fresh one.
     fn recreate(&mut self) -> Result<(), SinkError>;
+    /// The records of the failed transaction that Kafka refused for good (too large, invalid), by
+    /// the input that produced them, waiting (bounded) for outstanding delivery reports. Called
+    /// after a failed transaction was aborted; each refusal is reported once.
+    fn take_refusals(&mut self) -> Vec<Refusal>;
 }
 
 /// Receives each changelog record of a restore: `(offset, key, value)`.
@@ -164,8 +170,8 @@ impl Sink for Box<dyn Sink> {
         (**self).begin()
     }
 
-    fn send(&mut self, record: OutRecord<'_>) -> Result<(), SinkError> {
-        (**self).send(record)
+    fn send(&mut self, from: Position, record: OutRecord<'_>) -> Result<(), SinkError> {
+        (**self).send(from, record)
     }
 
     fn commit(
@@ -183,5 +189,9 @@ impl Sink for Box<dyn Sink> {
 
     fn recreate(&mut self) -> Result<(), SinkError> {
         (**self).recreate()
+    }
+
+    fn take_refusals(&mut self) -> Vec<Refusal> {
+        (**self).take_refusals()
     }
 }

@@ -7,15 +7,17 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use orderpipe_orders::{DeadLetterReason, dead_letter};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::ChangelogReader;
 use super::budget::BytePermit;
+use super::refusals::{Escape, Position, Refusals};
 use crate::error::{RestoreFailure, WorkerError};
 use crate::metrics::Metrics;
 use crate::record::SourceRecord;
-use crate::stage::{Handled, Handling, KeyStates, StageHandler};
+use crate::stage::{Handled, Handling, KeyStates, Outcome, StageHandler};
 
 /// A record waiting for its partition worker, with its share of the byte budget.
 #[derive(Debug)]
@@ -64,6 +66,8 @@ pub(crate) struct PartitionWorker<H: StageHandler> {
     pub reports: mpsc::Sender<Report>,
     pub stop: CancellationToken,
     pub metrics: Arc<Metrics>,
+    /// Inputs whose outputs Kafka refused: dead-lettered instead of processed.
+    pub refusals: Arc<Refusals>,
 }
 
 impl<H: StageHandler> PartitionWorker<H> {
@@ -105,10 +109,47 @@ impl<H: StageHandler> PartitionWorker<H> {
             };
             self.metrics.consumed();
             let started = Instant::now();
-            let handling = self
-                .stage
-                .handle(&queued.record, &self.topic, &mut states, &self.stop)
-                .await;
+            let position = Position {
+                partition: self.partition,
+                offset: queued.record.offset,
+            };
+            let handling = match self.refusals.escape(position) {
+                None => {
+                    self.stage
+                        .handle(&queued.record, &self.topic, &mut states, &self.stop)
+                        .await
+                }
+                Some(Escape::DeadLetter { copy, error }) => {
+                    tracing::warn!(
+                        partition = self.partition,
+                        offset = queued.record.offset,
+                        %error,
+                        ?copy,
+                        "Kafka refused this record's outputs; dead-lettering it as output_refused"
+                    );
+                    let input = queued.record.as_input(&self.topic);
+                    let emit =
+                        dead_letter::output_refused(&input, self.stage.stage(), &error, copy);
+                    Handling::Done(Handled {
+                        outcome: Outcome::dead_lettered(DeadLetterReason::OutputRefused),
+                        emits: vec![emit],
+                    })
+                }
+                Some(Escape::GiveUp { error }) => {
+                    let failed = Report::Failed {
+                        partition: self.partition,
+                        incarnation: self.incarnation,
+                        error: WorkerError::OutputRefused {
+                            topic: self.topic.to_string(),
+                            partition: self.partition,
+                            offset: queued.record.offset,
+                            error,
+                        },
+                    };
+                    let _ = self.reports.send(failed).await;
+                    return;
+                }
+            };
             self.metrics.observe_processing(started.elapsed());
             let handled = match handling {
                 Handling::Done(handled) => handled,

@@ -15,7 +15,7 @@ use orderpipe_api::contract::metrics::outcome;
 use orderpipe_orders::status::StatusOutcome;
 use orderpipe_orders::validate::ValidateOutcome;
 use orderpipe_orders::{
-    ChangelogState, DeadLetterReason, Emit, Output, Processor, StateDecodeError,
+    ChangelogState, DeadLetterReason, Emit, Output, Processor, Stage, StateDecodeError,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -132,6 +132,9 @@ pub trait StageHandler: Send + Sync + 'static {
     /// Per-key state restored from the changelog; `()` for stateless stages.
     type State: Send + 'static;
 
+    /// Which stage this is, for dead-letter headers.
+    fn stage(&self) -> Stage;
+
     /// Decodes one changelog record written by this stage.
     fn decode_state(&self, payload: &[u8]) -> Result<Self::State, StateDecodeError>;
 
@@ -186,6 +189,10 @@ where
     P::State: Send + 'static,
 {
     type State = P::State;
+
+    fn stage(&self) -> Stage {
+        self.0.stage()
+    }
 
     fn decode_state(&self, payload: &[u8]) -> Result<P::State, StateDecodeError> {
         P::State::decode(payload)

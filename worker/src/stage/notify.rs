@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use orderpipe_api::contract::NotifyConfig;
-use orderpipe_orders::StateDecodeError;
 use orderpipe_orders::notify::RetryPolicy;
 use orderpipe_orders::notify::{AttemptDecision, HttpOutcome, Notifier, NotifyPlan, NotifyPolicy};
+use orderpipe_orders::{Stage, StateDecodeError};
 use tokio_util::sync::CancellationToken;
 
 use super::webhook::Webhook;
@@ -122,6 +122,10 @@ fn attempt_label(outcome: &HttpOutcome) -> &'static str {
 impl<W: Webhook> StageHandler for NotifyStage<W> {
     /// Notifications of one order are independent messages; nothing is remembered per key.
     type State = ();
+
+    fn stage(&self) -> Stage {
+        Stage::Notify
+    }
 
     fn decode_state(&self, _payload: &[u8]) -> Result<(), StateDecodeError> {
         Ok(())
