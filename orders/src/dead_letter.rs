@@ -291,6 +291,22 @@ mod tests {
             reason_for(Some(b"{\"a\":1}")),
             Some(DeadLetterReason::InvalidRecord)
         );
+        // Forms a hostile producer sends: out-of-range numbers, lone surrogates, a byte-order mark,
+        // nesting past the parser's recursion limit.
+        for text in [
+            &b"{\"a\":1E+400}"[..],
+            b"{\"a\":\"\\ud800\"}",
+            b"\xEF\xBB\xBF{\"a\":1}",
+            &[&[b'['; 200][..], &[b']'; 200][..]].concat(),
+        ] {
+            let judged = decode_payload::<serde_json::Value>(&record(None, Some(text)));
+            assert_eq!(
+                judged.err().map(|failure| failure.reason),
+                Some(DeadLetterReason::NotJson),
+                "{}",
+                String::from_utf8_lossy(&text[..text.len().min(20)])
+            );
+        }
         let huge = vec![b' '; MAX_PAYLOAD_BYTES + 1];
         assert_eq!(
             reason_for(Some(&huge)),

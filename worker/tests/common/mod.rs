@@ -23,7 +23,9 @@ use orderpipe_orders::generator::Expected;
 use orderpipe_orders::headers;
 use orderpipe_worker::loadgen::{self, Expectation, LoadMode, LoadRecord, LoadSpec};
 use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{
+    AdminClient, AdminOptions, AlterConfig, NewTopic, ResourceSpecifier, TopicReplication,
+};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
@@ -100,6 +102,26 @@ pub fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) {
                 })
             },
         );
+    }
+}
+
+/// Sets one config of `topic` (e.g. a lowered `max.message.bytes`) and waits for the broker's answer.
+pub fn set_topic_config(bootstrap: &str, topic: &str, key: &str, value: &str) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("admin client");
+    let change = AlterConfig::new(ResourceSpecifier::Topic(topic)).set(key, value);
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = runtime
+        .block_on(admin.alter_configs([&change], &options))
+        .expect("alter configs");
+    for result in results {
+        result.map_err(|(_, code)| code).expect("topic config set");
     }
 }
 
