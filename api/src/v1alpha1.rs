@@ -320,6 +320,16 @@ pub enum DeletionPolicy {
     Delete,
 }
 
+/// The grammar of an image reference (distribution/reference): an optional registry host with an
+/// optional port, lower-case path components, an optional tag and an optional digest. Checked at
+/// admission so a typo fails the apply, not an image pull minutes later.
+const IMAGE_REFERENCE_RULE: &str = concat!(
+    "!has(self.image) || self.image.matches('^",
+    r"([a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?(\\.[a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?)*(:[0-9]+)?/)?",
+    r"[a-z0-9]+((\\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\\.|_|__|-+)[a-z0-9]+)*)*",
+    r"(:[a-zA-Z0-9_][a-zA-Z0-9_.-]{0,127})?(@sha256:[a-f0-9]{64})?$')",
+);
+
 /// One consumer stage: reads the input topic, processes each record, writes outputs exactly once.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -328,6 +338,24 @@ pub enum DeletionPolicy {
         .message("spec.stages[].image is required when processor is custom")
         .field_path(".image")
         .reason(Reason::FieldValueRequired),
+)]
+#[x_kube(
+    validation = Rule::new("self.deadLetter != self.input")
+        .message("spec.stages[].deadLetter must not be the stage's input topic: the stage would consume its own dead letters again")
+        .field_path(".deadLetter")
+        .reason(Reason::FieldValueInvalid),
+)]
+#[x_kube(
+    validation = Rule::new("!has(self.outputs) || self.outputs.all(o, self.outputs[o] != self.input && self.outputs[o] != self.deadLetter)")
+        .message("spec.stages[].outputs must not name the stage's input topic (the stage would consume its own output) or its deadLetter topic")
+        .field_path(".outputs")
+        .reason(Reason::FieldValueInvalid),
+)]
+#[x_kube(
+    validation = Rule::new(IMAGE_REFERENCE_RULE)
+        .message("spec.stages[].image must be an image reference: [registry[:port]/]path[:tag][@sha256:digest], lower-case path, e.g. registry.example.com/shop/worker:1.4.2")
+        .field_path(".image")
+        .reason(Reason::FieldValueInvalid),
 )]
 #[x_kube(
     validation = Rule::new("!(has(self.replicas) && has(self.autoscaling))")

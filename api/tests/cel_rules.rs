@@ -234,3 +234,52 @@ fn pipeline_name_must_be_a_dns_label_that_leaves_room_for_stage_names() {
     long["spec"]["stages"][0]["name"] = json!("validate-orders-for-the-european-shop");
     assert_rejected_naming(&violations(long), "must fit in 63 characters");
 }
+
+#[test]
+fn a_stage_may_not_feed_its_own_input() {
+    let mut p = minimal();
+    p["spec"]["stages"][0]["deadLetter"] = json!("orders");
+    assert_rejected_naming(
+        &violations(p),
+        "deadLetter must not be the stage's input topic",
+    );
+    let mut p = minimal();
+    p["spec"]["stages"][0]["outputs"]["validated"] = json!("orders");
+    assert_rejected_naming(
+        &violations(p),
+        "outputs must not name the stage's input topic",
+    );
+    let mut p = minimal();
+    p["spec"]["stages"][0]["outputs"]["rejected"] = json!("orders.dlq");
+    assert_rejected_naming(&violations(p), "or its deadLetter topic");
+}
+
+#[test]
+fn an_image_must_be_an_image_reference() {
+    let digest = format!("@sha256:{}", "ab".repeat(32));
+    for good in [
+        "worker".to_owned(),
+        "registry.example.com:5000/shop/order-worker:1.4.2".to_owned(),
+        "docker.io/orderpipe/orderpipe-worker:abc123def456".to_owned(),
+        "localhost:5000/a__b/c.d-e:v1_2".to_owned(),
+        format!("ghcr.io/shop/worker{digest}"),
+        format!("ghcr.io/shop/worker:1.0{digest}"),
+    ] {
+        let mut p = minimal();
+        p["spec"]["stages"][0]["image"] = json!(good);
+        assert_eq!(violations(p), Vec::<String>::new(), "{good}");
+    }
+    for bad in [
+        "Shop/Worker:1.0",
+        "worker:",
+        "worker:1.0 ",
+        "https://registry.example.com/worker",
+        "worker@sha256:short",
+        "registry.example.com/-worker",
+        "worker::1",
+    ] {
+        let mut p = minimal();
+        p["spec"]["stages"][0]["image"] = json!(bad);
+        assert_rejected_naming(&violations(p), "image must be an image reference");
+    }
+}

@@ -176,6 +176,33 @@ async fn invalid_pipelines_are_rejected_naming_the_field() -> anyhow::Result<()>
         &["spec.stages[0].image", "required when processor is custom"],
     );
 
+    // A stage whose dead letters or outputs would come back as its input, and an image that is no
+    // image reference.
+    let mut p = minimal("dead-letter-loop");
+    p["spec"]["stages"][0]["deadLetter"] = json!("orders");
+    assert_names(
+        &rejection(&api, p).await?,
+        &[
+            "spec.stages[0].deadLetter",
+            "must not be the stage's input topic",
+        ],
+    );
+    let mut p = minimal("output-loop");
+    p["spec"]["stages"][0]["outputs"]["validated"] = json!("orders");
+    assert_names(
+        &rejection(&api, p).await?,
+        &[
+            "spec.stages[0].outputs",
+            "must not name the stage's input topic",
+        ],
+    );
+    let mut p = minimal("bad-image");
+    p["spec"]["stages"][0]["image"] = json!("Registry/Worker:latest ");
+    assert_names(
+        &rejection(&api, p).await?,
+        &["spec.stages[0].image", "must be an image reference"],
+    );
+
     // A missing required field.
     let mut p = minimal("no-kafka");
     if let Some(spec) = p["spec"].as_object_mut() {
