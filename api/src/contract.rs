@@ -100,6 +100,11 @@ pub mod metrics {
     pub const WEBHOOK_REQUESTS: &str = "orderpipe_webhook_requests_total";
     /// Counter: consumer group rebalances by [`labels::KIND`]: `assigned`, `revoked`, `lost`.
     pub const REBALANCES: &str = "orderpipe_rebalances_total";
+    /// Gauge: per-key states a stateful stage holds for an input partition, by
+    /// [`labels::PARTITION`] (validate: live dedup records; status: orders not yet forgotten).
+    pub const STATE_ENTRIES: &str = "orderpipe_state_entries";
+    /// Gauge: bytes of those states (keys plus changelog records), by [`labels::PARTITION`].
+    pub const STATE_BYTES: &str = "orderpipe_state_bytes";
     /// Gauge: input partitions currently assigned to this worker.
     pub const ASSIGNED_PARTITIONS: &str = "orderpipe_assigned_partitions";
     /// Histogram: seconds from handing a record to the processor to its decision (webhook

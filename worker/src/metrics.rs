@@ -29,6 +29,8 @@ pub struct Metrics {
     rebalances: Family<Label, Counter>,
     assigned_partitions: Gauge,
     consumer_lag: Family<PartitionLabel, Gauge>,
+    state_entries: Family<PartitionLabel, Gauge>,
+    state_bytes: Family<PartitionLabel, Gauge>,
     processing_duration: Histogram,
 }
 
@@ -78,6 +80,8 @@ impl Metrics {
             rebalances: Family::default(),
             assigned_partitions: Gauge::default(),
             consumer_lag: Family::default(),
+            state_entries: Family::default(),
+            state_bytes: Family::default(),
             // 50 µs (a validation) to ~14 min (a notification's worst-case retries).
             processing_duration: Histogram::new(exponential_buckets(0.000_05, 4.0, 12)),
         };
@@ -126,6 +130,16 @@ impl Metrics {
             names::CONSUMER_LAG,
             "Records on the input partition after the last committed offset",
             metrics.consumer_lag.clone(),
+        );
+        r.register(
+            names::STATE_ENTRIES,
+            "Per-key states held for the input partition (stateful stages)",
+            metrics.state_entries.clone(),
+        );
+        r.register(
+            names::STATE_BYTES,
+            "Bytes of the per-key states held for the input partition: keys plus changelog records",
+            metrics.state_bytes.clone(),
         );
         r.register(
             names::PROCESSING_DURATION,
@@ -183,10 +197,23 @@ impl Metrics {
             .set(lag.max(0));
     }
 
-    /// Drops the lag series of a partition this worker no longer owns, so a sum over workers does
-    /// not count it twice.
+    /// The gauges of a partition's state size; the partition worker sets them as its state
+    /// changes (a handle, so the per-record cost is two stores).
+    pub fn state_gauges(&self, partition: i32) -> (Gauge, Gauge) {
+        let label = [(labels::PARTITION, partition)];
+        (
+            self.state_entries.get_or_create(&label).clone(),
+            self.state_bytes.get_or_create(&label).clone(),
+        )
+    }
+
+    /// Drops the per-partition series of a partition this worker no longer owns, so a sum over
+    /// workers does not count it twice.
     pub fn forget_partition(&self, partition: i32) {
-        self.consumer_lag.remove(&[(labels::PARTITION, partition)]);
+        let label = [(labels::PARTITION, partition)];
+        self.consumer_lag.remove(&label);
+        self.state_entries.remove(&label);
+        self.state_bytes.remove(&label);
     }
 
     pub fn observe_processing(&self, took: Duration) {

@@ -61,7 +61,8 @@ pub struct OutRecord<'a> {
     /// the producer's partitioner place the record by key.
     pub partition: Option<i32>,
     pub key: Option<&'a [u8]>,
-    pub payload: &'a [u8],
+    /// `None` for a tombstone (a changelog key's state deleted).
+    pub payload: Option<&'a [u8]>,
     pub headers: &'a [Header],
 }
 
@@ -71,7 +72,7 @@ impl fmt::Debug for OutRecord<'_> {
             .field("topic", &self.topic)
             .field("partition", &self.partition)
             .field("key", &self.key.map(String::from_utf8_lossy))
-            .field("payload_bytes", &self.payload.len())
+            .field("payload_bytes", &self.payload.map(<[u8]>::len))
             .field("headers", &self.headers)
             .finish()
     }

@@ -92,9 +92,24 @@ impl OutputRoutes {
             // reads partition p of the state topic, whatever partitioner wrote the input.
             partition: (emit.output == Output::Changelog).then_some(partition),
             key: emit.key.as_deref(),
-            payload: &emit.payload,
+            payload: Some(&emit.payload),
             headers: &emit.headers,
         }))
+    }
+}
+
+impl OutputRoutes {
+    /// The tombstone deleting `key`'s state from the changelog partition of input partition
+    /// `partition`; `None` for a stage without a state topic.
+    pub fn tombstone<'a>(&'a self, key: &'a [u8], partition: i32) -> Option<OutRecord<'a>> {
+        let topic = self.topics.get(&Output::Changelog)?;
+        Some(OutRecord {
+            topic,
+            partition: Some(partition),
+            key: Some(key),
+            payload: None,
+            headers: &[],
+        })
     }
 }
 

@@ -19,6 +19,10 @@ pub mod transitions;
 
 pub use state::{OrderStatusState, Quarantine};
 
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
 use crate::dead_letter::{DeadLetterReason, Failure, Undecodable, decode_payload};
 use crate::decision::{Decision, Emit, InputRecord, Output, Processor, Stage};
 use crate::ids;
@@ -31,13 +35,34 @@ pub struct StatusPolicy {
     /// (the longest path through the table with one payment failure has 6), so the default remembers
     /// every event of all but pathological orders while bounding the state's size.
     pub recent_event_ids: usize,
+    /// How long, in record time since its last change, the state of a *finished* order is kept:
+    /// one in a terminal state (`Rejected`, `Cancelled`, `Refunded`) or `Delivered`, and not
+    /// quarantined. After that the order is forgotten (and its changelog record deleted), so the
+    /// stage's state is bounded by the orders of one window, not by every order ever seen. An event
+    /// for a forgotten order is judged as for a new one: a replayed `Delivered` becomes an illegal
+    /// transition from `Placed`. The default covers a 30-day return window.
+    pub forget_finished_after: Duration,
 }
 
 impl Default for StatusPolicy {
     fn default() -> Self {
         Self {
             recent_event_ids: 32,
+            forget_finished_after: Duration::from_secs(30 * 24 * 3600),
         }
+    }
+}
+
+impl StatusPolicy {
+    /// Whether the order `state` describes is finished and untouched for the whole window at `now`.
+    fn is_forgotten(&self, state: &OrderStatusState, now: DateTime<Utc>) -> bool {
+        let finished =
+            state.state == OrderState::Delivered || transitions::is_terminal(state.state);
+        let idle = now
+            .signed_duration_since(state.updated_at)
+            .to_std()
+            .is_ok_and(|idle| idle >= self.forget_finished_after);
+        finished && state.quarantine.is_none() && idle
     }
 }
 
@@ -281,8 +306,14 @@ impl Processor for StatusMachine {
         Stage::Status
     }
 
+    /// A finished order idle for the policy's window; `process` treats it like an unknown one.
+    fn is_expired(&self, state: &OrderStatusState, now: DateTime<Utc>) -> bool {
+        self.policy.is_forgotten(state, now)
+    }
+
     /// `state` is the state the runtime holds for the input's key, if any.
     fn process(&self, input: &InputRecord<'_>, state: Option<&OrderStatusState>) -> StatusDecision {
+        let state = state.filter(|state| !self.is_expired(state, input.timestamp));
         match Self::decode(input) {
             Ok((key, event)) => self.apply(input, key, state, event),
             Err(refusal) => Self::refuse(input, state, None, refusal),

@@ -282,6 +282,7 @@ mod idempotency {
     fn the_event_id_window_is_bounded() {
         let machine = StatusMachine::new(StatusPolicy {
             recent_event_ids: 2,
+            ..StatusPolicy::default()
         });
         let mut order = Order::with(machine);
         order.send_kind("e1", EventType::Validated);
@@ -504,4 +505,65 @@ mod state_codec {
         assert!(OrderStatusState::decode(b"{}").is_err());
         assert!(OrderStatusState::decode(b"\x00").is_err());
     }
+}
+
+/// Finished orders (terminal or delivered, not quarantined) are forgotten after the policy's window
+/// of record time, and a forgotten state is judged exactly like no state; anything else is kept.
+#[test]
+fn finished_orders_are_forgotten_after_the_window_and_judged_as_unknown() {
+    let machine = StatusMachine::default();
+    let window = StatusPolicy::default().forget_finished_after;
+    let finished_at = |target| {
+        let order = Order::reach(target);
+        order.state.expect("reached a state")
+    };
+    let after = |state: &OrderStatusState, extra: i64| {
+        state.updated_at
+            + chrono::TimeDelta::from_std(window).expect("window fits")
+            + chrono::TimeDelta::seconds(extra)
+    };
+    for target in [
+        OrderState::Delivered,
+        OrderState::Cancelled,
+        OrderState::Refunded,
+        OrderState::Rejected,
+    ] {
+        let state = finished_at(target);
+        assert!(
+            !machine.is_expired(&state, after(&state, -1)),
+            "{target} kept within the window"
+        );
+        assert!(
+            machine.is_expired(&state, after(&state, 0)),
+            "{target} forgotten after it"
+        );
+        // A replayed event after the window: judged as for an unknown order.
+        let late = support::json(&event("late", EventType::Delivered));
+        let record = input_at(Some(ORDER), Some(&late), 99, after(&state, 0));
+        assert_eq!(
+            machine.process(&record, Some(&state)),
+            machine.process(&record, None),
+            "{target}: an expired state is no state"
+        );
+    }
+    for target in [
+        OrderState::Validated,
+        OrderState::Shipped,
+        OrderState::PaymentFailed,
+    ] {
+        let state = finished_at(target);
+        assert!(
+            !machine.is_expired(&state, after(&state, 3600)),
+            "{target} is not finished"
+        );
+    }
+    let mut quarantined = finished_at(OrderState::Delivered);
+    let mut order = Order::reach(OrderState::Delivered);
+    order.send_kind("illegal", EventType::Validated);
+    quarantined.quarantine = order.state.and_then(|state| state.quarantine);
+    assert!(quarantined.quarantine.is_some());
+    assert!(
+        !machine.is_expired(&quarantined, after(&quarantined, 3600)),
+        "quarantined orders wait for an operator"
+    );
 }

@@ -174,9 +174,10 @@ fn send(
             });
         }
         let mut base: BaseRecord<'_, [u8], [u8], Box<Position>> =
-            BaseRecord::with_opaque_to(record.topic, Box::new(from))
-                .payload(record.payload)
-                .headers(headers);
+            BaseRecord::with_opaque_to(record.topic, Box::new(from)).headers(headers);
+        if let Some(payload) = record.payload {
+            base = base.payload(payload);
+        }
         if let Some(key) = record.key {
             base = base.key(key);
         }

@@ -507,6 +507,17 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
                 return;
             }
         }
+        let tombstones = done
+            .handled
+            .forgotten
+            .iter()
+            .filter_map(|key| self.routes.tombstone(key, done.partition));
+        for tombstone in tombstones {
+            if let Err(error) = self.sink.send(from, tombstone) {
+                self.fail_transaction(error);
+                return;
+            }
+        }
         if let Some(transaction) = &mut self.transaction {
             transaction.offsets.insert(done.partition, done.offset + 1);
             transaction.records += 1;

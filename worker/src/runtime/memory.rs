@@ -31,6 +31,8 @@ pub struct Produced {
     pub partition: Option<i32>,
     pub key: Option<Vec<u8>>,
     pub payload: Vec<u8>,
+    /// A null value: the key's changelog state deleted.
+    pub tombstone: bool,
     pub headers: Vec<(String, String)>,
 }
 
@@ -94,10 +96,26 @@ impl Broker {
         partitions: i32,
         records: impl IntoIterator<Item = (Option<Vec<u8>>, Vec<u8>)>,
     ) -> Arc<Self> {
+        let start = DateTime::<Utc>::from_timestamp(1_750_000_000, 0).unwrap_or_default();
+        Self::with_timed_input(
+            partitions,
+            records
+                .into_iter()
+                .enumerate()
+                .map(|(index, (key, payload))| {
+                    (key, payload, start + TimeDelta::milliseconds(index as i64))
+                }),
+        )
+    }
+
+    /// Like [`Broker::with_input`], with each record's timestamp given.
+    pub fn with_timed_input(
+        partitions: i32,
+        records: impl IntoIterator<Item = (Option<Vec<u8>>, Vec<u8>, DateTime<Utc>)>,
+    ) -> Arc<Self> {
         let mut input: BTreeMap<i32, Vec<SourceRecord>> =
             (0..partitions).map(|p| (p, Vec::new())).collect();
-        let start = DateTime::<Utc>::from_timestamp(1_750_000_000, 0).unwrap_or_default();
-        for (index, (key, payload)) in records.into_iter().enumerate() {
+        for (key, payload, timestamp) in records {
             let partition = key.as_ref().map_or(0, |key| {
                 let mut hasher = DefaultHasher::new();
                 key.hash(&mut hasher);
@@ -109,7 +127,7 @@ impl Broker {
                 offset: log.len() as i64,
                 key,
                 payload: Some(payload),
-                timestamp: start + TimeDelta::milliseconds(index as i64),
+                timestamp,
             });
         }
         Arc::new(Self {
@@ -170,7 +188,8 @@ impl Sink for MemorySink {
     }
 
     fn send(&mut self, from: Position, record: OutRecord<'_>) -> Result<(), SinkError> {
-        let size = record.key.map_or(0, <[u8]>::len) + record.payload.len();
+        let payload = record.payload.unwrap_or_default();
+        let size = record.key.map_or(0, <[u8]>::len) + payload.len();
         let limit = self
             .broker
             .state()
@@ -192,7 +211,8 @@ impl Sink for MemorySink {
             topic: record.topic.to_owned(),
             partition: record.partition,
             key: record.key.map(<[u8]>::to_vec),
-            payload: record.payload.to_vec(),
+            payload: payload.to_vec(),
+            tombstone: record.payload.is_none(),
             headers: record
                 .headers
                 .iter()
@@ -451,7 +471,8 @@ impl ChangelogReader for MemoryChangelog {
             .collect();
         for (offset, record) in records.iter().enumerate() {
             if let Some(key) = &record.key {
-                apply(offset as i64, key, Some(&record.payload))?;
+                let value = (!record.tombstone).then_some(record.payload.as_slice());
+                apply(offset as i64, key, value)?;
             }
         }
         Ok(records.len() as u64)

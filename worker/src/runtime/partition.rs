@@ -88,6 +88,18 @@ impl<H: StageHandler> PartitionWorker<H> {
                 return;
             }
         };
+        // Stateful stages only: a stateless one has nothing to report.
+        let state_gauges = self
+            .changelog
+            .is_some()
+            .then(|| self.metrics.state_gauges(self.partition));
+        let report_state_size = |states: &KeyStates<H::State>| {
+            if let Some((entries, bytes)) = &state_gauges {
+                entries.set(i64::try_from(states.len()).unwrap_or(i64::MAX));
+                bytes.set(i64::try_from(states.bytes()).unwrap_or(i64::MAX));
+            }
+        };
+        report_state_size(&states);
         let restored = Report::Restored {
             partition: self.partition,
             incarnation: self.incarnation,
@@ -130,10 +142,10 @@ impl<H: StageHandler> PartitionWorker<H> {
                     let input = queued.record.as_input(&self.topic);
                     let emit =
                         dead_letter::output_refused(&input, self.stage.stage(), &error, copy);
-                    Handling::Done(Handled {
-                        outcome: Outcome::dead_lettered(DeadLetterReason::OutputRefused),
-                        emits: vec![emit],
-                    })
+                    Handling::Done(Handled::emitting(
+                        Outcome::dead_lettered(DeadLetterReason::OutputRefused),
+                        vec![emit],
+                    ))
                 }
                 Some(Escape::GiveUp { error }) => {
                     let failed = Report::Failed {
@@ -151,6 +163,7 @@ impl<H: StageHandler> PartitionWorker<H> {
                 }
             };
             self.metrics.observe_processing(started.elapsed());
+            report_state_size(&states);
             let handled = match handling {
                 Handling::Done(handled) => handled,
                 Handling::Interrupted => return,
@@ -190,7 +203,7 @@ impl<H: StageHandler> PartitionWorker<H> {
                             let state = stage
                                 .decode_state(bytes)
                                 .map_err(|source| RestoreFailure::Decode { offset, source })?;
-                            states.insert(key.to_vec(), state);
+                            states.insert(key.to_vec(), state, bytes.len());
                         }
                     }
                     Ok(())

@@ -26,10 +26,12 @@ use crate::record::SourceRecord;
 /// (processors treat it like no state), it only takes memory a little longer.
 const EXPIRY_SWEEP_EVERY: TimeDelta = TimeDelta::minutes(10);
 
-/// Per-key state of one partition, keyed like the changelog records.
+/// Per-key state of one partition, keyed like the changelog records, with the size of what it
+/// holds (keys plus their changelog records' bytes, a proxy for memory that needs no allocator).
 #[derive(Debug)]
 pub struct KeyStates<S> {
-    by_key: HashMap<Vec<u8>, S>,
+    by_key: HashMap<Vec<u8>, (S, usize)>,
+    bytes: usize,
     /// Record time of the last expiry sweep (`None`: none yet, the first record sweeps).
     swept_at: Option<DateTime<Utc>>,
 }
@@ -38,6 +40,7 @@ impl<S> Default for KeyStates<S> {
     fn default() -> Self {
         Self {
             by_key: HashMap::new(),
+            bytes: 0,
             swept_at: None,
         }
     }
@@ -45,15 +48,22 @@ impl<S> Default for KeyStates<S> {
 
 impl<S> KeyStates<S> {
     pub fn get(&self, key: &[u8]) -> Option<&S> {
-        self.by_key.get(key)
+        self.by_key.get(key).map(|(state, _)| state)
     }
 
-    pub fn insert(&mut self, key: Vec<u8>, state: S) {
-        self.by_key.insert(key, state);
+    /// Remembers `state` for `key`; `encoded` is the size of its changelog record.
+    pub fn insert(&mut self, key: Vec<u8>, state: S, encoded: usize) {
+        let size = key.len() + encoded;
+        self.bytes += size;
+        if let Some((_, old)) = self.by_key.insert(key, (state, size)) {
+            self.bytes -= old;
+        }
     }
 
     pub fn remove(&mut self, key: &[u8]) {
-        self.by_key.remove(key);
+        if let Some((_, size)) = self.by_key.remove(key) {
+            self.bytes -= size;
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -64,19 +74,32 @@ impl<S> KeyStates<S> {
         self.by_key.is_empty()
     }
 
+    /// Keys plus changelog bytes of every state held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     /// Drops the states `expired` says are expired at record time `now`, if the last sweep is
-    /// [`EXPIRY_SWEEP_EVERY`] old (or there was none); returns how many it dropped.
-    pub fn sweep(&mut self, now: DateTime<Utc>, expired: impl Fn(&S) -> bool) -> usize {
+    /// [`EXPIRY_SWEEP_EVERY`] old (or there was none); returns their keys, for the tombstones that
+    /// delete them from the changelog too.
+    pub fn sweep(&mut self, now: DateTime<Utc>, expired: impl Fn(&S) -> bool) -> Vec<Vec<u8>> {
         if self
             .swept_at
             .is_some_and(|at| now.signed_duration_since(at) < EXPIRY_SWEEP_EVERY)
         {
-            return 0;
+            return Vec::new();
         }
         self.swept_at = Some(now);
-        let before = self.by_key.len();
-        self.by_key.retain(|_, state| !expired(state));
-        before - self.by_key.len()
+        let mut dropped = Vec::new();
+        self.by_key.retain(|key, (state, size)| {
+            let keep = !expired(state);
+            if !keep {
+                self.bytes -= *size;
+                dropped.push(key.clone());
+            }
+            keep
+        });
+        dropped
     }
 }
 
@@ -115,6 +138,21 @@ impl Outcome {
 pub struct Handled {
     pub outcome: Outcome,
     pub emits: Vec<Emit>,
+    /// Keys whose state the partition forgot while handling this record (expired): the runtime
+    /// writes a tombstone for each into the changelog, in the same transaction, so a restore does
+    /// not bring them back.
+    pub forgotten: Vec<Vec<u8>>,
+}
+
+impl Handled {
+    /// A record that changed no state beyond its emits.
+    pub fn emitting(outcome: Outcome, emits: Vec<Emit>) -> Self {
+        Self {
+            outcome,
+            emits,
+            forgotten: Vec::new(),
+        }
+    }
 }
 
 /// How handling one record ended.
@@ -206,25 +244,26 @@ where
         _stop: &'a CancellationToken,
     ) -> impl Future<Output = Handling> + Send + 'a {
         let input = record.as_input(topic);
-        states.sweep(input.timestamp, |state| {
+        let forgotten = states.sweep(input.timestamp, |state| {
             self.0.is_expired(state, input.timestamp)
         });
         let current = input.key.and_then(|key| states.get(key));
         let decision = self.0.process(&input, current);
         if let Some(state) = decision.state {
             // Keyed like the changelog record, which is what a restore reads back.
-            let key = decision
+            let changelog = decision
                 .emits
                 .iter()
                 .find(|emit| emit.output == Output::Changelog)
-                .and_then(|emit| emit.key.clone());
-            if let Some(key) = key {
-                states.insert(key, state);
+                .and_then(|emit| Some((emit.key.clone()?, emit.payload.len())));
+            if let Some((key, encoded)) = changelog {
+                states.insert(key, state, encoded);
             }
         }
         std::future::ready(Handling::Done(Handled {
             outcome: decision.outcome.metric_outcome(),
             emits: decision.emits,
+            forgotten,
         }))
     }
 }
@@ -240,25 +279,29 @@ mod tests {
     #[test]
     fn a_sweep_drops_expired_states_at_most_every_ten_minutes_of_record_time() {
         let mut states = KeyStates::default();
-        states.insert(b"old".to_vec(), 1);
-        states.insert(b"new".to_vec(), 100);
+        states.insert(b"old".to_vec(), 1, 10);
+        states.insert(b"new".to_vec(), 100, 20);
+        assert_eq!(states.bytes(), 3 + 10 + 3 + 20);
         let older_than = |limit: i32| move |state: &i32| *state < limit;
 
         assert_eq!(
             states.sweep(at(0), older_than(50)),
-            1,
+            [b"old".to_vec()],
             "the first record sweeps"
         );
         assert_eq!(states.get(b"old"), None);
-        states.insert(b"old".to_vec(), 1);
-        assert_eq!(states.sweep(at(9), older_than(50)), 0, "too soon");
+        assert_eq!(states.bytes(), 3 + 20);
+        states.insert(b"old".to_vec(), 1, 10);
+        assert!(states.sweep(at(9), older_than(50)).is_empty(), "too soon");
         assert_eq!(states.len(), 2);
-        assert_eq!(states.sweep(at(10), older_than(50)), 1);
+        assert_eq!(states.sweep(at(10), older_than(50)).len(), 1);
         assert_eq!(states.get(b"new"), Some(&100));
-        assert_eq!(
-            states.sweep(at(5), older_than(500)),
-            0,
+        assert!(
+            states.sweep(at(5), older_than(500)).is_empty(),
             "record time going back does not sweep"
         );
+        states.insert(b"new".to_vec(), 7, 5);
+        states.remove(b"gone");
+        assert_eq!(states.bytes(), 3 + 5, "a replaced state counts once");
     }
 }

@@ -70,20 +70,17 @@ impl<W: Webhook> NotifyStage<W> {
             );
             match decision {
                 AttemptDecision::Delivered { audit } => {
-                    return Handling::Done(Handled {
-                        outcome: Outcome::PROCESSED,
-                        emits: vec![audit],
-                    });
+                    return Handling::Done(Handled::emitting(Outcome::PROCESSED, vec![audit]));
                 }
                 AttemptDecision::GiveUp {
                     reason,
                     audit,
                     dead_letter,
                 } => {
-                    return Handling::Done(Handled {
-                        outcome: Outcome::dead_lettered(reason),
-                        emits: vec![audit, dead_letter],
-                    });
+                    return Handling::Done(Handled::emitting(
+                        Outcome::dead_lettered(reason),
+                        vec![audit, dead_letter],
+                    ));
                 }
                 AttemptDecision::Retry { after } => {
                     self.metrics.retry();
@@ -139,17 +136,16 @@ impl<W: Webhook> StageHandler for NotifyStage<W> {
         stop: &'a CancellationToken,
     ) -> Handling {
         match self.notifier.plan(&record.as_input(topic)) {
-            NotifyPlan::Skip { .. } => Handling::Done(Handled {
-                outcome: Outcome::IGNORED,
-                emits: Vec::new(),
-            }),
+            NotifyPlan::Skip { .. } => {
+                Handling::Done(Handled::emitting(Outcome::IGNORED, Vec::new()))
+            }
             NotifyPlan::DeadLetter {
                 reason,
                 dead_letter,
-            } => Handling::Done(Handled {
-                outcome: Outcome::dead_lettered(reason),
-                emits: vec![dead_letter],
-            }),
+            } => Handling::Done(Handled::emitting(
+                Outcome::dead_lettered(reason),
+                vec![dead_letter],
+            )),
             NotifyPlan::Dispatch(dispatch) => self.dispatch(&dispatch, stop).await,
         }
     }
