@@ -171,6 +171,23 @@ impl Running {
     }
 }
 
+/// A validate stage over the in-memory broker's `orders` topic.
+fn start_validate(broker: &Arc<Broker>, tuning: Tuning, rebalance: Option<Rebalance>) -> Running {
+    let config = worker_config(
+        "validate",
+        "orders",
+        "validated=orders.validated,rejected=orders.rejected",
+        true,
+    );
+    Running::start(
+        Stateful(Validator::default()),
+        &config,
+        broker,
+        tuning,
+        rebalance,
+    )
+}
+
 fn count_by_key<'a>(records: impl Iterator<Item = &'a Produced>) -> HashMap<Vec<u8>, usize> {
     let mut counts = HashMap::new();
     for record in records {
@@ -204,19 +221,7 @@ fn validate_writes_each_order_exactly_once_although_transactions_abort() {
     let load = load(&spec);
     let broker = Broker::with_input(4, input_of(&load));
     broker.fail_commits([2, 5, 9]);
-    let config = worker_config(
-        "validate",
-        "orders",
-        "validated=orders.validated,rejected=orders.rejected",
-        true,
-    );
-    let running = Running::start(
-        Stateful(Validator::default()),
-        &config,
-        &broker,
-        fast_tuning(),
-        None,
-    );
+    let running = start_validate(&broker, fast_tuning(), None);
     broker.wait_until("every order committed", WAIT, BrokerState::all_committed);
     let metrics = running.metrics();
     running.stop().expect("clean shutdown");
@@ -309,23 +314,11 @@ fn a_producer_that_cannot_be_recreated_at_once_is_retried_and_nothing_is_lost_or
         state.fatal_commits.insert(3);
         state.failing_recreates = 2;
     }
-    let config = worker_config(
-        "validate",
-        "orders",
-        "validated=orders.validated,rejected=orders.rejected",
-        true,
-    );
     let tuning = Tuning {
         recreate_backoff: Duration::from_millis(10),
         ..fast_tuning()
     };
-    let running = Running::start(
-        Stateful(Validator::default()),
-        &config,
-        &broker,
-        tuning,
-        None,
-    );
+    let running = start_validate(&broker, tuning, None);
     broker.wait_until("every order committed", WAIT, BrokerState::all_committed);
     running
         .stop()
@@ -434,12 +427,6 @@ fn a_full_partition_is_paused_and_resumed_without_losing_or_reordering_records_a
     };
     let load = load(&spec);
     let broker = Broker::with_input(2, input_of(&load));
-    let config = worker_config(
-        "validate",
-        "orders",
-        "validated=orders.validated,rejected=orders.rejected",
-        true,
-    );
     let tuning = Tuning {
         partition_queue: 2,
         max_in_flight_bytes: 4 * 1024,
@@ -452,13 +439,7 @@ fn a_full_partition_is_paused_and_resumed_without_losing_or_reordering_records_a
         reassign_after: 150,
         while_paused: true,
     };
-    let running = Running::start(
-        Stateful(Validator::default()),
-        &config,
-        &broker,
-        tuning,
-        Some(rebalance),
-    );
+    let running = start_validate(&broker, tuning, Some(rebalance));
     broker.wait_until("every order committed", WAIT, BrokerState::all_committed);
     running.stop().expect("clean shutdown");
 
@@ -789,19 +770,7 @@ fn run_validate_with_limits(
         .iter()
         .map(|(topic, limit)| ((*topic).to_owned(), *limit))
         .collect();
-    let config = worker_config(
-        "validate",
-        "orders",
-        "validated=orders.validated,rejected=orders.rejected",
-        true,
-    );
-    let running = Running::start(
-        Stateful(Validator::default()),
-        &config,
-        &broker,
-        fast_tuning(),
-        None,
-    );
+    let running = start_validate(&broker, fast_tuning(), None);
     (broker, running)
 }
 

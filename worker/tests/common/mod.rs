@@ -68,16 +68,22 @@ pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> 
     }
 }
 
-/// Creates the topics (replication 1) and waits until the broker reports their leaders.
-pub fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) {
+/// An admin client and the runtime to block on its calls.
+fn admin(bootstrap: &str) -> (tokio::runtime::Runtime, AdminClient<DefaultClientContext>) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+    let admin = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .create()
         .expect("admin client");
+    (runtime, admin)
+}
+
+/// Creates the topics (replication 1) and waits until the broker reports their leaders.
+pub fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) {
+    let (runtime, admin) = admin(bootstrap);
     let new: Vec<NewTopic<'_>> = topics
         .iter()
         .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1)))
@@ -107,14 +113,7 @@ pub fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) {
 
 /// Sets one config of `topic` (e.g. a lowered `max.message.bytes`) and waits for the broker's answer.
 pub fn set_topic_config(bootstrap: &str, topic: &str, key: &str, value: &str) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .expect("admin client");
+    let (runtime, admin) = admin(bootstrap);
     let change = AlterConfig::new(ResourceSpecifier::Topic(topic)).set(key, value);
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let results = runtime
