@@ -86,10 +86,13 @@ test-e2e: e2e-tools ## End-to-end tests on a local stack started for the run and
 	e2e/postman/run.sh
 
 # The worker's fault runs (SIGKILLs, rebalances, broker restart) at the issue's full size; `make test`
-# runs them with 20,000 orders each.
+# runs them with 20,000 orders each. The hostile-input suite runs HOSTILE_CASES cases per processor
+# here (96 in `make test`).
 FAULT_ORDERS ?= 100000
+HOSTILE_CASES ?= 10000
 .PHONY: test-faults
-test-faults: e2e-tools ## The worker's fault tests with FAULT_ORDERS (100,000) orders each, on a local stack
+test-faults: e2e-tools ## Hostile-input suite at depth, then the worker's fault tests with FAULT_ORDERS orders each, on a local stack
+	ORDERPIPE_HOSTILE_CASES=$(HOSTILE_CASES) $(CARGO) test -p orderpipe-orders --test orders -- hostile
 	$(CARGO) test -p orderpipe-worker --no-run
 	trap '$(CARGO) run -q -p orderpipe-e2e -- down' EXIT; \
 	$(CARGO) run -q -p orderpipe-e2e -- up --profile kafka; \

@@ -4,12 +4,13 @@
 
 use std::path::Path;
 
-#[test]
-fn checked_in_crd_matches_the_rust_types() {
-    let path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds/orderpipe.dev_orderpipelines.yaml");
+/// Fails unless the file at `relative` (from the workspace root) holds exactly `generated`.
+#[track_caller]
+fn assert_checked_in(relative: &str, generated: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(relative);
     let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
-    let generated = orderpipe_api::crd_yaml().expect("CRD serializes");
     assert!(
         checked_in == generated,
         "{} is stale: run `make manifests` and commit the result",
@@ -18,15 +19,15 @@ fn checked_in_crd_matches_the_rust_types() {
 }
 
 #[test]
+fn checked_in_crd_matches_the_rust_types() {
+    let generated = orderpipe_api::crd_yaml().expect("CRD serializes");
+    assert_checked_in("crds/orderpipe.dev_orderpipelines.yaml", &generated);
+}
+
+#[test]
 fn checked_in_api_reference_matches_the_crd() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/api.md");
-    let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
     let generated = orderpipe_api::api_reference().expect("CRD serializes");
-    assert!(
-        checked_in == generated,
-        "{} is stale: run `make manifests` and commit the result",
-        path.display()
-    );
+    assert_checked_in("docs/api.md", &generated);
 }
 
 #[test]

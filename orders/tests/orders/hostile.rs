@@ -27,16 +27,11 @@ use crate::support::{self, input, t0};
 /// Cases per processor in `make test`: each case may parse half a megabyte several times.
 const DEFAULT_CASES: u32 = 96;
 
-fn config() -> ProptestConfig {
-    let cases = std::env::var("ORDERPIPE_HOSTILE_CASES")
+fn cases() -> u32 {
+    std::env::var("ORDERPIPE_HOSTILE_CASES")
         .ok()
         .and_then(|cases| cases.parse().ok())
-        .unwrap_or(DEFAULT_CASES);
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
+        .unwrap_or(DEFAULT_CASES)
 }
 
 /// Number forms JSON allows (and a few it does not) that serde may widen, narrow or refuse.
@@ -309,7 +304,7 @@ fn attacked((mut record, attacks): (Hostile, Vec<Attack>)) -> Hostile {
 }
 
 proptest! {
-    #![proptest_config(config())]
+    #![proptest_config(support::config(cases()))]
 
     #[test]
     fn validate_survives_hostile_orders(case in arb_order(3)) {

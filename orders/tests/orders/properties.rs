@@ -19,15 +19,7 @@ use proptest::prelude::*;
 use proptest::sample::select;
 use serde_json::Value;
 
-use crate::support::{self, assert_state_invariant, input, input_at, only};
-
-fn config(cases: u32) -> ProptestConfig {
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
+use crate::support::{self, assert_state_invariant, config, input, input_at, only};
 
 const ORDER_FIELDS: &[&str] = &[
     "orderId",

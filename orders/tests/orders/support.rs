@@ -107,3 +107,12 @@ pub fn only(emits: &[orderpipe_orders::Emit], output: Output) -> &orderpipe_orde
     );
     matching[0]
 }
+
+/// A property-test configuration of `cases` cases that writes no regression files.
+pub fn config(cases: u32) -> proptest::prelude::ProptestConfig {
+    proptest::prelude::ProptestConfig {
+        cases,
+        failure_persistence: None,
+        ..proptest::prelude::ProptestConfig::default()
+    }
+}
