@@ -40,6 +40,8 @@ enum Command {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Part {
     Worker,
+    /// The whole-pipeline section of the worker benchmarks alone.
+    Pipeline,
     Operator,
 }
 
@@ -72,7 +74,8 @@ fn main() -> anyhow::Result<()> {
     for part in parts {
         let result = runtime.block_on(async {
             match part {
-                Part::Worker => worker::run(&ctx).await,
+                Part::Worker => worker::run(&ctx, worker::Scope::All).await,
+                Part::Pipeline => worker::run(&ctx, worker::Scope::PipelineOnly).await,
                 Part::Operator => operator::run(&ctx).await,
             }
         });

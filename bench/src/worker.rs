@@ -80,7 +80,16 @@ struct Measurement {
     latencies: Vec<Duration>,
 }
 
-pub async fn run(ctx: &Context) -> anyhow::Result<Vec<Section>> {
+/// Which worker benchmarks to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Side by side, whole pipeline, commit interval sweep.
+    All,
+    /// The whole pipeline alone (`--only pipeline`): drain, paced rate, per-stage CPU and RSS.
+    PipelineOnly,
+}
+
+pub async fn run(ctx: &Context, scope: Scope) -> anyhow::Result<Vec<Section>> {
     let plan = Plan::new(ctx.quick);
     eprintln!("[bench] worker: starting a private Kafka broker");
     let stack = Stack::builder("bench-worker")
@@ -96,7 +105,10 @@ pub async fn run(ctx: &Context) -> anyhow::Result<Vec<Section>> {
     let handle = tokio::runtime::Handle::current();
     let measured = tokio::task::spawn_blocking(move || {
         let programs = Programs::prepare(&classpath, &work_dir, &bootstrap)?;
-        measure_all(&plan, &handle, &programs)
+        match scope {
+            Scope::All => measure_all(&plan, &handle, &programs),
+            Scope::PipelineOnly => Ok(vec![pipeline_section(&plan, &handle, &programs)]),
+        }
     })
     .await
     .context("the worker benchmarks panicked");
@@ -174,17 +186,20 @@ fn measure_all(
         }
     }
     let mut sections = vec![side_by_side];
-    sections.push(
-        pipeline::measure(plan.pipeline, handle, programs).unwrap_or_else(|error| Section {
-            title: "Worker: whole pipeline: failed".to_owned(),
-            notes: vec![format!("{error:#}")],
-            ..Section::default()
-        }),
-    );
+    sections.push(pipeline_section(plan, handle, programs));
     if let Some(input) = sweep_input {
         sections.push(sweep(plan, handle, programs, &input)?);
     }
     Ok(sections)
+}
+
+/// The whole-pipeline section, or one saying why it failed.
+fn pipeline_section(plan: &Plan, handle: &tokio::runtime::Handle, programs: &Programs) -> Section {
+    pipeline::measure(plan.pipeline, handle, programs).unwrap_or_else(|error| Section {
+        title: "Worker: whole pipeline: failed".to_owned(),
+        notes: vec![format!("{error:#}")],
+        ..Section::default()
+    })
 }
 
 /// Creates `p<n>.orders` and fills it with the plan's backlog.
