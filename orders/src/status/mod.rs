@@ -17,7 +17,7 @@
 mod state;
 pub mod transitions;
 
-pub use state::{OrderStatusState, Quarantine};
+pub use state::{OrderStatusState, Quarantine, RecentEventIds};
 
 use std::time::Duration;
 
@@ -157,12 +157,12 @@ impl StatusMachine {
                 let mut next = current
                     .cloned()
                     .unwrap_or_else(|| OrderStatusState::initial(input.timestamp));
-                next.quarantine = Some(Quarantine::new(
+                next.quarantine = Some(Box::new(Quarantine::new(
                     refusal.reason,
                     event_id,
                     &input.origin,
                     input.timestamp,
-                ));
+                )));
                 next.updated_at = input.timestamp;
                 Decision::with_state(outcome(true), vec![dead_letter], key, next)
             }

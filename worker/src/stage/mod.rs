@@ -30,7 +30,8 @@ const EXPIRY_SWEEP_EVERY: TimeDelta = TimeDelta::minutes(10);
 /// holds (keys plus their changelog records' bytes, a proxy for memory that needs no allocator).
 #[derive(Debug)]
 pub struct KeyStates<S> {
-    by_key: HashMap<Vec<u8>, (S, usize)>,
+    /// Boxed keys: 8 bytes less per entry than a `Vec` (no capacity), on millions of entries.
+    by_key: HashMap<Box<[u8]>, (S, usize)>,
     bytes: usize,
     /// Record time of the last expiry sweep (`None`: none yet, the first record sweeps).
     swept_at: Option<DateTime<Utc>>,
@@ -55,7 +56,7 @@ impl<S> KeyStates<S> {
     pub fn insert(&mut self, key: Vec<u8>, state: S, encoded: usize) {
         let size = key.len() + encoded;
         self.bytes += size;
-        if let Some((_, old)) = self.by_key.insert(key, (state, size)) {
+        if let Some((_, old)) = self.by_key.insert(key.into_boxed_slice(), (state, size)) {
             self.bytes -= old;
         }
     }
@@ -95,7 +96,7 @@ impl<S> KeyStates<S> {
             let keep = !expired(state);
             if !keep {
                 self.bytes -= *size;
-                dropped.push(key.clone());
+                dropped.push(key.to_vec());
             }
             keep
         });
