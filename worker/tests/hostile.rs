@@ -56,16 +56,24 @@ fn hostile_records(partition: i32) -> Vec<HostileRecord> {
         payload,
         verdict,
     };
-    // 100,000 compact numbers: about 500 KB in, and a rejection that quotes them is over the
-    // rejected topic's 200,000-byte limit however it quotes them.
-    let flood = |text: &mut String| {
-        let numbers = vec!["1e15"; 100_000].join(",");
-        text.insert_str(text.len() - 1, &format!(r#","totalMinor":[{numbers}]"#));
+    // 500,000 pseudo-random letters as totalMinor (wrong type): a rejection quoting them is over
+    // the rejected topic's 200,000-byte limit even after the producer's compression.
+    let noise = |text: &mut String| {
+        let mut seed = 0x9E37_79B9_7F4A_7C15_u64 ^ partition.unsigned_abs() as u64;
+        let letters: String = (0..500_000)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                char::from(b'a' + (seed % 26) as u8)
+            })
+            .collect();
+        text.insert_str(text.len() - 1, &format!(r#","totalMinor":"{letters}""#));
     };
     vec![
         record(
             "refused-rejection",
-            order_text(&key("refused-rejection"), flood),
+            order_text(&key("refused-rejection"), noise),
             Verdict::DeadLetter("output_refused"),
         ),
         record(
@@ -216,10 +224,14 @@ fn hostile_records_on_every_partition_end_once_in_rejected_or_dead_letter_and_st
         let what = format!("{} on partition {partition}", record.name);
         match record.verdict {
             Verdict::Rejected => {
+                let dead: Vec<_> = letters
+                    .iter()
+                    .map(|r| r.header(headers::ERROR_MESSAGE))
+                    .collect();
                 assert_eq!(
                     (in_rejected, letters.len()),
                     (1, 0),
-                    "{what}: rejected once"
+                    "{what}: rejected once (dead letters: {dead:?})"
                 );
             }
             Verdict::DeadLetter(reason) => {

@@ -287,7 +287,7 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
         } else {
             self.metrics.rebalance(rebalance::REVOKED);
             let deadline = Instant::now() + self.tuning.stop_timeout;
-            self.stop_and_drain(&owned, deadline);
+            self.stop_and_drain(&owned, deadline, group);
             self.commit_now(group);
             self.release(&owned);
         }
@@ -324,7 +324,7 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
         self.retry_recreate();
         for _ in 0..REPORTS_PER_TICK {
             match self.reports_rx.try_recv() {
-                Ok(report) => self.on_report(report),
+                Ok(report) => self.on_report(report, group),
                 Err(_) => break,
             }
         }
@@ -392,7 +392,7 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
                 }
             }
         } else {
-            self.stop_and_drain(&owned, deadline);
+            self.stop_and_drain(&owned, deadline, group);
             self.commit_now(group);
         }
         self.release(&owned);
@@ -435,7 +435,7 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
         }
     }
 
-    fn on_report(&mut self, report: Report) {
+    fn on_report(&mut self, report: Report, group: &dyn GroupCommit) {
         let (partition, incarnation) = match &report {
             Report::Restored {
                 partition,
@@ -466,16 +466,36 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
                 tracing::error!(partition, %error, "partition worker failed");
                 self.fatal.get_or_insert(error);
             }
-            Report::Done(done) => self.take_into_transaction(done),
+            Report::Done(done) => self.take_into_transaction(done, group),
         }
     }
 
     /// Produces a finished record's outputs into the open transaction (beginning one if needed)
-    /// and records its offset as the partition's progress.
-    fn take_into_transaction(&mut self, done: Completed) {
+    /// and records its offset as the partition's progress. A record to `isolate` (one whose outputs
+    /// Kafka refused before) gets a transaction of its own: the broker refuses whole batches, so
+    /// only alone can it be told apart from the records that shared its batch.
+    fn take_into_transaction(&mut self, done: Completed, group: &dyn GroupCommit) {
         if self.fatal.is_some() {
             return;
         }
+        if done.isolate {
+            self.commit_now(group);
+            let still_current = self.slots.get(&done.partition).is_some_and(|slot| {
+                slot.incarnation == done.incarnation && slot.phase != Phase::AwaitingSeek
+            });
+            if !still_current {
+                // The commit before it failed and rewound its partition: it comes again.
+                return;
+            }
+        }
+        let isolate = done.isolate;
+        self.produce(done);
+        if isolate {
+            self.commit_now(group);
+        }
+    }
+
+    fn produce(&mut self, done: Completed) {
         if self.transaction.is_none() {
             if let Err(error) = self.sink.begin() {
                 self.fail_transaction(error);
@@ -645,7 +665,7 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
 
     /// Asks the workers of `partitions` to stop after the record in hand and takes what they
     /// finish into the transaction; workers still busy at `deadline` are aborted.
-    fn stop_and_drain(&mut self, partitions: &[i32], deadline: Instant) {
+    fn stop_and_drain(&mut self, partitions: &[i32], deadline: Instant, group: &dyn GroupCommit) {
         for partition in partitions {
             if let Some(slot) = self.slots.get_mut(partition) {
                 slot.held.clear();
@@ -691,12 +711,12 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
                 tokio::time::timeout(Duration::from_millis(20), reports.recv()).await
             });
             if let Ok(Some(report)) = next {
-                self.on_report(report);
+                self.on_report(report, group);
             }
         }
         // Reports sent just before the workers returned.
         while let Ok(report) = self.reports_rx.try_recv() {
-            self.on_report(report);
+            self.on_report(report, group);
         }
     }
 

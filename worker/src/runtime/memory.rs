@@ -34,6 +34,8 @@ pub struct Produced {
     /// A null value: the key's changelog state deleted.
     pub tombstone: bool,
     pub headers: Vec<(String, String)>,
+    /// The input record it was produced for.
+    pub from: Position,
 }
 
 impl Produced {
@@ -197,14 +199,23 @@ impl Sink for MemorySink {
             .get(record.topic)
             .copied();
         if limit.is_some_and(|limit| size > limit) {
-            // Like the broker: the send is accepted, its delivery fails, and so does the commit.
-            self.refused.push(Refusal {
+            // Like the broker: the send is accepted, its delivery fails, and so does the commit. The
+            // broker refuses a whole batch: every record of the transaction to the same topic is
+            // reported with it (the innocent ones too, as a real broker may).
+            let error = format!(
+                "Broker: Message size too large ({size} bytes to {})",
+                record.topic
+            );
+            let batch = self
+                .open
+                .iter()
+                .filter(|sent| sent.topic == record.topic)
+                .map(|sent| sent.from);
+            let blamed: Vec<Position> = batch.chain([from]).collect();
+            self.refused.extend(blamed.into_iter().map(|from| Refusal {
                 from,
-                error: format!(
-                    "Broker: Message size too large ({size} bytes to {})",
-                    record.topic
-                ),
-            });
+                error: error.clone(),
+            }));
             return Ok(());
         }
         self.open.push(Produced {
@@ -213,6 +224,7 @@ impl Sink for MemorySink {
             key: record.key.map(<[u8]>::to_vec),
             payload: payload.to_vec(),
             tombstone: record.payload.is_none(),
+            from,
             headers: record
                 .headers
                 .iter()

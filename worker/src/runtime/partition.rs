@@ -51,6 +51,8 @@ pub(crate) struct Completed {
     pub incarnation: u64,
     pub offset: i64,
     pub handled: Handled,
+    /// Produce it in a transaction of its own: its outputs were refused before.
+    pub isolate: bool,
     /// Held (never read) until the coordinator has produced the record's outputs; dropping it
     /// returns the record's bytes to the budget.
     pub _permit: BytePermit,
@@ -125,8 +127,10 @@ impl<H: StageHandler> PartitionWorker<H> {
                 partition: self.partition,
                 offset: queued.record.offset,
             };
-            let handling = match self.refusals.escape(position) {
-                None => {
+            let escape = self.refusals.escape(position);
+            let isolate = escape.is_some();
+            let handling = match escape {
+                None | Some(Escape::Isolate) => {
                     self.stage
                         .handle(&queued.record, &self.topic, &mut states, &self.stop)
                         .await
@@ -173,6 +177,7 @@ impl<H: StageHandler> PartitionWorker<H> {
                 incarnation: self.incarnation,
                 offset: queued.record.offset,
                 handled,
+                isolate,
                 _permit: queued.permit,
             });
             if self.reports.send(done).await.is_err() {

@@ -2,14 +2,17 @@
 //!
 //! A record the broker will never accept (larger than the topic's `max.message.bytes`, an invalid
 //! record) fails the whole transaction on every retry; without an escape its partition would stop
-//! for ever. The sink reports which input produced a refused record; the coordinator notes it here,
-//! aborts and rewinds as after any failed transaction; when the partition worker reaches that input
-//! again, it produces a dead letter instead of the processor's outputs (and leaves the key's state
-//! alone, since none of the refused outputs were written):
-//! 1. first refusal: an `output_refused` dead letter copying the input (cut to the input limits);
-//! 2. that refused too (the dead-letter topic's limit is lower still): the dead letter without the
+//! for ever. The sink reports which inputs produced the refused records; the coordinator notes them
+//! here, aborts and rewinds as after any failed transaction. From then on each noted input is
+//! produced in a transaction of its own, and as it is refused again it escalates:
+//! 1. first refusal: maybe not its fault — the broker refuses a whole batch, so every input with a
+//!    record in it is reported. Processed as usual, alone: an innocent input now commits.
+//! 2. refused alone: guilty. An `output_refused` dead letter copying the input (cut to the input
+//!    limits) instead of the processor's outputs, leaving the key's state alone (none of the
+//!    refused outputs were written).
+//! 3. that refused too (the dead-letter topic's limit is lower still): the dead letter without the
 //!    payload, headers only;
-//! 3. that refused too: nothing about the record can be fixed; the worker stops with an error that
+//! 4. that refused too: nothing about the record can be fixed; the worker stops with an error that
 //!    names the input and the broker's answer (see `docs/worker.md`).
 //!
 //! Entries live until the partition commits past them or leaves this worker. Must not decide which
@@ -39,9 +42,13 @@ pub struct Refusal {
     pub error: String,
 }
 
-/// What to produce for an input whose outputs were refused before.
+/// What to produce for an input whose outputs were refused before. Every escape is produced in
+/// a transaction of its own.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Escape {
+    /// Refused once: maybe only for sharing a batch with the guilty record (the broker refuses
+    /// whole batches). Processed as usual, but alone.
+    Isolate,
     /// A dead letter copying this much of the input.
     DeadLetter { copy: DeadLetterCopy, error: String },
     /// Even the bare dead letter was refused: stop with this error.
@@ -76,11 +83,12 @@ impl Refusals {
         let (error, times) = by_position.get(&at)?;
         let error = error.clone();
         Some(match times {
-            1 => Escape::DeadLetter {
+            1 => Escape::Isolate,
+            2 => Escape::DeadLetter {
                 copy: DeadLetterCopy::KeyAndPayload,
                 error,
             },
-            2 => Escape::DeadLetter {
+            3 => Escape::DeadLetter {
                 copy: DeadLetterCopy::KeyOnly,
                 error,
             },
@@ -128,7 +136,7 @@ mod tests {
     fn each_refusal_of_the_same_input_escalates_until_the_worker_gives_up() {
         let refusals = Refusals::default();
         assert_eq!(refusals.escape(at(0, 5)), None);
-        let steps: Vec<Option<Escape>> = (0..3)
+        let steps: Vec<Option<Escape>> = (0..4)
             .map(|_| {
                 refuse(&refusals, 0, 5);
                 refusals.escape(at(0, 5))
@@ -138,6 +146,7 @@ mod tests {
         assert_eq!(
             steps,
             [
+                Some(Escape::Isolate),
                 Some(Escape::DeadLetter {
                     copy: DeadLetterCopy::KeyAndPayload,
                     error: error.clone()
