@@ -60,6 +60,10 @@ pub(super) fn pod_template(
             failure_threshold: Some(3),
             ..probe("/healthz")
         }),
+        // A worker that stops on an error (e.g. a dead-letter topic that refuses even a bare
+        // dead letter) logs why as its last line: `kubectl describe pod` then shows it as the
+        // container's termination message.
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
         readiness_probe: Some(Probe {
             // /readyz may dip while the consumer group rebalances. Kafka's default session timeout
             // is 45 s; tolerating 60 s keeps a rebalance from marking pods unready (which would
