@@ -7,7 +7,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use orderpipe_orders::{DeadLetterReason, dead_letter};
+use orderpipe_orders::DeadLetterReason;
+use orderpipe_orders::dead_letter::{self, DeadLetterCopy};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -68,7 +69,7 @@ pub(crate) struct PartitionWorker<H: StageHandler> {
     pub reports: mpsc::Sender<Report>,
     pub stop: CancellationToken,
     pub metrics: Arc<Metrics>,
-    /// Inputs whose outputs Kafka refused: dead-lettered instead of processed.
+    /// Inputs whose outputs Kafka refused: produced alone, then dead-lettered if refused again.
     pub refusals: Arc<Refusals>,
 }
 
@@ -136,20 +137,7 @@ impl<H: StageHandler> PartitionWorker<H> {
                         .await
                 }
                 Some(Escape::DeadLetter { copy, error }) => {
-                    tracing::warn!(
-                        partition = self.partition,
-                        offset = queued.record.offset,
-                        %error,
-                        ?copy,
-                        "Kafka refused this record's outputs; dead-lettering it as output_refused"
-                    );
-                    let input = queued.record.as_input(&self.topic);
-                    let emit =
-                        dead_letter::output_refused(&input, self.stage.stage(), &error, copy);
-                    Handling::Done(Handled::emitting(
-                        Outcome::dead_lettered(DeadLetterReason::OutputRefused),
-                        vec![emit],
-                    ))
+                    Handling::Done(self.output_refused(&queued.record, copy, &error))
                 }
                 Some(Escape::GiveUp { error }) => {
                     let failed = Report::Failed {
@@ -184,6 +172,23 @@ impl<H: StageHandler> PartitionWorker<H> {
                 return;
             }
         }
+    }
+
+    /// The dead letter that replaces the outputs of `record`, which Kafka refused even alone.
+    fn output_refused(&self, record: &SourceRecord, copy: DeadLetterCopy, error: &str) -> Handled {
+        tracing::warn!(
+            partition = self.partition,
+            offset = record.offset,
+            %error,
+            ?copy,
+            "Kafka refused this record's outputs; dead-lettering it as output_refused"
+        );
+        let input = record.as_input(&self.topic);
+        let emit = dead_letter::output_refused(&input, self.stage.stage(), error, copy);
+        Handled::emitting(
+            Outcome::dead_lettered(DeadLetterReason::OutputRefused),
+            vec![emit],
+        )
     }
 
     /// The partition's per-key state from the changelog (empty for stateless stages). Reading
