@@ -614,15 +614,16 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
             self.producer_unusable(error);
         }
         // After the abort, so every delivery report of the transaction is in.
-        for refusal in self.sink.take_refusals() {
+        let refusals = self.sink.take_refusals();
+        for refusal in &refusals {
             tracing::warn!(
                 partition = refusal.from.partition,
                 offset = refusal.from.offset,
                 error = %refusal.error,
-                "Kafka refused an output of this input record for good; it will be dead-lettered"
+                "Kafka refused an output of this input record (or of its batch); it is produced alone next"
             );
-            self.refusals.record(refusal);
         }
+        self.refusals.record(refusals);
         for (&partition, slot) in &mut self.slots {
             if slot.phase == Phase::Stopping {
                 continue;

@@ -64,13 +64,25 @@ pub struct Refusals {
 }
 
 impl Refusals {
-    pub fn record(&self, refusal: Refusal) {
+    /// Notes the refusals of one failed transaction. An input counts once per transaction however
+    /// many of its records were refused (each output is a record, and a batch refusal reports them
+    /// all), so that one failure never skips its isolation step.
+    pub fn record(&self, refusals: Vec<Refusal>) {
+        let by_input: BTreeMap<Position, String> = refusals
+            .into_iter()
+            .map(|refusal| (refusal.from, refusal.error))
+            .collect();
+        if by_input.is_empty() {
+            return;
+        }
         let mut by_position = lock(&self.by_position);
-        let entry = by_position
-            .entry(refusal.from)
-            .or_insert_with(|| (String::new(), 0));
-        entry.0 = refusal.error;
-        entry.1 = entry.1.saturating_add(1);
+        for (from, error) in by_input {
+            let entry = by_position
+                .entry(from)
+                .or_insert_with(|| (String::new(), 0));
+            entry.0 = error;
+            entry.1 = entry.1.saturating_add(1);
+        }
         self.any.store(true, Ordering::Release);
     }
 
@@ -125,11 +137,22 @@ mod tests {
         Position { partition, offset }
     }
 
-    fn refuse(refusals: &Refusals, partition: i32, offset: i64) {
-        refusals.record(Refusal {
+    fn refusal(partition: i32, offset: i64) -> Refusal {
+        Refusal {
             from: at(partition, offset),
             error: format!("too large at {offset}"),
-        });
+        }
+    }
+
+    fn refuse(refusals: &Refusals, partition: i32, offset: i64) {
+        refusals.record(vec![refusal(partition, offset)]);
+    }
+
+    #[test]
+    fn an_input_counts_once_per_failed_transaction_however_many_of_its_records_were_refused() {
+        let refusals = Refusals::default();
+        refusals.record(vec![refusal(0, 5), refusal(0, 5), refusal(0, 5)]);
+        assert_eq!(refusals.escape(at(0, 5)), Some(Escape::Isolate));
     }
 
     #[test]
