@@ -148,8 +148,8 @@ impl Hostile {
     fn apply(&mut self, attack: &Attack) {
         match *attack {
             Attack::Number { nth, form } => {
-                let text = String::from_utf8_lossy(&self.payload).into_owned();
-                let numbers: Vec<(usize, usize)> = number_spans(&text);
+                // On the bytes: an earlier attack may have made them invalid UTF-8.
+                let numbers: Vec<(usize, usize)> = number_spans(&self.payload);
                 if let Some(&(start, end)) = numbers.get(nth % numbers.len().max(1)) {
                     self.payload.splice(start..end, form.bytes());
                 }
@@ -201,9 +201,8 @@ impl Hostile {
     }
 }
 
-/// Byte spans of the JSON numbers in `text` outside strings (good enough for generated records).
-fn number_spans(text: &str) -> Vec<(usize, usize)> {
-    let bytes = text.as_bytes();
+/// Byte spans of the JSON numbers in `bytes` outside strings (good enough for generated records).
+fn number_spans(bytes: &[u8]) -> Vec<(usize, usize)> {
     let mut spans = Vec::new();
     let (mut in_string, mut index) = (false, 0);
     while index < bytes.len() {
