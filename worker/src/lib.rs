@@ -1,7 +1,7 @@
 //! `orderpipe-worker`: one stage of an order pipeline, exactly once from Kafka to Kafka.
 //!
 //! The pure decisions (validation, the status state machine, notification rules) live in
-//! `orderpipe-orders`; this crate is the adapter around them (architecture rule 4):
+//! `orderpipe-orders`; this crate is the adapter around them (pure core, I/O at the edges):
 //! - [`stage`]: the built-in processors as the runtime drives them (the notify stage's webhook
 //!   calls and retries included);
 //! - [`runtime`]: the read-process-write loop, independent of Kafka — partition workers, the
