@@ -22,6 +22,9 @@ pub const EMAIL_MAX_LEN: usize = 254;
 /// subscription ids, which share it).
 pub(crate) const ORDER_ID_FORMAT_MESSAGE: &str = "must be 1-64 characters of [A-Za-z0-9_-]";
 
+/// How dead-letter messages describe the event id format.
+pub(crate) const EVENT_ID_FORMAT_MESSAGE: &str = "must be 1-128 visible ASCII characters";
+
 /// 1–64 characters of `[A-Za-z0-9_-]`.
 pub fn is_order_id(text: &str) -> bool {
     is_token(text, ORDER_ID_MAX_LEN)

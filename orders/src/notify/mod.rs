@@ -199,7 +199,10 @@ impl Notifier {
                 )));
             }
             if !ids::is_event_id(&changed.event_id) {
-                return Err(invalid("eventId must be 1-128 visible ASCII characters"));
+                return Err(invalid(&format!(
+                    "eventId {}",
+                    ids::EVENT_ID_FORMAT_MESSAGE
+                )));
             }
             if let Some(field) = changed.details.overlong_text() {
                 let limit = ids::EVENT_DETAIL_MAX_LEN;

@@ -184,7 +184,7 @@ impl StatusMachine {
             return Err(invalid("orderId", ids::ORDER_ID_FORMAT_MESSAGE));
         }
         if !ids::is_event_id(&event.event_id) {
-            return Err(invalid("eventId", "must be 1-128 visible ASCII characters"));
+            return Err(invalid("eventId", ids::EVENT_ID_FORMAT_MESSAGE));
         }
         if event.details.amount_minor.is_some_and(|amount| amount < 0) {
             return Err(invalid("amountMinor", "must be 0 or more"));

@@ -3,7 +3,7 @@
 //! Owns the classification of librdkafka errors into abort / re-create / fenced; must not decide
 //! what to do about them (the coordinator does).
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -50,7 +50,7 @@ fn is_record_refusal(code: RDKafkaErrorCode) -> bool {
 #[derive(Debug, Default, Clone)]
 pub struct Deliveries {
     failures: Arc<AtomicU64>,
-    outstanding: Arc<AtomicI64>,
+    outstanding: Arc<AtomicU64>,
     refusals: Arc<Mutex<Vec<Refusal>>>,
 }
 
@@ -60,6 +60,16 @@ impl Deliveries {
             from,
             error: error.to_string(),
         });
+    }
+
+    /// One report came (or one send was not queued). Saturating: a late report of a replaced
+    /// producer must not wrap the count.
+    fn settled(&self) {
+        let _ = self
+            .outstanding
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                Some(n.saturating_sub(1))
+            });
     }
 
     /// The producer was replaced: the old one's missing reports will never come.
@@ -84,7 +94,7 @@ impl ProducerContext for Deliveries {
     type DeliveryOpaque = Box<Position>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, from: Box<Position>) {
-        self.outstanding.fetch_sub(1, Ordering::AcqRel);
+        self.settled();
         if let Err((error, _)) = result {
             tracing::warn!(%error, "record delivery failed");
             self.failures.fetch_add(1, Ordering::AcqRel);
@@ -184,11 +194,16 @@ fn send(
         if let Some(partition) = record.partition {
             base = base.partition(partition);
         }
-        match producer.send(base) {
-            Ok(()) => {
-                deliveries.outstanding.fetch_add(1, Ordering::AcqRel);
-                return Ok(());
-            }
+        // Counted before the send: its report may arrive on the producer's thread before send
+        // returns, and the count must never look settled while a report is still due.
+        deliveries.outstanding.fetch_add(1, Ordering::AcqRel);
+        let sent = producer.send(base);
+        if sent.is_err() {
+            // Not queued, so no report will come.
+            deliveries.settled();
+        }
+        match sent {
+            Ok(()) => return Ok(()),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))
                 if Instant::now() < deadline =>
             {
