@@ -4,7 +4,7 @@
 //! Pure: no client, no I/O. Credentials are held as redacted values: the `Debug` output of every
 //! type here prints key names, never certificate or password contents, and the [`ConnectionKey`]
 //! that identifies a cached client carries a fingerprint of them, never the values. This module
-//! must not read Secrets (the controller does) nor build a client (`admin` does).
+//! must not read Secrets (the controller does) nor build a client (`kafka_admin` does).
 
 use std::fmt;
 
@@ -13,7 +13,7 @@ use orderpipe_api::v1alpha1::KafkaSpec;
 use rdkafka::ClientConfig;
 use sha2::{Digest, Sha256};
 
-use super::admin::TopicError;
+use super::error::TopicError;
 
 /// Identifies the operator in broker logs and quotas.
 const CLIENT_ID: &str = "orderpipe-operator";

@@ -9,7 +9,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use orderpipe_api::v1alpha1::TopicStatus;
 
-use super::admin::{Effect, Operation, TopicAdmin, TopicError};
+use super::admin::{Effect, TopicAdmin};
+use super::error::{Operation, TopicError};
 use super::plan::{TopicAction, TopicPlan};
 use super::reason;
 use crate::model::Change;

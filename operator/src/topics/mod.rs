@@ -13,29 +13,37 @@
 //! On deletion, the finalizer calls [`finalize_plan`] and [`execute`](fn@execute) instead of
 //! steps 2-4; [`needs_finalizer`] says whether a pipeline needs that finalizer at all.
 //!
-//! Only [`admin`] holds a Kafka client; [`plan`](mod@plan), [`ownership`] and [`connection`] are
-//! pure, and [`execute`](mod@execute) drives whatever [`TopicAdmin`] it is given. Nothing here
-//! keeps memory between reconciles: what the operator manages is read back from `status.topics`.
+//! Only [`kafka_admin`] holds a Kafka client (kept in the [`pool`]; [`diagnosis`] probes the
+//! brokers when they cannot be reached); [`desired`], [`plan`](mod@plan), [`ownership`],
+//! [`connection`] and [`error`] are pure, and [`execute`](mod@execute) drives whatever
+//! [`TopicAdmin`] it is given. Nothing here keeps memory between reconciles: what the operator
+//! manages is read back from `status.topics`.
 
 pub mod admin;
 pub mod connection;
+pub mod desired;
+pub mod diagnosis;
+pub mod error;
 pub mod execute;
+pub mod kafka_admin;
 pub mod ownership;
 pub mod plan;
+pub mod pool;
 
-pub use admin::{
-    AdminPool, AdminSettings, Effect, ErrorCategory, KafkaTopicAdmin, Operation, TopicAdmin,
-    TopicError,
-};
+pub use admin::{Effect, TopicAdmin};
 pub use connection::{
     AdminConnection, ClientCertificate, ConnectionKey, ResolvedKafkaSecrets, SaslCredentials,
 };
+pub use desired::{DesiredTopic, desired_topics};
+pub use error::{ErrorCategory, Operation, TopicError};
 pub use execute::{TopicOutcome, execute};
+pub use kafka_admin::KafkaTopicAdmin;
 pub use ownership::{OwnershipView, PipelineRef};
 pub use plan::{
-    ConfigReason, DesiredTopic, LastStatus, ObservedTopic, TopicAction, TopicPlan, TopicQuery,
-    desired_topics, finalize_plan, needs_finalizer, plan,
+    ConfigReason, LastStatus, ObservedTopic, TopicAction, TopicPlan, TopicQuery, finalize_plan,
+    needs_finalizer, plan,
 };
+pub use pool::{AdminPool, AdminSettings};
 
 /// PascalCase reasons of the Events and topic statuses this module produces.
 pub mod reason {

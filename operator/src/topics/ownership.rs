@@ -17,7 +17,7 @@ use std::fmt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use orderpipe_api::OrderPipeline;
 
-use super::plan::claimed_topic_names;
+use super::desired::claimed_topic_names;
 
 /// A pipeline by namespace and name.
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]

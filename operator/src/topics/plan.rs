@@ -28,93 +28,12 @@ use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
 
 use orderpipe_api::OrderPipeline;
-use orderpipe_api::contract::{is_stateful, naming, state_topic_config};
-use orderpipe_api::v1alpha1::{DeletionPolicy, Processor, TopicSpec, TopicStatus};
+use orderpipe_api::v1alpha1::{DeletionPolicy, TopicStatus};
 
+use super::desired::{DesiredTopic, desired_topics};
 use super::ownership::{OwnershipView, PipelineRef};
 use super::reason;
 use crate::model::Change;
-
-/// A topic as the pipeline wants it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DesiredTopic {
-    pub name: String,
-    /// Declared partitions. For a state topic, its input's declared partitions; [`plan`] raises it
-    /// to what the input will really have.
-    pub partitions: i32,
-    /// `None`: the broker's `default.replication.factor`.
-    pub replication_factor: Option<i16>,
-    pub config: BTreeMap<String, String>,
-    pub deletion_policy: DeletionPolicy,
-    /// For a state topic, the input it must stay co-partitioned with: the worker that owns input
-    /// partition N restores the state of exactly those keys from state partition N.
-    pub co_partitioned_with: Option<String>,
-}
-
-/// Kafka carries replication factors as int16; the CRD bounds them to 1..=32, so this never fails for
-/// an admitted spec.
-fn kafka_replication_factor(declared: i32) -> Option<i16> {
-    i16::try_from(declared).ok()
-}
-
-/// The declared topics, then one compacted state topic per stateful stage. The first declaration of
-/// a name wins, so a user who declares a state topic's name explicitly gets their own settings.
-pub fn desired_topics(pipeline: &OrderPipeline) -> Vec<DesiredTopic> {
-    let declared = pipeline.spec.topics.iter().map(|topic| DesiredTopic {
-        name: topic.name.clone(),
-        partitions: topic.partitions,
-        replication_factor: topic.replication_factor.and_then(kafka_replication_factor),
-        config: topic
-            .config
-            .iter()
-            .map(|(k, v)| (k.clone(), v.0.clone()))
-            .collect(),
-        deletion_policy: topic.deletion_policy,
-        co_partitioned_with: None,
-    });
-    let state = state_topics(pipeline).map(|(name, processor, input)| DesiredTopic {
-        name,
-        partitions: input.partitions,
-        replication_factor: input.replication_factor.and_then(kafka_replication_factor),
-        config: state_topic_config(processor),
-        deletion_policy: input.deletion_policy,
-        co_partitioned_with: Some(input.name.clone()),
-    });
-    let mut seen = BTreeSet::new();
-    declared
-        .chain(state)
-        .filter(|topic| seen.insert(topic.name.clone()))
-        .collect()
-}
-
-/// Names of every topic the pipeline claims: the same set [`desired_topics`] returns, without
-/// building the topics (ownership asks this of every pipeline in the store).
-pub(super) fn claimed_topic_names(pipeline: &OrderPipeline) -> BTreeSet<String> {
-    let declared = pipeline.spec.topics.iter().map(|topic| topic.name.clone());
-    declared
-        .chain(state_topics(pipeline).map(|(name, _, _)| name))
-        .collect()
-}
-
-/// The state topic name of each stateful stage, with the stage's processor and input topic.
-fn state_topics(pipeline: &OrderPipeline) -> impl Iterator<Item = (String, Processor, &TopicSpec)> {
-    let namespace = pipeline.metadata.namespace.as_deref().unwrap_or_default();
-    let name = pipeline.metadata.name.as_deref().unwrap_or_default();
-    let spec = &pipeline.spec;
-    spec.stages
-        .iter()
-        .filter(|stage| is_stateful(stage.processor))
-        .filter_map(move |stage| {
-            // CEL guarantees the input is declared; without it there is nothing to co-partition
-            // with.
-            let input = spec.topics.iter().find(|topic| topic.name == stage.input)?;
-            Some((
-                naming::state_topic(namespace, name, &stage.name),
-                stage.processor,
-                input,
-            ))
-        })
-}
 
 /// A topic as Kafka has it.
 #[derive(Clone, Debug, PartialEq, Eq)]
