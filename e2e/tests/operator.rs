@@ -19,7 +19,7 @@ use orderpipe_api::OrderPipeline;
 use orderpipe_e2e::{SharedStack, TestNamespace, wait_until};
 use orderpipe_operator::controller::{self, Shared};
 use orderpipe_operator::metrics::Metrics;
-use orderpipe_operator::model::OperatorSettings;
+use orderpipe_operator::settings::OperatorSettings;
 use orderpipe_operator::topics::{AdminPool, AdminSettings};
 use prometheus_client::registry::Registry;
 use rdkafka::ClientConfig;

@@ -1,7 +1,8 @@
-//! Detecting what the cluster serves (Argo Rollouts, Prometheus Operator ServiceMonitors), at start
+//! What the cluster serves (Argo Rollouts, Prometheus Operator ServiceMonitors), detected at start
 //! and periodically afterwards, so the operator uses a CRD installed after it started.
 //!
-//! I/O: discovery reads only. The controller is restarted by `main` when the answer changes, because
+//! [`Capabilities`] is plain data the pure modules decide with; [`detect`] and [`changed`] are the
+//! I/O, and they only read (discovery). The controller is restarted by `main` when the answer changes, because
 //! its watches are set up per served kind.
 
 use std::time::Duration;
@@ -9,7 +10,14 @@ use std::time::Duration;
 use kube::Client;
 use tracing::{info, warn};
 
-use crate::model::Capabilities;
+/// Cluster features detected at start and whenever CRDs change.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    /// argoproj.io Rollouts and AnalysisTemplates are served.
+    pub rollouts: bool,
+    /// monitoring.coreos.com ServiceMonitors are served.
+    pub service_monitors: bool,
+}
 
 /// How often discovery is repeated.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(30);

@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::core::{ApiResource, GroupVersionKind};
 
-use crate::model::Capabilities;
+use crate::capabilities::Capabilities;
 
 /// Field manager of every server-side apply the operator makes.
 pub const FIELD_MANAGER: &str = "orderpipe-operator";
@@ -47,6 +47,19 @@ impl ChildKind {
         Self::PodDisruptionBudget,
     ];
 
+    /// The Kubernetes kind: the `kind` metric label of writes, and how Events and errors name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Deployment => "Deployment",
+            Self::Rollout => "Rollout",
+            Self::AnalysisTemplate => "AnalysisTemplate",
+            Self::HorizontalPodAutoscaler => "HorizontalPodAutoscaler",
+            Self::Service => "Service",
+            Self::ServiceMonitor => "ServiceMonitor",
+            Self::PodDisruptionBudget => "PodDisruptionBudget",
+        }
+    }
+
     /// Group, version, kind and plural for dynamic API access.
     pub fn api_resource(self) -> ApiResource {
         match self {
@@ -79,6 +92,12 @@ impl ChildKind {
             | Self::Service
             | Self::PodDisruptionBudget => true,
         }
+    }
+}
+
+impl std::fmt::Display for ChildKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -118,4 +137,19 @@ pub fn selector_labels(pipeline: &str, stage: &str) -> BTreeMap<String, String> 
 /// Label selector finding every child of a pipeline.
 pub fn owned_by_pipeline_selector(pipeline: &str) -> String {
     format!("{MANAGED_BY_LABEL}={MANAGED_BY},{PIPELINE_LABEL}={pipeline}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_is_named_by_its_kubernetes_kind() {
+        for kind in ChildKind::ALL {
+            assert_eq!(kind.as_str(), kind.api_resource().kind);
+            // Metric labels and Events carried the variant name before; dashboards and alerts match
+            // on those values.
+            assert_eq!(kind.as_str(), format!("{kind:?}"));
+        }
+    }
 }

@@ -24,12 +24,15 @@ use serde_json::{Value, json};
 use tracing::{info, instrument, warn};
 
 use crate::apply::{self, Applier, ChildKey};
+use crate::capabilities::Capabilities;
 use crate::child_index::ChildIndex;
 use crate::children::{ChildKind, FIELD_MANAGER, MANAGED_BY, MANAGED_BY_LABEL};
 use crate::desired::desired_children;
 use crate::error::Error;
+use crate::events::Change;
 use crate::metrics::Metrics;
-use crate::model::{self, Capabilities, Change, OperatorSettings};
+use crate::model;
+use crate::settings::OperatorSettings;
 use crate::status::{self, Observed};
 use crate::topics::{self, AdminPool, ResolvedKafkaSecrets, TopicAdmin};
 use orderpipe_api::contract::SecretString;
@@ -249,7 +252,7 @@ async fn reconcile(pipeline: Arc<OrderPipeline>, ctx: Arc<Context>) -> Result<Ac
                 name: child.name.clone(),
                 source,
             })?;
-            ctx.metrics.api_write(&format!("{:?}", child.kind), "apply");
+            ctx.metrics.api_write(child.kind.as_str(), "apply");
             let verb = if live.is_some() { "Updated" } else { "Created" };
             changes.push(Change {
                 reason: if live.is_some() {
@@ -257,7 +260,7 @@ async fn reconcile(pipeline: Arc<OrderPipeline>, ctx: Arc<Context>) -> Result<Ac
                 } else {
                     "ChildCreated"
                 },
-                note: format!("{verb} {:?} {}", child.kind, child.name),
+                note: format!("{verb} {} {}", child.kind, child.name),
             });
         }
         // After the apply, so the seed never creates a Rollout on its own.
@@ -278,8 +281,7 @@ async fn reconcile(pipeline: Arc<OrderPipeline>, ctx: Arc<Context>) -> Result<Ac
                     name: child.name.clone(),
                     source,
                 })?;
-            ctx.metrics
-                .api_write(&format!("{:?}", child.kind), "seed-replicas");
+            ctx.metrics.api_write(child.kind.as_str(), "seed-replicas");
         }
     }
 
@@ -313,10 +315,10 @@ async fn reconcile(pipeline: Arc<OrderPipeline>, ctx: Arc<Context>) -> Result<Ac
                 name: name.clone(),
                 source,
             })?;
-        ctx.metrics.api_write(&format!("{kind:?}"), "delete");
+        ctx.metrics.api_write(kind.as_str(), "delete");
         changes.push(Change {
             reason: "ChildDeleted",
-            note: format!("Deleted {kind:?} {name}"),
+            note: format!("Deleted {kind} {name}"),
         });
     }
 

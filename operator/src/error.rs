@@ -17,13 +17,13 @@ pub enum Error {
     Kafka(#[source] crate::topics::TopicError),
     #[error("building the stage objects: {0}")]
     Desired(#[from] DesiredError),
-    #[error("applying {kind:?} {name}: {source}")]
+    #[error("applying {kind} {name}: {source}")]
     Apply {
         kind: ChildKind,
         name: String,
         source: kube::Error,
     },
-    #[error("deleting {kind:?} {name}: {source}")]
+    #[error("deleting {kind} {name}: {source}")]
     Delete {
         kind: ChildKind,
         name: String,

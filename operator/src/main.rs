@@ -14,7 +14,7 @@ use kube::runtime::events::Reporter;
 use kube_lease_manager::LeaseManagerBuilder;
 use orderpipe_operator::http::{self, Health};
 use orderpipe_operator::metrics::Metrics;
-use orderpipe_operator::model::{OperatorSettings, WorkerPlacement};
+use orderpipe_operator::settings::{OperatorSettings, WorkerPlacement};
 use orderpipe_operator::topics::{AdminPool, AdminSettings};
 use orderpipe_operator::{capabilities, controller};
 use prometheus_client::registry::Registry;

@@ -10,34 +10,8 @@ use std::collections::BTreeMap;
 
 use orderpipe_api::v1alpha1::{AutoscalingSpec, OrderPipeline, RolloutStrategy, StageSpec};
 
-/// Cluster features detected at start and whenever CRDs change.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Capabilities {
-    /// argoproj.io Rollouts and AnalysisTemplates are served.
-    pub rollouts: bool,
-    /// monitoring.coreos.com ServiceMonitors are served.
-    pub service_monitors: bool,
-}
-
-/// Operator-wide settings from the command line.
-#[derive(Clone, Debug, PartialEq, Default)]
-pub struct OperatorSettings {
-    /// Image of the worker for the built-in processors.
-    pub worker_image: String,
-    /// Prometheus the canary analysis queries when a stage does not name one.
-    pub prometheus_url: String,
-    /// Where worker pods may run (e.g. a dedicated node pool near the Kafka brokers).
-    pub worker_placement: WorkerPlacement,
-    /// How often a Ready pipeline is re-checked (`None`: the controller's default of 5 minutes).
-    pub resync: Option<std::time::Duration>,
-}
-
-/// Node selection for every worker pod, set operator-wide.
-#[derive(Clone, Debug, PartialEq, Default)]
-pub struct WorkerPlacement {
-    pub node_selector: BTreeMap<String, String>,
-    pub tolerations: Vec<k8s_openapi::api::core::v1::Toleration>,
-}
+use crate::capabilities::Capabilities;
+use crate::settings::OperatorSettings;
 
 /// The workload kind a stage runs as.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,15 +64,6 @@ pub struct ValidatedPipeline {
     pub namespace: String,
     pub paused: bool,
     pub stages: Vec<ValidatedStage>,
-}
-
-/// A change the operator made, published as a Kubernetes Event on the pipeline.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Change {
-    /// PascalCase reason, e.g. `TopicCreated`, `PartitionsIncreased`.
-    pub reason: &'static str,
-    /// What changed, for humans.
-    pub note: String,
 }
 
 /// Something the spec asks for that the operator cannot (fully) provide; surfaced as a condition.

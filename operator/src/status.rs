@@ -310,7 +310,9 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::model::{Capabilities, OperatorSettings, validate};
+    use crate::capabilities::Capabilities;
+    use crate::model::validate;
+    use crate::settings::OperatorSettings;
 
     fn pipeline(paused: bool) -> ValidatedPipeline {
         let text = include_str!("../../config/samples/orderpipe_v1alpha1_minimal.yaml");

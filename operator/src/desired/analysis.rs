@@ -19,7 +19,7 @@ use orderpipe_api::v1alpha1::CanaryAnalysis;
 use serde_json::{Value, json};
 
 use super::{DesiredError, StageContext};
-use crate::model::OperatorSettings;
+use crate::settings::OperatorSettings;
 
 /// Eight scrapes at the ServiceMonitor's 15 s interval: `rate()` survives a missed scrape or a
 /// restarted pod, and a failing canary still shows within one default pause.

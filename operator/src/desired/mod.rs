@@ -29,10 +29,10 @@ use orderpipe_api::OrderPipeline;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::capabilities::Capabilities;
 use crate::children::{self, Child, ChildKind};
-use crate::model::{
-    Capabilities, OperatorSettings, ValidatedPipeline, ValidatedStage, WorkloadKind,
-};
+use crate::model::{ValidatedPipeline, ValidatedStage, WorkloadKind};
+use crate::settings::OperatorSettings;
 
 /// Why the desired children cannot be built. Each is permanent until the pipeline (or the
 /// operator's view of the cluster) changes.
@@ -53,9 +53,9 @@ pub enum DesiredError {
         reason: String,
     },
     /// The model asks for a kind the cluster does not serve (validation ran with other capabilities).
-    #[error("stage {stage}: {kind:?} is not served by the cluster")]
+    #[error("stage {stage}: {kind} is not served by the cluster")]
     KindNotServed { stage: String, kind: ChildKind },
-    #[error("{kind:?} {name}: cannot serialize: {source}")]
+    #[error("{kind} {name}: cannot serialize: {source}")]
     Serialize {
         kind: ChildKind,
         name: String,

@@ -13,7 +13,7 @@ use super::admin::{Effect, TopicAdmin};
 use super::error::{Operation, TopicError};
 use super::plan::{TopicAction, TopicPlan};
 use super::reason;
-use crate::model::Change;
+use crate::events::Change;
 
 /// The result of running a plan.
 #[derive(Debug)]

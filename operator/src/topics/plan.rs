@@ -33,7 +33,7 @@ use orderpipe_api::v1alpha1::{DeletionPolicy, TopicStatus};
 use super::desired::{DesiredTopic, desired_topics};
 use super::ownership::{OwnershipView, PipelineRef};
 use super::reason;
-use crate::model::Change;
+use crate::events::Change;
 
 /// A topic as Kafka has it.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,0 +1,26 @@
+//! The operator-wide settings from the command line that shape what it builds: the worker image,
+//! the Prometheus the canary analysis queries, where worker pods run, how often it resyncs.
+//!
+//! Plain data: parsed by `main`, read by the pure builders. Nothing here reads the cluster.
+
+use std::collections::BTreeMap;
+
+/// Operator-wide settings from the command line.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct OperatorSettings {
+    /// Image of the worker for the built-in processors.
+    pub worker_image: String,
+    /// Prometheus the canary analysis queries when a stage does not name one.
+    pub prometheus_url: String,
+    /// Where worker pods may run (e.g. a dedicated node pool near the Kafka brokers).
+    pub worker_placement: WorkerPlacement,
+    /// How often a Ready pipeline is re-checked (`None`: the controller's default of 5 minutes).
+    pub resync: Option<std::time::Duration>,
+}
+
+/// Node selection for every worker pod, set operator-wide.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct WorkerPlacement {
+    pub node_selector: BTreeMap<String, String>,
+    pub tolerations: Vec<k8s_openapi::api::core::v1::Toleration>,
+}
