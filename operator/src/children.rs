@@ -13,6 +13,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::core::{ApiResource, GroupVersionKind};
 
 use crate::capabilities::Capabilities;
+use crate::model::WorkloadKind;
 
 /// Field manager of every server-side apply the operator makes.
 pub const FIELD_MANAGER: &str = "orderpipe-operator";
@@ -91,6 +92,15 @@ impl ChildKind {
             | Self::HorizontalPodAutoscaler
             | Self::Service
             | Self::PodDisruptionBudget => true,
+        }
+    }
+}
+
+impl From<WorkloadKind> for ChildKind {
+    fn from(workload: WorkloadKind) -> Self {
+        match workload {
+            WorkloadKind::Deployment => Self::Deployment,
+            WorkloadKind::Rollout => Self::Rollout,
         }
     }
 }

@@ -1,9 +1,11 @@
 //! The reconcile loop: wiring (watches, caches, context) and the reconcile script itself.
 //!
-//! This is one of the few modules that does I/O. The script reads top to bottom:
-//! finalize-if-deleting -> finalizer -> Kafka topics -> validate -> desired -> apply -> orphans ->
-//! status -> events. Everything it decides is delegated to the pure modules; what stays here is the
-//! order of the steps and the calls that read or write.
+//! The script reads top to bottom, one call per step: finalize-if-deleting -> finalizer -> Kafka
+//! topics -> validate -> desired -> child plan -> child writes -> status -> events. Everything it
+//! decides is delegated to the pure modules (`model`, `desired`, `child_plan`, `topics::plan`,
+//! `status`) and every Kubernetes write to the `Writer`; what stays here is the order of the steps
+//! and the reads: the watch caches, the Kafka Secrets, and the topic sync, shared by the reconcile and
+//! the finalizer.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -13,20 +15,21 @@ use futures::{Future, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::api::{Api, DynamicObject};
 use kube::runtime::controller::{self, Action};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store, reflector};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
-use orderpipe_api::v1alpha1::{KafkaSpec, OrderPipeline, OrderPipelineStatus};
-use serde_json::{Value, json};
+use orderpipe_api::contract::SecretString;
+use orderpipe_api::v1alpha1::{KafkaSpec, OrderPipeline, TopicStatus};
+use serde_json::Value;
 use tracing::{info, instrument, warn};
 
-use crate::apply::{self, Applier, ChildKey};
 use crate::capabilities::Capabilities;
 use crate::child_index::ChildIndex;
-use crate::children::{ChildKind, FIELD_MANAGER, MANAGED_BY, MANAGED_BY_LABEL};
+use crate::child_plan::{self, ChildKey};
+use crate::children::{ChildKind, MANAGED_BY, MANAGED_BY_LABEL};
 use crate::desired::desired_children;
 use crate::error::Error;
 use crate::events::Change;
@@ -34,11 +37,8 @@ use crate::metrics::Metrics;
 use crate::model;
 use crate::settings::OperatorSettings;
 use crate::status::{self, Observed};
-use crate::topics::{self, AdminPool, ResolvedKafkaSecrets, TopicAdmin};
-use orderpipe_api::contract::SecretString;
-
-/// Finalizer that lets the operator delete topics with deletion policy Delete.
-pub const TOPIC_FINALIZER: &str = "orderpipe.dev/topic-cleanup";
+use crate::topics::{self, AdminPool, ResolvedKafkaSecrets, TopicAdmin, TopicOutcome};
+use crate::writer::Writer;
 
 /// How often a Ready pipeline is re-checked unless the settings say otherwise; Kafka changes (config
 /// drift, partitions changed out of band) produce no Kubernetes watch event, so this is how drift is
@@ -203,139 +203,40 @@ async fn reconcile(pipeline: Arc<OrderPipeline>, ctx: Arc<Context>) -> Result<Ac
     let _timer = ctx.metrics.reconcile_timer();
     let namespace = pipeline.namespace().ok_or(Error::MissingNamespace)?;
     let key = format!("{namespace}/{}", pipeline.name_any());
-    let api: Api<OrderPipeline> = Api::namespaced(ctx.client.clone(), &namespace);
+    let writer = Writer::new(&ctx.client, &ctx.recorder, &ctx.metrics, &namespace);
 
-    // 1. Deletion: owned children go with the owner references; topics need the finalizer.
+    // Deletion: owned children go with the owner references; topics need the finalizer.
     if pipeline.meta().deletion_timestamp.is_some() {
-        finalize(&pipeline, &api, &ctx).await?;
+        finalize(&pipeline, &ctx, &writer).await?;
         ctx.metrics.set_pipeline_ready(&key, None);
         return Ok(Action::await_change());
     }
 
-    // 2. The finalizer exists exactly when a topic may have to be deleted.
-    ensure_finalizer(&pipeline, &api, &ctx).await?;
+    ensure_finalizer(&pipeline, &writer).await?;
+    let topics = reconcile_topics(&pipeline, &ctx).await;
+    let (validated, issues) = model::validate(
+        &pipeline,
+        &topics.partitions,
+        ctx.capabilities,
+        &ctx.settings,
+    );
+    let desired = desired_children(&pipeline, &validated, ctx.capabilities, &ctx.settings)?;
+    let live = observed_children(&ctx, &namespace, &pipeline.name_any());
+    let child_writes = child_plan::plan(desired, &live, &validated);
+    let child_changes = writer.children(&child_writes).await?;
 
-    // 3. Kafka topics: observe, plan (pure), execute.
-    let mut changes = Vec::new();
-    let (topic_statuses, partitions, kafka_error) = match reconcile_topics(&pipeline, &ctx).await {
-        Ok(outcome) => {
-            changes.extend(outcome.changes);
-            (outcome.statuses, outcome.partitions, outcome.error)
-        }
-        Err(error) => {
-            // Kafka unreachable is a state to report, not a reason to stop managing the workloads.
-            let previous = pipeline
-                .status
-                .as_ref()
-                .map(|s| s.topics.clone())
-                .unwrap_or_default();
-            (previous, BTreeMap::new(), Some(error.to_string()))
-        }
-    };
-
-    // 4-5. Validate against the cluster and the observed partitions; build every child (pure).
-    let (validated, issues) =
-        model::validate(&pipeline, &partitions, ctx.capabilities, &ctx.settings);
-    let desired: Vec<_> = desired_children(&pipeline, &validated, ctx.capabilities, &ctx.settings)?
-        .into_iter()
-        .map(apply::with_desired_hash)
-        .collect();
-
-    // 6. Apply what differs from the cache; nothing is written when nothing changed.
-    let observed = observed_children(&ctx, &namespace, &pipeline.name_any());
-    let applier = Applier::new(ctx.client.clone(), &namespace);
-    for child in &desired {
-        let live = observed.get(&(child.kind, child.name.clone()));
-        if apply::needs_apply(&child.object, live) {
-            applier.apply(child).await.map_err(|source| Error::Apply {
-                kind: child.kind,
-                name: child.name.clone(),
-                source,
-            })?;
-            ctx.metrics.api_write(child.kind.as_str(), "apply");
-            let verb = if live.is_some() { "Updated" } else { "Created" };
-            changes.push(Change {
-                reason: if live.is_some() {
-                    "ChildUpdated"
-                } else {
-                    "ChildCreated"
-                },
-                note: format!("{verb} {} {}", child.kind, child.name),
-            });
-        }
-        // After the apply, so the seed never creates a Rollout on its own.
-        let min_replicas = validated
-            .stages
-            .iter()
-            .find(|s| s.workload_name == child.name)
-            .and_then(|s| match s.scaling {
-                model::Scaling::Auto { min, .. } => Some(min),
-                model::Scaling::Fixed(_) => None,
-            });
-        if let Some(seed) = min_replicas.and_then(|min| apply::replica_seed(child, live, min)) {
-            applier
-                .seed_replicas(child.kind, &child.name, &seed)
-                .await
-                .map_err(|source| Error::Apply {
-                    kind: child.kind,
-                    name: child.name.clone(),
-                    source,
-                })?;
-            ctx.metrics.api_write(child.kind.as_str(), "seed-replicas");
-        }
-    }
-
-    // 7. Delete owned objects that left the spec; a replaced workload waits for its successor.
-    let workloads: BTreeMap<String, Value> = validated
-        .stages
-        .iter()
-        .filter_map(|stage| {
-            let kind = match stage.workload {
-                model::WorkloadKind::Deployment => ChildKind::Deployment,
-                model::WorkloadKind::Rollout => ChildKind::Rollout,
-            };
-            let live = observed.get(&(kind, stage.workload_name.clone()))?;
-            Some((stage.spec.name.clone(), live.clone()))
-        })
-        .collect();
-    let orphans = apply::orphans(&desired, &observed, |workload_name| {
-        validated.stages.iter().any(|stage| {
-            stage.workload_name == workload_name
-                && workloads
-                    .get(&stage.spec.name)
-                    .is_some_and(status::workload_is_ready)
-        })
-    });
-    for (kind, name) in orphans {
-        applier
-            .delete(kind, &name)
-            .await
-            .map_err(|source| Error::Delete {
-                kind,
-                name: name.clone(),
-                source,
-            })?;
-        ctx.metrics.api_write(kind.as_str(), "delete");
-        changes.push(Change {
-            reason: "ChildDeleted",
-            note: format!("Deleted {kind} {name}"),
-        });
-    }
-
-    // 8. Status: written only when it differs from what is there.
+    // Status: written only when it differs from what is there.
     let observed = Observed {
         generation: pipeline.metadata.generation,
         pipeline: &validated,
-        topics: topic_statuses,
-        kafka_error,
-        workloads,
+        topics: topics.statuses,
+        kafka_error: topics.error,
+        workloads: child_plan::live_workloads(&validated, &live),
         issues: &issues,
     };
-    let now = Time(Timestamp::now());
-    let new_status = status::compute(&observed, pipeline.status.as_ref(), &now);
+    let new_status = status::compute(&observed, pipeline.status.as_ref(), &Time(Timestamp::now()));
     if pipeline.status.as_ref() != Some(&new_status) {
-        write_status(&api, &pipeline.name_any(), &new_status).await?;
-        ctx.metrics.api_write("OrderPipeline", "status");
+        writer.status(&pipeline, &new_status).await?;
     }
     let ready = new_status
         .conditions
@@ -344,8 +245,8 @@ async fn reconcile(pipeline: Arc<OrderPipeline>, ctx: Arc<Context>) -> Result<Ac
         .map(|c| c.status.clone());
     ctx.metrics.set_pipeline_ready(&key, ready.as_deref());
 
-    // 9. One Event per change the operator made.
-    publish(&ctx, &pipeline, &changes).await;
+    let changes: Vec<Change> = topics.changes.into_iter().chain(child_changes).collect();
+    writer.events(&pipeline, &changes).await;
 
     if let Ok(mut failures) = ctx.failures.lock() {
         failures.remove(&ObjectRef::from(pipeline.as_ref()));
@@ -358,47 +259,106 @@ async fn reconcile(pipeline: Arc<OrderPipeline>, ctx: Arc<Context>) -> Result<Ac
     }))
 }
 
+/// Deletes the topics this pipeline owns with deletion policy Delete, then releases the finalizer.
+async fn finalize(
+    pipeline: &OrderPipeline,
+    ctx: &Context,
+    writer: &Writer<'_>,
+) -> Result<(), Error> {
+    if !topics::has_finalizer(pipeline) {
+        return Ok(());
+    }
+    let outcome = sync_topics(pipeline, ctx, TopicSync::Finalize).await?;
+    if let Some(errors) = outcome.error_summary() {
+        return Err(Error::TopicCleanup(errors));
+    }
+    writer.events(pipeline, &outcome.changes).await;
+    writer.finalizer(pipeline, false).await
+}
+
+/// The finalizer exists exactly when a topic may have to be deleted.
+async fn ensure_finalizer(pipeline: &OrderPipeline, writer: &Writer<'_>) -> Result<(), Error> {
+    let wanted = topics::needs_finalizer(pipeline);
+    if wanted == topics::has_finalizer(pipeline) {
+        return Ok(());
+    }
+    writer.finalizer(pipeline, wanted).await
+}
+
 /// What the topic step hands to the rest of the reconcile.
 struct TopicsOutcome {
-    statuses: Vec<orderpipe_api::v1alpha1::TopicStatus>,
+    statuses: Vec<TopicStatus>,
     /// Partitions of each topic as Kafka reports them (input sizing for autoscalers).
     partitions: BTreeMap<String, i32>,
     changes: Vec<Change>,
-    /// Admin calls that failed; reported in TopicsReady, retried on the next pass.
+    /// Why Kafka could not be reached, or the admin calls that failed; reported in TopicsReady,
+    /// retried on the next pass.
     error: Option<String>,
 }
 
-async fn reconcile_topics(pipeline: &OrderPipeline, ctx: &Context) -> Result<TopicsOutcome, Error> {
+/// Kafka topics: observe, plan (pure), execute. Kafka unreachable is a state to report, not a
+/// reason to stop managing the workloads: the last reported topics stand until it answers again.
+async fn reconcile_topics(pipeline: &OrderPipeline, ctx: &Context) -> TopicsOutcome {
+    match sync_topics(pipeline, ctx, TopicSync::Reconcile).await {
+        Ok(outcome) => TopicsOutcome {
+            partitions: outcome.partitions(),
+            error: outcome.error_summary(),
+            changes: outcome.changes,
+            statuses: outcome.statuses,
+        },
+        Err(error) => TopicsOutcome {
+            statuses: pipeline
+                .status
+                .as_ref()
+                .map(|s| s.topics.clone())
+                .unwrap_or_default(),
+            partitions: BTreeMap::new(),
+            changes: Vec::new(),
+            error: Some(error.to_string()),
+        },
+    }
+}
+
+/// Which plan a topic sync runs.
+#[derive(Clone, Copy, Debug)]
+enum TopicSync {
+    /// The pipeline's topics as declared: described in Kafka, then planned.
+    Reconcile,
+    /// The pipeline is being deleted: its topics with deletion policy Delete go.
+    Finalize,
+}
+
+/// Connects to the pipeline's Kafka cluster, plans the topic actions and runs them, counting every
+/// admin call in the metrics.
+async fn sync_topics(
+    pipeline: &OrderPipeline,
+    ctx: &Context,
+    sync: TopicSync,
+) -> Result<TopicOutcome, Error> {
     let all: Vec<Arc<OrderPipeline>> = ctx.pipelines.state();
     let ownership = topics::OwnershipView::new(pipeline, all.iter().map(AsRef::as_ref));
-    let desired = topics::desired_topics(pipeline);
-    let last = topics::LastStatus::of(pipeline);
-    let query = topics::TopicQuery::new(&desired, &last);
     let secrets = resolve_kafka_secrets(ctx, pipeline).await?;
     let admin = ctx
         .kafka
         .get(&pipeline.spec.kafka, &secrets)
         .map_err(Error::Kafka)?;
-    let observed = admin.describe(&query).await.map_err(Error::Kafka)?;
-    ctx.metrics.admin_operation("describe", true);
-    let plan = topics::plan(&desired, &observed, &ownership, &last);
+    let plan = match sync {
+        TopicSync::Reconcile => {
+            let desired = topics::desired_topics(pipeline);
+            let last = topics::LastStatus::of(pipeline);
+            let query = topics::TopicQuery::new(&desired, &last);
+            let observed = admin.describe(&query).await.map_err(Error::Kafka)?;
+            ctx.metrics
+                .admin_operation(topics::Operation::Describe.as_str(), true);
+            topics::plan(&desired, &observed, &ownership, &last)
+        }
+        TopicSync::Finalize => topics::finalize_plan(pipeline, &ownership),
+    };
     let outcome = topics::execute(&admin, plan).await;
     for (operation, ok) in &outcome.operations {
         ctx.metrics.admin_operation(operation, *ok);
     }
-    Ok(TopicsOutcome {
-        partitions: outcome.partitions(),
-        changes: outcome.changes,
-        error: (!outcome.errors.is_empty()).then(|| {
-            outcome
-                .errors
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; ")
-        }),
-        statuses: outcome.statuses,
-    })
+    Ok(outcome)
 }
 
 /// Reads the TLS and SASL material the pipeline references. Values never leave this function except
@@ -468,133 +428,4 @@ fn observed_children(ctx: &Context, namespace: &str, pipeline: &str) -> BTreeMap
             Some(((kind, name), value))
         })
         .collect()
-}
-
-fn has_finalizer(pipeline: &OrderPipeline) -> bool {
-    pipeline.finalizers().iter().any(|f| f == TOPIC_FINALIZER)
-}
-
-/// Adds or removes our finalizer with server-side apply, so other controllers' finalizers are left
-/// alone (metadata.finalizers is a set merged per field manager).
-async fn ensure_finalizer(
-    pipeline: &OrderPipeline,
-    api: &Api<OrderPipeline>,
-    ctx: &Context,
-) -> Result<(), Error> {
-    let wanted = topics::needs_finalizer(pipeline);
-    if wanted == has_finalizer(pipeline) {
-        return Ok(());
-    }
-    set_finalizer(pipeline, api, wanted).await?;
-    ctx.metrics.api_write("OrderPipeline", "finalizer");
-    Ok(())
-}
-
-async fn set_finalizer(
-    pipeline: &OrderPipeline,
-    api: &Api<OrderPipeline>,
-    present: bool,
-) -> Result<(), Error> {
-    let finalizers: Vec<&str> = if present {
-        vec![TOPIC_FINALIZER]
-    } else {
-        vec![]
-    };
-    let patch = json!({
-        "apiVersion": OrderPipeline::api_version(&()),
-        "kind": OrderPipeline::kind(&()),
-        "metadata": { "name": pipeline.name_any(), "finalizers": finalizers },
-    });
-    api.patch(
-        &pipeline.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map_err(Error::Finalizer)?;
-    Ok(())
-}
-
-/// Deletes the topics this pipeline owns with deletion policy Delete, then releases the finalizer.
-async fn finalize(
-    pipeline: &OrderPipeline,
-    api: &Api<OrderPipeline>,
-    ctx: &Context,
-) -> Result<(), Error> {
-    if !has_finalizer(pipeline) {
-        return Ok(());
-    }
-    let all: Vec<Arc<OrderPipeline>> = ctx.pipelines.state();
-    let ownership = topics::OwnershipView::new(pipeline, all.iter().map(AsRef::as_ref));
-    let secrets = resolve_kafka_secrets(ctx, pipeline).await?;
-    let admin = ctx
-        .kafka
-        .get(&pipeline.spec.kafka, &secrets)
-        .map_err(Error::Kafka)?;
-    let plan = topics::finalize_plan(pipeline, &ownership);
-    let outcome = topics::execute(&admin, plan).await;
-    for (operation, ok) in &outcome.operations {
-        ctx.metrics.admin_operation(operation, *ok);
-    }
-    if !outcome.errors.is_empty() {
-        let message = outcome
-            .errors
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("; ");
-        return Err(Error::TopicCleanup(message));
-    }
-    publish(ctx, pipeline, &outcome.changes).await;
-    set_finalizer(pipeline, api, false).await?;
-    ctx.metrics.api_write("OrderPipeline", "finalizer");
-    Ok(())
-}
-
-async fn write_status(
-    api: &Api<OrderPipeline>,
-    name: &str,
-    status: &OrderPipelineStatus,
-) -> Result<(), Error> {
-    let patch = json!({
-        "apiVersion": OrderPipeline::api_version(&()),
-        "kind": OrderPipeline::kind(&()),
-        "status": status,
-    });
-    api.patch_status(
-        name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map_err(Error::Status)?;
-    Ok(())
-}
-
-/// Publishes one Event per change. An Event that cannot be written is logged, not retried: the
-/// change itself already happened.
-///
-/// The Recorder folds events with the same reason and action into one series (keeping the first
-/// note), so the action names the object changed: eight topics created are eight Events, while the
-/// same drift restored again on the same topic counts up one series.
-async fn publish(ctx: &Context, pipeline: &OrderPipeline, changes: &[Change]) {
-    let reference = pipeline.object_ref(&());
-    for change in changes {
-        let event = Event {
-            type_: EventType::Normal,
-            reason: change.reason.into(),
-            note: Some(change.note.clone()),
-            action: event_action(&change.note),
-            secondary: None,
-        };
-        match ctx.recorder.publish(&event, &reference).await {
-            Ok(()) => ctx.metrics.api_write("Event", "create"),
-            Err(error) => warn!(%error, reason = change.reason, "could not publish event"),
-        }
-    }
-}
-
-/// The Event action: the change's note, cut to the API's 128-character limit.
-fn event_action(note: &str) -> String {
-    note.chars().take(128).collect()
 }

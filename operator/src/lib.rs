@@ -1,14 +1,15 @@
 //! orderpipe-operator: reconciles OrderPipelines into Kafka topics, stage workloads, autoscalers,
 //! services, monitors and a truthful status.
 //!
-//! The reconcile is a straight script: observe -> validate -> desired -> apply -> status. Only the
-//! modules that say so in their header do I/O (`controller`, `apply`, `topics::admin`); `model`,
-//! `desired`, `children`, `child_index`, `topics::plan` and `status` are pure and tested without a
-//! cluster.
+//! The reconcile is a straight script: observe -> validate -> desired -> plan -> write -> status.
+//! Only the modules that say so in their header do I/O (`controller` reads, `writer` writes to
+//! Kubernetes, `topics::kafka_admin` talks to Kafka, `capabilities` discovers); `model`, `desired`,
+//! `children`, `child_index`, `child_plan`, `topics::plan` and `status` are pure and tested without
+//! a cluster.
 
-pub mod apply;
 pub mod capabilities;
 pub mod child_index;
+pub mod child_plan;
 pub mod children;
 pub mod controller;
 pub mod desired;
@@ -20,3 +21,4 @@ pub mod model;
 pub mod settings;
 pub mod status;
 pub mod topics;
+pub mod writer;

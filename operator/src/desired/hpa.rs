@@ -29,7 +29,7 @@ use orderpipe_api::contract::metrics::{self, labels};
 
 use super::StageContext;
 use crate::children::ChildKind;
-use crate::model::{Scaling, WorkloadKind};
+use crate::model::Scaling;
 
 /// The autoscaler of an autoscaled stage; `None` for a fixed replica count (paused included).
 pub(super) fn desired_hpa(ctx: &StageContext<'_>) -> Option<HorizontalPodAutoscaler> {
@@ -43,11 +43,7 @@ pub(super) fn desired_hpa(ctx: &StageContext<'_>) -> Option<HorizontalPodAutosca
     else {
         return None;
     };
-    let target_kind = match ctx.stage.workload {
-        WorkloadKind::Deployment => ChildKind::Deployment,
-        WorkloadKind::Rollout => ChildKind::Rollout,
-    };
-    let target = target_kind.api_resource();
+    let target = ChildKind::from(ctx.stage.workload).api_resource();
     let cpu = target_cpu_utilization.map(|percent| MetricSpec {
         type_: "Resource".into(),
         resource: Some(ResourceMetricSource {

@@ -40,6 +40,15 @@ impl TopicOutcome {
     }
 }
 
+impl TopicOutcome {
+    /// The failed admin calls in one message, for `TopicsReady` or the finalizer's error; `None`
+    /// when every call succeeded.
+    pub fn error_summary(&self) -> Option<String> {
+        let errors: Vec<String> = self.errors.iter().map(ToString::to_string).collect();
+        (!errors.is_empty()).then(|| errors.join("; "))
+    }
+}
+
 /// Runs the plan's actions one by one, in order.
 pub async fn execute<A: TopicAdmin>(admin: &A, plan: TopicPlan) -> TopicOutcome {
     let TopicPlan {

@@ -304,6 +304,15 @@ pub fn finalize_plan(pipeline: &OrderPipeline, owners: &OwnershipView) -> TopicP
     out
 }
 
+/// Finalizer that lets the operator delete topics with deletion policy Delete.
+pub const TOPIC_FINALIZER: &str = "orderpipe.dev/topic-cleanup";
+
+/// Whether the pipeline carries [`TOPIC_FINALIZER`].
+pub fn has_finalizer(pipeline: &OrderPipeline) -> bool {
+    let finalizers = pipeline.metadata.finalizers.as_deref().unwrap_or_default();
+    finalizers.iter().any(|f| f == TOPIC_FINALIZER)
+}
+
 /// Whether deleting the pipeline has topic work to do, so the controller keeps its finalizer: a
 /// declared topic (and with it its state topics) with deletion policy Delete, or a managed topic
 /// with Delete still waiting for its deletion.

@@ -1,0 +1,186 @@
+//! The one place the operator writes to the Kubernetes API: children applied, seeded and deleted,
+//! the topic finalizer, the status, and the Events. Each write is counted here in
+//! `orderpipe_operator_api_writes_total`, by kind and verb.
+//!
+//! I/O only, and it decides nothing: what to write comes from `child_plan`, `topics::plan`
+//! (the finalizer) and `status`. Every write to the pipeline itself is a server-side apply with
+//! [`FIELD_MANAGER`], so fields other managers own (their finalizers, say) are left alone.
+
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Client, Resource, ResourceExt};
+use orderpipe_api::v1alpha1::{OrderPipeline, OrderPipelineStatus};
+use serde_json::{Value, json};
+use tracing::warn;
+
+use crate::child_plan::ChildWrite;
+use crate::children::{ChildKind, FIELD_MANAGER};
+use crate::error::Error;
+use crate::events::Change;
+use crate::metrics::Metrics;
+use crate::topics::TOPIC_FINALIZER;
+
+/// Field manager that seeds `spec.replicas` of an autoscaled Rollout. The main field manager never
+/// sets replicas on an autoscaled workload (the HPA owns the count), but an HPA cannot read the scale
+/// of a Rollout that has no `spec.replicas` at all (Deployments get it defaulted by the apiserver).
+/// A separate manager sets it once; the HPA's first scale update takes the field over.
+pub const REPLICA_SEED_MANAGER: &str = "orderpipe-operator-replica-seed";
+
+/// Kind label of the writes to the pipeline itself.
+const PIPELINE_KIND: &str = "OrderPipeline";
+
+/// Writes for the pipelines of one namespace.
+pub struct Writer<'a> {
+    client: &'a Client,
+    recorder: &'a Recorder,
+    metrics: &'a Metrics,
+    namespace: &'a str,
+}
+
+impl std::fmt::Debug for Writer<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer")
+            .field("namespace", &self.namespace)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> Writer<'a> {
+    pub fn new(
+        client: &'a Client,
+        recorder: &'a Recorder,
+        metrics: &'a Metrics,
+        namespace: &'a str,
+    ) -> Self {
+        Self {
+            client,
+            recorder,
+            metrics,
+            namespace,
+        }
+    }
+
+    /// Makes the planned child writes in order and returns the Events they call for. The first
+    /// failure stops the rest: the next reconcile plans them again from what is live then.
+    pub async fn children(&self, writes: &[ChildWrite]) -> Result<Vec<Change>, Error> {
+        for write in writes {
+            let (kind, name) = (write.kind(), write.name().to_owned());
+            let api = self.children_api(kind);
+            match write {
+                ChildWrite::Apply { child, .. } => {
+                    // Forced: the operator is the source of truth for the fields it sets, and a
+                    // conflicting manager (kubectl edit) is exactly the drift to undo.
+                    let params = PatchParams::apply(FIELD_MANAGER).force();
+                    let patch = Patch::Apply(&child.object);
+                    api.patch(&name, &params, &patch)
+                        .await
+                        .map_err(|source| Error::Apply { kind, name, source })?;
+                    self.metrics.api_write(kind.as_str(), "apply");
+                }
+                ChildWrite::SeedReplicas { seed, .. } => {
+                    let params = PatchParams::apply(REPLICA_SEED_MANAGER);
+                    api.patch(&name, &params, &Patch::Apply(seed))
+                        .await
+                        .map_err(|source| Error::Apply { kind, name, source })?;
+                    self.metrics.api_write(kind.as_str(), "seed-replicas");
+                }
+                ChildWrite::Delete { .. } => {
+                    match api.delete(&name, &DeleteParams::background()).await {
+                        Ok(_) => {}
+                        // Already gone counts as done.
+                        Err(kube::Error::Api(status)) if status.code == 404 => {}
+                        Err(source) => return Err(Error::Delete { kind, name, source }),
+                    }
+                    self.metrics.api_write(kind.as_str(), "delete");
+                }
+            }
+        }
+        Ok(writes.iter().filter_map(ChildWrite::change).collect())
+    }
+
+    /// Adds or removes [`TOPIC_FINALIZER`]; other controllers' finalizers stay (metadata.finalizers
+    /// is a set merged per field manager).
+    pub async fn finalizer(&self, pipeline: &OrderPipeline, present: bool) -> Result<(), Error> {
+        let finalizers: Vec<&str> = if present {
+            vec![TOPIC_FINALIZER]
+        } else {
+            vec![]
+        };
+        let name = pipeline.name_any();
+        let patch =
+            pipeline_patch(json!({ "metadata": { "name": name, "finalizers": finalizers } }));
+        self.pipelines()
+            .patch(&name, &forced(), &Patch::Apply(&patch))
+            .await
+            .map_err(Error::Finalizer)?;
+        self.metrics.api_write(PIPELINE_KIND, "finalizer");
+        Ok(())
+    }
+
+    pub async fn status(
+        &self,
+        pipeline: &OrderPipeline,
+        status: &OrderPipelineStatus,
+    ) -> Result<(), Error> {
+        let patch = pipeline_patch(json!({ "status": status }));
+        self.pipelines()
+            .patch_status(&pipeline.name_any(), &forced(), &Patch::Apply(&patch))
+            .await
+            .map_err(Error::Status)?;
+        self.metrics.api_write(PIPELINE_KIND, "status");
+        Ok(())
+    }
+
+    /// Publishes one Event per change. An Event that cannot be written is logged, not retried: the
+    /// change itself already happened.
+    ///
+    /// The Recorder folds events with the same reason and action into one series (keeping the first
+    /// note), so the action names the object changed: eight topics created are eight Events, while
+    /// the same drift restored again on the same topic counts up one series.
+    pub async fn events(&self, pipeline: &OrderPipeline, changes: &[Change]) {
+        let reference = pipeline.object_ref(&());
+        for change in changes {
+            let event = Event {
+                type_: EventType::Normal,
+                reason: change.reason.into(),
+                note: Some(change.note.clone()),
+                action: event_action(&change.note),
+                secondary: None,
+            };
+            match self.recorder.publish(&event, &reference).await {
+                Ok(()) => self.metrics.api_write("Event", "create"),
+                Err(error) => warn!(%error, reason = change.reason, "could not publish event"),
+            }
+        }
+    }
+
+    fn children_api(&self, kind: ChildKind) -> Api<DynamicObject> {
+        Api::namespaced_with(self.client.clone(), self.namespace, &kind.api_resource())
+    }
+
+    fn pipelines(&self) -> Api<OrderPipeline> {
+        Api::namespaced(self.client.clone(), self.namespace)
+    }
+}
+
+/// Server-side apply as the operator, taking over fields another manager set.
+fn forced() -> PatchParams {
+    PatchParams::apply(FIELD_MANAGER).force()
+}
+
+/// An apply patch of the pipeline: its apiVersion and kind, and `fields`.
+fn pipeline_patch(fields: Value) -> Value {
+    let mut patch = json!({
+        "apiVersion": OrderPipeline::api_version(&()),
+        "kind": OrderPipeline::kind(&()),
+    });
+    if let (Some(patch), Value::Object(fields)) = (patch.as_object_mut(), fields) {
+        patch.extend(fields);
+    }
+    patch
+}
+
+/// The Event action: the change's note, cut to the API's 128-character limit.
+fn event_action(note: &str) -> String {
+    note.chars().take(128).collect()
+}
