@@ -105,17 +105,13 @@ impl KafkaTopicAdmin {
         request: impl Future<Output = KafkaResult<Vec<TopicResult>>>,
         benign: Option<RDKafkaErrorCode>,
     ) -> Result<Effect, TopicError> {
-        match self.call(op, topic, request).await?.into_iter().next() {
-            Some(Ok(_)) => Ok(Effect::Applied),
-            Some(Err((_, code))) if Some(code) == benign => Ok(Effect::AlreadyInPlace),
-            Some(Err((_, code))) => Err(TopicError::Broker {
+        match only_answer(op, topic, self.call(op, topic, request).await?)? {
+            Ok(_) => Ok(Effect::Applied),
+            Err((_, code)) if Some(code) == benign => Ok(Effect::AlreadyInPlace),
+            Err((_, code)) => Err(TopicError::Broker {
                 op,
                 topic: topic.to_owned(),
                 code,
-            }),
-            None => Err(TopicError::Unanswered {
-                op,
-                topic: topic.to_owned(),
             }),
         }
     }
@@ -160,19 +156,25 @@ impl KafkaTopicAdmin {
         let resources = [ResourceSpecifier::Topic(topic)];
         let options = self.options();
         let request = self.client.describe_configs(&resources, &options);
-        match self.call(op, topic, request).await?.into_iter().next() {
-            Some(Ok(resource)) => Ok(resource),
-            Some(Err(code)) => Err(TopicError::Broker {
-                op,
-                topic: topic.to_owned(),
-                code,
-            }),
-            None => Err(TopicError::Unanswered {
-                op,
-                topic: topic.to_owned(),
-            }),
-        }
+        let answer = only_answer(op, topic, self.call(op, topic, request).await?)?;
+        answer.map_err(|code| TopicError::Broker {
+            op,
+            topic: topic.to_owned(),
+            code,
+        })
     }
+}
+
+/// The result of a request about one topic: rdkafka answers with one result per resource asked
+/// about, and an answer without it is [`TopicError::Unanswered`].
+fn only_answer<T>(op: Operation, topic: &str, answers: Vec<T>) -> Result<T, TopicError> {
+    answers
+        .into_iter()
+        .next()
+        .ok_or_else(|| TopicError::Unanswered {
+            op,
+            topic: topic.to_owned(),
+        })
 }
 
 /// What a change looks like once describing the topic shows it.
@@ -416,16 +418,12 @@ impl TopicAdmin for KafkaTopicAdmin {
         );
         let options = self.options();
         let request = self.client.alter_configs([&alter], &options);
-        match self.call(op, name, request).await?.into_iter().next() {
-            Some(Ok(_)) => self.settle(op, name, Visible::Config(set)).await,
-            Some(Err((_, code))) => Err(TopicError::Broker {
+        match only_answer(op, name, self.call(op, name, request).await?)? {
+            Ok(_) => self.settle(op, name, Visible::Config(set)).await,
+            Err((_, code)) => Err(TopicError::Broker {
                 op,
                 topic: name.to_owned(),
                 code,
-            }),
-            None => Err(TopicError::Unanswered {
-                op,
-                topic: name.to_owned(),
             }),
         }
     }
