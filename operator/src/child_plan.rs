@@ -73,7 +73,7 @@ pub fn is_subset(desired: &Value, live: &Value) -> bool {
 }
 
 /// The seed to apply when an autoscaled Rollout has no replica count yet: `Some(patch)` or `None`.
-/// The writer applies it under [`REPLICA_SEED_MANAGER`](crate::writer::REPLICA_SEED_MANAGER), whose
+/// The writer applies it under [`REPLICA_SEED_MANAGER`](crate::children::REPLICA_SEED_MANAGER), whose
 /// documentation says why.
 pub fn replica_seed(child: &Child, live: Option<&Value>, min_replicas: i32) -> Option<Value> {
     let autoscaled = child.object.pointer("/spec/replicas").is_none();

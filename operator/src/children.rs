@@ -17,6 +17,11 @@ use crate::model::WorkloadKind;
 
 /// Field manager of every server-side apply the operator makes.
 pub const FIELD_MANAGER: &str = "orderpipe-operator";
+/// Field manager that seeds `spec.replicas` of an autoscaled Rollout. The main field manager never
+/// sets replicas on an autoscaled workload (the HPA owns the count), but an HPA cannot read the scale
+/// of a Rollout that has no `spec.replicas` at all (Deployments get it defaulted by the apiserver).
+/// A separate manager sets it once; the HPA's first scale update takes the field over.
+pub const REPLICA_SEED_MANAGER: &str = "orderpipe-operator-replica-seed";
 /// Label marking objects the operator manages.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "orderpipe-operator";

@@ -14,17 +14,11 @@ use serde_json::{Value, json};
 use tracing::warn;
 
 use crate::child_plan::ChildWrite;
-use crate::children::{ChildKind, FIELD_MANAGER};
+use crate::children::{ChildKind, FIELD_MANAGER, REPLICA_SEED_MANAGER};
 use crate::error::Error;
 use crate::events::Change;
 use crate::metrics::Metrics;
 use crate::topics::TOPIC_FINALIZER;
-
-/// Field manager that seeds `spec.replicas` of an autoscaled Rollout. The main field manager never
-/// sets replicas on an autoscaled workload (the HPA owns the count), but an HPA cannot read the scale
-/// of a Rollout that has no `spec.replicas` at all (Deployments get it defaulted by the apiserver).
-/// A separate manager sets it once; the HPA's first scale update takes the field over.
-pub const REPLICA_SEED_MANAGER: &str = "orderpipe-operator-replica-seed";
 
 /// Kind label of the writes to the pipeline itself.
 const PIPELINE_KIND: &str = "OrderPipeline";

@@ -14,7 +14,7 @@ use orderpipe_api::v1alpha1::{DeletionPolicy, Processor, TopicSpec};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DesiredTopic {
     pub name: String,
-    /// Declared partitions. For a state topic, its input's declared partitions; [`plan`](fn@super::plan) raises it
+    /// Declared partitions. For a state topic, its input's declared partitions; `plan` raises it
     /// to what the input will really have.
     pub partitions: i32,
     /// `None`: the broker's `default.replication.factor`.
