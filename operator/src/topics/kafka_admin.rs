@@ -57,8 +57,9 @@ impl fmt::Debug for KafkaTopicAdmin {
 }
 
 impl KafkaTopicAdmin {
-    /// Builds a client; it connects lazily, on its first request. Prefer [`AdminPool::get`]: a new
-    /// client per reconcile would open new broker connections every time.
+    /// Builds a client; it connects lazily, on its first request. Prefer
+    /// [`AdminPool::get`](super::AdminPool::get): a new client per reconcile would open new broker
+    /// connections every time.
     pub fn connect(connection: &AdminConnection, timeout: Duration) -> Result<Self, TopicError> {
         let config = connection.client_config();
         let client = config.create().map_err(TopicError::client)?;
