@@ -2,8 +2,8 @@
 //! and periodically afterwards, so the operator uses a CRD installed after it started.
 //!
 //! [`Capabilities`] is plain data the pure modules decide with; [`detect`] and [`changed`] are the
-//! I/O, and they only read (discovery). The controller is restarted by `main` when the answer changes, because
-//! its watches are set up per served kind.
+//! I/O, and they only read (discovery). The controller is restarted by `main` when the answer
+//! changes, because its watches are set up per served kind.
 
 use std::time::Duration;
 

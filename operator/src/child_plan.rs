@@ -2,11 +2,11 @@
 //! reconcile makes: applies of what differs, replica seeds of autoscaled Rollouts, and deletes of
 //! owned objects that left the spec.
 //!
-//! Pure: no client, no async; the writer executes the plan. A no-op reconcile must write nothing, so
-//! every child carries a hash of what the operator last applied: when the live object still has that
-//! hash and every desired field still has its desired value, the apply is skipped. Removing a field
-//! changes the hash (so it is applied); an out-of-band edit of a field we own breaks the subset check
-//! (so it is restored).
+//! Pure: no client, no async; the writer executes the plan. A no-op reconcile must write nothing,
+//! so every child carries a hash of what the operator last applied: when the live object still has
+//! that hash and every desired field still has its desired value, the apply is skipped. Removing a
+//! field changes the hash (so it is applied); an out-of-band edit of a field we own breaks the
+//! subset check (so it is restored).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -73,8 +73,8 @@ pub fn is_subset(desired: &Value, live: &Value) -> bool {
 }
 
 /// The seed to apply when an autoscaled Rollout has no replica count yet: `Some(patch)` or `None`.
-/// The writer applies it under [`REPLICA_SEED_MANAGER`](crate::children::REPLICA_SEED_MANAGER), whose
-/// documentation says why.
+/// The writer applies it under
+/// [`REPLICA_SEED_MANAGER`](crate::children::REPLICA_SEED_MANAGER), whose documentation says why.
 pub fn replica_seed(child: &Child, live: Option<&Value>, min_replicas: i32) -> Option<Value> {
     let autoscaled = child.object.pointer("/spec/replicas").is_none();
     let missing = live.is_none_or(|l| l.pointer("/spec/replicas").is_none());
@@ -121,7 +121,7 @@ pub fn orphans(
 /// One write to a child object, in the order the writer makes them.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ChildWrite {
-    /// Server-side apply of the whole object; `created` when nothing of that kind and name was live.
+    /// Server-side apply of the whole object; `created`: nothing of that kind and name was live.
     Apply { child: Child, created: bool },
     /// The first `spec.replicas` of an autoscaled Rollout (see [`replica_seed`]).
     SeedReplicas {

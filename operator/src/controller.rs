@@ -4,8 +4,8 @@
 //! topics -> validate -> desired -> child plan -> child writes -> status -> events. Everything it
 //! decides is delegated to the pure modules (`model`, `desired`, `child_plan`, `topics::plan`,
 //! `status`) and every Kubernetes write to the `Writer`; what stays here is the order of the steps
-//! and the reads: the watch caches, the Kafka Secrets, and the topic sync, shared by the reconcile and
-//! the finalizer.
+//! and the reads: the watch caches, the Kafka Secrets, and the topic sync (shared by the reconcile
+//! and the finalizer).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};

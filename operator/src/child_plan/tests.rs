@@ -134,7 +134,10 @@ fn canary() -> ValidatedPipeline {
 /// What the builders would produce for the canary stage: an autoscaled Rollout (no replicas), its
 /// autoscaler and its metrics Service.
 fn canary_children() -> Vec<Child> {
-    let object = |kind: &str, spec: Value| json!({ "kind": kind, "metadata": { "name": "canary-validate" }, "spec": spec });
+    let object = |kind: &str, spec: Value| {
+        let metadata = json!({ "name": "canary-validate" });
+        json!({ "kind": kind, "metadata": metadata, "spec": spec })
+    };
     vec![
         Child {
             kind: ChildKind::Rollout,
