@@ -1,7 +1,7 @@
 //! What the operator tells users it did: one [`Change`] per write that changed something, published
 //! as a Kubernetes Event on the pipeline.
 //!
-//! Pure: whoever plans a write describes its change here; publishing it is the controller's job.
+//! Pure: whoever plans a write describes its change here; the writer publishes it.
 
 /// A change the operator made, published as a Kubernetes Event on the pipeline.
 #[derive(Clone, Debug, PartialEq, Eq)]

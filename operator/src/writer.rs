@@ -62,11 +62,7 @@ impl<'a> Writer<'a> {
             let api = self.children_api(kind);
             match write {
                 ChildWrite::Apply { child, .. } => {
-                    // Forced: the operator is the source of truth for the fields it sets, and a
-                    // conflicting manager (kubectl edit) is exactly the drift to undo.
-                    let params = PatchParams::apply(FIELD_MANAGER).force();
-                    let patch = Patch::Apply(&child.object);
-                    api.patch(&name, &params, &patch)
+                    api.patch(&name, &forced(), &Patch::Apply(&child.object))
                         .await
                         .map_err(|source| Error::Apply { kind, name, source })?;
                     self.metrics.api_write(kind.as_str(), "apply");
@@ -157,7 +153,8 @@ impl<'a> Writer<'a> {
     }
 }
 
-/// Server-side apply as the operator, taking over fields another manager set.
+/// Server-side apply as the operator, forcing ownership of the fields it sets: the operator is the
+/// source of truth for them, and a conflicting manager (kubectl edit) is exactly the drift it undoes.
 fn forced() -> PatchParams {
     PatchParams::apply(FIELD_MANAGER).force()
 }
