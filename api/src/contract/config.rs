@@ -160,7 +160,7 @@ impl WorkerConfig {
             None => None,
             Some(mechanism) => Some(SaslConfig {
                 mechanism: parse_sasl_mechanism(&mechanism)
-                    .map_err(|rule| ContractError::invalid(env::SASL_MECHANISM, rule))?,
+                    .map_err(|malformed| malformed.of(env::SASL_MECHANISM))?,
                 username: vars.required(env::SASL_USERNAME)?,
                 password: SecretString(vars.required(env::SASL_PASSWORD)?),
             }),
@@ -204,22 +204,19 @@ impl WorkerConfig {
                 why: "the validate and status processors keep per-order state",
             });
         }
-        for required in required_outputs(self.processor) {
-            if !self.outputs.contains_key(*required) {
-                return Err(ContractError::invalid(
-                    env::OUTPUTS,
-                    format!(
-                        "processor {} needs an output named {required:?}",
-                        self.processor.as_str()
-                    ),
-                ));
+        for &required in required_outputs(self.processor) {
+            if !self.outputs.contains_key(required) {
+                return Err(ContractError::MissingOutput {
+                    processor: self.processor,
+                    output: required,
+                });
             }
         }
         Ok(self)
     }
 }
 
-/// Why the worker's environment does not satisfy the contract.
+/// Why the worker's environment does not satisfy the contract. Every variant names the variable.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ContractError {
     #[error("{var} is not set ({why})")]
@@ -227,15 +224,42 @@ pub enum ContractError {
         var: &'static str,
         why: &'static str,
     },
-    #[error("{var} is invalid: {rule}")]
-    Invalid { var: &'static str, rule: String },
+    /// The value (or, for a list, one item of it) does not have the form the variable needs.
+    #[error("{var} is invalid: {value:?} is not {expected}")]
+    Invalid {
+        var: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+    /// The outputs leave out one the processor cannot run without.
+    #[error("{} is invalid: processor {} needs an output named {output:?}", env::OUTPUTS, processor.as_str())]
+    MissingOutput {
+        processor: Processor,
+        output: &'static str,
+    },
 }
 
-impl ContractError {
-    fn invalid(var: &'static str, rule: impl Into<String>) -> Self {
-        Self::Invalid {
+/// A value that does not have the form its variable needs, before it is known which variable that
+/// is: the parsers below know the form, [`Vars`] knows the variable.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct Malformed {
+    value: String,
+    expected: &'static str,
+}
+
+impl Malformed {
+    pub(super) fn new(value: &str, expected: &'static str) -> Self {
+        Self {
+            value: value.to_owned(),
+            expected,
+        }
+    }
+
+    fn of(self, var: &'static str) -> ContractError {
+        ContractError::Invalid {
             var,
-            rule: rule.into(),
+            value: self.value,
+            expected: self.expected,
         }
     }
 }
@@ -258,20 +282,20 @@ impl<F: Fn(&str) -> Option<String>> Vars<'_, F> {
     fn parse<T>(
         &self,
         var: &'static str,
-        parse: impl Fn(&str) -> Result<T, String>,
+        parse: impl Fn(&str) -> Result<T, Malformed>,
     ) -> Result<T, ContractError> {
-        parse(&self.required(var)?).map_err(|rule| ContractError::invalid(var, rule))
+        parse(&self.required(var)?).map_err(|malformed| malformed.of(var))
     }
 
     fn parse_or<T>(
         &self,
         var: &'static str,
         default: T,
-        parse: impl Fn(&str) -> Result<T, String>,
+        parse: impl Fn(&str) -> Result<T, Malformed>,
     ) -> Result<T, ContractError> {
         match self.optional(var) {
             None => Ok(default),
-            Some(value) => parse(&value).map_err(|rule| ContractError::invalid(var, rule)),
+            Some(value) => parse(&value).map_err(|malformed| malformed.of(var)),
         }
     }
 
@@ -283,12 +307,12 @@ impl<F: Fn(&str) -> Option<String>> Vars<'_, F> {
         self.parse_or(var, default, |v| {
             v.parse::<u64>()
                 .map(StdDuration::from_millis)
-                .map_err(|_| format!("{v:?} is not a whole number of milliseconds"))
+                .map_err(|_| Malformed::new(v, "a whole number of milliseconds"))
         })
     }
 }
 
-fn parse_processor(value: &str) -> Result<Processor, String> {
+fn parse_processor(value: &str) -> Result<Processor, Malformed> {
     [
         Processor::Validate,
         Processor::Status,
@@ -297,10 +321,10 @@ fn parse_processor(value: &str) -> Result<Processor, String> {
     ]
     .into_iter()
     .find(|p| p.as_str() == value)
-    .ok_or_else(|| format!("{value:?} is not one of validate, status, notify, custom"))
+    .ok_or_else(|| Malformed::new(value, "one of validate, status, notify, custom"))
 }
 
-fn parse_sasl_mechanism(value: &str) -> Result<SaslMechanism, String> {
+fn parse_sasl_mechanism(value: &str) -> Result<SaslMechanism, Malformed> {
     [
         SaslMechanism::Plain,
         SaslMechanism::ScramSha256,
@@ -308,38 +332,38 @@ fn parse_sasl_mechanism(value: &str) -> Result<SaslMechanism, String> {
     ]
     .into_iter()
     .find(|m| m.as_kafka_str() == value)
-    .ok_or_else(|| format!("{value:?} is not one of PLAIN, SCRAM-SHA-256, SCRAM-SHA-512"))
+    .ok_or_else(|| Malformed::new(value, "one of PLAIN, SCRAM-SHA-256, SCRAM-SHA-512"))
 }
 
-fn parse_delivery(value: &str) -> Result<Delivery, String> {
+fn parse_delivery(value: &str) -> Result<Delivery, Malformed> {
     [Delivery::ExactlyOnce, Delivery::AtLeastOnce]
         .into_iter()
         .find(|d| d.as_str() == value)
-        .ok_or_else(|| format!("{value:?} is not one of exactly-once, at-least-once"))
+        .ok_or_else(|| Malformed::new(value, "one of exactly-once, at-least-once"))
 }
 
-fn parse_bool(value: &str) -> Result<bool, String> {
+fn parse_bool(value: &str) -> Result<bool, Malformed> {
     value
         .parse()
-        .map_err(|_| format!("{value:?} is not true or false"))
+        .map_err(|_| Malformed::new(value, "true or false"))
 }
 
-fn parse_positive(value: &str) -> Result<u32, String> {
+fn parse_positive(value: &str) -> Result<u32, Malformed> {
     match value.parse::<u32>() {
         Ok(n) if n > 0 => Ok(n),
-        _ => Err(format!("{value:?} is not a positive whole number")),
+        _ => Err(Malformed::new(value, "a positive whole number")),
     }
 }
 
-fn parse_port(value: &str) -> Result<u16, String> {
+fn parse_port(value: &str) -> Result<u16, Malformed> {
     value
         .parse()
-        .map_err(|_| format!("{value:?} is not a port number"))
+        .map_err(|_| Malformed::new(value, "a port number"))
 }
 
-fn parse_seconds(value: &str) -> Result<StdDuration, String> {
+fn parse_seconds(value: &str) -> Result<StdDuration, Malformed> {
     value
         .parse::<u64>()
         .map(StdDuration::from_secs)
-        .map_err(|_| format!("{value:?} is not a whole number of seconds"))
+        .map_err(|_| Malformed::new(value, "a whole number of seconds"))
 }

@@ -4,6 +4,8 @@
 
 use std::collections::BTreeMap;
 
+use super::config::Malformed;
+
 pub const PIPELINE: &str = "ORDERPIPE_PIPELINE";
 pub const NAMESPACE: &str = "ORDERPIPE_NAMESPACE";
 pub const STAGE: &str = "ORDERPIPE_STAGE";
@@ -43,14 +45,14 @@ pub(super) fn format_outputs(outputs: &BTreeMap<String, String>) -> String {
 }
 
 /// Decodes [`format_outputs`]; the error is the pair that is not `name=topic`.
-pub(super) fn parse_outputs(value: &str) -> Result<BTreeMap<String, String>, String> {
+pub(super) fn parse_outputs(value: &str) -> Result<BTreeMap<String, String>, Malformed> {
     value
         .split(',')
         .map(|pair| match pair.split_once('=') {
             Some((name, topic)) if !name.is_empty() && !topic.is_empty() => {
                 Ok((name.to_string(), topic.to_string()))
             }
-            _ => Err(format!("{pair:?} is not name=topic")),
+            _ => Err(Malformed::new(pair, "name=topic")),
         })
         .collect()
 }

@@ -7,15 +7,23 @@ use std::time::Duration as StdDuration;
 use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector, SecretKeySelector};
 
 use super::container::{METRICS_PORT, TLS_CA_FILE, TLS_CLIENT_MOUNT_DIR, TLS_MOUNT_DIR};
-use super::duration::parse_duration;
+use super::duration::{DurationError, parse_duration};
 use super::env::format_outputs;
 use super::processors::is_stateful;
 use super::{defaults, env, naming};
 use crate::v1alpha1::{Duration, OrderPipeline, StageSpec};
 
+/// A stage setting the worker environment cannot carry, named by its path inside the stage spec.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{field} is invalid: {reason}")]
+pub struct RenderError {
+    pub field: &'static str,
+    pub reason: DurationError,
+}
+
 /// The environment of a stage's worker container. Secrets stay references (resolved by the kubelet);
 /// pod identity comes from the downward API.
-pub fn render_env(pipeline: &OrderPipeline, stage: &StageSpec) -> Result<Vec<EnvVar>, String> {
+pub fn render_env(pipeline: &OrderPipeline, stage: &StageSpec) -> Result<Vec<EnvVar>, RenderError> {
     let name = pipeline.metadata.name.as_deref().unwrap_or_default();
     let namespace = pipeline.metadata.namespace.as_deref().unwrap_or_default();
     let kafka = &pipeline.spec.kafka;
@@ -84,9 +92,13 @@ pub fn render_env(pipeline: &OrderPipeline, stage: &StageSpec) -> Result<Vec<Env
     }
     if let Some(notify) = &stage.notify {
         let retry = notify.retry.as_ref();
-        let millis = |d: Option<&Duration>, default: StdDuration| -> Result<String, String> {
+        let millis = |field: &'static str,
+                      d: Option<&Duration>,
+                      default: StdDuration|
+         -> Result<String, RenderError> {
             Ok(d.map(parse_duration)
-                .transpose()?
+                .transpose()
+                .map_err(|reason| RenderError { field, reason })?
                 .unwrap_or(default)
                 .as_millis()
                 .to_string())
@@ -101,7 +113,11 @@ pub fn render_env(pipeline: &OrderPipeline, stage: &StageSpec) -> Result<Vec<Env
         }
         vars.push(value(
             env::WEBHOOK_TIMEOUT_MS,
-            &millis(notify.webhook.timeout.as_ref(), defaults::WEBHOOK_TIMEOUT)?,
+            &millis(
+                "notify.webhook.timeout",
+                notify.webhook.timeout.as_ref(),
+                defaults::WEBHOOK_TIMEOUT,
+            )?,
         ));
         vars.push(value(
             env::NOTIFY_CHANNEL,
@@ -119,6 +135,7 @@ pub fn render_env(pipeline: &OrderPipeline, stage: &StageSpec) -> Result<Vec<Env
         vars.push(value(
             env::RETRY_INITIAL_BACKOFF_MS,
             &millis(
+                "notify.retry.initialBackoff",
                 retry.and_then(|r| r.initial_backoff.as_ref()),
                 defaults::RETRY_INITIAL_BACKOFF,
             )?,
@@ -126,6 +143,7 @@ pub fn render_env(pipeline: &OrderPipeline, stage: &StageSpec) -> Result<Vec<Env
         vars.push(value(
             env::RETRY_MAX_BACKOFF_MS,
             &millis(
+                "notify.retry.maxBackoff",
                 retry.and_then(|r| r.max_backoff.as_ref()),
                 defaults::RETRY_MAX_BACKOFF,
             )?,

@@ -162,3 +162,26 @@ fn missing_and_invalid_variables_are_named_in_the_error() {
         "{err}"
     );
 }
+
+#[test]
+fn an_unrenderable_duration_is_named_by_its_field() {
+    let mut pipeline = checkout();
+    let stage = pipeline
+        .spec
+        .stages
+        .iter_mut()
+        .find(|s| s.name == "notify")
+        .expect("notify stage");
+    let retry = stage
+        .notify
+        .as_mut()
+        .and_then(|n| n.retry.as_mut())
+        .expect("retry settings");
+    retry.max_backoff = Some(crate::v1alpha1::Duration("99999999999999999999h".into()));
+    let stage = stage.clone();
+    let err = render_env(&pipeline, &stage).expect_err("overflowing backoff");
+    assert_eq!(
+        err.to_string(),
+        "notify.retry.maxBackoff is invalid: \"99999999999999999999h\" is too long"
+    );
+}
