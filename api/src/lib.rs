@@ -6,6 +6,8 @@
 
 pub mod contract;
 pub mod reference;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod v1alpha1;
 
 pub use v1alpha1::{OrderPipeline, OrderPipelineSpec, OrderPipelineStatus};
