@@ -55,7 +55,9 @@ impl OrderPipeline {
             )
     }
 
-    pub fn namespace(mut self, namespace: &str) -> Self {
+    /// Not `namespace`: an inherent method would shadow `ResourceExt::namespace` in every crate
+    /// that turns the feature on.
+    pub fn in_namespace(mut self, namespace: &str) -> Self {
         self.metadata.namespace = Some(namespace.into());
         self
     }

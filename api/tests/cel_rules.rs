@@ -12,7 +12,7 @@ use orderpipe_api::v1alpha1::{
 
 /// A valid pipeline with one validate stage; each test breaks one field of it.
 fn minimal() -> OrderPipeline {
-    OrderPipeline::test("shop").namespace("default")
+    OrderPipeline::test("shop").in_namespace("default")
 }
 
 fn outputs(pairs: &[(&str, &str)]) -> BTreeMap<String, OutputTopic> {
