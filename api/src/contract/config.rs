@@ -229,7 +229,7 @@ pub enum ContractError {
     Invalid {
         var: &'static str,
         value: String,
-        expected: &'static str,
+        expected: String,
     },
     /// The outputs leave out one the processor cannot run without.
     #[error("{} is invalid: processor {} needs an output named {output:?}", env::OUTPUTS, processor.as_str())]
@@ -244,14 +244,14 @@ pub enum ContractError {
 #[derive(Debug, PartialEq, Eq)]
 pub(super) struct Malformed {
     value: String,
-    expected: &'static str,
+    expected: String,
 }
 
 impl Malformed {
-    pub(super) fn new(value: &str, expected: &'static str) -> Self {
+    pub(super) fn new(value: &str, expected: impl Into<String>) -> Self {
         Self {
             value: value.to_owned(),
-            expected,
+            expected: expected.into(),
         }
     }
 
@@ -313,33 +313,48 @@ impl<F: Fn(&str) -> Option<String>> Vars<'_, F> {
 }
 
 fn parse_processor(value: &str) -> Result<Processor, Malformed> {
-    [
-        Processor::Validate,
-        Processor::Status,
-        Processor::Notify,
-        Processor::Custom,
-    ]
-    .into_iter()
-    .find(|p| p.as_str() == value)
-    .ok_or_else(|| Malformed::new(value, "one of validate, status, notify, custom"))
+    one_of(
+        value,
+        [
+            Processor::Validate,
+            Processor::Status,
+            Processor::Notify,
+            Processor::Custom,
+        ],
+        Processor::as_str,
+    )
 }
 
 fn parse_sasl_mechanism(value: &str) -> Result<SaslMechanism, Malformed> {
-    [
-        SaslMechanism::Plain,
-        SaslMechanism::ScramSha256,
-        SaslMechanism::ScramSha512,
-    ]
-    .into_iter()
-    .find(|m| m.as_kafka_str() == value)
-    .ok_or_else(|| Malformed::new(value, "one of PLAIN, SCRAM-SHA-256, SCRAM-SHA-512"))
+    one_of(
+        value,
+        [
+            SaslMechanism::Plain,
+            SaslMechanism::ScramSha256,
+            SaslMechanism::ScramSha512,
+        ],
+        SaslMechanism::as_kafka_str,
+    )
 }
 
 fn parse_delivery(value: &str) -> Result<Delivery, Malformed> {
-    [Delivery::ExactlyOnce, Delivery::AtLeastOnce]
-        .into_iter()
-        .find(|d| d.as_str() == value)
-        .ok_or_else(|| Malformed::new(value, "one of exactly-once, at-least-once"))
+    one_of(
+        value,
+        [Delivery::ExactlyOnce, Delivery::AtLeastOnce],
+        Delivery::as_str,
+    )
+}
+
+/// The variant named `value`; the error lists the names, taken from the same function that matched.
+fn one_of<T: Copy, const N: usize>(
+    value: &str,
+    all: [T; N],
+    name: fn(T) -> &'static str,
+) -> Result<T, Malformed> {
+    all.into_iter().find(|&v| name(v) == value).ok_or_else(|| {
+        let names: Vec<&str> = all.into_iter().map(name).collect();
+        Malformed::new(value, format!("one of {}", names.join(", ")))
+    })
 }
 
 fn parse_bool(value: &str) -> Result<bool, Malformed> {

@@ -6,13 +6,22 @@ use std::time::Duration as StdDuration;
 use k8s_openapi::api::core::v1::EnvVar;
 
 use super::*;
-use crate::v1alpha1::{OrderPipeline, Processor};
+use crate::v1alpha1::{Duration, OrderPipeline, Processor, StageSpec};
 
 fn checkout() -> OrderPipeline {
     let text = include_str!("../../../config/samples/orderpipe_v1alpha1_checkout.yaml");
     let mut pipeline: OrderPipeline = serde_norway::from_str(text).expect("sample parses");
     pipeline.metadata.namespace = Some("shop".into());
     pipeline
+}
+
+fn stage<'a>(pipeline: &'a OrderPipeline, name: &str) -> &'a StageSpec {
+    pipeline
+        .spec
+        .stages
+        .iter()
+        .find(|s| s.name == name)
+        .unwrap_or_else(|| panic!("the sample has no stage {name:?}"))
 }
 
 /// What a kubelet does with the rendered env: substitute field and Secret references.
@@ -41,12 +50,7 @@ fn resolve(
 #[test]
 fn rendered_env_reads_back_into_the_config_the_stage_declares() {
     let pipeline = checkout();
-    let stage = pipeline
-        .spec
-        .stages
-        .iter()
-        .find(|s| s.name == "notify")
-        .expect("notify stage");
+    let stage = stage(&pipeline, "notify");
     let secrets = BTreeMap::from([(("notify-webhook", "authorization"), "Bearer s3cret")]);
     let env = resolve(
         &render_env(&pipeline, stage).expect("renders"),
@@ -82,12 +86,7 @@ fn rendered_env_reads_back_into_the_config_the_stage_declares() {
 #[test]
 fn stateful_stages_get_an_operator_managed_state_topic() {
     let pipeline = checkout();
-    let stage = pipeline
-        .spec
-        .stages
-        .iter()
-        .find(|s| s.name == "status")
-        .expect("status stage");
+    let stage = stage(&pipeline, "status");
     let env = resolve(
         &render_env(&pipeline, stage).expect("renders"),
         "p",
@@ -103,12 +102,7 @@ fn stateful_stages_get_an_operator_managed_state_topic() {
 #[test]
 fn secrets_are_references_in_the_pod_spec_and_redacted_in_debug_output() {
     let pipeline = checkout();
-    let stage = pipeline
-        .spec
-        .stages
-        .iter()
-        .find(|s| s.name == "notify")
-        .expect("notify stage");
+    let stage = stage(&pipeline, "notify");
     let vars = render_env(&pipeline, stage).expect("renders");
     let auth = vars
         .iter()
@@ -125,12 +119,7 @@ fn secrets_are_references_in_the_pod_spec_and_redacted_in_debug_output() {
 #[test]
 fn missing_and_invalid_variables_are_named_in_the_error() {
     let pipeline = checkout();
-    let stage = pipeline
-        .spec
-        .stages
-        .iter()
-        .find(|s| s.name == "validate")
-        .expect("stage");
+    let stage = stage(&pipeline, "validate");
     let mut env = resolve(
         &render_env(&pipeline, stage).expect("renders"),
         "p",
@@ -165,23 +154,33 @@ fn missing_and_invalid_variables_are_named_in_the_error() {
 
 #[test]
 fn an_unrenderable_duration_is_named_by_its_field() {
-    let mut pipeline = checkout();
-    let stage = pipeline
-        .spec
-        .stages
-        .iter_mut()
-        .find(|s| s.name == "notify")
-        .expect("notify stage");
+    let pipeline = checkout();
+    let mut stage = stage(&pipeline, "notify").clone();
     let retry = stage
         .notify
         .as_mut()
         .and_then(|n| n.retry.as_mut())
         .expect("retry settings");
-    retry.max_backoff = Some(crate::v1alpha1::Duration("99999999999999999999h".into()));
-    let stage = stage.clone();
+    retry.max_backoff = Some(Duration("99999999999999999999h".into()));
     let err = render_env(&pipeline, &stage).expect_err("overflowing backoff");
     assert_eq!(
         err.to_string(),
         "notify.retry.maxBackoff is invalid: \"99999999999999999999h\" is too long"
+    );
+}
+
+#[test]
+fn an_unknown_name_is_refused_with_the_names_the_variable_takes() {
+    let pipeline = checkout();
+    let mut env = resolve(
+        &render_env(&pipeline, stage(&pipeline, "status")).expect("renders"),
+        "p",
+        &BTreeMap::new(),
+    );
+    env.insert(env::PROCESSOR.into(), "fraud".into());
+    let err = WorkerConfig::from_env(|k| env.get(k).cloned()).expect_err("unknown processor");
+    assert_eq!(
+        err.to_string(),
+        "ORDERPIPE_PROCESSOR is invalid: \"fraud\" is not one of validate, status, notify, custom"
     );
 }
