@@ -1,9 +1,9 @@
 //! Test fixtures: [`OrderPipeline::test`] builds a valid pipeline in one line, and small builder
 //! methods change what a test is about, so a test names the one thing it varies and nothing else.
 //!
-//! Compiled only with the `testing` feature, which the workspace's tests (and the benchmark's load)
-//! turn on; the operator and worker binaries never build a pipeline from here. The fixtures panic on
-//! a name that is not in the pipeline: that is a mistake in the test, not input to handle.
+//! Compiled only with the `testing` feature, which the workspace's tests and the benchmark turn on;
+//! the operator and worker binaries never build a pipeline from here. The fixtures panic on a name
+//! that is not in the pipeline: that is a mistake in the test, not input to handle.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
