@@ -2,10 +2,13 @@
 //!
 //! Leaf crate shared by `orderpipe-operator` and `orderpipe-worker`: it defines what users write (the
 //! CRD) and what a worker pod receives (the contract), once. It has no Kubernetes client, no Kafka
-//! client and no async runtime.
+//! client and no async runtime. With the `testing` feature it also offers the test fixture
+//! `OrderPipeline::test` (module `testing`), which the operator and worker binaries never compile.
 
 pub mod contract;
 pub mod reference;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod v1alpha1;
 
 pub use v1alpha1::{OrderPipeline, OrderPipelineSpec, OrderPipelineStatus};

@@ -2,41 +2,29 @@
 //! it is written for, with a message naming the offending field, and accepts the valid neighbour.
 //! The same objects are sent to a real kube-apiserver by the e2e admission tests.
 
-use orderpipe_api::OrderPipeline;
-use serde_json::{Value, json};
+use std::collections::BTreeMap;
 
-/// A valid pipeline with one validate stage, as JSON so tests can break it in any way.
-fn minimal() -> Value {
-    json!({
-        "apiVersion": "orderpipe.dev/v1alpha1",
-        "kind": "OrderPipeline",
-        "metadata": { "name": "shop", "namespace": "default" },
-        "spec": {
-            "kafka": { "bootstrapServers": ["127.0.0.1:9092"] },
-            "topics": [
-                { "name": "orders", "partitions": 3 },
-                { "name": "orders.validated", "partitions": 3 },
-                { "name": "orders.rejected", "partitions": 1 },
-                { "name": "orders.dlq", "partitions": 1 }
-            ],
-            "stages": [{
-                "name": "validate",
-                "processor": "validate",
-                "input": "orders",
-                "outputs": { "validated": "orders.validated", "rejected": "orders.rejected" },
-                "deadLetter": "orders.dlq"
-            }]
-        }
-    })
+use orderpipe_api::OrderPipeline;
+use orderpipe_api::v1alpha1::{
+    AutoscalingSpec, CanaryPause, CanarySpec, CanaryStep, Duration, NotifySpec, OutputTopic,
+    Processor, RolloutSpec, RolloutStrategy, WebhookSpec,
+};
+
+/// A valid pipeline with one validate stage; each test breaks one field of it.
+fn minimal() -> OrderPipeline {
+    OrderPipeline::test("shop").in_namespace("default")
 }
 
-fn parse(value: Value) -> OrderPipeline {
-    serde_json::from_value(value).expect("fixture matches the Rust types")
+fn outputs(pairs: &[(&str, &str)]) -> BTreeMap<String, OutputTopic> {
+    pairs
+        .iter()
+        .map(|&(name, topic)| (name.into(), OutputTopic(topic.into())))
+        .collect()
 }
 
 /// The messages of all failed rules, or an empty list when the object is valid.
-fn violations(value: Value) -> Vec<String> {
-    match kube::core::cel::validate_cel(&parse(value)) {
+fn violations(pipeline: OrderPipeline) -> Vec<String> {
+    match kube::core::cel::validate_cel(&pipeline) {
         Ok(()) => vec![],
         Err(errors) => errors
             .iter()
@@ -45,8 +33,8 @@ fn violations(value: Value) -> Vec<String> {
     }
 }
 
-fn update_violations(old: Value, new: Value) -> Vec<String> {
-    match kube::core::cel::validate_cel_update(&parse(new), &parse(old)) {
+fn update_violations(old: OrderPipeline, new: OrderPipeline) -> Vec<String> {
+    match kube::core::cel::validate_cel_update(&new, &old) {
         Ok(()) => vec![],
         Err(errors) => errors
             .iter()
@@ -71,7 +59,7 @@ fn minimal_fixture_is_valid() {
 #[test]
 fn stage_input_must_name_a_declared_topic() {
     let mut p = minimal();
-    p["spec"]["stages"][0]["input"] = json!("orders.typo");
+    p.spec.stages[0].input = "orders.typo".into();
     let v = violations(p);
     assert_rejected_naming(
         &v,
@@ -82,14 +70,16 @@ fn stage_input_must_name_a_declared_topic() {
 #[test]
 fn dead_letter_must_name_a_declared_topic() {
     let mut p = minimal();
-    p["spec"]["stages"][0]["deadLetter"] = json!("nowhere");
+    p.spec.stages[0].dead_letter = "nowhere".into();
     assert_rejected_naming(&violations(p), "spec.stages[].deadLetter");
 }
 
 #[test]
 fn outputs_must_name_declared_topics() {
     let mut p = minimal();
-    p["spec"]["stages"][0]["outputs"]["validated"] = json!("orders.valid");
+    p.spec.stages[0]
+        .outputs
+        .insert("validated".into(), OutputTopic("orders.valid".into()));
     assert_rejected_naming(&violations(p), "spec.stages[].outputs");
 }
 
@@ -97,8 +87,8 @@ fn outputs_must_name_declared_topics() {
 fn topic_named_dot_or_dot_dot_is_rejected() {
     for name in [".", ".."] {
         let mut p = minimal();
-        p["spec"]["topics"][3]["name"] = json!(name);
-        p["spec"]["stages"][0]["deadLetter"] = json!(name);
+        p.spec.topics[3].name = name.into();
+        p.spec.stages[0].dead_letter = name.into();
         assert_rejected_naming(&violations(p), "spec.topics[].name");
     }
 }
@@ -106,31 +96,25 @@ fn topic_named_dot_or_dot_dot_is_rejected() {
 #[test]
 fn partitions_may_grow_but_never_shrink() {
     let old = minimal();
-    let mut grown = minimal();
-    grown["spec"]["topics"][0]["partitions"] = json!(6);
+    let grown = minimal().partitions("orders", 6);
     assert_eq!(update_violations(old.clone(), grown), Vec::<String>::new());
 
-    let mut shrunk = minimal();
-    shrunk["spec"]["topics"][0]["partitions"] = json!(2);
+    let shrunk = minimal().partitions("orders", 2);
     let v = update_violations(old, shrunk);
     assert_rejected_naming(&v, "spec.topics[orders].partitions may only grow");
 }
 
 #[test]
 fn replication_factor_is_immutable() {
-    let mut old = minimal();
-    old["spec"]["topics"][0]["replicationFactor"] = json!(1);
-    let mut new = old.clone();
-    new["spec"]["topics"][0]["replicationFactor"] = json!(3);
+    let old = minimal().replication_factor("orders", 1);
+    let new = old.clone().replication_factor("orders", 3);
     assert_rejected_naming(
         &update_violations(old.clone(), new),
         "replicationFactor cannot be changed",
     );
 
     let mut unset = old.clone();
-    unset["spec"]["topics"][0]
-        .as_object_mut()
-        .map(|t| t.remove("replicationFactor"));
+    unset.spec.topics[0].replication_factor = None;
     assert_rejected_naming(
         &update_violations(old, unset),
         "replicationFactor cannot be changed",
@@ -140,24 +124,29 @@ fn replication_factor_is_immutable() {
 #[test]
 fn custom_processor_requires_an_image() {
     let mut p = minimal();
-    p["spec"]["stages"][0]["processor"] = json!("custom");
+    p.spec.stages[0].processor = Processor::Custom;
     assert_rejected_naming(&violations(p.clone()), "spec.stages[].image is required");
-    p["spec"]["stages"][0]["image"] = json!("registry.example/fraud-check:1.2");
+    p.spec.stages[0].image = Some("registry.example/fraud-check:1.2".into());
     assert_eq!(violations(p), Vec::<String>::new());
 }
 
 #[test]
 fn replicas_and_autoscaling_are_exclusive() {
-    let mut p = minimal();
-    p["spec"]["stages"][0]["replicas"] = json!(2);
-    p["spec"]["stages"][0]["autoscaling"] = json!({ "maxReplicas": 3 });
+    let p = minimal()
+        .replicas("validate", 2)
+        .autoscaling("validate", AutoscalingSpec::test(3));
     assert_rejected_naming(&violations(p), "either replicas or autoscaling");
 }
 
 #[test]
 fn min_replicas_must_not_exceed_max_replicas() {
-    let mut p = minimal();
-    p["spec"]["stages"][0]["autoscaling"] = json!({ "minReplicas": 4, "maxReplicas": 2 });
+    let p = minimal().autoscaling(
+        "validate",
+        AutoscalingSpec {
+            min_replicas: 4,
+            ..AutoscalingSpec::test(2)
+        },
+    );
     assert_rejected_naming(
         &violations(p),
         "autoscaling.minReplicas must not exceed maxReplicas",
@@ -168,23 +157,30 @@ fn min_replicas_must_not_exceed_max_replicas() {
 fn max_replicas_above_partitions_is_accepted_and_capped_later() {
     // Documented choice: the operator caps maxReplicas at the input partitions and says so in status,
     // because partitions may grow later and the user's intent stays meaningful.
-    let mut p = minimal();
-    p["spec"]["stages"][0]["autoscaling"] = json!({ "minReplicas": 1, "maxReplicas": 50 });
+    let p = minimal().autoscaling("validate", AutoscalingSpec::test(50));
     assert_eq!(violations(p), Vec::<String>::new());
 }
 
 #[test]
 fn notify_processor_requires_webhook_settings_and_only_it_may_have_them() {
     let mut p = minimal();
-    p["spec"]["stages"][0]["processor"] = json!("notify");
-    p["spec"]["stages"][0]["outputs"] = json!({ "audit": "orders.validated" });
+    p.spec.stages[0].processor = Processor::Notify;
+    p.spec.stages[0].outputs = outputs(&[("audit", "orders.validated")]);
     assert_rejected_naming(
         &violations(p.clone()),
         "spec.stages[].notify (webhook settings) is required",
     );
 
     let mut q = minimal();
-    q["spec"]["stages"][0]["notify"] = json!({ "webhook": { "url": "http://127.0.0.1:1/hook" } });
+    q.spec.stages[0].notify = Some(NotifySpec {
+        webhook: WebhookSpec {
+            url: "http://127.0.0.1:1/hook".into(),
+            auth_secret_ref: None,
+            timeout: None,
+        },
+        channel: None,
+        retry: None,
+    });
     assert_rejected_naming(
         &violations(q),
         "notify is only allowed when processor is notify",
@@ -194,20 +190,28 @@ fn notify_processor_requires_webhook_settings_and_only_it_may_have_them() {
 #[test]
 fn built_in_processors_require_their_named_outputs() {
     let mut p = minimal();
-    p["spec"]["stages"][0]["outputs"] = json!({ "validated": "orders.validated" });
+    p.spec.stages[0].outputs = outputs(&[("validated", "orders.validated")]);
     assert_rejected_naming(&violations(p), "'validated' and 'rejected'");
 
     let mut s = minimal();
-    s["spec"]["stages"][0]["processor"] = json!("status");
+    s.spec.stages[0].processor = Processor::Status;
     assert_rejected_naming(&violations(s), "'changes' topic for processor status");
 }
 
 #[test]
 fn canary_step_sets_exactly_one_action() {
     let mut p = minimal();
-    p["spec"]["stages"][0]["rollout"] = json!({
-        "strategy": "Canary",
-        "canary": { "steps": [{ "setWeight": 20, "pause": { "duration": "1m" } }] }
+    p.spec.stages[0].rollout = Some(RolloutSpec {
+        strategy: RolloutStrategy::Canary,
+        canary: Some(CanarySpec {
+            steps: vec![CanaryStep {
+                set_weight: Some(20),
+                pause: Some(CanaryPause {
+                    duration: Some(Duration("1m".into())),
+                }),
+            }],
+            analysis: None,
+        }),
     });
     assert_rejected_naming(&violations(p), "exactly one of setWeight or pause");
 }
@@ -215,8 +219,16 @@ fn canary_step_sets_exactly_one_action() {
 #[test]
 fn canary_settings_need_the_canary_strategy() {
     let mut p = minimal();
-    p["spec"]["stages"][0]["rollout"] =
-        json!({ "strategy": "RollingUpdate", "canary": { "steps": [{ "setWeight": 20 }] } });
+    p.spec.stages[0].rollout = Some(RolloutSpec {
+        strategy: RolloutStrategy::RollingUpdate,
+        canary: Some(CanarySpec {
+            steps: vec![CanaryStep {
+                set_weight: Some(20),
+                pause: None,
+            }],
+            analysis: None,
+        }),
+    });
     assert_rejected_naming(
         &violations(p),
         "rollout.canary is only allowed when strategy is Canary",
@@ -226,31 +238,35 @@ fn canary_settings_need_the_canary_strategy() {
 #[test]
 fn pipeline_name_must_be_a_dns_label_that_leaves_room_for_stage_names() {
     let mut p = minimal();
-    p["metadata"]["name"] = json!("shop.eu");
+    p.metadata.name = Some("shop.eu".into());
     assert_rejected_naming(&violations(p), "metadata.name must be a DNS-1035 label");
 
     let mut long = minimal();
-    long["metadata"]["name"] = json!("a".repeat(50));
-    long["spec"]["stages"][0]["name"] = json!("validate-orders-for-the-european-shop");
+    long.metadata.name = Some("a".repeat(50));
+    long.spec.stages[0].name = "validate-orders-for-the-european-shop".into();
     assert_rejected_naming(&violations(long), "must fit in 63 characters");
 }
 
 #[test]
 fn a_stage_may_not_feed_its_own_input() {
     let mut p = minimal();
-    p["spec"]["stages"][0]["deadLetter"] = json!("orders");
+    p.spec.stages[0].dead_letter = "orders".into();
     assert_rejected_naming(
         &violations(p),
         "deadLetter must not be the stage's input topic",
     );
     let mut p = minimal();
-    p["spec"]["stages"][0]["outputs"]["validated"] = json!("orders");
+    p.spec.stages[0]
+        .outputs
+        .insert("validated".into(), OutputTopic("orders".into()));
     assert_rejected_naming(
         &violations(p),
         "outputs must not name the stage's input topic",
     );
     let mut p = minimal();
-    p["spec"]["stages"][0]["outputs"]["rejected"] = json!("orders.dlq");
+    p.spec.stages[0]
+        .outputs
+        .insert("rejected".into(), OutputTopic("orders.dlq".into()));
     assert_rejected_naming(&violations(p), "or its deadLetter topic");
 }
 
@@ -266,7 +282,7 @@ fn an_image_must_be_an_image_reference() {
         format!("ghcr.io/shop/worker:1.0{digest}"),
     ] {
         let mut p = minimal();
-        p["spec"]["stages"][0]["image"] = json!(good);
+        p.spec.stages[0].image = Some(good.clone());
         assert_eq!(violations(p), Vec::<String>::new(), "{good}");
     }
     for bad in [
@@ -279,7 +295,7 @@ fn an_image_must_be_an_image_reference() {
         "worker::1",
     ] {
         let mut p = minimal();
-        p["spec"]["stages"][0]["image"] = json!(bad);
+        p.spec.stages[0].image = Some(bad.into());
         assert_rejected_naming(&violations(p), "image must be an image reference");
     }
 }

@@ -247,28 +247,14 @@ fn is_ready(pipeline: &OrderPipeline) -> bool {
 
 /// The smallest pipeline: one stage, one replica, four 1-partition topics of its own.
 fn pipeline(namespace: &str, name: &str, bootstrap: &str) -> Value {
-    let topic = |suffix: &str| format!("{namespace}.{name}.{suffix}");
-    json!({
-        "apiVersion": "orderpipe.dev/v1alpha1",
-        "kind": "OrderPipeline",
-        "metadata": { "name": name },
-        "spec": {
-            "kafka": { "bootstrapServers": [bootstrap] },
-            "topics": [
-                { "name": topic("orders"), "partitions": 1 },
-                { "name": topic("validated"), "partitions": 1 },
-                { "name": topic("rejected"), "partitions": 1 },
-                { "name": topic("dlq"), "partitions": 1 }
-            ],
-            "stages": [{
-                "name": "validate",
-                "processor": "validate",
-                "input": topic("orders"),
-                "outputs": { "validated": topic("validated"), "rejected": topic("rejected") },
-                "deadLetter": topic("dlq")
-            }]
-        }
-    })
+    let prefix = format!("{namespace}.{name}");
+    let topic = |suffix: &str| format!("{prefix}.{suffix}");
+    let pipeline = OrderPipeline::test(name)
+        .bootstrap(bootstrap)
+        .topic_prefix(&prefix)
+        .partitions(&topic("orders"), 1)
+        .partitions(&topic("validated"), 1);
+    serde_json::to_value(pipeline).expect("fixture serializes")
 }
 
 async fn create_namespace(client: &Client, name: &str) -> anyhow::Result<()> {

@@ -22,29 +22,9 @@ fn api(ns: &TestNamespace) -> Api<DynamicObject> {
     Api::namespaced_with(ns.client().clone(), ns.name(), &resource())
 }
 
-/// A valid pipeline, as JSON so each test can break it in one way.
+/// A valid pipeline, as JSON so each test can break it in ways the Rust types cannot express.
 fn minimal(name: &str) -> Value {
-    json!({
-        "apiVersion": "orderpipe.dev/v1alpha1",
-        "kind": "OrderPipeline",
-        "metadata": { "name": name },
-        "spec": {
-            "kafka": { "bootstrapServers": ["127.0.0.1:9092"] },
-            "topics": [
-                { "name": "orders", "partitions": 3 },
-                { "name": "orders.validated", "partitions": 3 },
-                { "name": "orders.rejected", "partitions": 1 },
-                { "name": "orders.dlq", "partitions": 1 }
-            ],
-            "stages": [{
-                "name": "validate",
-                "processor": "validate",
-                "input": "orders",
-                "outputs": { "validated": "orders.validated", "rejected": "orders.rejected" },
-                "deadLetter": "orders.dlq"
-            }]
-        }
-    })
+    serde_json::to_value(orderpipe_api::OrderPipeline::test(name)).expect("fixture serializes")
 }
 
 /// Server-side apply with strict field validation, as `kubectl apply --server-side` does.

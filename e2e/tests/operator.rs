@@ -88,41 +88,32 @@ impl RunningOperator {
 
 /// A two-stage pipeline whose topics carry the namespace name, so parallel tests never share one.
 fn pipeline(ns: &str, bootstrap: &str) -> Value {
+    use orderpipe_api::v1alpha1::{AutoscalingSpec, Processor};
     let t = |suffix: &str| format!("{ns}.{suffix}");
-    json!({
-        "apiVersion": "orderpipe.dev/v1alpha1",
-        "kind": "OrderPipeline",
-        "metadata": { "name": "shop" },
-        "spec": {
-            "kafka": { "bootstrapServers": [bootstrap] },
-            "topics": [
-                { "name": t("orders"), "partitions": 2, "config": { "retention.ms": "86400000" } },
-                { "name": t("validated"), "partitions": 2 },
-                { "name": t("rejected"), "partitions": 1 },
-                { "name": t("events"), "partitions": 2 },
-                { "name": t("status"), "partitions": 2 },
-                { "name": t("dlq"), "partitions": 1 }
-            ],
-            "stages": [
-                {
-                    "name": "validate",
-                    "processor": "validate",
-                    "input": t("orders"),
-                    "outputs": { "validated": t("validated"), "rejected": t("rejected"), "events": t("events") },
-                    "deadLetter": t("dlq"),
-                    "autoscaling": { "minReplicas": 1, "maxReplicas": 6, "targetLagPerReplica": 500 }
-                },
-                {
-                    "name": "status",
-                    "processor": "status",
-                    "input": t("events"),
-                    "outputs": { "changes": t("status") },
-                    "deadLetter": t("dlq"),
-                    "replicas": 2
-                }
-            ]
-        }
-    })
+    let pipeline = OrderPipeline::test("shop")
+        .bootstrap(bootstrap)
+        .topic_prefix(ns)
+        .partitions(&t("orders"), 2)
+        .topic_config(&t("orders"), "retention.ms", "86400000")
+        .partitions(&t("validated"), 2)
+        .topic(&t("events"), 2)
+        .topic(&t("status"), 2)
+        .output("validate", "events", &t("events"))
+        .autoscaling(
+            "validate",
+            AutoscalingSpec {
+                target_lag_per_replica: Some(500),
+                ..AutoscalingSpec::test(6)
+            },
+        )
+        .stage(
+            "status",
+            Processor::Status,
+            &t("events"),
+            &[("changes", &t("status"))],
+        )
+        .replicas("status", 2);
+    serde_json::to_value(pipeline).expect("fixture serializes")
 }
 
 fn pipelines(ns: &TestNamespace) -> Api<OrderPipeline> {

@@ -184,28 +184,17 @@ impl Replica {
 
 fn pipeline(ns: &str, bootstrap: &str, partitions: i32) -> Value {
     let t = |suffix: &str| format!("{ns}.{suffix}");
-    json!({
-        "apiVersion": "orderpipe.dev/v1alpha1",
-        "kind": "OrderPipeline",
-        "metadata": { "name": "shop" },
-        "spec": {
-            "kafka": { "bootstrapServers": [bootstrap] },
-            "topics": [
-                { "name": t("orders"), "partitions": partitions },
-                { "name": t("validated"), "partitions": 1 },
-                { "name": t("rejected"), "partitions": 1 },
-                { "name": t("dlq"), "partitions": 1, "deletionPolicy": "Delete" }
-            ],
-            "stages": [{
-                "name": "validate",
-                "processor": "validate",
-                "input": t("orders"),
-                "outputs": { "validated": t("validated"), "rejected": t("rejected") },
-                "deadLetter": t("dlq"),
-                "autoscaling": { "maxReplicas": 8 }
-            }]
-        }
-    })
+    let pipeline = OrderPipeline::test("shop")
+        .bootstrap(bootstrap)
+        .topic_prefix(ns)
+        .partitions(&t("orders"), partitions)
+        .partitions(&t("validated"), 1)
+        .deletion_policy(&t("dlq"), orderpipe_api::v1alpha1::DeletionPolicy::Delete)
+        .autoscaling(
+            "validate",
+            orderpipe_api::v1alpha1::AutoscalingSpec::test(8),
+        );
+    serde_json::to_value(pipeline).expect("fixture serializes")
 }
 
 async fn wait_ready_at_partitions(api: &Api<OrderPipeline>, partitions: i32) -> anyhow::Result<()> {

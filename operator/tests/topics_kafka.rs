@@ -42,31 +42,21 @@ fn unique(prefix: &str) -> String {
 
 /// A pipeline whose validate stage reads `<p>.orders`; `<p>.dlq` has deletion policy Delete.
 fn pipeline(prefix: &str, orders_partitions: i32) -> OrderPipeline {
-    let yaml = format!(
-        r#"
-apiVersion: orderpipe.dev/v1alpha1
-kind: OrderPipeline
-metadata:
-  {{name: {prefix}, namespace: it, creationTimestamp: "2026-01-01T00:00:00Z", generation: 1}}
-spec:
-  kafka: {{bootstrapServers: ["{bootstrap}"]}}
-  topics:
-    - name: {prefix}.orders
-      partitions: {orders_partitions}
-      config: {{retention.ms: "3600000", max.message.bytes: "500000"}}
-    - {{name: {prefix}.valid, partitions: 2}}
-    - {{name: {prefix}.rejected, partitions: 1}}
-    - {{name: {prefix}.dlq, partitions: 1, deletionPolicy: Delete}}
-  stages:
-    - name: validate
-      processor: validate
-      input: {prefix}.orders
-      outputs: {{validated: {prefix}.valid, rejected: {prefix}.rejected}}
-      deadLetter: {prefix}.dlq
-"#,
-        bootstrap = bootstrap()
-    );
-    serde_norway::from_str(&yaml).expect("fixture parses")
+    let orders = format!("{prefix}.orders");
+    OrderPipeline::test(prefix)
+        .in_namespace("it")
+        .created_at("2026-01-01T00:00:00Z")
+        .generation(1)
+        .bootstrap(&bootstrap())
+        .topic_prefix(prefix)
+        .partitions(&orders, orders_partitions)
+        .topic_config(&orders, "retention.ms", "3600000")
+        .topic_config(&orders, "max.message.bytes", "500000")
+        .partitions(&format!("{prefix}.validated"), 2)
+        .deletion_policy(
+            &format!("{prefix}.dlq"),
+            orderpipe_api::v1alpha1::DeletionPolicy::Delete,
+        )
 }
 
 fn state_topic(prefix: &str) -> String {
@@ -338,7 +328,7 @@ async fn deletes_a_removed_delete_policy_topic_and_keeps_a_retained_one() {
     reconcile(&mut pipeline, &admin).await;
 
     // Nothing reads the dead-letter or rejected topics any more (a custom stage without outputs).
-    pipeline.spec.stages[0].dead_letter = format!("{prefix}.valid");
+    pipeline.spec.stages[0].dead_letter = format!("{prefix}.validated");
     pipeline.spec.stages[0].outputs.clear();
     pipeline.spec.stages[0].processor = orderpipe_api::v1alpha1::Processor::Custom;
     pipeline.spec.stages[0].image = Some("example/copy:1".into());

@@ -1,4 +1,4 @@
-//! The contract between the pure processors and the worker's Kafka runtime.
+//! What a pure processor receives from the worker's Kafka runtime and what it hands back.
 //!
 //! The runtime hands a processor an [`InputRecord`] (bytes, key, where it came from) and the per-key
 //! state it restored; the processor returns a [`Decision`]: what to produce, to which logical

@@ -13,7 +13,8 @@
 //! - [`notify::Notifier`]: which transitions notify, the webhook payload, and the retry policy.
 //!
 //! [`generator`] is a seeded generator of realistic input for the load generator, benchmarks and tests.
-//! The contract is documented in `docs/orders.md` and `docs/schemas/`.
+//! The record formats, codes and headers other teams rely on are documented in `docs/orders.md` and
+//! `docs/schemas/`.
 
 #[macro_use]
 mod codes;

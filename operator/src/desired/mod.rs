@@ -44,13 +44,16 @@ pub enum DesiredError {
     MissingUid { name: String },
     /// The worker environment could not be rendered (e.g. an unparsable duration).
     #[error("stage {stage}: cannot render the worker environment: {reason}")]
-    WorkerEnv { stage: String, reason: String },
+    WorkerEnv {
+        stage: String,
+        reason: orderpipe_api::contract::RenderError,
+    },
     /// A duration in the stage's spec could not be parsed.
     #[error("stage {stage}: {field} is invalid: {reason}")]
     InvalidDuration {
         stage: String,
         field: String,
-        reason: String,
+        reason: orderpipe_api::contract::DurationError,
     },
     /// The model asks for a kind the cluster does not serve (validation ran with other capabilities).
     #[error("stage {stage}: {kind} is not served by the cluster")]

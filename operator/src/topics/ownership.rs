@@ -176,7 +176,7 @@ mod tests {
 
     use super::*;
 
-    /// A pipeline declaring `topics` (plus the `orders` input of its one custom stage).
+    /// A pipeline declaring `topics` besides the fixture's own.
     fn pipeline(
         namespace: &str,
         name: &str,
@@ -184,24 +184,13 @@ mod tests {
         bootstrap: &str,
         topics: &[&str],
     ) -> OrderPipeline {
-        let topics: Vec<String> = topics
+        let fixture = OrderPipeline::test(name)
+            .in_namespace(namespace)
+            .created_at(created)
+            .bootstrap(bootstrap);
+        topics
             .iter()
-            .map(|t| format!("{{name: {t}, partitions: 3}}"))
-            .collect();
-        let yaml = format!(
-            r#"
-apiVersion: orderpipe.dev/v1alpha1
-kind: OrderPipeline
-metadata: {{name: {name}, namespace: {namespace}, creationTimestamp: "{created}"}}
-spec:
-  kafka: {{bootstrapServers: ["{bootstrap}"]}}
-  topics: [{{name: orders, partitions: 3}}, {topics}]
-  stages:
-    - {{name: copy, processor: custom, image: example/copy, input: orders, deadLetter: orders}}
-"#,
-            topics = topics.join(", ")
-        );
-        serde_norway::from_str(&yaml).expect("fixture parses")
+            .fold(fixture, |pipeline, topic| pipeline.topic(topic, 3))
     }
 
     const EARLY: &str = "2026-01-01T00:00:00Z";
@@ -321,18 +310,10 @@ spec:
 
     #[test]
     fn state_topics_are_claimed_like_declared_ones() {
-        let yaml = r#"
-apiVersion: orderpipe.dev/v1alpha1
-kind: OrderPipeline
-metadata: {name: checkout, namespace: shop, creationTimestamp: "2026-01-01T00:00:00Z"}
-spec:
-  kafka: {bootstrapServers: ["kafka:9092"]}
-  topics: [{name: orders, partitions: 3}, {name: ok, partitions: 3}, {name: bad, partitions: 3}]
-  stages:
-    - {name: validate, processor: validate, input: orders, deadLetter: bad,
-       outputs: {validated: ok, rejected: bad}}
-"#;
-        let me: OrderPipeline = serde_norway::from_str(yaml).expect("fixture parses");
+        let me = OrderPipeline::test("checkout")
+            .in_namespace("shop")
+            .created_at("2026-01-01T00:00:00Z")
+            .bootstrap("kafka:9092");
         let view = OwnershipView::new(&me, [&me]);
         assert!(view.is_mine("orderpipe.shop.checkout.validate.state"));
     }

@@ -12,30 +12,18 @@ fn checkout() -> OrderPipeline {
 }
 
 fn named(name: &str, created: &str) -> OrderPipeline {
-    let yaml = format!(
-        r#"
-apiVersion: orderpipe.dev/v1alpha1
-kind: OrderPipeline
-metadata: {{name: {name}, namespace: shop, creationTimestamp: "{created}", generation: 1}}
-spec:
-  kafka: {{bootstrapServers: ["kafka:9092"]}}
-  topics:
-    - name: orders
-      partitions: 6
-      replicationFactor: 3
-      config: {{retention.ms: "604800000", min.insync.replicas: "2"}}
-    - {{name: orders.validated, partitions: 6}}
-    - {{name: orders.rejected, partitions: 3}}
-    - {{name: orders.dlq, partitions: 1, deletionPolicy: Delete}}
-  stages:
-    - name: validate
-      processor: validate
-      input: orders
-      outputs: {{validated: orders.validated, rejected: orders.rejected}}
-      deadLetter: orders.dlq
-"#
-    );
-    serde_norway::from_str(&yaml).expect("fixture parses")
+    OrderPipeline::test(name)
+        .in_namespace("shop")
+        .created_at(created)
+        .generation(1)
+        .bootstrap("kafka:9092")
+        .partitions("orders", 6)
+        .replication_factor("orders", 3)
+        .topic_config("orders", "retention.ms", "604800000")
+        .topic_config("orders", "min.insync.replicas", "2")
+        .partitions("orders.validated", 6)
+        .partitions("orders.rejected", 3)
+        .deletion_policy("orders.dlq", DeletionPolicy::Delete)
 }
 
 /// What Kafka has once every desired topic exists as declared (broker default replication: 1).
