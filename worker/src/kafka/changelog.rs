@@ -72,17 +72,18 @@ impl KafkaChangelog {
     ) -> Result<(i64, i64), RestoreFailure> {
         let mut uncommitted = self.config.clone();
         uncommitted.set("isolation.level", "read_uncommitted");
-        let probe: BaseConsumer<RestoreContext> = uncommitted
-            .create_with_context(RestoreContext)
-            .map_err(RestoreFailure::Kafka)?;
+        let probe: BaseConsumer<RestoreContext> =
+            uncommitted
+                .create_with_context(RestoreContext)
+                .map_err(|error| RestoreFailure::Broker(error.into()))?;
         let (_, high) = probe
             .fetch_watermarks(&self.topic, partition, WATERMARK_TIMEOUT)
-            .map_err(RestoreFailure::Kafka)?;
+            .map_err(|error| RestoreFailure::Broker(error.into()))?;
         loop {
             // Under read_committed the "high" watermark is the last stable offset.
             let (low, stable) = consumer
                 .fetch_watermarks(&self.topic, partition, WATERMARK_TIMEOUT)
-                .map_err(RestoreFailure::Kafka)?;
+                .map_err(|error| RestoreFailure::Broker(error.into()))?;
             if stable >= high {
                 return Ok((low, stable));
             }
@@ -121,7 +122,7 @@ impl ChangelogReader for KafkaChangelog {
         let consumer: BaseConsumer<RestoreContext> = self
             .config
             .create_with_context(RestoreContext)
-            .map_err(RestoreFailure::Kafka)?;
+            .map_err(|error| RestoreFailure::Broker(error.into()))?;
         let started = Instant::now();
         let (low, end) = self.stable_end(&consumer, partition, stop, started)?;
         if end <= low {
@@ -130,10 +131,10 @@ impl ChangelogReader for KafkaChangelog {
         let mut assignment = TopicPartitionList::new();
         assignment
             .add_partition_offset(&self.topic, partition, Offset::Beginning)
-            .map_err(RestoreFailure::Kafka)?;
+            .map_err(|error| RestoreFailure::Broker(error.into()))?;
         consumer
             .assign(&assignment)
-            .map_err(RestoreFailure::Kafka)?;
+            .map_err(|error| RestoreFailure::Broker(error.into()))?;
 
         let mut applied = 0_u64;
         let mut position = low;

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use super::partition::{Completed, PartitionWorker, Queued, Report};
 use super::refusals::{Position, Refusals};
 use super::{
-    ByteBudget, ChangelogReader, CommittedOffsets, GroupCommit, Health, LagBook, Offsets, Sink,
+    BrokerError, ByteBudget, ChangelogReader, CommittedOffsets, Health, LagBook, Offsets, Sink,
     SinkError, SinkErrorKind, Tuning,
 };
 use crate::error::WorkerError;
@@ -246,7 +246,7 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
             };
             self.slots.insert(partition, slot);
             self.lag.committed(partition, offset);
-            // librdkafka keeps a partition's pause across revocation and re-assignment: one
+            // A Kafka consumer keeps a partition's pause across revocation and re-assignment: one
             // paused when it was revoked would otherwise never deliver again.
             self.to_resume.push(partition);
             tracing::info!(partition, ?offset, "partition assigned");
@@ -259,7 +259,7 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
     /// and everything finished is committed before this returns, so the next owner starts exactly
     /// where this worker stopped. A lost assignment cannot commit in this group generation: the
     /// open transaction is aborted and the partitions still owned start over.
-    pub fn revoke(&mut self, partitions: &[i32], lost: bool, group: &dyn GroupCommit) {
+    pub fn revoke(&mut self, partitions: &[i32], lost: bool, group: &K::Group) {
         let owned: Vec<i32> = partitions
             .iter()
             .copied()
@@ -281,7 +281,7 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
                 self.fail_transaction(SinkError {
                     kind: SinkErrorKind::Abortable,
                     operation: "commit after a lost assignment",
-                    source: rdkafka::error::KafkaError::Canceled,
+                    cause: BrokerError::new("the group took the partitions away (session expired)"),
                 });
             }
         } else {
@@ -320,7 +320,7 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
 
     /// One turn of bookkeeping: take finished records into the transaction, move held records
     /// into freed queue space, and commit when the interval is over.
-    pub fn tick(&mut self, group: &dyn GroupCommit) {
+    pub fn tick(&mut self, group: &K::Group) {
         self.retry_recreate();
         for _ in 0..REPORTS_PER_TICK {
             match self.reports_rx.try_recv() {
@@ -383,7 +383,7 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
 
     /// Graceful shutdown: workers finish the record in hand, the transaction commits, and the
     /// partitions are released, so the final revocation when the consumer closes finds nothing.
-    pub fn shut_down(&mut self, group: &dyn GroupCommit, deadline: Instant) {
+    pub fn shut_down(&mut self, group: &K::Group, deadline: Instant) {
         let owned = self.assigned();
         if self.fatal.is_some() {
             for slot in self.slots.values() {
@@ -435,7 +435,7 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
         }
     }
 
-    fn on_report(&mut self, report: Report, group: &dyn GroupCommit) {
+    fn on_report(&mut self, report: Report, group: &K::Group) {
         let (partition, incarnation) = match &report {
             Report::Restored {
                 partition,
@@ -474,7 +474,7 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
     /// and records its offset as the partition's progress. A record to `isolate` (one whose outputs
     /// Kafka refused before) gets a transaction of its own: the broker refuses whole batches, so
     /// only alone can it be told apart from the records that shared its batch.
-    fn take_into_transaction(&mut self, done: Completed, group: &dyn GroupCommit) {
+    fn take_into_transaction(&mut self, done: Completed, group: &K::Group) {
         if self.fatal.is_some() {
             return;
         }
@@ -550,7 +550,7 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
         // `done.permit` drops here: the record's bytes now live in the producer's bounded queue.
     }
 
-    fn maybe_commit(&mut self, group: &dyn GroupCommit) {
+    fn maybe_commit(&mut self, group: &K::Group) {
         let due = self.transaction.as_ref().is_some_and(|t| {
             t.started.elapsed() >= self.tuning.commit_interval
                 || t.records >= self.tuning.max_records_per_transaction as u64
@@ -560,7 +560,7 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
         }
     }
 
-    fn commit_now(&mut self, group: &dyn GroupCommit) {
+    fn commit_now(&mut self, group: &K::Group) {
         if self.fatal.is_some() {
             return;
         }
@@ -666,7 +666,7 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
 
     /// Asks the workers of `partitions` to stop after the record in hand and takes what they
     /// finish into the transaction; workers still busy at `deadline` are aborted.
-    fn stop_and_drain(&mut self, partitions: &[i32], deadline: Instant, group: &dyn GroupCommit) {
+    fn stop_and_drain(&mut self, partitions: &[i32], deadline: Instant, group: &K::Group) {
         for partition in partitions {
             if let Some(slot) = self.slots.get_mut(partition) {
                 slot.held.clear();
