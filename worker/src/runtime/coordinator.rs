@@ -27,9 +27,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::partition::{Completed, PartitionWorker, Queued, Report};
 use super::refusals::{Position, Refusals};
+use super::transaction::OpenTransaction;
 use super::{
-    BrokerError, ByteBudget, ChangelogReader, CommittedOffsets, Health, LagBook, Offsets, Sink,
-    SinkError, SinkErrorKind, Tuning,
+    BrokerError, ByteBudget, ChangelogReader, CommittedOffsets, Health, LagBook, Sink, SinkError,
+    SinkErrorKind, Tuning,
 };
 use crate::error::WorkerError;
 use crate::metrics::{Metrics, rebalance, transaction};
@@ -130,16 +131,6 @@ impl Slot {
             paused: false,
         }
     }
-}
-
-/// The open transaction's progress.
-#[derive(Debug)]
-struct OpenTransaction {
-    started: Instant,
-    offsets: Offsets,
-    records: u64,
-    outcomes: BTreeMap<&'static str, u64>,
-    dead_letters: BTreeMap<&'static str, u64>,
 }
 
 /// See the module documentation.
@@ -501,13 +492,7 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
                 self.fail_transaction(error);
                 return;
             }
-            self.transaction = Some(OpenTransaction {
-                started: Instant::now(),
-                offsets: Offsets::new(),
-                records: 0,
-                outcomes: BTreeMap::new(),
-                dead_letters: BTreeMap::new(),
-            });
+            self.transaction = Some(OpenTransaction::begin(Instant::now()));
         }
         let from = Position {
             partition: done.partition,
@@ -539,22 +524,17 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
             }
         }
         if let Some(transaction) = &mut self.transaction {
-            transaction.offsets.insert(done.partition, done.offset + 1);
-            transaction.records += 1;
-            let outcome = done.handled.outcome;
-            *transaction.outcomes.entry(outcome.label).or_default() += 1;
-            if let Some(reason) = outcome.dead_letter {
-                *transaction.dead_letters.entry(reason.code()).or_default() += 1;
-            }
+            transaction.finished(done.partition, done.offset, done.handled.outcome);
         }
         // `done.permit` drops here: the record's bytes now live in the producer's bounded queue.
     }
 
     fn maybe_commit(&mut self, group: &K::Group) {
-        let due = self.transaction.as_ref().is_some_and(|t| {
-            t.started.elapsed() >= self.tuning.commit_interval
-                || t.records >= self.tuning.max_records_per_transaction as u64
-        });
+        let now = Instant::now();
+        let due = self
+            .transaction
+            .as_ref()
+            .is_some_and(|transaction| transaction.is_due(now, &self.tuning));
         if due {
             self.commit_now(group);
         }
@@ -567,22 +547,16 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
         let Some(transaction) = self.transaction.take() else {
             return;
         };
-        match self.sink.commit(&self.topic, &transaction.offsets, group) {
+        match self.sink.commit(&self.topic, transaction.offsets(), group) {
             Ok(()) => {
-                self.metrics.transaction(transaction::COMMITTED);
-                for (label, count) in &transaction.outcomes {
-                    self.metrics.processed(label, *count);
-                }
-                for (reason, count) in &transaction.dead_letters {
-                    self.metrics.dead_lettered(reason, *count);
-                }
-                for (&partition, &offset) in &transaction.offsets {
+                transaction.count_committed(&self.metrics);
+                for (&partition, &offset) in transaction.offsets() {
                     self.lag.committed(partition, Some(offset));
                     self.refusals.committed(partition, offset);
                 }
                 tracing::debug!(
-                    records = transaction.records,
-                    offsets = ?transaction.offsets,
+                    records = transaction.records(),
+                    offsets = ?transaction.offsets(),
                     "transaction committed"
                 );
             }
@@ -599,7 +573,8 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
         tracing::warn!(%error, "transaction failed; rewinding to the committed offsets");
         self.metrics.transaction(transaction::ABORTED);
         if let Some(transaction) = self.transaction.take() {
-            self.metrics.processed(outcome::ERROR, transaction.records);
+            self.metrics
+                .processed(outcome::ERROR, transaction.records());
         }
         let recovered = match error.kind {
             SinkErrorKind::Fenced => Err(error),

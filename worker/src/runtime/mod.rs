@@ -7,6 +7,7 @@
 //!   together, with the consumer offsets, once per commit interval. It also owns rebalancing
 //!   (finish and commit revoked partitions; start workers for assigned ones) and recovery (abort,
 //!   re-create the producer, rewind every partition to its committed offset).
+//!   What the open transaction holds and counts is `transaction`'s bookkeeping.
 //! - partition workers (`partition`) handle one partition's records one at a time, in offset
 //!   order, after restoring its per-key state from the [`ChangelogReader`].
 //!
@@ -29,6 +30,7 @@ mod ports;
 mod refusals;
 #[cfg(test)]
 mod tests;
+mod transaction;
 
 use std::time::Duration;
 
