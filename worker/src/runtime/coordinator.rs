@@ -12,21 +12,23 @@
 //!   exactly what committed transactions wrote. Fencing stops the worker: a newer instance with the
 //!   same transactional id exists.
 //!
+//! What the open transaction holds and counts is kept by `transaction`, each partition's worker
+//! and held-back records by its `slot`.
+//!
 //! It runs on the driver's thread (and inside rebalance callbacks on that thread), never on the
 //! async runtime, because Kafka's transactional calls block. It must not poll the consumer.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use orderpipe_api::contract::metrics::outcome;
 use tokio::sync::mpsc;
-use tokio::sync::mpsc::error::TrySendError;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::partition::{Completed, PartitionWorker, Queued, Report};
+use super::partition::{Completed, PartitionWorker, Report};
 use super::refusals::{Position, Refusals};
+use super::slot::{Routed, Slot, WorkerHandle};
 use super::transaction::OpenTransaction;
 use super::{
     BrokerError, ByteBudget, ChangelogReader, CommittedOffsets, Health, LagBook, Sink, SinkError,
@@ -70,66 +72,6 @@ impl<H, K> std::fmt::Debug for CoordinatorParts<H, K> {
             .field("input_topic", &self.input_topic)
             .field("tuning", &self.tuning)
             .finish_non_exhaustive()
-    }
-}
-
-/// What [`Coordinator::route`] did with a record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Routed {
-    /// Queued for its partition worker.
-    Queued,
-    /// Held back: the partition's queue or the byte budget is full. `pause` is set the first time,
-    /// when the caller must pause fetching the partition.
-    Held { pause: bool },
-    /// Not for a partition this worker is processing (revoked, or waiting for a rewind's seek);
-    /// it will be fetched again by whoever processes the partition.
-    Dropped,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    Running,
-    /// Revoked or shutting down: finishing the record in hand, accepting no more.
-    Stopping,
-    /// Its uncommitted progress was discarded; waiting for the consumer to seek back.
-    AwaitingSeek,
-}
-
-#[derive(Debug)]
-struct WorkerHandle {
-    queue: mpsc::Sender<Queued>,
-    stop: CancellationToken,
-    task: JoinHandle<()>,
-}
-
-impl WorkerHandle {
-    fn abort(&self) {
-        self.stop.cancel();
-        self.task.abort();
-    }
-}
-
-#[derive(Debug)]
-struct Slot {
-    incarnation: u64,
-    phase: Phase,
-    worker: Option<WorkerHandle>,
-    restored: bool,
-    /// Records polled after the queue filled up, in offset order; the partition is paused.
-    held: VecDeque<SourceRecord>,
-    paused: bool,
-}
-
-impl Slot {
-    fn awaiting_seek(incarnation: u64) -> Self {
-        Self {
-            incarnation,
-            phase: Phase::AwaitingSeek,
-            worker: None,
-            restored: false,
-            held: VecDeque::new(),
-            paused: false,
-        }
     }
 }
 
@@ -259,8 +201,8 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
         if lost {
             self.metrics.rebalance(rebalance::LOST);
             for partition in &owned {
-                if let Some(worker) = self.slots.get(partition).and_then(|s| s.worker.as_ref()) {
-                    worker.abort();
+                if let Some(slot) = self.slots.get(partition) {
+                    slot.abort();
                 }
             }
             self.release(&owned);
@@ -289,24 +231,10 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
 
     /// Offers a polled record to its partition worker.
     pub fn route(&mut self, record: SourceRecord) -> Routed {
-        let Some(slot) = self.slots.get_mut(&record.partition) else {
-            return Routed::Dropped;
-        };
-        if slot.phase != Phase::Running {
-            return Routed::Dropped;
+        match self.slots.get_mut(&record.partition) {
+            Some(slot) => slot.route(record, &self.budget),
+            None => Routed::Dropped,
         }
-        if slot.held.is_empty() {
-            match offer(&self.budget, slot.worker.as_ref(), record) {
-                Ok(()) => return Routed::Queued,
-                Err(record) => slot.held.push_back(record),
-            }
-        } else {
-            // Keep offset order: nothing overtakes a held record.
-            slot.held.push_back(record);
-        }
-        let pause = !slot.paused;
-        slot.paused = true;
-        Routed::Held { pause }
     }
 
     /// One turn of bookkeeping: take finished records into the transaction, move held records
@@ -357,7 +285,7 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
             let awaiting = self
                 .slots
                 .get(&partition)
-                .is_some_and(|slot| slot.phase == Phase::AwaitingSeek);
+                .is_some_and(Slot::is_awaiting_seek);
             if awaiting {
                 let slot = self.spawn(partition);
                 self.slots.insert(partition, slot);
@@ -378,9 +306,7 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
         let owned = self.assigned();
         if self.fatal.is_some() {
             for slot in self.slots.values() {
-                if let Some(worker) = &slot.worker {
-                    worker.abort();
-                }
+                slot.abort();
             }
         } else {
             self.stop_and_drain(&owned, deadline, group);
@@ -408,14 +334,7 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
             refusals: Arc::clone(&self.refusals),
         };
         let task = self.runtime.spawn(worker.run(records));
-        Slot {
-            incarnation,
-            phase: Phase::Running,
-            worker: Some(WorkerHandle { queue, stop, task }),
-            restored: false,
-            held: VecDeque::new(),
-            paused: false,
-        }
+        Slot::running(incarnation, WorkerHandle { queue, stop, task })
     }
 
     fn release(&mut self, partitions: &[i32]) {
@@ -427,30 +346,16 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
     }
 
     fn on_report(&mut self, report: Report, group: &K::Group) {
-        let (partition, incarnation) = match &report {
-            Report::Restored {
-                partition,
-                incarnation,
-                ..
-            }
-            | Report::Failed {
-                partition,
-                incarnation,
-                ..
-            } => (*partition, *incarnation),
-            Report::Done(done) => (done.partition, done.incarnation),
-        };
+        let (partition, incarnation) = report.sender();
         let Some(slot) = self.slots.get_mut(&partition) else {
             return;
         };
-        // Reports of a replaced incarnation, or of a partition awaiting its seek, describe work
-        // that was discarded.
-        if slot.incarnation != incarnation || slot.phase == Phase::AwaitingSeek {
+        if !slot.is_current(incarnation) {
             return;
         }
         match report {
             Report::Restored { keys, took, .. } => {
-                slot.restored = true;
+                slot.restored();
                 tracing::info!(partition, keys, ?took, "partition state restored");
             }
             Report::Failed { error, .. } => {
@@ -471,9 +376,10 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
         }
         if done.isolate {
             self.commit_now(group);
-            let still_current = self.slots.get(&done.partition).is_some_and(|slot| {
-                slot.incarnation == done.incarnation && slot.phase != Phase::AwaitingSeek
-            });
+            let still_current = self
+                .slots
+                .get(&done.partition)
+                .is_some_and(|slot| slot.is_current(done.incarnation));
             if !still_current {
                 // The commit before it failed and rewound its partition: it comes again.
                 return;
@@ -600,16 +506,9 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
         }
         self.refusals.record(refusals);
         for (&partition, slot) in &mut self.slots {
-            if slot.phase == Phase::Stopping {
-                continue;
+            if slot.discard() {
+                self.to_rewind.insert(partition);
             }
-            if let Some(worker) = slot.worker.take() {
-                worker.abort();
-            }
-            slot.phase = Phase::AwaitingSeek;
-            slot.restored = false;
-            slot.held.clear();
-            self.to_rewind.insert(partition);
         }
     }
 
@@ -644,25 +543,14 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
     fn stop_and_drain(&mut self, partitions: &[i32], deadline: Instant, group: &K::Group) {
         for partition in partitions {
             if let Some(slot) = self.slots.get_mut(partition) {
-                slot.held.clear();
-                if slot.phase == Phase::Running {
-                    slot.phase = Phase::Stopping;
-                }
-                if let Some(worker) = &slot.worker {
-                    worker.stop.cancel();
-                }
+                slot.stop();
             }
         }
         loop {
             let busy: Vec<i32> = partitions
                 .iter()
                 .copied()
-                .filter(|p| {
-                    self.slots
-                        .get(p)
-                        .and_then(|slot| slot.worker.as_ref())
-                        .is_some_and(|worker| !worker.task.is_finished())
-                })
+                .filter(|p| self.slots.get(p).is_some_and(Slot::is_busy))
                 .collect();
             if busy.is_empty() {
                 break;
@@ -673,9 +561,8 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
                     "workers did not finish in time; their records stay uncommitted"
                 );
                 for partition in &busy {
-                    if let Some(worker) = self.slots.get(partition).and_then(|s| s.worker.as_ref())
-                    {
-                        worker.abort();
+                    if let Some(slot) = self.slots.get(partition) {
+                        slot.abort();
                     }
                 }
                 break;
@@ -698,45 +585,14 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
 
     fn release_held(&mut self) {
         for (&partition, slot) in &mut self.slots {
-            if slot.phase != Phase::Running || slot.held.is_empty() {
-                continue;
-            }
-            while let Some(record) = slot.held.pop_front() {
-                if let Err(record) = offer(&self.budget, slot.worker.as_ref(), record) {
-                    slot.held.push_front(record);
-                    break;
-                }
-            }
-            if slot.held.is_empty() && slot.paused {
-                slot.paused = false;
+            if slot.release_held(&self.budget) {
                 self.to_resume.push(partition);
             }
         }
     }
 
     fn update_readiness(&self) {
-        let ready = self
-            .slots
-            .values()
-            .all(|slot| slot.phase == Phase::Running && slot.restored);
+        let ready = self.slots.values().all(Slot::is_ready);
         self.health.set_ready(ready && self.fatal.is_none());
-    }
-}
-
-/// Queues `record` for `worker` if the queue and the byte budget have room.
-fn offer(
-    budget: &ByteBudget,
-    worker: Option<&WorkerHandle>,
-    record: SourceRecord,
-) -> Result<(), SourceRecord> {
-    let Some(worker) = worker else {
-        return Err(record);
-    };
-    let Some(permit) = budget.try_acquire(record.size()) else {
-        return Err(record);
-    };
-    match worker.queue.try_send(Queued { record, permit }) {
-        Ok(()) => Ok(()),
-        Err(TrySendError::Full(queued) | TrySendError::Closed(queued)) => Err(queued.record),
     }
 }

@@ -7,7 +7,8 @@
 //!   together, with the consumer offsets, once per commit interval. It also owns rebalancing
 //!   (finish and commit revoked partitions; start workers for assigned ones) and recovery (abort,
 //!   re-create the producer, rewind every partition to its committed offset).
-//!   What the open transaction holds and counts is `transaction`'s bookkeeping.
+//!   What the open transaction holds and counts is `transaction`'s bookkeeping; each assigned
+//!   partition's worker, phase and held-back records are a `slot`.
 //! - partition workers (`partition`) handle one partition's records one at a time, in offset
 //!   order, after restoring its per-key state from the [`ChangelogReader`].
 //!
@@ -28,6 +29,7 @@ mod memory;
 mod partition;
 mod ports;
 mod refusals;
+mod slot;
 #[cfg(test)]
 mod tests;
 mod transaction;
@@ -35,7 +37,7 @@ mod transaction;
 use std::time::Duration;
 
 pub use budget::{ByteBudget, BytePermit};
-pub use coordinator::{Coordinator, CoordinatorParts, Routed};
+pub use coordinator::{Coordinator, CoordinatorParts};
 pub use health::Health;
 pub use lag::LagBook;
 pub use ports::{
@@ -43,6 +45,7 @@ pub use ports::{
     SinkErrorKind, Source,
 };
 pub use refusals::{Position, Refusal};
+pub use slot::Routed;
 
 /// Limits that keep memory flat and rebalances bounded.
 #[derive(Debug, Clone)]
