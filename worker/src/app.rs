@@ -22,7 +22,7 @@ use crate::kafka::client;
 use crate::kafka::consumer::{KafkaSource, StageContext};
 use crate::kafka::producer::{AtLeastOnceSink, TransactionalSink};
 use crate::metrics::Metrics;
-use crate::routes::OutputRoutes;
+use crate::output_topics::OutputTopics;
 use crate::runtime::{
     ChangelogReader, Coordinator, CoordinatorParts, Health, LagBook, Sink, SinkError, Tuning,
     driver,
@@ -147,7 +147,7 @@ fn stage_loop<H: StageHandler>(
     shared: Shared,
     shutdown: &CancellationToken,
 ) -> Result<(), WorkerError> {
-    let routes = OutputRoutes::for_stage(config)?;
+    let outputs = OutputTopics::for_stage(config)?;
     // Before joining the group: initialising transactions fences a previous incarnation of this
     // worker and aborts its open transaction, so its records never become visible.
     let sink: KafkaSink = match config.delivery {
@@ -168,7 +168,7 @@ fn stage_loop<H: StageHandler>(
     let coordinator = Arc::new(Mutex::new(Coordinator::new(CoordinatorParts {
         stage: Arc::new(stage),
         sink,
-        routes,
+        outputs,
         input_topic: config.input_topic.clone(),
         changelog,
         runtime,

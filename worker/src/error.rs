@@ -23,7 +23,7 @@ pub enum WorkerError {
     #[error(
         "output {output} has no topic in ORDERPIPE_OUTPUTS (the stage needs one named {name:?})"
     )]
-    UnroutedOutput {
+    OutputWithoutTopic {
         output: &'static str,
         name: &'static str,
     },
@@ -114,7 +114,9 @@ impl WorkerError {
     /// failures (1) so a supervisor or test can react to each.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Self::Config(_) | Self::UnsupportedProcessor { .. } | Self::UnroutedOutput { .. } => 2,
+            Self::Config(_)
+            | Self::UnsupportedProcessor { .. }
+            | Self::OutputWithoutTopic { .. } => 2,
             Self::Fenced { .. } => 3,
             _ => 1,
         }

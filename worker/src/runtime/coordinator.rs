@@ -36,8 +36,8 @@ use super::{
 };
 use crate::error::WorkerError;
 use crate::metrics::{Metrics, rebalance, transaction};
+use crate::output_topics::OutputTopics;
 use crate::record::SourceRecord;
-use crate::routes::OutputRoutes;
 use crate::stage::StageHandler;
 
 /// Reports handled per [`Coordinator::tick`], so a flood of results cannot starve polling (and
@@ -52,7 +52,7 @@ const IDLE_POLL: Duration = Duration::from_millis(100);
 pub struct CoordinatorParts<H, K> {
     pub stage: Arc<H>,
     pub sink: K,
-    pub routes: OutputRoutes,
+    pub outputs: OutputTopics,
     pub input_topic: String,
     /// The stage's changelog, for stateful stages.
     pub changelog: Option<Arc<dyn ChangelogReader>>,
@@ -79,7 +79,7 @@ impl<H, K> std::fmt::Debug for CoordinatorParts<H, K> {
 pub struct Coordinator<H: StageHandler, K: Sink> {
     stage: Arc<H>,
     sink: K,
-    routes: OutputRoutes,
+    outputs: OutputTopics,
     topic: Arc<str>,
     changelog: Option<Arc<dyn ChangelogReader>>,
     runtime: tokio::runtime::Handle,
@@ -122,7 +122,7 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
             budget: ByteBudget::new(parts.tuning.max_in_flight_bytes),
             stage: parts.stage,
             sink: parts.sink,
-            routes: parts.routes,
+            outputs: parts.outputs,
             topic: Arc::from(parts.input_topic),
             changelog: parts.changelog,
             runtime: parts.runtime,
@@ -405,7 +405,7 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
             offset: done.offset,
         };
         for emit in &done.handled.emits {
-            let record = match self.routes.resolve(emit, done.partition) {
+            let record = match self.outputs.resolve(emit, done.partition) {
                 Ok(Some(record)) => record,
                 Ok(None) => continue,
                 Err(error) => {
@@ -422,7 +422,7 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
             .handled
             .forgotten
             .iter()
-            .filter_map(|key| self.routes.tombstone(key, done.partition));
+            .filter_map(|key| self.outputs.tombstone(key, done.partition));
         for tombstone in tombstones {
             if let Err(error) = self.sink.send(from, tombstone) {
                 self.fail_transaction(error);

@@ -27,7 +27,7 @@ use super::{ChangelogReader, Coordinator, CoordinatorParts, Health, LagBook, Tun
 use crate::error::WorkerError;
 use crate::loadgen::{Expectation, LoadMode, LoadRecord, LoadSpec, generate};
 use crate::metrics::Metrics;
-use crate::routes::OutputRoutes;
+use crate::output_topics::OutputTopics;
 use crate::stage::notify::NotifyStage;
 use crate::stage::webhook::Webhook;
 use crate::stage::{StageHandler, Stateful};
@@ -113,7 +113,7 @@ impl Running {
         let coordinator = Arc::new(Mutex::new(Coordinator::new(CoordinatorParts {
             stage: Arc::new(stage),
             sink: MemorySink::new(Arc::clone(broker)),
-            routes: OutputRoutes::for_stage(config).expect("routes"),
+            outputs: OutputTopics::for_stage(config).expect("output topics"),
             input_topic: config.input_topic.clone(),
             changelog,
             runtime: runtime.handle().clone(),
