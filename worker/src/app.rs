@@ -192,7 +192,7 @@ fn stage_loop<H: StageHandler>(
         processor = config.processor.as_str(),
         input = config.input_topic,
         group = config.consumer_group,
-        delivery = ?config.delivery,
+        delivery = config.delivery.as_str(),
         "worker started"
     );
     driver::drive(

@@ -199,7 +199,7 @@ impl<H: StageHandler> PartitionWorker<H> {
             partition = self.partition,
             offset = record.offset,
             %error,
-            ?copy,
+            with_payload = copy == DeadLetterCopy::KeyAndPayload,
             "Kafka refused this record's outputs; dead-lettering it as output_refused"
         );
         let input = record.as_input(&self.topic);
