@@ -8,7 +8,7 @@ use std::time::Duration;
 use orderpipe_orders::generator::{EventExpectation, Expected};
 use orderpipe_orders::{OrderState, StatusChanged, headers};
 
-use super::{TestStage, WAIT, count_by_key, fast_tuning, input_of, load};
+use super::{TestStage, WAIT, count_by_key, fast_tuning, input_of, load, original, valid_orders};
 use crate::loadgen::{Expectation, LoadMode, LoadRecord, LoadSpec};
 use crate::runtime::Tuning;
 use crate::runtime::memory::{Broker, BrokerState, Produced, Rebalance};
@@ -16,14 +16,10 @@ use crate::runtime::memory::{Broker, BrokerState, Produced, Rebalance};
 #[test]
 fn validate_writes_each_order_exactly_once_although_transactions_abort() {
     let spec = LoadSpec {
-        mode: LoadMode::Orders,
-        count: 3_000,
-        rate: None,
-        keys: 1,
         invalid_share: 0.05,
         garbage_share: 0.02,
         duplicate_share: 0.03,
-        seed: 11,
+        ..valid_orders(3_000, 11)
     };
     let load = load(&spec);
     let broker = Broker::with_input(4, input_of(&load));
@@ -65,17 +61,7 @@ fn validate_writes_each_order_exactly_once_although_transactions_abort() {
     let dead_letters: Vec<&Produced> = state.outputs_to("orders.dlq").collect();
     assert_eq!(dead_letters.len(), garbage.len());
     for dead in dead_letters {
-        let partition: i32 = dead
-            .header(headers::ORIGINAL_PARTITION)
-            .expect("partition")
-            .parse()
-            .expect("number");
-        let offset: usize = dead
-            .header(headers::ORIGINAL_OFFSET)
-            .expect("offset")
-            .parse()
-            .expect("number");
-        let original = &state.input[&partition][offset];
+        let original = original(&state, dead);
         assert_eq!(
             original.payload.as_deref(),
             Some(dead.payload.as_slice()),
@@ -104,16 +90,7 @@ fn validate_writes_each_order_exactly_once_although_transactions_abort() {
 
 #[test]
 fn a_producer_that_cannot_be_recreated_at_once_is_retried_and_nothing_is_lost_or_doubled() {
-    let spec = LoadSpec {
-        mode: LoadMode::Orders,
-        count: 1_500,
-        rate: None,
-        keys: 1,
-        invalid_share: 0.0,
-        garbage_share: 0.0,
-        duplicate_share: 0.0,
-        seed: 21,
-    };
+    let spec = valid_orders(1_500, 21);
     let load = load(&spec);
     let broker = Broker::with_input(3, input_of(&load));
     {
@@ -162,13 +139,10 @@ fn expected_transitions(
 fn status_changes_keep_each_orders_order_through_aborts_and_a_revocation() {
     let spec = LoadSpec {
         mode: LoadMode::StatusEvents,
-        count: 3_000,
-        rate: None,
         keys: 100,
         invalid_share: 0.05,
-        garbage_share: 0.0,
         duplicate_share: 0.05,
-        seed: 5,
+        ..valid_orders(3_000, 5)
     };
     let load = load(&spec);
     let broker = Broker::with_input(3, input_of(&load));
@@ -215,16 +189,7 @@ fn status_changes_keep_each_orders_order_through_aborts_and_a_revocation() {
 #[test]
 fn a_full_partition_is_paused_and_resumed_without_losing_or_reordering_records_across_a_rebalance()
 {
-    let spec = LoadSpec {
-        mode: LoadMode::Orders,
-        count: 600,
-        rate: None,
-        keys: 1,
-        invalid_share: 0.0,
-        garbage_share: 0.0,
-        duplicate_share: 0.0,
-        seed: 3,
-    };
+    let spec = valid_orders(600, 3);
     let load = load(&spec);
     let broker = Broker::with_input(2, input_of(&load));
     let tuning = Tuning {

@@ -18,18 +18,22 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use orderpipe_api::contract::{WorkerConfig, env};
+use orderpipe_orders::headers;
 use orderpipe_orders::status::StatusMachine;
 use orderpipe_orders::validate::Validator;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
 use super::driver::drive;
-use super::memory::{Broker, MemoryChangelog, MemorySink, MemorySource, Produced, Rebalance};
+use super::memory::{
+    Broker, BrokerState, MemoryChangelog, MemorySink, MemorySource, Produced, Rebalance,
+};
 use super::{ChangelogReader, Coordinator, CoordinatorParts, Health, LagBook, Tuning};
 use crate::error::WorkerError;
-use crate::loadgen::{LoadRecord, LoadSpec, generate};
+use crate::loadgen::{LoadMode, LoadRecord, LoadSpec, generate};
 use crate::metrics::Metrics;
 use crate::output_topics::OutputTopics;
+use crate::record::SourceRecord;
 use crate::stage::{StageHandler, Stateful};
 
 /// How long any wait of these tests may take before it fails.
@@ -216,6 +220,32 @@ fn count_by_key<'a>(records: impl Iterator<Item = &'a Produced>) -> HashMap<Vec<
             .or_default() += 1;
     }
     counts
+}
+
+/// The input record a dead letter names in its `orderpipe.original.*` headers.
+fn original<'a>(state: &'a BrokerState, dead: &Produced) -> &'a SourceRecord {
+    let number = |header| {
+        dead.header(header)
+            .and_then(|value| value.parse::<i64>().ok())
+            .unwrap_or_else(|| panic!("{header} is a number"))
+    };
+    let partition = i32::try_from(number(headers::ORIGINAL_PARTITION)).expect("a partition");
+    let offset = usize::try_from(number(headers::ORIGINAL_OFFSET)).expect("an offset");
+    &state.input[&partition][offset]
+}
+
+/// `count` valid orders (none invalid, garbage or re-submitted) from `seed`, as fast as taken.
+fn valid_orders(count: u64, seed: u64) -> LoadSpec {
+    LoadSpec {
+        mode: LoadMode::Orders,
+        count,
+        rate: None,
+        keys: 1,
+        invalid_share: 0.0,
+        garbage_share: 0.0,
+        duplicate_share: 0.0,
+        seed,
+    }
 }
 
 fn load(spec: &LoadSpec) -> Vec<LoadRecord> {

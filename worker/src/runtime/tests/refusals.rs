@@ -7,7 +7,7 @@ use std::sync::Arc;
 use orderpipe_orders::generator::{GenConfig, OrderGenerator};
 use orderpipe_orders::headers;
 
-use super::{Running, TestStage, WAIT, count_by_key};
+use super::{Running, TestStage, WAIT, count_by_key, original};
 use crate::error::WorkerError;
 use crate::runtime::memory::{Broker, BrokerState, Produced};
 
@@ -86,18 +86,8 @@ fn an_input_whose_output_kafka_refuses_is_dead_lettered_once_and_its_partition_m
             "the broker's error: {:?}",
             letter.header(headers::ERROR_MESSAGE)
         );
-        let partition: i32 = letter
-            .header(headers::ORIGINAL_PARTITION)
-            .expect("header")
-            .parse()
-            .expect("number");
-        let offset: usize = letter
-            .header(headers::ORIGINAL_OFFSET)
-            .expect("header")
-            .parse()
-            .expect("number");
         assert_eq!(
-            state.input[&partition][offset].payload.as_deref(),
+            original(&state, letter).payload.as_deref(),
             Some(letter.payload.as_slice()),
             "the input, copied"
         );
