@@ -130,7 +130,7 @@ async fn run_stage<H: StageHandler>(
     })
 }
 
-/// The sink of either delivery guarantee, as the Kafka consumer's group commits into it.
+/// The sink of either delivery guarantee; it commits with the Kafka consumer's group.
 type KafkaSink = Box<dyn Sink<Group = dyn GroupCommit>>;
 
 fn startup(error: SinkError) -> WorkerError {
