@@ -355,7 +355,7 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
         }
         match report {
             Report::Restored { keys, took, .. } => {
-                slot.restored();
+                slot.mark_restored();
                 tracing::info!(partition, keys, ?took, "partition state restored");
             }
             Report::Failed { error, .. } => {

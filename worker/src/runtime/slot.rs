@@ -96,7 +96,8 @@ impl Slot {
         self.phase == Phase::AwaitingSeek
     }
 
-    pub fn restored(&mut self) {
+    /// Its worker reported the partition's state restored.
+    pub fn mark_restored(&mut self) {
         self.restored = true;
     }
 
