@@ -16,12 +16,13 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::WorkerError;
+use crate::kafka::GroupCommit;
 use crate::kafka::changelog::KafkaChangelog;
 use crate::kafka::client;
 use crate::kafka::consumer::{KafkaSource, StageContext};
 use crate::kafka::producer::{AtLeastOnceSink, TransactionalSink};
 use crate::metrics::Metrics;
-use crate::routes::OutputRoutes;
+use crate::output_topics::OutputTopics;
 use crate::runtime::{
     ChangelogReader, Coordinator, CoordinatorParts, Health, LagBook, Sink, SinkError, Tuning,
     driver,
@@ -129,10 +130,13 @@ async fn run_stage<H: StageHandler>(
     })
 }
 
+/// The sink of either delivery guarantee; it commits with the Kafka consumer's group.
+type KafkaSink = Box<dyn Sink<Group = dyn GroupCommit>>;
+
 fn startup(error: SinkError) -> WorkerError {
     WorkerError::Kafka {
         operation: error.operation,
-        source: error.source,
+        source: error.cause,
     }
 }
 
@@ -143,10 +147,10 @@ fn stage_loop<H: StageHandler>(
     shared: Shared,
     shutdown: &CancellationToken,
 ) -> Result<(), WorkerError> {
-    let routes = OutputRoutes::for_stage(config)?;
+    let outputs = OutputTopics::for_stage(config)?;
     // Before joining the group: initialising transactions fences a previous incarnation of this
     // worker and aborts its open transaction, so its records never become visible.
-    let sink: Box<dyn Sink> = match config.delivery {
+    let sink: KafkaSink = match config.delivery {
         Delivery::ExactlyOnce => Box::new(
             TransactionalSink::connect(client::transactional_producer(config)).map_err(startup)?,
         ),
@@ -164,7 +168,7 @@ fn stage_loop<H: StageHandler>(
     let coordinator = Arc::new(Mutex::new(Coordinator::new(CoordinatorParts {
         stage: Arc::new(stage),
         sink,
-        routes,
+        outputs,
         input_topic: config.input_topic.clone(),
         changelog,
         runtime,
@@ -174,11 +178,11 @@ fn stage_loop<H: StageHandler>(
         lag: Arc::clone(&lag),
         transactional_id: config.transactional_id(),
     })));
-    let consumer: BaseConsumer<StageContext<H, Box<dyn Sink>>> = client::stage_consumer(config)
+    let consumer: BaseConsumer<StageContext<H, KafkaSink>> = client::stage_consumer(config)
         .create_with_context(StageContext::new(Arc::clone(&coordinator), lag))
-        .map_err(|source| WorkerError::KafkaClient {
+        .map_err(|error| WorkerError::KafkaClient {
             client: "consumer",
-            source,
+            source: error.into(),
         })?;
     let mut source = KafkaSource::subscribe(consumer, &config.input_topic)
         .map_err(WorkerError::kafka("subscribing to the input topic"))?;
@@ -188,7 +192,7 @@ fn stage_loop<H: StageHandler>(
         processor = config.processor.as_str(),
         input = config.input_topic,
         group = config.consumer_group,
-        delivery = ?config.delivery,
+        delivery = config.delivery.as_str(),
         "worker started"
     );
     driver::drive(

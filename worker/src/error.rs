@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use orderpipe_api::contract::ContractError;
 use orderpipe_orders::StateDecodeError;
-use rdkafka::error::KafkaError;
+
+use crate::runtime::BrokerError;
 
 /// Why the worker (or one of its steps) failed.
 #[derive(Debug, thiserror::Error)]
@@ -22,7 +23,7 @@ pub enum WorkerError {
     #[error(
         "output {output} has no topic in ORDERPIPE_OUTPUTS (the stage needs one named {name:?})"
     )]
-    UnroutedOutput {
+    OutputWithoutTopic {
         output: &'static str,
         name: &'static str,
     },
@@ -31,14 +32,14 @@ pub enum WorkerError {
     KafkaClient {
         client: &'static str,
         #[source]
-        source: KafkaError,
+        source: BrokerError,
     },
 
     #[error("Kafka {operation} failed: {source}")]
     Kafka {
         operation: &'static str,
         #[source]
-        source: KafkaError,
+        source: BrokerError,
     },
 
     #[error(
@@ -84,7 +85,7 @@ pub enum WorkerError {
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreFailure {
     #[error("Kafka error: {0}")]
-    Kafka(#[source] KafkaError),
+    Broker(#[source] BrokerError),
     #[error("record at offset {offset} cannot be decoded: {source}")]
     Decode {
         offset: i64,
@@ -102,15 +103,20 @@ pub enum RestoreFailure {
 }
 
 impl WorkerError {
-    pub(crate) fn kafka(operation: &'static str) -> impl FnOnce(KafkaError) -> Self {
-        move |source| Self::Kafka { operation, source }
+    pub(crate) fn kafka<E: Into<BrokerError>>(operation: &'static str) -> impl FnOnce(E) -> Self {
+        move |source| Self::Kafka {
+            operation,
+            source: source.into(),
+        }
     }
 
     /// Process exit code: configuration errors (2) and fencing (3) are told apart from other
     /// failures (1) so a supervisor or test can react to each.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Self::Config(_) | Self::UnsupportedProcessor { .. } | Self::UnroutedOutput { .. } => 2,
+            Self::Config(_)
+            | Self::UnsupportedProcessor { .. }
+            | Self::OutputWithoutTopic { .. } => 2,
             Self::Fenced { .. } => 3,
             _ => 1,
         }

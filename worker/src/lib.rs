@@ -7,6 +7,8 @@
 //! - [`runtime`]: the read-process-write loop, independent of Kafka — partition workers, the
 //!   coordinator that owns the one transactional producer, back-pressure, rebalancing, recovery;
 //! - [`kafka`]: librdkafka clients implementing the runtime's ports;
+//! - [`output_topics`]: the topic of each output a stage writes; [`record`]: records as the
+//!   runtime moves them;
 //! - [`app`]: wiring of one stage from the worker contract (`orderpipe_api::contract`);
 //! - [`metrics`], [`server`]: Prometheus metrics and `/metrics`, `/healthz`, `/readyz`;
 //! - [`loadgen`]: seeded input for tests, the demo and the benchmarks.
@@ -18,8 +20,8 @@ pub mod error;
 pub mod kafka;
 pub mod loadgen;
 pub mod metrics;
+pub mod output_topics;
 pub mod record;
-pub mod routes;
 pub mod runtime;
 pub mod server;
 pub mod stage;

@@ -22,7 +22,8 @@ pub enum Delivery {
 }
 
 impl Delivery {
-    fn as_str(self) -> &'static str {
+    /// The value of `ORDERPIPE_DELIVERY` that selects it.
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::ExactlyOnce => "exactly-once",
             Self::AtLeastOnce => "at-least-once",

@@ -34,6 +34,11 @@ impl ClientContext for RestoreContext {
 
 impl ConsumerContext for RestoreContext {}
 
+/// A failed librdkafka call of a restore.
+fn broker(error: KafkaError) -> RestoreFailure {
+    RestoreFailure::Broker(error.into())
+}
+
 /// A state topic read through Kafka.
 #[derive(Clone)]
 pub struct KafkaChangelog {
@@ -74,15 +79,15 @@ impl KafkaChangelog {
         uncommitted.set("isolation.level", "read_uncommitted");
         let probe: BaseConsumer<RestoreContext> = uncommitted
             .create_with_context(RestoreContext)
-            .map_err(RestoreFailure::Kafka)?;
+            .map_err(broker)?;
         let (_, high) = probe
             .fetch_watermarks(&self.topic, partition, WATERMARK_TIMEOUT)
-            .map_err(RestoreFailure::Kafka)?;
+            .map_err(broker)?;
         loop {
             // Under read_committed the "high" watermark is the last stable offset.
             let (low, stable) = consumer
                 .fetch_watermarks(&self.topic, partition, WATERMARK_TIMEOUT)
-                .map_err(RestoreFailure::Kafka)?;
+                .map_err(broker)?;
             if stable >= high {
                 return Ok((low, stable));
             }
@@ -121,7 +126,7 @@ impl ChangelogReader for KafkaChangelog {
         let consumer: BaseConsumer<RestoreContext> = self
             .config
             .create_with_context(RestoreContext)
-            .map_err(RestoreFailure::Kafka)?;
+            .map_err(broker)?;
         let started = Instant::now();
         let (low, end) = self.stable_end(&consumer, partition, stop, started)?;
         if end <= low {
@@ -130,10 +135,8 @@ impl ChangelogReader for KafkaChangelog {
         let mut assignment = TopicPartitionList::new();
         assignment
             .add_partition_offset(&self.topic, partition, Offset::Beginning)
-            .map_err(RestoreFailure::Kafka)?;
-        consumer
-            .assign(&assignment)
-            .map_err(RestoreFailure::Kafka)?;
+            .map_err(broker)?;
+        consumer.assign(&assignment).map_err(broker)?;
 
         let mut applied = 0_u64;
         let mut position = low;

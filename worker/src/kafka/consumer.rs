@@ -16,10 +16,10 @@ use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
-use super::offsets_list;
+use super::{GroupCommit, offsets_list};
 use crate::record::SourceRecord;
 use crate::runtime::driver::lock;
-use crate::runtime::{CommittedOffsets, Coordinator, GroupCommit, LagBook, Offsets, Sink, Source};
+use crate::runtime::{BrokerError, CommittedOffsets, Coordinator, LagBook, Offsets, Sink, Source};
 use crate::stage::StageHandler;
 
 /// How long a group call (committed offsets, seek) may take.
@@ -75,7 +75,7 @@ impl<H: StageHandler, K: Sink> ClientContext for StageContext<H, K> {
     }
 }
 
-impl<H: StageHandler, K: Sink> ConsumerContext for StageContext<H, K> {
+impl<H: StageHandler, K: Sink<Group = dyn GroupCommit>> ConsumerContext for StageContext<H, K> {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(list) => {
@@ -152,8 +152,10 @@ impl<C: ConsumerContext> KafkaSource<C> {
         })
     }
 
-    fn consumer(&self) -> Result<&BaseConsumer<C>, KafkaError> {
-        self.consumer.as_ref().ok_or(KafkaError::Canceled)
+    fn consumer(&self) -> Result<&BaseConsumer<C>, BrokerError> {
+        self.consumer
+            .as_ref()
+            .ok_or_else(|| BrokerError::new("the consumer is closed"))
     }
 
     fn partition_list(&self, partitions: &[i32]) -> TopicPartitionList {
@@ -182,35 +184,42 @@ fn source_record(message: &BorrowedMessage<'_>) -> SourceRecord {
 }
 
 impl<C: ConsumerContext + 'static> Source for KafkaSource<C> {
-    fn poll(&mut self, timeout: Duration) -> Option<Result<SourceRecord, KafkaError>> {
+    type Group = dyn GroupCommit;
+
+    fn poll(&mut self, timeout: Duration) -> Option<Result<SourceRecord, BrokerError>> {
         let consumer = self.consumer.as_ref()?;
-        consumer
-            .poll(timeout)
-            .map(|polled| polled.map(|message| source_record(&message)))
+        consumer.poll(timeout).map(|polled| {
+            polled
+                .map(|message| source_record(&message))
+                .map_err(BrokerError::from)
+        })
     }
 
-    fn pause(&mut self, partition: i32) -> Result<(), KafkaError> {
-        self.consumer()?.pause(&self.partition_list(&[partition]))
+    fn pause(&mut self, partition: i32) -> Result<(), BrokerError> {
+        Ok(self.consumer()?.pause(&self.partition_list(&[partition]))?)
     }
 
-    fn resume(&mut self, partition: i32) -> Result<(), KafkaError> {
-        self.consumer()?.resume(&self.partition_list(&[partition]))
+    fn resume(&mut self, partition: i32) -> Result<(), BrokerError> {
+        Ok(self
+            .consumer()?
+            .resume(&self.partition_list(&[partition]))?)
     }
 
-    fn committed(&mut self, partitions: &[i32]) -> Result<CommittedOffsets, KafkaError> {
+    fn committed(&mut self, partitions: &[i32]) -> Result<CommittedOffsets, BrokerError> {
         let list = self
             .consumer()?
             .committed_offsets(self.partition_list(partitions), GROUP_CALL_TIMEOUT)?;
         Ok(committed_offsets(&list, &self.topic))
     }
 
-    fn seek(&mut self, partition: i32, offset: Option<i64>) -> Result<(), KafkaError> {
+    fn seek(&mut self, partition: i32, offset: Option<i64>) -> Result<(), BrokerError> {
         let offset = offset.map_or(Offset::Beginning, Offset::Offset);
-        self.consumer()?
-            .seek(&self.topic, partition, offset, GROUP_CALL_TIMEOUT)
+        Ok(self
+            .consumer()?
+            .seek(&self.topic, partition, offset, GROUP_CALL_TIMEOUT)?)
     }
 
-    fn group(&self) -> &dyn GroupCommit {
+    fn group(&self) -> &Self::Group {
         match &self.consumer {
             Some(consumer) => consumer,
             None => &Closed,

@@ -1,17 +1,37 @@
 //! The Kafka adapter of the runtime: librdkafka clients implementing the runtime's ports (the
 //! stage consumer as [`crate::runtime::Source`], the producers as [`crate::runtime::Sink`], the
 //! state topic as [`crate::runtime::ChangelogReader`]) and their configuration from the worker
-//! contract. Must not decide what to produce; the stages and the coordinator do.
+//! contract. librdkafka's types end here: its errors become the runtime's ([`BrokerError`]: the
+//! text librdkafka gives, the error code's description included, for the logs; the
+//! classification into [`crate::runtime::SinkErrorKind`] is `producer`'s), and the consumer group
+//! reaches the sinks as [`GroupCommit`]. Must not decide what to produce; the stages and the
+//! coordinator do.
 
 pub mod changelog;
 pub mod client;
 pub mod consumer;
 pub mod producer;
 
+use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::KafkaError;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
-use crate::runtime::Offsets;
+use crate::runtime::{BrokerError, Offsets};
+
+/// The consumer group's side of a commit (the Kafka sinks' [`crate::runtime::Sink::Group`]): its
+/// metadata for a transactional offset commit (KIP-447), or a plain offset commit when
+/// at-least-once.
+pub trait GroupCommit {
+    fn group_metadata(&self) -> Option<ConsumerGroupMetadata>;
+    fn commit_offsets(&self, topic: &str, offsets: &Offsets) -> Result<(), KafkaError>;
+}
+
+/// Every runtime port reports librdkafka's errors this way.
+impl From<KafkaError> for BrokerError {
+    fn from(error: KafkaError) -> Self {
+        Self::new(error.to_string())
+    }
+}
 
 /// `offsets` of `topic` as librdkafka's list type.
 pub(crate) fn offsets_list(

@@ -16,10 +16,10 @@ use rdkafka::producer::{
     BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig, ThreadedProducer,
 };
 
-use super::offsets_list;
+use super::{GroupCommit, offsets_list};
 use crate::record::OutRecord;
 use crate::runtime::driver::lock;
-use crate::runtime::{GroupCommit, Offsets, Position, Refusal, Sink, SinkError, SinkErrorKind};
+use crate::runtime::{BrokerError, Offsets, Position, Refusal, Sink, SinkError, SinkErrorKind};
 
 /// How long one transactional call (init, send offsets, commit, abort) may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -110,10 +110,10 @@ type Client = ThreadedProducer<Deliveries>;
 fn create(config: &ClientConfig, context: &Deliveries) -> Result<Client, SinkError> {
     config
         .create_with_context(context.clone())
-        .map_err(|source| SinkError {
+        .map_err(|error| SinkError {
             kind: SinkErrorKind::Fatal,
             operation: "creating the producer",
-            source,
+            cause: error.into(),
         })
 }
 
@@ -138,7 +138,7 @@ fn classify(producer: &Client, operation: &'static str, source: KafkaError) -> S
     SinkError {
         kind,
         operation,
-        source,
+        cause: source.into(),
     }
 }
 
@@ -256,6 +256,8 @@ impl TransactionalSink {
 }
 
 impl Sink for TransactionalSink {
+    type Group = dyn GroupCommit;
+
     fn begin(&mut self) -> Result<(), SinkError> {
         self.producer
             .begin_transaction()
@@ -272,15 +274,15 @@ impl Sink for TransactionalSink {
         offsets: &Offsets,
         group: &dyn GroupCommit,
     ) -> Result<(), SinkError> {
-        let metadata = group.group_metadata().ok_or(SinkError {
+        let metadata = group.group_metadata().ok_or_else(|| SinkError {
             kind: SinkErrorKind::Abortable,
             operation: "reading the consumer group metadata",
-            source: KafkaError::ConsumerCommit(RDKafkaErrorCode::State),
+            cause: BrokerError::new("the consumer has none (it is closed or not a group member)"),
         })?;
-        let list = offsets_list(input_topic, offsets).map_err(|source| SinkError {
+        let list = offsets_list(input_topic, offsets).map_err(|error| SinkError {
             kind: SinkErrorKind::Abortable,
             operation: "listing offsets",
-            source,
+            cause: error.into(),
         })?;
         retrying(&self.producer, "sending offsets to the transaction", |p| {
             p.send_offsets_to_transaction(&list, &metadata, CALL_TIMEOUT)
@@ -334,6 +336,8 @@ impl AtLeastOnceSink {
 }
 
 impl Sink for AtLeastOnceSink {
+    type Group = dyn GroupCommit;
+
     fn begin(&mut self) -> Result<(), SinkError> {
         Ok(())
     }
@@ -348,23 +352,24 @@ impl Sink for AtLeastOnceSink {
         offsets: &Offsets,
         group: &dyn GroupCommit,
     ) -> Result<(), SinkError> {
-        let abortable = |operation, source| SinkError {
+        let abortable = |operation, cause| SinkError {
             kind: SinkErrorKind::Abortable,
             operation,
-            source,
+            cause,
         };
         self.producer
             .flush(CALL_TIMEOUT)
-            .map_err(|error| abortable("waiting for acknowledgements", error))?;
-        if self.context.failures.swap(0, Ordering::AcqRel) > 0 {
+            .map_err(|error| abortable("waiting for acknowledgements", error.into()))?;
+        let failed = self.context.failures.swap(0, Ordering::AcqRel);
+        if failed > 0 {
             return Err(abortable(
                 "delivering the batch",
-                KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut),
+                BrokerError::new(format!("{failed} records were not delivered")),
             ));
         }
         group
             .commit_offsets(input_topic, offsets)
-            .map_err(|error| abortable("committing offsets", error))
+            .map_err(|error| abortable("committing offsets", error.into()))
     }
 
     /// Drops what is not sent yet; what was sent may still land (at-least-once allows duplicates).

@@ -12,29 +12,32 @@
 //!   exactly what committed transactions wrote. Fencing stops the worker: a newer instance with the
 //!   same transactional id exists.
 //!
+//! What the open transaction holds and counts is kept by `transaction`, each partition's worker
+//! and held-back records by its `slot`.
+//!
 //! It runs on the driver's thread (and inside rebalance callbacks on that thread), never on the
 //! async runtime, because Kafka's transactional calls block. It must not poll the consumer.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use orderpipe_api::contract::metrics::outcome;
 use tokio::sync::mpsc;
-use tokio::sync::mpsc::error::TrySendError;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::partition::{Completed, PartitionWorker, Queued, Report};
+use super::partition::{Completed, PartitionWorker, Report};
 use super::refusals::{Position, Refusals};
+use super::slot::{Routed, Slot, WorkerHandle};
+use super::transaction::OpenTransaction;
 use super::{
-    ByteBudget, ChangelogReader, CommittedOffsets, GroupCommit, Health, LagBook, Offsets, Sink,
-    SinkError, SinkErrorKind, Tuning,
+    BrokerError, ByteBudget, ChangelogReader, CommittedOffsets, Health, LagBook, Sink, SinkError,
+    SinkErrorKind, Tuning,
 };
 use crate::error::WorkerError;
 use crate::metrics::{Metrics, rebalance, transaction};
+use crate::output_topics::OutputTopics;
 use crate::record::SourceRecord;
-use crate::routes::OutputRoutes;
 use crate::stage::StageHandler;
 
 /// Reports handled per [`Coordinator::tick`], so a flood of results cannot starve polling (and
@@ -49,7 +52,7 @@ const IDLE_POLL: Duration = Duration::from_millis(100);
 pub struct CoordinatorParts<H, K> {
     pub stage: Arc<H>,
     pub sink: K,
-    pub routes: OutputRoutes,
+    pub outputs: OutputTopics,
     pub input_topic: String,
     /// The stage's changelog, for stateful stages.
     pub changelog: Option<Arc<dyn ChangelogReader>>,
@@ -72,81 +75,11 @@ impl<H, K> std::fmt::Debug for CoordinatorParts<H, K> {
     }
 }
 
-/// What [`Coordinator::route`] did with a record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Routed {
-    /// Queued for its partition worker.
-    Queued,
-    /// Held back: the partition's queue or the byte budget is full. `pause` is set the first time,
-    /// when the caller must pause fetching the partition.
-    Held { pause: bool },
-    /// Not for a partition this worker is processing (revoked, or waiting for a rewind's seek);
-    /// it will be fetched again by whoever processes the partition.
-    Dropped,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    Running,
-    /// Revoked or shutting down: finishing the record in hand, accepting no more.
-    Stopping,
-    /// Its uncommitted progress was discarded; waiting for the consumer to seek back.
-    AwaitingSeek,
-}
-
-#[derive(Debug)]
-struct WorkerHandle {
-    queue: mpsc::Sender<Queued>,
-    stop: CancellationToken,
-    task: JoinHandle<()>,
-}
-
-impl WorkerHandle {
-    fn abort(&self) {
-        self.stop.cancel();
-        self.task.abort();
-    }
-}
-
-#[derive(Debug)]
-struct Slot {
-    incarnation: u64,
-    phase: Phase,
-    worker: Option<WorkerHandle>,
-    restored: bool,
-    /// Records polled after the queue filled up, in offset order; the partition is paused.
-    held: VecDeque<SourceRecord>,
-    paused: bool,
-}
-
-impl Slot {
-    fn awaiting_seek(incarnation: u64) -> Self {
-        Self {
-            incarnation,
-            phase: Phase::AwaitingSeek,
-            worker: None,
-            restored: false,
-            held: VecDeque::new(),
-            paused: false,
-        }
-    }
-}
-
-/// The open transaction's progress.
-#[derive(Debug)]
-struct OpenTransaction {
-    started: Instant,
-    offsets: Offsets,
-    records: u64,
-    outcomes: BTreeMap<&'static str, u64>,
-    dead_letters: BTreeMap<&'static str, u64>,
-}
-
 /// See the module documentation.
 pub struct Coordinator<H: StageHandler, K: Sink> {
     stage: Arc<H>,
     sink: K,
-    routes: OutputRoutes,
+    outputs: OutputTopics,
     topic: Arc<str>,
     changelog: Option<Arc<dyn ChangelogReader>>,
     runtime: tokio::runtime::Handle,
@@ -189,7 +122,7 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
             budget: ByteBudget::new(parts.tuning.max_in_flight_bytes),
             stage: parts.stage,
             sink: parts.sink,
-            routes: parts.routes,
+            outputs: parts.outputs,
             topic: Arc::from(parts.input_topic),
             changelog: parts.changelog,
             runtime: parts.runtime,
@@ -246,7 +179,7 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
             };
             self.slots.insert(partition, slot);
             self.lag.committed(partition, offset);
-            // librdkafka keeps a partition's pause across revocation and re-assignment: one
+            // A Kafka consumer keeps a partition's pause across revocation and re-assignment: one
             // paused when it was revoked would otherwise never deliver again.
             self.to_resume.push(partition);
             tracing::info!(partition, ?offset, "partition assigned");
@@ -259,7 +192,7 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
     /// and everything finished is committed before this returns, so the next owner starts exactly
     /// where this worker stopped. A lost assignment cannot commit in this group generation: the
     /// open transaction is aborted and the partitions still owned start over.
-    pub fn revoke(&mut self, partitions: &[i32], lost: bool, group: &dyn GroupCommit) {
+    pub fn revoke(&mut self, partitions: &[i32], lost: bool, group: &K::Group) {
         let owned: Vec<i32> = partitions
             .iter()
             .copied()
@@ -268,8 +201,8 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
         if lost {
             self.metrics.rebalance(rebalance::LOST);
             for partition in &owned {
-                if let Some(worker) = self.slots.get(partition).and_then(|s| s.worker.as_ref()) {
-                    worker.abort();
+                if let Some(slot) = self.slots.get(partition) {
+                    slot.abort();
                 }
             }
             self.release(&owned);
@@ -281,7 +214,7 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
                 self.fail_transaction(SinkError {
                     kind: SinkErrorKind::Abortable,
                     operation: "commit after a lost assignment",
-                    source: rdkafka::error::KafkaError::Canceled,
+                    cause: BrokerError::new("the group took the partitions away (session expired)"),
                 });
             }
         } else {
@@ -298,29 +231,15 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
 
     /// Offers a polled record to its partition worker.
     pub fn route(&mut self, record: SourceRecord) -> Routed {
-        let Some(slot) = self.slots.get_mut(&record.partition) else {
-            return Routed::Dropped;
-        };
-        if slot.phase != Phase::Running {
-            return Routed::Dropped;
+        match self.slots.get_mut(&record.partition) {
+            Some(slot) => slot.route(record, &self.budget),
+            None => Routed::Dropped,
         }
-        if slot.held.is_empty() {
-            match offer(&self.budget, slot.worker.as_ref(), record) {
-                Ok(()) => return Routed::Queued,
-                Err(record) => slot.held.push_back(record),
-            }
-        } else {
-            // Keep offset order: nothing overtakes a held record.
-            slot.held.push_back(record);
-        }
-        let pause = !slot.paused;
-        slot.paused = true;
-        Routed::Held { pause }
     }
 
     /// One turn of bookkeeping: take finished records into the transaction, move held records
     /// into freed queue space, and commit when the interval is over.
-    pub fn tick(&mut self, group: &dyn GroupCommit) {
+    pub fn tick(&mut self, group: &K::Group) {
         self.retry_recreate();
         for _ in 0..REPORTS_PER_TICK {
             match self.reports_rx.try_recv() {
@@ -366,7 +285,7 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
             let awaiting = self
                 .slots
                 .get(&partition)
-                .is_some_and(|slot| slot.phase == Phase::AwaitingSeek);
+                .is_some_and(Slot::is_awaiting_seek);
             if awaiting {
                 let slot = self.spawn(partition);
                 self.slots.insert(partition, slot);
@@ -383,13 +302,11 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
 
     /// Graceful shutdown: workers finish the record in hand, the transaction commits, and the
     /// partitions are released, so the final revocation when the consumer closes finds nothing.
-    pub fn shut_down(&mut self, group: &dyn GroupCommit, deadline: Instant) {
+    pub fn shut_down(&mut self, group: &K::Group, deadline: Instant) {
         let owned = self.assigned();
         if self.fatal.is_some() {
             for slot in self.slots.values() {
-                if let Some(worker) = &slot.worker {
-                    worker.abort();
-                }
+                slot.abort();
             }
         } else {
             self.stop_and_drain(&owned, deadline, group);
@@ -417,14 +334,7 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
             refusals: Arc::clone(&self.refusals),
         };
         let task = self.runtime.spawn(worker.run(records));
-        Slot {
-            incarnation,
-            phase: Phase::Running,
-            worker: Some(WorkerHandle { queue, stop, task }),
-            restored: false,
-            held: VecDeque::new(),
-            paused: false,
-        }
+        Slot::running(incarnation, WorkerHandle { queue, stop, task })
     }
 
     fn release(&mut self, partitions: &[i32]) {
@@ -435,31 +345,17 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
         }
     }
 
-    fn on_report(&mut self, report: Report, group: &dyn GroupCommit) {
-        let (partition, incarnation) = match &report {
-            Report::Restored {
-                partition,
-                incarnation,
-                ..
-            }
-            | Report::Failed {
-                partition,
-                incarnation,
-                ..
-            } => (*partition, *incarnation),
-            Report::Done(done) => (done.partition, done.incarnation),
-        };
+    fn on_report(&mut self, report: Report, group: &K::Group) {
+        let (partition, incarnation) = report.sender();
         let Some(slot) = self.slots.get_mut(&partition) else {
             return;
         };
-        // Reports of a replaced incarnation, or of a partition awaiting its seek, describe work
-        // that was discarded.
-        if slot.incarnation != incarnation || slot.phase == Phase::AwaitingSeek {
+        if !slot.is_current(incarnation) {
             return;
         }
         match report {
             Report::Restored { keys, took, .. } => {
-                slot.restored = true;
+                slot.mark_restored();
                 tracing::info!(partition, keys, ?took, "partition state restored");
             }
             Report::Failed { error, .. } => {
@@ -474,15 +370,16 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
     /// and records its offset as the partition's progress. A record to `isolate` (one whose outputs
     /// Kafka refused before) gets a transaction of its own: the broker refuses whole batches, so
     /// only alone can it be told apart from the records that shared its batch.
-    fn take_into_transaction(&mut self, done: Completed, group: &dyn GroupCommit) {
+    fn take_into_transaction(&mut self, done: Completed, group: &K::Group) {
         if self.fatal.is_some() {
             return;
         }
         if done.isolate {
             self.commit_now(group);
-            let still_current = self.slots.get(&done.partition).is_some_and(|slot| {
-                slot.incarnation == done.incarnation && slot.phase != Phase::AwaitingSeek
-            });
+            let still_current = self
+                .slots
+                .get(&done.partition)
+                .is_some_and(|slot| slot.is_current(done.incarnation));
             if !still_current {
                 // The commit before it failed and rewound its partition: it comes again.
                 return;
@@ -501,20 +398,14 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
                 self.fail_transaction(error);
                 return;
             }
-            self.transaction = Some(OpenTransaction {
-                started: Instant::now(),
-                offsets: Offsets::new(),
-                records: 0,
-                outcomes: BTreeMap::new(),
-                dead_letters: BTreeMap::new(),
-            });
+            self.transaction = Some(OpenTransaction::begin(Instant::now()));
         }
         let from = Position {
             partition: done.partition,
             offset: done.offset,
         };
         for emit in &done.handled.emits {
-            let record = match self.routes.resolve(emit, done.partition) {
+            let record = match self.outputs.resolve(emit, done.partition) {
                 Ok(Some(record)) => record,
                 Ok(None) => continue,
                 Err(error) => {
@@ -531,7 +422,7 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
             .handled
             .forgotten
             .iter()
-            .filter_map(|key| self.routes.tombstone(key, done.partition));
+            .filter_map(|key| self.outputs.tombstone(key, done.partition));
         for tombstone in tombstones {
             if let Err(error) = self.sink.send(from, tombstone) {
                 self.fail_transaction(error);
@@ -539,50 +430,39 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
             }
         }
         if let Some(transaction) = &mut self.transaction {
-            transaction.offsets.insert(done.partition, done.offset + 1);
-            transaction.records += 1;
-            let outcome = done.handled.outcome;
-            *transaction.outcomes.entry(outcome.label).or_default() += 1;
-            if let Some(reason) = outcome.dead_letter {
-                *transaction.dead_letters.entry(reason.code()).or_default() += 1;
-            }
+            transaction.finished(done.partition, done.offset, done.handled.outcome);
         }
         // `done.permit` drops here: the record's bytes now live in the producer's bounded queue.
     }
 
-    fn maybe_commit(&mut self, group: &dyn GroupCommit) {
-        let due = self.transaction.as_ref().is_some_and(|t| {
-            t.started.elapsed() >= self.tuning.commit_interval
-                || t.records >= self.tuning.max_records_per_transaction as u64
-        });
+    fn maybe_commit(&mut self, group: &K::Group) {
+        let now = Instant::now();
+        let due = self
+            .transaction
+            .as_ref()
+            .is_some_and(|transaction| transaction.is_due(now, &self.tuning));
         if due {
             self.commit_now(group);
         }
     }
 
-    fn commit_now(&mut self, group: &dyn GroupCommit) {
+    fn commit_now(&mut self, group: &K::Group) {
         if self.fatal.is_some() {
             return;
         }
         let Some(transaction) = self.transaction.take() else {
             return;
         };
-        match self.sink.commit(&self.topic, &transaction.offsets, group) {
+        match self.sink.commit(&self.topic, transaction.offsets(), group) {
             Ok(()) => {
-                self.metrics.transaction(transaction::COMMITTED);
-                for (label, count) in &transaction.outcomes {
-                    self.metrics.processed(label, *count);
-                }
-                for (reason, count) in &transaction.dead_letters {
-                    self.metrics.dead_lettered(reason, *count);
-                }
-                for (&partition, &offset) in &transaction.offsets {
+                transaction.count_committed(&self.metrics);
+                for (&partition, &offset) in transaction.offsets() {
                     self.lag.committed(partition, Some(offset));
                     self.refusals.committed(partition, offset);
                 }
                 tracing::debug!(
-                    records = transaction.records,
-                    offsets = ?transaction.offsets,
+                    records = transaction.records(),
+                    offsets = ?transaction.offsets(),
                     "transaction committed"
                 );
             }
@@ -599,7 +479,8 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
         tracing::warn!(%error, "transaction failed; rewinding to the committed offsets");
         self.metrics.transaction(transaction::ABORTED);
         if let Some(transaction) = self.transaction.take() {
-            self.metrics.processed(outcome::ERROR, transaction.records);
+            self.metrics
+                .processed(outcome::ERROR, transaction.records());
         }
         let recovered = match error.kind {
             SinkErrorKind::Fenced => Err(error),
@@ -625,16 +506,9 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
         }
         self.refusals.record(refusals);
         for (&partition, slot) in &mut self.slots {
-            if slot.phase == Phase::Stopping {
-                continue;
+            if slot.discard() {
+                self.to_rewind.insert(partition);
             }
-            if let Some(worker) = slot.worker.take() {
-                worker.abort();
-            }
-            slot.phase = Phase::AwaitingSeek;
-            slot.restored = false;
-            slot.held.clear();
-            self.to_rewind.insert(partition);
         }
     }
 
@@ -666,28 +540,17 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
 
     /// Asks the workers of `partitions` to stop after the record in hand and takes what they
     /// finish into the transaction; workers still busy at `deadline` are aborted.
-    fn stop_and_drain(&mut self, partitions: &[i32], deadline: Instant, group: &dyn GroupCommit) {
+    fn stop_and_drain(&mut self, partitions: &[i32], deadline: Instant, group: &K::Group) {
         for partition in partitions {
             if let Some(slot) = self.slots.get_mut(partition) {
-                slot.held.clear();
-                if slot.phase == Phase::Running {
-                    slot.phase = Phase::Stopping;
-                }
-                if let Some(worker) = &slot.worker {
-                    worker.stop.cancel();
-                }
+                slot.stop();
             }
         }
         loop {
             let busy: Vec<i32> = partitions
                 .iter()
                 .copied()
-                .filter(|p| {
-                    self.slots
-                        .get(p)
-                        .and_then(|slot| slot.worker.as_ref())
-                        .is_some_and(|worker| !worker.task.is_finished())
-                })
+                .filter(|p| self.slots.get(p).is_some_and(Slot::is_busy))
                 .collect();
             if busy.is_empty() {
                 break;
@@ -698,9 +561,8 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
                     "workers did not finish in time; their records stay uncommitted"
                 );
                 for partition in &busy {
-                    if let Some(worker) = self.slots.get(partition).and_then(|s| s.worker.as_ref())
-                    {
-                        worker.abort();
+                    if let Some(slot) = self.slots.get(partition) {
+                        slot.abort();
                     }
                 }
                 break;
@@ -723,45 +585,14 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
 
     fn release_held(&mut self) {
         for (&partition, slot) in &mut self.slots {
-            if slot.phase != Phase::Running || slot.held.is_empty() {
-                continue;
-            }
-            while let Some(record) = slot.held.pop_front() {
-                if let Err(record) = offer(&self.budget, slot.worker.as_ref(), record) {
-                    slot.held.push_front(record);
-                    break;
-                }
-            }
-            if slot.held.is_empty() && slot.paused {
-                slot.paused = false;
+            if slot.release_held(&self.budget) {
                 self.to_resume.push(partition);
             }
         }
     }
 
     fn update_readiness(&self) {
-        let ready = self
-            .slots
-            .values()
-            .all(|slot| slot.phase == Phase::Running && slot.restored);
+        let ready = self.slots.values().all(Slot::is_ready);
         self.health.set_ready(ready && self.fatal.is_none());
-    }
-}
-
-/// Queues `record` for `worker` if the queue and the byte budget have room.
-fn offer(
-    budget: &ByteBudget,
-    worker: Option<&WorkerHandle>,
-    record: SourceRecord,
-) -> Result<(), SourceRecord> {
-    let Some(worker) = worker else {
-        return Err(record);
-    };
-    let Some(permit) = budget.try_acquire(record.size()) else {
-        return Err(record);
-    };
-    match worker.queue.try_send(Queued { record, permit }) {
-        Ok(()) => Ok(()),
-        Err(TrySendError::Full(queued) | TrySendError::Closed(queued)) => Err(queued.record),
     }
 }

@@ -37,7 +37,7 @@ pub fn drive<H, K, S>(
 where
     H: StageHandler,
     K: Sink,
-    S: Source,
+    S: Source<Group = K::Group>,
 {
     // Partitions whose seek back failed (e.g. the broker is restarting); retried every turn.
     let mut rewinds = BTreeSet::new();
@@ -59,7 +59,7 @@ where
                         tracing::warn!(partition, %error, "pausing a full partition failed");
                     }
                 }
-                // librdkafka reports broker trouble here and keeps retrying by itself.
+                // The client reports broker trouble here and keeps retrying by itself.
                 Err(error) => {
                     tracing::warn!(%error, "consumer error");
                     break;
@@ -108,7 +108,7 @@ fn rewind<H, K, S>(
 ) where
     H: StageHandler,
     K: Sink,
-    S: Source,
+    S: Source<Group = K::Group>,
 {
     let wanted: Vec<i32> = partitions.iter().copied().collect();
     let committed = match source.committed(&wanted) {

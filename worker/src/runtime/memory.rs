@@ -11,13 +11,11 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeDelta, Utc};
-use rdkafka::consumer::ConsumerGroupMetadata;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use tokio_util::sync::CancellationToken;
 
 use super::driver::lock;
 use super::{
-    ApplyChangelog, ChangelogReader, CommittedOffsets, Coordinator, GroupCommit, Offsets, Position,
+    ApplyChangelog, BrokerError, ChangelogReader, CommittedOffsets, Coordinator, Offsets, Position,
     Refusal, Sink, SinkError, SinkErrorKind, Source,
 };
 use crate::error::RestoreFailure;
@@ -184,6 +182,9 @@ impl MemorySink {
 }
 
 impl Sink for MemorySink {
+    /// An in-memory commit needs nothing from the group.
+    type Group = ();
+
     fn begin(&mut self) -> Result<(), SinkError> {
         self.open.clear();
         Ok(())
@@ -234,12 +235,7 @@ impl Sink for MemorySink {
         Ok(())
     }
 
-    fn commit(
-        &mut self,
-        _input_topic: &str,
-        offsets: &Offsets,
-        _group: &dyn GroupCommit,
-    ) -> Result<(), SinkError> {
+    fn commit(&mut self, _input_topic: &str, offsets: &Offsets, (): &()) -> Result<(), SinkError> {
         let mut state = self.broker.state();
         state.commit_attempts += 1;
         let attempt = state.commit_attempts;
@@ -247,7 +243,7 @@ impl Sink for MemorySink {
             return Err(SinkError {
                 kind: SinkErrorKind::Abortable,
                 operation: "committing the transaction",
-                source: KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge),
+                cause: BrokerError::new("a record of the transaction was refused"),
             });
         }
         for (failing, kind) in [
@@ -258,7 +254,7 @@ impl Sink for MemorySink {
                 return Err(SinkError {
                     kind,
                     operation: "committing the transaction",
-                    source: KafkaError::MessageProduction(RDKafkaErrorCode::RequestTimedOut),
+                    cause: BrokerError::new(format!("commit attempt {attempt} fails on cue")),
                 });
             }
         }
@@ -281,7 +277,7 @@ impl Sink for MemorySink {
             return Err(SinkError {
                 kind: SinkErrorKind::Fatal,
                 operation: "initialising transactions",
-                source: KafkaError::MessageProduction(RDKafkaErrorCode::AllBrokersDown),
+                cause: BrokerError::new("the broker is unreachable, on cue"),
             });
         }
         state.recreates += 1;
@@ -290,20 +286,6 @@ impl Sink for MemorySink {
 
     fn take_refusals(&mut self) -> Vec<Refusal> {
         std::mem::take(&mut self.refused)
-    }
-}
-
-/// The group side of an in-memory commit: nothing to send.
-#[derive(Debug)]
-pub struct NoGroup;
-
-impl GroupCommit for NoGroup {
-    fn group_metadata(&self) -> Option<ConsumerGroupMetadata> {
-        None
-    }
-
-    fn commit_offsets(&self, _topic: &str, _offsets: &Offsets) -> Result<(), KafkaError> {
-        Ok(())
     }
 }
 
@@ -332,7 +314,7 @@ pub struct MemorySource<H: StageHandler, K: Sink> {
     next: usize,
 }
 
-impl<H: StageHandler, K: Sink> MemorySource<H, K> {
+impl<H: StageHandler, K: Sink<Group = ()>> MemorySource<H, K> {
     pub fn new(
         broker: Arc<Broker>,
         coordinator: Arc<Mutex<Coordinator<H, K>>>,
@@ -361,14 +343,14 @@ impl<H: StageHandler, K: Sink> MemorySource<H, K> {
                 .collect()
         };
         for (&partition, &offset) in &committed {
-            // Like librdkafka, a pause outlives revocation and re-assignment.
+            // Like a Kafka consumer, a pause outlives revocation and re-assignment.
             self.assigned.insert(partition);
             self.positions.insert(partition, offset.unwrap_or(0));
         }
         lock(&self.coordinator).assign(&committed);
     }
 
-    /// Runs the scripted rebalance when its time has come, as librdkafka runs callbacks in poll.
+    /// Runs the scripted rebalance when its time has come, as a Kafka consumer runs callbacks in poll.
     fn rebalance(&mut self) {
         let Some(script) = self.rebalance.clone() else {
             return;
@@ -377,7 +359,7 @@ impl<H: StageHandler, K: Sink> MemorySource<H, K> {
         if !self.revoked && self.polled >= script.after_records && (paused || !script.while_paused)
         {
             self.revoked = true;
-            lock(&self.coordinator).revoke(&script.partitions, false, &NoGroup);
+            lock(&self.coordinator).revoke(&script.partitions, false, &());
             for partition in &script.partitions {
                 self.assigned.remove(partition);
             }
@@ -388,8 +370,10 @@ impl<H: StageHandler, K: Sink> MemorySource<H, K> {
     }
 }
 
-impl<H: StageHandler, K: Sink> Source for MemorySource<H, K> {
-    fn poll(&mut self, timeout: Duration) -> Option<Result<SourceRecord, KafkaError>> {
+impl<H: StageHandler, K: Sink<Group = ()>> Source for MemorySource<H, K> {
+    type Group = ();
+
+    fn poll(&mut self, timeout: Duration) -> Option<Result<SourceRecord, BrokerError>> {
         if !self.started {
             self.started = true;
             let all: Vec<i32> = self.broker.state().input.keys().copied().collect();
@@ -421,19 +405,19 @@ impl<H: StageHandler, K: Sink> Source for MemorySource<H, K> {
         None
     }
 
-    fn pause(&mut self, partition: i32) -> Result<(), KafkaError> {
+    fn pause(&mut self, partition: i32) -> Result<(), BrokerError> {
         self.paused.insert(partition);
         self.broker.state().pauses += 1;
         Ok(())
     }
 
-    fn resume(&mut self, partition: i32) -> Result<(), KafkaError> {
+    fn resume(&mut self, partition: i32) -> Result<(), BrokerError> {
         self.paused.remove(&partition);
         self.broker.state().resumes += 1;
         Ok(())
     }
 
-    fn committed(&mut self, partitions: &[i32]) -> Result<CommittedOffsets, KafkaError> {
+    fn committed(&mut self, partitions: &[i32]) -> Result<CommittedOffsets, BrokerError> {
         let state = self.broker.state();
         Ok(partitions
             .iter()
@@ -441,18 +425,18 @@ impl<H: StageHandler, K: Sink> Source for MemorySource<H, K> {
             .collect())
     }
 
-    fn seek(&mut self, partition: i32, offset: Option<i64>) -> Result<(), KafkaError> {
+    fn seek(&mut self, partition: i32, offset: Option<i64>) -> Result<(), BrokerError> {
         self.positions.insert(partition, offset.unwrap_or(0));
         Ok(())
     }
 
-    fn group(&self) -> &dyn GroupCommit {
-        &NoGroup
+    fn group(&self) -> &() {
+        &()
     }
 
     fn close(&mut self, _deadline: Instant) {
         let assigned: Vec<i32> = std::mem::take(&mut self.assigned).into_iter().collect();
-        lock(&self.coordinator).revoke(&assigned, false, &NoGroup);
+        lock(&self.coordinator).revoke(&assigned, false, &());
     }
 }
 

@@ -7,11 +7,17 @@
 //!   together, with the consumer offsets, once per commit interval. It also owns rebalancing
 //!   (finish and commit revoked partitions; start workers for assigned ones) and recovery (abort,
 //!   re-create the producer, rewind every partition to its committed offset).
+//!   What the open transaction holds and counts is `transaction`'s bookkeeping; each assigned
+//!   partition's worker, phase and held-back records are a `slot`.
 //! - partition workers (`partition`) handle one partition's records one at a time, in offset
 //!   order, after restoring its per-key state from the [`ChangelogReader`].
 //!
-//! Kafka implements the ports in `crate::kafka`; `memory` (test-only) implements them in memory. This module must not name rdkafka clients or topics' contents; it must not block the
-//! async runtime (the driver runs on its own thread).
+//! - `ports`: what the loop needs from a broker ([`Source`], [`Sink`], [`ChangelogReader`]) and the
+//!   errors they report, in the runtime's own types. Kafka implements the ports in `crate::kafka`;
+//!   `memory` (test-only) implements them in memory.
+//!
+//! This module must not name a Kafka client library (its types stay in `crate::kafka`) or topics'
+//! contents; it must not block the async runtime (the driver runs on its own thread).
 
 mod budget;
 mod coordinator;
@@ -21,31 +27,25 @@ mod lag;
 #[cfg(test)]
 mod memory;
 mod partition;
+mod ports;
 mod refusals;
+mod slot;
 #[cfg(test)]
 mod tests;
+mod transaction;
 
-use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
-
-use rdkafka::consumer::ConsumerGroupMetadata;
-use rdkafka::error::KafkaError;
-use tokio_util::sync::CancellationToken;
+use std::time::Duration;
 
 pub use budget::{ByteBudget, BytePermit};
-pub use coordinator::{Coordinator, CoordinatorParts, Routed};
+pub use coordinator::{Coordinator, CoordinatorParts};
 pub use health::Health;
 pub use lag::LagBook;
+pub use ports::{
+    ApplyChangelog, BrokerError, ChangelogReader, CommittedOffsets, Offsets, Sink, SinkError,
+    SinkErrorKind, Source,
+};
 pub use refusals::{Position, Refusal};
-
-use crate::error::RestoreFailure;
-use crate::record::{OutRecord, SourceRecord};
-
-/// Next offset to consume, per input partition (what a commit stores).
-pub type Offsets = BTreeMap<i32, i64>;
-
-/// Committed offsets as read back from the group; `None` where the group has committed nothing.
-pub type CommittedOffsets = BTreeMap<i32, Option<i64>>;
+pub use slot::Routed;
 
 /// Limits that keep memory flat and rebalances bounded.
 #[derive(Debug, Clone)]
@@ -77,121 +77,5 @@ impl Tuning {
             stop_timeout: shutdown_grace.mul_f64(0.6),
             recreate_backoff: Duration::from_secs(2),
         }
-    }
-}
-
-/// How a sink failure must be handled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SinkErrorKind {
-    /// Abort the transaction, rewind to the committed offsets, continue.
-    Abortable,
-    /// The producer is unusable: re-create it (which aborts what it left open), rewind, continue.
-    Fatal,
-    /// A newer instance with our transactional id exists: this process is a zombie and stops.
-    Fenced,
-}
-
-/// A failed sink operation.
-#[derive(Debug, thiserror::Error)]
-#[error("{operation} failed ({kind:?}): {source}")]
-pub struct SinkError {
-    pub kind: SinkErrorKind,
-    pub operation: &'static str,
-    #[source]
-    pub source: KafkaError,
-}
-
-/// The consumer group side of a commit: its metadata for a transactional offset commit (KIP-447),
-/// or a plain offset commit when at-least-once.
-pub trait GroupCommit {
-    fn group_metadata(&self) -> Option<ConsumerGroupMetadata>;
-    fn commit_offsets(&self, topic: &str, offsets: &Offsets) -> Result<(), KafkaError>;
-}
-
-/// Where a stage's records go: one producer, one open transaction at a time.
-pub trait Sink: Send + 'static {
-    fn begin(&mut self) -> Result<(), SinkError>;
-    /// Produces one record, an output of the input record at `from`, into the open transaction.
-    fn send(&mut self, from: Position, record: OutRecord<'_>) -> Result<(), SinkError>;
-    /// Adds the input offsets to the transaction and commits it.
-    fn commit(
-        &mut self,
-        input_topic: &str,
-        offsets: &Offsets,
-        group: &dyn GroupCommit,
-    ) -> Result<(), SinkError>;
-    fn abort(&mut self) -> Result<(), SinkError>;
-    /// Replaces an unusable producer with a fresh one.
-    fn recreate(&mut self) -> Result<(), SinkError>;
-    /// The records of the failed transaction that Kafka refused for good (too large, invalid), by
-    /// the input that produced them, waiting (bounded) for outstanding delivery reports. Called
-    /// after a failed transaction was aborted; each refusal is reported once.
-    fn take_refusals(&mut self) -> Vec<Refusal>;
-}
-
-/// Receives each changelog record of a restore: `(offset, key, value)`.
-pub type ApplyChangelog<'a> =
-    dyn FnMut(i64, &[u8], Option<&[u8]>) -> Result<(), RestoreFailure> + 'a;
-
-/// Reads a stateful stage's changelog partition to restore per-key state.
-pub trait ChangelogReader: Send + Sync + 'static {
-    fn topic(&self) -> &str;
-
-    /// Calls `apply(offset, key, value)` for every committed record of `partition`, from the
-    /// beginning to the end as of the call, in order. Blocking; gives up when `stop` is cancelled.
-    fn read(
-        &self,
-        partition: i32,
-        stop: &CancellationToken,
-        apply: &mut ApplyChangelog<'_>,
-    ) -> Result<u64, RestoreFailure>;
-}
-
-/// Where input records come from: a consumer group member. Polling may run rebalance callbacks,
-/// which call into the [`Coordinator`] themselves.
-pub trait Source {
-    /// The next record, or `None` when none arrived within `timeout`.
-    fn poll(&mut self, timeout: Duration) -> Option<Result<SourceRecord, KafkaError>>;
-    fn pause(&mut self, partition: i32) -> Result<(), KafkaError>;
-    fn resume(&mut self, partition: i32) -> Result<(), KafkaError>;
-    /// The group's committed offsets of `partitions` (waiting for pending transactional commits).
-    fn committed(&mut self, partitions: &[i32]) -> Result<CommittedOffsets, KafkaError>;
-    /// Makes the next record of `partition` the one at `offset` (`None`: the earliest).
-    fn seek(&mut self, partition: i32, offset: Option<i64>) -> Result<(), KafkaError>;
-    fn group(&self) -> &dyn GroupCommit;
-    /// Leaves the group (running the final revocation) by `deadline`.
-    fn close(&mut self, deadline: Instant);
-}
-
-/// The binary picks its sink at run time (exactly-once or at-least-once); one coordinator type
-/// serves both.
-impl Sink for Box<dyn Sink> {
-    fn begin(&mut self) -> Result<(), SinkError> {
-        (**self).begin()
-    }
-
-    fn send(&mut self, from: Position, record: OutRecord<'_>) -> Result<(), SinkError> {
-        (**self).send(from, record)
-    }
-
-    fn commit(
-        &mut self,
-        input_topic: &str,
-        offsets: &Offsets,
-        group: &dyn GroupCommit,
-    ) -> Result<(), SinkError> {
-        (**self).commit(input_topic, offsets, group)
-    }
-
-    fn abort(&mut self) -> Result<(), SinkError> {
-        (**self).abort()
-    }
-
-    fn recreate(&mut self) -> Result<(), SinkError> {
-        (**self).recreate()
-    }
-
-    fn take_refusals(&mut self) -> Vec<Refusal> {
-        (**self).take_refusals()
     }
 }

@@ -45,6 +45,25 @@ pub(crate) enum Report {
     },
 }
 
+impl Report {
+    /// The partition and worker incarnation it comes from.
+    pub fn sender(&self) -> (i32, u64) {
+        match self {
+            Self::Restored {
+                partition,
+                incarnation,
+                ..
+            }
+            | Self::Failed {
+                partition,
+                incarnation,
+                ..
+            } => (*partition, *incarnation),
+            Self::Done(done) => (done.partition, done.incarnation),
+        }
+    }
+}
+
 /// One handled record.
 #[derive(Debug)]
 pub(crate) struct Completed {
@@ -180,7 +199,7 @@ impl<H: StageHandler> PartitionWorker<H> {
             partition = self.partition,
             offset = record.offset,
             %error,
-            ?copy,
+            with_payload = copy == DeadLetterCopy::KeyAndPayload,
             "Kafka refused this record's outputs; dead-lettering it as output_refused"
         );
         let input = record.as_input(&self.topic);

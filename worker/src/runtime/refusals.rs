@@ -38,7 +38,7 @@ pub struct Position {
 pub struct Refusal {
     /// The input record whose output was refused.
     pub from: Position,
-    /// The broker's (or librdkafka's) error, for the dead letter's message header.
+    /// The broker's (or its client's) error, for the dead letter's message header.
     pub error: String,
 }
 

@@ -1,6 +1,6 @@
-//! Where each logical [`Output`] of a stage goes: the topic names from the worker contract, and the
-//! partition rule for changelog records. Resolved once at startup so a missing output fails the
-//! worker before it consumes anything. Must not produce records.
+//! The output topics of a stage: which topic each logical [`Output`] goes to (the names from the
+//! worker contract) and the partition rule for changelog records. Resolved once at startup so a
+//! missing output fails the worker before it consumes anything. Must not produce records.
 
 use std::collections::HashMap;
 
@@ -47,11 +47,11 @@ fn stage_outputs(processor: ProcessorKind) -> &'static [Output] {
 
 /// Topic of every output of one stage.
 #[derive(Debug, Clone)]
-pub struct OutputRoutes {
+pub struct OutputTopics {
     topics: HashMap<Output, String>,
 }
 
-impl OutputRoutes {
+impl OutputTopics {
     /// Resolves every output the configured stage writes, failing on the first without a topic.
     pub fn for_stage(config: &WorkerConfig) -> Result<Self, WorkerError> {
         let mut topics = HashMap::new();
@@ -66,7 +66,7 @@ impl OutputRoutes {
                     topics.insert(output, topic);
                 }
                 None if is_optional(output) => {}
-                None => return Err(unrouted(output)),
+                None => return Err(without_topic(output)),
             }
         }
         Ok(Self { topics })
@@ -83,7 +83,7 @@ impl OutputRoutes {
             return if is_optional(emit.output) {
                 Ok(None)
             } else {
-                Err(unrouted(emit.output))
+                Err(without_topic(emit.output))
             };
         };
         Ok(Some(OutRecord {
@@ -96,9 +96,7 @@ impl OutputRoutes {
             headers: &emit.headers,
         }))
     }
-}
 
-impl OutputRoutes {
     /// The tombstone deleting `key`'s state from the changelog partition of input partition
     /// `partition`; `None` for a stage without a state topic.
     pub fn tombstone<'a>(&'a self, key: &'a [u8], partition: i32) -> Option<OutRecord<'a>> {
@@ -113,8 +111,8 @@ impl OutputRoutes {
     }
 }
 
-fn unrouted(output: Output) -> WorkerError {
-    WorkerError::UnroutedOutput {
+fn without_topic(output: Output) -> WorkerError {
+    WorkerError::OutputWithoutTopic {
         output: output_label(output),
         name: output_name(output).unwrap_or("state topic"),
     }

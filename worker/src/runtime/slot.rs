@@ -1,0 +1,206 @@
+//! One assigned partition as the coordinator tracks it: the incarnation of its worker, its phase
+//! (running, stopping, awaiting a rewind's seek), whether its state is restored, and the records
+//! held back while its queue or the byte budget is full (fetching it is paused meanwhile). Owns
+//! handing polled records to the worker in offset order under those bounds. Must not produce,
+//! commit or call the consumer: the coordinator and the driver do.
+
+use std::collections::VecDeque;
+
+use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::ByteBudget;
+use super::partition::Queued;
+use crate::record::SourceRecord;
+
+/// What [`Coordinator::route`](super::Coordinator::route) did with a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routed {
+    /// Queued for its partition worker.
+    Queued,
+    /// Held back: the partition's queue or the byte budget is full. `pause` is set the first time,
+    /// when the caller must pause fetching the partition.
+    Held { pause: bool },
+    /// Not for a partition this worker is processing (revoked, or waiting for a rewind's seek);
+    /// it will be fetched again by whoever processes the partition.
+    Dropped,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Running,
+    /// Revoked or shutting down: finishing the record in hand, accepting no more.
+    Stopping,
+    /// Its uncommitted progress was discarded; waiting for the consumer to seek back.
+    AwaitingSeek,
+}
+
+/// The coordinator's side of a running partition worker.
+#[derive(Debug)]
+pub(crate) struct WorkerHandle {
+    pub queue: mpsc::Sender<Queued>,
+    pub stop: CancellationToken,
+    pub task: JoinHandle<()>,
+}
+
+impl WorkerHandle {
+    fn abort(&self) {
+        self.stop.cancel();
+        self.task.abort();
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Slot {
+    incarnation: u64,
+    phase: Phase,
+    worker: Option<WorkerHandle>,
+    restored: bool,
+    /// Records polled after the queue filled up, in offset order; the partition is paused.
+    held: VecDeque<SourceRecord>,
+    paused: bool,
+}
+
+impl Slot {
+    pub fn running(incarnation: u64, worker: WorkerHandle) -> Self {
+        Self {
+            incarnation,
+            phase: Phase::Running,
+            worker: Some(worker),
+            restored: false,
+            held: VecDeque::new(),
+            paused: false,
+        }
+    }
+
+    pub fn awaiting_seek(incarnation: u64) -> Self {
+        Self {
+            incarnation,
+            phase: Phase::AwaitingSeek,
+            worker: None,
+            restored: false,
+            held: VecDeque::new(),
+            paused: false,
+        }
+    }
+
+    /// Whether a report of the worker `incarnation` describes work that still counts: not one of
+    /// a replaced worker, nor of a partition whose progress was discarded.
+    pub fn is_current(&self, incarnation: u64) -> bool {
+        self.incarnation == incarnation && self.phase != Phase::AwaitingSeek
+    }
+
+    pub fn is_awaiting_seek(&self) -> bool {
+        self.phase == Phase::AwaitingSeek
+    }
+
+    /// Its worker reported the partition's state restored.
+    pub fn mark_restored(&mut self) {
+        self.restored = true;
+    }
+
+    /// Running with its state restored: what readiness waits for.
+    pub fn is_ready(&self) -> bool {
+        self.phase == Phase::Running && self.restored
+    }
+
+    /// Whether its worker is still running (finishing the record in hand, after a stop).
+    pub fn is_busy(&self) -> bool {
+        self.worker
+            .as_ref()
+            .is_some_and(|worker| !worker.task.is_finished())
+    }
+
+    /// Offers a polled record to the worker, behind any held records so offset order holds.
+    pub fn route(&mut self, record: SourceRecord, budget: &ByteBudget) -> Routed {
+        if self.phase != Phase::Running {
+            return Routed::Dropped;
+        }
+        if self.held.is_empty() {
+            match offer(budget, self.worker.as_ref(), record) {
+                Ok(()) => return Routed::Queued,
+                Err(record) => self.held.push_back(record),
+            }
+        } else {
+            // Nothing overtakes a held record.
+            self.held.push_back(record);
+        }
+        let pause = !self.paused;
+        self.paused = true;
+        Routed::Held { pause }
+    }
+
+    /// Moves held records into freed queue space. True when the partition was paused and holds
+    /// nothing any more: the caller resumes fetching it.
+    pub fn release_held(&mut self, budget: &ByteBudget) -> bool {
+        if self.phase != Phase::Running || self.held.is_empty() {
+            return false;
+        }
+        while let Some(record) = self.held.pop_front() {
+            if let Err(record) = offer(budget, self.worker.as_ref(), record) {
+                self.held.push_front(record);
+                break;
+            }
+        }
+        let resume = self.held.is_empty() && self.paused;
+        if resume {
+            self.paused = false;
+        }
+        resume
+    }
+
+    /// Asks the worker to finish the record in hand and stop; held records are dropped (they stay
+    /// uncommitted).
+    pub fn stop(&mut self) {
+        self.held.clear();
+        if self.phase == Phase::Running {
+            self.phase = Phase::Stopping;
+        }
+        if let Some(worker) = &self.worker {
+            worker.stop.cancel();
+        }
+    }
+
+    /// Stops the worker at once, dropping the record in hand.
+    pub fn abort(&self) {
+        if let Some(worker) = &self.worker {
+            worker.abort();
+        }
+    }
+
+    /// Discards the uncommitted progress of a partition still being processed: its worker is
+    /// aborted and it waits for the consumer to seek back. False for a stopping partition, which
+    /// is on its way out and is not rewound.
+    pub fn discard(&mut self) -> bool {
+        if self.phase == Phase::Stopping {
+            return false;
+        }
+        if let Some(worker) = self.worker.take() {
+            worker.abort();
+        }
+        self.phase = Phase::AwaitingSeek;
+        self.restored = false;
+        self.held.clear();
+        true
+    }
+}
+
+/// Queues `record` for `worker` if the queue and the byte budget have room.
+fn offer(
+    budget: &ByteBudget,
+    worker: Option<&WorkerHandle>,
+    record: SourceRecord,
+) -> Result<(), SourceRecord> {
+    let Some(worker) = worker else {
+        return Err(record);
+    };
+    let Some(permit) = budget.try_acquire(record.size()) else {
+        return Err(record);
+    };
+    match worker.queue.try_send(Queued { record, permit }) {
+        Ok(()) => Ok(()),
+        Err(TrySendError::Full(queued) | TrySendError::Closed(queued)) => Err(queued.record),
+    }
+}
