@@ -15,8 +15,8 @@ mod webhook;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use orderpipe_e2e::Stack;
-use orderpipe_e2e::tools::Tools;
+use orderpipe_stack::Stack;
+use orderpipe_stack::tools::Tools;
 
 use crate::Context;
 use crate::report::{Section, Table};

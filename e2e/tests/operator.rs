@@ -16,11 +16,11 @@ use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::runtime::events::Reporter;
 use orderpipe_api::OrderPipeline;
-use orderpipe_e2e::{SharedStack, TestNamespace, wait_until};
 use orderpipe_operator::controller::{self, Shared};
 use orderpipe_operator::metrics::Metrics;
 use orderpipe_operator::model::OperatorSettings;
 use orderpipe_operator::topics::{AdminPool, AdminSettings};
+use orderpipe_stack::{SharedStack, TestNamespace, wait_until};
 use prometheus_client::registry::Registry;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -360,7 +360,7 @@ async fn idle_resync_makes_no_api_writes() -> anyhow::Result<()> {
 
 /// Changes an annotation of the pipeline (not its spec), which makes the controller reconcile it.
 async fn touch(ns: &TestNamespace) -> anyhow::Result<()> {
-    let nonce = orderpipe_e2e::unique_name("t");
+    let nonce = orderpipe_stack::unique_name("t");
     let patch = json!({ "metadata": { "annotations": { "e2e/touch": nonce } } });
     pipelines(ns)
         .patch("shop", &PatchParams::default(), &Patch::Merge(&patch))

@@ -14,7 +14,7 @@ use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams
 use kube::core::GroupVersionKind;
 use kube::discovery::ApiResource;
 use orderpipe_api::OrderPipeline;
-use orderpipe_e2e::{SharedStack, TestNamespace, unique_name, wait_until};
+use orderpipe_stack::{SharedStack, TestNamespace, unique_name, wait_until};
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 

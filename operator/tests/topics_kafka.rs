@@ -3,7 +3,7 @@
 //! separate rdkafka admin client, as an outsider would see them.
 //!
 //! Needs `KAFKA_BOOTSTRAP_SERVERS` (the local stack: `make test-e2e`, or `source target/e2e/env`
-//! after `orderpipe-e2e up`). Each test works on topics with a unique prefix, so tests run in
+//! after `orderpipe-stack up`). Each test works on topics with a unique prefix, so tests run in
 //! parallel and leave other topics alone.
 
 use std::collections::{BTreeMap, HashMap};

@@ -218,7 +218,7 @@ fn a_record_at_the_broker_size_limit_is_dead_lettered_cut_and_the_orders_behind_
 #[ignore = "needs the local stack: make test-e2e"]
 fn over_tls_with_sasl_the_worker_validates_every_order_and_a_wrong_password_stays_unready() {
     let bootstrap = bootstrap();
-    let secure = orderpipe_e2e::kafka_secure().expect("the stack's SASL_SSL listener");
+    let secure = orderpipe_stack::kafka_secure().expect("the stack's SASL_SSL listener");
     let pipeline = ValidatePipeline::create(&bootstrap, 3);
     let spec = orders(500, 13);
     let connection = KafkaConnection {

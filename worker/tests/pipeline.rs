@@ -315,7 +315,7 @@ fn a_broker_restart_mid_run_loses_and_duplicates_nothing() {
         .expect("runtime");
     let mut stack = runtime
         .block_on(
-            orderpipe_e2e::Stack::builder(&common::unique("worker-restart"))
+            orderpipe_stack::Stack::builder(&common::unique("worker-restart"))
                 .kafka_only()
                 .start(),
         )

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use orderpipe_e2e::wait_until;
+use orderpipe_stack::wait_until;
 use tokio::process::{Child, Command};
 
 use super::scrape::{Scrape, status_bytes};

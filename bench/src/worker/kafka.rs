@@ -60,7 +60,7 @@ pub fn create_topics(
 ) -> anyhow::Result<()> {
     for (name, partitions) in topics {
         runtime
-            .block_on(orderpipe_e2e::create_topic(bootstrap, name, *partitions))
+            .block_on(orderpipe_stack::create_topic(bootstrap, name, *partitions))
             .with_context(|| format!("creating topic {name}"))?;
     }
     Ok(())
