@@ -5,16 +5,13 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::time::Duration;
 
 use orderpipe_orders::StatusChanged;
 
 use super::DemoError;
 use super::load::Tally;
 use super::pipeline::Topics;
-use orderpipe_stack::{Isolation, Record, read_all};
-
-const READ_TIMEOUT: Duration = Duration::from_secs(60);
+use orderpipe_stack::{Isolation, Record, StackError, read_all};
 
 /// Counts of one topic's committed records against the valid orders.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -56,15 +53,28 @@ impl Books {
         sent: &Tally,
         deliveries: &HashMap<String, u64>,
     ) -> Result<Books, DemoError> {
-        let read = |topic: String| async move {
-            read_all(bootstrap, &topic, Isolation::ReadCommitted, READ_TIMEOUT).await
-        };
-        let validated = read(topics.validated.clone()).await?;
-        let rejected = read(topics.rejected.clone()).await?.len();
-        let dead_lettered = read(topics.dead_letter.clone()).await?.len();
-        let events = read(topics.events.clone()).await?;
-        let status = read(topics.status.clone()).await?;
-        let audit = read(topics.audit.clone()).await?;
+        // The reads block; meanwhile the runtime keeps serving the webhook receiver.
+        let bootstrap = bootstrap.to_owned();
+        let names = [
+            &topics.validated,
+            &topics.rejected,
+            &topics.dead_letter,
+            &topics.events,
+            &topics.status,
+            &topics.audit,
+        ]
+        .map(String::clone);
+        let [validated, rejected, dead_lettered, events, status, audit] =
+            tokio::task::spawn_blocking(move || {
+                names.map(|topic| read_all(&bootstrap, &topic, Isolation::ReadCommitted))
+            })
+            .await
+            .map_err(|error| StackError::Task {
+                what: "reading the books' topics".into(),
+                error,
+            })?;
+        let (validated, events, status, audit) = (validated?, events?, status?, audit?);
+        let (rejected, dead_lettered) = (rejected?.len(), dead_lettered?.len());
         let keyed = |records: &[Record]| -> Vec<(Vec<u8>, u64)> {
             records
                 .iter()

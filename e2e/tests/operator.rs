@@ -20,10 +20,8 @@ use orderpipe_operator::controller::{self, Shared};
 use orderpipe_operator::metrics::Metrics;
 use orderpipe_operator::model::OperatorSettings;
 use orderpipe_operator::topics::{AdminPool, AdminSettings};
-use orderpipe_stack::{SharedStack, TestNamespace, wait_until};
+use orderpipe_stack::{SharedStack, TestNamespace, partition_count, wait_until};
 use prometheus_client::registry::Registry;
-use rdkafka::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -177,20 +175,6 @@ async fn wait_ready(ns: &TestNamespace, name: &str) -> anyhow::Result<OrderPipel
     }
 }
 
-/// Partitions of a topic as the broker reports them; None when it does not exist.
-fn kafka_partitions(bootstrap: &str, topic: &str) -> anyhow::Result<Option<usize>> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("allow.auto.create.topics", "false")
-        .create()?;
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    Ok(metadata
-        .topics()
-        .first()
-        .filter(|t| t.error().is_none())
-        .map(|t| t.partitions().len()))
-}
-
 /// The managed fields of one field manager, as JSON text.
 fn fields_owned_by(metadata: &kube::api::ObjectMeta, manager: &str) -> String {
     metadata
@@ -242,11 +226,11 @@ async fn pipeline_becomes_ready_with_topics_workloads_and_capped_autoscaler() ->
 
     // Kafka has the topics, and the state topic is co-partitioned with its input.
     assert_eq!(
-        kafka_partitions(&bootstrap, &format!("{}.orders", ns.name()))?,
+        partition_count(&bootstrap, &format!("{}.orders", ns.name()))?,
         Some(2)
     );
     let state = format!("orderpipe.{}.shop.validate.state", ns.name());
-    assert_eq!(kafka_partitions(&bootstrap, &state)?, Some(2));
+    assert_eq!(partition_count(&bootstrap, &state)?, Some(2));
 
     // Workloads, autoscaler, service, PDB.
     let deployments = ns.api::<Deployment>();
@@ -423,11 +407,11 @@ async fn spec_changes_and_out_of_band_edits_converge() -> anyhow::Result<()> {
     )
     .await?;
     assert_eq!(
-        kafka_partitions(&bootstrap, &format!("{}.orders", ns.name()))?,
+        partition_count(&bootstrap, &format!("{}.orders", ns.name()))?,
         Some(4)
     );
     let state = format!("orderpipe.{}.shop.validate.state", ns.name());
-    assert_eq!(kafka_partitions(&bootstrap, &state)?, Some(4));
+    assert_eq!(partition_count(&bootstrap, &state)?, Some(4));
     // Events are published at the end of the reconcile that made the change.
     wait_until("a PartitionsIncreased Event", CONVERGE, || async {
         (events_with_reason(&ns, "PartitionsIncreased").await >= 1).then_some(())
@@ -562,12 +546,12 @@ async fn delete_policy_topics_are_deleted_with_the_pipeline_and_retained_ones_ke
     })
     .await?;
     assert_eq!(
-        kafka_partitions(&bootstrap, &format!("{}.rejected", ns.name()))?,
+        partition_count(&bootstrap, &format!("{}.rejected", ns.name()))?,
         None,
         "Delete topic survived"
     );
     assert_eq!(
-        kafka_partitions(&bootstrap, &format!("{}.orders", ns.name()))?,
+        partition_count(&bootstrap, &format!("{}.orders", ns.name()))?,
         Some(2),
         "Retain topic was deleted"
     );
@@ -709,7 +693,7 @@ async fn over_tls_with_sasl_topics_are_created_and_a_wrong_password_is_reported_
     wait_ready(&ns, "shop").await?;
     let orders = format!("{}.shop.orders", ns.name());
     assert_eq!(
-        kafka_partitions(&plaintext, &orders)?,
+        partition_count(&plaintext, &orders)?,
         Some(2),
         "created through the SASL_SSL listener"
     );
@@ -742,7 +726,7 @@ async fn over_tls_with_sasl_topics_are_created_and_a_wrong_password_is_reported_
         assert!(!text.contains(&secure.password), "no password in {what}");
     }
     let intruder_orders = format!("{}.intruder.orders", ns.name());
-    assert_eq!(kafka_partitions(&plaintext, &intruder_orders)?, None);
+    assert_eq!(partition_count(&plaintext, &intruder_orders)?, None);
     operator.stop().await;
     ns.cleanup().await?;
     Ok(())

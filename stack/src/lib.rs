@@ -40,5 +40,8 @@ pub use kubeconfig::client as kube_client_for;
 pub use ports::free_port;
 pub use process::{dismiss_watchdog, pid_alive, spawn_watchdog};
 pub use stack::{Stack, StackBuilder};
-pub use topics::{Isolation, Record, create_topic, read_all};
-pub use wait::{try_wait_until, wait_until};
+pub use topics::{
+    Isolation, Record, alter_topic_config, caught_up, committed_offsets, create_topics,
+    end_offsets, partition_count, read_all, topic_config,
+};
+pub use wait::{try_wait_until, wait_until, wait_until_blocking};

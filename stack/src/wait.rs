@@ -1,6 +1,8 @@
-//! Condition polling with a deadline: the only way the harness and its tests wait for anything.
-//! Polls start fast (a component that is ready in 100 ms should not cost a second) and back off
-//! to at most one second. Must not be used as a fixed delay: every wait names its condition.
+//! Condition polling with a deadline: the only way the stack and its tests wait for anything, in
+//! two forms with one schedule: [`wait_until`] for async code, [`wait_until_blocking`] for tests
+//! that run without a runtime (whose probes block: processes, the Kafka kit). Polls start fast (a
+//! component that is ready in 100 ms should not cost a second) and back off to at most one
+//! second. Must not be used as a fixed delay: every wait names its condition.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -40,21 +42,58 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<Option<T>>>,
 {
-    let start = Instant::now();
-    let mut pause = FIRST_POLL;
+    let mut schedule = Schedule::new(what, timeout);
     loop {
         if let Some(value) = probe().await? {
             return Ok(value);
         }
-        let waited = start.elapsed();
-        if waited >= timeout {
+        tokio::time::sleep(schedule.next_pause()?).await;
+    }
+}
+
+/// [`wait_until`] for code without an async runtime, whose probes block (processes, the Kafka kit):
+/// polls `condition` on the same schedule, sleeping the calling thread in between.
+pub fn wait_until_blocking(
+    what: &str,
+    timeout: Duration,
+    mut condition: impl FnMut() -> bool,
+) -> Result<()> {
+    let mut schedule = Schedule::new(what, timeout);
+    while !condition() {
+        std::thread::sleep(schedule.next_pause()?);
+    }
+    Ok(())
+}
+
+/// When the next poll is due, or the timeout naming the condition.
+struct Schedule<'a> {
+    what: &'a str,
+    timeout: Duration,
+    start: Instant,
+    pause: Duration,
+}
+
+impl<'a> Schedule<'a> {
+    fn new(what: &'a str, timeout: Duration) -> Self {
+        Schedule {
+            what,
+            timeout,
+            start: Instant::now(),
+            pause: FIRST_POLL,
+        }
+    }
+
+    fn next_pause(&mut self) -> Result<Duration> {
+        let waited = self.start.elapsed();
+        if waited >= self.timeout {
             return Err(StackError::Timeout {
-                what: what.to_owned(),
+                what: self.what.to_owned(),
                 waited,
             });
         }
-        tokio::time::sleep(pause.min(timeout - waited)).await;
-        pause = (pause * 2).min(MAX_POLL);
+        let pause = self.pause.min(self.timeout - waited);
+        self.pause = (self.pause * 2).min(MAX_POLL);
+        Ok(pause)
     }
 }
 
@@ -79,6 +118,23 @@ mod tests {
     async fn times_out_naming_the_condition() {
         let err = wait_until("never", Duration::from_millis(120), || async { None::<()> })
             .await
+            .expect_err("must time out");
+        assert!(
+            matches!(err, StackError::Timeout { ref what, .. } if what == "never"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_blocking_form_returns_once_the_condition_holds_and_times_out_naming_it() {
+        let mut calls = 0;
+        wait_until_blocking("third call", Duration::from_secs(5), || {
+            calls += 1;
+            calls == 3
+        })
+        .expect("ready");
+        assert_eq!(calls, 3);
+        let err = wait_until_blocking("never", Duration::from_millis(120), || false)
             .expect_err("must time out");
         assert!(
             matches!(err, StackError::Timeout { ref what, .. } if what == "never"),

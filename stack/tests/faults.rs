@@ -11,7 +11,7 @@ use anyhow::{Context, ensure};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, PostParams};
 use orderpipe_stack::{
-    Isolation, Kubernetes, Stack, StackEnv, create_topic, pid_alive, read_all, tools, wait_until,
+    Isolation, Kubernetes, Stack, StackEnv, create_topics, pid_alive, read_all, tools, wait_until,
 };
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -53,7 +53,7 @@ async fn apiserver_and_kafka_restart_keep_data_and_ports() -> anyhow::Result<()>
         "data": { "order": "42" },
     }))?;
     config_maps.create(&PostParams::default(), &probe).await?;
-    create_topic(&bootstrap, "restart-probe", 2).await?;
+    create_topics(&bootstrap, &[("restart-probe", 2)])?;
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &bootstrap)
         .set("enable.idempotence", "true")
@@ -96,13 +96,7 @@ async fn apiserver_and_kafka_restart_keep_data_and_ports() -> anyhow::Result<()>
             .as_deref(),
         Some("42")
     );
-    let records = read_all(
-        &bootstrap,
-        "restart-probe",
-        Isolation::ReadCommitted,
-        TIMEOUT,
-    )
-    .await?;
+    let records = read_all(&bootstrap, "restart-probe", Isolation::ReadCommitted)?;
     let payloads: Vec<String> = records.iter().map(|r| r.payload_str()).collect();
     assert_eq!(
         payloads,

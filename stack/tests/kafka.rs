@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
-use orderpipe_stack::{Isolation, create_topic, kafka_bootstrap, read_all, unique_name};
+use orderpipe_stack::{Isolation, create_topics, kafka_bootstrap, read_all, unique_name};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, FutureProducer, FutureRecord, Producer};
@@ -19,7 +19,7 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 async fn topic_created_through_admin_api_is_described() -> anyhow::Result<()> {
     let bootstrap = kafka_bootstrap()?;
     let topic = unique_name("described");
-    create_topic(&bootstrap, &topic, 3).await?;
+    create_topics(&bootstrap, &[(&topic, 3)])?;
 
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &bootstrap)
@@ -88,13 +88,12 @@ fn payloads(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}-{i}")).collect()
 }
 
-async fn visible_payloads(
+fn visible_payloads(
     bootstrap: &str,
     topic: &str,
     isolation: Isolation,
 ) -> anyhow::Result<Vec<String>> {
-    Ok(read_all(bootstrap, topic, isolation, TIMEOUT)
-        .await?
+    Ok(read_all(bootstrap, topic, isolation)?
         .iter()
         .map(|r| r.payload_str())
         .collect())
@@ -105,7 +104,7 @@ async fn visible_payloads(
 async fn committed_transaction_is_visible_to_read_committed_consumer() -> anyhow::Result<()> {
     let bootstrap = kafka_bootstrap()?;
     let topic = unique_name("committed");
-    create_topic(&bootstrap, &topic, 1).await?;
+    create_topics(&bootstrap, &[(&topic, 1)])?;
     let sent = payloads("committed", 10);
 
     let (b, t, s) = (bootstrap.clone(), topic.clone(), sent.clone());
@@ -114,7 +113,7 @@ async fn committed_transaction_is_visible_to_read_committed_consumer() -> anyhow
     })
     .await??;
 
-    let seen = visible_payloads(&bootstrap, &topic, Isolation::ReadCommitted).await?;
+    let seen = visible_payloads(&bootstrap, &topic, Isolation::ReadCommitted)?;
     assert_eq!(seen, sent);
     Ok(())
 }
@@ -124,7 +123,7 @@ async fn committed_transaction_is_visible_to_read_committed_consumer() -> anyhow
 async fn aborted_transaction_is_invisible_to_read_committed_consumer() -> anyhow::Result<()> {
     let bootstrap = kafka_bootstrap()?;
     let topic = unique_name("aborted");
-    create_topic(&bootstrap, &topic, 1).await?;
+    create_topics(&bootstrap, &[(&topic, 1)])?;
     let aborted = payloads("aborted", 5);
     let committed = payloads("committed", 3);
 
@@ -141,7 +140,7 @@ async fn aborted_transaction_is_invisible_to_read_committed_consumer() -> anyhow
     })
     .await??;
 
-    let read_committed = visible_payloads(&bootstrap, &topic, Isolation::ReadCommitted).await?;
+    let read_committed = visible_payloads(&bootstrap, &topic, Isolation::ReadCommitted)?;
     assert_eq!(
         read_committed, committed,
         "read_committed must skip the aborted records"
@@ -149,7 +148,7 @@ async fn aborted_transaction_is_invisible_to_read_committed_consumer() -> anyhow
 
     // The aborted records really are in the log: without read_committed they show up, so the
     // assertion above could have failed.
-    let read_uncommitted = visible_payloads(&bootstrap, &topic, Isolation::ReadUncommitted).await?;
+    let read_uncommitted = visible_payloads(&bootstrap, &topic, Isolation::ReadUncommitted)?;
     let expected_all: Vec<String> = aborted.iter().chain(&committed).cloned().collect();
     assert_eq!(read_uncommitted, expected_all);
     Ok(())
@@ -160,7 +159,7 @@ async fn aborted_transaction_is_invisible_to_read_committed_consumer() -> anyhow
 async fn kcat_reads_what_our_client_wrote() -> anyhow::Result<()> {
     let bootstrap = kafka_bootstrap()?;
     let topic = unique_name("kcat");
-    create_topic(&bootstrap, &topic, 2).await?;
+    create_topics(&bootstrap, &[(&topic, 2)])?;
 
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &bootstrap)
