@@ -31,7 +31,7 @@ pub use webhook::WebhookReceiver;
 use orderpipe_node_agent::{
     ImageMapping, NODE_AGENT_LABEL, NodeAgent, NodeAgentConfig, NodeAgentError,
 };
-use orderpipe_stack::{StackError, wait_until};
+use orderpipe_stack::{StackError, tools, wait_until};
 
 /// The sample's pipeline name.
 pub const PIPELINE: &str = "checkout";
@@ -71,8 +71,6 @@ pub enum DemoError {
     Http(#[source] reqwest::Error),
     #[error("the checkout sample: {0}")]
     Sample(String),
-    #[error("{0} is missing: run cargo build -p orderpipe-operator -p orderpipe-worker")]
-    Binary(PathBuf),
     #[error("the operator exited early ({0}); see its log")]
     OperatorExited(String),
     #[error("the load generator thread panicked")]
@@ -101,26 +99,12 @@ pub struct Binaries {
 }
 
 impl Binaries {
-    /// The binaries cargo built next to the running executable: `target/<profile>/` for a binary,
-    /// its parent for a test (`target/<profile>/deps/`).
+    /// The binaries cargo built next to the running executable (the demo's, or its test's).
     pub fn next_to_current_exe() -> Result<Binaries, DemoError> {
-        let exe = std::env::current_exe().map_err(|e| DemoError::io("locating", "self", e))?;
-        let dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
-        let dir = if dir.ends_with("deps") {
-            dir.parent().map(Path::to_path_buf).unwrap_or_default()
-        } else {
-            dir
-        };
-        let binaries = Binaries {
-            operator: dir.join("orderpipe-operator"),
-            worker: dir.join("orderpipe-worker"),
-        };
-        for binary in [&binaries.operator, &binaries.worker] {
-            if !binary.exists() {
-                return Err(DemoError::Binary(binary.clone()));
-            }
-        }
-        Ok(binaries)
+        Ok(Binaries {
+            operator: tools::built_binary("orderpipe-operator")?,
+            worker: tools::built_binary("orderpipe-worker")?,
+        })
     }
 }
 

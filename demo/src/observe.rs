@@ -16,7 +16,7 @@ use orderpipe_api::contract::naming;
 use super::DemoError;
 use super::load::Tally;
 use super::pipeline::STAGES;
-use orderpipe_node_agent::local_ports;
+use orderpipe_node_agent::{local_ports, running_pid};
 use orderpipe_stack::pid_alive;
 
 /// The label the operator puts on every worker pod of a pipeline (`operator/src/children.rs`).
@@ -252,18 +252,6 @@ fn label(pod: &Pod, key: &str) -> String {
         .and_then(|l| l.get(key))
         .cloned()
         .unwrap_or_default()
-}
-
-/// The PID of a running worker container (the node agent's container ID is `pid://<pid>`).
-fn running_pid(pod: &Pod) -> Option<u32> {
-    let status = pod.status.as_ref()?.container_statuses.as_ref()?.first()?;
-    status.state.as_ref()?.running.as_ref()?;
-    status
-        .container_id
-        .as_deref()?
-        .strip_prefix("pid://")?
-        .parse()
-        .ok()
 }
 
 /// One worker's counters and total lag from its Prometheus text exposition.

@@ -37,6 +37,7 @@ pub use error::NodeAgentError;
 pub use images::ImageMapping;
 pub use node::NODE_AGENT_LABEL;
 pub use port_map::{LOCAL_PORTS_ANNOTATION, local_ports};
+pub use status::running_pid;
 
 use images::ImageMap;
 use processes::ProcessTable;

@@ -1,7 +1,9 @@
 //! Pod status the way a kubelet writes it: container statuses from what the runners report, the
 //! phase by the kubelet's rules (`getPhase`), and the conditions it owns (Initialized,
 //! ContainersReady, Ready), keeping conditions others own (PodScheduled, DisruptionTarget ...).
-//! Pure: the pod worker decides when to patch. Must not read the clock (the caller passes `now`).
+//! The container ID names the process (`pid://<pid>`); [`running_pid`] reads it back for the
+//! demo and the tests. Pure: the pod worker decides when to patch. Must not read the clock (the
+//! caller passes `now`).
 
 use k8s_openapi::api::core::v1::{
     ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting,
@@ -264,7 +266,22 @@ fn container_status(view: &ContainerView) -> ContainerStatus {
 
 /// `pid://<pid>`: the container ID names the process, so anyone can find (and check) it.
 fn container_id_for(pid: u32) -> String {
-    format!("pid://{pid}")
+    format!("{PID_SCHEME}{pid}")
+}
+
+const PID_SCHEME: &str = "pid://";
+
+/// The PID of the pod's first container while the agent reports it running (read back from its
+/// container ID, `pid://<pid>`).
+pub fn running_pid(pod: &Pod) -> Option<u32> {
+    let status = pod.status.as_ref()?.container_statuses.as_ref()?.first()?;
+    status.state.as_ref()?.running.as_ref()?;
+    status
+        .container_id
+        .as_deref()?
+        .strip_prefix(PID_SCHEME)?
+        .parse()
+        .ok()
 }
 
 fn state(state: &State) -> ContainerState {

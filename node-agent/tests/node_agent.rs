@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, ContainerStatus, Node, Pod, Secret};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use orderpipe_api::contract;
 use orderpipe_node_agent::{
-    ImageMapping, NODE_AGENT_LABEL, NodeAgent, NodeAgentConfig, local_ports,
+    ImageMapping, NODE_AGENT_LABEL, NodeAgent, NodeAgentConfig, local_ports, running_pid,
 };
 use orderpipe_stack::{NODE_NAME, SharedStack, TestNamespace, pid_alive, unique_name, wait_until};
 use serde_json::{Value, json};
@@ -158,18 +158,6 @@ fn waiting_reason(pod: &Pod) -> Option<&str> {
         .as_ref()?
         .reason
         .as_deref()
-}
-
-/// The PID of the running container (its container ID is `pid://<pid>`).
-fn running_pid(pod: &Pod) -> Option<u32> {
-    let status = status(pod)?;
-    status.state.as_ref()?.running.as_ref()?;
-    status
-        .container_id
-        .as_deref()?
-        .strip_prefix("pid://")?
-        .parse()
-        .ok()
 }
 
 /// What the fake worker recorded about its start (pid, args, env) in its pod directory.

@@ -23,6 +23,9 @@ pub enum StackError {
     )]
     ToolMissing { path: PathBuf, hint: &'static str },
 
+    #[error("{binary} is not built: run `{build}`")]
+    NotBuilt { binary: PathBuf, build: String },
+
     #[error("{action} {path}: {error}")]
     Io {
         action: &'static str,

@@ -1,5 +1,6 @@
 //! Where the prebuilt e2e tools live (kube-apiserver, etcd, kwok, the Kafka classpath, the
-//! third-party CRDs) and where this workspace keeps its own files (`target/e2e`, `crds/`).
+//! third-party CRDs) and where this workspace keeps its own files (`target/e2e`, `crds/`, the
+//! binaries cargo built).
 //! Only resolves paths and reads small descriptor files; must not build or download anything:
 //! `make e2e-tools` (e2e/tools/build.sh) owns the cache.
 
@@ -125,6 +126,30 @@ pub fn e2e_root() -> PathBuf {
     target.join("e2e")
 }
 
+/// A binary of this workspace that cargo built next to the running executable: in
+/// `target/<profile>/` for a binary, the parent of a test's `target/<profile>/deps/`.
+pub fn built_binary(name: &str) -> Result<PathBuf> {
+    let exe =
+        env::current_exe().map_err(|e| StackError::io("locating", "the running executable", e))?;
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let binary = dir.join(name);
+    if binary.is_file() {
+        return Ok(binary);
+    }
+    let profile = if dir.ends_with("release") {
+        " --release"
+    } else {
+        ""
+    };
+    Err(StackError::NotBuilt {
+        binary,
+        build: format!("cargo build{profile} --bin {name}"),
+    })
+}
+
 /// Our own generated CRDs (`crds/*.yaml` of the repo). An empty or missing directory is fine:
 /// the CRD generator may not have run yet. A `kustomization.yaml` there is kustomize's, not a CRD.
 pub fn repo_crds(dir: &Path) -> Result<Vec<PathBuf>> {
@@ -183,6 +208,16 @@ mod tests {
             .map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
             .collect();
         assert_eq!(names, [Some("a.yml".to_owned()), Some("b.yaml".to_owned())]);
+    }
+
+    #[test]
+    fn a_binary_that_is_not_built_names_the_cargo_command_that_builds_it() {
+        let err = built_binary("no-such-binary").expect_err("not built");
+        assert!(
+            matches!(&err, StackError::NotBuilt { binary, build }
+                if binary.ends_with("no-such-binary") && build.ends_with("--bin no-such-binary")),
+            "{err}"
+        );
     }
 
     #[test]
