@@ -4,7 +4,6 @@
 //! in-process operator limited to its own namespace, so tests do not see each other's pipelines.
 //! Needs `make test-e2e`.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -14,75 +13,10 @@ use k8s_openapi::api::core::v1::{Event, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::core::{ApiResource, GroupVersionKind};
-use kube::runtime::events::Reporter;
 use orderpipe_api::OrderPipeline;
-use orderpipe_operator::controller::{self, Shared};
-use orderpipe_operator::metrics::Metrics;
-use orderpipe_operator::model::OperatorSettings;
-use orderpipe_operator::topics::{AdminPool, AdminSettings};
-use orderpipe_stack::{SharedStack, TestNamespace, partition_count, wait_until};
-use prometheus_client::registry::Registry;
+use orderpipe_e2e::{CONVERGE, OperatorTest, apply_pipeline, condition, wait_ready};
+use orderpipe_stack::{TestNamespace, partition_count, wait_until};
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
-
-const CONVERGE: Duration = Duration::from_secs(90);
-
-/// An operator running in this test process, watching one namespace.
-struct RunningOperator {
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
-    registry: Arc<Registry>,
-}
-
-impl RunningOperator {
-    async fn start(ns: &TestNamespace) -> anyhow::Result<Self> {
-        let client = ns.client().clone();
-        let mut registry = Registry::default();
-        let metrics = Arc::new(Metrics::register(&mut registry));
-        let shared = Shared {
-            client: client.clone(),
-            settings: OperatorSettings {
-                worker_image: "orderpipe/orderpipe-worker:e2e".into(),
-                prometheus_url: "http://127.0.0.1:9090".into(),
-                ..OperatorSettings::default()
-            },
-            kafka: Arc::new(AdminPool::new(AdminSettings::default())),
-            metrics,
-            reporter: Reporter {
-                controller: "orderpipe-operator".into(),
-                instance: Some("e2e".into()),
-            },
-            watch_namespace: Some(ns.name().to_string()),
-        };
-        let capabilities = orderpipe_operator::capabilities::detect(&client).await;
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(controller::run(
-            shared,
-            capabilities,
-            stop.clone().cancelled_owned(),
-        ));
-        Ok(Self {
-            stop,
-            task,
-            registry: Arc::new(registry),
-        })
-    }
-
-    /// Sum of a counter family in the operator's /metrics text.
-    fn counter(&self, name: &str) -> f64 {
-        let mut text = String::new();
-        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
-        text.lines()
-            .filter(|line| line.starts_with(name))
-            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    }
-
-    async fn stop(self) {
-        self.stop.cancel();
-        let _ = self.task.await;
-    }
-}
 
 /// A two-stage pipeline whose topics carry the namespace name, so parallel tests never share one.
 fn pipeline(ns: &str, bootstrap: &str) -> Value {
@@ -127,54 +61,6 @@ fn pipelines(ns: &TestNamespace) -> Api<OrderPipeline> {
     ns.api::<OrderPipeline>()
 }
 
-async fn apply(ns: &TestNamespace, object: &Value) -> anyhow::Result<()> {
-    let name = object["metadata"]["name"].as_str().unwrap_or_default();
-    pipelines(ns)
-        .patch(
-            name,
-            &PatchParams::apply("e2e-user").force(),
-            &Patch::Apply(object),
-        )
-        .await
-        .with_context(|| format!("applying OrderPipeline {name}"))?;
-    Ok(())
-}
-
-fn condition(pipeline: &OrderPipeline, type_: &str) -> Option<(String, String)> {
-    let status = pipeline.status.as_ref()?;
-    let c = status.conditions.iter().find(|c| c.type_ == type_)?;
-    Some((c.status.clone(), c.reason.clone()))
-}
-
-async fn wait_ready(ns: &TestNamespace, name: &str) -> anyhow::Result<OrderPipeline> {
-    let api = pipelines(ns);
-    let result = wait_until(
-        &format!("OrderPipeline {name} Ready=True"),
-        CONVERGE,
-        || async {
-            let p = api.get(name).await.ok()?;
-            let current = p.status.as_ref()?.observed_generation == p.metadata.generation;
-            (current && condition(&p, "Ready")?.0 == "True").then_some(p)
-        },
-    )
-    .await;
-    match result {
-        Ok(p) => Ok(p),
-        Err(e) => {
-            let status = api
-                .get(name)
-                .await
-                .ok()
-                .and_then(|p| serde_json::to_string_pretty(&p.status).ok());
-            anyhow::bail!(
-                "{e}\nstatus: {}\n{}",
-                status.unwrap_or_default(),
-                ns.dump().await
-            )
-        }
-    }
-}
-
 /// The managed fields of one field manager, as JSON text.
 fn fields_owned_by(metadata: &kube::api::ObjectMeta, manager: &str) -> String {
     metadata
@@ -203,11 +89,13 @@ async fn events_with_reason(ns: &TestNamespace, reason: &str) -> usize {
 #[ignore = "needs the local stack: make test-e2e"]
 async fn pipeline_becomes_ready_with_topics_workloads_and_capped_autoscaler() -> anyhow::Result<()>
 {
-    let stack = SharedStack::get()?;
-    let bootstrap = stack.kafka_bootstrap()?.to_string();
-    let ns = stack.namespace("op-ready").await?;
-    let operator = RunningOperator::start(&ns).await?;
-    apply(&ns, &pipeline(ns.name(), &bootstrap)).await?;
+    let OperatorTest {
+        bootstrap,
+        ns,
+        operator,
+        ..
+    } = OperatorTest::start("op-ready").await?;
+    apply_pipeline(&ns, &pipeline(ns.name(), &bootstrap)).await?;
 
     let p = wait_ready(&ns, "shop").await?;
     let status = p.status.clone().unwrap_or_default();
@@ -286,11 +174,13 @@ async fn pipeline_becomes_ready_with_topics_workloads_and_capped_autoscaler() ->
 #[tokio::test]
 #[ignore = "needs the local stack: make test-e2e"]
 async fn idle_resync_makes_no_api_writes() -> anyhow::Result<()> {
-    let stack = SharedStack::get()?;
-    let bootstrap = stack.kafka_bootstrap()?.to_string();
-    let ns = stack.namespace("op-idle").await?;
-    let operator = RunningOperator::start(&ns).await?;
-    apply(&ns, &pipeline(ns.name(), &bootstrap)).await?;
+    let OperatorTest {
+        bootstrap,
+        ns,
+        operator,
+        ..
+    } = OperatorTest::start("op-idle").await?;
+    apply_pipeline(&ns, &pipeline(ns.name(), &bootstrap)).await?;
     wait_ready(&ns, "shop").await?;
     // Let the last status write and its echo settle: wait until two reconciles in a row wrote nothing.
     let settled = || async {
@@ -384,18 +274,20 @@ async fn child_versions(ns: &TestNamespace) -> anyhow::Result<Vec<(String, Strin
 #[tokio::test]
 #[ignore = "needs the local stack: make test-e2e"]
 async fn spec_changes_and_out_of_band_edits_converge() -> anyhow::Result<()> {
-    let stack = SharedStack::get()?;
-    let bootstrap = stack.kafka_bootstrap()?.to_string();
-    let ns = stack.namespace("op-change").await?;
-    let operator = RunningOperator::start(&ns).await?;
+    let OperatorTest {
+        bootstrap,
+        ns,
+        operator,
+        ..
+    } = OperatorTest::start("op-change").await?;
     let mut spec = pipeline(ns.name(), &bootstrap);
-    apply(&ns, &spec).await?;
+    apply_pipeline(&ns, &spec).await?;
     wait_ready(&ns, "shop").await?;
 
     // Growing the input topic reaches Kafka (and the co-partitioned state topic), lifts the HPA
     // cap, and is announced as an Event because keys are remapped.
     spec["spec"]["topics"][0]["partitions"] = json!(4);
-    apply(&ns, &spec).await?;
+    apply_pipeline(&ns, &spec).await?;
     let hpas = ns.api::<HorizontalPodAutoscaler>();
     wait_until(
         "HPA maxReplicas follows the grown input topic",
@@ -439,7 +331,7 @@ async fn spec_changes_and_out_of_band_edits_converge() -> anyhow::Result<()> {
     if let Some(stages) = spec["spec"]["stages"].as_array_mut() {
         stages.truncate(1);
     }
-    apply(&ns, &spec).await?;
+    apply_pipeline(&ns, &spec).await?;
     wait_until(
         "the removed stage's Deployment is deleted",
         CONVERGE,
@@ -457,7 +349,7 @@ async fn spec_changes_and_out_of_band_edits_converge() -> anyhow::Result<()> {
 
     // Pausing scales to zero and removes the autoscaler.
     spec["spec"]["paused"] = json!(true);
-    apply(&ns, &spec).await?;
+    apply_pipeline(&ns, &spec).await?;
     wait_until(
         "paused: validate at zero replicas, no HPA",
         CONVERGE,
@@ -484,17 +376,19 @@ async fn spec_changes_and_out_of_band_edits_converge() -> anyhow::Result<()> {
 #[tokio::test]
 #[ignore = "needs the local stack: make test-e2e"]
 async fn the_newer_of_two_pipelines_claiming_a_topic_gets_a_conflict() -> anyhow::Result<()> {
-    let stack = SharedStack::get()?;
-    let bootstrap = stack.kafka_bootstrap()?.to_string();
-    let ns = stack.namespace("op-conflict").await?;
-    let operator = RunningOperator::start(&ns).await?;
+    let OperatorTest {
+        bootstrap,
+        ns,
+        operator,
+        ..
+    } = OperatorTest::start("op-conflict").await?;
     let older = pipeline(ns.name(), &bootstrap);
-    apply(&ns, &older).await?;
+    apply_pipeline(&ns, &older).await?;
     wait_ready(&ns, "shop").await?;
 
     let mut newer = pipeline(ns.name(), &bootstrap);
     newer["metadata"]["name"] = json!("copycat");
-    apply(&ns, &newer).await?;
+    apply_pipeline(&ns, &newer).await?;
     let api = pipelines(&ns);
     wait_until("copycat reports a topic Conflict", CONVERGE, || async {
         let p = api.get("copycat").await.ok()?;
@@ -517,13 +411,15 @@ async fn the_newer_of_two_pipelines_claiming_a_topic_gets_a_conflict() -> anyhow
 #[ignore = "needs the local stack: make test-e2e"]
 async fn delete_policy_topics_are_deleted_with_the_pipeline_and_retained_ones_kept()
 -> anyhow::Result<()> {
-    let stack = SharedStack::get()?;
-    let bootstrap = stack.kafka_bootstrap()?.to_string();
-    let ns = stack.namespace("op-delete").await?;
-    let operator = RunningOperator::start(&ns).await?;
+    let OperatorTest {
+        bootstrap,
+        ns,
+        operator,
+        ..
+    } = OperatorTest::start("op-delete").await?;
     let mut spec = pipeline(ns.name(), &bootstrap);
     spec["spec"]["topics"][2]["deletionPolicy"] = json!("Delete");
-    apply(&ns, &spec).await?;
+    apply_pipeline(&ns, &spec).await?;
     let p = wait_ready(&ns, "shop").await?;
     assert!(
         p.metadata
@@ -563,13 +459,15 @@ async fn delete_policy_topics_are_deleted_with_the_pipeline_and_retained_ones_ke
 #[tokio::test]
 #[ignore = "needs the local stack: make test-e2e"]
 async fn canary_stage_runs_as_an_argo_rollout_with_analysis() -> anyhow::Result<()> {
-    let stack = SharedStack::get()?;
-    let bootstrap = stack.kafka_bootstrap()?.to_string();
-    let ns = stack.namespace("op-canary").await?;
-    let operator = RunningOperator::start(&ns).await?;
+    let OperatorTest {
+        bootstrap,
+        ns,
+        operator,
+        ..
+    } = OperatorTest::start("op-canary").await?;
     let mut spec = pipeline(ns.name(), &bootstrap);
     spec["spec"]["stages"][0]["rollout"] = json!({ "strategy": "Canary" });
-    apply(&ns, &spec).await?;
+    apply_pipeline(&ns, &spec).await?;
     wait_ready(&ns, "shop").await?;
 
     let rollouts: Api<DynamicObject> = Api::namespaced_with(
@@ -611,7 +509,7 @@ async fn canary_stage_runs_as_an_argo_rollout_with_analysis() -> anyhow::Result<
     let deployments = ns.api::<Deployment>();
     for (strategy, new_kind) in [("RollingUpdate", "Deployment"), ("Canary", "Rollout")] {
         spec["spec"]["stages"][0]["rollout"] = json!({ "strategy": strategy });
-        apply(&ns, &spec).await?;
+        apply_pipeline(&ns, &spec).await?;
         wait_until(
             &format!("switch to {strategy}: only a ready {new_kind} left"),
             CONVERGE,
@@ -650,10 +548,13 @@ async fn canary_stage_runs_as_an_argo_rollout_with_analysis() -> anyhow::Result<
 #[ignore = "needs the local stack: make test-e2e"]
 async fn over_tls_with_sasl_topics_are_created_and_a_wrong_password_is_reported_without_it()
 -> anyhow::Result<()> {
-    let stack = SharedStack::get()?;
-    let plaintext = stack.kafka_bootstrap()?.to_string();
+    let OperatorTest {
+        stack,
+        bootstrap: plaintext,
+        ns,
+        operator,
+    } = OperatorTest::start("op-sasl-ssl").await?;
     let secure = stack.kafka_secure()?;
-    let ns = stack.namespace("op-sasl-ssl").await?;
     let secrets = ns.api::<Secret>();
     let secret = |name: &str, data: Value| json!({ "apiVersion": "v1", "kind": "Secret", "metadata": { "name": name }, "stringData": data });
     let ca_pem = std::fs::read_to_string(&secure.ca_file)?;
@@ -687,9 +588,7 @@ async fn over_tls_with_sasl_topics_are_created_and_a_wrong_password_is_reported_
             json!({ "mechanism": "PLAIN", "credentialsSecretRef": { "name": credentials } });
         p
     };
-    let operator = RunningOperator::start(&ns).await?;
-
-    apply(&ns, &secured("shop", "kafka-user")).await?;
+    apply_pipeline(&ns, &secured("shop", "kafka-user")).await?;
     wait_ready(&ns, "shop").await?;
     let orders = format!("{}.shop.orders", ns.name());
     assert_eq!(
@@ -698,7 +597,7 @@ async fn over_tls_with_sasl_topics_are_created_and_a_wrong_password_is_reported_
         "created through the SASL_SSL listener"
     );
 
-    apply(&ns, &secured("intruder", "kafka-intruder")).await?;
+    apply_pipeline(&ns, &secured("intruder", "kafka-intruder")).await?;
     let api = pipelines(&ns);
     // The first failed request may precede the client's report of why; the condition says it
     // from the next reconcile on.
