@@ -1,6 +1,6 @@
 //! The operating-system side of containers. Each container process runs in its own process group
 //! (its PID is the group ID), stdin from /dev/null, stdout and stderr appended to its log, and is
-//! guarded by the harness's watchdog (`crate::process::spawn_watchdog`), which kills the group
+//! guarded by the stack's watchdog (`orderpipe_stack::spawn_watchdog`), which kills the group
 //! once the agent's process is gone, so even a SIGKILLed agent leaves no orphans. The
 //! [`ProcessTable`] lists the live groups so a dropped agent handle can stop them without a
 //! runtime. Must not signal anything but groups this module started, and never a reaped one.
