@@ -31,7 +31,7 @@ pub use webhook::WebhookReceiver;
 use orderpipe_node_agent::{
     ImageMapping, NODE_AGENT_LABEL, NodeAgent, NodeAgentConfig, NodeAgentError,
 };
-use orderpipe_stack::{StackError, tools, wait_until};
+use orderpipe_stack::{StackError, free_port, tools, wait_until};
 
 /// The sample's pipeline name.
 pub const PIPELINE: &str = "checkout";
@@ -372,9 +372,7 @@ fn start_operator(config: &DemoConfig) -> Result<Child, DemoError> {
     let log_path = config.work_dir.join("operator.log");
     let log =
         std::fs::File::create(&log_path).map_err(|e| DemoError::io("creating", &log_path, e))?;
-    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| DemoError::io("finding a port for", "the operator's metrics", e))?;
+    let metrics = format!("127.0.0.1:{}", free_port()?);
     Command::new(&config.binaries.operator)
         .env("KUBECONFIG", &config.kubeconfig)
         .env("POD_NAME", "orderpipe-demo-operator")
@@ -382,7 +380,7 @@ fn start_operator(config: &DemoConfig) -> Result<Child, DemoError> {
         .args(["--watch-namespace", &config.namespace])
         .args(["--leader-election", "false", "--log-format", "text"])
         .args(["--worker-image", WORKER_IMAGE])
-        .args(["--metrics-addr", &metrics.to_string()])
+        .args(["--metrics-addr", &metrics])
         // The hostname label, not only the agent label: on a shared stack other tests run agent
         // nodes too, and this run's workers must be this run's processes.
         .args([

@@ -15,7 +15,7 @@ use kube::core::GroupVersionKind;
 use kube::discovery::ApiResource;
 use orderpipe_api::OrderPipeline;
 use orderpipe_e2e::{CONVERGE, apply_pipeline, is_ready};
-use orderpipe_stack::{SharedStack, TestNamespace, tools, unique_name, wait_until};
+use orderpipe_stack::{SharedStack, TestNamespace, free_port, tools, unique_name, wait_until};
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
@@ -114,9 +114,7 @@ struct Replica {
 
 impl Replica {
     fn start(name: &'static str, kubeconfig: &Path, ns: &str) -> anyhow::Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let port = free_port()?;
         let log = std::fs::File::create(std::env::temp_dir().join(format!("{ns}-{name}.log")))?;
         // `cargo test --workspace` builds the operator next to this test.
         let child = Command::new(tools::built_binary("orderpipe-operator")?)

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use orderpipe_stack::{tools, wait_until};
+use orderpipe_stack::{free_port, tools, wait_until};
 use tokio::process::{Child, Command};
 
 use super::scrape::{Scrape, status_bytes};
@@ -40,9 +40,7 @@ impl OperatorProcess {
         resync: Duration,
         log: &Path,
     ) -> anyhow::Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let port = free_port()?;
         let log_file =
             std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
         // `make bench` builds the operator next to the bench, in release.
