@@ -61,25 +61,25 @@ e2e-setup: ## Install the Debian packages the e2e tests need (kcat, prometheus, 
 e2e-tools: e2e-setup ## Build the real infrastructure (apiserver, etcd, kwok, Kafka...) into the versioned cache
 	@e2e/tools/build.sh
 
-# Flags for `orderpipe-e2e up` (see `cargo run -p orderpipe-e2e -- up --help`); the shared stack runs
+# Flags for `orderpipe-stack up` (see `cargo run -p orderpipe-stack -- up --help`); the shared stack runs
 # the Argo Rollouts controller too, for the canary tests.
 E2E_UP_FLAGS ?= --argo-rollouts
 
 .PHONY: e2e-up
 e2e-up: e2e-tools ## Start the local stack in the background; then: source target/e2e/env
-	$(CARGO) run -q -p orderpipe-e2e -- up $(E2E_UP_FLAGS)
+	$(CARGO) run -q -p orderpipe-stack -- up $(E2E_UP_FLAGS)
 
 .PHONY: e2e-down
 e2e-down: ## Stop the local stack started by e2e-up
-	$(CARGO) run -q -p orderpipe-e2e -- down
+	$(CARGO) run -q -p orderpipe-stack -- down
 
 # The e2e tests of every crate are #[ignore]d (they need the stack); this runs exactly those. The
 # worker's run whole pipelines of processes each, so they go one at a time on a 2-core machine.
 .PHONY: test-e2e
 test-e2e: e2e-tools ## End-to-end tests on a local stack started for the run and stopped after it, also on failure
 	$(CARGO) test --workspace --no-run
-	trap '$(CARGO) run -q -p orderpipe-e2e -- down' EXIT; \
-	$(CARGO) run -q -p orderpipe-e2e -- up $(E2E_UP_FLAGS); \
+	trap '$(CARGO) run -q -p orderpipe-stack -- down' EXIT; \
+	$(CARGO) run -q -p orderpipe-stack -- up $(E2E_UP_FLAGS); \
 	set -a; . $(E2E_DIR)/env; set +a; \
 	$(CARGO) test --workspace --exclude orderpipe-worker -- --ignored --test-threads=2; \
 	$(CARGO) test -p orderpipe-worker -- --ignored --test-threads=1; \
@@ -94,8 +94,8 @@ HOSTILE_CASES ?= 10000
 test-faults: e2e-tools ## Hostile-input suite at depth, then the worker's fault tests with FAULT_ORDERS orders each, on a local stack
 	ORDERPIPE_HOSTILE_CASES=$(HOSTILE_CASES) $(CARGO) test -p orderpipe-orders --test orders -- hostile
 	$(CARGO) test -p orderpipe-worker --no-run
-	trap '$(CARGO) run -q -p orderpipe-e2e -- down' EXIT; \
-	$(CARGO) run -q -p orderpipe-e2e -- up --profile kafka; \
+	trap '$(CARGO) run -q -p orderpipe-stack -- down' EXIT; \
+	$(CARGO) run -q -p orderpipe-stack -- up --profile kafka; \
 	set -a; . $(E2E_DIR)/env; set +a; \
 	ORDERPIPE_FAULT_ORDERS=$(FAULT_ORDERS) $(CARGO) test -p orderpipe-worker --test pipeline -- \
 		--ignored --test-threads=1 --nocapture sigkilled rebalances a_broker_restart
@@ -108,7 +108,7 @@ DEMO_FLAGS ?=
 .PHONY: demo
 demo: e2e-tools ## The checkout pipeline on a local stack with a live view; Ctrl-C (or DEMO_SECONDS=N) stops, drains, checks the books
 	@echo "[demo] building the operator, the worker and the demo ..."
-	@start=$$(date +%s); $(CARGO) build -p orderpipe-operator -p orderpipe-worker -p orderpipe-e2e --bins; \
+	@start=$$(date +%s); $(CARGO) build -p orderpipe-operator -p orderpipe-worker -p orderpipe-demo --bins; \
 		echo "[demo] built in $$(( $$(date +%s) - start )) s"
 	$(or $(CARGO_TARGET_DIR),target)/debug/orderpipe-demo --rate $(DEMO_RATE) $(DEMO_FLAGS)
 
@@ -123,8 +123,8 @@ bench: e2e-tools ## Benchmarks on a local stack (release builds), side by side w
 .PHONY: api-test
 api-test: e2e-tools ## Postman (newman) tests of the operator's HTTP API on a local stack
 	$(CARGO) build -q -p orderpipe-operator
-	trap '$(CARGO) run -q -p orderpipe-e2e -- down' EXIT; \
-	$(CARGO) run -q -p orderpipe-e2e -- up --profile kubernetes; \
+	trap '$(CARGO) run -q -p orderpipe-stack -- down' EXIT; \
+	$(CARGO) run -q -p orderpipe-stack -- up --profile kubernetes; \
 	e2e/postman/run.sh
 
 # --- Delivery (used by the Jenkinsfile; they act on the current kubectl context) ---------------

@@ -19,7 +19,7 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use orderpipe_api::OrderPipeline;
-use orderpipe_e2e::{Stack, wait_until};
+use orderpipe_stack::{Stack, wait_until};
 use serde_json::{Value, json};
 
 use crate::Context;

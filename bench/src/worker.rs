@@ -15,8 +15,8 @@ mod webhook;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use orderpipe_e2e::Stack;
-use orderpipe_e2e::tools::Tools;
+use orderpipe_stack::tools::Tools;
+use orderpipe_stack::{Stack, create_topics};
 
 use crate::Context;
 use crate::report::{Section, Table};
@@ -154,13 +154,12 @@ fn measure_all(
     };
     let mut sweep_input = None;
     for &partitions in &plan.partitions {
-        let input = backlog(plan, handle, programs, partitions)?;
+        let input = backlog(plan, programs, partitions)?;
         let mut results = Vec::new();
         for variant in Variant::ALL {
             let tag = format!("p{partitions}");
             let result = measure_variant(
                 plan,
-                handle,
                 programs,
                 variant,
                 &input,
@@ -188,7 +187,7 @@ fn measure_all(
     let mut sections = vec![side_by_side];
     sections.push(pipeline_section(plan, handle, programs));
     if let Some(input) = sweep_input {
-        sections.push(sweep(plan, handle, programs, &input)?);
+        sections.push(sweep(plan, programs, &input)?);
     }
     Ok(sections)
 }
@@ -203,14 +202,10 @@ fn pipeline_section(plan: &Plan, handle: &tokio::runtime::Handle, programs: &Pro
 }
 
 /// Creates `p<n>.orders` and fills it with the plan's backlog.
-fn backlog(
-    plan: &Plan,
-    handle: &tokio::runtime::Handle,
-    programs: &Programs,
-    partitions: i32,
-) -> anyhow::Result<String> {
+fn backlog(plan: &Plan, programs: &Programs, partitions: i32) -> anyhow::Result<String> {
     let input = format!("p{partitions}.orders");
-    kafka::create_topics(handle, &programs.bootstrap, &[(&input, partitions)])?;
+    create_topics(&programs.bootstrap, &[(&input, partitions)])
+        .with_context(|| format!("creating {input}"))?;
     eprintln!(
         "[bench] worker: producing {} orders into {input}",
         plan.backlog
@@ -224,10 +219,8 @@ fn backlog(
 }
 
 /// A throughput run on `input` and a latency run on an input of its own.
-#[allow(clippy::too_many_arguments)]
 fn measure_variant(
     plan: &Plan,
-    handle: &tokio::runtime::Handle,
     programs: &Programs,
     variant: Variant,
     input: &str,
@@ -243,7 +236,7 @@ fn measure_variant(
     topics.extend(latency_run.outputs());
     topics.push((latency_input.clone(), partitions));
     let topics: Vec<(&str, i32)> = topics.iter().map(|(name, p)| (name.as_str(), *p)).collect();
-    kafka::create_topics(handle, &programs.bootstrap, &topics)?;
+    create_topics(&programs.bootstrap, &topics).context("creating the run's topics")?;
 
     eprintln!(
         "[bench] worker: {} on {partitions} partition(s), commit interval {} ms: throughput",
@@ -329,12 +322,7 @@ fn ratios(partitions: i32, results: &[(Variant, Option<Measurement>)]) -> String
 }
 
 /// The exactly-once worker on one partition at each of the plan's commit intervals.
-fn sweep(
-    plan: &Plan,
-    handle: &tokio::runtime::Handle,
-    programs: &Programs,
-    input: &str,
-) -> anyhow::Result<Section> {
+fn sweep(plan: &Plan, programs: &Programs, input: &str) -> anyhow::Result<Section> {
     let mut section = Section {
         title: "Worker: commit interval sweep (validate, exactly-once, 1 partition)".to_owned(),
         table: measured_table(&["commit interval ms"]),
@@ -350,7 +338,6 @@ fn sweep(
         let interval = Duration::from_millis(ms);
         let result = measure_variant(
             plan,
-            handle,
             programs,
             Variant::ExactlyOnce,
             input,

@@ -1,47 +1,180 @@
-//! orderpipe's local real-infrastructure harness: starts kube-apiserver, etcd,
-//! kube-controller-manager, kube-scheduler, kwok and a KRaft Kafka broker as plain processes on
-//! 127.0.0.1 (no Docker), and gives end-to-end tests what they need to use them.
-//!
-//! Two ways to get a stack:
-//! - the shared one (`make e2e-up`, `make test-e2e`), found by tests through
-//!   [`SharedStack::get`], [`kube_client`] and [`kafka_bootstrap`];
-//! - a private one from [`Stack::builder`], for tests that restart or kill components.
-//!
-//! This crate owns process lifecycles, ports, certificates and readiness. It must not know
-//! about the operator or the worker: their tests build on these helpers. The exceptions are
-//! [`node_agent`], a local kubelet for worker pods, which speaks the worker contract's port, and
-//! [`demo`], which runs the checkout pipeline end to end (`make demo` and its test).
+//! What the operator's end-to-end tests share: their setup ([`OperatorTest`]: the shared stack, a
+//! namespace of the test's own and an operator in the test process that watches only that
+//! namespace), and the steps every pipeline test takes: apply an OrderPipeline as a user would,
+//! read its conditions, wait until it is Ready. Must not assert anything: each test says what it
+//! proves.
 
-mod component;
-pub mod crds;
-pub mod demo;
-mod envfile;
-mod error;
-mod harness;
-mod kafka;
-mod kube_cluster;
-mod kubeconfig;
-pub mod node_agent;
-mod pki;
-mod ports;
-mod process;
-mod stack;
-pub mod tools;
-mod topics;
-mod wait;
+use std::sync::Arc;
+use std::time::Duration;
 
-pub use component::Component;
-pub use envfile::StackEnv;
-pub use error::{E2eError, Result};
-pub use harness::{
-    ENV_FILE_VAR, SharedStack, TestNamespace, kafka_bootstrap, kafka_secure, kube_client,
-    shared_env_file, unique_name,
-};
-pub use kafka::{SASL_USERNAME, SecureKafka};
-pub use kube_cluster::{Kubernetes, NODE_NAME};
-pub use kubeconfig::client as kube_client_for;
-pub use node_agent::{NodeAgent, NodeAgentConfig};
-pub use process::pid_alive;
-pub use stack::{Stack, StackBuilder};
-pub use topics::{Isolation, Record, create_topic, read_all};
-pub use wait::{try_wait_until, wait_until};
+use anyhow::Context as _;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::Reporter;
+use orderpipe_api::OrderPipeline;
+use orderpipe_operator::controller::{self, Shared};
+use orderpipe_operator::metrics::Metrics;
+use orderpipe_operator::settings::OperatorSettings;
+use orderpipe_operator::topics::{AdminPool, AdminSettings};
+use orderpipe_stack::{SharedStack, TestNamespace, wait_until};
+use prometheus_client::registry::Registry;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+/// How long the operator gets to bring a pipeline to what a test waits for.
+pub const CONVERGE: Duration = Duration::from_secs(90);
+
+/// One operator test: its namespace on the shared stack and an operator running for it. End it
+/// with `operator.stop().await` and `ns.cleanup().await` (a namespace dropped without that is
+/// dumped and deleted, see [`TestNamespace`]).
+#[derive(Debug)]
+pub struct OperatorTest {
+    pub stack: SharedStack,
+    /// The shared broker's plaintext listener.
+    pub bootstrap: String,
+    /// `<prefix>-<random>`, so tests running in parallel never see each other's pipelines.
+    pub ns: TestNamespace,
+    pub operator: InProcessOperator,
+}
+
+impl OperatorTest {
+    pub async fn start(prefix: &str) -> anyhow::Result<OperatorTest> {
+        let stack = SharedStack::get()?;
+        let bootstrap = stack.kafka_bootstrap()?.to_owned();
+        let ns = stack.namespace(prefix).await?;
+        let operator = InProcessOperator::start(&ns).await;
+        Ok(OperatorTest {
+            stack,
+            bootstrap,
+            ns,
+            operator,
+        })
+    }
+}
+
+/// The operator's controller running in this test process, watching one namespace.
+pub struct InProcessOperator {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    registry: Registry,
+}
+
+impl std::fmt::Debug for InProcessOperator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InProcessOperator")
+            .field("stopped", &self.stop.is_cancelled())
+            .finish_non_exhaustive()
+    }
+}
+
+impl InProcessOperator {
+    /// Starts the controller as the binary would (capabilities detected from the apiserver), with
+    /// the namespace's admin client.
+    pub async fn start(ns: &TestNamespace) -> InProcessOperator {
+        let client = ns.client().clone();
+        let mut registry = Registry::default();
+        let metrics = Arc::new(Metrics::register(&mut registry));
+        let shared = Shared {
+            client: client.clone(),
+            settings: OperatorSettings {
+                worker_image: "orderpipe/orderpipe-worker:e2e".into(),
+                prometheus_url: "http://127.0.0.1:9090".into(),
+                ..OperatorSettings::default()
+            },
+            kafka: Arc::new(AdminPool::new(AdminSettings::default())),
+            metrics,
+            reporter: Reporter {
+                controller: "orderpipe-operator".into(),
+                instance: Some("e2e".into()),
+            },
+            watch_namespace: Some(ns.name().to_string()),
+        };
+        let capabilities = orderpipe_operator::capabilities::detect(&client).await;
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(controller::run(
+            shared,
+            capabilities,
+            stop.clone().cancelled_owned(),
+        ));
+        InProcessOperator {
+            stop,
+            task,
+            registry,
+        }
+    }
+
+    /// Sum of a counter family in the operator's /metrics text.
+    pub fn counter(&self, name: &str) -> f64 {
+        let mut text = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text.lines()
+            .filter(|line| line.starts_with(name))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+/// Applies `object` (an OrderPipeline manifest) in the namespace as a user would: server-side
+/// apply under the field manager `e2e-user`, taking over fields another manager set.
+pub async fn apply_pipeline(ns: &TestNamespace, object: &Value) -> anyhow::Result<()> {
+    let name = object["metadata"]["name"].as_str().unwrap_or_default();
+    ns.api::<OrderPipeline>()
+        .patch(
+            name,
+            &PatchParams::apply("e2e-user").force(),
+            &Patch::Apply(object),
+        )
+        .await
+        .with_context(|| format!("applying OrderPipeline {name}"))?;
+    Ok(())
+}
+
+/// Status and reason of the condition `type_`, if the status has it.
+pub fn condition(pipeline: &OrderPipeline, type_: &str) -> Option<(String, String)> {
+    let status = pipeline.status.as_ref()?;
+    let c = status.conditions.iter().find(|c| c.type_ == type_)?;
+    Some((c.status.clone(), c.reason.clone()))
+}
+
+/// Whether the status describes the current generation and says Ready=True.
+pub fn is_ready(pipeline: &OrderPipeline) -> bool {
+    let current = pipeline
+        .status
+        .as_ref()
+        .is_some_and(|s| s.observed_generation == pipeline.metadata.generation);
+    current && condition(pipeline, "Ready").is_some_and(|(status, _)| status == "True")
+}
+
+/// Waits until pipeline `name` [`is_ready`]; on timeout the error carries its status and the
+/// namespace's events, pods and deployments.
+pub async fn wait_ready(ns: &TestNamespace, name: &str) -> anyhow::Result<OrderPipeline> {
+    let api: Api<OrderPipeline> = ns.api();
+    let result = wait_until(
+        &format!("OrderPipeline {name} Ready=True"),
+        CONVERGE,
+        || async {
+            let p = api.get(name).await.ok()?;
+            is_ready(&p).then_some(p)
+        },
+    )
+    .await;
+    match result {
+        Ok(p) => Ok(p),
+        Err(e) => {
+            let status = api
+                .get(name)
+                .await
+                .ok()
+                .and_then(|p| serde_json::to_string_pretty(&p.status).ok());
+            anyhow::bail!(
+                "{e}\nstatus: {}\n{}",
+                status.unwrap_or_default(),
+                ns.dump().await
+            )
+        }
+    }
+}

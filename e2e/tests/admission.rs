@@ -8,7 +8,7 @@ use std::path::Path;
 use anyhow::Context;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
-use orderpipe_e2e::{SharedStack, TestNamespace};
+use orderpipe_stack::{SharedStack, TestNamespace};
 use serde_json::{Value, json};
 
 fn resource() -> ApiResource {

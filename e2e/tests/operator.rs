@@ -4,7 +4,6 @@
 //! in-process operator limited to its own namespace, so tests do not see each other's pipelines.
 //! Needs `make test-e2e`.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -14,77 +13,10 @@ use k8s_openapi::api::core::v1::{Event, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::core::{ApiResource, GroupVersionKind};
-use kube::runtime::events::Reporter;
 use orderpipe_api::OrderPipeline;
-use orderpipe_e2e::{SharedStack, TestNamespace, wait_until};
-use orderpipe_operator::controller::{self, Shared};
-use orderpipe_operator::metrics::Metrics;
-use orderpipe_operator::settings::OperatorSettings;
-use orderpipe_operator::topics::{AdminPool, AdminSettings};
-use prometheus_client::registry::Registry;
-use rdkafka::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use orderpipe_e2e::{CONVERGE, OperatorTest, apply_pipeline, condition, wait_ready};
+use orderpipe_stack::{TestNamespace, partition_count, wait_until};
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
-
-const CONVERGE: Duration = Duration::from_secs(90);
-
-/// An operator running in this test process, watching one namespace.
-struct RunningOperator {
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
-    registry: Arc<Registry>,
-}
-
-impl RunningOperator {
-    async fn start(ns: &TestNamespace) -> anyhow::Result<Self> {
-        let client = ns.client().clone();
-        let mut registry = Registry::default();
-        let metrics = Arc::new(Metrics::register(&mut registry));
-        let shared = Shared {
-            client: client.clone(),
-            settings: OperatorSettings {
-                worker_image: "orderpipe/orderpipe-worker:e2e".into(),
-                prometheus_url: "http://127.0.0.1:9090".into(),
-                ..OperatorSettings::default()
-            },
-            kafka: Arc::new(AdminPool::new(AdminSettings::default())),
-            metrics,
-            reporter: Reporter {
-                controller: "orderpipe-operator".into(),
-                instance: Some("e2e".into()),
-            },
-            watch_namespace: Some(ns.name().to_string()),
-        };
-        let capabilities = orderpipe_operator::capabilities::detect(&client).await;
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(controller::run(
-            shared,
-            capabilities,
-            stop.clone().cancelled_owned(),
-        ));
-        Ok(Self {
-            stop,
-            task,
-            registry: Arc::new(registry),
-        })
-    }
-
-    /// Sum of a counter family in the operator's /metrics text.
-    fn counter(&self, name: &str) -> f64 {
-        let mut text = String::new();
-        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
-        text.lines()
-            .filter(|line| line.starts_with(name))
-            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    }
-
-    async fn stop(self) {
-        self.stop.cancel();
-        let _ = self.task.await;
-    }
-}
 
 /// A two-stage pipeline whose topics carry the namespace name, so parallel tests never share one.
 fn pipeline(ns: &str, bootstrap: &str) -> Value {
@@ -120,68 +52,6 @@ fn pipelines(ns: &TestNamespace) -> Api<OrderPipeline> {
     ns.api::<OrderPipeline>()
 }
 
-async fn apply(ns: &TestNamespace, object: &Value) -> anyhow::Result<()> {
-    let name = object["metadata"]["name"].as_str().unwrap_or_default();
-    pipelines(ns)
-        .patch(
-            name,
-            &PatchParams::apply("e2e-user").force(),
-            &Patch::Apply(object),
-        )
-        .await
-        .with_context(|| format!("applying OrderPipeline {name}"))?;
-    Ok(())
-}
-
-fn condition(pipeline: &OrderPipeline, type_: &str) -> Option<(String, String)> {
-    let status = pipeline.status.as_ref()?;
-    let c = status.conditions.iter().find(|c| c.type_ == type_)?;
-    Some((c.status.clone(), c.reason.clone()))
-}
-
-async fn wait_ready(ns: &TestNamespace, name: &str) -> anyhow::Result<OrderPipeline> {
-    let api = pipelines(ns);
-    let result = wait_until(
-        &format!("OrderPipeline {name} Ready=True"),
-        CONVERGE,
-        || async {
-            let p = api.get(name).await.ok()?;
-            let current = p.status.as_ref()?.observed_generation == p.metadata.generation;
-            (current && condition(&p, "Ready")?.0 == "True").then_some(p)
-        },
-    )
-    .await;
-    match result {
-        Ok(p) => Ok(p),
-        Err(e) => {
-            let status = api
-                .get(name)
-                .await
-                .ok()
-                .and_then(|p| serde_json::to_string_pretty(&p.status).ok());
-            anyhow::bail!(
-                "{e}\nstatus: {}\n{}",
-                status.unwrap_or_default(),
-                ns.dump().await
-            )
-        }
-    }
-}
-
-/// Partitions of a topic as the broker reports them; None when it does not exist.
-fn kafka_partitions(bootstrap: &str, topic: &str) -> anyhow::Result<Option<usize>> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("allow.auto.create.topics", "false")
-        .create()?;
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    Ok(metadata
-        .topics()
-        .first()
-        .filter(|t| t.error().is_none())
-        .map(|t| t.partitions().len()))
-}
-
 /// The managed fields of one field manager, as JSON text.
 fn fields_owned_by(metadata: &kube::api::ObjectMeta, manager: &str) -> String {
     metadata
@@ -210,11 +80,13 @@ async fn events_with_reason(ns: &TestNamespace, reason: &str) -> usize {
 #[ignore = "needs the local stack: make test-e2e"]
 async fn pipeline_becomes_ready_with_topics_workloads_and_capped_autoscaler() -> anyhow::Result<()>
 {
-    let stack = SharedStack::get()?;
-    let bootstrap = stack.kafka_bootstrap()?.to_string();
-    let ns = stack.namespace("op-ready").await?;
-    let operator = RunningOperator::start(&ns).await?;
-    apply(&ns, &pipeline(ns.name(), &bootstrap)).await?;
+    let OperatorTest {
+        bootstrap,
+        ns,
+        operator,
+        ..
+    } = OperatorTest::start("op-ready").await?;
+    apply_pipeline(&ns, &pipeline(ns.name(), &bootstrap)).await?;
 
     let p = wait_ready(&ns, "shop").await?;
     let status = p.status.clone().unwrap_or_default();
@@ -233,11 +105,11 @@ async fn pipeline_becomes_ready_with_topics_workloads_and_capped_autoscaler() ->
 
     // Kafka has the topics, and the state topic is co-partitioned with its input.
     assert_eq!(
-        kafka_partitions(&bootstrap, &format!("{}.orders", ns.name()))?,
+        partition_count(&bootstrap, &format!("{}.orders", ns.name()))?,
         Some(2)
     );
     let state = format!("orderpipe.{}.shop.validate.state", ns.name());
-    assert_eq!(kafka_partitions(&bootstrap, &state)?, Some(2));
+    assert_eq!(partition_count(&bootstrap, &state)?, Some(2));
 
     // Workloads, autoscaler, service, PDB.
     let deployments = ns.api::<Deployment>();
@@ -293,11 +165,13 @@ async fn pipeline_becomes_ready_with_topics_workloads_and_capped_autoscaler() ->
 #[tokio::test]
 #[ignore = "needs the local stack: make test-e2e"]
 async fn idle_resync_makes_no_api_writes() -> anyhow::Result<()> {
-    let stack = SharedStack::get()?;
-    let bootstrap = stack.kafka_bootstrap()?.to_string();
-    let ns = stack.namespace("op-idle").await?;
-    let operator = RunningOperator::start(&ns).await?;
-    apply(&ns, &pipeline(ns.name(), &bootstrap)).await?;
+    let OperatorTest {
+        bootstrap,
+        ns,
+        operator,
+        ..
+    } = OperatorTest::start("op-idle").await?;
+    apply_pipeline(&ns, &pipeline(ns.name(), &bootstrap)).await?;
     wait_ready(&ns, "shop").await?;
     // Let the last status write and its echo settle: wait until two reconciles in a row wrote nothing.
     let settled = || async {
@@ -351,7 +225,7 @@ async fn idle_resync_makes_no_api_writes() -> anyhow::Result<()> {
 
 /// Changes an annotation of the pipeline (not its spec), which makes the controller reconcile it.
 async fn touch(ns: &TestNamespace) -> anyhow::Result<()> {
-    let nonce = orderpipe_e2e::unique_name("t");
+    let nonce = orderpipe_stack::unique_name("t");
     let patch = json!({ "metadata": { "annotations": { "e2e/touch": nonce } } });
     pipelines(ns)
         .patch("shop", &PatchParams::default(), &Patch::Merge(&patch))
@@ -391,18 +265,20 @@ async fn child_versions(ns: &TestNamespace) -> anyhow::Result<Vec<(String, Strin
 #[tokio::test]
 #[ignore = "needs the local stack: make test-e2e"]
 async fn spec_changes_and_out_of_band_edits_converge() -> anyhow::Result<()> {
-    let stack = SharedStack::get()?;
-    let bootstrap = stack.kafka_bootstrap()?.to_string();
-    let ns = stack.namespace("op-change").await?;
-    let operator = RunningOperator::start(&ns).await?;
+    let OperatorTest {
+        bootstrap,
+        ns,
+        operator,
+        ..
+    } = OperatorTest::start("op-change").await?;
     let mut spec = pipeline(ns.name(), &bootstrap);
-    apply(&ns, &spec).await?;
+    apply_pipeline(&ns, &spec).await?;
     wait_ready(&ns, "shop").await?;
 
     // Growing the input topic reaches Kafka (and the co-partitioned state topic), lifts the HPA
     // cap, and is announced as an Event because keys are remapped.
     spec["spec"]["topics"][0]["partitions"] = json!(4);
-    apply(&ns, &spec).await?;
+    apply_pipeline(&ns, &spec).await?;
     let hpas = ns.api::<HorizontalPodAutoscaler>();
     wait_until(
         "HPA maxReplicas follows the grown input topic",
@@ -414,11 +290,11 @@ async fn spec_changes_and_out_of_band_edits_converge() -> anyhow::Result<()> {
     )
     .await?;
     assert_eq!(
-        kafka_partitions(&bootstrap, &format!("{}.orders", ns.name()))?,
+        partition_count(&bootstrap, &format!("{}.orders", ns.name()))?,
         Some(4)
     );
     let state = format!("orderpipe.{}.shop.validate.state", ns.name());
-    assert_eq!(kafka_partitions(&bootstrap, &state)?, Some(4));
+    assert_eq!(partition_count(&bootstrap, &state)?, Some(4));
     // Events are published at the end of the reconcile that made the change.
     wait_until("a PartitionsIncreased Event", CONVERGE, || async {
         (events_with_reason(&ns, "PartitionsIncreased").await >= 1).then_some(())
@@ -446,7 +322,7 @@ async fn spec_changes_and_out_of_band_edits_converge() -> anyhow::Result<()> {
     if let Some(stages) = spec["spec"]["stages"].as_array_mut() {
         stages.truncate(1);
     }
-    apply(&ns, &spec).await?;
+    apply_pipeline(&ns, &spec).await?;
     wait_until(
         "the removed stage's Deployment is deleted",
         CONVERGE,
@@ -464,7 +340,7 @@ async fn spec_changes_and_out_of_band_edits_converge() -> anyhow::Result<()> {
 
     // Pausing scales to zero and removes the autoscaler.
     spec["spec"]["paused"] = json!(true);
-    apply(&ns, &spec).await?;
+    apply_pipeline(&ns, &spec).await?;
     wait_until(
         "paused: validate at zero replicas, no HPA",
         CONVERGE,
@@ -491,17 +367,19 @@ async fn spec_changes_and_out_of_band_edits_converge() -> anyhow::Result<()> {
 #[tokio::test]
 #[ignore = "needs the local stack: make test-e2e"]
 async fn the_newer_of_two_pipelines_claiming_a_topic_gets_a_conflict() -> anyhow::Result<()> {
-    let stack = SharedStack::get()?;
-    let bootstrap = stack.kafka_bootstrap()?.to_string();
-    let ns = stack.namespace("op-conflict").await?;
-    let operator = RunningOperator::start(&ns).await?;
+    let OperatorTest {
+        bootstrap,
+        ns,
+        operator,
+        ..
+    } = OperatorTest::start("op-conflict").await?;
     let older = pipeline(ns.name(), &bootstrap);
-    apply(&ns, &older).await?;
+    apply_pipeline(&ns, &older).await?;
     wait_ready(&ns, "shop").await?;
 
     let mut newer = pipeline(ns.name(), &bootstrap);
     newer["metadata"]["name"] = json!("copycat");
-    apply(&ns, &newer).await?;
+    apply_pipeline(&ns, &newer).await?;
     let api = pipelines(&ns);
     wait_until("copycat reports a topic Conflict", CONVERGE, || async {
         let p = api.get("copycat").await.ok()?;
@@ -524,13 +402,15 @@ async fn the_newer_of_two_pipelines_claiming_a_topic_gets_a_conflict() -> anyhow
 #[ignore = "needs the local stack: make test-e2e"]
 async fn delete_policy_topics_are_deleted_with_the_pipeline_and_retained_ones_kept()
 -> anyhow::Result<()> {
-    let stack = SharedStack::get()?;
-    let bootstrap = stack.kafka_bootstrap()?.to_string();
-    let ns = stack.namespace("op-delete").await?;
-    let operator = RunningOperator::start(&ns).await?;
+    let OperatorTest {
+        bootstrap,
+        ns,
+        operator,
+        ..
+    } = OperatorTest::start("op-delete").await?;
     let mut spec = pipeline(ns.name(), &bootstrap);
     spec["spec"]["topics"][2]["deletionPolicy"] = json!("Delete");
-    apply(&ns, &spec).await?;
+    apply_pipeline(&ns, &spec).await?;
     let p = wait_ready(&ns, "shop").await?;
     assert!(
         p.metadata
@@ -553,12 +433,12 @@ async fn delete_policy_topics_are_deleted_with_the_pipeline_and_retained_ones_ke
     })
     .await?;
     assert_eq!(
-        kafka_partitions(&bootstrap, &format!("{}.rejected", ns.name()))?,
+        partition_count(&bootstrap, &format!("{}.rejected", ns.name()))?,
         None,
         "Delete topic survived"
     );
     assert_eq!(
-        kafka_partitions(&bootstrap, &format!("{}.orders", ns.name()))?,
+        partition_count(&bootstrap, &format!("{}.orders", ns.name()))?,
         Some(2),
         "Retain topic was deleted"
     );
@@ -570,13 +450,15 @@ async fn delete_policy_topics_are_deleted_with_the_pipeline_and_retained_ones_ke
 #[tokio::test]
 #[ignore = "needs the local stack: make test-e2e"]
 async fn canary_stage_runs_as_an_argo_rollout_with_analysis() -> anyhow::Result<()> {
-    let stack = SharedStack::get()?;
-    let bootstrap = stack.kafka_bootstrap()?.to_string();
-    let ns = stack.namespace("op-canary").await?;
-    let operator = RunningOperator::start(&ns).await?;
+    let OperatorTest {
+        bootstrap,
+        ns,
+        operator,
+        ..
+    } = OperatorTest::start("op-canary").await?;
     let mut spec = pipeline(ns.name(), &bootstrap);
     spec["spec"]["stages"][0]["rollout"] = json!({ "strategy": "Canary" });
-    apply(&ns, &spec).await?;
+    apply_pipeline(&ns, &spec).await?;
     wait_ready(&ns, "shop").await?;
 
     let rollouts: Api<DynamicObject> = Api::namespaced_with(
@@ -618,7 +500,7 @@ async fn canary_stage_runs_as_an_argo_rollout_with_analysis() -> anyhow::Result<
     let deployments = ns.api::<Deployment>();
     for (strategy, new_kind) in [("RollingUpdate", "Deployment"), ("Canary", "Rollout")] {
         spec["spec"]["stages"][0]["rollout"] = json!({ "strategy": strategy });
-        apply(&ns, &spec).await?;
+        apply_pipeline(&ns, &spec).await?;
         wait_until(
             &format!("switch to {strategy}: only a ready {new_kind} left"),
             CONVERGE,
@@ -657,10 +539,13 @@ async fn canary_stage_runs_as_an_argo_rollout_with_analysis() -> anyhow::Result<
 #[ignore = "needs the local stack: make test-e2e"]
 async fn over_tls_with_sasl_topics_are_created_and_a_wrong_password_is_reported_without_it()
 -> anyhow::Result<()> {
-    let stack = SharedStack::get()?;
-    let plaintext = stack.kafka_bootstrap()?.to_string();
+    let OperatorTest {
+        stack,
+        bootstrap: plaintext,
+        ns,
+        operator,
+    } = OperatorTest::start("op-sasl-ssl").await?;
     let secure = stack.kafka_secure()?;
-    let ns = stack.namespace("op-sasl-ssl").await?;
     let secrets = ns.api::<Secret>();
     let secret = |name: &str, data: Value| json!({ "apiVersion": "v1", "kind": "Secret", "metadata": { "name": name }, "stringData": data });
     let ca_pem = std::fs::read_to_string(&secure.ca_file)?;
@@ -694,18 +579,16 @@ async fn over_tls_with_sasl_topics_are_created_and_a_wrong_password_is_reported_
             json!({ "mechanism": "PLAIN", "credentialsSecretRef": { "name": credentials } });
         p
     };
-    let operator = RunningOperator::start(&ns).await?;
-
-    apply(&ns, &secured("shop", "kafka-user")).await?;
+    apply_pipeline(&ns, &secured("shop", "kafka-user")).await?;
     wait_ready(&ns, "shop").await?;
     let orders = format!("{}.shop.orders", ns.name());
     assert_eq!(
-        kafka_partitions(&plaintext, &orders)?,
+        partition_count(&plaintext, &orders)?,
         Some(2),
         "created through the SASL_SSL listener"
     );
 
-    apply(&ns, &secured("intruder", "kafka-intruder")).await?;
+    apply_pipeline(&ns, &secured("intruder", "kafka-intruder")).await?;
     let api = pipelines(&ns);
     // The first failed request may precede the client's report of why; the condition says it
     // from the next reconcile on.
@@ -733,7 +616,7 @@ async fn over_tls_with_sasl_topics_are_created_and_a_wrong_password_is_reported_
         assert!(!text.contains(&secure.password), "no password in {what}");
     }
     let intruder_orders = format!("{}.intruder.orders", ns.name());
-    assert_eq!(kafka_partitions(&plaintext, &intruder_orders)?, None);
+    assert_eq!(partition_count(&plaintext, &intruder_orders)?, None);
     operator.stop().await;
     ns.cleanup().await?;
     Ok(())

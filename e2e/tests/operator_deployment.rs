@@ -14,27 +14,10 @@ use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams
 use kube::core::GroupVersionKind;
 use kube::discovery::ApiResource;
 use orderpipe_api::OrderPipeline;
-use orderpipe_e2e::{SharedStack, TestNamespace, unique_name, wait_until};
+use orderpipe_e2e::{CONVERGE, apply_pipeline, is_ready};
+use orderpipe_stack::{SharedStack, TestNamespace, free_port, tools, unique_name, wait_until};
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
-
-const CONVERGE: Duration = Duration::from_secs(90);
-
-/// The operator binary built next to this test (`cargo test --workspace` builds every binary).
-fn operator_binary() -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("test binary location")?;
-    let binary = dir.join("orderpipe-operator");
-    anyhow::ensure!(
-        binary.exists(),
-        "{} missing: run cargo build -p orderpipe-operator",
-        binary.display()
-    );
-    Ok(binary)
-}
 
 fn rbac_manifest(file: &str) -> anyhow::Result<Value> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -131,11 +114,10 @@ struct Replica {
 
 impl Replica {
     fn start(name: &'static str, kubeconfig: &Path, ns: &str) -> anyhow::Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let port = free_port()?;
         let log = std::fs::File::create(std::env::temp_dir().join(format!("{ns}-{name}.log")))?;
-        let child = Command::new(operator_binary()?)
+        // `cargo test --workspace` builds the operator next to this test.
+        let child = Command::new(tools::built_binary("orderpipe-operator")?)
             .env("KUBECONFIG", kubeconfig)
             .env("POD_NAME", name)
             .env("RUST_LOG", "info")
@@ -203,13 +185,8 @@ async fn wait_ready_at_partitions(api: &Api<OrderPipeline>, partitions: i32) -> 
         CONVERGE,
         || async {
             let p = api.get("shop").await.ok()?;
-            let status = p.status?;
-            let ready = status
-                .conditions
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True");
-            let grown = status.stages.first()?.max_replicas == Some(partitions);
-            (ready && grown && status.observed_generation == p.metadata.generation).then_some(())
+            let grown = p.status.as_ref()?.stages.first()?.max_replicas == Some(partitions);
+            (is_ready(&p) && grown).then_some(())
         },
     )
     .await?;
@@ -253,12 +230,7 @@ async fn two_replicas_with_shipped_rbac_elect_a_leader_and_hand_over_on_sigterm(
 
     // Everything the operator does below, it does with the shipped permissions only.
     let api = ns.api::<OrderPipeline>();
-    api.patch(
-        "shop",
-        &PatchParams::apply("e2e-user").force(),
-        &Patch::Apply(&pipeline(ns.name(), &bootstrap, 2)),
-    )
-    .await?;
+    apply_pipeline(&ns, &pipeline(ns.name(), &bootstrap, 2)).await?;
     wait_ready_at_partitions(&api, 2).await?;
 
     // The leader's metrics carry the families the dashboards and alerts use.
@@ -296,12 +268,7 @@ async fn two_replicas_with_shipped_rbac_elect_a_leader_and_hand_over_on_sigterm(
         || async { new.is_leader().await.then_some(()) },
     )
     .await?;
-    api.patch(
-        "shop",
-        &PatchParams::apply("e2e-user").force(),
-        &Patch::Apply(&pipeline(ns.name(), &bootstrap, 3)),
-    )
-    .await?;
+    apply_pipeline(&ns, &pipeline(ns.name(), &bootstrap, 3)).await?;
     wait_ready_at_partitions(&api, 3).await?;
 
     // The finalizer (a Delete topic) also works with the shipped permissions.

@@ -2,13 +2,11 @@
 //! controller's (ownership, desired, describe, plan, execute) and the results are checked with a
 //! separate rdkafka admin client, as an outsider would see them.
 //!
-//! Needs `KAFKA_BOOTSTRAP_SERVERS` (the local stack: `make test-e2e`, or `source target/e2e/env`
-//! after `orderpipe-e2e up`). Each test works on topics with a unique prefix, so tests run in
-//! parallel and leave other topics alone.
+//! Needs the local stack (`make test-e2e`, or `make e2e-up`); the outsider's view is the stack's
+//! Kafka kit. Each test works on topics with a unique prefix, so tests run in parallel and leave
+//! other topics alone.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use orderpipe_api::{OrderPipeline, OrderPipelineStatus};
 use orderpipe_operator::topics::{
@@ -16,28 +14,12 @@ use orderpipe_operator::topics::{
     OwnershipView, ResolvedKafkaSecrets, TopicAdmin, TopicOutcome, TopicQuery, desired_topics,
     execute, finalize_plan, plan,
 };
-use rdkafka::ClientConfig;
-use rdkafka::admin::{
-    AdminClient, AdminOptions, AlterConfig, NewTopic, ResourceSpecifier, TopicReplication,
+use orderpipe_stack::{
+    alter_topic_config, create_topics, kafka_bootstrap, partition_count, topic_config, unique_name,
 };
-use rdkafka::client::DefaultClientContext;
 
 fn bootstrap() -> String {
-    std::env::var("KAFKA_BOOTSTRAP_SERVERS")
-        .expect("KAFKA_BOOTSTRAP_SERVERS: run `make test-e2e`, or `source target/e2e/env`")
-}
-
-/// A name no other test run uses.
-fn unique(prefix: &str) -> String {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    format!(
-        "{prefix}{:x}{nanos:x}{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
+    kafka_bootstrap().expect("the local stack's broker")
 }
 
 /// A pipeline whose validate stage reads `<p>.orders`; `<p>.dlq` has deletion policy Delete.
@@ -70,18 +52,6 @@ fn admin() -> KafkaTopicAdmin {
         .expect("admin client")
 }
 
-/// An independent client, to look at and change topics behind the operator's back.
-fn outsider() -> AdminClient<DefaultClientContext> {
-    ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
-        .create()
-        .expect("outsider admin client")
-}
-
-fn options() -> AdminOptions {
-    AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)))
-}
-
 /// One topic reconcile as the controller runs it, then the status write it would make.
 async fn reconcile(pipeline: &mut OrderPipeline, admin: &KafkaTopicAdmin) -> TopicOutcome {
     let owners = OwnershipView::new(pipeline, [&*pipeline]);
@@ -105,46 +75,19 @@ fn reasons(outcome: &TopicOutcome) -> Vec<&'static str> {
     outcome.changes.iter().map(|change| change.reason).collect()
 }
 
-/// Partitions of a topic as the outsider sees them; `None` when it does not exist.
+/// Partitions of a topic as an outsider sees them; `None` when it does not exist.
 fn partitions(topic: &str) -> Option<usize> {
-    let metadata = outsider()
-        .inner()
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .expect("metadata");
-    let topic = metadata.topics().iter().find(|t| t.name() == topic)?;
-    topic.error().is_none().then(|| topic.partitions().len())
+    partition_count(&bootstrap(), topic).expect("topic metadata")
 }
 
-/// Effective config values of a topic as the outsider sees them.
-async fn config(topic: &str) -> HashMap<String, String> {
-    let resources = [ResourceSpecifier::Topic(topic)];
-    let results = outsider()
-        .describe_configs(&resources, &options())
-        .await
-        .expect("describe");
-    let resource = results
-        .into_iter()
-        .next()
-        .expect("one result")
-        .expect("topic exists");
-    resource
-        .entries
-        .into_iter()
-        .filter_map(|e| Some((e.name, e.value?)))
-        .collect()
+/// Effective config values of a topic as an outsider sees them.
+fn config(topic: &str) -> HashMap<String, String> {
+    topic_config(&bootstrap(), topic).expect("topic config")
 }
 
 /// Sets a topic's dynamic config behind the operator's back (legacy AlterConfigs: replaces all).
-async fn alter_out_of_band(topic: &str, pairs: &[(&str, &str)]) {
-    let alter = pairs.iter().fold(
-        AlterConfig::new(ResourceSpecifier::Topic(topic)),
-        |a, (k, v)| a.set(k, v),
-    );
-    let results = outsider()
-        .alter_configs([&alter], &options())
-        .await
-        .expect("alter");
-    assert!(results.iter().all(Result::is_ok), "{results:?}");
+fn alter_out_of_band(topic: &str, pairs: &[(&str, &str)]) {
+    alter_topic_config(&bootstrap(), topic, pairs).expect("config altered");
 }
 
 /// The topics of a pipeline, for checks.
@@ -158,7 +101,7 @@ fn desired(pipeline: &OrderPipeline) -> BTreeMap<String, DesiredTopic> {
 #[tokio::test]
 #[ignore = "needs the local stack: make test-e2e"]
 async fn creates_declared_topics_with_their_config_and_a_compacted_state_topic() {
-    let prefix = unique("create");
+    let prefix = unique_name("create");
     let mut pipeline = pipeline(&prefix, 3);
     let admin = admin();
 
@@ -167,7 +110,7 @@ async fn creates_declared_topics_with_their_config_and_a_compacted_state_topic()
     for (name, topic) in desired(&pipeline) {
         assert_eq!(partitions(&name), Some(topic.partitions as usize), "{name}");
     }
-    let orders = config(&format!("{prefix}.orders")).await;
+    let orders = config(&format!("{prefix}.orders"));
     assert_eq!(
         orders.get("retention.ms").map(String::as_str),
         Some("3600000")
@@ -176,7 +119,7 @@ async fn creates_declared_topics_with_their_config_and_a_compacted_state_topic()
         orders.get("max.message.bytes").map(String::as_str),
         Some("500000")
     );
-    let state = config(&state_topic(&prefix)).await;
+    let state = config(&state_topic(&prefix));
     assert_eq!(
         state.get("cleanup.policy").map(String::as_str),
         Some("compact,delete"),
@@ -201,7 +144,7 @@ async fn creates_declared_topics_with_their_config_and_a_compacted_state_topic()
 #[tokio::test]
 #[ignore = "needs the local stack: make test-e2e"]
 async fn a_second_reconcile_against_the_broker_changes_nothing() {
-    let mut pipeline = pipeline(&unique("noop"), 3);
+    let mut pipeline = pipeline(&unique_name("noop"), 3);
     let admin = admin();
     reconcile(&mut pipeline, &admin).await;
     let status = pipeline.status.clone();
@@ -218,16 +161,13 @@ async fn a_second_reconcile_against_the_broker_changes_nothing() {
 #[tokio::test]
 #[ignore = "needs the local stack: make test-e2e"]
 async fn adopts_an_existing_topic_and_sets_only_its_declared_keys() {
-    let prefix = unique("adopt");
+    let prefix = unique_name("adopt");
     let orders = format!("{prefix}.orders");
-    let existing = NewTopic::new(&orders, 3, TopicReplication::Fixed(1))
-        .set("retention.ms", "1000")
-        .set("segment.ms", "7200000");
-    let created = outsider()
-        .create_topics([&existing], &options())
-        .await
-        .expect("create");
-    assert!(created.iter().all(Result::is_ok), "{created:?}");
+    create_topics(&bootstrap(), &[(&orders, 3)]).expect("create");
+    alter_out_of_band(
+        &orders,
+        &[("retention.ms", "1000"), ("segment.ms", "7200000")],
+    );
 
     let mut pipeline = pipeline(&prefix, 3);
     let outcome = reconcile(&mut pipeline, &admin()).await;
@@ -239,7 +179,7 @@ async fn adopts_an_existing_topic_and_sets_only_its_declared_keys() {
         .collect();
     assert_eq!(configured, ["TopicConfigured"], "{:?}", outcome.changes);
 
-    let config = config(&orders).await;
+    let config = config(&orders);
     assert_eq!(
         config.get("retention.ms").map(String::as_str),
         Some("3600000")
@@ -258,7 +198,7 @@ async fn adopts_an_existing_topic_and_sets_only_its_declared_keys() {
 #[tokio::test]
 #[ignore = "needs the local stack: make test-e2e"]
 async fn grows_partitions_of_the_input_and_its_state_topic_together() {
-    let prefix = unique("grow");
+    let prefix = unique_name("grow");
     let mut pipeline = pipeline(&prefix, 2);
     let admin = admin();
     reconcile(&mut pipeline, &admin).await;
@@ -284,7 +224,7 @@ async fn grows_partitions_of_the_input_and_its_state_topic_together() {
 #[tokio::test]
 #[ignore = "needs the local stack: make test-e2e"]
 async fn restores_drifted_config_and_leaves_an_undeclared_key_alone() {
-    let prefix = unique("drift");
+    let prefix = unique_name("drift");
     let orders = format!("{prefix}.orders");
     let mut pipeline = pipeline(&prefix, 3);
     let admin = admin();
@@ -298,13 +238,12 @@ async fn restores_drifted_config_and_leaves_an_undeclared_key_alone() {
             ("max.message.bytes", "500000"),
             ("segment.ms", "7200000"),
         ],
-    )
-    .await;
+    );
     let outcome = reconcile(&mut pipeline, &admin).await;
     assert_eq!(reasons(&outcome), ["TopicConfigRestored"]);
     assert!(outcome.changes[0].note.contains("retention.ms=3600000"));
 
-    let config = config(&orders).await;
+    let config = config(&orders);
     assert_eq!(
         config.get("retention.ms").map(String::as_str),
         Some("3600000")
@@ -322,7 +261,7 @@ async fn restores_drifted_config_and_leaves_an_undeclared_key_alone() {
 #[tokio::test]
 #[ignore = "needs the local stack: make test-e2e"]
 async fn deletes_a_removed_delete_policy_topic_and_keeps_a_retained_one() {
-    let prefix = unique("remove");
+    let prefix = unique_name("remove");
     let mut pipeline = pipeline(&prefix, 1);
     let admin = admin();
     reconcile(&mut pipeline, &admin).await;
@@ -366,7 +305,7 @@ async fn deletes_a_removed_delete_policy_topic_and_keeps_a_retained_one() {
 #[tokio::test]
 #[ignore = "needs the local stack: make test-e2e"]
 async fn finalizing_deletes_the_delete_policy_topics_only() {
-    let prefix = unique("final");
+    let prefix = unique_name("final");
     let mut pipeline = pipeline(&prefix, 1);
     let admin = admin();
     reconcile(&mut pipeline, &admin).await;
@@ -382,7 +321,7 @@ async fn finalizing_deletes_the_delete_policy_topics_only() {
 #[tokio::test]
 #[ignore = "needs the local stack: make test-e2e"]
 async fn create_and_delete_are_idempotent_and_describe_never_creates() {
-    let topic = unique("idem");
+    let topic = unique_name("idem");
     let admin = admin();
     let query = TopicQuery {
         names: [topic.clone()].into(),
@@ -419,7 +358,7 @@ async fn create_and_delete_are_idempotent_and_describe_never_creates() {
 #[tokio::test]
 #[ignore = "needs the local stack: make test-e2e"]
 async fn broker_refusals_are_typed_and_categorised() {
-    let topic = unique("refused");
+    let topic = unique_name("refused");
     let admin = admin();
     // One broker cannot hold three replicas.
     let error = admin
@@ -444,7 +383,7 @@ async fn an_applied_change_is_visible_to_the_very_next_describe() {
     let admin = admin();
     let set: BTreeMap<String, String> = [("retention.ms".to_owned(), "7200000".to_owned())].into();
     for _ in 0..10 {
-        let topic = unique("visible");
+        let topic = unique_name("visible");
         let query = TopicQuery {
             names: [topic.clone()].into(),
             config_keys: set.keys().cloned().collect(),

@@ -6,14 +6,15 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{
-    ValidatePipeline, WorkerProcess, assert_exactly_once, bootstrap, caught_up, committed_offsets,
-    free_port, orders, produce, produce_raw, read_all, wait_until,
-};
+use common::{ValidatePipeline, WorkerProcess, assert_exactly_once, orders, produce, produce_raw};
 use nix::sys::signal::Signal;
 use orderpipe_api::contract::{KafkaConnection, SaslConfig, SecretString, env};
 use orderpipe_api::v1alpha1::SaslMechanism;
 use orderpipe_orders::{MAX_PAYLOAD_BYTES, headers};
+use orderpipe_stack::{
+    Isolation, caught_up, committed_offsets, free_port, kafka_bootstrap, kafka_secure, read_all,
+    wait_until_blocking,
+};
 use orderpipe_worker::loadgen::{self, LoadSpec};
 
 const PROCESS_TIMEOUT: Duration = Duration::from_secs(120);
@@ -21,19 +22,20 @@ const PROCESS_TIMEOUT: Duration = Duration::from_secs(120);
 #[test]
 #[ignore = "needs the local stack: make test-e2e"]
 fn validate_commits_each_order_exactly_once_in_key_order_and_stops_cleanly_on_sigterm() {
-    let bootstrap = bootstrap();
+    let bootstrap = kafka_bootstrap().expect("the local stack's broker");
     let pipeline = ValidatePipeline::create(&bootstrap, 3);
     let spec = orders(1_000, 42);
     produce(&bootstrap, &pipeline.input, &spec);
 
     let mut worker = WorkerProcess::spawn(
         "validate",
-        &pipeline.worker_env(&bootstrap, "validate-0", free_port()),
+        &pipeline.worker_env(&bootstrap, "validate-0", free_port().expect("a free port")),
     );
     let started = Instant::now();
-    wait_until("the worker to commit every order", PROCESS_TIMEOUT, || {
-        caught_up(&bootstrap, &pipeline.group, &pipeline.input)
-    });
+    wait_until_blocking("the worker to commit every order", PROCESS_TIMEOUT, || {
+        caught_up(&bootstrap, &pipeline.group, &pipeline.input).expect("the group's progress")
+    })
+    .expect("in time");
     let took = started.elapsed();
 
     let (status, _) = worker.get("/readyz").expect("readyz served");
@@ -62,27 +64,32 @@ fn validate_commits_each_order_exactly_once_in_key_order_and_stops_cleanly_on_si
 #[test]
 #[ignore = "needs the local stack: make test-e2e"]
 fn a_worker_fenced_by_a_newer_instance_stops_and_its_open_transaction_never_becomes_visible() {
-    let bootstrap = bootstrap();
+    let bootstrap = kafka_bootstrap().expect("the local stack's broker");
     let pipeline = ValidatePipeline::create(&bootstrap, 3);
     let first_batch = orders(1_000, 7);
     produce(&bootstrap, &pipeline.input, &first_batch);
 
     // A long commit interval keeps the first worker inside an open transaction most of the time.
-    let mut env = pipeline.worker_env(&bootstrap, "validate-0", free_port());
+    let mut env = pipeline.worker_env(&bootstrap, "validate-0", free_port().expect("a free port"));
     env.push((env::COMMIT_INTERVAL_MS.to_owned(), "3000".to_owned()));
     let mut zombie = WorkerProcess::spawn("zombie", &env);
-    wait_until("the first worker to commit", PROCESS_TIMEOUT, || {
-        caught_up(&bootstrap, &pipeline.group, &pipeline.input)
-    });
+    wait_until_blocking("the first worker to commit", PROCESS_TIMEOUT, || {
+        caught_up(&bootstrap, &pipeline.group, &pipeline.input).expect("the group's progress")
+    })
+    .expect("in time");
 
     // More input; stop the first worker while it holds processed records in an open transaction.
     let second_batch = orders(2_000, 8);
     produce(&bootstrap, &pipeline.input, &second_batch);
     let uncommitted = |bootstrap: &str| {
-        read_all(bootstrap, &pipeline.validated, "read_uncommitted").len()
-            - read_all(bootstrap, &pipeline.validated, "read_committed").len()
+        read_all(bootstrap, &pipeline.validated, Isolation::ReadUncommitted)
+            .expect("topic read to its end")
+            .len()
+            - read_all(bootstrap, &pipeline.validated, Isolation::ReadCommitted)
+                .expect("topic read to its end")
+                .len()
     };
-    wait_until(
+    wait_until_blocking(
         "the first worker to hold an open transaction",
         PROCESS_TIMEOUT,
         || {
@@ -97,23 +104,27 @@ fn a_worker_fenced_by_a_newer_instance_stops_and_its_open_transaction_never_beco
             }
             open
         },
-    );
-    let committed_before = committed_offsets(&bootstrap, &pipeline.group, &pipeline.input);
+    )
+    .expect("in time");
+    let committed_before = committed_offsets(&bootstrap, &pipeline.group, &pipeline.input)
+        .expect("the group's committed offsets");
     let hidden = uncommitted(&bootstrap);
 
     // Same pod name, same transactional id: initialising it fences the stopped worker and aborts
     // its open transaction.
     let mut successor = WorkerProcess::spawn(
         "successor",
-        &pipeline.worker_env(&bootstrap, "validate-0", free_port()),
+        &pipeline.worker_env(&bootstrap, "validate-0", free_port().expect("a free port")),
     );
-    wait_until(
+    wait_until_blocking(
         "the successor to initialise its producer",
         PROCESS_TIMEOUT,
         || successor.log_text().contains("worker started"),
-    );
+    )
+    .expect("in time");
     assert_eq!(
-        committed_offsets(&bootstrap, &pipeline.group, &pipeline.input),
+        committed_offsets(&bootstrap, &pipeline.group, &pipeline.input)
+            .expect("the group's committed offsets"),
         committed_before,
         "the fenced transaction committed no offsets"
     );
@@ -132,11 +143,12 @@ fn a_worker_fenced_by_a_newer_instance_stops_and_its_open_transaction_never_beco
         zombie.log_tail()
     );
 
-    wait_until(
+    wait_until_blocking(
         "the successor to commit every order",
         PROCESS_TIMEOUT,
-        || caught_up(&bootstrap, &pipeline.group, &pipeline.input),
-    );
+        || caught_up(&bootstrap, &pipeline.group, &pipeline.input).expect("the group's progress"),
+    )
+    .expect("in time");
     successor.stop_gracefully();
     eprintln!(
         "the fenced worker's aborted transaction held {hidden} validated records, none visible"
@@ -148,17 +160,18 @@ fn a_worker_fenced_by_a_newer_instance_stops_and_its_open_transaction_never_beco
 #[test]
 #[ignore = "needs the local stack: make test-e2e"]
 fn at_least_once_mode_loses_no_valid_order() {
-    let bootstrap = bootstrap();
+    let bootstrap = kafka_bootstrap().expect("the local stack's broker");
     let pipeline = ValidatePipeline::create(&bootstrap, 3);
     let spec = orders(1_000, 43);
     produce(&bootstrap, &pipeline.input, &spec);
 
-    let mut env = pipeline.worker_env(&bootstrap, "validate-0", free_port());
+    let mut env = pipeline.worker_env(&bootstrap, "validate-0", free_port().expect("a free port"));
     env.push((env::DELIVERY.to_owned(), "at-least-once".to_owned()));
     let mut worker = WorkerProcess::spawn("at-least-once", &env);
-    wait_until("the worker to commit every order", PROCESS_TIMEOUT, || {
-        caught_up(&bootstrap, &pipeline.group, &pipeline.input)
-    });
+    wait_until_blocking("the worker to commit every order", PROCESS_TIMEOUT, || {
+        caught_up(&bootstrap, &pipeline.group, &pipeline.input).expect("the group's progress")
+    })
+    .expect("in time");
     worker.stop_gracefully();
 
     // Without failures at-least-once delivers exactly once too; the full check applies.
@@ -168,7 +181,7 @@ fn at_least_once_mode_loses_no_valid_order() {
 #[test]
 #[ignore = "needs the local stack: make test-e2e"]
 fn a_record_at_the_broker_size_limit_is_dead_lettered_cut_and_the_orders_behind_it_flow() {
-    let bootstrap = bootstrap();
+    let bootstrap = kafka_bootstrap().expect("the local stack's broker");
     // One partition: the orders queue behind the huge record, so they flow only if it does not
     // fail its transaction over and over. Near the broker's default limit (1 MiB), a dead letter
     // copying it whole plus headers would be refused.
@@ -185,14 +198,16 @@ fn a_record_at_the_broker_size_limit_is_dead_lettered_cut_and_the_orders_behind_
 
     let mut worker = WorkerProcess::spawn(
         "validate",
-        &pipeline.worker_env(&bootstrap, "validate-0", free_port()),
+        &pipeline.worker_env(&bootstrap, "validate-0", free_port().expect("a free port")),
     );
-    wait_until("the worker to commit every record", PROCESS_TIMEOUT, || {
-        caught_up(&bootstrap, &pipeline.group, &pipeline.input)
-    });
+    wait_until_blocking("the worker to commit every record", PROCESS_TIMEOUT, || {
+        caught_up(&bootstrap, &pipeline.group, &pipeline.input).expect("the group's progress")
+    })
+    .expect("in time");
     worker.stop_gracefully();
 
-    let dead_letters = read_all(&bootstrap, &pipeline.dead_letter, "read_committed");
+    let dead_letters = read_all(&bootstrap, &pipeline.dead_letter, Isolation::ReadCommitted)
+        .expect("topic read to its end");
     assert_eq!(
         dead_letters.len(),
         1,
@@ -210,15 +225,16 @@ fn a_record_at_the_broker_size_limit_is_dead_lettered_cut_and_the_orders_behind_
     let size = huge.len().to_string();
     assert_eq!(dead.header(headers::ORIGINAL_SIZE), Some(size.as_str()));
     assert_eq!(dead.key.as_deref(), Some(&b"ord-huge"[..]));
-    let validated = read_all(&bootstrap, &pipeline.validated, "read_committed");
+    let validated = read_all(&bootstrap, &pipeline.validated, Isolation::ReadCommitted)
+        .expect("topic read to its end");
     assert_eq!(validated.len(), 200, "every order behind it validated once");
 }
 
 #[test]
 #[ignore = "needs the local stack: make test-e2e"]
 fn over_tls_with_sasl_the_worker_validates_every_order_and_a_wrong_password_stays_unready() {
-    let bootstrap = bootstrap();
-    let secure = orderpipe_e2e::kafka_secure().expect("the stack's SASL_SSL listener");
+    let bootstrap = kafka_bootstrap().expect("the local stack's broker");
+    let secure = kafka_secure().expect("the stack's SASL_SSL listener");
     let pipeline = ValidatePipeline::create(&bootstrap, 3);
     let spec = orders(500, 13);
     let connection = KafkaConnection {
@@ -238,7 +254,11 @@ fn over_tls_with_sasl_the_worker_validates_every_order_and_a_wrong_password_stay
     // The worker gets the listener, CA file and credentials through the contract's variables, as
     // the operator renders them from the pipeline's spec.kafka and its Secret.
     let secure_env = |password: &str| {
-        let mut env = pipeline.worker_env(&secure.bootstrap, "validate-0", free_port());
+        let mut env = pipeline.worker_env(
+            &secure.bootstrap,
+            "validate-0",
+            free_port().expect("a free port"),
+        );
         env.extend(
             [
                 (env::TLS_ENABLED, "true".to_owned()),
@@ -253,11 +273,12 @@ fn over_tls_with_sasl_the_worker_validates_every_order_and_a_wrong_password_stay
     };
 
     let intruder = WorkerProcess::spawn("validate-wrong-password", &secure_env("not-it"));
-    wait_until(
+    wait_until_blocking(
         "the broker to refuse the credentials",
         PROCESS_TIMEOUT,
         || intruder.log_text().contains("Authentication failed"),
-    );
+    )
+    .expect("in time");
     let (status, _) = intruder.get("/readyz").expect("readyz served");
     assert_eq!(status, 503, "not ready without a broker session");
     intruder.signal(Signal::SIGKILL);
@@ -267,9 +288,10 @@ fn over_tls_with_sasl_the_worker_validates_every_order_and_a_wrong_password_stay
     );
 
     let mut worker = WorkerProcess::spawn("validate-sasl-ssl", &secure_env(&secure.password));
-    wait_until("the worker to commit every order", PROCESS_TIMEOUT, || {
-        caught_up(&bootstrap, &pipeline.group, &pipeline.input)
-    });
+    wait_until_blocking("the worker to commit every order", PROCESS_TIMEOUT, || {
+        caught_up(&bootstrap, &pipeline.group, &pipeline.input).expect("the group's progress")
+    })
+    .expect("in time");
     worker.stop_gracefully();
     assert!(
         !worker.log_text().contains(&secure.password),

@@ -12,11 +12,12 @@ use std::io::Write as _;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{
-    ValidatePipeline, WorkerProcess, bootstrap, caught_up, free_port, orders, produce, read_all,
-    set_topic_config, wait_until,
-};
+use common::{ValidatePipeline, WorkerProcess, orders, produce};
 use orderpipe_orders::{MAX_KEY_BYTES, headers};
+use orderpipe_stack::{
+    Isolation, alter_topic_config, caught_up, free_port, kafka_bootstrap, read_all,
+    wait_until_blocking,
+};
 use orderpipe_worker::loadgen::LoadSpec;
 
 const PROCESS_TIMEOUT: Duration = Duration::from_secs(180);
@@ -157,14 +158,14 @@ fn kcat_produce(bootstrap: &str, topic: &str, partition: i32, record: &HostileRe
 #[test]
 #[ignore = "needs the local stack: make test-e2e"]
 fn hostile_records_on_every_partition_end_once_in_rejected_or_dead_letter_and_stall_nothing() {
-    let bootstrap = bootstrap();
+    let bootstrap = kafka_bootstrap().expect("the local stack's broker");
     let pipeline = ValidatePipeline::create(&bootstrap, PARTITIONS);
-    set_topic_config(
+    alter_topic_config(
         &bootstrap,
         &pipeline.rejected,
-        "max.message.bytes",
-        &REJECTED_LIMIT.to_string(),
-    );
+        &[("max.message.bytes", &REJECTED_LIMIT.to_string())],
+    )
+    .expect("topic config set");
     let valid_only = |count, seed| LoadSpec {
         invalid_share: 0.0,
         garbage_share: 0.0,
@@ -187,17 +188,19 @@ fn hostile_records_on_every_partition_end_once_in_rejected_or_dead_letter_and_st
 
     let mut worker = WorkerProcess::spawn(
         "validate-hostile",
-        &pipeline.worker_env(&bootstrap, "validate-0", free_port()),
+        &pipeline.worker_env(&bootstrap, "validate-0", free_port().expect("a free port")),
     );
-    wait_until(
+    wait_until_blocking(
         "the worker to commit every record, hostile ones included",
         PROCESS_TIMEOUT,
-        || caught_up(&bootstrap, &pipeline.group, &pipeline.input),
-    );
+        || caught_up(&bootstrap, &pipeline.group, &pipeline.input).expect("the group's progress"),
+    )
+    .expect("in time");
     let (_, metrics) = worker.get("/metrics").expect("metrics served");
     worker.stop_gracefully();
 
-    let validated = read_all(&bootstrap, &pipeline.validated, "read_committed");
+    let validated = read_all(&bootstrap, &pipeline.validated, Isolation::ReadCommitted)
+        .expect("topic read to its end");
     let mut validated_keys: HashMap<Vec<u8>, usize> = HashMap::new();
     for record in &validated {
         *validated_keys
@@ -207,8 +210,10 @@ fn hostile_records_on_every_partition_end_once_in_rejected_or_dead_letter_and_st
     assert_eq!(validated.len(), 1_200, "every normal order validated");
     assert!(validated_keys.values().all(|&n| n == 1), "each once");
 
-    let rejected = read_all(&bootstrap, &pipeline.rejected, "read_committed");
-    let dead_letters = read_all(&bootstrap, &pipeline.dead_letter, "read_committed");
+    let rejected = read_all(&bootstrap, &pipeline.rejected, Isolation::ReadCommitted)
+        .expect("topic read to its end");
+    let dead_letters = read_all(&bootstrap, &pipeline.dead_letter, Isolation::ReadCommitted)
+        .expect("topic read to its end");
     for (partition, record) in &hostile {
         let in_rejected = rejected
             .iter()

@@ -1,17 +1,15 @@
 //! The `loadgen` subcommand of the built binary against a real broker.
 
-mod common;
-
 use std::process::Command;
 
-use common::{bootstrap, create_topics, read_all, unique};
+use orderpipe_stack::{Isolation, create_topics, kafka_bootstrap, read_all, unique_name};
 
 #[test]
 #[ignore = "needs the local stack: make test-e2e"]
 fn loadgen_produces_the_requested_records_and_refuses_flags_of_the_other_mode() {
-    let bootstrap = bootstrap();
-    let topic = unique("loadgen");
-    create_topics(&bootstrap, &[(&topic, 2)]);
+    let bootstrap = kafka_bootstrap().expect("the local stack's broker");
+    let topic = unique_name("loadgen");
+    create_topics(&bootstrap, &[(&topic, 2)]).expect("topics created");
     let run = |args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_orderpipe-worker"))
             .arg("loadgen")
@@ -34,7 +32,12 @@ fn loadgen_produces_the_requested_records_and_refuses_flags_of_the_other_mode() 
         "{}",
         String::from_utf8_lossy(&events.stderr)
     );
-    assert_eq!(read_all(&bootstrap, &topic, "read_committed").len(), 500);
+    assert_eq!(
+        read_all(&bootstrap, &topic, Isolation::ReadCommitted)
+            .expect("topic read to its end")
+            .len(),
+        500
+    );
 
     let refused = run(&["--count", "1", "--keys", "5"]);
     assert_eq!(

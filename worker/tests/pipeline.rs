@@ -9,15 +9,16 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use common::pipeline::{Pipeline, Stage, WebhookReceiver};
-use common::{
-    ValidateTopics, WorkerProcess, assert_exactly_once, bootstrap, committed_offsets, end_offsets,
-    expectations, free_port, orders, produce, read_all, wait_until,
-};
+use common::{ValidateTopics, WorkerProcess, assert_exactly_once, expectations, orders, produce};
 use nix::sys::signal::Signal;
 use orderpipe_orders::generator::{EventExpectation, Expected};
 use orderpipe_orders::headers;
 use orderpipe_orders::notify::{NotifyPolicy, idempotency_key};
 use orderpipe_orders::{DispatchResult, NotificationDispatched, OrderState, StatusChanged};
+use orderpipe_stack::{
+    Isolation, Stack, committed_offsets, end_offsets, free_port, kafka_bootstrap, read_all,
+    unique_name, wait_until_blocking,
+};
 use orderpipe_worker::loadgen::{self, Expectation, LoadMode, LoadSpec};
 
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(900);
@@ -49,7 +50,13 @@ fn start(
 ) -> WorkerProcess {
     WorkerProcess::spawn(
         pod,
-        &pipeline.worker_env(bootstrap, stage, pod, free_port(), &webhook.url),
+        &pipeline.worker_env(
+            bootstrap,
+            stage,
+            pod,
+            free_port().expect("a free port"),
+            &webhook.url,
+        ),
     )
 }
 
@@ -77,9 +84,13 @@ fn validate_progress(bootstrap: &str, pipeline: &Pipeline) -> f64 {
         &pipeline.group(Stage::Validate),
         &pipeline.orders,
     )
+    .expect("the group's committed offsets")
     .values()
     .sum();
-    let end: i64 = end_offsets(bootstrap, &pipeline.orders).values().sum();
+    let end: i64 = end_offsets(bootstrap, &pipeline.orders)
+        .expect("the topic's end offsets")
+        .values()
+        .sum();
     committed as f64 / end.max(1) as f64
 }
 
@@ -117,7 +128,8 @@ fn assert_pipeline_exactly_once(
         .filter_map(|((key, _), _)| key)
         .collect();
     let once_per_valid_order = |topic: &str, what: &str| {
-        let records = read_all(bootstrap, topic, "read_committed");
+        let records =
+            read_all(bootstrap, topic, Isolation::ReadCommitted).expect("topic read to its end");
         let mut seen = HashSet::new();
         for record in &records {
             let key = record.key.clone().unwrap_or_default();
@@ -183,7 +195,7 @@ fn spec(count: u64, seed: u64) -> LoadSpec {
 #[test]
 #[ignore = "needs the local stack: make test-e2e"]
 fn baseline_every_valid_order_flows_once_through_validate_status_and_notify() {
-    let bootstrap = bootstrap();
+    let bootstrap = kafka_bootstrap().expect("the local stack's broker");
     let pipeline = Pipeline::create(&bootstrap, 6);
     let webhook = WebhookReceiver::start(0);
     let spec = spec(baseline_orders(), 100);
@@ -193,9 +205,10 @@ fn baseline_every_valid_order_flows_once_through_validate_status_and_notify() {
 
     let workers = start_stages(&pipeline, &bootstrap, &Stage::ALL, "0", &webhook);
     let processing = Instant::now();
-    wait_until("every stage to drain its input", DRAIN_TIMEOUT, || {
+    wait_until_blocking("every stage to drain its input", DRAIN_TIMEOUT, || {
         pipeline.drained(&bootstrap)
-    });
+    })
+    .expect("in time");
     let took = processing.elapsed();
     for mut worker in workers {
         worker.stop_gracefully();
@@ -212,7 +225,7 @@ fn baseline_every_valid_order_flows_once_through_validate_status_and_notify() {
 #[test]
 #[ignore = "needs the local stack: make test-e2e"]
 fn sigkilled_workers_resume_from_committed_state_and_a_flaky_webhook_is_retried() {
-    let bootstrap = bootstrap();
+    let bootstrap = kafka_bootstrap().expect("the local stack's broker");
     let pipeline = Pipeline::create(&bootstrap, 6);
     // Every 7th request fails transiently (503, or 429 with Retry-After).
     let webhook = WebhookReceiver::start(7);
@@ -233,11 +246,12 @@ fn sigkilled_workers_resume_from_committed_state_and_a_flaky_webhook_is_retried(
         })
         .collect();
     for kill_at in [0.2, 0.4, 0.6] {
-        wait_until(
+        wait_until_blocking(
             &format!("{:.0}% validate progress", kill_at * 100.0),
             DRAIN_TIMEOUT,
             || validate_progress(&bootstrap, &pipeline) >= kill_at,
-        );
+        )
+        .expect("in time");
         // SIGKILL mid-transaction: no shutdown, no commit, no leaving the group. The restarted
         // worker has the same pod name, so initialising its producer aborts what the dead one
         // left open, and the group hands it the partitions once the dead member times out.
@@ -253,9 +267,10 @@ fn sigkilled_workers_resume_from_committed_state_and_a_flaky_webhook_is_retried(
             })
             .collect();
     }
-    wait_until("every stage to drain its input", DRAIN_TIMEOUT, || {
+    wait_until_blocking("every stage to drain its input", DRAIN_TIMEOUT, || {
         pipeline.drained(&bootstrap)
-    });
+    })
+    .expect("in time");
     for (_, mut worker) in workers {
         worker.stop_gracefully();
     }
@@ -270,7 +285,7 @@ fn sigkilled_workers_resume_from_committed_state_and_a_flaky_webhook_is_retried(
 #[test]
 #[ignore = "needs the local stack: make test-e2e"]
 fn rebalances_between_two_validate_workers_keep_every_order_exactly_once() {
-    let bootstrap = bootstrap();
+    let bootstrap = kafka_bootstrap().expect("the local stack's broker");
     let pipeline = Pipeline::create(&bootstrap, 6);
     let webhook = WebhookReceiver::start(0);
     let spec = spec(fault_orders(), 300);
@@ -287,16 +302,18 @@ fn rebalances_between_two_validate_workers_keep_every_order_exactly_once() {
             &format!("validate-b{round}"),
             &webhook,
         );
-        wait_until(
+        wait_until_blocking(
             &format!("{:.0}% validate progress", until * 100.0),
             DRAIN_TIMEOUT,
             || validate_progress(&bootstrap, &pipeline) >= until,
-        );
+        )
+        .expect("in time");
         joiner.stop_gracefully();
     }
-    wait_until("every stage to drain its input", DRAIN_TIMEOUT, || {
+    wait_until_blocking("every stage to drain its input", DRAIN_TIMEOUT, || {
         pipeline.drained(&bootstrap)
-    });
+    })
+    .expect("in time");
     for mut worker in steady {
         worker.stop_gracefully();
     }
@@ -315,7 +332,7 @@ fn a_broker_restart_mid_run_loses_and_duplicates_nothing() {
         .expect("runtime");
     let mut stack = runtime
         .block_on(
-            orderpipe_e2e::Stack::builder(&common::unique("worker-restart"))
+            Stack::builder(&unique_name("worker-restart"))
                 .kafka_only()
                 .start(),
         )
@@ -327,26 +344,29 @@ fn a_broker_restart_mid_run_loses_and_duplicates_nothing() {
     produce(&bootstrap, &pipeline.orders, &spec);
 
     let workers = start_stages(&pipeline, &bootstrap, &Stage::ALL, "0", &webhook);
-    wait_until("30% validate progress", DRAIN_TIMEOUT, || {
+    wait_until_blocking("30% validate progress", DRAIN_TIMEOUT, || {
         validate_progress(&bootstrap, &pipeline) >= 0.3
-    });
+    })
+    .expect("in time");
     // Same port, same log dirs: in-flight transactions time out or are aborted, the workers'
     // clients reconnect, and whatever failed is rewound to the committed offsets.
     runtime
         .block_on(stack.stop_kafka())
         .expect("broker stopped");
-    wait_until("every worker to notice the outage", DRAIN_TIMEOUT, || {
+    wait_until_blocking("every worker to notice the outage", DRAIN_TIMEOUT, || {
         workers
             .iter()
             .all(|worker| worker.log_text().contains("brokers are down"))
-    });
+    })
+    .expect("in time");
     runtime
         .block_on(stack.start_kafka())
         .expect("broker restarted");
 
-    wait_until("every stage to drain its input", DRAIN_TIMEOUT, || {
+    wait_until_blocking("every stage to drain its input", DRAIN_TIMEOUT, || {
         pipeline.drained(&bootstrap)
-    });
+    })
+    .expect("in time");
     for mut worker in workers {
         worker.stop_gracefully();
     }
@@ -366,7 +386,7 @@ fn status_events() -> u64 {
 #[ignore = "needs the local stack: make test-e2e"]
 fn status_events_over_10000_interleaved_keys_change_each_order_in_order_and_notify_once_per_version()
  {
-    let bootstrap = bootstrap();
+    let bootstrap = kafka_bootstrap().expect("the local stack's broker");
     let pipeline = Pipeline::create(&bootstrap, 6);
     let webhook = WebhookReceiver::start(0);
     // 10,000 orders' life cycles open at any time, their events interleaved; some redelivered,
@@ -388,11 +408,12 @@ fn status_events_over_10000_interleaved_keys_change_each_order_in_order_and_noti
         &webhook,
     );
     let processing = Instant::now();
-    wait_until(
+    wait_until_blocking(
         "status and notify to drain their inputs",
         DRAIN_TIMEOUT,
         || pipeline.drained(&bootstrap),
-    );
+    )
+    .expect("in time");
     let took = processing.elapsed();
     for mut worker in workers {
         worker.stop_gracefully();
@@ -429,7 +450,9 @@ fn status_events_over_10000_interleaved_keys_change_each_order_in_order_and_noti
     // Changes are keyed by order id into as many partitions as the input: one order's changes
     // are in one partition, so offset order is the order they were committed in.
     let mut changes: HashMap<Vec<u8>, Vec<(OrderState, OrderState, u64)>> = HashMap::new();
-    for record in read_all(&bootstrap, &pipeline.changes, "read_committed") {
+    for record in read_all(&bootstrap, &pipeline.changes, Isolation::ReadCommitted)
+        .expect("topic read to its end")
+    {
         let changed: StatusChanged =
             serde_json::from_slice(record.payload.as_deref().unwrap_or_default())
                 .expect("StatusChanged");
@@ -449,7 +472,9 @@ fn status_events_over_10000_interleaved_keys_change_each_order_in_order_and_noti
     );
 
     let mut dead_letters: HashMap<String, usize> = HashMap::new();
-    for record in read_all(&bootstrap, &pipeline.dead_letter, "read_committed") {
+    for record in read_all(&bootstrap, &pipeline.dead_letter, Isolation::ReadCommitted)
+        .expect("topic read to its end")
+    {
         let reason = record.header(headers::ERROR_REASON).unwrap_or("none");
         *dead_letters.entry(reason.to_owned()).or_default() += 1;
     }
@@ -481,7 +506,8 @@ fn status_events_over_10000_interleaved_keys_change_each_order_in_order_and_noti
         "one distinct delivery per notifying (order, version)"
     );
     assert_eq!(delivered_keys, expected_keys);
-    let audit = read_all(&bootstrap, &pipeline.audit, "read_committed");
+    let audit = read_all(&bootstrap, &pipeline.audit, Isolation::ReadCommitted)
+        .expect("topic read to its end");
     assert_eq!(
         audit.len(),
         expected_keys.len(),

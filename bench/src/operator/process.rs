@@ -2,11 +2,11 @@
 //! namespace of the benchmark stack without leader election (a lease renewal is a write, which would
 //! hide whether a resync writes anything). Killed when dropped.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use orderpipe_e2e::wait_until;
+use orderpipe_stack::{free_port, tools, wait_until};
 use tokio::process::{Child, Command};
 
 use super::scrape::{Scrape, status_bytes};
@@ -40,12 +40,11 @@ impl OperatorProcess {
         resync: Duration,
         log: &Path,
     ) -> anyhow::Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let port = free_port()?;
         let log_file =
             std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-        let binary = operator_binary()?;
+        // `make bench` builds the operator next to the bench, in release.
+        let binary = tools::built_binary("orderpipe-operator")?;
         let child = Command::new(&binary)
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info,kube=warn,rdkafka=warn")
@@ -110,19 +109,4 @@ impl OperatorProcess {
         self.child.wait().await?;
         Ok(())
     }
-}
-
-/// The operator built next to this binary (`make bench` builds both in release).
-fn operator_binary() -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let binary = exe
-        .parent()
-        .context("bench binary location")?
-        .join("orderpipe-operator");
-    anyhow::ensure!(
-        binary.exists(),
-        "{} missing: cargo build --release -p orderpipe-operator",
-        binary.display()
-    );
-    Ok(binary)
 }

@@ -1,5 +1,5 @@
-//! The benchmark's own Kafka clients: topics, backlogs from the load generator, a group's committed
-//! progress, and the latency probe (paced orders in, the same orders seen by a read_committed
+//! The benchmark's own Kafka clients (topics come from the stack's Kafka kit): backlogs from the
+//! load generator, a group's committed progress, and the latency probe (paced orders in, the same orders seen by a read_committed
 //! reader of the output). Must not start or judge the processes under test.
 
 use std::collections::HashMap;
@@ -50,20 +50,6 @@ pub fn mean_payload_bytes(spec: &LoadSpec) -> u64 {
         .map(|record| record.payload.len() as u64)
         .collect();
     sizes.iter().sum::<u64>() / sizes.len().max(1) as u64
-}
-
-/// Creates `topics` (name, partitions) on the stack's broker.
-pub fn create_topics(
-    runtime: &tokio::runtime::Handle,
-    bootstrap: &str,
-    topics: &[(&str, i32)],
-) -> anyhow::Result<()> {
-    for (name, partitions) in topics {
-        runtime
-            .block_on(orderpipe_e2e::create_topic(bootstrap, name, *partitions))
-            .with_context(|| format!("creating topic {name}"))?;
-    }
-    Ok(())
 }
 
 /// Produces `spec` into `topic` and waits for every acknowledgement.

@@ -1,330 +1,28 @@
-//! Helpers for the worker's tests against a real broker (`KAFKA_BOOTSTRAP_SERVERS`, set by
-//! `make test-e2e` with the local stack up): topics, reading a topic to its end, the group's
-//! committed offsets, and worker processes started from the built binary. Waits are on
-//! conditions with timeouts, never fixed sleeps.
+//! What the worker's tests on the local stack share beyond the stack's own kit (`orderpipe_stack`:
+//! the broker, topics, reading a topic to its end, a group's offsets, waits): the load they
+//! produce, the exactly-once check of the validate stage's outputs, and worker processes started
+//! from the built binary. Waits are on conditions with timeouts, never fixed sleeps.
 
 #![allow(dead_code)] // each test binary uses a different subset
 
 pub mod pipeline;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use std::collections::{HashMap, HashSet, VecDeque};
 
 use orderpipe_api::contract::{KafkaConnection, env};
 use orderpipe_orders::generator::Expected;
 use orderpipe_orders::headers;
+use orderpipe_stack::{Isolation, Record, committed_offsets, create_topics, read_all, unique_name};
 use orderpipe_worker::loadgen::{self, Expectation, LoadMode, LoadRecord, LoadSpec};
 use rdkafka::ClientConfig;
-use rdkafka::admin::{
-    AdminClient, AdminOptions, AlterConfig, NewTopic, ResourceSpecifier, TopicReplication,
-};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
-use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-
-pub const ENV_BOOTSTRAP: &str = "KAFKA_BOOTSTRAP_SERVERS";
-
-/// The broker of the local stack.
-pub fn bootstrap() -> String {
-    std::env::var(ENV_BOOTSTRAP).unwrap_or_else(|_| {
-        panic!("{ENV_BOOTSTRAP} is not set: start the local stack (make test-e2e)")
-    })
-}
-
-/// A name no other test run uses.
-pub fn unique(prefix: &str) -> String {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or_default();
-    format!(
-        "{prefix}-{}-{}-{nanos:x}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-/// Waits until `condition` holds; panics naming `what` after `timeout`.
-pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !condition() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// An admin client and the runtime to block on its calls.
-fn admin(bootstrap: &str) -> (tokio::runtime::Runtime, AdminClient<DefaultClientContext>) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let admin = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .expect("admin client");
-    (runtime, admin)
-}
-
-/// Creates the topics (replication 1) and waits until the broker reports their leaders.
-pub fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) {
-    let (runtime, admin) = admin(bootstrap);
-    let new: Vec<NewTopic<'_>> = topics
-        .iter()
-        .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1)))
-        .collect();
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    let results = runtime
-        .block_on(admin.create_topics(new.iter(), &options))
-        .expect("create topics");
-    for result in results {
-        result.expect("topic created");
-    }
-    let probe = consumer(bootstrap, None, "read_committed");
-    for (name, partitions) in topics {
-        wait_until(
-            &format!("leaders of {name}"),
-            Duration::from_secs(30),
-            || {
-                (0..*partitions).all(|p| {
-                    probe
-                        .fetch_watermarks(name, p, Duration::from_secs(5))
-                        .is_ok()
-                })
-            },
-        );
-    }
-}
-
-/// Sets one config of `topic` (e.g. a lowered `max.message.bytes`) and waits for the broker's answer.
-pub fn set_topic_config(bootstrap: &str, topic: &str, key: &str, value: &str) {
-    let (runtime, admin) = admin(bootstrap);
-    let change = AlterConfig::new(ResourceSpecifier::Topic(topic)).set(key, value);
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    let results = runtime
-        .block_on(admin.alter_configs([&change], &options))
-        .expect("alter configs");
-    for result in results {
-        result.map_err(|(_, code)| code).expect("topic config set");
-    }
-}
-
-fn consumer(bootstrap: &str, group: Option<&str>, isolation: &str) -> BaseConsumer {
-    ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set(
-            "group.id",
-            group.map_or_else(|| unique("reader"), str::to_owned),
-        )
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .set("isolation.level", isolation)
-        .create()
-        .expect("consumer")
-}
-
-/// A record as a test sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Record {
-    pub partition: i32,
-    pub offset: i64,
-    pub key: Option<Vec<u8>>,
-    pub payload: Option<Vec<u8>>,
-    pub headers: Vec<(String, String)>,
-}
-
-impl Record {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(key, _)| key == name)
-            .map(|(_, value)| value.as_str())
-    }
-}
-
-/// The partitions of `topic`. Right after a broker (re)start the metadata may list the topic with
-/// an error and no partitions; such an answer is retried, never taken for "no partitions" (that
-/// made a drain check compare two empty maps and declare an unfinished stage drained).
-fn partitions(consumer: &BaseConsumer, topic: &str) -> Vec<i32> {
-    retrying(&format!("partitions of {topic}"), || {
-        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(30))?;
-        let described = metadata.topics().iter().find(|t| t.name() == topic);
-        match described {
-            Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
-                Ok(t.partitions().iter().map(|p| p.id()).collect())
-            }
-            _ => Err(KafkaError::MetadataFetch(
-                rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition,
-            )),
-        }
-    })
-}
-
-/// Everything a reader with `isolation` (`read_committed` or `read_uncommitted`) sees in
-/// `topic` now, in partition then offset order.
-pub fn read_all(bootstrap: &str, topic: &str, isolation: &str) -> Vec<Record> {
-    let consumer = consumer(bootstrap, None, isolation);
-    let ids = partitions(&consumer, topic);
-    let mut assignment = TopicPartitionList::new();
-    for &partition in &ids {
-        assignment
-            .add_partition_offset(topic, partition, Offset::Beginning)
-            .expect("assignment");
-    }
-    consumer.assign(&assignment).expect("assign");
-    let mut at_end: BTreeMap<i32, bool> = ids.iter().map(|p| (*p, false)).collect();
-    let mut records = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while at_end.values().any(|done| !done) {
-        assert!(
-            Instant::now() < deadline,
-            "reading {topic} to its end timed out"
-        );
-        match consumer.poll(Duration::from_millis(200)) {
-            None => {}
-            Some(Ok(message)) => records.push(Record {
-                partition: message.partition(),
-                offset: message.offset(),
-                key: message.key().map(<[u8]>::to_vec),
-                payload: message.payload().map(<[u8]>::to_vec),
-                headers: message
-                    .headers()
-                    .map(|headers| {
-                        headers
-                            .iter()
-                            .map(|h| {
-                                let value = String::from_utf8_lossy(h.value.unwrap_or_default());
-                                (h.key.to_owned(), value.into_owned())
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-            }),
-            Some(Err(KafkaError::PartitionEOF(partition))) => {
-                at_end.insert(partition, true);
-            }
-            Some(Err(error)) => panic!("reading {topic}: {error}"),
-        }
-    }
-    records.sort_by_key(|r| (r.partition, r.offset));
-    records
-}
-
-/// Repeats a broker call that fails while the broker is (re)starting, for up to a minute.
-fn retrying<T>(what: &str, mut call: impl FnMut() -> Result<T, KafkaError>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        match call() {
-            Ok(value) => return value,
-            Err(error) if Instant::now() < deadline => {
-                eprintln!("{what}: {error}; retrying");
-                std::thread::sleep(Duration::from_millis(200));
-            }
-            Err(error) => panic!("{what}: {error}"),
-        }
-    }
-}
-
-/// The end (last stable offset) of every partition of `topic`.
-pub fn end_offsets(bootstrap: &str, topic: &str) -> BTreeMap<i32, i64> {
-    let consumer = consumer(bootstrap, None, "read_committed");
-    partitions(&consumer, topic)
-        .into_iter()
-        .map(|p| {
-            let (_, high) = retrying("watermarks", || {
-                consumer.fetch_watermarks(topic, p, Duration::from_secs(10))
-            });
-            (p, high)
-        })
-        .collect()
-}
-
-/// The offsets `group` committed for `topic` (0 where nothing is committed yet).
-pub fn committed_offsets(bootstrap: &str, group: &str, topic: &str) -> BTreeMap<i32, i64> {
-    let consumer = consumer(bootstrap, Some(group), "read_committed");
-    let mut list = TopicPartitionList::new();
-    for partition in partitions(&consumer, topic) {
-        list.add_partition(topic, partition);
-    }
-    // Right after a broker (re)start the group coordinator may still be loading: retry.
-    let committed = retrying("committed offsets", || {
-        consumer.committed_offsets(list.clone(), Duration::from_secs(10))
-    });
-    committed
-        .elements()
-        .iter()
-        .map(|e| {
-            let offset = match e.offset() {
-                Offset::Offset(offset) => offset,
-                _ => 0,
-            };
-            (e.partition(), offset)
-        })
-        .collect()
-}
-
-/// Whether `group` has committed every record currently visible in `topic`: nothing a
-/// read_committed reader finds after the committed offsets. (Comparing with the end offsets is not
-/// enough: a transactional topic ends with commit markers, which no consumer ever commits past.)
-pub fn caught_up(bootstrap: &str, group: &str, topic: &str) -> bool {
-    let committed = committed_offsets(bootstrap, group, topic);
-    let ends = end_offsets(bootstrap, topic);
-    if committed == ends {
-        return true;
-    }
-    let reader = consumer(bootstrap, None, "read_committed");
-    let mut assignment = TopicPartitionList::new();
-    let mut at_end: BTreeMap<i32, bool> = BTreeMap::new();
-    for (&partition, &offset) in &committed {
-        let end = ends.get(&partition).copied().unwrap_or_default();
-        if offset < end {
-            assignment
-                .add_partition_offset(topic, partition, Offset::Offset(offset))
-                .expect("assignment");
-            at_end.insert(partition, false);
-        }
-    }
-    reader.assign(&assignment).expect("assign");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while at_end.values().any(|done| !done) {
-        assert!(
-            Instant::now() < deadline,
-            "reading the rest of {topic} timed out"
-        );
-        match reader.poll(Duration::from_millis(200)) {
-            None => {}
-            Some(Ok(_)) => return false,
-            Some(Err(KafkaError::PartitionEOF(partition))) => {
-                at_end.insert(partition, true);
-            }
-            Some(Err(error)) => panic!("reading {topic}: {error}"),
-        }
-    }
-    true
-}
-
-/// A free TCP port on loopback (for a worker's metrics endpoint).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .expect("a free port")
-}
 
 /// The topics the validate stage reads and writes.
 #[derive(Debug, Clone)]
@@ -408,7 +106,8 @@ fn keys(records: &[Record]) -> Vec<Vec<u8>> {
 /// nothing for duplicates.
 pub fn assert_exactly_once(bootstrap: &str, pipeline: &ValidateTopics, specs: &[LoadSpec]) {
     let mut expected = expectations(specs);
-    let input = read_all(bootstrap, &pipeline.input, "read_committed");
+    let input = read_all(bootstrap, &pipeline.input, Isolation::ReadCommitted)
+        .expect("topic read to its end");
     assert_eq!(
         input.len() as u64,
         specs.iter().map(|s| s.count).sum::<u64>()
@@ -441,11 +140,13 @@ pub fn assert_exactly_once(bootstrap: &str, pipeline: &ValidateTopics, specs: &[
         }
     }
 
-    let validated = read_all(bootstrap, &pipeline.validated, "read_committed");
+    let validated = read_all(bootstrap, &pipeline.validated, Isolation::ReadCommitted)
+        .expect("topic read to its end");
     let valid_total: usize = valid_by_partition.values().map(Vec::len).sum();
     if validated.len() != valid_total {
         let seen: HashSet<Vec<u8>> = validated.iter().filter_map(|r| r.key.clone()).collect();
-        let committed = committed_offsets(bootstrap, &pipeline.group, &pipeline.input);
+        let committed = committed_offsets(bootstrap, &pipeline.group, &pipeline.input)
+            .expect("the group's committed offsets");
         let missing: Vec<(i32, i64)> = input
             .iter()
             .filter(|r| judged(r) == Expected::Valid)
@@ -480,14 +181,16 @@ pub fn assert_exactly_once(bootstrap: &str, pipeline: &ValidateTopics, specs: &[
         );
     }
 
-    let rejected = read_all(bootstrap, &pipeline.rejected, "read_committed");
+    let rejected = read_all(bootstrap, &pipeline.rejected, Isolation::ReadCommitted)
+        .expect("topic read to its end");
     assert_eq!(
         rejected.len(),
         invalid,
         "one rejection per invalid submission"
     );
 
-    let dead_letters = read_all(bootstrap, &pipeline.dead_letter, "read_committed");
+    let dead_letters = read_all(bootstrap, &pipeline.dead_letter, Isolation::ReadCommitted)
+        .expect("topic read to its end");
     assert_eq!(
         dead_letters.len(),
         garbage,
@@ -536,7 +239,7 @@ pub struct ValidatePipeline {
 impl ValidatePipeline {
     /// Creates the topics: input and state co-partitioned with `partitions` partitions.
     pub fn create(bootstrap: &str, partitions: i32) -> Self {
-        let id = unique("wt");
+        let id = unique_name("wt");
         let pipeline = Self {
             input: format!("{id}.orders"),
             validated: format!("{id}.validated"),
@@ -554,7 +257,8 @@ impl ValidatePipeline {
                 (&pipeline.dead_letter, 1),
                 (&pipeline.state, partitions),
             ],
-        );
+        )
+        .expect("topics created");
         pipeline
     }
 
@@ -611,7 +315,7 @@ impl WorkerProcess {
     pub fn spawn(name: &str, env: &[(String, String)]) -> Self {
         let dir = std::env::temp_dir().join("orderpipe-worker-tests");
         std::fs::create_dir_all(&dir).expect("log dir");
-        let log = dir.join(format!("{}.log", unique(name)));
+        let log = dir.join(format!("{}.log", unique_name(name)));
         let file = File::create(&log).expect("log file");
         let metrics_port = env
             .iter()

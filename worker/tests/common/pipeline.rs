@@ -13,9 +13,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use orderpipe_api::contract::env;
 use orderpipe_orders::headers::IDEMPOTENCY_KEY;
+use orderpipe_stack::{caught_up, create_topics, unique_name};
 use tokio_util::sync::CancellationToken;
-
-use super::{caught_up, create_topics, unique};
 
 /// Topics and groups of one pipeline.
 #[derive(Debug, Clone)]
@@ -53,7 +52,7 @@ impl Stage {
 impl Pipeline {
     /// Creates every topic; stage inputs and state topics have `partitions` partitions.
     pub fn create(bootstrap: &str, partitions: i32) -> Self {
-        let id = unique("pipe");
+        let id = unique_name("pipe");
         let topic = |name: &str| format!("{id}.{name}");
         let pipeline = Self {
             orders: topic("orders"),
@@ -80,7 +79,8 @@ impl Pipeline {
                 (&validate_state, partitions),
                 (&status_state, partitions),
             ],
-        );
+        )
+        .expect("topics created");
         pipeline
     }
 
@@ -102,9 +102,10 @@ impl Pipeline {
 
     /// Whether every stage's group has committed everything in its input.
     pub fn drained(&self, bootstrap: &str) -> bool {
-        Stage::ALL
-            .iter()
-            .all(|stage| caught_up(bootstrap, &self.group(*stage), self.input(*stage)))
+        Stage::ALL.iter().all(|stage| {
+            caught_up(bootstrap, &self.group(*stage), self.input(*stage))
+                .expect("the group's progress")
+        })
     }
 
     /// The worker contract's environment of `stage`, for pod `pod`.

@@ -1,0 +1,266 @@
+//! `orderpipe-demo` (`make demo`): starts a private local stack, the operator, a node agent and a
+//! webhook receiver, applies the checkout sample, drives orders through it and shows a live view
+//! once a second. Ctrl-C (or `--seconds`) stops the load; the demo waits for the backlog to drain,
+//! prints the books and tears everything down. Exits 1 if the books do not balance.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use orderpipe_demo::{Binaries, Books, Demo, DemoConfig, LoadOptions, Snapshot};
+use orderpipe_stack::Stack;
+use tokio::signal::unix::{SignalKind, signal};
+
+/// The live view's refresh (a display rate, not synchronisation).
+const REFRESH: Duration = Duration::from_secs(1);
+const READY_TIMEOUT: Duration = Duration::from_secs(180);
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
+
+#[derive(Debug, Parser)]
+#[command(about = "The checkout pipeline on a local stack, with a live view and its books")]
+struct Args {
+    /// Orders per second.
+    #[arg(long, default_value_t = 300)]
+    rate: u32,
+    /// Share of orders that fail validation.
+    #[arg(long, default_value_t = 0.03)]
+    invalid_share: f64,
+    /// Share of records that are not orders (dead-lettered).
+    #[arg(long, default_value_t = 0.01)]
+    garbage_share: f64,
+    /// Share of re-submitted orders.
+    #[arg(long, default_value_t = 0.01)]
+    duplicate_share: f64,
+    /// Stop the load after this many seconds (default: at Ctrl-C).
+    #[arg(long, env = "DEMO_SECONDS")]
+    seconds: Option<u64>,
+    /// One status line per second instead of the redrawn view (for CI and logs).
+    #[arg(long)]
+    headless: bool,
+}
+
+/// Set-up and tear-down steps, with the time since the start.
+struct Progress(Instant);
+
+impl Progress {
+    fn step(&self, what: &str) {
+        println!("[{:>6.1}s] {what}", self.0.elapsed().as_secs_f64());
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let progress = Progress(Instant::now());
+    let work_dir = PathBuf::from("target/e2e/demo-run");
+    std::fs::create_dir_all(&work_dir).context("creating target/e2e/demo-run")?;
+    // The components log to a file: the terminal belongs to the live view.
+    let log = std::fs::File::create(work_dir.join("demo.log")).context("creating demo.log")?;
+    tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(std::sync::Mutex::new(log))
+        .init();
+
+    progress.step("starting the local stack (etcd, kube-apiserver, controller-manager, scheduler, kwok, Kafka) ...");
+    let stack = Stack::builder("demo").start().await?;
+    progress.step(&format!(
+        "stack ready (logs: {})",
+        stack.work_dir().join("logs").display()
+    ));
+    let config = DemoConfig {
+        namespace: "demo".into(),
+        topic_prefix: String::new(),
+        node_name: "orderpipe-local".into(),
+        work_dir: work_dir.clone(),
+        kubeconfig: stack
+            .kubeconfig()
+            .context("the stack has no kubeconfig")?
+            .to_path_buf(),
+        bootstrap: stack.kafka_bootstrap()?.to_owned(),
+        binaries: Binaries::next_to_current_exe()?,
+    };
+    let mut demo = Demo::start(stack.kube_client()?, config, |step| {
+        progress.step(&format!("starting the {step}"));
+    })
+    .await?;
+    progress.step("waiting for the checkout pipeline to become Ready ...");
+    demo.wait_ready(READY_TIMEOUT).await.with_context(|| {
+        format!(
+            "operator log: {}, worker logs: {}",
+            demo.operator_log().display(),
+            work_dir.join("node-agent/pods").display()
+        )
+    })?;
+    progress.step("pipeline Ready; starting the load");
+
+    let outcome = run(&args, &demo).await;
+    progress.step("tearing down: pipeline, node agent, operator, stack ...");
+    let stopped = demo.stop().await;
+    stack.stop().await?;
+    progress.step("done");
+    stopped?;
+    let books = outcome?;
+    if !books.problems().is_empty() {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// Load, live view, drain, summary; returns the books.
+async fn run(args: &Args, demo: &Demo) -> anyhow::Result<Books> {
+    let mut sigint = signal(SignalKind::interrupt()).context("handling Ctrl-C")?;
+    let mut observer = demo.observer()?;
+    let load = demo.start_load(LoadOptions {
+        rate: args.rate,
+        count: None,
+        invalid_share: args.invalid_share,
+        garbage_share: args.garbage_share,
+        duplicate_share: args.duplicate_share,
+        seed: 7,
+    })?;
+    let limit = args.seconds.map(Duration::from_secs);
+    let mut ticks = tokio::time::interval(REFRESH);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = sigint.recv() => break,
+        }
+        let snapshot = observer.snapshot().await?;
+        let rate = load.sent() as f64 / load.elapsed().as_secs_f64().max(0.001);
+        let header = format!(
+            "load: {} orders sent in {:.0} s ({rate:.0}/s, target {}/s)   Ctrl-C: stop, drain, check the books",
+            load.sent(),
+            load.elapsed().as_secs_f64(),
+            args.rate
+        );
+        show(args.headless, &header, &snapshot, demo);
+        if limit.is_some_and(|limit| load.elapsed() >= limit) {
+            break;
+        }
+    }
+    let load_time = load.elapsed();
+    let sent = load.finish().await?;
+    let drain_started = Instant::now();
+    loop {
+        let snapshot = observer.snapshot().await?;
+        let validate = snapshot
+            .stages
+            .first()
+            .map(|s| s.counters)
+            .unwrap_or_default();
+        let notify = snapshot
+            .stages
+            .last()
+            .map(|s| s.counters)
+            .unwrap_or_default();
+        let header = format!(
+            "load stopped after {} orders; draining for {:.0} s: validate finished {:.0}, notify delivered {:.0} of {}",
+            sent.sent,
+            drain_started.elapsed().as_secs_f64(),
+            validate.processed + validate.rejected + validate.dead_lettered + validate.duplicates,
+            notify.processed,
+            sent.valid
+        );
+        show(args.headless, &header, &snapshot, demo);
+        if snapshot.accounts_for(&sent) || drain_started.elapsed() >= DRAIN_TIMEOUT {
+            break;
+        }
+        tokio::select! {
+            _ = ticks.tick() => {}
+            // A second Ctrl-C skips the drain; the books then show what is still in flight.
+            _ = sigint.recv() => break,
+        }
+    }
+    let drain_time = drain_started.elapsed();
+    let books = demo.books(&sent).await?;
+    println!("\n==== orderpipe demo: summary");
+    println!(
+        "load: {} orders in {:.1} s ({:.0}/s; target {}/s); drain took {:.1} s after the load stopped",
+        sent.sent,
+        load_time.as_secs_f64(),
+        sent.sent as f64 / load_time.as_secs_f64().max(0.001),
+        args.rate,
+        drain_time.as_secs_f64()
+    );
+    println!("{books}");
+    let problems = books.problems();
+    if problems.is_empty() {
+        println!(
+            "BOOKS BALANCE: every order accounted for once; every valid order once in each output; one notification per (order, version)"
+        );
+    } else {
+        println!("BOOKS DO NOT BALANCE:");
+        for problem in &problems {
+            println!("  - {problem}");
+        }
+    }
+    Ok(books)
+}
+
+/// The live view: redrawn in place, or one line per refresh when headless.
+fn show(headless: bool, header: &str, snapshot: &Snapshot, demo: &Demo) {
+    let (distinct, deliveries) = demo.webhook().counts();
+    if headless {
+        let mut line = header.split("   ").next().unwrap_or_default().to_owned();
+        for stage in &snapshot.stages {
+            let _ = write!(
+                line,
+                " | {} {:.0} done, lag {:.0}, {}/{} ready",
+                stage.name,
+                stage.counters.processed
+                    + stage.counters.rejected
+                    + stage.counters.dead_lettered
+                    + stage.counters.duplicates,
+                stage.lag,
+                stage.ready,
+                stage.desired
+            );
+        }
+        println!("{line} | {distinct} notified");
+        return;
+    }
+    let mut view = String::from("\x1b[H\x1b[2J");
+    let _ = writeln!(
+        view,
+        "orderpipe demo: OrderPipeline {}/checkout (orders -> validate -> status -> notify -> webhook)\n",
+        demo.config().namespace
+    );
+    let _ = writeln!(view, "{header}\n");
+    let _ = writeln!(
+        view,
+        "{:<9} {:>9} {:>10} {:>9} {:>14} {:>11} {:>6} {:>7} {:>10}",
+        "stage",
+        "consumed",
+        "processed",
+        "rejected",
+        "dead-lettered",
+        "duplicates",
+        "lag",
+        "ready",
+        "processes"
+    );
+    for stage in &snapshot.stages {
+        let c = stage.counters;
+        let _ = writeln!(
+            view,
+            "{:<9} {:>9.0} {:>10.0} {:>9.0} {:>14.0} {:>11.0} {:>6.0} {:>7} {:>10}",
+            stage.name,
+            c.consumed,
+            c.processed,
+            c.rejected,
+            c.dead_lettered,
+            c.duplicates,
+            stage.lag,
+            format!("{}/{}", stage.ready, stage.desired),
+            stage.processes
+        );
+    }
+    let _ = writeln!(view, "\nconditions: {}", snapshot.conditions.join(", "));
+    let _ = writeln!(
+        view,
+        "notifications received: {distinct} distinct (order, version), {deliveries} deliveries"
+    );
+    print!("{view}");
+}

@@ -1,0 +1,318 @@
+//! What the live view shows: each stage's counters (scraped from every worker's `/metrics` through
+//! the host port the node agent publishes on the pod), lag, ready replicas and live worker
+//! processes; the pipeline's conditions. Counters of workers that went away (scaled down) are kept,
+//! so the totals never go backwards.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Client;
+use kube::api::{Api, ListParams};
+use orderpipe_api::OrderPipeline;
+use orderpipe_api::contract::naming;
+
+use super::DemoError;
+use super::load::Tally;
+use super::pipeline::STAGES;
+use orderpipe_node_agent::{local_ports, running_pid};
+use orderpipe_stack::pid_alive;
+
+/// The label the operator puts on every worker pod of a pipeline (`operator/src/children.rs`).
+const PIPELINE_LABEL: &str = "orderpipe.dev/pipeline";
+const STAGE_LABEL: &str = "orderpipe.dev/stage";
+
+/// A stage's counters, from `orderpipe_records_*` (see `docs/worker.md`).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Counters {
+    pub consumed: f64,
+    pub processed: f64,
+    pub rejected: f64,
+    pub dead_lettered: f64,
+    pub duplicates: f64,
+}
+
+impl Counters {
+    fn add(&mut self, other: &Counters) {
+        self.consumed += other.consumed;
+        self.processed += other.processed;
+        self.rejected += other.rejected;
+        self.dead_lettered += other.dead_lettered;
+        self.duplicates += other.duplicates;
+    }
+}
+
+/// One stage in a snapshot.
+#[derive(Debug, Clone, Default)]
+pub struct StageView {
+    pub name: String,
+    pub counters: Counters,
+    /// Sum of the workers' `orderpipe_consumer_lag` (refreshed by librdkafka every 5 s).
+    pub lag: f64,
+    pub desired: i32,
+    pub ready: i32,
+    /// Worker pods whose process (the node agent's `pid://` container ID) is alive.
+    pub processes: usize,
+}
+
+/// The pipeline at one moment.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub stages: Vec<StageView>,
+    /// `type=status (reason)` of each condition.
+    pub conditions: Vec<String>,
+}
+
+impl Snapshot {
+    /// Whether the stages' committed work accounts for everything `sent`: validate finished every
+    /// order and notify every valid one. Cheap enough for once a second, unlike reading the
+    /// topics; the books then confirm it from Kafka.
+    pub fn accounts_for(&self, sent: &Tally) -> bool {
+        let stage = |name: &str| {
+            self.stages
+                .iter()
+                .find(|s| s.name == name)
+                .map(|s| s.counters)
+                .unwrap_or_default()
+        };
+        let validate = stage("validate");
+        let finished =
+            validate.processed + validate.rejected + validate.dead_lettered + validate.duplicates;
+        finished >= sent.sent as f64 && stage("notify").processed >= sent.valid as f64
+    }
+}
+
+/// Takes snapshots of one pipeline; remembers the last counters of each worker pod.
+pub struct Observer {
+    client: Client,
+    namespace: String,
+    pipeline: String,
+    http: reqwest::Client,
+    /// Last counters per pod UID, with the pod's stage.
+    live: HashMap<String, (String, Counters)>,
+    /// Counters of pods that are gone, per stage.
+    retired: BTreeMap<String, Counters>,
+}
+
+impl std::fmt::Debug for Observer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Observer")
+            .field("namespace", &self.namespace)
+            .field("pipeline", &self.pipeline)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Observer {
+    pub fn new(client: Client, namespace: &str, pipeline: &str) -> Result<Observer, DemoError> {
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(2))
+            .build()
+            .map_err(DemoError::Http)?;
+        Ok(Observer {
+            client,
+            namespace: namespace.to_owned(),
+            pipeline: pipeline.to_owned(),
+            http,
+            live: HashMap::new(),
+            retired: BTreeMap::new(),
+        })
+    }
+
+    /// The pipeline now.
+    pub async fn snapshot(&mut self) -> Result<Snapshot, DemoError> {
+        let pods = self.worker_pods().await?;
+        let mut lag: BTreeMap<String, f64> = BTreeMap::new();
+        let mut processes: BTreeMap<String, usize> = BTreeMap::new();
+        let mut seen = HashMap::new();
+        for pod in &pods {
+            let stage = label(pod, STAGE_LABEL);
+            if running_pid(pod).is_some_and(pid_alive) {
+                *processes.entry(stage.clone()).or_default() += 1;
+            }
+            let uid = pod.metadata.uid.clone().unwrap_or_default();
+            let Some(port) = local_ports(pod).get("metrics").copied() else {
+                continue;
+            };
+            match self.scrape(port).await {
+                Some((counters, pod_lag)) => {
+                    *lag.entry(stage.clone()).or_default() += pod_lag;
+                    seen.insert(uid, (stage, counters));
+                }
+                // A worker starting or stopping: keep what it last reported.
+                None => {
+                    if let Some(last) = self.live.get(&uid) {
+                        seen.insert(uid, last.clone());
+                    }
+                }
+            }
+        }
+        for (uid, (stage, counters)) in &self.live {
+            if !seen.contains_key(uid) {
+                self.retired.entry(stage.clone()).or_default().add(counters);
+            }
+        }
+        self.live = seen;
+
+        let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), &self.namespace);
+        let mut stages = Vec::new();
+        for name in STAGES {
+            let mut counters = self.retired.get(name).copied().unwrap_or_default();
+            for (stage, live) in self.live.values() {
+                if stage == name {
+                    counters.add(live);
+                }
+            }
+            let deployment = deployments
+                .get_opt(&naming::workload(&self.pipeline, name))
+                .await
+                .map_err(|source| DemoError::kube("reading a stage's Deployment", source))?;
+            let (desired, ready) = deployment
+                .map(|d| {
+                    (
+                        d.spec.and_then(|s| s.replicas).unwrap_or_default(),
+                        d.status.and_then(|s| s.ready_replicas).unwrap_or_default(),
+                    )
+                })
+                .unwrap_or_default();
+            stages.push(StageView {
+                name: name.to_owned(),
+                counters,
+                lag: lag.get(name).copied().unwrap_or_default(),
+                desired,
+                ready,
+                processes: processes.get(name).copied().unwrap_or_default(),
+            });
+        }
+        Ok(Snapshot {
+            stages,
+            conditions: self.conditions().await?,
+        })
+    }
+
+    /// Worker pods of `stage` with a live process.
+    pub async fn processes(&self, stage: &str) -> Result<usize, DemoError> {
+        Ok(self
+            .worker_pods()
+            .await?
+            .iter()
+            .filter(|pod| label(pod, STAGE_LABEL) == stage)
+            .filter(|pod| running_pid(pod).is_some_and(pid_alive))
+            .count())
+    }
+
+    async fn worker_pods(&self) -> Result<Vec<Pod>, DemoError> {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
+        let selector = format!("{PIPELINE_LABEL}={}", self.pipeline);
+        Ok(pods
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(|source| DemoError::kube("listing worker pods", source))?
+            .items)
+    }
+
+    async fn conditions(&self) -> Result<Vec<String>, DemoError> {
+        let pipelines: Api<OrderPipeline> = Api::namespaced(self.client.clone(), &self.namespace);
+        let pipeline = pipelines
+            .get_opt(&self.pipeline)
+            .await
+            .map_err(|source| DemoError::kube("reading the OrderPipeline", source))?;
+        Ok(pipeline
+            .and_then(|p| p.status)
+            .map(|status| {
+                status
+                    .conditions
+                    .iter()
+                    .map(|c| format!("{}={} ({})", c.type_, c.status, c.reason))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn scrape(&self, port: u16) -> Option<(Counters, f64)> {
+        let body = self
+            .http
+            .get(format!("http://127.0.0.1:{port}/metrics"))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        Some(parse_metrics(&body))
+    }
+}
+
+fn label(pod: &Pod, key: &str) -> String {
+    pod.metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(key))
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// One worker's counters and total lag from its Prometheus text exposition.
+fn parse_metrics(body: &str) -> (Counters, f64) {
+    let mut counters = Counters::default();
+    let mut lag = 0.0;
+    for line in body.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(value) = value.parse::<f64>() else {
+            continue;
+        };
+        let (name, labels) = series.split_once('{').unwrap_or((series, ""));
+        let outcome = labels
+            .split(',')
+            .find_map(|pair| pair.strip_prefix("outcome=\""))
+            .map(|v| v.trim_end_matches(['"', '}']));
+        match (name, outcome) {
+            ("orderpipe_records_consumed_total", _) => counters.consumed += value,
+            ("orderpipe_records_processed_total", Some("processed")) => {
+                counters.processed += value;
+            }
+            ("orderpipe_records_processed_total", Some("rejected")) => counters.rejected += value,
+            ("orderpipe_records_processed_total", Some("dead_lettered")) => {
+                counters.dead_lettered += value;
+            }
+            ("orderpipe_records_processed_total", Some("duplicate")) => {
+                counters.duplicates += value;
+            }
+            ("orderpipe_consumer_lag", _) => lag += value,
+            _ => {}
+        }
+    }
+    (counters, lag)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_and_lag_are_read_from_the_exposition() {
+        let body = "# HELP x\n\
+            orderpipe_records_consumed_total{pipeline=\"p\",stage=\"validate\"} 10\n\
+            orderpipe_records_processed_total{pipeline=\"p\",stage=\"validate\",outcome=\"processed\"} 7\n\
+            orderpipe_records_processed_total{outcome=\"rejected\",pipeline=\"p\",stage=\"validate\"} 2\n\
+            orderpipe_records_processed_total{pipeline=\"p\",stage=\"validate\",outcome=\"dead_lettered\"} 1\n\
+            orderpipe_consumer_lag{pipeline=\"p\",stage=\"validate\",partition=\"0\"} 3\n\
+            orderpipe_consumer_lag{pipeline=\"p\",stage=\"validate\",partition=\"1\"} 4\n";
+        let (counters, lag) = parse_metrics(body);
+        assert_eq!(
+            counters,
+            Counters {
+                consumed: 10.0,
+                processed: 7.0,
+                rejected: 2.0,
+                dead_lettered: 1.0,
+                duplicates: 0.0
+            }
+        );
+        assert!((lag - 7.0).abs() < f64::EPSILON);
+    }
+}

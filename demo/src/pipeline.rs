@@ -1,0 +1,147 @@
+//! The checkout sample (`config/samples/orderpipe_v1alpha1_checkout.yaml`) made runnable here:
+//! topics prefixed (so a run on a shared stack collides with nothing) and deleted with the
+//! pipeline, the local broker, the local webhook receiver without Secret-based auth, and a fixed
+//! replica count for the status stage (the one the demo scales). Everything else stays as shipped,
+//! so the demo exercises the sample a user would apply.
+
+use serde_json::{Value, json};
+
+use super::DemoError;
+
+/// The sample, compiled in so the demo binary runs from any directory.
+const SAMPLE: &str = include_str!("../../config/samples/orderpipe_v1alpha1_checkout.yaml");
+
+/// The stages of the checkout pipeline, in flow order.
+pub const STAGES: [&str; 3] = ["validate", "status", "notify"];
+
+/// The pipeline's Kafka topics, as named in this run.
+#[derive(Debug, Clone)]
+pub struct Topics {
+    pub orders: String,
+    pub validated: String,
+    pub rejected: String,
+    pub events: String,
+    pub status: String,
+    pub audit: String,
+    pub dead_letter: String,
+}
+
+impl Topics {
+    fn new(prefix: &str) -> Topics {
+        let name = |topic: &str| format!("{prefix}{topic}");
+        Topics {
+            orders: name("orders"),
+            validated: name("orders.validated"),
+            rejected: name("orders.rejected"),
+            events: name("order-events"),
+            status: name("order-status"),
+            audit: name("notifications.audit"),
+            dead_letter: name("orders.dlq"),
+        }
+    }
+
+    /// The input topic of `stage`.
+    pub fn input_of(&self, stage: &str) -> Option<&str> {
+        match stage {
+            "validate" => Some(&self.orders),
+            "status" => Some(&self.events),
+            "notify" => Some(&self.status),
+            _ => None,
+        }
+    }
+}
+
+/// The OrderPipeline manifest for this run and its topics.
+pub fn checkout(
+    namespace: &str,
+    topic_prefix: &str,
+    bootstrap: &str,
+    webhook_url: &str,
+) -> Result<(Value, Topics), DemoError> {
+    let mut manifest: Value =
+        serde_norway::from_str(SAMPLE).map_err(|e| DemoError::Sample(e.to_string()))?;
+    manifest["metadata"]["namespace"] = json!(namespace);
+    let spec = manifest
+        .get_mut("spec")
+        .ok_or_else(|| DemoError::Sample("no spec".into()))?;
+    spec["kafka"]["bootstrapServers"] = json!([bootstrap]);
+    let rename = |name: &mut Value| {
+        if let Some(text) = name.as_str() {
+            *name = json!(format!("{topic_prefix}{text}"));
+        }
+    };
+    for topic in spec["topics"].as_array_mut().into_iter().flatten() {
+        rename(&mut topic["name"]);
+        // The run's topics go with its pipeline: a shared stack keeps no leftovers.
+        topic["deletionPolicy"] = json!("Delete");
+    }
+    for stage in spec["stages"].as_array_mut().into_iter().flatten() {
+        rename(&mut stage["input"]);
+        rename(&mut stage["deadLetter"]);
+        for output in stage["outputs"]
+            .as_object_mut()
+            .into_iter()
+            .flat_map(|o| o.values_mut())
+        {
+            rename(output);
+        }
+        if stage["name"] == "status" {
+            stage["replicas"] = json!(1);
+        }
+        if let Some(webhook) = stage.pointer_mut("/notify/webhook") {
+            webhook["url"] = json!(webhook_url);
+            // The receiver checks nothing, so no Secret is needed.
+            if let Some(webhook) = webhook.as_object_mut() {
+                webhook.remove("authSecretRef");
+            }
+        }
+    }
+    Ok((manifest, Topics::new(topic_prefix)))
+}
+
+/// `manifest` with `stage`'s replica count set to `replicas`.
+pub fn with_replicas(manifest: &Value, stage: &str, replicas: i32) -> Value {
+    let mut manifest = manifest.clone();
+    for spec in manifest["spec"]["stages"]
+        .as_array_mut()
+        .into_iter()
+        .flatten()
+    {
+        if spec["name"] == stage {
+            spec["replicas"] = json!(replicas);
+        }
+    }
+    manifest
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sample_is_rewired_to_the_local_run() {
+        let (manifest, topics) =
+            checkout("ns1", "ns1.", "127.0.0.1:9092", "http://127.0.0.1:1/hook")
+                .expect("the sample parses");
+        assert_eq!(
+            manifest["spec"]["kafka"]["bootstrapServers"][0],
+            "127.0.0.1:9092"
+        );
+        let stages = manifest["spec"]["stages"].as_array().expect("stages");
+        assert_eq!(stages[0]["input"], "ns1.orders");
+        assert_eq!(stages[0]["outputs"]["events"], "ns1.order-events");
+        assert_eq!(stages[1]["replicas"], 1);
+        assert_eq!(
+            stages[2]["notify"]["webhook"]["url"],
+            "http://127.0.0.1:1/hook"
+        );
+        assert!(
+            stages[2]["notify"]["webhook"]
+                .get("authSecretRef")
+                .is_none()
+        );
+        assert_eq!(topics.input_of("notify"), Some("ns1.order-status"));
+        let replicas = with_replicas(&manifest, "status", 3);
+        assert_eq!(replicas["spec"]["stages"][1]["replicas"], 3);
+    }
+}

@@ -1,0 +1,47 @@
+//! orderpipe's local real-infrastructure stack: starts kube-apiserver, etcd,
+//! kube-controller-manager, kube-scheduler, kwok and a KRaft Kafka broker as plain processes on
+//! 127.0.0.1 (no Docker), and gives tests what they need to use them.
+//!
+//! Two ways to get a stack:
+//! - the shared one (`make e2e-up`, `make test-e2e`), found by tests through
+//!   [`SharedStack::get`], [`kube_client`] and [`kafka_bootstrap`];
+//! - a private one from [`Stack::builder`], for tests that restart or kill components.
+//!
+//! This crate owns process lifecycles, ports, certificates and readiness, and the Kafka test kit
+//! (topics, reading a topic to its end, a group's offsets). It must not depend on any orderpipe
+//! crate: the operator, worker, node agent, demo and bench build on it, never the other way.
+
+mod component;
+pub mod crds;
+mod envfile;
+mod error;
+mod harness;
+mod kafka;
+mod kube_cluster;
+mod kubeconfig;
+mod pki;
+mod ports;
+mod process;
+mod stack;
+pub mod tools;
+mod topics;
+mod wait;
+
+pub use component::Component;
+pub use envfile::StackEnv;
+pub use error::{Result, StackError};
+pub use harness::{
+    ENV_FILE_VAR, SharedStack, TestNamespace, kafka_bootstrap, kafka_secure, kube_client,
+    shared_env_file, unique_name,
+};
+pub use kafka::{SASL_USERNAME, SecureKafka};
+pub use kube_cluster::{Kubernetes, NODE_NAME};
+pub use kubeconfig::client as kube_client_for;
+pub use ports::free_port;
+pub use process::{dismiss_watchdog, pid_alive, spawn_watchdog};
+pub use stack::{Stack, StackBuilder};
+pub use topics::{
+    Isolation, Record, alter_topic_config, caught_up, committed_offsets, create_topics,
+    end_offsets, partition_count, read_all, topic_config,
+};
+pub use wait::{try_wait_until, wait_until, wait_until_blocking};

@@ -1,0 +1,449 @@
+//! `Stack`: one local real-infrastructure environment (Kubernetes control plane and/or a Kafka
+//! broker) in its own work dir, started by a builder, restartable component by component, and
+//! stopped by PID on `stop()`, on `Drop`, and (through the watchdogs) when its owner dies.
+//! Must not share state with other stacks: own ports, PKI, data dirs and logs.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use kube::Client;
+
+use crate::component::{Component, Member, stop_members, stop_members_blocking};
+use crate::envfile::StackEnv;
+use crate::error::{Result, StackError};
+use crate::kafka::{KafkaBroker, SecureKafka};
+use crate::kube_cluster::{KubeCluster, KubeOptions, Kubernetes};
+use crate::tools::{self, Tools};
+
+/// Marks a directory as a stack work dir, the only kind `start` will wipe.
+const MARKER: &str = ".orderpipe-e2e-stack";
+/// A port taken between our probe and the component's bind is retried with fresh ports.
+const START_ATTEMPTS: u32 = 3;
+
+/// Options for a [`Stack`]; see [`Stack::builder`].
+#[derive(Debug, Clone)]
+pub struct StackBuilder {
+    name: String,
+    kafka: bool,
+    kubernetes: Kubernetes,
+    work_dir: Option<PathBuf>,
+    tools: Option<Tools>,
+    crds_dir: Option<PathBuf>,
+    install_crds: bool,
+    third_party_crds: bool,
+    argo_rollouts: bool,
+    ready_timeout: Duration,
+    stop_grace: Duration,
+}
+
+impl StackBuilder {
+    /// Run a Kafka broker (default: yes).
+    pub fn kafka(mut self, on: bool) -> Self {
+        self.kafka = on;
+        self
+    }
+
+    /// How much of Kubernetes to run (default: [`Kubernetes::Full`]).
+    pub fn kubernetes(mut self, kubernetes: Kubernetes) -> Self {
+        self.kubernetes = kubernetes;
+        self
+    }
+
+    /// Kafka only: `.kafka(true).kubernetes(Kubernetes::Off)`.
+    pub fn kafka_only(self) -> Self {
+        self.kafka(true).kubernetes(Kubernetes::Off)
+    }
+
+    /// Work dir (default `target/e2e/<name>`); wiped on start if it holds an old stack.
+    pub fn work_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.work_dir = Some(dir.into());
+        self
+    }
+
+    /// Tools directory (default: [`Tools::locate`]).
+    pub fn tools(mut self, tools: Tools) -> Self {
+        self.tools = Some(tools);
+        self
+    }
+
+    /// Directory of our own CRDs (default `<workspace>/crds`; missing or empty is fine).
+    pub fn crds_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.crds_dir = Some(dir.into());
+        self
+    }
+
+    /// Install any CRDs at all (default: yes); tests that only need core objects skip them.
+    pub fn install_crds(mut self, on: bool) -> Self {
+        self.install_crds = on;
+        self
+    }
+
+    /// Install the Argo Rollouts and Prometheus Operator CRDs from the tools dir (default: yes).
+    pub fn third_party_crds(mut self, on: bool) -> Self {
+        self.third_party_crds = on;
+        self
+    }
+
+    /// Also run the Argo Rollouts controller (default: no), for canary tests; needs
+    /// [`Kubernetes::Full`] and the third-party CRDs.
+    pub fn argo_rollouts(mut self, on: bool) -> Self {
+        self.argo_rollouts = on;
+        self
+    }
+
+    /// How long each component may take to become ready (default 180 s: two cores shared
+    /// with compilers make a cold JVM or apiserver slow).
+    pub fn ready_timeout(mut self, timeout: Duration) -> Self {
+        self.ready_timeout = timeout;
+        self
+    }
+
+    /// Starts every component and waits until all are ready. On failure, everything already
+    /// started is stopped and the error names the component and shows its log tail.
+    pub async fn start(self) -> Result<Stack> {
+        let mut attempt = 1;
+        loop {
+            let mut stack = self.prepare()?;
+            match stack.boot().await {
+                Ok(()) => {
+                    stack.write_env()?;
+                    return Ok(stack);
+                }
+                Err(StackError::PortTaken { .. }) if attempt < START_ATTEMPTS => {
+                    stack.shutdown().await?;
+                    attempt += 1;
+                }
+                Err(error) => {
+                    // The start error matters more than a failure to stop what did start.
+                    let _ = stack.shutdown().await;
+                    return Err(error);
+                }
+            }
+        }
+    }
+
+    fn prepare(&self) -> Result<Stack> {
+        let tools = match &self.tools {
+            Some(tools) => tools.clone(),
+            None => Tools::locate()?,
+        };
+        let work_dir = self
+            .work_dir
+            .clone()
+            .unwrap_or_else(|| tools::e2e_root().join(&self.name));
+        reset_work_dir(&work_dir)?;
+
+        let kube = match self.kubernetes {
+            Kubernetes::Off => None,
+            mode => {
+                let crds_dir = self
+                    .crds_dir
+                    .clone()
+                    .unwrap_or_else(|| tools::workspace_root().join("crds"));
+                let mut crd_files = Vec::new();
+                if self.install_crds {
+                    crd_files.extend(tools::repo_crds(&crds_dir)?);
+                    if self.third_party_crds {
+                        crd_files.extend(tools.third_party_crds()?);
+                    }
+                }
+                let options = KubeOptions {
+                    mode,
+                    crd_files,
+                    argo_rollouts: self.argo_rollouts,
+                    timeout: self.ready_timeout,
+                };
+                Some(KubeCluster::prepare(&tools, &work_dir, options)?)
+            }
+        };
+        let kafka = if self.kafka {
+            Some(KafkaBroker::prepare(&tools, &work_dir, self.ready_timeout)?)
+        } else {
+            None
+        };
+        Ok(Stack {
+            name: self.name.clone(),
+            work_dir,
+            tools,
+            kube,
+            kafka,
+            grace: self.stop_grace,
+        })
+    }
+}
+
+/// A running local stack. Dropping it stops every process (blocking, SIGTERM then SIGKILL).
+#[derive(Debug)]
+pub struct Stack {
+    name: String,
+    work_dir: PathBuf,
+    tools: Tools,
+    kube: Option<KubeCluster>,
+    kafka: Option<KafkaBroker>,
+    grace: Duration,
+}
+
+impl Stack {
+    /// A builder for a stack named `name` (its work dir is `target/e2e/<name>`).
+    pub fn builder(name: &str) -> StackBuilder {
+        StackBuilder {
+            name: name.to_owned(),
+            kafka: true,
+            kubernetes: Kubernetes::Full,
+            work_dir: None,
+            tools: None,
+            crds_dir: None,
+            install_crds: true,
+            third_party_crds: true,
+            argo_rollouts: false,
+            ready_timeout: Duration::from_secs(180),
+            stop_grace: Duration::from_secs(15),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn work_dir(&self) -> &Path {
+        &self.work_dir
+    }
+
+    /// The admin kubeconfig (client certificate in `system:masters`).
+    pub fn kubeconfig(&self) -> Option<&Path> {
+        self.kube.as_ref().map(KubeCluster::admin_kubeconfig)
+    }
+
+    pub fn apiserver_url(&self) -> Option<&str> {
+        self.kube.as_ref().map(KubeCluster::apiserver_url)
+    }
+
+    /// An admin kube client; it keeps working across `stop_apiserver`/`start_apiserver`.
+    pub fn kube_client(&self) -> Result<Client> {
+        self.kube
+            .as_ref()
+            .and_then(KubeCluster::client)
+            .ok_or(StackError::NotInStack {
+                component: Component::KubeApiserver.name(),
+            })
+    }
+
+    /// `127.0.0.1:<port>` of the broker.
+    pub fn kafka_bootstrap(&self) -> Result<&str> {
+        self.kafka
+            .as_ref()
+            .map(KafkaBroker::bootstrap)
+            .ok_or(StackError::NotInStack {
+                component: Component::Kafka.name(),
+            })
+    }
+
+    /// The broker's SASL_SSL listener and its credentials.
+    pub fn kafka_secure(&self) -> Result<SecureKafka> {
+        let kafka = self.kafka.as_ref().ok_or(StackError::NotInStack {
+            component: Component::Kafka.name(),
+        })?;
+        SecureKafka::load(&self.work_dir, kafka.secure_bootstrap())
+    }
+
+    /// PID (= process group) of every running component.
+    pub fn pids(&self) -> Vec<(Component, u32)> {
+        let mut members: Vec<&Member> = Vec::new();
+        if let Some(kube) = &self.kube {
+            members.extend(kube.members());
+        }
+        if let Some(kafka) = &self.kafka {
+            members.push(kafka.member());
+        }
+        members
+            .into_iter()
+            .filter_map(|m| m.pid().map(|pid| (m.component(), pid)))
+            .collect()
+    }
+
+    /// The stack as an env file (what `target/e2e/env` holds for the shared stack).
+    pub fn env(&self) -> StackEnv {
+        StackEnv {
+            kubeconfig: self.kubeconfig().map(Path::to_path_buf),
+            kafka_bootstrap: self.kafka_bootstrap().ok().map(str::to_owned),
+            kafka_secure_bootstrap: self
+                .kafka
+                .as_ref()
+                .map(|kafka| kafka.secure_bootstrap().to_owned()),
+            tools_dir: self.tools.root().to_path_buf(),
+            work_dir: self.work_dir.clone(),
+            supervisor_pid: std::process::id(),
+            pids: self
+                .pids()
+                .into_iter()
+                .map(|(c, pid)| (c.name().to_owned(), pid))
+                .collect(),
+        }
+    }
+
+    /// `<work dir>/env`, rewritten whenever a PID changes.
+    pub fn env_file(&self) -> PathBuf {
+        self.work_dir.join("env")
+    }
+
+    /// Log file of a component.
+    pub fn log_file(&self, component: Component) -> PathBuf {
+        self.work_dir
+            .join("logs")
+            .join(format!("{}.log", component.name()))
+    }
+
+    /// Stops kube-apiserver (graceful, then SIGKILL); etcd and its data stay.
+    pub async fn stop_apiserver(&mut self) -> Result<()> {
+        let grace = self.grace;
+        self.kube_mut()?.stop_apiserver(grace).await?;
+        self.write_env()
+    }
+
+    /// Starts kube-apiserver again with the same port, certificates and etcd; waits for /readyz.
+    pub async fn start_apiserver(&mut self) -> Result<()> {
+        self.kube_mut()?.start_apiserver().await?;
+        self.write_env()
+    }
+
+    /// Stops the broker (controlled shutdown, then SIGKILL); its log dirs stay.
+    pub async fn stop_kafka(&mut self) -> Result<()> {
+        let grace = self.grace;
+        self.kafka_mut()?.member_mut().stop(grace).await?;
+        self.write_env()
+    }
+
+    /// Starts the broker again on the same ports and log dirs; waits for metadata.
+    pub async fn start_kafka(&mut self) -> Result<()> {
+        self.kafka_mut()?.start().await?;
+        self.write_env()
+    }
+
+    /// Stops every component and waits for them to exit.
+    pub async fn stop(mut self) -> Result<()> {
+        self.shutdown().await
+    }
+
+    async fn boot(&mut self) -> Result<()> {
+        let (kube, kafka) = (&mut self.kube, &mut self.kafka);
+        let kube = async {
+            match kube {
+                Some(kube) => kube.start().await,
+                None => Ok(()),
+            }
+        };
+        let kafka = async {
+            match kafka {
+                Some(kafka) => kafka.start().await,
+                None => Ok(()),
+            }
+        };
+        tokio::try_join!(kube, kafka)?;
+        Ok(())
+    }
+
+    async fn shutdown(&mut self) -> Result<()> {
+        let grace = self.grace;
+        // Kafka and Kubernetes do not depend on each other: stop both at once.
+        let (kube, kafka) = (&mut self.kube, &mut self.kafka);
+        let kube = async {
+            match kube {
+                Some(kube) => kube.stop(grace).await,
+                None => Ok(()),
+            }
+        };
+        let kafka = async {
+            match kafka {
+                Some(kafka) => stop_members(&mut [kafka.member_mut()], grace).await,
+                None => Ok(()),
+            }
+        };
+        let (kube, kafka) = tokio::join!(kube, kafka);
+        kube.and(kafka)
+    }
+
+    fn write_env(&self) -> Result<()> {
+        self.env().write(&self.env_file())
+    }
+
+    fn kube_mut(&mut self) -> Result<&mut KubeCluster> {
+        self.kube.as_mut().ok_or(StackError::NotInStack {
+            component: Component::KubeApiserver.name(),
+        })
+    }
+
+    fn kafka_mut(&mut self) -> Result<&mut KafkaBroker> {
+        self.kafka.as_mut().ok_or(StackError::NotInStack {
+            component: Component::Kafka.name(),
+        })
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        let mut members: Vec<&mut Member> = Vec::new();
+        if let Some(kube) = self.kube.as_mut() {
+            members.extend(kube.members_mut());
+        }
+        if let Some(kafka) = self.kafka.as_mut() {
+            members.push(kafka.member_mut());
+        }
+        stop_members_blocking(&mut members, self.grace);
+    }
+}
+
+/// Empties `dir` for a fresh stack, refusing to wipe a directory that is not a stack's.
+fn reset_work_dir(dir: &Path) -> Result<()> {
+    if dir.exists() {
+        let is_stack = dir.join(MARKER).exists();
+        let is_empty = fs::read_dir(dir)
+            .map_err(|e| StackError::io("reading", dir, e))?
+            .next()
+            .is_none();
+        if !is_stack && !is_empty {
+            return Err(StackError::io(
+                "refusing to wipe (not an e2e work dir)",
+                dir,
+                std::io::Error::new(std::io::ErrorKind::AlreadyExists, "directory not empty"),
+            ));
+        }
+        fs::remove_dir_all(dir).map_err(|e| StackError::io("wiping", dir, e))?;
+    }
+    fs::create_dir_all(dir).map_err(|e| StackError::io("creating", dir, e))?;
+    fs::write(dir.join(MARKER), "").map_err(|e| StackError::io("writing", dir.join(MARKER), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reset_refuses_foreign_directories_and_wipes_stack_dirs() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let foreign = root.path().join("foreign");
+        fs::create_dir(&foreign).expect("mkdir");
+        fs::write(foreign.join("precious"), "x").expect("write");
+        assert!(reset_work_dir(&foreign).is_err());
+        assert!(foreign.join("precious").exists());
+
+        let stack = root.path().join("stack");
+        reset_work_dir(&stack).expect("fresh");
+        fs::write(stack.join("old.log"), "x").expect("write");
+        reset_work_dir(&stack).expect("reset");
+        assert!(!stack.join("old.log").exists());
+        assert!(stack.join(MARKER).exists());
+    }
+
+    #[tokio::test]
+    async fn missing_tools_fail_before_anything_starts() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let err = Stack::builder("t")
+            .tools(Tools::at(root.path().join("no-tools")))
+            .work_dir(root.path().join("work"))
+            .start()
+            .await
+            .expect_err("no tools");
+        assert!(matches!(err, StackError::ToolMissing { .. }), "{err}");
+    }
+}
