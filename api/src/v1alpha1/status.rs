@@ -1,0 +1,98 @@
+//! Observed state of an `OrderPipeline`, written only by the operator: conditions, readiness counts
+//! and one entry per topic and stage.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::KubeSchema;
+use serde::{Deserialize, Serialize};
+
+use super::DeletionPolicy;
+
+/// Observed state of an OrderPipeline, written only by the operator.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderPipelineStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// `Ready`, `TopicsReady` and `StagesReady`, each with a PascalCase reason and a message.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+
+    /// Ready topics over declared topics, e.g. `3/5`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topics_ready: Option<String>,
+
+    /// Ready stages over declared stages, e.g. `2/3`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stages_ready: Option<String>,
+
+    /// One entry per declared topic, per operator-managed state topic of a stateful stage, and per
+    /// topic still being deleted after it left the spec.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub topics: Vec<TopicStatus>,
+
+    /// One entry per declared stage.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub stages: Vec<StageStatus>,
+}
+
+/// Observed state of one topic.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TopicStatus {
+    /// Topic name.
+    pub name: String,
+    /// Whether the topic exists, is managed by this pipeline and has the declared partitions,
+    /// replication factor and config.
+    pub ready: bool,
+    /// Partitions the topic has in Kafka.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partitions: Option<i32>,
+    /// PascalCase reason when not ready (e.g. `Conflict`, `PartitionDecreaseRefused`,
+    /// `ReplicationFactorMismatch`, `Deleting`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Human-readable detail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// What the operator does with this topic once it leaves the spec or the pipeline is deleted.
+    /// Set only on topics this pipeline manages (unset on a `Conflict`): it is the operator's memory
+    /// of what it manages, so a topic removed from the spec can still be deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_policy: Option<DeletionPolicy>,
+}
+
+/// Observed state of one stage.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct StageStatus {
+    /// Stage name.
+    pub name: String,
+    /// `Deployment` or `Rollout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<String>,
+    /// Whether the workload has all its desired replicas ready.
+    pub ready: bool,
+    /// Desired replicas of the workload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+    /// Ready replicas of the workload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_replicas: Option<i32>,
+    /// The autoscaler's effective maximum after capping at the input topic's partitions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_replicas: Option<i32>,
+    /// Set when the declared maxReplicas was lowered to the input topic's partitions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_replicas_capped_from: Option<i32>,
+    /// PascalCase reason when not ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Human-readable detail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}

@@ -1,0 +1,71 @@
+//! A Kafka topic as declared in `spec.topics`: name, partitions, replication, config and what
+//! happens to it when it leaves the spec, with the rules that keep updates Kafka can apply.
+
+use std::collections::BTreeMap;
+
+use kube::KubeSchema;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A Kafka topic owned by the pipeline.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("self.name != '.' && self.name != '..'")
+        .message("spec.topics[].name must not be '.' or '..' (Kafka forbids them)")
+        .field_path(".name")
+        .reason(Reason::FieldValueInvalid),
+)]
+#[x_kube(
+    validation = Rule::new("self.partitions >= oldSelf.partitions")
+        .message(Message::Expression("'spec.topics[' + self.name + '].partitions may only grow (Kafka cannot remove partitions); declare a new topic instead'".into()))
+        .field_path(".partitions")
+        .reason(Reason::FieldValueInvalid),
+)]
+#[x_kube(
+    validation = Rule::new("has(self.replicationFactor) == has(oldSelf.replicationFactor) && (!has(self.replicationFactor) || self.replicationFactor == oldSelf.replicationFactor)")
+        .message("spec.topics[].replicationFactor cannot be changed after creation (it needs a partition reassignment)")
+        .field_path(".replicationFactor")
+        .reason(Reason::FieldValueForbidden),
+)]
+pub struct TopicSpec {
+    /// Kafka topic name: 1-249 characters of [a-zA-Z0-9._-], not "." or "..".
+    #[schemars(length(min = 1, max = 249), regex(pattern = r"^[a-zA-Z0-9._-]+$"))]
+    pub name: String,
+
+    /// Number of partitions. May only grow; growing remaps keys to partitions (orders already in
+    /// flight keep their old partition, new records of the same key may land elsewhere).
+    #[schemars(range(min = 1, max = 10000))]
+    pub partitions: i32,
+
+    /// Replicas of each partition. Unset: the broker's `default.replication.factor`. Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 32))]
+    pub replication_factor: Option<i32>,
+
+    /// Topic configuration (e.g. `retention.ms`, `cleanup.policy`, `min.insync.replicas`). The operator
+    /// sets these keys and restores them when changed out of band; keys not listed are left alone.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
+    pub config: BTreeMap<String, TopicConfigValue>,
+
+    /// What happens to the Kafka topic when it leaves the spec or the pipeline is deleted. Topics hold
+    /// business records, so the default keeps them.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+}
+
+/// A topic configuration value (Kafka config values are strings).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct TopicConfigValue(#[schemars(length(max = 1024))] pub String);
+
+/// What the operator does with a Kafka topic that is no longer declared.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum DeletionPolicy {
+    /// Keep the topic and its records (default).
+    #[default]
+    Retain,
+    /// Delete the topic and its records.
+    Delete,
+}
