@@ -24,8 +24,8 @@ use tokio_util::sync::CancellationToken;
 pub const CONVERGE: Duration = Duration::from_secs(90);
 
 /// One operator test: its namespace on the shared stack and an operator running for it. End it
-/// with `operator.stop().await` and `ns.cleanup().await` (a namespace dropped without that is
-/// dumped and deleted, see [`TestNamespace`]).
+/// with [`OperatorTest::finish`] (a namespace dropped without that is dumped and deleted, see
+/// [`TestNamespace`]).
 #[derive(Debug)]
 pub struct OperatorTest {
     pub stack: SharedStack,
@@ -48,6 +48,14 @@ impl OperatorTest {
             ns,
             operator,
         })
+    }
+
+    /// Ends a test that got this far: stops its operator, then deletes its namespace without the
+    /// failure dump. Takes the two fields because each test destructures what `start` returned.
+    pub async fn finish(operator: InProcessOperator, ns: TestNamespace) -> anyhow::Result<()> {
+        operator.stop().await;
+        ns.cleanup().await?;
+        Ok(())
     }
 }
 

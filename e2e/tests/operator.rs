@@ -157,9 +157,7 @@ async fn pipeline_becomes_ready_with_topics_workloads_and_capped_autoscaler() ->
     })
     .await?;
 
-    operator.stop().await;
-    ns.cleanup().await?;
-    Ok(())
+    OperatorTest::finish(operator, ns).await
 }
 
 #[tokio::test]
@@ -218,9 +216,7 @@ async fn idle_resync_makes_no_api_writes() -> anyhow::Result<()> {
         versions,
         "an idle reconcile changed a child object"
     );
-    operator.stop().await;
-    ns.cleanup().await?;
-    Ok(())
+    OperatorTest::finish(operator, ns).await
 }
 
 /// Changes an annotation of the pipeline (not its spec), which makes the controller reconcile it.
@@ -359,9 +355,7 @@ async fn spec_changes_and_out_of_band_edits_converge() -> anyhow::Result<()> {
     .await
     .with_context(|| format!("{:?}", paused.status))?;
 
-    operator.stop().await;
-    ns.cleanup().await?;
-    Ok(())
+    OperatorTest::finish(operator, ns).await
 }
 
 #[tokio::test]
@@ -393,9 +387,7 @@ async fn the_newer_of_two_pipelines_claiming_a_topic_gets_a_conflict() -> anyhow
         Some("True".into()),
         "the older pipeline keeps its topics"
     );
-    operator.stop().await;
-    ns.cleanup().await?;
-    Ok(())
+    OperatorTest::finish(operator, ns).await
 }
 
 #[tokio::test]
@@ -442,9 +434,7 @@ async fn delete_policy_topics_are_deleted_with_the_pipeline_and_retained_ones_ke
         Some(2),
         "Retain topic was deleted"
     );
-    operator.stop().await;
-    ns.cleanup().await?;
-    Ok(())
+    OperatorTest::finish(operator, ns).await
 }
 
 #[tokio::test]
@@ -530,9 +520,7 @@ async fn canary_stage_runs_as_an_argo_rollout_with_analysis() -> anyhow::Result<
         )
         .await?;
     }
-    operator.stop().await;
-    ns.cleanup().await?;
-    Ok(())
+    OperatorTest::finish(operator, ns).await
 }
 
 #[tokio::test]
@@ -617,7 +605,5 @@ async fn over_tls_with_sasl_topics_are_created_and_a_wrong_password_is_reported_
     }
     let intruder_orders = format!("{}.intruder.orders", ns.name());
     assert_eq!(partition_count(&plaintext, &intruder_orders)?, None);
-    operator.stop().await;
-    ns.cleanup().await?;
-    Ok(())
+    OperatorTest::finish(operator, ns).await
 }
