@@ -261,26 +261,32 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn terminate_escalates_to_sigkill_at_the_deadline_and_clears_the_table() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let log = dir.path().join("c.log");
-        let table = ProcessTable::default();
-        let mut process = ContainerProcess::spawn(
+    /// A shell that ignores SIGTERM, returned once its trap is set: a SIGTERM before that would
+    /// kill the shell and prove nothing.
+    async fn spawn_ignoring_sigterm(dir: &Path, table: &ProcessTable) -> ContainerProcess {
+        let log = dir.join("c.log");
+        let process = ContainerProcess::spawn(
             &launch("trap '' TERM; echo ready; while :; do sleep 1; done"),
-            dir.path(),
+            dir,
             &log,
             "stubborn",
             Duration::from_secs(30),
-            &table,
+            table,
         )
         .expect("spawn");
-        let pid = process.pid();
-        assert!(table.lock().contains_key(&pid));
-        // A SIGTERM before the trap is set would kill the shell and prove nothing.
         while !std::fs::read_to_string(&log).is_ok_and(|l| l.contains("ready\n")) {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        process
+    }
+
+    #[tokio::test]
+    async fn terminate_escalates_to_sigkill_at_the_deadline_and_clears_the_table() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let table = ProcessTable::default();
+        let mut process = spawn_ignoring_sigterm(dir.path(), &table).await;
+        let pid = process.pid();
+        assert!(table.lock().contains_key(&pid));
         let (_stop_tx, mut stop) = watch::channel(None);
         let status = process
             .terminate(Instant::now() + Duration::from_millis(300), &mut stop)
@@ -293,20 +299,8 @@ mod tests {
     #[tokio::test]
     async fn a_shorter_stop_request_brings_the_kill_forward() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let log = dir.path().join("c.log");
         let table = ProcessTable::default();
-        let mut process = ContainerProcess::spawn(
-            &launch("trap '' TERM; echo ready; while :; do sleep 1; done"),
-            dir.path(),
-            &log,
-            "stubborn",
-            Duration::from_secs(30),
-            &table,
-        )
-        .expect("spawn");
-        while !std::fs::read_to_string(&log).is_ok_and(|l| l.contains("ready\n")) {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let mut process = spawn_ignoring_sigterm(dir.path(), &table).await;
         let (stop_tx, mut stop) = watch::channel(None);
         let started = Instant::now();
         let terminate = process.terminate(started + Duration::from_secs(60), &mut stop);
