@@ -759,26 +759,64 @@ async fn wait_node_ready(nodes: &Api<Node>, node: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The agent binary on a node of this test's own, running one fake worker pod `w`. Destructure it
+/// in field order and keep `_work` bound: bindings drop in reverse order, so the agent (killed on
+/// drop) still goes before its work directory.
+struct BinarySetup {
+    ns: TestNamespace,
+    _work: TempDir,
+    node: String,
+    agent: AgentProcess,
+    nodes: Api<Node>,
+    pods: Api<Pod>,
+    /// The process of pod `w`.
+    pid: u32,
+}
+
+impl BinarySetup {
+    /// `prefix` names both the namespace and the node.
+    async fn start(prefix: &str) -> anyhow::Result<BinarySetup> {
+        let stack = SharedStack::get()?;
+        let ns = stack.namespace(prefix).await?;
+        let work = tempfile::tempdir()?;
+        let node = unique_name(prefix);
+        let agent = AgentProcess::spawn(&stack, &node, work.path())?;
+        let nodes: Api<Node> = Api::all(ns.client().clone());
+        wait_node_ready(&nodes, &node).await?;
+        let pods = ns.api::<Pod>();
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": { "name": "w" }, "spec": on_agent(&node, fake_worker(json!([]))),
+        }))?;
+        pods.create(&PostParams::default(), &pod).await?;
+        let pid = wait_until("pod w running", TIMEOUT, || async {
+            let pod = pods.get_opt("w").await.ok()??;
+            running_pid(&pod)
+        })
+        .await?;
+        Ok(BinarySetup {
+            ns,
+            _work: work,
+            node,
+            agent,
+            nodes,
+            pods,
+            pid,
+        })
+    }
+}
+
 #[tokio::test]
 #[ignore = "needs the local stack: make test-e2e"]
 async fn the_agent_binary_drains_on_sigterm() -> anyhow::Result<()> {
-    let stack = SharedStack::get()?;
-    let ns = stack.namespace("na-bin").await?;
-    let work = tempfile::tempdir()?;
-    let node = unique_name("na-bin");
-    let mut agent = AgentProcess::spawn(&stack, &node, work.path())?;
-    let nodes: Api<Node> = Api::all(ns.client().clone());
-    wait_node_ready(&nodes, &node).await?;
-    let pods = ns.api::<Pod>();
-    let pod: Pod = serde_json::from_value(json!({
-        "metadata": { "name": "w" }, "spec": on_agent(&node, fake_worker(json!([]))),
-    }))?;
-    pods.create(&PostParams::default(), &pod).await?;
-    let pid = wait_until("pod w running", TIMEOUT, || async {
-        let pod = pods.get_opt("w").await.ok()??;
-        running_pid(&pod)
-    })
-    .await?;
+    let BinarySetup {
+        ns,
+        _work: work,
+        node,
+        mut agent,
+        nodes,
+        pods,
+        pid,
+    } = BinarySetup::start("na-bin").await?;
 
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(agent.pid()?),
@@ -807,23 +845,15 @@ async fn the_agent_binary_drains_on_sigterm() -> anyhow::Result<()> {
 #[tokio::test]
 #[ignore = "needs the local stack: make test-e2e"]
 async fn killing_the_agent_binary_leaves_no_orphans() -> anyhow::Result<()> {
-    let stack = SharedStack::get()?;
-    let ns = stack.namespace("na-orphans").await?;
-    let work = tempfile::tempdir()?;
-    let node = unique_name("na-orphans");
-    let mut agent = AgentProcess::spawn(&stack, &node, work.path())?;
-    let nodes: Api<Node> = Api::all(ns.client().clone());
-    wait_node_ready(&nodes, &node).await?;
-    let pods = ns.api::<Pod>();
-    let pod: Pod = serde_json::from_value(json!({
-        "metadata": { "name": "w" }, "spec": on_agent(&node, fake_worker(json!([]))),
-    }))?;
-    pods.create(&PostParams::default(), &pod).await?;
-    let pid = wait_until("pod w running", TIMEOUT, || async {
-        let pod = pods.get_opt("w").await.ok()??;
-        running_pid(&pod)
-    })
-    .await?;
+    let BinarySetup {
+        ns,
+        _work,
+        node,
+        mut agent,
+        nodes,
+        pid,
+        ..
+    } = BinarySetup::start("na-orphans").await?;
 
     agent.0.kill().await?;
     // The watchdog polls once a second and gives SIGTERM 5 s before SIGKILL.
