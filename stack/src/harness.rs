@@ -244,87 +244,90 @@ async fn delete_namespace(client: &Client, name: &str) -> Result<()> {
 
 async fn dump_namespace(client: &Client, namespace: &str) -> String {
     let mut out = String::new();
-    let list = ListParams::default();
-    match Api::<Event>::namespaced(client.clone(), namespace)
-        .list(&list)
-        .await
-    {
-        Ok(events) => {
-            let _ = writeln!(out, "events:");
-            for e in events.items {
-                let object = &e.involved_object;
-                let _ = writeln!(
-                    out,
-                    "  {} {} {}/{}: {}",
-                    e.type_.unwrap_or_default(),
-                    e.reason.unwrap_or_default(),
-                    object.kind.clone().unwrap_or_default(),
-                    object.name.clone().unwrap_or_default(),
-                    e.message.unwrap_or_default(),
-                );
-            }
-        }
-        Err(error) => {
-            let _ = writeln!(out, "events: {error}");
-        }
-    }
-    match Api::<Deployment>::namespaced(client.clone(), namespace)
-        .list(&list)
-        .await
-    {
-        Ok(deployments) => {
-            let _ = writeln!(out, "deployments:");
-            for d in deployments.items {
-                let status = d.status.unwrap_or_default();
-                let _ = writeln!(
-                    out,
-                    "  {}: replicas={} ready={} available={} conditions={:?}",
-                    d.metadata.name.unwrap_or_default(),
-                    status.replicas.unwrap_or(0),
-                    status.ready_replicas.unwrap_or(0),
-                    status.available_replicas.unwrap_or(0),
-                    status
-                        .conditions
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|c| format!("{}={}", c.type_, c.status))
-                        .collect::<Vec<_>>(),
-                );
-            }
-        }
-        Err(error) => {
-            let _ = writeln!(out, "deployments: {error}");
-        }
-    }
-    match Api::<Pod>::namespaced(client.clone(), namespace)
-        .list(&list)
-        .await
-    {
-        Ok(pods) => {
-            let _ = writeln!(out, "pods:");
-            for p in pods.items {
-                let node = p.spec.and_then(|s| s.node_name).unwrap_or_default();
-                let status = p.status.unwrap_or_default();
-                let _ = writeln!(
-                    out,
-                    "  {}: phase={} node={} conditions={:?}",
-                    p.metadata.name.unwrap_or_default(),
-                    status.phase.unwrap_or_default(),
-                    node,
-                    status
-                        .conditions
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|c| format!("{}={}", c.type_, c.status))
-                        .collect::<Vec<_>>(),
-                );
-            }
-        }
-        Err(error) => {
-            let _ = writeln!(out, "pods: {error}");
-        }
-    }
+    dump_kind(&mut out, client, namespace, "events", |e: Event| {
+        let object = &e.involved_object;
+        format!(
+            "{} {} {}/{}: {}",
+            e.type_.unwrap_or_default(),
+            e.reason.unwrap_or_default(),
+            object.kind.clone().unwrap_or_default(),
+            object.name.clone().unwrap_or_default(),
+            e.message.unwrap_or_default(),
+        )
+    })
+    .await;
+    dump_kind(
+        &mut out,
+        client,
+        namespace,
+        "deployments",
+        |d: Deployment| {
+            let status = d.status.unwrap_or_default();
+            format!(
+                "{}: replicas={} ready={} available={} conditions={:?}",
+                d.metadata.name.unwrap_or_default(),
+                status.replicas.unwrap_or(0),
+                status.ready_replicas.unwrap_or(0),
+                status.available_replicas.unwrap_or(0),
+                status
+                    .conditions
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|c| format!("{}={}", c.type_, c.status))
+                    .collect::<Vec<_>>(),
+            )
+        },
+    )
+    .await;
+    dump_kind(&mut out, client, namespace, "pods", |p: Pod| {
+        let node = p.spec.and_then(|s| s.node_name).unwrap_or_default();
+        let status = p.status.unwrap_or_default();
+        format!(
+            "{}: phase={} node={} conditions={:?}",
+            p.metadata.name.unwrap_or_default(),
+            status.phase.unwrap_or_default(),
+            node,
+            status
+                .conditions
+                .unwrap_or_default()
+                .into_iter()
+                .map(|c| format!("{}={}", c.type_, c.status))
+                .collect::<Vec<_>>(),
+        )
+    })
+    .await;
     out
+}
+
+/// Appends `<heading>:` and one indented `line` per object of kind `K` in the namespace, or
+/// `<heading>: <error>` when listing fails: a dump is best effort and goes on with the next kind.
+async fn dump_kind<K>(
+    out: &mut String,
+    client: &Client,
+    namespace: &str,
+    heading: &str,
+    line: impl Fn(K) -> String,
+) where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    <K as kube::Resource>::DynamicType: Default,
+{
+    match Api::<K>::namespaced(client.clone(), namespace)
+        .list(&ListParams::default())
+        .await
+    {
+        Ok(objects) => {
+            let _ = writeln!(out, "{heading}:");
+            for object in objects.items {
+                let _ = writeln!(out, "  {}", line(object));
+            }
+        }
+        Err(error) => {
+            let _ = writeln!(out, "{heading}: {error}");
+        }
+    }
 }
 
 #[cfg(test)]
