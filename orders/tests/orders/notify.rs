@@ -8,7 +8,7 @@ use orderpipe_orders::notify::{
     idempotency_key,
 };
 use orderpipe_orders::{
-    DeadLetterReason, DispatchResult, EventDetails, Notification, NotificationDispatched,
+    DeadLetterReason, DispatchResult, Emit, EventDetails, Notification, NotificationDispatched,
     OrderState, Output, StatusChanged, headers,
 };
 
@@ -44,10 +44,22 @@ fn response(status: u16) -> HttpOutcome {
     }
 }
 
-fn audit_of(emit: &orderpipe_orders::Emit) -> NotificationDispatched {
+fn audit_of(emit: &Emit) -> NotificationDispatched {
     assert_eq!(emit.output, Output::NotificationAudit);
     assert_eq!(emit.key.as_deref(), Some(&b"ord-1"[..]));
     serde_json::from_slice(&emit.payload).expect("audit decodes")
+}
+
+/// The reason, audit record and dead letter of a decision that must be a give-up.
+fn given_up(decision: AttemptDecision) -> (DeadLetterReason, Emit, Emit) {
+    match decision {
+        AttemptDecision::GiveUp {
+            reason,
+            audit,
+            dead_letter,
+        } => (reason, audit, dead_letter),
+        other => panic!("expected give-up, got {other:?}"),
+    }
 }
 
 #[test]
@@ -176,14 +188,7 @@ fn transient_failures_retry_with_backoff_then_give_up_after_max_attempts() {
         );
     }
     let decision = notifier.after_attempt(&dispatch, max, &response(503), support::t0(), 1.0);
-    let AttemptDecision::GiveUp {
-        reason,
-        audit,
-        dead_letter,
-    } = decision
-    else {
-        panic!("expected give-up");
-    };
+    let (reason, audit, dead_letter) = given_up(decision);
     assert_eq!(reason, DeadLetterReason::RetriesExhausted);
     assert_eq!(audit_of(&audit).result, DispatchResult::RetriesExhausted);
     assert_eq!(dead_letter.output, Output::DeadLetter);
@@ -228,14 +233,7 @@ fn a_permanent_failure_is_dead_lettered_on_the_first_attempt() {
     let notifier = Notifier::default();
     let dispatch = dispatch_for(&notifier, OrderState::Shipped);
     let decision = notifier.after_attempt(&dispatch, 1, &response(422), support::t0(), 0.5);
-    let AttemptDecision::GiveUp {
-        reason,
-        audit,
-        dead_letter,
-    } = decision
-    else {
-        panic!("expected give-up");
-    };
+    let (reason, audit, dead_letter) = given_up(decision);
     assert_eq!(reason, DeadLetterReason::WebhookRejected);
     let audit = audit_of(&audit);
     assert_eq!(
@@ -260,12 +258,7 @@ fn a_given_up_timeout_has_no_http_status_header() {
     });
     let dispatch = dispatch_for(&notifier, OrderState::Shipped);
     let decision = notifier.after_attempt(&dispatch, 1, &HttpOutcome::Timeout, support::t0(), 0.5);
-    let AttemptDecision::GiveUp {
-        dead_letter, audit, ..
-    } = decision
-    else {
-        panic!("expected give-up");
-    };
+    let (_, audit, dead_letter) = given_up(decision);
     assert_eq!(dead_letter.header(headers::NOTIFY_HTTP_STATUS), None);
     assert_eq!(audit_of(&audit).http_status, None);
 }
