@@ -165,56 +165,84 @@ fn retrying(
     }
 }
 
-/// Produces one record, an output of the input at `from`, waiting (bounded) while the local queue
-/// is full. A record librdkafka refuses at once for what it is counts as a refusal, like one the
-/// broker refuses later.
-fn send(
-    producer: &Client,
-    deliveries: &Deliveries,
-    from: Position,
-    record: OutRecord<'_>,
-) -> Result<(), SinkError> {
-    let deadline = Instant::now() + QUEUE_FULL_WAIT;
-    loop {
-        let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
-        for header in record.headers {
-            headers = headers.insert(Header {
-                key: header.name,
-                value: Some(header.value.as_bytes()),
-            });
-        }
-        let mut base: BaseRecord<'_, [u8], [u8], Box<Position>> =
-            BaseRecord::with_opaque_to(record.topic, Box::new(from)).headers(headers);
-        if let Some(payload) = record.payload {
-            base = base.payload(payload);
-        }
-        if let Some(key) = record.key {
-            base = base.key(key);
-        }
-        if let Some(partition) = record.partition {
-            base = base.partition(partition);
-        }
-        // Counted before the send: its report may arrive on the producer's thread before send
-        // returns, and the count must never look settled while a report is still due.
-        deliveries.outstanding.fetch_add(1, Ordering::AcqRel);
-        let sent = producer.send(base);
-        if sent.is_err() {
-            // Not queued, so no report will come.
-            deliveries.settled();
-        }
-        match sent {
-            Ok(()) => return Ok(()),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))
-                if Instant::now() < deadline =>
-            {
-                // The producer's own thread drains the queue; back off briefly and try again.
-                thread::sleep(Duration::from_millis(5));
+/// A sink's producer with what re-creating it takes. Every producer of one connection reports to
+/// the same [`Deliveries`], so failures and refusals carry across a re-creation.
+struct Connection {
+    config: ClientConfig,
+    context: Deliveries,
+    producer: Client,
+    /// Makes each producer of this connection: the first one and every re-created one.
+    create: fn(&ClientConfig, &Deliveries) -> Result<Client, SinkError>,
+}
+
+impl Connection {
+    fn open(
+        config: ClientConfig,
+        create: fn(&ClientConfig, &Deliveries) -> Result<Client, SinkError>,
+    ) -> Result<Self, SinkError> {
+        let context = Deliveries::default();
+        let producer = create(&config, &context)?;
+        Ok(Self {
+            config,
+            context,
+            producer,
+            create,
+        })
+    }
+
+    /// Replaces the producer; the old one's missing delivery reports will never come.
+    fn recreate(&mut self) -> Result<(), SinkError> {
+        self.producer = (self.create)(&self.config, &self.context)?;
+        self.context.replaced();
+        Ok(())
+    }
+
+    /// Produces one record, an output of the input at `from`, waiting (bounded) while the local
+    /// queue is full. A record librdkafka refuses at once for what it is counts as a refusal, like
+    /// one the broker refuses later.
+    fn send(&self, from: Position, record: OutRecord<'_>) -> Result<(), SinkError> {
+        let deadline = Instant::now() + QUEUE_FULL_WAIT;
+        loop {
+            let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+            for header in record.headers {
+                headers = headers.insert(Header {
+                    key: header.name,
+                    value: Some(header.value.as_bytes()),
+                });
             }
-            Err((error, _)) => {
-                if error.rdkafka_error_code().is_some_and(is_record_refusal) {
-                    deliveries.refused(from, &error);
+            let mut base: BaseRecord<'_, [u8], [u8], Box<Position>> =
+                BaseRecord::with_opaque_to(record.topic, Box::new(from)).headers(headers);
+            if let Some(payload) = record.payload {
+                base = base.payload(payload);
+            }
+            if let Some(key) = record.key {
+                base = base.key(key);
+            }
+            if let Some(partition) = record.partition {
+                base = base.partition(partition);
+            }
+            // Counted before the send: its report may arrive on the producer's thread before send
+            // returns, and the count must never look settled while a report is still due.
+            self.context.outstanding.fetch_add(1, Ordering::AcqRel);
+            let sent = self.producer.send(base);
+            if sent.is_err() {
+                // Not queued, so no report will come.
+                self.context.settled();
+            }
+            match sent {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))
+                    if Instant::now() < deadline =>
+                {
+                    // The producer's own thread drains the queue; back off briefly and try again.
+                    thread::sleep(Duration::from_millis(5));
                 }
-                return Err(classify(producer, "producing a record", error));
+                Err((error, _)) => {
+                    if error.rdkafka_error_code().is_some_and(is_record_refusal) {
+                        self.context.refused(from, &error);
+                    }
+                    return Err(classify(&self.producer, "producing a record", error));
+                }
             }
         }
     }
@@ -222,9 +250,7 @@ fn send(
 
 /// Exactly-once: one transactional producer per worker process.
 pub struct TransactionalSink {
-    config: ClientConfig,
-    context: Deliveries,
-    producer: Client,
+    connection: Connection,
 }
 
 impl std::fmt::Debug for TransactionalSink {
@@ -237,12 +263,8 @@ impl TransactionalSink {
     /// Creates the producer and initialises transactions, which fences any earlier incarnation
     /// with the same transactional id and aborts what it left open.
     pub fn connect(config: ClientConfig) -> Result<Self, SinkError> {
-        let context = Deliveries::default();
-        let producer = Self::initialised(&config, &context)?;
         Ok(Self {
-            config,
-            context,
-            producer,
+            connection: Connection::open(config, Self::initialised)?,
         })
     }
 
@@ -259,13 +281,14 @@ impl Sink for TransactionalSink {
     type Group = dyn GroupCommit;
 
     fn begin(&mut self) -> Result<(), SinkError> {
-        self.producer
+        self.connection
+            .producer
             .begin_transaction()
-            .map_err(|error| classify(&self.producer, "beginning a transaction", error))
+            .map_err(|error| classify(&self.connection.producer, "beginning a transaction", error))
     }
 
     fn send(&mut self, from: Position, record: OutRecord<'_>) -> Result<(), SinkError> {
-        send(&self.producer, &self.context, from, record)
+        self.connection.send(from, record)
     }
 
     fn commit(
@@ -284,37 +307,38 @@ impl Sink for TransactionalSink {
             operation: "listing offsets",
             cause: error.into(),
         })?;
-        retrying(&self.producer, "sending offsets to the transaction", |p| {
-            p.send_offsets_to_transaction(&list, &metadata, CALL_TIMEOUT)
-        })?;
-        retrying(&self.producer, "committing the transaction", |p| {
-            p.commit_transaction(CALL_TIMEOUT)
-        })
+        retrying(
+            &self.connection.producer,
+            "sending offsets to the transaction",
+            |p| p.send_offsets_to_transaction(&list, &metadata, CALL_TIMEOUT),
+        )?;
+        retrying(
+            &self.connection.producer,
+            "committing the transaction",
+            |p| p.commit_transaction(CALL_TIMEOUT),
+        )
     }
 
     fn abort(&mut self) -> Result<(), SinkError> {
-        retrying(&self.producer, "aborting the transaction", |p| {
+        retrying(&self.connection.producer, "aborting the transaction", |p| {
             p.abort_transaction(CALL_TIMEOUT)
         })
     }
 
+    /// Replaces the producer; the old one's missing delivery reports will never come.
     fn recreate(&mut self) -> Result<(), SinkError> {
         tracing::warn!("re-creating the transactional producer");
-        self.producer = Self::initialised(&self.config, &self.context)?;
-        self.context.replaced();
-        Ok(())
+        self.connection.recreate()
     }
 
     fn take_refusals(&mut self) -> Vec<Refusal> {
-        self.context.take_refusals(REPORTS_WAIT)
+        self.connection.context.take_refusals(REPORTS_WAIT)
     }
 }
 
 /// At-least-once: produce, wait for every acknowledgement, then commit offsets with the consumer.
 pub struct AtLeastOnceSink {
-    config: ClientConfig,
-    context: Deliveries,
-    producer: Client,
+    connection: Connection,
 }
 
 impl std::fmt::Debug for AtLeastOnceSink {
@@ -325,12 +349,8 @@ impl std::fmt::Debug for AtLeastOnceSink {
 
 impl AtLeastOnceSink {
     pub fn connect(config: ClientConfig) -> Result<Self, SinkError> {
-        let context = Deliveries::default();
-        let producer = create(&config, &context)?;
         Ok(Self {
-            config,
-            context,
-            producer,
+            connection: Connection::open(config, create)?,
         })
     }
 }
@@ -343,7 +363,7 @@ impl Sink for AtLeastOnceSink {
     }
 
     fn send(&mut self, from: Position, record: OutRecord<'_>) -> Result<(), SinkError> {
-        send(&self.producer, &self.context, from, record)
+        self.connection.send(from, record)
     }
 
     fn commit(
@@ -357,10 +377,11 @@ impl Sink for AtLeastOnceSink {
             operation,
             cause,
         };
-        self.producer
+        self.connection
+            .producer
             .flush(CALL_TIMEOUT)
             .map_err(|error| abortable("waiting for acknowledgements", error.into()))?;
-        let failed = self.context.failures.swap(0, Ordering::AcqRel);
+        let failed = self.connection.context.failures.swap(0, Ordering::AcqRel);
         if failed > 0 {
             return Err(abortable(
                 "delivering the batch",
@@ -374,19 +395,19 @@ impl Sink for AtLeastOnceSink {
 
     /// Drops what is not sent yet; what was sent may still land (at-least-once allows duplicates).
     fn abort(&mut self) -> Result<(), SinkError> {
-        self.producer
+        self.connection
+            .producer
             .purge(PurgeConfig::default().queue().inflight());
-        self.context.failures.store(0, Ordering::Release);
+        self.connection.context.failures.store(0, Ordering::Release);
         Ok(())
     }
 
+    /// Replaces the producer; the old one's missing delivery reports will never come.
     fn recreate(&mut self) -> Result<(), SinkError> {
-        self.producer = create(&self.config, &self.context)?;
-        self.context.replaced();
-        Ok(())
+        self.connection.recreate()
     }
 
     fn take_refusals(&mut self) -> Vec<Refusal> {
-        self.context.take_refusals(REPORTS_WAIT)
+        self.connection.context.take_refusals(REPORTS_WAIT)
     }
 }
