@@ -1,8 +1,8 @@
 //! Bounds on sizes of an `OrderPipeline`, chosen generously for real pipelines and small enough for
 //! the CEL cost budget of the cross-field rules.
 //!
-//! Named here so the tests and docs can cite them; the schema attributes on the types carry the same
-//! numbers. Holds constants only.
+//! Named here so the tests and docs can cite them; the schema attributes on the types carry the
+//! same numbers. Holds constants only.
 
 /// Most topics one pipeline declares.
 pub const MAX_TOPICS: usize = 32;

@@ -11,8 +11,8 @@
 //! list macros (`filter`, `map`, `join`) or `string(int)` as unbounded and refuses the whole CRD. The
 //! apiserver prefixes every message with the field path and, for `FieldValueInvalid`, the value.
 //!
-//! The types live in one submodule per part of the resource; this module is the API version's public
-//! surface and re-exports them, so every type is named `orderpipe_api::v1alpha1::X`.
+//! The types live in one submodule per part of the resource; this module is the API version's
+//! public surface and re-exports them, so every type is named `orderpipe_api::v1alpha1::X`.
 
 mod duration;
 mod kafka;

@@ -1,7 +1,8 @@
 //! A consumer stage as declared in `spec.stages`: its processor, image, topics and the rules that
 //! tie them together.
 //!
-//! How a stage scales and rolls out lives in `workload`, the notify processor's settings in `notify`.
+//! How a stage scales and rolls out lives in `workload`, the notify processor's settings in
+//! `notify`.
 
 use std::collections::BTreeMap;
 
