@@ -77,6 +77,13 @@ impl Setup {
         Ok(())
     }
 
+    /// Creates pod `name` and waits until it is Ready; returns the PID of its container process.
+    async fn start_ready_pod(&self, name: &str, spec: Value) -> anyhow::Result<u32> {
+        self.create_pod(name, spec).await?;
+        let pod = self.wait_pod(name, "Ready", is_ready).await?;
+        running_pid(&pod).context("no pid")
+    }
+
     /// Waits until pod `name` exists and satisfies `condition`.
     async fn wait_pod(
         &self,
@@ -480,11 +487,9 @@ async fn deleting_a_pod_stops_its_process_gracefully_before_the_object_goes() ->
     // The worker takes 1.5 s to exit after SIGTERM: an agent that deleted the object without
     // waiting would be caught with no marker yet.
     let container = fake_worker(json!([{ "name": "FAKE_WORKER_TERM_DELAY_MS", "value": "1500" }]));
-    setup
-        .create_pod("graceful", on_agent(setup.node(), container))
+    let pid = setup
+        .start_ready_pod("graceful", on_agent(setup.node(), container))
         .await?;
-    let pod = setup.wait_pod("graceful", "Ready", is_ready).await?;
-    let pid = running_pid(&pod).context("no pid")?;
     setup
         .pods
         .delete("graceful", &DeleteParams::default())
@@ -502,9 +507,7 @@ async fn a_process_ignoring_sigterm_is_killed_after_the_grace_period() -> anyhow
     let container = fake_worker(json!([{ "name": "FAKE_WORKER_IGNORE_SIGTERM", "value": "1" }]));
     let mut spec = on_agent(setup.node(), container);
     spec["terminationGracePeriodSeconds"] = json!(2);
-    setup.create_pod("stubborn", spec).await?;
-    let pod = setup.wait_pod("stubborn", "Ready", is_ready).await?;
-    let pid = running_pid(&pod).context("no pid")?;
+    let pid = setup.start_ready_pod("stubborn", spec).await?;
     let deleted = Instant::now();
     setup
         .pods
@@ -657,11 +660,9 @@ async fn pods_without_the_toleration_still_go_to_kwoks_node() -> anyhow::Result<
 #[ignore = "needs the local stack: make test-e2e"]
 async fn stopping_the_agent_drains_its_pods_and_removes_its_node() -> anyhow::Result<()> {
     let setup = Setup::new("na-stop").await?;
-    setup
-        .create_pod("drained", on_agent(setup.node(), fake_worker(json!([]))))
+    let pid = setup
+        .start_ready_pod("drained", on_agent(setup.node(), fake_worker(json!([]))))
         .await?;
-    let pod = setup.wait_pod("drained", "Ready", is_ready).await?;
-    let pid = running_pid(&pod).context("no pid")?;
     let dir = setup.pod_dir("drained");
     let node = setup.node().to_owned();
     let Setup {
@@ -691,11 +692,9 @@ async fn stopping_the_agent_drains_its_pods_and_removes_its_node() -> anyhow::Re
 #[ignore = "needs the local stack: make test-e2e"]
 async fn dropping_the_agent_handle_stops_its_processes() -> anyhow::Result<()> {
     let setup = Setup::new("na-drop").await?;
-    setup
-        .create_pod("dropped", on_agent(setup.node(), fake_worker(json!([]))))
+    let pid = setup
+        .start_ready_pod("dropped", on_agent(setup.node(), fake_worker(json!([]))))
         .await?;
-    let pod = setup.wait_pod("dropped", "Ready", is_ready).await?;
-    let pid = running_pid(&pod).context("no pid")?;
     let dir = setup.pod_dir("dropped");
     let node = setup.node().to_owned();
     let Setup {
