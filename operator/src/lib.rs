@@ -15,6 +15,7 @@ pub mod controller;
 pub mod desired;
 pub mod error;
 pub mod events;
+pub mod external_metrics;
 pub mod http;
 pub mod lag;
 pub mod metrics;
