@@ -3,6 +3,7 @@
 //! CRDs appear or disappear).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
@@ -12,7 +13,9 @@ use k8s_openapi::api::core::v1::Toleration;
 use kube::client::ClientBuilder;
 use kube::runtime::events::Reporter;
 use kube_lease_manager::LeaseManagerBuilder;
+use orderpipe_operator::external_metrics::{self, MetricsApi, SubjectAccessReviewer};
 use orderpipe_operator::http::{self, Health};
+use orderpipe_operator::lag::{CacheSettings, KafkaLagSource, LagCache};
 use orderpipe_operator::metrics::Metrics;
 use orderpipe_operator::settings::{OperatorSettings, WorkerPlacement};
 use orderpipe_operator::topics::{AdminPool, AdminSettings};
@@ -61,6 +64,22 @@ struct Args {
     /// Seconds between re-checks of a Ready pipeline (default 300); Kafka drift is found this way.
     #[arg(long, env = "ORDERPIPE_RESYNC_SECONDS")]
     resync_seconds: Option<u64>,
+    /// Address of the external metrics API (`external.metrics.k8s.io`, HTTPS), the target of the
+    /// APIService's Service.
+    #[arg(
+        long,
+        env = "ORDERPIPE_EXTERNAL_METRICS_ADDR",
+        default_value = "0.0.0.0:6443"
+    )]
+    external_metrics_addr: SocketAddr,
+    /// Directory with the API's serving certificate (tls.crt, tls.key, e.g. a mounted
+    /// kubernetes.io/tls Secret). Unset: the external metrics API is not served.
+    #[arg(long, env = "ORDERPIPE_EXTERNAL_METRICS_CERT_DIR")]
+    external_metrics_cert_dir: Option<PathBuf>,
+    /// Seconds between two lag measurements of one stage in Kafka; requests in between share the
+    /// last one.
+    #[arg(long, env = "ORDERPIPE_LAG_INTERVAL_SECONDS", default_value_t = 5)]
+    lag_interval_seconds: u64,
     /// Log format.
     #[arg(long, env = "ORDERPIPE_LOG_FORMAT", value_parser = ["json", "text"], default_value = "json")]
     log_format: String,
@@ -109,6 +128,26 @@ async fn main() -> anyhow::Result<()> {
         },
         resync: args.resync_seconds.map(std::time::Duration::from_secs),
     };
+
+    // Every replica answers the external metrics API, leader or standby (see external_metrics).
+    if let Some(dir) = &args.external_metrics_cert_dir {
+        let settings = CacheSettings {
+            interval: std::time::Duration::from_secs(args.lag_interval_seconds),
+            ..CacheSettings::default()
+        };
+        tokio::spawn(serve_external_metrics(
+            args.external_metrics_addr,
+            dir.clone(),
+            client.clone(),
+            LagCache::new(
+                KafkaLagSource::new(client.clone(), AdminSettings::default().request_timeout),
+                settings,
+                metrics.clone(),
+            ),
+            metrics.clone(),
+            shutdown.clone(),
+        ));
+    }
 
     // Leadership: only the holder reconciles; losing the lease ends the process so a fresh start
     // rejoins as a candidate with clean caches.
@@ -211,6 +250,53 @@ async fn main() -> anyhow::Result<()> {
     }
     info!("stopped");
     Ok(())
+}
+
+/// Serves `external.metrics.k8s.io` until shutdown. A setup failure (no front-proxy settings, bad
+/// certificate) is logged and leaves the operator reconciling: the APIService then reports the
+/// service unavailable, and HPAs hold their replicas.
+async fn serve_external_metrics(
+    addr: SocketAddr,
+    cert_dir: PathBuf,
+    client: kube::Client,
+    lag: LagCache<KafkaLagSource>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    let setup = async {
+        let front_proxy = external_metrics::request_header_config(&client)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        let read = |name: &str| {
+            let path = cert_dir.join(name);
+            std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
+        };
+        let tls = external_metrics::tls_config(
+            &read("tls.crt")?,
+            &read("tls.key")?,
+            front_proxy.client_ca_pem.as_bytes(),
+        )?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        anyhow::Ok((front_proxy, tls, listener))
+    };
+    match setup.await {
+        Ok((front_proxy, tls, listener)) => {
+            info!(%addr, "serving external.metrics.k8s.io");
+            let api = MetricsApi {
+                lag: Arc::new(lag),
+                authorizer: SubjectAccessReviewer::new(client),
+                front_proxy,
+                metrics,
+            };
+            external_metrics::serve(listener, Arc::new(tls), Arc::new(api), shutdown).await;
+        }
+        Err(error) => error!(
+            error = format!("{error:#}"),
+            "not serving the external metrics API"
+        ),
+    }
 }
 
 fn parse_node_selector(text: &str) -> Result<(String, String), String> {
