@@ -13,7 +13,9 @@ use k8s_openapi::api::core::v1::Toleration;
 use kube::client::ClientBuilder;
 use kube::runtime::events::Reporter;
 use kube_lease_manager::LeaseManagerBuilder;
-use orderpipe_operator::external_metrics::{self, MetricsApi, SubjectAccessReviewer};
+use orderpipe_operator::external_metrics::{
+    self, MetricsApi, ServingCertificate, SubjectAccessReviewer,
+};
 use orderpipe_operator::http::{self, Health};
 use orderpipe_operator::lag::{CacheSettings, KafkaLagSource, LagCache};
 use orderpipe_operator::metrics::Metrics;
@@ -87,6 +89,9 @@ struct Args {
 
 const LEASE_NAME: &str = "orderpipe-operator-leader";
 const LEASE_SECONDS: u64 = 15;
+/// How often the external metrics API's certificate files are checked for a renewal: well inside
+/// the weeks cert-manager leaves between renewal and expiry, and a read of two small files.
+const CERTIFICATE_RELOAD: std::time::Duration = std::time::Duration::from_secs(60);
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -267,23 +272,20 @@ async fn serve_external_metrics(
         let front_proxy = external_metrics::request_header_config(&client)
             .await
             .map_err(anyhow::Error::msg)?;
-        let read = |name: &str| {
-            let path = cert_dir.join(name);
-            std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
-        };
+        let serving = Arc::new(ServingCertificate::load(&cert_dir)?);
         let tls = external_metrics::tls_config(
-            &read("tls.crt")?,
-            &read("tls.key")?,
+            Arc::clone(&serving),
             front_proxy.client_ca_pem.as_bytes(),
         )?;
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding {addr}"))?;
-        anyhow::Ok((front_proxy, tls, listener))
+        anyhow::Ok((front_proxy, serving, tls, listener))
     };
     match setup.await {
-        Ok((front_proxy, tls, listener)) => {
+        Ok((front_proxy, serving, tls, listener)) => {
             info!(%addr, "serving external.metrics.k8s.io");
+            tokio::spawn(serving.reload_periodically(CERTIFICATE_RELOAD, shutdown.clone()));
             let api = MetricsApi {
                 lag: Arc::new(lag),
                 authorizer: SubjectAccessReviewer::new(client),

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use orderpipe_operator::external_metrics::auth::{RequestHeaderConfig, User};
-use orderpipe_operator::external_metrics::{Authorizer, Decision, MetricsApi, serve, tls_config};
+use orderpipe_operator::external_metrics::{
+    Authorizer, Decision, MetricsApi, ServingCertificate, serve, tls_config,
+};
 use orderpipe_operator::lag::{CacheSettings, LagCache, LagError, LagSource, StageKey};
 use orderpipe_operator::metrics::Metrics;
 use prometheus_client::registry::Registry;
@@ -97,12 +99,12 @@ async fn start() -> Server {
         ExtendedKeyUsagePurpose::ServerAuth,
     );
     let front_proxy = ca("front-proxy-ca");
-    let tls = tls_config(
-        serving.as_bytes(),
-        serving.as_bytes(),
-        front_proxy.pem.as_bytes(),
-    )
-    .expect("TLS settings");
+    // The serving certificate as a mounted kubernetes.io/tls Secret: tls.crt and tls.key.
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("tls.crt"), &serving).expect("written");
+    std::fs::write(dir.path().join("tls.key"), &serving).expect("written");
+    let serving = Arc::new(ServingCertificate::load(dir.path()).expect("certificate"));
+    let tls = tls_config(serving, front_proxy.pem.as_bytes()).expect("TLS settings");
     let data = BTreeMap::from([
         (
             "requestheader-client-ca-file".to_owned(),

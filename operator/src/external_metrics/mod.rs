@@ -13,4 +13,4 @@ pub mod delegation;
 pub mod server;
 
 pub use delegation::{Authorizer, Decision, SubjectAccessReviewer, request_header_config};
-pub use server::{MetricsApi, TlsError, serve, tls_config};
+pub use server::{MetricsApi, ServingCertificate, TlsError, serve, tls_config};

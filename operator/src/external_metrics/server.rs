@@ -7,7 +7,8 @@
 //! certificate from another CA fails the TLS handshake.
 
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,9 +20,11 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use orderpipe_api::contract::metrics::CONSUMER_LAG;
 use rustls::RootCertStore;
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::WebPkiClientVerifier;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
 use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -39,6 +42,12 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Why the TLS settings could not be built. Names the input; never prints key material.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{what}: no PEM certificate in it")]
     NoCertificate { what: &'static str },
     #[error("{what}: {source}")]
@@ -65,15 +74,107 @@ fn certificates(pem: &[u8], what: &'static str) -> Result<Vec<CertificateDer<'st
     Ok(certificates)
 }
 
-/// TLS for the API: the serving certificate (chain) and key, and client certificates verified
-/// against the front-proxy CA but not required, so a request without one gets a clear 401 rather
-/// than a handshake failure. HTTP/1.1 only.
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The serving certificate from `tls.crt` and `tls.key` in a directory (a mounted
+/// kubernetes.io/tls Secret), re-read by [`reload`](Self::reload): cert-manager renews the Secret,
+/// the kubelet updates the files, and new handshakes get the new certificate without a restart.
+#[derive(Debug)]
+pub struct ServingCertificate {
+    dir: PathBuf,
+    provider: Arc<CryptoProvider>,
+    current: RwLock<Loaded>,
+}
+
+#[derive(Debug)]
+struct Loaded {
+    /// The files' contents, to notice a change.
+    pem: (Vec<u8>, Vec<u8>),
+    key: Arc<CertifiedKey>,
+}
+
+impl ServingCertificate {
+    pub fn load(dir: &Path) -> Result<Self, TlsError> {
+        let provider = provider();
+        let loaded = Self::read(dir, &provider)?;
+        Ok(Self {
+            dir: dir.to_owned(),
+            provider,
+            current: RwLock::new(loaded),
+        })
+    }
+
+    fn read(dir: &Path, provider: &CryptoProvider) -> Result<Loaded, TlsError> {
+        let read = |name: &str| {
+            let path = dir.join(name);
+            std::fs::read(&path).map_err(|source| TlsError::Read { path, source })
+        };
+        let (certificate_pem, key_pem) = (read("tls.crt")?, read("tls.key")?);
+        let chain = certificates(&certificate_pem, "the serving certificate")?;
+        let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|source| TlsError::Pem {
+            what: "the serving key",
+            source,
+        })?;
+        let key = CertifiedKey::from_der(chain, key, provider).map_err(TlsError::Serving)?;
+        Ok(Loaded {
+            pem: (certificate_pem, key_pem),
+            key: Arc::new(key),
+        })
+    }
+
+    /// Re-reads the files; `Ok(true)` when they changed and the new certificate is in use. On an
+    /// error (a half-written renewal) the certificate in use stays.
+    pub fn reload(&self) -> Result<bool, TlsError> {
+        let loaded = Self::read(&self.dir, &self.provider)?;
+        let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
+        if current.pem == loaded.pem {
+            return Ok(false);
+        }
+        *current = loaded;
+        Ok(true)
+    }
+
+    /// Reloads every `every` until `shutdown`, logging what happens.
+    pub async fn reload_periodically(
+        self: Arc<Self>,
+        every: Duration,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(every) => {}
+                () = shutdown.cancelled() => return,
+            }
+            let certificate = Arc::clone(&self);
+            match tokio::task::spawn_blocking(move || certificate.reload()).await {
+                Ok(Ok(true)) => tracing::info!("external metrics API: serving certificate renewed"),
+                Ok(Ok(false)) => {}
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "external metrics API: keeping the current certificate");
+                }
+                Err(error) => tracing::warn!(%error, "external metrics API: certificate reload"),
+            }
+        }
+    }
+}
+
+impl ResolvesServerCert for ServingCertificate {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let current = self.current.read().unwrap_or_else(PoisonError::into_inner);
+        Some(Arc::clone(&current.key))
+    }
+}
+
+/// TLS for the API: the serving certificate, and client certificates verified against the
+/// front-proxy CA but not required, so a request without one gets a clear 401 rather than a
+/// handshake failure. HTTP/1.1 only.
 pub fn tls_config(
-    certificate_pem: &[u8],
-    key_pem: &[u8],
+    serving: Arc<ServingCertificate>,
     front_proxy_ca_pem: &[u8],
 ) -> Result<rustls::ServerConfig, TlsError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = provider();
     let mut roots = RootCertStore::empty();
     for ca in certificates(front_proxy_ca_pem, "the front-proxy CA")? {
         roots.add(ca).map_err(TlsError::Roots)?;
@@ -82,17 +183,11 @@ pub fn tls_config(
         .allow_unauthenticated()
         .build()
         .map_err(TlsError::Verifier)?;
-    let chain = certificates(certificate_pem, "the serving certificate")?;
-    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|source| TlsError::Pem {
-        what: "the serving key",
-        source,
-    })?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(TlsError::Serving)?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
-        .map_err(TlsError::Serving)?;
+        .with_cert_resolver(serving);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }
@@ -258,5 +353,56 @@ pub async fn serve<S: LagSource, A: Authorizer>(
                 tracing::debug!(%peer, %error, "external metrics connection ended with an error");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A self-signed certificate and its key, as PEM.
+    fn self_signed(name: &str) -> (String, String) {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let params = rcgen::CertificateParams::new(vec![name.to_owned()]).expect("params");
+        let certificate = params.self_signed(&key).expect("certificate");
+        (certificate.pem(), key.serialize_pem())
+    }
+
+    fn write(dir: &Path, (certificate, key): &(String, String)) {
+        std::fs::write(dir.join("tls.crt"), certificate).expect("written");
+        std::fs::write(dir.join("tls.key"), key).expect("written");
+    }
+
+    fn served(serving: &ServingCertificate) -> CertificateDer<'static> {
+        let current = serving.current.read().expect("not poisoned");
+        current.key.cert[0].clone()
+    }
+
+    #[test]
+    fn a_renewed_certificate_is_served_after_reload_and_a_broken_one_is_not() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        write(dir.path(), &self_signed("first.svc"));
+        let serving = ServingCertificate::load(dir.path()).expect("loaded");
+        let first = served(&serving);
+        assert!(!serving.reload().expect("readable"), "unchanged files");
+
+        write(dir.path(), &self_signed("second.svc"));
+        assert!(serving.reload().expect("readable"), "renewed");
+        let second = served(&serving);
+        assert_ne!(first, second);
+
+        // A renewal caught half-written: the key of one certificate with another's certificate.
+        let (certificate, _) = self_signed("third.svc");
+        std::fs::write(dir.path().join("tls.crt"), certificate).expect("written");
+        let error = serving.reload().expect_err("key does not match");
+        assert!(error.to_string().contains("serving certificate"), "{error}");
+        assert_eq!(served(&serving), second, "the working certificate stays");
+    }
+
+    #[test]
+    fn missing_files_are_named_in_the_error() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let error = ServingCertificate::load(dir.path()).expect_err("no files");
+        assert!(error.to_string().contains("tls.crt"), "{error}");
     }
 }
