@@ -72,10 +72,9 @@ fn transaction(producer: &BaseProducer, topic: &str, partitions: &[i32], count: 
     producer.commit_transaction(TIMEOUT).expect("commit");
 }
 
-/// Consumes everything committed, as the stage's workers do, and commits "last record + 1" per
-/// partition for the group, the offset a worker sends with its transaction.
-fn consume_all_and_commit(bootstrap: &str, group: &str, topic: &str) {
-    let consumer: BaseConsumer = ClientConfig::new()
+/// A consumer of the stage's group with the worker's read settings.
+fn stage_consumer(bootstrap: &str, group: &str) -> BaseConsumer {
+    ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", group)
         .set("isolation.level", "read_committed")
@@ -83,7 +82,13 @@ fn consume_all_and_commit(bootstrap: &str, group: &str, topic: &str) {
         .set("enable.partition.eof", "true")
         .set("auto.offset.reset", "earliest")
         .create()
-        .expect("stage consumer");
+        .expect("stage consumer")
+}
+
+/// Consumes everything committed, as the stage's workers do, and commits "last record + 1" per
+/// partition for the group, the offset a worker sends with its transaction.
+fn consume_all_and_commit(bootstrap: &str, group: &str, topic: &str) {
+    let consumer = stage_consumer(bootstrap, group);
     let mut assignment = TopicPartitionList::new();
     for partition in 0..PARTITIONS {
         assignment.add_partition(topic, partition);
@@ -114,12 +119,7 @@ fn consume_all_and_commit(bootstrap: &str, group: &str, topic: &str) {
 
 /// The naive "end − committed" a lag gauge computes from offsets alone.
 fn naive_gap(bootstrap: &str, group: &str, topic: &str) -> i64 {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", group)
-        .set("isolation.level", "read_committed")
-        .create()
-        .expect("consumer");
+    let consumer = stage_consumer(bootstrap, group);
     let mut asked = TopicPartitionList::new();
     for partition in 0..PARTITIONS {
         asked.add_partition(topic, partition);

@@ -253,16 +253,20 @@ mod tests {
         }
     }
 
-    const HOURLY: CacheSettings = CacheSettings {
-        interval: Duration::from_secs(3600),
-        max_age: Duration::from_secs(7200),
-        idle: Duration::from_secs(7200),
-    };
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    fn settings(interval: Duration, max_age: Duration, idle: Duration) -> CacheSettings {
+        CacheSettings {
+            interval,
+            max_age,
+            idle,
+        }
+    }
 
     #[tokio::test]
     async fn concurrent_requests_share_one_measurement_per_interval() {
         let source = Arc::new(Counting::default());
-        let cache = Arc::new(cache(&source, HOURLY));
+        let cache = Arc::new(cache(&source, settings(HOUR, HOUR, HOUR)));
         let requests: Vec<_> = (0..8)
             .map(|_| {
                 let cache = Arc::clone(&cache);
@@ -283,11 +287,7 @@ mod tests {
     #[tokio::test]
     async fn a_due_refresh_measures_again() {
         let source = Arc::new(Counting::default());
-        let every_time = CacheSettings {
-            interval: Duration::ZERO,
-            ..HOURLY
-        };
-        let cache = cache(&source, every_time);
+        let cache = cache(&source, settings(Duration::ZERO, HOUR, HOUR));
         cache.get(&stage("validate")).await.expect("measured");
         let second = cache.get(&stage("validate")).await.expect("measured");
         assert_eq!(second.records, 20);
@@ -296,47 +296,28 @@ mod tests {
     #[tokio::test]
     async fn a_failed_refresh_serves_the_last_reading_until_it_is_too_old() {
         let source = Arc::new(Counting::default());
-        let cache = cache(
-            &source,
-            CacheSettings {
-                interval: Duration::ZERO,
-                ..HOURLY
-            },
-        );
+        let max_age = Duration::from_millis(200);
+        let cache = cache(&source, settings(Duration::ZERO, max_age, HOUR));
         cache.get(&stage("validate")).await.expect("measured");
         source.failing.store(true, Ordering::SeqCst);
         let served = cache.get(&stage("validate")).await.expect("last reading");
         assert_eq!(served.records, 10, "the reading before the failure");
 
-        let strict = cache_with_no_tolerance(&source);
-        let error = strict
+        tokio::time::sleep(max_age).await;
+        let error = cache
             .get(&stage("validate"))
             .await
-            .expect_err("no reading");
-        assert!(error.to_string().contains("orders"), "{error}");
-    }
-
-    fn cache_with_no_tolerance(source: &Arc<Counting>) -> LagCache<Arc<Counting>> {
-        cache(
-            source,
-            CacheSettings {
-                interval: Duration::ZERO,
-                max_age: Duration::ZERO,
-                idle: Duration::from_secs(7200),
-            },
-        )
+            .expect_err("too old to serve");
+        assert!(
+            error.to_string().contains("orders"),
+            "the last error: {error}"
+        );
     }
 
     #[tokio::test]
     async fn stages_nobody_asks_about_lose_their_client() {
         let source = Arc::new(Counting::default());
-        let cache = cache(
-            &source,
-            CacheSettings {
-                idle: Duration::ZERO,
-                ..HOURLY
-            },
-        );
+        let cache = cache(&source, settings(HOUR, HOUR, Duration::ZERO));
         cache.get(&stage("validate")).await.expect("measured");
         cache.get(&stage("notify")).await.expect("measured");
         assert_eq!(*source.closed.lock().expect("not poisoned"), vec![1]);
