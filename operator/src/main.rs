@@ -92,6 +92,8 @@ const LEASE_SECONDS: u64 = 15;
 /// How often the external metrics API's certificate files are checked for a renewal: well inside
 /// the weeks cert-manager leaves between renewal and expiry, and a read of two small files.
 const CERTIFICATE_RELOAD: std::time::Duration = std::time::Duration::from_secs(60);
+/// Pause between two attempts to set the external metrics API up.
+const EXTERNAL_METRICS_SETUP_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -257,9 +259,10 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Serves `external.metrics.k8s.io` until shutdown. A setup failure (no front-proxy settings, bad
-/// certificate) is logged and leaves the operator reconciling: the APIService then reports the
-/// service unavailable, and HPAs hold their replicas.
+/// Serves `external.metrics.k8s.io` until shutdown. Setup (the front-proxy settings, the
+/// certificate, the port) is retried until it succeeds: on install the RoleBinding that lets the
+/// operator read the front-proxy settings, or cert-manager's Secret, may arrive after the pod
+/// starts. Meanwhile the operator reconciles and the APIService reports the service unavailable.
 async fn serve_external_metrics(
     addr: SocketAddr,
     cert_dir: PathBuf,
@@ -268,7 +271,7 @@ async fn serve_external_metrics(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
-    let setup = async {
+    let setup = || async {
         let front_proxy = external_metrics::request_header_config(&client)
             .await
             .map_err(anyhow::Error::msg)?;
@@ -282,23 +285,29 @@ async fn serve_external_metrics(
             .with_context(|| format!("binding {addr}"))?;
         anyhow::Ok((front_proxy, serving, tls, listener))
     };
-    match setup.await {
-        Ok((front_proxy, serving, tls, listener)) => {
-            info!(%addr, "serving external.metrics.k8s.io");
-            tokio::spawn(serving.reload_periodically(CERTIFICATE_RELOAD, shutdown.clone()));
-            let api = MetricsApi {
-                lag: Arc::new(lag),
-                authorizer: SubjectAccessReviewer::new(client),
-                front_proxy,
-                metrics,
-            };
-            external_metrics::serve(listener, Arc::new(tls), Arc::new(api), shutdown).await;
+    let (front_proxy, serving, tls, listener) = loop {
+        match setup().await {
+            Ok(ready) => break ready,
+            Err(error) => error!(
+                error = format!("{error:#}"),
+                retry_in = ?EXTERNAL_METRICS_SETUP_RETRY,
+                "not serving the external metrics API yet"
+            ),
         }
-        Err(error) => error!(
-            error = format!("{error:#}"),
-            "not serving the external metrics API"
-        ),
-    }
+        tokio::select! {
+            () = tokio::time::sleep(EXTERNAL_METRICS_SETUP_RETRY) => {}
+            () = shutdown.cancelled() => return,
+        }
+    };
+    info!(%addr, "serving external.metrics.k8s.io");
+    tokio::spawn(serving.reload_periodically(CERTIFICATE_RELOAD, shutdown.clone()));
+    let api = MetricsApi {
+        lag: Arc::new(lag),
+        authorizer: SubjectAccessReviewer::new(client),
+        front_proxy,
+        metrics,
+    };
+    external_metrics::serve(listener, Arc::new(tls), Arc::new(api), shutdown).await;
 }
 
 fn parse_node_selector(text: &str) -> Result<(String, String), String> {
