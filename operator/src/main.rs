@@ -14,7 +14,7 @@ use kube::client::ClientBuilder;
 use kube::runtime::events::Reporter;
 use kube_lease_manager::LeaseManagerBuilder;
 use orderpipe_operator::external_metrics::{
-    self, MetricsApi, ServingCertificate, SubjectAccessReviewer,
+    self, CachedAuthorizer, MetricsApi, ServingCertificate, SubjectAccessReviewer,
 };
 use orderpipe_operator::http::{self, Health};
 use orderpipe_operator::lag::{CacheSettings, KafkaLagSource, LagCache};
@@ -92,6 +92,9 @@ const LEASE_SECONDS: u64 = 15;
 /// How often the external metrics API's certificate files are checked for a renewal: well inside
 /// the weeks cert-manager leaves between renewal and expiry, and a read of two small files.
 const CERTIFICATE_RELOAD: std::time::Duration = std::time::Duration::from_secs(60);
+/// How long an authorization decision of the external metrics API is reused (kube-apiserver's
+/// delegating authorizer's default).
+const DECISION_TTL: std::time::Duration = std::time::Duration::from_secs(10);
 /// Pause between two attempts to set the external metrics API up.
 const EXTERNAL_METRICS_SETUP_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -303,7 +306,7 @@ async fn serve_external_metrics(
     tokio::spawn(serving.reload_periodically(CERTIFICATE_RELOAD, shutdown.clone()));
     let api = MetricsApi {
         lag: Arc::new(lag),
-        authorizer: SubjectAccessReviewer::new(client),
+        authorizer: CachedAuthorizer::new(SubjectAccessReviewer::new(client), DECISION_TTL),
         front_proxy,
         metrics,
     };

@@ -12,5 +12,7 @@ pub mod auth;
 pub mod delegation;
 pub mod server;
 
-pub use delegation::{Authorizer, Decision, SubjectAccessReviewer, request_header_config};
+pub use delegation::{
+    Authorizer, CachedAuthorizer, Decision, SubjectAccessReviewer, request_header_config,
+};
 pub use server::{MetricsApi, ServingCertificate, TlsError, serve, tls_config};
