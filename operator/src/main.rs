@@ -14,7 +14,7 @@ use kube::client::ClientBuilder;
 use kube::runtime::events::Reporter;
 use kube_lease_manager::LeaseManagerBuilder;
 use orderpipe_operator::external_metrics::{
-    self, CachedAuthorizer, MetricsApi, ServingCertificate, SubjectAccessReviewer,
+    self, CachedAuthorizer, FrontProxyTrust, MetricsApi, ServingCertificate, SubjectAccessReviewer,
 };
 use orderpipe_operator::http::{self, Health};
 use orderpipe_operator::lag::{CacheSettings, KafkaLagSource, LagCache};
@@ -89,9 +89,10 @@ struct Args {
 
 const LEASE_NAME: &str = "orderpipe-operator-leader";
 const LEASE_SECONDS: u64 = 15;
-/// How often the external metrics API's certificate files are checked for a renewal: well inside
-/// the weeks cert-manager leaves between renewal and expiry, and a read of two small files.
-const CERTIFICATE_RELOAD: std::time::Duration = std::time::Duration::from_secs(60);
+/// How often the external metrics API re-reads its serving certificate files and the front
+/// proxy's settings: well inside the weeks cert-manager leaves between renewal and expiry, and
+/// cheap (two small files, one ConfigMap GET).
+const TRUST_REFRESH: std::time::Duration = std::time::Duration::from_secs(60);
 /// How long an authorization decision of the external metrics API is reused (kube-apiserver's
 /// delegating authorizer's default).
 const DECISION_TTL: std::time::Duration = std::time::Duration::from_secs(10);
@@ -279,16 +280,13 @@ async fn serve_external_metrics(
             .await
             .map_err(anyhow::Error::msg)?;
         let serving = Arc::new(ServingCertificate::load(&cert_dir)?);
-        let tls = external_metrics::tls_config(
-            Arc::clone(&serving),
-            front_proxy.client_ca_pem.as_bytes(),
-        )?;
+        let trust = Arc::new(FrontProxyTrust::new(Arc::clone(&serving), front_proxy)?);
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding {addr}"))?;
-        anyhow::Ok((front_proxy, serving, tls, listener))
+        anyhow::Ok((serving, trust, listener))
     };
-    let (front_proxy, serving, tls, listener) = loop {
+    let (serving, trust, listener) = loop {
         match setup().await {
             Ok(ready) => break ready,
             Err(error) => error!(
@@ -303,14 +301,18 @@ async fn serve_external_metrics(
         }
     };
     info!(%addr, "serving external.metrics.k8s.io");
-    tokio::spawn(serving.reload_periodically(CERTIFICATE_RELOAD, shutdown.clone()));
+    tokio::spawn(serving.reload_periodically(TRUST_REFRESH, shutdown.clone()));
+    tokio::spawn(Arc::clone(&trust).refresh_periodically(
+        client.clone(),
+        TRUST_REFRESH,
+        shutdown.clone(),
+    ));
     let api = MetricsApi {
         lag: Arc::new(lag),
         authorizer: CachedAuthorizer::new(SubjectAccessReviewer::new(client), DECISION_TTL),
-        front_proxy,
         metrics,
     };
-    external_metrics::serve(listener, Arc::new(tls), Arc::new(api), shutdown).await;
+    external_metrics::serve(listener, trust, Arc::new(api), shutdown).await;
 }
 
 fn parse_node_selector(text: &str) -> Result<(String, String), String> {

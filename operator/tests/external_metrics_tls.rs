@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use orderpipe_operator::external_metrics::auth::{RequestHeaderConfig, User};
 use orderpipe_operator::external_metrics::{
-    Authorizer, Decision, MetricsApi, ServingCertificate, serve, tls_config,
+    Authorizer, Decision, FrontProxyTrust, MetricsApi, ServingCertificate, serve,
 };
 use orderpipe_operator::lag::{CacheSettings, LagCache, LagError, LagSource, StageKey};
 use orderpipe_operator::metrics::Metrics;
@@ -87,7 +87,23 @@ struct Server {
     url: String,
     serving_ca: String,
     front_proxy: Ca,
+    trust: Arc<FrontProxyTrust>,
     stop: CancellationToken,
+}
+
+/// kube-apiserver's front-proxy settings with this CA, as the ConfigMap carries them.
+fn front_proxy_settings(ca: &Ca) -> RequestHeaderConfig {
+    let data = BTreeMap::from([
+        ("requestheader-client-ca-file", ca.pem.as_str()),
+        ("requestheader-allowed-names", r#"["front-proxy-client"]"#),
+        ("requestheader-username-headers", r#"["X-Remote-User"]"#),
+        ("requestheader-group-headers", r#"["X-Remote-Group"]"#),
+    ]);
+    let data = data
+        .into_iter()
+        .map(|(key, value)| (key.to_owned(), value.to_owned()))
+        .collect();
+    RequestHeaderConfig::from_config_map(&data).expect("front proxy")
 }
 
 async fn start() -> Server {
@@ -98,31 +114,14 @@ async fn start() -> Server {
         &["127.0.0.1"],
         ExtendedKeyUsagePurpose::ServerAuth,
     );
-    let front_proxy = ca("front-proxy-ca");
     // The serving certificate as a mounted kubernetes.io/tls Secret: tls.crt and tls.key.
     let dir = tempfile::tempdir().expect("temp dir");
     std::fs::write(dir.path().join("tls.crt"), &serving).expect("written");
     std::fs::write(dir.path().join("tls.key"), &serving).expect("written");
     let serving = Arc::new(ServingCertificate::load(dir.path()).expect("certificate"));
-    let tls = tls_config(serving, front_proxy.pem.as_bytes()).expect("TLS settings");
-    let data = BTreeMap::from([
-        (
-            "requestheader-client-ca-file".to_owned(),
-            front_proxy.pem.clone(),
-        ),
-        (
-            "requestheader-allowed-names".to_owned(),
-            r#"["front-proxy-client"]"#.to_owned(),
-        ),
-        (
-            "requestheader-username-headers".to_owned(),
-            r#"["X-Remote-User"]"#.to_owned(),
-        ),
-        (
-            "requestheader-group-headers".to_owned(),
-            r#"["X-Remote-Group"]"#.to_owned(),
-        ),
-    ]);
+    let front_proxy = ca("front-proxy-ca");
+    let trust = FrontProxyTrust::new(serving, front_proxy_settings(&front_proxy));
+    let trust = Arc::new(trust.expect("TLS settings"));
     let metrics = Arc::new(Metrics::register(&mut Registry::default()));
     let api = MetricsApi {
         lag: Arc::new(LagCache::new(
@@ -131,7 +130,6 @@ async fn start() -> Server {
             Arc::clone(&metrics),
         )),
         authorizer: OnlyAlice,
-        front_proxy: RequestHeaderConfig::from_config_map(&data).expect("front proxy"),
         metrics,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -139,11 +137,17 @@ async fn start() -> Server {
         .expect("bound");
     let url = format!("https://{}", listener.local_addr().expect("address"));
     let stop = CancellationToken::new();
-    tokio::spawn(serve(listener, Arc::new(tls), Arc::new(api), stop.clone()));
+    tokio::spawn(serve(
+        listener,
+        Arc::clone(&trust),
+        Arc::new(api),
+        stop.clone(),
+    ));
     Server {
         url,
         serving_ca: serving_ca.pem,
         front_proxy,
+        trust,
         stop,
     }
 }
@@ -270,5 +274,53 @@ async fn the_front_proxy_gets_discovery_and_the_lag_of_authorized_users() {
         "/apis/external.metrics.k8s.io/v1beta1/namespaces/shop/queue_depth?labelSelector=a%3Db";
     let (status, body) = get(&proxy, &server, other, "alice").await.expect("answer");
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    server.stop.cancel();
+}
+
+#[tokio::test]
+async fn a_rotated_front_proxy_ca_is_trusted_from_the_next_connection() {
+    let server = start().await;
+    let proxy = |ca: &Ca| {
+        let pem = leaf(
+            ca,
+            "front-proxy-client",
+            &[],
+            ExtendedKeyUsagePurpose::ClientAuth,
+        );
+        client(&server, Some(&pem))
+    };
+    let discovery = "/apis/external.metrics.k8s.io/v1beta1";
+    let old_proxy = proxy(&server.front_proxy);
+    let (status, _) = get(&old_proxy, &server, discovery, "system:kube-aggregator")
+        .await
+        .expect("answer");
+    assert_eq!(status, StatusCode::OK);
+
+    let rotated = ca("front-proxy-ca-2");
+    let unchanged = server
+        .trust
+        .update(front_proxy_settings(&server.front_proxy));
+    assert!(!unchanged.expect("valid"), "same settings: nothing to do");
+    assert!(
+        server
+            .trust
+            .update(front_proxy_settings(&rotated))
+            .expect("valid")
+    );
+
+    let (status, _) = get(
+        &proxy(&rotated),
+        &server,
+        discovery,
+        "system:kube-aggregator",
+    )
+    .await
+    .expect("answer");
+    assert_eq!(status, StatusCode::OK, "the new CA's certificate");
+    let refused = get(&proxy(&server.front_proxy), &server, discovery, "alice").await;
+    assert!(
+        refused.is_err(),
+        "the old CA is no longer trusted: {refused:?}"
+    );
     server.stop.cancel();
 }

@@ -15,4 +15,4 @@ pub mod server;
 pub use delegation::{
     Authorizer, CachedAuthorizer, Decision, SubjectAccessReviewer, request_header_config,
 };
-pub use server::{MetricsApi, ServingCertificate, TlsError, serve, tls_config};
+pub use server::{FrontProxyTrust, MetricsApi, ServingCertificate, TlsError, serve};

@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::api::{self, Route};
 use super::auth::{RequestHeaderConfig, authenticate};
-use super::delegation::{Authorizer, Decision};
+use super::delegation::{Authorizer, Decision, request_header_config};
 use crate::lag::{LagCache, LagSource, StageKey};
 use crate::metrics::Metrics;
 
@@ -170,7 +170,7 @@ impl ResolvesServerCert for ServingCertificate {
 /// TLS for the API: the serving certificate, and client certificates verified against the
 /// front-proxy CA but not required, so a request without one gets a clear 401 rather than a
 /// handshake failure. HTTP/1.1 only.
-pub fn tls_config(
+fn tls_config(
     serving: Arc<ServingCertificate>,
     front_proxy_ca_pem: &[u8],
 ) -> Result<rustls::ServerConfig, TlsError> {
@@ -192,6 +192,91 @@ pub fn tls_config(
     Ok(config)
 }
 
+/// The front proxy's settings and the TLS settings that trust its CA, replaced together when
+/// kube-apiserver publishes new ones (a rotated front-proxy CA, other allowed names): each
+/// connection is authenticated with the settings of the moment it was accepted.
+#[derive(Debug)]
+pub struct FrontProxyTrust {
+    serving: Arc<ServingCertificate>,
+    current: RwLock<Trusted>,
+}
+
+#[derive(Clone, Debug)]
+struct Trusted {
+    front_proxy: Arc<RequestHeaderConfig>,
+    tls: Arc<rustls::ServerConfig>,
+}
+
+impl FrontProxyTrust {
+    pub fn new(
+        serving: Arc<ServingCertificate>,
+        front_proxy: RequestHeaderConfig,
+    ) -> Result<Self, TlsError> {
+        let trusted = Self::trusted(&serving, front_proxy)?;
+        Ok(Self {
+            serving,
+            current: RwLock::new(trusted),
+        })
+    }
+
+    fn trusted(
+        serving: &Arc<ServingCertificate>,
+        front_proxy: RequestHeaderConfig,
+    ) -> Result<Trusted, TlsError> {
+        let tls = tls_config(Arc::clone(serving), front_proxy.client_ca_pem.as_bytes())?;
+        Ok(Trusted {
+            front_proxy: Arc::new(front_proxy),
+            tls: Arc::new(tls),
+        })
+    }
+
+    fn current(&self) -> Trusted {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Uses `front_proxy` from now on; `Ok(false)` when nothing changed. Settings whose CA does
+    /// not parse are refused and the current ones stay.
+    pub fn update(&self, front_proxy: RequestHeaderConfig) -> Result<bool, TlsError> {
+        if *self.current().front_proxy == front_proxy {
+            return Ok(false);
+        }
+        let trusted = Self::trusted(&self.serving, front_proxy)?;
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = trusted;
+        Ok(true)
+    }
+
+    /// Re-reads the front proxy's settings every `every` until `shutdown`, logging changes and
+    /// failures (the current settings stay on a failure).
+    pub async fn refresh_periodically(
+        self: Arc<Self>,
+        client: kube::Client,
+        every: Duration,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(every) => {}
+                () = shutdown.cancelled() => return,
+            }
+            let updated = match request_header_config(&client).await {
+                Ok(front_proxy) => self.update(front_proxy).map_err(|error| error.to_string()),
+                Err(error) => Err(error),
+            };
+            match updated {
+                Ok(true) => tracing::info!("external metrics API: new front-proxy settings in use"),
+                Ok(false) => {}
+                Err(error) => tracing::warn!(
+                    %error,
+                    "external metrics API: keeping the current front-proxy settings"
+                ),
+            }
+        }
+    }
+}
+
 /// The common name of a (verified) certificate, `None` when it has none.
 fn common_name(certificate: &CertificateDer<'_>) -> Option<String> {
     let (_, parsed) = x509_parser::parse_x509_certificate(certificate).ok()?;
@@ -203,7 +288,6 @@ fn common_name(certificate: &CertificateDer<'_>) -> Option<String> {
 pub struct MetricsApi<S: LagSource, A: Authorizer> {
     pub lag: Arc<LagCache<S>>,
     pub authorizer: A,
-    pub front_proxy: RequestHeaderConfig,
     pub metrics: Arc<Metrics>,
 }
 
@@ -216,11 +300,13 @@ impl<S: LagSource, A: Authorizer> std::fmt::Debug for MetricsApi<S, A> {
 impl<S: LagSource, A: Authorizer> MetricsApi<S, A> {
     async fn respond(
         &self,
+        front_proxy: &RequestHeaderConfig,
         common_name: Option<&str>,
         request: &Request<Incoming>,
     ) -> Response<Full<Bytes>> {
         let (code, body) = self
             .answer(
+                front_proxy,
                 common_name,
                 request.method(),
                 request.uri(),
@@ -239,6 +325,7 @@ impl<S: LagSource, A: Authorizer> MetricsApi<S, A> {
 
     async fn answer(
         &self,
+        front_proxy: &RequestHeaderConfig,
         common_name: Option<&str>,
         method: &Method,
         uri: &Uri,
@@ -248,7 +335,7 @@ impl<S: LagSource, A: Authorizer> MetricsApi<S, A> {
         if method != Method::GET {
             return fail(StatusCode::METHOD_NOT_ALLOWED, "only GET is served");
         }
-        let user = match authenticate(&self.front_proxy, common_name, headers) {
+        let user = match authenticate(front_proxy, common_name, headers) {
             Ok(user) => user,
             Err(error) => return fail(StatusCode::UNAUTHORIZED, &error.to_string()),
         };
@@ -308,11 +395,10 @@ impl<S: LagSource, A: Authorizer> MetricsApi<S, A> {
 /// Serves the API on `listener` until `shutdown` is cancelled.
 pub async fn serve<S: LagSource, A: Authorizer>(
     listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
+    trust: Arc<FrontProxyTrust>,
     api: Arc<MetricsApi<S, A>>,
     shutdown: CancellationToken,
 ) {
-    let acceptor = TlsAcceptor::from(tls);
     loop {
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -326,7 +412,9 @@ pub async fn serve<S: LagSource, A: Authorizer>(
             },
             () = shutdown.cancelled() => return,
         };
-        let (acceptor, api) = (acceptor.clone(), Arc::clone(&api));
+        let Trusted { front_proxy, tls } = trust.current();
+        let acceptor = TlsAcceptor::from(tls);
+        let api = Arc::clone(&api);
         tokio::spawn(async move {
             let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(stream)) => stream,
@@ -343,8 +431,14 @@ pub async fn serve<S: LagSource, A: Authorizer>(
                 .and_then(<[_]>::first)
                 .and_then(common_name);
             let service = service_fn(move |request: Request<Incoming>| {
-                let (api, common_name) = (Arc::clone(&api), common_name.clone());
-                async move { Ok::<_, Infallible>(api.respond(common_name.as_deref(), &request).await) }
+                let (api, front_proxy) = (Arc::clone(&api), Arc::clone(&front_proxy));
+                let common_name = common_name.clone();
+                async move {
+                    let response = api
+                        .respond(&front_proxy, common_name.as_deref(), &request)
+                        .await;
+                    Ok::<_, Infallible>(response)
+                }
             });
             if let Err(error) = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
