@@ -7,6 +7,7 @@
 //! certificate from another CA fails the TLS handshake.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
@@ -136,27 +137,21 @@ impl ServingCertificate {
         Ok(true)
     }
 
-    /// Reloads every `every` until `shutdown`, logging what happens.
+    /// Reloads every `every` until `shutdown`.
     pub async fn reload_periodically(
         self: Arc<Self>,
         every: Duration,
         shutdown: CancellationToken,
     ) {
-        loop {
-            tokio::select! {
-                () = tokio::time::sleep(every) => {}
-                () = shutdown.cancelled() => return,
-            }
+        refresh_every(every, shutdown, "serving certificate", || {
             let certificate = Arc::clone(&self);
-            match tokio::task::spawn_blocking(move || certificate.reload()).await {
-                Ok(Ok(true)) => tracing::info!("external metrics API: serving certificate renewed"),
-                Ok(Ok(false)) => {}
-                Ok(Err(error)) => {
-                    tracing::warn!(%error, "external metrics API: keeping the current certificate");
-                }
-                Err(error) => tracing::warn!(%error, "external metrics API: certificate reload"),
+            async move {
+                let reload = tokio::task::spawn_blocking(move || certificate.reload());
+                let reloaded = reload.await.map_err(|error| error.to_string())?;
+                reloaded.map_err(|error| error.to_string())
             }
-        }
+        })
+        .await;
     }
 }
 
@@ -248,30 +243,45 @@ impl FrontProxyTrust {
         Ok(true)
     }
 
-    /// Re-reads the front proxy's settings every `every` until `shutdown`, logging changes and
-    /// failures (the current settings stay on a failure).
+    /// Re-reads the front proxy's settings every `every` until `shutdown`.
     pub async fn refresh_periodically(
         self: Arc<Self>,
         client: kube::Client,
         every: Duration,
         shutdown: CancellationToken,
     ) {
-        loop {
-            tokio::select! {
-                () = tokio::time::sleep(every) => {}
-                () = shutdown.cancelled() => return,
+        refresh_every(every, shutdown, "front-proxy settings", || {
+            let (trust, client) = (Arc::clone(&self), client.clone());
+            async move {
+                let front_proxy = request_header_config(&client).await?;
+                trust.update(front_proxy).map_err(|error| error.to_string())
             }
-            let updated = match request_header_config(&client).await {
-                Ok(front_proxy) => self.update(front_proxy).map_err(|error| error.to_string()),
-                Err(error) => Err(error),
-            };
-            match updated {
-                Ok(true) => tracing::info!("external metrics API: new front-proxy settings in use"),
-                Ok(false) => {}
-                Err(error) => tracing::warn!(
-                    %error,
-                    "external metrics API: keeping the current front-proxy settings"
-                ),
+        })
+        .await;
+    }
+}
+
+/// Runs `refresh` every `every` until `shutdown`, logging when it put something new in use
+/// (`Ok(true)`) and when it failed (what is in use stays).
+async fn refresh_every<F, R>(
+    every: Duration,
+    shutdown: CancellationToken,
+    what: &'static str,
+    mut refresh: F,
+) where
+    F: FnMut() -> R,
+    R: Future<Output = Result<bool, String>>,
+{
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            () = shutdown.cancelled() => return,
+        }
+        match refresh().await {
+            Ok(true) => tracing::info!("external metrics API: new {what} in use"),
+            Ok(false) => {}
+            Err(error) => {
+                tracing::warn!(%error, "external metrics API: keeping the current {what}");
             }
         }
     }
