@@ -1,10 +1,11 @@
 //! The HTTPS server of the external metrics API: TLS with optional client certificates verified
 //! against the front-proxy CA, then per request authenticate -> authorize -> answer.
 //!
-//! I/O edge: accepts connections and calls the [`Authorizer`] and the [`LagCache`]; the routes,
-//! documents, selector and authentication rules are the pure `api` and `auth` modules. A
-//! connection without a verified front-proxy certificate gets 401 for every request; one with a
-//! certificate from another CA fails the TLS handshake.
+//! I/O edge: accepts connections, reads the serving certificate files ([`ServingCertificate`]),
+//! keeps the front proxy's settings current ([`FrontProxyTrust`]) and calls the [`Authorizer`] and
+//! the [`LagCache`]; the routes, documents, selector and authentication rules are the pure `api`
+//! and `auth` modules. A connection without a verified front-proxy certificate gets 401 for every
+//! request; one with a certificate from another CA fails the TLS handshake.
 
 use std::convert::Infallible;
 use std::future::Future;
