@@ -1,12 +1,16 @@
 //! Consumer lag measured by the operator against a real broker with a transactional producer, as
 //! the workers write: an idle stage reads exactly 0 although commit markers sit after its last
-//! commit; aborted and still-open transactions are not lag; a backlog reads its size.
+//! commit; aborted and still-open transactions are not lag; a backlog reads its size; and a stage
+//! that commits its offsets inside transactions (KIP-447, as the worker does) is measured
+//! throughout its drain and reads 0 once idle.
 //!
 //! Starts its own private Kafka broker (`orderpipe_e2e::Stack`, Kafka only, own ports and dirs),
 //! so it needs the prebuilt e2e tools (`make e2e-tools`) but not the shared stack:
 //! `cargo test -p orderpipe-operator --test lag_kafka -- --ignored`.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use orderpipe_api::v1alpha1::{BootstrapServer, KafkaSpec};
@@ -214,6 +218,130 @@ async fn lag_on_a_transactional_input_is_zero_when_idle_and_the_backlog_when_beh
         matches!(missing, Err(LagError::TopicMissing { .. })),
         "{missing:?}"
     );
+
+    drop((writer, lagging));
+    stack.stop().await?;
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}
+
+/// One stage worker as the real one commits: a group member reading read_committed, writing each
+/// batch and its input offsets ("last record + 1") in one transaction (KIP-447), until `stop`.
+/// Counts the input records it processed into `processed`.
+fn run_stage(
+    bootstrap: &str,
+    group: &str,
+    input: &str,
+    output: &str,
+    processed: &AtomicUsize,
+    stop: &AtomicBool,
+) {
+    let consumer = stage_consumer(bootstrap, group);
+    consumer.subscribe(&[input]).expect("subscribed");
+    let producer = producer(bootstrap, &format!("{group}.worker-0"));
+    while !stop.load(Ordering::SeqCst) {
+        let mut batch = Vec::new();
+        while batch.len() < 10 {
+            match consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(message)) => batch.push((
+                    message.partition(),
+                    message.offset(),
+                    message.key().map(<[u8]>::to_vec),
+                )),
+                Some(Err(KafkaError::PartitionEOF(_))) | None => break,
+                Some(Err(error)) => panic!("stage consumer: {error}"),
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        producer.begin_transaction().expect("begin");
+        let mut next = BTreeMap::new();
+        for (partition, offset, key) in &batch {
+            let mut record = BaseRecord::<Vec<u8>, str>::to(output).payload("{}");
+            if let Some(key) = key {
+                record = record.key(key);
+            }
+            producer.send(record).expect("queued");
+            next.insert(*partition, offset + 1);
+        }
+        let mut offsets = TopicPartitionList::new();
+        for (partition, offset) in next {
+            offsets
+                .add_partition_offset(input, partition, Offset::Offset(offset))
+                .expect("offset");
+        }
+        let group_metadata = consumer.group_metadata().expect("group member");
+        producer
+            .send_offsets_to_transaction(&offsets, &group_metadata, TIMEOUT)
+            .expect("offsets in the transaction");
+        producer.commit_transaction(TIMEOUT).expect("commit");
+        processed.fetch_add(batch.len(), Ordering::SeqCst);
+        // Slow enough that many measurements fall into the drain, some while offsets are pending
+        // in a transaction.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "starts a private Kafka broker: needs the e2e tools (make e2e-tools)"]
+async fn lag_is_measured_while_a_transactional_stage_drains_and_reads_zero_after()
+-> anyhow::Result<()> {
+    let work = std::env::temp_dir().join(unique_name("orderpipe-lag-drain"));
+    let stack = Stack::builder("lag-drain")
+        .kafka_only()
+        .work_dir(&work)
+        .start()
+        .await?;
+    let bootstrap = stack.kafka_bootstrap()?.to_owned();
+    let (input, output) = (unique_name("orders"), unique_name("validated"));
+    let group = format!("orderpipe.it.{input}.validate");
+    create_topic(&bootstrap, &input, PARTITIONS).await?;
+    create_topic(&bootstrap, &output, 1).await?;
+    let writer = producer(&bootstrap, &format!("{input}.writer"));
+    let all: Vec<i32> = (0..PARTITIONS).collect();
+    transaction(&writer, &input, &all, 100);
+
+    let processed = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let worker = std::thread::spawn({
+        let (bootstrap, group, input, output) = (
+            bootstrap.clone(),
+            group.clone(),
+            input.clone(),
+            output.clone(),
+        );
+        let (processed, stop) = (Arc::clone(&processed), Arc::clone(&stop));
+        move || run_stage(&bootstrap, &group, &input, &output, &processed, &stop)
+    });
+
+    // Measured throughout the drain: every measurement answers (offsets pending in a transaction
+    // are waited for, not an error), never exceeds the 300 records plus one marker per partition
+    // (a backlog of 101 per partition), and falls as the stage works.
+    let lagging = lag_consumer(&bootstrap, &group);
+    let mut readings = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while processed.load(Ordering::SeqCst) < 300 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stage did not drain: {readings:?}"
+        );
+        readings.push(lag(&lagging, &input).await?);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(readings.iter().all(|lag| *lag <= 303), "{readings:?}");
+    let during = readings
+        .iter()
+        .filter(|lag| (1..=300).contains(*lag))
+        .count();
+    assert!(during >= 5, "measured during the drain: {readings:?}");
+
+    // Drained and idle: the transactions' markers follow the last commit; the lag is 0.
+    assert_eq!(lag(&lagging, &input).await?, 0, "after {readings:?}");
+    stop.store(true, Ordering::SeqCst);
+    worker
+        .join()
+        .map_err(|_| anyhow::anyhow!("stage worker panicked"))?;
 
     drop((writer, lagging));
     stack.stop().await?;
