@@ -199,15 +199,21 @@ fn count_records(
         .map_err(kafka("assigning the partitions to count"))?;
     let mut counted = Vec::with_capacity(ranges.len());
     let deadline = Instant::now() + timeout;
+    // librdkafka reports connection trouble as consumer errors and recovers on its own: an error
+    // ends the count only if the deadline passes before the count is done, and then it is named.
+    let mut last_error = None;
     let outcome = loop {
         if pending.is_empty() {
             break Ok(counted);
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            break Err(LagError::CountTimeout {
-                topic: topic.to_owned(),
-                timeout,
+            break Err(match last_error.take() {
+                Some(error) => kafka("counting the records after the commit")(error),
+                None => LagError::CountTimeout {
+                    topic: topic.to_owned(),
+                    timeout,
+                },
             });
         }
         let done = match consumer.poll(left.min(Duration::from_millis(200))) {
@@ -225,7 +231,10 @@ fn count_records(
             }
             Some(Ok(_)) => None,
             Some(Err(KafkaError::PartitionEOF(partition))) => Some(partition),
-            Some(Err(error)) => break Err(kafka("counting the records after the commit")(error)),
+            Some(Err(error)) => {
+                last_error = Some(error);
+                None
+            }
         };
         if let Some((_, records)) = done.and_then(|partition| pending.remove(&partition)) {
             counted.push(records);
