@@ -337,7 +337,7 @@ async fn sync_topics(
 ) -> Result<TopicOutcome, Error> {
     let all: Vec<Arc<OrderPipeline>> = ctx.pipelines.state();
     let ownership = topics::OwnershipView::new(pipeline, all.iter().map(AsRef::as_ref));
-    let secrets = resolve_kafka_secrets(ctx, pipeline).await?;
+    let secrets = resolve_kafka_secrets(&ctx.client, pipeline).await?;
     let admin = ctx
         .kafka
         .get(&pipeline.spec.kafka, &secrets)
@@ -361,14 +361,15 @@ async fn sync_topics(
     Ok(outcome)
 }
 
-/// Reads the TLS and SASL material the pipeline references. Values never leave this function except
-/// inside `ResolvedKafkaSecrets`, whose Debug output redacts them.
-async fn resolve_kafka_secrets(
-    ctx: &Context,
+/// Reads the TLS and SASL material the pipeline references (for topic management and for the lag
+/// consumer). Values never leave this function except inside `ResolvedKafkaSecrets`, whose Debug
+/// output redacts them.
+pub async fn resolve_kafka_secrets(
+    client: &Client,
     pipeline: &OrderPipeline,
 ) -> Result<ResolvedKafkaSecrets, Error> {
     let namespace = pipeline.namespace().ok_or(Error::MissingNamespace)?;
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
     let read = |name: String, key: String| {
         let secrets = secrets.clone();
         async move {

@@ -3,9 +3,9 @@
 //!
 //! The reconcile is a straight script: observe -> validate -> desired -> plan -> write -> status.
 //! Only the modules that say so in their header do I/O (`controller` reads, `writer` writes to
-//! Kubernetes, `topics::kafka_admin` talks to Kafka, `capabilities` discovers); `model`, `desired`,
-//! `children`, `child_index`, `child_plan`, `topics::plan` and `status` are pure and tested without
-//! a cluster.
+//! Kubernetes, `topics::kafka_admin` and `lag::kafka` talk to Kafka, `capabilities` discovers);
+//! `model`, `desired`, `children`, `child_index`, `child_plan`, `topics::plan`, `lag::offsets` and
+//! `status` are pure and tested without a cluster.
 
 pub mod capabilities;
 pub mod child_index;
@@ -15,7 +15,9 @@ pub mod controller;
 pub mod desired;
 pub mod error;
 pub mod events;
+pub mod external_metrics;
 pub mod http;
+pub mod lag;
 pub mod metrics;
 pub mod model;
 pub mod settings;

@@ -3,6 +3,7 @@
 //! CRDs appear or disappear).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
@@ -12,7 +13,11 @@ use k8s_openapi::api::core::v1::Toleration;
 use kube::client::ClientBuilder;
 use kube::runtime::events::Reporter;
 use kube_lease_manager::LeaseManagerBuilder;
+use orderpipe_operator::external_metrics::{
+    self, CachedAuthorizer, FrontProxyTrust, MetricsApi, ServingCertificate, SubjectAccessReviewer,
+};
 use orderpipe_operator::http::{self, Health};
+use orderpipe_operator::lag::{CacheSettings, KafkaLagSource, LagCache};
 use orderpipe_operator::metrics::Metrics;
 use orderpipe_operator::settings::{OperatorSettings, WorkerPlacement};
 use orderpipe_operator::topics::{AdminPool, AdminSettings};
@@ -61,6 +66,22 @@ struct Args {
     /// Seconds between re-checks of a Ready pipeline (default 300); Kafka drift is found this way.
     #[arg(long, env = "ORDERPIPE_RESYNC_SECONDS")]
     resync_seconds: Option<u64>,
+    /// Address of the external metrics API (`external.metrics.k8s.io`, HTTPS), the target of the
+    /// APIService's Service.
+    #[arg(
+        long,
+        env = "ORDERPIPE_EXTERNAL_METRICS_ADDR",
+        default_value = "0.0.0.0:6443"
+    )]
+    external_metrics_addr: SocketAddr,
+    /// Directory with the API's serving certificate (tls.crt, tls.key, e.g. a mounted
+    /// kubernetes.io/tls Secret). Unset: the external metrics API is not served.
+    #[arg(long, env = "ORDERPIPE_EXTERNAL_METRICS_CERT_DIR")]
+    external_metrics_cert_dir: Option<PathBuf>,
+    /// Seconds between two lag measurements of one stage in Kafka; requests in between share the
+    /// last one.
+    #[arg(long, env = "ORDERPIPE_LAG_INTERVAL_SECONDS", default_value_t = 5)]
+    lag_interval_seconds: u64,
     /// Log format.
     #[arg(long, env = "ORDERPIPE_LOG_FORMAT", value_parser = ["json", "text"], default_value = "json")]
     log_format: String,
@@ -68,6 +89,15 @@ struct Args {
 
 const LEASE_NAME: &str = "orderpipe-operator-leader";
 const LEASE_SECONDS: u64 = 15;
+/// How often the external metrics API re-reads its serving certificate files and the front
+/// proxy's settings: well inside the weeks cert-manager leaves between renewal and expiry, and
+/// cheap (two small files, one ConfigMap GET).
+const TRUST_REFRESH: std::time::Duration = std::time::Duration::from_secs(60);
+/// How long an authorization decision of the external metrics API is reused (kube-apiserver's
+/// delegating authorizer's default).
+const DECISION_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+/// Pause between two attempts to set the external metrics API up.
+const EXTERNAL_METRICS_SETUP_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -109,6 +139,26 @@ async fn main() -> anyhow::Result<()> {
         },
         resync: args.resync_seconds.map(std::time::Duration::from_secs),
     };
+
+    // Every replica answers the external metrics API, leader or standby (see external_metrics).
+    if let Some(dir) = &args.external_metrics_cert_dir {
+        let settings = CacheSettings {
+            interval: std::time::Duration::from_secs(args.lag_interval_seconds),
+            ..CacheSettings::default()
+        };
+        tokio::spawn(serve_external_metrics(
+            args.external_metrics_addr,
+            dir.clone(),
+            client.clone(),
+            LagCache::new(
+                KafkaLagSource::new(client.clone(), AdminSettings::default().request_timeout),
+                settings,
+                metrics.clone(),
+            ),
+            metrics.clone(),
+            shutdown.clone(),
+        ));
+    }
 
     // Leadership: only the holder reconciles; losing the lease ends the process so a fresh start
     // rejoins as a candidate with clean caches.
@@ -211,6 +261,58 @@ async fn main() -> anyhow::Result<()> {
     }
     info!("stopped");
     Ok(())
+}
+
+/// Serves `external.metrics.k8s.io` until shutdown. Setup (the front-proxy settings, the
+/// certificate, the port) is retried until it succeeds: on install the RoleBinding that lets the
+/// operator read the front-proxy settings, or cert-manager's Secret, may arrive after the pod
+/// starts. Meanwhile the operator reconciles and the APIService reports the service unavailable.
+async fn serve_external_metrics(
+    addr: SocketAddr,
+    cert_dir: PathBuf,
+    client: kube::Client,
+    lag: LagCache<KafkaLagSource>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    let setup = || async {
+        let front_proxy = external_metrics::request_header_config(&client)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        let serving = Arc::new(ServingCertificate::load(&cert_dir)?);
+        let trust = Arc::new(FrontProxyTrust::new(Arc::clone(&serving), front_proxy)?);
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        anyhow::Ok((serving, trust, listener))
+    };
+    let (serving, trust, listener) = loop {
+        match setup().await {
+            Ok(ready) => break ready,
+            Err(error) => error!(
+                error = format!("{error:#}"),
+                retry_in = ?EXTERNAL_METRICS_SETUP_RETRY,
+                "not serving the external metrics API yet"
+            ),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(EXTERNAL_METRICS_SETUP_RETRY) => {}
+            () = shutdown.cancelled() => return,
+        }
+    };
+    info!(%addr, "serving external.metrics.k8s.io");
+    tokio::spawn(serving.reload_periodically(TRUST_REFRESH, shutdown.clone()));
+    tokio::spawn(Arc::clone(&trust).refresh_periodically(
+        client.clone(),
+        TRUST_REFRESH,
+        shutdown.clone(),
+    ));
+    let api = MetricsApi {
+        lag: Arc::new(lag),
+        authorizer: CachedAuthorizer::new(SubjectAccessReviewer::new(client), DECISION_TTL),
+        metrics,
+    };
+    external_metrics::serve(listener, trust, Arc::new(api), shutdown).await;
 }
 
 fn parse_node_selector(text: &str) -> Result<(String, String), String> {

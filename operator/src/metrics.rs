@@ -40,6 +40,12 @@ pub struct RequestLabels {
     pub verb: String,
 }
 
+/// An HTTP status code: a bounded set.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabels {
+    pub code: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WriteLabels {
     pub kind: String,
@@ -57,6 +63,9 @@ pub struct Metrics {
     api_writes: Family<WriteLabels, Counter>,
     api_requests: Family<RequestLabels, Counter>,
     leader: Gauge,
+    lag_queries: Family<ResultLabels, Counter>,
+    lag_age: Histogram,
+    metrics_api_requests: Family<CodeLabels, Counter>,
     /// Ready status per pipeline, to recompute the `pipelines` gauge without a label per pipeline.
     readiness: Mutex<BTreeMap<String, String>>,
 }
@@ -73,6 +82,10 @@ impl Metrics {
             api_writes: Family::default(),
             api_requests: Family::default(),
             leader: Gauge::default(),
+            lag_queries: Family::default(),
+            // From fresh (a refresh in this request) to the oldest reading the cache serves.
+            lag_age: Histogram::new([0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0, 60.0]),
+            metrics_api_requests: Family::default(),
             readiness: Mutex::new(BTreeMap::new()),
         };
         let r = registry.sub_registry_with_prefix("orderpipe_operator");
@@ -115,6 +128,21 @@ impl Metrics {
             "leader",
             "1 while this replica holds the leader lease",
             metrics.leader.clone(),
+        );
+        r.register(
+            "lag_queries",
+            "Consumer lag measurements in Kafka (one per stage per interval at most), by result",
+            metrics.lag_queries.clone(),
+        );
+        r.register(
+            "lag_age_seconds",
+            "Age of the consumer lag readings the external metrics API served",
+            metrics.lag_age.clone(),
+        );
+        r.register(
+            "external_metrics_requests",
+            "Requests to the external metrics API, by HTTP status code",
+            metrics.metrics_api_requests.clone(),
         );
         // Zero series from the start, so dashboards and alerts see 0 rather than "no data".
         metrics.refresh_pipelines(&BTreeMap::new());
@@ -182,6 +210,30 @@ impl Metrics {
                 .inc();
             request
         })
+    }
+
+    /// One lag measurement in Kafka.
+    pub fn lag_query(&self, ok: bool) {
+        let result = if ok { "success" } else { "error" };
+        self.lag_queries
+            .get_or_create(&ResultLabels {
+                result: result.into(),
+            })
+            .inc();
+    }
+
+    /// A lag reading was served; `age` is how old it was.
+    pub fn lag_served(&self, age: std::time::Duration) {
+        self.lag_age.observe(age.as_secs_f64());
+    }
+
+    /// One answer of the external metrics API.
+    pub fn metrics_api_request(&self, code: http::StatusCode) {
+        self.metrics_api_requests
+            .get_or_create(&CodeLabels {
+                code: code.as_u16().to_string(),
+            })
+            .inc();
     }
 
     pub fn set_leader(&self, leader: bool) {
@@ -258,6 +310,9 @@ mod tests {
         metrics.api_write("Deployment", "apply");
         metrics.set_pipeline_ready("shop/checkout", Some("True"));
         drop(metrics.reconcile_timer());
+        metrics.lag_query(true);
+        metrics.lag_served(std::time::Duration::from_secs(3));
+        metrics.metrics_api_request(http::StatusCode::FORBIDDEN);
         let counter = metrics.api_request_counter::<()>();
         let mut count = tower::Layer::layer(
             &counter,
@@ -275,6 +330,9 @@ mod tests {
             "orderpipe_operator_pipelines{condition=\"Ready\",status=\"True\"} 1",
             "orderpipe_operator_reconcile_duration_seconds_count 1",
             "orderpipe_operator_api_requests_total{verb=\"patch\"} 1",
+            "orderpipe_operator_lag_queries_total{result=\"success\"} 1",
+            "orderpipe_operator_lag_age_seconds_bucket{le=\"5.0\"} 1",
+            "orderpipe_operator_external_metrics_requests_total{code=\"403\"} 1",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }

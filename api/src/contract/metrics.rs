@@ -12,8 +12,9 @@ pub const RECORDS_CONSUMED: &str = "orderpipe_records_consumed_total";
 /// Counter: records finished, by [`labels::OUTCOME`].
 pub const RECORDS_PROCESSED: &str = "orderpipe_records_processed_total";
 /// Gauge: records on the stage's input topic its consumer group has not consumed yet (high
-/// watermark minus committed offset). The autoscaler reads the stage's sum through the External
-/// metrics API, e.g. from prometheus-adapter.
+/// watermark minus committed offset), per worker. The autoscaler does not read it: the operator
+/// measures each stage's lag in Kafka and serves it under this name through the External metrics
+/// API (also while the stage has no pods).
 pub const CONSUMER_LAG: &str = "orderpipe_consumer_lag";
 /// Counter: records written to the dead-letter topic, by [`labels::REASON`] (the stable
 /// dead-letter reason codes of `orderpipe-orders`).

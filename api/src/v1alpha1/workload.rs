@@ -33,7 +33,7 @@ pub struct AutoscalingSpec {
     pub target_cpu_utilization: Option<i32>,
 
     /// Target consumer lag (records) per replica, read through the External metrics API
-    /// (metric `orderpipe_consumer_lag`, e.g. served by prometheus-adapter).
+    /// (metric `orderpipe_consumer_lag`, measured in Kafka and served by the operator).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub target_lag_per_replica: Option<i64>,

@@ -6,15 +6,8 @@
 //! Consumer lag is an External metric, [`metrics::CONSUMER_LAG`], selected by the `pipeline` and
 //! `stage` labels. Not by consumer group: a group name (`orderpipe.<ns>.<pipeline>.<stage>`) can
 //! exceed the 63 characters of a label value, which the apiserver enforces on the HPA's selector.
-//! The namespace is part of every External metrics request, so an adapter that maps the
-//! `namespace` series label (prometheus-adapter's `resources.overrides`) keeps two namespaces apart:
-//!
-//! ```yaml
-//! externalRules:
-//!   - seriesQuery: 'orderpipe_consumer_lag{namespace!="",pipeline!="",stage!=""}'
-//!     resources: { overrides: { namespace: { resource: namespace } } }
-//!     metricsQuery: 'sum(<<.Series>>{<<.LabelMatchers>>}) by (<<.GroupBy>>)'
-//! ```
+//! The operator itself serves it (`external_metrics`, measured in Kafka by `lag`); the request's
+//! namespace and these two labels name the stage.
 
 use std::collections::BTreeMap;
 

@@ -191,8 +191,9 @@ impl AdminConnection {
     }
 
     /// The librdkafka configuration. It holds the credentials in clear, and `ClientConfig`'s
-    /// `Debug` prints them: hand it to the client constructor and nowhere else.
-    pub(super) fn client_config(&self) -> ClientConfig {
+    /// `Debug` prints them: hand it to a client constructor (the admin client, or the lag
+    /// consumer, which adds its consumer settings) and nowhere else.
+    pub(crate) fn client_config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
         for (key, setting) in &self.settings {
             config.set(*key, setting.value());

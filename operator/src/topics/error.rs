@@ -185,7 +185,7 @@ impl TopicError {
         }
     }
 
-    pub(super) fn client(error: KafkaError) -> Self {
+    pub(crate) fn client(error: KafkaError) -> Self {
         match error {
             // Its Display includes the rejected value, which may be a private key or a password.
             KafkaError::ClientConfig(_, description, key, _value) => {

@@ -95,23 +95,22 @@ impl AdminPool {
             }
         };
         drop(clients);
-        close(idle);
+        if !idle.is_empty() {
+            tracing::info!(clients = idle.len(), "closing idle Kafka admin clients");
+            drop_blocking(idle);
+        }
         admin
     }
 }
 
-/// Dropping a client joins its threads and closes its connections, which blocks: keep that off the
-/// async workers when there are any.
-fn close(idle: Vec<Pooled>) {
-    if idle.is_empty() {
-        return;
-    }
-    tracing::info!(clients = idle.len(), "closing idle Kafka admin clients");
+/// Drops Kafka clients. Dropping one joins its threads and closes its connections, which blocks:
+/// keep that off the async workers when there are any.
+pub(crate) fn drop_blocking<T: Send + 'static>(clients: T) {
     match tokio::runtime::Handle::try_current() {
         Ok(runtime) => {
-            runtime.spawn_blocking(move || drop(idle));
+            runtime.spawn_blocking(move || drop(clients));
         }
-        Err(_) => drop(idle),
+        Err(_) => drop(clients),
     }
 }
 
