@@ -208,6 +208,8 @@ impl AutoscalingSpec {
             max_replicas,
             target_cpu_utilization: None,
             target_lag_per_replica: None,
+            behavior: None,
+            park_after_idle_seconds: None,
         }
     }
 }

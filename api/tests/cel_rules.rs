@@ -154,6 +154,43 @@ fn min_replicas_must_not_exceed_max_replicas() {
 }
 
 #[test]
+fn min_replicas_zero_needs_a_lag_target() {
+    let parked = AutoscalingSpec {
+        min_replicas: 0,
+        ..AutoscalingSpec::test(3)
+    };
+    assert_rejected_naming(
+        &violations(minimal().autoscaling("validate", parked.clone())),
+        "minReplicas may be 0 only with targetLagPerReplica",
+    );
+    let with_lag = AutoscalingSpec {
+        target_lag_per_replica: Some(100),
+        park_after_idle_seconds: Some(60),
+        ..parked
+    };
+    assert_eq!(
+        violations(minimal().autoscaling("validate", with_lag)),
+        Vec::<String>::new()
+    );
+}
+
+#[test]
+fn park_after_idle_seconds_only_with_min_replicas_zero() {
+    let p = minimal().autoscaling(
+        "validate",
+        AutoscalingSpec {
+            target_lag_per_replica: Some(100),
+            park_after_idle_seconds: Some(60),
+            ..AutoscalingSpec::test(3)
+        },
+    );
+    assert_rejected_naming(
+        &violations(p),
+        "parkAfterIdleSeconds is only allowed with minReplicas 0",
+    );
+}
+
+#[test]
 fn max_replicas_above_partitions_is_accepted_and_capped_later() {
     // Documented choice: the operator caps maxReplicas at the input partitions and says so in status,
     // because partitions may grow later and the user's intent stays meaningful.

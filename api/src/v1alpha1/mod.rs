@@ -37,5 +37,5 @@ pub use status::{OrderPipelineStatus, StageStatus, TopicStatus};
 pub use topic::{DeletionPolicy, TopicConfigValue, TopicSpec};
 pub use workload::{
     AutoscalingSpec, CanaryAnalysis, CanaryPause, CanarySpec, CanaryStep, RolloutSpec,
-    RolloutStrategy,
+    RolloutStrategy, ScalingBehavior, ScalingRules,
 };

@@ -49,6 +49,20 @@ use super::{KafkaSpec, OrderPipelineStatus, StageSpec, TopicSpec};
         description = "Ready topics / declared topics"
     ),
     printcolumn(
+        name = "Replicas",
+        type_ = "string",
+        json_path = ".status.replicasReady",
+        priority = 1,
+        description = "Ready replicas / desired replicas, over all stages"
+    ),
+    printcolumn(
+        name = "Lag",
+        type_ = "integer",
+        json_path = ".status.totalLag",
+        priority = 1,
+        description = "Records the stages are behind on their inputs, summed"
+    ),
+    printcolumn(
         name = "Paused",
         type_ = "boolean",
         json_path = ".spec.paused",

@@ -1,7 +1,7 @@
 //! Observed state of an `OrderPipeline`, written only by the operator: conditions, readiness counts
 //! and one entry per topic and stage.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::KubeSchema;
 use serde::{Deserialize, Serialize};
 
@@ -27,6 +27,15 @@ pub struct OrderPipelineStatus {
     /// Ready stages over declared stages, e.g. `2/3`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stages_ready: Option<String>,
+
+    /// Ready replicas over desired replicas, summed over the stages, e.g. `4/6`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas_ready: Option<String>,
+
+    /// The stages' `lag` summed (records, rounded as each stage's); unset when no stage's lag is
+    /// measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_lag: Option<i64>,
 
     /// One entry per declared topic, per operator-managed state topic of a stateful stage, and per
     /// topic still being deleted after it left the spec.
@@ -77,9 +86,13 @@ pub struct StageStatus {
     pub workload: Option<String>,
     /// Whether the workload has all its desired replicas ready.
     pub ready: bool,
-    /// Desired replicas of the workload.
+    /// Replicas the workload runs now (its `spec.replicas`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas: Option<i32>,
+    /// Replicas the stage should run: the autoscaler's latest recommendation, 0 while parked, or
+    /// the fixed count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_replicas: Option<i32>,
     /// Ready replicas of the workload.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready_replicas: Option<i32>,
@@ -89,6 +102,18 @@ pub struct StageStatus {
     /// Set when the declared maxReplicas was lowered to the input topic's partitions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_replicas_capped_from: Option<i32>,
+    /// Records the stage's consumer group is behind on its input, measured in Kafka, for stages
+    /// with a lag target. Rounded to two significant digits (1234 reads 1200), so a busy stage's
+    /// status changes with its backlog's size, not with every record; 0 is exact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag: Option<i64>,
+    /// Since when the stage is parked (scaled to zero by `minReplicas: 0`, no autoscaler).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parked_since: Option<Time>,
+    /// Since when the lag of an active stage with `minReplicas: 0` reads 0: it is parked once this
+    /// is `parkAfterIdleSeconds` old.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_since: Option<Time>,
     /// PascalCase reason when not ready.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
