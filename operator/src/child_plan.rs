@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 
 use crate::children::{Child, ChildKind};
 use crate::events::Change;
-use crate::model::{Scaling, ValidatedPipeline, ValidatedStage};
+use crate::model::{ValidatedPipeline, ValidatedStage};
 use crate::status;
 
 /// Annotation holding the hash of the object the operator last applied.
@@ -186,10 +186,7 @@ pub fn plan(
             .stages
             .iter()
             .find(|stage| stage.workload_name == child.name)
-            .and_then(|stage| match stage.scaling {
-                Scaling::Auto { min, .. } => Some(min),
-                Scaling::Fixed(_) => None,
-            });
+            .and_then(|stage| stage.scaling.autoscaler_min());
         if let Some(seed) = min_replicas.and_then(|min| replica_seed(child, live, min)) {
             writes.push(ChildWrite::SeedReplicas {
                 kind: child.kind,

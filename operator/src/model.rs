@@ -7,8 +7,11 @@
 //! the CRD admitted, because an operator that errors on input it accepted leaves users stuck.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
-use orderpipe_api::v1alpha1::{AutoscalingSpec, OrderPipeline, RolloutStrategy, StageSpec};
+use orderpipe_api::v1alpha1::{
+    AutoscalingSpec, OrderPipeline, RolloutStrategy, ScalingBehavior, StageSpec,
+};
 
 use crate::capabilities::Capabilities;
 use crate::settings::OperatorSettings;
@@ -34,8 +37,10 @@ impl WorkloadKind {
 pub enum Scaling {
     /// A fixed count, applied as `spec.replicas` (0 while paused).
     Fixed(i32),
-    /// An HPA owns the replica count: the workload must not carry `spec.replicas`.
+    /// An HPA owns the replica count: the workload must not carry `spec.replicas`; unless the
+    /// stage is parked, when the operator holds it at 0 and there is no HPA.
     Auto {
+        /// As declared: 0 for a stage that may be parked (see [`Scaling::autoscaler_min`]).
         min: i32,
         /// The declared maximum capped at the input topic's partitions.
         max: i32,
@@ -43,7 +48,28 @@ pub enum Scaling {
         capped_from: Option<i32>,
         target_cpu_utilization: Option<i32>,
         target_lag_per_replica: Option<i64>,
+        /// As declared; the HPA builder fills in the defaults.
+        behavior: ScalingBehavior,
+        /// With `minReplicas: 0`: how long the lag must read 0 before the stage is parked.
+        park_after: Option<Duration>,
+        /// Parked by the operator (decided by `scale_to_zero` each reconcile, never by `validate`).
+        parked: bool,
     },
+}
+
+/// How long an idle stage with `minReplicas: 0` waits before it is parked, unless declared.
+pub const DEFAULT_PARK_AFTER: Duration = Duration::from_secs(300);
+
+impl Scaling {
+    /// The HPA's `minReplicas`: the declared minimum, but at least 1. An HPA at 0 replicas stops
+    /// scaling (without the alpha `HPAScaleToZero` gate it cannot even be told to go there), so
+    /// the operator itself moves a stage between 0 and 1 (see `scale_to_zero`).
+    pub fn autoscaler_min(&self) -> Option<i32> {
+        match self {
+            Self::Auto { min, .. } => Some((*min).max(1)),
+            Self::Fixed(_) => None,
+        }
+    }
 }
 
 /// One stage, ready for the builders.
@@ -64,6 +90,17 @@ pub struct ValidatedPipeline {
     pub namespace: String,
     pub paused: bool,
     pub stages: Vec<ValidatedStage>,
+}
+
+impl ValidatedPipeline {
+    /// Marks the stages `scale_to_zero` decided to hold at zero as parked.
+    pub fn park(&mut self, is_parked: impl Fn(&str) -> bool) {
+        for stage in &mut self.stages {
+            if let Scaling::Auto { parked, .. } = &mut stage.scaling {
+                *parked = is_parked(&stage.spec.name);
+            }
+        }
+    }
 }
 
 /// Something the spec asks for that the operator cannot (fully) provide; surfaced as a condition.
@@ -185,6 +222,13 @@ fn auto_scaling(auto: &AutoscalingSpec, input_partitions: Option<i32>) -> Scalin
             (cpu, _) => cpu,
         },
         target_lag_per_replica: auto.target_lag_per_replica,
+        behavior: auto.behavior.clone().unwrap_or_default(),
+        park_after: (auto.min_replicas == 0).then(|| {
+            auto.park_after_idle_seconds
+                .and_then(|s| u64::try_from(s).ok())
+                .map_or(DEFAULT_PARK_AFTER, Duration::from_secs)
+        }),
+        parked: false,
     }
 }
 
@@ -231,7 +275,10 @@ mod tests {
                 max: 4,
                 capped_from: Some(6),
                 target_cpu_utilization: Some(70),
-                target_lag_per_replica: Some(1000)
+                target_lag_per_replica: Some(1000),
+                behavior: ScalingBehavior::default(),
+                park_after: None,
+                parked: false,
             }
         );
     }

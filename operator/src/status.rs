@@ -159,6 +159,8 @@ pub fn compute(
             stages.iter().filter(|s| s.ready).count(),
             stages.len()
         )),
+        replicas_ready: None,
+        total_lag: None,
         topics,
         stages,
     }

@@ -74,7 +74,7 @@ fn default_min_replicas() -> i32 {
 }
 
 /// Scaling behaviour of a stage's autoscaler, per direction.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct ScalingBehavior {
     /// Adding replicas. Defaults: window 0, `maxPercentPerPeriod` 100, `maxPodsPerPeriod` 4,
@@ -90,7 +90,7 @@ pub struct ScalingBehavior {
 /// How far one direction may move per period, rendered into the HPA's `behavior`. When either
 /// limit is set, only the limits set apply (the larger of the two wins); when neither is, the
 /// direction's defaults do.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct ScalingRules {
     /// Seconds of past recommendations considered before acting: scale-up takes the lowest of

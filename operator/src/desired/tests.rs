@@ -9,7 +9,9 @@ use std::path::PathBuf;
 
 use orderpipe_api::OrderPipeline;
 use orderpipe_api::contract::{self, metrics};
-use orderpipe_api::v1alpha1::{CanaryAnalysis, KafkaTls, SecretName};
+use orderpipe_api::v1alpha1::{
+    AutoscalingSpec, CanaryAnalysis, KafkaTls, ScalingBehavior, ScalingRules, SecretName,
+};
 use serde_json::{Value, json};
 
 use super::*;
@@ -210,6 +212,123 @@ fn hpa_scales_on_cpu_and_lag_of_its_own_stage() {
         .filter(|c| c.kind == ChildKind::HorizontalPodAutoscaler)
         .count();
     assert_eq!(hpas, 1);
+}
+
+/// The checkout sample with its validate stage autoscaled by `autoscaling` instead.
+fn checkout_autoscaled(autoscaling: AutoscalingSpec) -> OrderPipeline {
+    let mut pipeline = sample(CHECKOUT);
+    pipeline.spec.stages[0].autoscaling = Some(autoscaling);
+    pipeline
+}
+
+fn validate_hpa(pipeline: &OrderPipeline) -> Value {
+    object(
+        &render(pipeline, NO_CRDS),
+        ChildKind::HorizontalPodAutoscaler,
+        "checkout-validate",
+    )
+    .clone()
+}
+
+#[test]
+fn hpa_behaviour_defaults_are_fast_up_and_slow_down() {
+    let hpa = validate_hpa(&sample(CHECKOUT));
+    assert_eq!(
+        hpa["spec"]["behavior"],
+        json!({
+            "scaleUp": {"stabilizationWindowSeconds": 0, "selectPolicy": "Max", "policies": [
+                {"type": "Percent", "value": 100, "periodSeconds": 60},
+                {"type": "Pods", "value": 4, "periodSeconds": 60}]},
+            "scaleDown": {"stabilizationWindowSeconds": 300, "selectPolicy": "Max", "policies": [
+                {"type": "Percent", "value": 50, "periodSeconds": 60}]},
+        })
+    );
+}
+
+#[test]
+fn declared_behaviour_overrides_only_the_fields_it_sets() {
+    let hpa = validate_hpa(&checkout_autoscaled(AutoscalingSpec {
+        target_lag_per_replica: Some(500),
+        behavior: Some(ScalingBehavior {
+            scale_up: Some(ScalingRules {
+                max_pods_per_period: Some(2),
+                period_seconds: Some(15),
+                ..ScalingRules::default()
+            }),
+            scale_down: Some(ScalingRules {
+                stabilization_window_seconds: Some(60),
+                ..ScalingRules::default()
+            }),
+        }),
+        ..AutoscalingSpec::test(6)
+    }));
+    let behavior = &hpa["spec"]["behavior"];
+    // A declared limit replaces both default limits: "2 pods" must not become "2 pods or 100 %".
+    assert_eq!(
+        behavior["scaleUp"],
+        json!({"stabilizationWindowSeconds": 0, "selectPolicy": "Max", "policies": [
+            {"type": "Pods", "value": 2, "periodSeconds": 15}]})
+    );
+    assert_eq!(
+        behavior["scaleDown"],
+        json!({"stabilizationWindowSeconds": 60, "selectPolicy": "Max", "policies": [
+            {"type": "Percent", "value": 50, "periodSeconds": 60}]})
+    );
+}
+
+#[test]
+fn a_lag_target_without_a_cpu_target_scales_on_lag_alone() {
+    // An HPA that cannot read its CPU metric never scales down; CPU only when the user asks.
+    let hpa = validate_hpa(&checkout_autoscaled(AutoscalingSpec {
+        target_lag_per_replica: Some(500),
+        ..AutoscalingSpec::test(6)
+    }));
+    let metrics = hpa["spec"]["metrics"].as_array().expect("metrics");
+    assert_eq!(metrics.len(), 1, "{metrics:?}");
+    assert_eq!(metrics[0]["type"], "External");
+}
+
+#[test]
+fn min_replicas_zero_gives_the_hpa_a_minimum_of_one_and_the_workload_no_replica_count() {
+    let pipeline = checkout_autoscaled(AutoscalingSpec {
+        min_replicas: 0,
+        target_lag_per_replica: Some(500),
+        ..AutoscalingSpec::test(6)
+    });
+    let children = render(&pipeline, NO_CRDS);
+    let hpa = object(
+        &children,
+        ChildKind::HorizontalPodAutoscaler,
+        "checkout-validate",
+    );
+    assert_eq!(hpa["spec"]["minReplicas"], 1);
+    let deployment = object(&children, ChildKind::Deployment, "checkout-validate");
+    assert_eq!(deployment["spec"].get("replicas"), None);
+}
+
+#[test]
+fn a_parked_stage_has_zero_replicas_and_no_hpa() {
+    let pipeline = checkout_autoscaled(AutoscalingSpec {
+        min_replicas: 0,
+        target_lag_per_replica: Some(500),
+        ..AutoscalingSpec::test(6)
+    });
+    let (mut validated, _) = validate(
+        &pipeline,
+        &declared_partitions(&pipeline),
+        NO_CRDS,
+        &settings(),
+    );
+    validated.park(|stage| stage == "validate");
+    let children =
+        desired_children(&pipeline, &validated, NO_CRDS, &settings()).expect("children build");
+    assert!(
+        children
+            .iter()
+            .all(|c| c.kind != ChildKind::HorizontalPodAutoscaler)
+    );
+    let deployment = object(&children, ChildKind::Deployment, "checkout-validate");
+    assert_eq!(deployment["spec"]["replicas"], 0);
 }
 
 #[test]

@@ -25,13 +25,16 @@ const PROGRESS_DEADLINE_SECONDS: i32 = 600;
 /// after a pod turns ready lets the group settle before the next pod leaves.
 const MIN_READY_SECONDS: i32 = 10;
 
-/// The spec both workload kinds share. `replicas` is set only for a fixed count: with an
-/// autoscaler the field must be absent, or every apply would take the count back from the HPA.
+/// The spec both workload kinds share. `replicas` is set only for a fixed count and a parked stage
+/// (0): with an autoscaler the field must be absent, or every apply would take the count back from
+/// the HPA. Dropping it again on activation gives a Deployment the default 1 and a Rollout its
+/// replica seed, from which the HPA takes over.
 fn workload_spec(ctx: &StageContext<'_>, template: PodTemplateSpec) -> DeploymentSpec {
     DeploymentSpec {
         replicas: match ctx.stage.scaling {
             Scaling::Fixed(n) => Some(n),
-            Scaling::Auto { .. } => None,
+            Scaling::Auto { parked: true, .. } => Some(0),
+            Scaling::Auto { parked: false, .. } => None,
         },
         selector: ctx.selector(),
         template,
