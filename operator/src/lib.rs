@@ -4,8 +4,8 @@
 //! The reconcile is a straight script: observe -> validate -> desired -> plan -> write -> status.
 //! Only the modules that say so in their header do I/O (`controller` reads, `writer` writes to
 //! Kubernetes, `topics::kafka_admin` and `lag::kafka` talk to Kafka, `capabilities` discovers);
-//! `model`, `desired`, `children`, `child_index`, `child_plan`, `topics::plan`, `lag::offsets` and
-//! `status` are pure and tested without a cluster.
+//! `model`, `desired`, `children`, `child_index`, `child_plan`, `topics::plan`, `lag::offsets`,
+//! `scale_to_zero` and `status` are pure and tested without a cluster.
 
 pub mod capabilities;
 pub mod child_index;
@@ -20,6 +20,7 @@ pub mod http;
 pub mod lag;
 pub mod metrics;
 pub mod model;
+pub mod scale_to_zero;
 pub mod settings;
 pub mod status;
 pub mod topics;
