@@ -215,14 +215,28 @@ pub fn live_workloads(
     pipeline: &ValidatedPipeline,
     observed: &BTreeMap<ChildKey, Value>,
 ) -> BTreeMap<String, Value> {
+    live_by_stage(pipeline, observed, |stage| ChildKind::from(stage.workload))
+}
+
+/// The live HorizontalPodAutoscaler of each stage that has one, by stage name.
+pub fn live_autoscalers(
+    pipeline: &ValidatedPipeline,
+    observed: &BTreeMap<ChildKey, Value>,
+) -> BTreeMap<String, Value> {
+    live_by_stage(pipeline, observed, |_| ChildKind::HorizontalPodAutoscaler)
+}
+
+fn live_by_stage(
+    pipeline: &ValidatedPipeline,
+    observed: &BTreeMap<ChildKey, Value>,
+    kind: impl Fn(&ValidatedStage) -> ChildKind,
+) -> BTreeMap<String, Value> {
     pipeline
         .stages
         .iter()
         .filter_map(|stage| {
-            Some((
-                stage.spec.name.clone(),
-                live_workload(stage, observed)?.clone(),
-            ))
+            let live = observed.get(&(kind(stage), stage.workload_name.clone()))?;
+            Some((stage.spec.name.clone(), live.clone()))
         })
         .collect()
 }

@@ -1,11 +1,13 @@
 //! The reconcile loop: wiring (watches, caches, context) and the reconcile script itself.
 //!
 //! The script reads top to bottom, one call per step: finalize-if-deleting -> finalizer -> Kafka
-//! topics -> validate -> desired -> child plan -> child writes -> status -> events. Everything it
-//! decides is delegated to the pure modules (`model`, `desired`, `child_plan`, `topics::plan`,
-//! `status`) and every Kubernetes write to the `Writer`; what stays here is the order of the steps
-//! and the reads: the watch caches, the Kafka Secrets, and the topic sync (shared by the reconcile
-//! and the finalizer).
+//! topics -> validate -> lag -> scale to zero -> desired -> child plan -> child writes -> status ->
+//! events. Everything it decides is delegated to the pure modules (`model`, `scale_to_zero`,
+//! `desired`, `child_plan`, `topics::plan`, `status`) and every Kubernetes write to the `Writer`;
+//! what stays here is the order of the steps and the reads: the watch caches, the Kafka Secrets,
+//! the topic sync (shared by the reconcile and the finalizer) and the stages' lag, read through the
+//! same [`LagCache`] the external metrics API serves from, so the reconcile adds no Kafka query
+//! of its own within a lag interval.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -33,11 +35,15 @@ use crate::children::{ChildKind, MANAGED_BY, MANAGED_BY_LABEL};
 use crate::desired::desired_children;
 use crate::error::Error;
 use crate::events::Change;
+use crate::lag::{CacheSettings, KafkaLagSource, LagCache, StageKey};
 use crate::metrics::Metrics;
-use crate::model;
+use crate::model::{self, Scaling, ValidatedPipeline};
+use crate::scale_to_zero::{self, Decision};
 use crate::settings::OperatorSettings;
 use crate::status::{self, Observed};
-use crate::topics::{self, AdminPool, ResolvedKafkaSecrets, TopicAdmin, TopicOutcome};
+use crate::topics::{
+    self, AdminPool, AdminSettings, ResolvedKafkaSecrets, TopicAdmin, TopicOutcome,
+};
 use crate::writer::Writer;
 
 /// How often a Ready pipeline is re-checked unless the settings say otherwise; Kafka changes (config
@@ -65,6 +71,8 @@ pub struct Context {
     /// Which of the stores' objects belong to which pipeline.
     pub child_index: Arc<Mutex<ChildIndex>>,
     pub kafka: Arc<AdminPool>,
+    /// The stages' lag, shared with the external metrics API when `main` runs both.
+    pub lag: Arc<LagCache<KafkaLagSource>>,
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
     failures: Mutex<HashMap<ObjectRef<OrderPipeline>, u32>>,
@@ -101,9 +109,29 @@ impl std::fmt::Debug for Shared {
     }
 }
 
-/// Runs the controller for the given capabilities until `shutdown` resolves.
+/// Runs the controller for the given capabilities until `shutdown` resolves, with a lag cache of
+/// its own (default settings). The binary uses [`run_sharing_lag`] so that its external metrics
+/// API and its reconciles share one cache.
 pub async fn run(
     shared: Shared,
+    capabilities: Capabilities,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let lag = Arc::new(LagCache::new(
+        KafkaLagSource::new(
+            shared.client.clone(),
+            AdminSettings::default().request_timeout,
+        ),
+        CacheSettings::default(),
+        shared.metrics.clone(),
+    ));
+    run_sharing_lag(shared, lag, capabilities, shutdown).await;
+}
+
+/// Runs the controller until `shutdown` resolves, reading the stages' lag through `lag`.
+pub async fn run_sharing_lag(
+    shared: Shared,
+    lag: Arc<LagCache<KafkaLagSource>>,
     capabilities: Capabilities,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
@@ -164,6 +192,7 @@ pub async fn run(
         children: stores,
         child_index,
         kafka,
+        lag,
         metrics,
         failures: Mutex::new(HashMap::new()),
     });
@@ -214,12 +243,16 @@ async fn reconcile(pipeline: Arc<OrderPipeline>, ctx: Arc<Context>) -> Result<Ac
 
     ensure_finalizer(&pipeline, &writer).await?;
     let topics = reconcile_topics(&pipeline, &ctx).await;
-    let (validated, issues) = model::validate(
+    let (mut validated, issues) = model::validate(
         &pipeline,
         &topics.partitions,
         ctx.capabilities,
         &ctx.settings,
     );
+    let now = Time(Timestamp::now());
+    let lags = stage_lags(&ctx, &validated).await;
+    let parking = scale_to_zero::decide_all(&validated, &lags, pipeline.status.as_ref(), &now);
+    validated.park(|stage| parking.get(stage).is_some_and(Decision::parked));
     let desired = desired_children(&pipeline, &validated, ctx.capabilities, &ctx.settings)?;
     let live = observed_children(&ctx, &namespace, &pipeline.name_any());
     let child_writes = child_plan::plan(desired, &live, &validated);
@@ -232,9 +265,12 @@ async fn reconcile(pipeline: Arc<OrderPipeline>, ctx: Arc<Context>) -> Result<Ac
         topics: topics.statuses,
         kafka_error: topics.error,
         workloads: child_plan::live_workloads(&validated, &live),
+        autoscalers: child_plan::live_autoscalers(&validated, &live),
+        lags,
+        scale_to_zero: &parking,
         issues: &issues,
     };
-    let new_status = status::compute(&observed, pipeline.status.as_ref(), &Time(Timestamp::now()));
+    let new_status = status::compute(&observed, pipeline.status.as_ref(), &now);
     if pipeline.status.as_ref() != Some(&new_status) {
         writer.status(&pipeline, &new_status).await?;
     }
@@ -245,18 +281,62 @@ async fn reconcile(pipeline: Arc<OrderPipeline>, ctx: Arc<Context>) -> Result<Ac
         .map(|c| c.status.clone());
     ctx.metrics.set_pipeline_ready(&key, ready.as_deref());
 
-    let changes: Vec<Change> = topics.changes.into_iter().chain(child_changes).collect();
+    let changes: Vec<Change> = topics
+        .changes
+        .into_iter()
+        .chain(child_changes)
+        .chain(scale_to_zero::changes(&validated, &parking))
+        .collect();
     writer.events(&pipeline, &changes).await;
 
     if let Ok(mut failures) = ctx.failures.lock() {
         failures.remove(&ObjectRef::from(pipeline.as_ref()));
     }
     ctx.metrics.reconciled();
-    Ok(Action::requeue(if ready.as_deref() == Some("True") {
+    let requeue = if ready.as_deref() == Some("True") {
         ctx.settings.resync.unwrap_or(RESYNC)
     } else {
         CONVERGING
+    };
+    // A stage that may be parked is re-checked every lag interval: that is how a parked stage
+    // wakes (nothing else watches its lag) and how its idle period is sampled.
+    Ok(Action::requeue(if scale_to_zero::watches_lag(&validated) {
+        requeue.min(ctx.lag.settings().interval)
+    } else {
+        requeue
     }))
+}
+
+/// The lag of every stage with a lag target, through the shared cache (at most one Kafka query per
+/// stage per interval, whoever asks). A stage whose lag cannot be measured is absent: the cache
+/// logs why, its status shows no lag, and `scale_to_zero` neither parks nor wakes it.
+async fn stage_lags(ctx: &Context, pipeline: &ValidatedPipeline) -> BTreeMap<String, u64> {
+    let reads = pipeline
+        .stages
+        .iter()
+        .filter(|stage| {
+            matches!(
+                stage.scaling,
+                Scaling::Auto {
+                    target_lag_per_replica: Some(_),
+                    ..
+                }
+            )
+        })
+        .map(|stage| async move {
+            let key = StageKey {
+                namespace: pipeline.namespace.clone(),
+                pipeline: pipeline.name.clone(),
+                stage: stage.spec.name.clone(),
+            };
+            let reading = ctx.lag.get(&key).await.ok()?;
+            Some((key.stage, reading.records))
+        });
+    futures::future::join_all(reads)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
 /// Deletes the topics this pipeline owns with deletion policy Delete, then releases the finalizer.

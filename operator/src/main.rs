@@ -140,21 +140,23 @@ async fn main() -> anyhow::Result<()> {
         resync: args.resync_seconds.map(std::time::Duration::from_secs),
     };
 
-    // Every replica answers the external metrics API, leader or standby (see external_metrics).
-    if let Some(dir) = &args.external_metrics_cert_dir {
-        let settings = CacheSettings {
+    // One lag cache for the external metrics API and the reconciles (scale to zero, status): a
+    // stage's lag is measured at most once per interval in this process, whoever asks.
+    let lag = Arc::new(LagCache::new(
+        KafkaLagSource::new(client.clone(), AdminSettings::default().request_timeout),
+        CacheSettings {
             interval: std::time::Duration::from_secs(args.lag_interval_seconds),
             ..CacheSettings::default()
-        };
+        },
+        metrics.clone(),
+    ));
+    // Every replica answers the external metrics API, leader or standby (see external_metrics).
+    if let Some(dir) = &args.external_metrics_cert_dir {
         tokio::spawn(serve_external_metrics(
             args.external_metrics_addr,
             dir.clone(),
             client.clone(),
-            LagCache::new(
-                KafkaLagSource::new(client.clone(), AdminSettings::default().request_timeout),
-                settings,
-                metrics.clone(),
-            ),
+            Arc::clone(&lag),
             metrics.clone(),
             shutdown.clone(),
         ));
@@ -233,7 +235,13 @@ async fn main() -> anyhow::Result<()> {
                 stop.cancel();
             }
         });
-        controller::run(shared.clone(), capabilities, stop.cancelled_owned()).await;
+        controller::run_sharing_lag(
+            shared.clone(),
+            Arc::clone(&lag),
+            capabilities,
+            stop.cancelled_owned(),
+        )
+        .await;
         restart.abort();
         if leadership.is_cancelled() {
             lost_leadership = true;
@@ -271,7 +279,7 @@ async fn serve_external_metrics(
     addr: SocketAddr,
     cert_dir: PathBuf,
     client: kube::Client,
-    lag: LagCache<KafkaLagSource>,
+    lag: Arc<LagCache<KafkaLagSource>>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
@@ -308,7 +316,7 @@ async fn serve_external_metrics(
         shutdown.clone(),
     ));
     let api = MetricsApi {
-        lag: Arc::new(lag),
+        lag,
         authorizer: CachedAuthorizer::new(SubjectAccessReviewer::new(client), DECISION_TTL),
         metrics,
     };

@@ -232,6 +232,40 @@ fn auto_scaling(auto: &AutoscalingSpec, input_partitions: Option<i32>) -> Scalin
     }
 }
 
+/// Validated pipelines the pure modules' tests share.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use orderpipe_api::OrderPipeline;
+    use orderpipe_api::v1alpha1::AutoscalingSpec;
+
+    use super::*;
+
+    /// `OrderPipeline::test` with its validate stage autoscaled on a lag of 100 records per
+    /// replica, between `min_replicas` and 3 (idle 60 s before parking when `min_replicas` is 0).
+    pub fn lag_autoscaled(min_replicas: i32, paused: bool) -> ValidatedPipeline {
+        let mut pipeline = OrderPipeline::test("shop")
+            .in_namespace("default")
+            .autoscaling(
+                "validate",
+                AutoscalingSpec {
+                    min_replicas,
+                    target_lag_per_replica: Some(100),
+                    park_after_idle_seconds: (min_replicas == 0).then_some(60),
+                    ..AutoscalingSpec::test(3)
+                },
+            );
+        pipeline.spec.paused = paused;
+        let settings = OperatorSettings::default();
+        validate(
+            &pipeline,
+            &BTreeMap::new(),
+            Capabilities::default(),
+            &settings,
+        )
+        .0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

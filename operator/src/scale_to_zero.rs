@@ -183,13 +183,9 @@ pub fn changes(
 #[cfg(test)]
 mod tests {
     use k8s_openapi::jiff::Timestamp;
-    use orderpipe_api::OrderPipeline;
-    use orderpipe_api::v1alpha1::AutoscalingSpec;
 
     use super::*;
-    use crate::capabilities::Capabilities;
-    use crate::model::validate;
-    use crate::settings::OperatorSettings;
+    use crate::model::fixtures::lag_autoscaled;
 
     const PARK_AFTER: Duration = Duration::from_secs(300);
 
@@ -286,43 +282,21 @@ mod tests {
         assert_eq!(decision.transition, None);
     }
 
-    fn pipeline(min_replicas: i32, paused: bool) -> ValidatedPipeline {
-        let mut p = OrderPipeline::test("shop")
-            .in_namespace("default")
-            .autoscaling(
-                "validate",
-                AutoscalingSpec {
-                    min_replicas,
-                    target_lag_per_replica: Some(100),
-                    park_after_idle_seconds: (min_replicas == 0).then_some(60),
-                    ..AutoscalingSpec::test(3)
-                },
-            );
-        p.spec.paused = paused;
-        validate(
-            &p,
-            &BTreeMap::new(),
-            Capabilities::default(),
-            &OperatorSettings::default(),
-        )
-        .0
-    }
-
     #[test]
     fn only_stages_with_min_replicas_zero_of_a_running_pipeline_are_decided() {
         let lags = BTreeMap::from([("validate".to_string(), 0)]);
-        assert!(decide_all(&pipeline(1, false), &lags, None, &at(0)).is_empty());
-        assert!(decide_all(&pipeline(0, true), &lags, None, &at(0)).is_empty());
-        assert!(!watches_lag(&pipeline(1, false)));
-        assert!(watches_lag(&pipeline(0, false)));
+        assert!(decide_all(&lag_autoscaled(1, false), &lags, None, &at(0)).is_empty());
+        assert!(decide_all(&lag_autoscaled(0, true), &lags, None, &at(0)).is_empty());
+        assert!(!watches_lag(&lag_autoscaled(1, false)));
+        assert!(watches_lag(&lag_autoscaled(0, false)));
 
-        let decisions = decide_all(&pipeline(0, false), &lags, None, &at(0));
+        let decisions = decide_all(&lag_autoscaled(0, false), &lags, None, &at(0));
         assert_eq!(decisions["validate"].memory, running(Some(0)));
     }
 
     #[test]
     fn the_declared_idle_period_and_the_last_status_are_used() {
-        let p = pipeline(0, false);
+        let p = lag_autoscaled(0, false);
         let previous = OrderPipelineStatus {
             stages: vec![StageStatus {
                 name: "validate".into(),

@@ -3,7 +3,9 @@
 //!
 //! Pure: the controller writes the result only when it differs from the current status, and
 //! `lastTransitionTime` moves only when a condition's status flips, so a no-op reconcile computes an
-//! identical status and writes nothing.
+//! identical status and writes nothing. Lag is rounded to two significant digits for the same
+//! reason: a busy stage's status follows the size of its backlog, not every record, and an idle
+//! stage's 0 never changes.
 
 use std::collections::BTreeMap;
 
@@ -12,6 +14,7 @@ use orderpipe_api::v1alpha1::{OrderPipelineStatus, StageStatus, TopicStatus};
 use serde_json::Value;
 
 use crate::model::{Scaling, StageIssue, ValidatedPipeline, ValidatedStage, WorkloadKind};
+use crate::scale_to_zero::Decision;
 
 pub const READY: &str = "Ready";
 pub const TOPICS_READY: &str = "TopicsReady";
@@ -27,6 +30,13 @@ pub struct Observed<'a> {
     pub kafka_error: Option<String>,
     /// The live workload (Deployment or Rollout) of each stage, by stage name.
     pub workloads: BTreeMap<String, Value>,
+    /// The live HorizontalPodAutoscaler of each autoscaled stage, by stage name.
+    pub autoscalers: BTreeMap<String, Value>,
+    /// The measured lag (records) of each stage with a lag target, by stage name; absent when it
+    /// could not be measured.
+    pub lags: BTreeMap<String, u64>,
+    /// The scale-to-zero state of each stage with `minReplicas: 0`, by stage name.
+    pub scale_to_zero: &'a BTreeMap<String, Decision>,
     pub issues: &'a [StageIssue],
 }
 
@@ -40,13 +50,7 @@ pub fn compute(
         .pipeline
         .stages
         .iter()
-        .map(|stage| {
-            stage_status(
-                stage,
-                observed.workloads.get(&stage.spec.name),
-                observed.issues,
-            )
-        })
+        .map(|stage| stage_status(stage, observed))
         .collect();
     let topics = observed.topics.clone();
 
@@ -159,8 +163,18 @@ pub fn compute(
             stages.iter().filter(|s| s.ready).count(),
             stages.len()
         )),
-        replicas_ready: None,
-        total_lag: None,
+        replicas_ready: Some(format!(
+            "{}/{}",
+            stages.iter().filter_map(|s| s.ready_replicas).sum::<i32>(),
+            stages
+                .iter()
+                .filter_map(|s| s.desired_replicas.or(s.replicas))
+                .sum::<i32>()
+        )),
+        total_lag: stages
+            .iter()
+            .filter_map(|s| s.lag)
+            .reduce(i64::saturating_add),
         topics,
         stages,
     }
@@ -179,27 +193,41 @@ fn not_ready_message<'a>(
     format!("{what} not ready: {}", details.join("; "))
 }
 
-/// The summary of one stage from its live workload.
-fn stage_status(
-    stage: &ValidatedStage,
-    live: Option<&Value>,
-    issues: &[StageIssue],
-) -> StageStatus {
+/// The summary of one stage from its live workload and autoscaler, its lag and its scale-to-zero
+/// state.
+fn stage_status(stage: &ValidatedStage, observed: &Observed<'_>) -> StageStatus {
+    let name = &stage.spec.name;
+    let live = observed.workloads.get(name);
     let (max_replicas, max_replicas_capped_from) = match &stage.scaling {
         Scaling::Auto {
             max, capped_from, ..
         } => (Some(*max), *capped_from),
         Scaling::Fixed(_) => (None, None),
     };
-    let issue = issues.iter().find(|i| match i {
+    let desired_replicas = match &stage.scaling {
+        Scaling::Fixed(n) => Some(*n),
+        Scaling::Auto { parked: true, .. } => Some(0),
+        Scaling::Auto { parked: false, .. } => observed
+            .autoscalers
+            .get(name)
+            .and_then(|hpa| hpa.pointer("/status/desiredReplicas"))
+            .and_then(Value::as_i64)
+            .and_then(|n| i32::try_from(n).ok()),
+    };
+    let memory = observed.scale_to_zero.get(name).map(|d| d.memory.clone());
+    let issue = observed.issues.iter().find(|i| match i {
         StageIssue::RolloutsNotInstalled { stage: s }
-        | StageIssue::InputPartitionsUnknown { stage: s, .. } => *s == stage.spec.name,
+        | StageIssue::InputPartitionsUnknown { stage: s, .. } => s == name,
     });
     let mut status = StageStatus {
-        name: stage.spec.name.clone(),
+        name: name.clone(),
         workload: Some(stage.workload.as_str().into()),
+        desired_replicas,
         max_replicas,
         max_replicas_capped_from,
+        lag: observed.lags.get(name).map(|&records| rounded_lag(records)),
+        parked_since: memory.as_ref().and_then(|m| m.parked_since.clone()),
+        idle_since: memory.and_then(|m| m.idle_since),
         ..StageStatus::default()
     };
     let Some(live) = live else {
@@ -228,6 +256,16 @@ fn stage_status(
         (Ok(()), None) => status.ready = true,
     }
     status
+}
+
+/// `records` to two significant digits (1234 -> 1200, 99 -> 99), half up.
+fn rounded_lag(records: u64) -> i64 {
+    let mut scale = 1u64;
+    while records / scale >= 100 {
+        scale *= 10;
+    }
+    let rounded = records.saturating_add(scale / 2) / scale * scale;
+    i64::try_from(rounded).unwrap_or(i64::MAX)
 }
 
 /// Whether a live Deployment or Rollout has finished rolling out with every replica ready.
@@ -313,7 +351,9 @@ mod tests {
 
     use super::*;
     use crate::capabilities::Capabilities;
+    use crate::model::fixtures::lag_autoscaled;
     use crate::model::validate;
+    use crate::scale_to_zero::Memory;
     use crate::settings::OperatorSettings;
 
     fn pipeline(paused: bool) -> ValidatedPipeline {
@@ -369,9 +409,40 @@ mod tests {
             topics,
             kafka_error: None,
             workloads,
+            autoscalers: BTreeMap::new(),
+            lags: BTreeMap::new(),
+            scale_to_zero: &BTreeMap::new(),
             issues: &[],
         };
         compute(&observed, previous, &at(now))
+    }
+
+    /// `value` as the validate stage's entry of an `Observed` map.
+    fn stage<T>(value: Option<T>) -> BTreeMap<String, T> {
+        value
+            .map(|v| BTreeMap::from([("validate".to_string(), v)]))
+            .unwrap_or_default()
+    }
+
+    /// The validate stage's status with the given lag, autoscaler and scale-to-zero decision.
+    fn autoscaled_status(
+        p: &ValidatedPipeline,
+        lag: Option<u64>,
+        hpa: Option<Value>,
+        decision: Option<Decision>,
+    ) -> OrderPipelineStatus {
+        let observed = Observed {
+            generation: Some(2),
+            pipeline: p,
+            topics: vec![],
+            kafka_error: None,
+            workloads: stage(Some(deployment(2, 1))),
+            autoscalers: stage(hpa),
+            lags: stage(lag),
+            scale_to_zero: &stage(decision),
+            issues: &[],
+        };
+        compute(&observed, None, &at(10))
     }
 
     fn condition<'a>(status: &'a OrderPipelineStatus, type_: &str) -> &'a Condition {
@@ -471,5 +542,80 @@ mod tests {
     fn missing_workload_is_pending() {
         let s = compute_with(&pipeline(false), vec![], None, None, 10);
         assert_eq!(s.stages[0].reason.as_deref(), Some("WorkloadPending"));
+    }
+
+    #[test]
+    fn lag_is_rounded_to_two_significant_digits() {
+        let cases = [
+            (0, 0),
+            (7, 7),
+            (99, 99),
+            (104, 100),
+            (1234, 1200),
+            (995, 1000),
+        ];
+        for (records, shown) in cases {
+            assert_eq!(rounded_lag(records), shown, "{records}");
+        }
+        assert_eq!(rounded_lag(u64::MAX), i64::MAX);
+    }
+
+    #[test]
+    fn an_autoscaled_stage_shows_its_current_and_desired_replicas_and_its_lag() {
+        let hpa = json!({ "status": { "currentReplicas": 2, "desiredReplicas": 3 } });
+        let s = autoscaled_status(&lag_autoscaled(1, false), Some(1234), Some(hpa), None);
+        let stage = &s.stages[0];
+        assert_eq!(
+            (stage.replicas, stage.ready_replicas, stage.desired_replicas),
+            (Some(2), Some(1), Some(3))
+        );
+        assert_eq!(stage.lag, Some(1200));
+        assert_eq!(s.total_lag, Some(1200));
+        assert_eq!(s.replicas_ready.as_deref(), Some("1/3"));
+    }
+
+    #[test]
+    fn a_stage_without_a_lag_reading_has_no_lag_and_the_total_is_unset() {
+        let s = autoscaled_status(&lag_autoscaled(1, false), None, None, None);
+        assert_eq!((s.stages[0].lag, s.total_lag), (None, None));
+        assert_eq!(
+            s.stages[0].desired_replicas, None,
+            "no autoscaler status yet"
+        );
+    }
+
+    #[test]
+    fn a_parked_stage_wants_zero_replicas_and_says_since_when() {
+        let mut p = lag_autoscaled(0, false);
+        p.park(|_| true);
+        let decision = Decision {
+            memory: Memory {
+                parked_since: Some(at(5)),
+                idle_since: None,
+            },
+            transition: None,
+        };
+        let s = autoscaled_status(&p, Some(0), None, Some(decision));
+        let stage = &s.stages[0];
+        assert_eq!(stage.desired_replicas, Some(0));
+        assert_eq!(stage.parked_since, Some(at(5)));
+        assert_eq!(stage.lag, Some(0));
+    }
+
+    #[test]
+    fn an_idle_stage_recomputes_an_identical_status() {
+        // The idle period's start is kept, lag 0 stays 0: a resync of an idle stage writes nothing.
+        let p = lag_autoscaled(0, false);
+        let decision = || Decision {
+            memory: Memory {
+                parked_since: None,
+                idle_since: Some(at(3)),
+            },
+            transition: None,
+        };
+        let first = autoscaled_status(&p, Some(0), None, Some(decision()));
+        let again = autoscaled_status(&p, Some(0), None, Some(decision()));
+        assert_eq!(first, again);
+        assert_eq!(first.stages[0].idle_since, Some(at(3)));
     }
 }

@@ -108,6 +108,10 @@ impl<S: LagSource> LagCache<S> {
         }
     }
 
+    pub fn settings(&self) -> CacheSettings {
+        self.settings
+    }
+
     /// The stage's lag: the cached reading, or a fresh one when the interval has passed.
     pub async fn get(&self, stage: &StageKey) -> Result<LagReading, Arc<LagError>> {
         let entry = self.entry(stage);
