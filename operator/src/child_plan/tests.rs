@@ -1,6 +1,7 @@
 use serde_json::json;
 
 use super::*;
+use crate::model::Scaling;
 
 fn child(kind: ChildKind, name: &str, spec: Value) -> Child {
     with_desired_hash(Child {
@@ -209,6 +210,18 @@ fn a_new_pipeline_creates_every_child_and_seeds_its_autoscaled_rollout_after_cre
     assert_eq!(changes.len(), 3, "a seed is not news: {changes:?}");
     assert_eq!(changes[0].reason, "ChildCreated");
     assert_eq!(changes[0].note, "Created Rollout canary-validate");
+}
+
+#[test]
+fn a_rollout_that_may_be_parked_is_seeded_with_one_replica() {
+    // minReplicas 0: an HPA at 0 replicas never scales, so the seed (on creation and on
+    // activation, when the parked count of 0 was dropped) is 1.
+    let mut pipeline = canary();
+    if let Scaling::Auto { min, .. } = &mut pipeline.stages[0].scaling {
+        *min = 0;
+    }
+    let writes = plan(canary_children(), &BTreeMap::new(), &pipeline);
+    assert!(summary(&writes).contains(&"seed Rollout 1".to_string()));
 }
 
 #[test]
