@@ -74,6 +74,9 @@ pub enum StageIssue {
     RolloutsNotInstalled { stage: String },
     /// The input topic's partition count is unknown (topic not created yet); autoscaling bounds wait.
     InputPartitionsUnknown { stage: String, topic: String },
+    /// A notify stage would send its webhook auth Secret over plain http and the operator does not
+    /// allow it; the stage is held at zero replicas so no pod carries the Secret anywhere.
+    InsecureWebhook { stage: String },
 }
 
 impl StageIssue {
@@ -82,6 +85,16 @@ impl StageIssue {
         match self {
             Self::RolloutsNotInstalled { .. } => "RolloutsNotInstalled",
             Self::InputPartitionsUnknown { .. } => "InputTopicPending",
+            Self::InsecureWebhook { .. } => "InsecureWebhook",
+        }
+    }
+
+    /// The stage the issue is about.
+    pub fn stage(&self) -> &str {
+        match self {
+            Self::RolloutsNotInstalled { stage }
+            | Self::InputPartitionsUnknown { stage, .. }
+            | Self::InsecureWebhook { stage } => stage,
         }
     }
 
@@ -93,6 +106,11 @@ impl StageIssue {
             ),
             Self::InputPartitionsUnknown { stage, topic } => format!(
                 "stage {stage} waits for its input topic {topic} before its autoscaler is sized"
+            ),
+            Self::InsecureWebhook { stage } => format!(
+                "stage {stage}: spec.stages[].notify.webhook.url must use https:// when authSecretRef \
+                 is set (the Secret is sent as the Authorization header); the stage is held at 0 \
+                 replicas until it does, or until the operator runs with --allow-insecure-webhooks"
             ),
         }
     }
@@ -129,8 +147,14 @@ pub fn validate(
                     WorkloadKind::Deployment
                 }
             };
+            let insecure = sends_secret_in_cleartext(stage, settings);
+            if insecure {
+                issues.push(StageIssue::InsecureWebhook {
+                    stage: stage.name.clone(),
+                });
+            }
             let input_partitions = partitions.get(&stage.input).copied();
-            let scaling = match (&stage.autoscaling, paused) {
+            let scaling = match (&stage.autoscaling, paused || insecure) {
                 (_, true) => Scaling::Fixed(0),
                 (None, false) => Scaling::Fixed(stage.replicas.unwrap_or(1)),
                 (Some(auto), false) => {
@@ -166,6 +190,16 @@ pub fn validate(
         },
         issues,
     )
+}
+
+/// Whether the stage would POST its webhook auth Secret over anything but https while the operator
+/// does not allow it. Checked here, not at admission: the operator-wide switch is invisible to CEL.
+fn sends_secret_in_cleartext(stage: &StageSpec, settings: &OperatorSettings) -> bool {
+    stage.notify.as_ref().is_some_and(|notify| {
+        notify.webhook.auth_secret_ref.is_some()
+            && !notify.webhook.url.starts_with("https://")
+            && !settings.allow_insecure_webhooks
+    })
 }
 
 /// Effective autoscaling bounds: a consumer beyond the input's partition count would sit idle, so
@@ -288,6 +322,57 @@ mod tests {
         );
         assert!(matches!(v.stages[0].scaling, Scaling::Auto { max: 6, .. }));
         assert_eq!(issues[0].reason(), "InputTopicPending");
+    }
+
+    /// The checkout sample's notify stage (the last one) with its webhook at `url`.
+    fn checkout_notifying_to(url: &str) -> OrderPipeline {
+        let mut p = checkout();
+        let notify = p.spec.stages[2].notify.as_mut().expect("notify stage");
+        notify.webhook.url = url.into();
+        p
+    }
+
+    #[test]
+    fn a_webhook_secret_over_http_holds_the_stage_at_zero_and_says_why() {
+        let p = checkout_notifying_to("http://notifications.shop.svc/order-updates");
+        let (v, issues) = validate(&p, &partitions(6), Capabilities::default(), &settings());
+        assert_eq!(v.stages[2].scaling, Scaling::Fixed(0));
+        assert_eq!(
+            issues,
+            [StageIssue::InsecureWebhook {
+                stage: "notify".into()
+            }]
+        );
+        assert!(issues[0].message().contains("--allow-insecure-webhooks"));
+        assert!(v.stages[..2].iter().all(|s| s.scaling != Scaling::Fixed(0)));
+    }
+
+    #[test]
+    fn a_webhook_secret_may_go_over_https_or_over_http_when_the_operator_allows_it() {
+        let https = checkout_notifying_to("https://notifications.shop.svc/order-updates");
+        let (v, issues) = validate(&https, &partitions(6), Capabilities::default(), &settings());
+        assert!(issues.is_empty(), "{issues:?}");
+        assert_eq!(v.stages[2].scaling, Scaling::Fixed(1));
+
+        let http = checkout_notifying_to("http://notifications.shop.svc/order-updates");
+        let allowed = OperatorSettings {
+            allow_insecure_webhooks: true,
+            ..settings()
+        };
+        let (v, issues) = validate(&http, &partitions(6), Capabilities::default(), &allowed);
+        assert!(issues.is_empty(), "{issues:?}");
+        assert_eq!(v.stages[2].scaling, Scaling::Fixed(1));
+    }
+
+    #[test]
+    fn a_webhook_without_a_secret_may_use_http() {
+        let mut p = checkout_notifying_to("http://notifications.shop.svc/order-updates");
+        if let Some(notify) = p.spec.stages[2].notify.as_mut() {
+            notify.webhook.auth_secret_ref = None;
+        }
+        let (v, issues) = validate(&p, &partitions(6), Capabilities::default(), &settings());
+        assert!(issues.is_empty(), "{issues:?}");
+        assert_eq!(v.stages[2].scaling, Scaling::Fixed(1));
     }
 
     #[test]

@@ -189,10 +189,7 @@ fn stage_status(
         } => (Some(*max), *capped_from),
         Scaling::Fixed(_) => (None, None),
     };
-    let issue = issues.iter().find(|i| match i {
-        StageIssue::RolloutsNotInstalled { stage: s }
-        | StageIssue::InputPartitionsUnknown { stage: s, .. } => *s == stage.spec.name,
-    });
+    let issue = issues.iter().find(|i| i.stage() == stage.spec.name);
     let mut status = StageStatus {
         name: stage.spec.name.clone(),
         workload: Some(stage.workload.as_str().into()),

@@ -33,7 +33,8 @@ pub struct NotifySpec {
         .reason(Reason::FieldValueForbidden),
 )]
 pub struct WebhookSpec {
-    /// URL to POST to (http or https). Link-local and cloud-metadata addresses are refused.
+    /// URL to POST to (http or https; https when `authSecretRef` is set, unless the operator runs
+    /// with `--allow-insecure-webhooks`). Link-local and cloud-metadata addresses are refused.
     #[schemars(length(min = 8, max = 2048), regex(pattern = r"^https?://[^\s]+$"))]
     pub url: String,
 
