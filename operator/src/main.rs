@@ -219,7 +219,16 @@ async fn main() -> anyhow::Result<()> {
     };
     let mut lost_leadership = false;
     loop {
-        let capabilities = capabilities::detect(&client).await;
+        // detect waits while the apiserver cannot say what it serves; a shutdown or a lost lease
+        // must still end the process.
+        let capabilities = tokio::select! {
+            capabilities = capabilities::detect(&client) => capabilities,
+            () = shutdown.cancelled() => break,
+            () = leadership.cancelled() => {
+                lost_leadership = true;
+                break;
+            }
+        };
         health.set_ready(true);
         let stop = CancellationToken::new();
         let restart = tokio::spawn({
