@@ -188,7 +188,7 @@ pub fn plan(
             .find(|stage| stage.workload_name == child.name)
             .and_then(|stage| match stage.scaling {
                 Scaling::Auto { min, .. } => Some(min),
-                Scaling::Fixed(_) => None,
+                Scaling::Fixed { .. } => None,
             });
         if let Some(seed) = min_replicas.and_then(|min| replica_seed(child, live, min)) {
             writes.push(ChildWrite::SeedReplicas {

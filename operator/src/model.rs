@@ -33,7 +33,12 @@ impl WorkloadKind {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Scaling {
     /// A fixed count, applied as `spec.replicas` (0 while paused).
-    Fixed(i32),
+    Fixed {
+        /// The declared count capped at the input topic's partitions.
+        replicas: i32,
+        /// The declared count when it was capped.
+        capped_from: Option<i32>,
+    },
     /// An HPA owns the replica count: the workload must not carry `spec.replicas`.
     Auto {
         min: i32,
@@ -155,8 +160,8 @@ pub fn validate(
             }
             let input_partitions = partitions.get(&stage.input).copied();
             let scaling = match (&stage.autoscaling, paused || insecure) {
-                (_, true) => Scaling::Fixed(0),
-                (None, false) => Scaling::Fixed(stage.replicas.unwrap_or(1)),
+                (_, true) => Scaling::stopped(),
+                (None, false) => fixed_scaling(stage.replicas.unwrap_or(1), input_partitions),
                 (Some(auto), false) => {
                     if input_partitions.is_none() {
                         issues.push(StageIssue::InputPartitionsUnknown {
@@ -200,6 +205,32 @@ fn sends_secret_in_cleartext(stage: &StageSpec, settings: &OperatorSettings) -> 
             && !notify.webhook.url.starts_with("https://")
             && !settings.allow_insecure_webhooks
     })
+}
+
+impl Scaling {
+    /// No replicas and no autoscaler: paused, or held because of an issue.
+    pub fn stopped() -> Self {
+        Self::Fixed {
+            replicas: 0,
+            capped_from: None,
+        }
+    }
+}
+
+/// The fixed count, capped like an autoscaler's maximum (see `auto_scaling`): a consumer beyond the
+/// input's partitions would sit idle. Unknown partitions (topic not created yet) keep the declared
+/// count until the topic exists.
+fn fixed_scaling(declared: i32, input_partitions: Option<i32>) -> Scaling {
+    match input_partitions {
+        Some(p) if p.max(1) < declared => Scaling::Fixed {
+            replicas: p.max(1),
+            capped_from: Some(declared),
+        },
+        _ => Scaling::Fixed {
+            replicas: declared,
+            capped_from: None,
+        },
+    }
 }
 
 /// Effective autoscaling bounds: a consumer beyond the input's partition count would sit idle, so
@@ -289,11 +320,29 @@ mod tests {
     }
 
     #[test]
+    fn fixed_replicas_are_capped_at_the_input_partitions_and_the_cap_is_reported() {
+        let mut p = checkout();
+        p.spec.stages[2].replicas = Some(5);
+        let scaling = |partitions: &BTreeMap<String, i32>| {
+            let (v, issues) = validate(&p, partitions, Capabilities::default(), &settings());
+            assert!(issues.iter().all(|i| i.stage() != "notify"), "{issues:?}");
+            v.stages[2].scaling.clone()
+        };
+        assert_eq!(scaling(&partitions(2)), fixed(2, Some(5)));
+        assert_eq!(scaling(&partitions(5)), fixed(5, None));
+        assert_eq!(
+            scaling(&BTreeMap::new()),
+            fixed(5, None),
+            "unknown partitions keep the declared count"
+        );
+    }
+
+    #[test]
     fn paused_pipeline_scales_every_stage_to_zero_without_an_autoscaler() {
         let mut p = checkout();
         p.spec.paused = true;
         let (v, _) = validate(&p, &partitions(6), Capabilities::default(), &settings());
-        assert!(v.stages.iter().all(|s| s.scaling == Scaling::Fixed(0)));
+        assert!(v.stages.iter().all(|s| s.scaling == Scaling::stopped()));
     }
 
     #[test]
@@ -336,7 +385,7 @@ mod tests {
     fn a_webhook_secret_over_http_holds_the_stage_at_zero_and_says_why() {
         let p = checkout_notifying_to("http://notifications.shop.svc/order-updates");
         let (v, issues) = validate(&p, &partitions(6), Capabilities::default(), &settings());
-        assert_eq!(v.stages[2].scaling, Scaling::Fixed(0));
+        assert_eq!(v.stages[2].scaling, Scaling::stopped());
         assert_eq!(
             issues,
             [StageIssue::InsecureWebhook {
@@ -344,24 +393,37 @@ mod tests {
             }]
         );
         assert!(issues[0].message().contains("--allow-insecure-webhooks"));
-        assert!(v.stages[..2].iter().all(|s| s.scaling != Scaling::Fixed(0)));
+        assert!(
+            v.stages[..2]
+                .iter()
+                .all(|s| s.scaling != Scaling::stopped())
+        );
+    }
+
+    fn fixed(replicas: i32, capped_from: Option<i32>) -> Scaling {
+        Scaling::Fixed {
+            replicas,
+            capped_from,
+        }
+    }
+
+    #[track_caller]
+    fn assert_notify_stage_runs(p: &OrderPipeline, settings: &OperatorSettings) {
+        let (v, issues) = validate(p, &partitions(6), Capabilities::default(), settings);
+        assert!(issues.is_empty(), "{issues:?}");
+        assert_eq!(v.stages[2].scaling, fixed(1, None));
     }
 
     #[test]
     fn a_webhook_secret_may_go_over_https_or_over_http_when_the_operator_allows_it() {
         let https = checkout_notifying_to("https://notifications.shop.svc/order-updates");
-        let (v, issues) = validate(&https, &partitions(6), Capabilities::default(), &settings());
-        assert!(issues.is_empty(), "{issues:?}");
-        assert_eq!(v.stages[2].scaling, Scaling::Fixed(1));
-
+        assert_notify_stage_runs(&https, &settings());
         let http = checkout_notifying_to("http://notifications.shop.svc/order-updates");
         let allowed = OperatorSettings {
             allow_insecure_webhooks: true,
             ..settings()
         };
-        let (v, issues) = validate(&http, &partitions(6), Capabilities::default(), &allowed);
-        assert!(issues.is_empty(), "{issues:?}");
-        assert_eq!(v.stages[2].scaling, Scaling::Fixed(1));
+        assert_notify_stage_runs(&http, &allowed);
     }
 
     #[test]
@@ -370,9 +432,7 @@ mod tests {
         if let Some(notify) = p.spec.stages[2].notify.as_mut() {
             notify.webhook.auth_secret_ref = None;
         }
-        let (v, issues) = validate(&p, &partitions(6), Capabilities::default(), &settings());
-        assert!(issues.is_empty(), "{issues:?}");
-        assert_eq!(v.stages[2].scaling, Scaling::Fixed(1));
+        assert_notify_stage_runs(&p, &settings());
     }
 
     #[test]

@@ -183,11 +183,11 @@ fn stage_status(
     live: Option<&Value>,
     issues: &[StageIssue],
 ) -> StageStatus {
-    let (max_replicas, max_replicas_capped_from) = match &stage.scaling {
+    let (max_replicas, max_replicas_capped_from, replicas_capped_from) = match &stage.scaling {
         Scaling::Auto {
             max, capped_from, ..
-        } => (Some(*max), *capped_from),
-        Scaling::Fixed(_) => (None, None),
+        } => (Some(*max), *capped_from, None),
+        Scaling::Fixed { capped_from, .. } => (None, None, *capped_from),
     };
     let issue = issues.iter().find(|i| i.stage() == stage.spec.name);
     let mut status = StageStatus {
@@ -195,6 +195,7 @@ fn stage_status(
         workload: Some(stage.workload.as_str().into()),
         max_replicas,
         max_replicas_capped_from,
+        replicas_capped_from,
         ..StageStatus::default()
     };
     let Some(live) = live else {
@@ -423,6 +424,19 @@ mod tests {
             "{}",
             stages.message
         );
+    }
+
+    #[test]
+    fn fixed_replicas_capped_at_the_partitions_are_reported_and_the_stage_is_ready() {
+        let mut p = pipeline(false);
+        p.stages[0].scaling = Scaling::Fixed {
+            replicas: 2,
+            capped_from: Some(5),
+        };
+        let s = compute_with(&p, vec![], Some(deployment(2, 2)), None, 10);
+        assert_eq!(s.stages[0].replicas_capped_from, Some(5));
+        assert_eq!(s.stages[0].max_replicas_capped_from, None);
+        assert!(s.stages[0].ready);
     }
 
     #[test]
