@@ -164,6 +164,7 @@ pub async fn run(
             .touched_objects();
         controller = controller.owns_stream_with(stream, resource);
     }
+    let gauge_metrics = metrics.clone();
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
         client,
@@ -180,9 +181,19 @@ pub async fn run(
     controller
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(error) = result {
-                warn!(%error, "reconcile failed");
+        .for_each(|result| {
+            let metrics = gauge_metrics.clone();
+            async move {
+                match result {
+                    // A requeue of a pipeline deleted meanwhile: a reconcile still running at its
+                    // Delete event may have put it back into the gauge.
+                    Err(controller::Error::ObjectNotFound(gone)) => {
+                        let namespace = gone.namespace.as_deref().unwrap_or_default();
+                        metrics.set_pipeline_ready(&pipeline_key(namespace, &gone.name), None);
+                    }
+                    Err(error) => warn!(%error, "reconcile failed"),
+                    Ok(_) => {}
+                }
             }
         })
         .await;
