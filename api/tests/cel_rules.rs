@@ -336,3 +336,101 @@ fn an_image_must_be_an_image_reference() {
         assert_rejected_naming(&violations(p), "image must be an image reference");
     }
 }
+
+#[test]
+fn kafka_internal_topic_names_are_refused() {
+    for name in ["__consumer_offsets", "__transaction_state", "__orders"] {
+        let p = minimal().topic(name, 1);
+        assert_rejected_naming(
+            &violations(p),
+            "spec.topics[].name must not start with '__'",
+        );
+    }
+    // One underscore is an ordinary name.
+    assert_eq!(
+        violations(minimal().topic("_orders", 1)),
+        Vec::<String>::new()
+    );
+}
+
+/// Link-local and cloud-metadata hosts, as a bootstrap server (`host:port`) writes them.
+const METADATA_SERVERS: [&str; 9] = [
+    "169.254.169.254:80",
+    "169.254.0.1:9092",
+    "metadata.google.internal:80",
+    "METADATA.Google.Internal.:80",
+    "[fe80::1]:9092",
+    "[FEBF::1]:9092",
+    "[fd00:ec2::254]:80",
+    "[fd00:0ec2:0:0:0:0:0:254]:80",
+    "[::ffff:169.254.169.254]:80",
+];
+
+/// Neighbours of the refused hosts that are ordinary addresses.
+const ORDINARY_SERVERS: [&str; 6] = [
+    "169.255.169.254:9092",
+    "kafka.metadata.google.internal.example:9092",
+    "[fec0::1]:9092",
+    "[fd00:ec2::253]:9092",
+    "[fd00:ec2:1::254]:9092",
+    "broker-169.254.169.254.example:9092",
+];
+
+#[test]
+fn bootstrap_servers_must_not_name_link_local_or_metadata_addresses() {
+    for server in METADATA_SERVERS {
+        let p = minimal().bootstrap(server);
+        assert_rejected_naming(
+            &violations(p),
+            "spec.kafka.bootstrapServers must not name a link-local or cloud-metadata address",
+        );
+    }
+    for server in ORDINARY_SERVERS {
+        assert_eq!(
+            violations(minimal().bootstrap(server)),
+            Vec::<String>::new(),
+            "{server}"
+        );
+    }
+}
+
+/// The fixture's stage turned into a notify stage POSTing to `url`.
+fn notifying_to(url: &str) -> OrderPipeline {
+    let mut p = minimal();
+    let stage = &mut p.spec.stages[0];
+    stage.processor = Processor::Notify;
+    stage.outputs = outputs(&[("audit", "orders.validated")]);
+    stage.notify = Some(NotifySpec {
+        webhook: WebhookSpec {
+            url: url.into(),
+            auth_secret_ref: None,
+            timeout: None,
+        },
+        channel: None,
+        retry: None,
+    });
+    p
+}
+
+#[test]
+fn webhook_urls_must_not_name_link_local_or_metadata_addresses() {
+    for server in METADATA_SERVERS {
+        for url in [
+            format!("http://{server}/latest/meta-data/"),
+            format!("https://user@{server}"),
+        ] {
+            assert_rejected_naming(
+                &violations(notifying_to(&url)),
+                "notify.webhook.url must not name a link-local or cloud-metadata address",
+            );
+        }
+    }
+    for server in ORDINARY_SERVERS {
+        let url = format!("https://{server}/hook?next=http://169.254.169.254/");
+        assert_eq!(
+            violations(notifying_to(&url)),
+            Vec::<String>::new(),
+            "{url}"
+        );
+    }
+}

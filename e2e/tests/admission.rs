@@ -126,6 +126,38 @@ async fn invalid_pipelines_are_rejected_naming_the_field() -> anyhow::Result<()>
         &["spec.topics[3].name", "must not be '.' or '..'"],
     );
 
+    // Kafka's internal topic names, and link-local or cloud-metadata hosts for Kafka and the
+    // webhook (tenancy rules of issue #15).
+    let mut p = minimal("internal-topic");
+    if let Some(topics) = p["spec"]["topics"].as_array_mut() {
+        topics.push(json!({ "name": "__consumer_offsets", "partitions": 1 }));
+    }
+    assert_names(
+        &rejection(&api, p).await?,
+        &["spec.topics[4].name", "must not start with '__'"],
+    );
+    let mut p = minimal("metadata-bootstrap");
+    p["spec"]["kafka"]["bootstrapServers"] = json!(["169.254.169.254:80"]);
+    assert_names(
+        &rejection(&api, p).await?,
+        &[
+            "spec.kafka.bootstrapServers",
+            "must not name a link-local or cloud-metadata address",
+        ],
+    );
+    let mut p = minimal("metadata-webhook");
+    p["spec"]["stages"][0]["processor"] = json!("notify");
+    p["spec"]["stages"][0]["outputs"] = json!({ "audit": "orders.validated" });
+    p["spec"]["stages"][0]["notify"] =
+        json!({ "webhook": { "url": "http://metadata.google.internal/computeMetadata/v1/" } });
+    assert_names(
+        &rejection(&api, p).await?,
+        &[
+            "spec.stages[0].notify.webhook.url",
+            "must not name a link-local or cloud-metadata address",
+        ],
+    );
+
     // Duplicate stage names (list-map key).
     let mut p = minimal("duplicate-stage");
     let stage = p["spec"]["stages"][0].clone();

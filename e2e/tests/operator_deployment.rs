@@ -1,6 +1,7 @@
 //! The operator binary as it is deployed: its own ServiceAccount bound to the RBAC of `config/rbac`
 //! (so the apiserver enforces exactly the permissions we ship), two replicas electing a leader with a
-//! Lease, `/metrics`, `/healthz`, `/readyz`, and a handover when the leader gets SIGTERM.
+//! Lease, `/metrics`, `/healthz`, `/readyz`, and a handover when the leader gets SIGTERM; and the
+//! roles `config/rbac` aggregates into the built-in `edit` and `view` for the pipelines' users.
 //! Needs `make test-e2e`.
 
 use std::path::{Path, PathBuf};
@@ -9,6 +10,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::GroupVersionKind;
@@ -48,6 +52,19 @@ async fn apply_dynamic(
     )
     .await
     .with_context(|| format!("applying {} {name}", gvk.kind))?;
+    Ok(())
+}
+
+/// Deletes a cluster-scoped RBAC object a test created (`kind` ClusterRole or ClusterRoleBinding).
+async fn delete_cluster_rbac(client: &kube::Client, kind: &str, name: &str) -> anyhow::Result<()> {
+    let resource = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("rbac.authorization.k8s.io", "v1", kind),
+        &format!("{}s", kind.to_lowercase()),
+    );
+    Api::<DynamicObject>::all_with(client.clone(), &resource)
+        .delete(name, &DeleteParams::default())
+        .await
+        .with_context(|| format!("deleting {kind} {name}"))?;
     Ok(())
 }
 
@@ -279,19 +296,92 @@ async fn two_replicas_with_shipped_rbac_elect_a_leader_and_hand_over_on_sigterm(
     .await?;
 
     drop(new);
-    let client = ns.client().clone();
-    let role = ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("rbac.authorization.k8s.io", "v1", "ClusterRole"),
-        "clusterroles",
+    for kind in ["ClusterRole", "ClusterRoleBinding"] {
+        delete_cluster_rbac(ns.client(), kind, &cluster_name).await?;
+    }
+    ns.cleanup().await?;
+    Ok(())
+}
+
+/// Whether the apiserver's authorizer lets `user` `verb` OrderPipelines in `namespace`.
+async fn may(
+    client: &kube::Client,
+    user: &str,
+    verb: &str,
+    namespace: &str,
+) -> anyhow::Result<bool> {
+    let review = SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: Some(user.into()),
+            resource_attributes: Some(ResourceAttributes {
+                namespace: Some(namespace.into()),
+                verb: Some(verb.into()),
+                group: Some("orderpipe.dev".into()),
+                resource: Some("orderpipelines".into()),
+                ..ResourceAttributes::default()
+            }),
+            ..SubjectAccessReviewSpec::default()
+        },
+        ..SubjectAccessReview::default()
+    };
+    let answer = Api::<SubjectAccessReview>::all(client.clone())
+        .create(&PostParams::default(), &review)
+        .await
+        .context("creating a SubjectAccessReview")?;
+    Ok(answer.status.is_some_and(|status| status.allowed))
+}
+
+#[tokio::test]
+#[ignore = "needs the local stack: make test-e2e"]
+async fn namespace_editors_manage_pipelines_and_viewers_only_read_them() -> anyhow::Result<()> {
+    let ns = SharedStack::get()?.namespace("roles").await?;
+    let client = ns.client();
+    // Cluster-scoped and on a shared stack: each run applies the shipped roles under its own names
+    // (the aggregation selects by label, not by name).
+    let mut roles = Vec::new();
+    for file in [
+        "orderpipeline_edit_role.yaml",
+        "orderpipeline_view_role.yaml",
+    ] {
+        let mut role = rbac_manifest(file)?;
+        let name = unique_name(role["metadata"]["name"].as_str().unwrap_or("orderpipe"));
+        role["metadata"]["name"] = json!(name);
+        apply_dynamic(client, None, &role).await?;
+        roles.push(name);
+    }
+    for (user, role) in [("alice", "edit"), ("bob", "view")] {
+        let binding = json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": { "name": format!("{user}-{role}"), "namespace": ns.name() },
+            "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role },
+            "subjects": [{ "apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user }],
+        });
+        apply_dynamic(client, Some(ns.name()), &binding).await?;
+    }
+
+    // The controller-manager copies the labelled rules into edit and view shortly after.
+    wait_until(
+        "edit and view carry the OrderPipeline rules",
+        CONVERGE,
+        || async {
+            let editor = may(client, "alice", "create", ns.name()).await.ok()?;
+            let viewer = may(client, "bob", "list", ns.name()).await.ok()?;
+            (editor && viewer).then_some(())
+        },
+    )
+    .await?;
+    assert!(
+        !may(client, "bob", "create", ns.name()).await?,
+        "a viewer must not create pipelines"
     );
-    let binding = ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding"),
-        "clusterrolebindings",
+    assert!(
+        !may(client, "alice", "create", "default").await?,
+        "edit in one namespace must not reach pipelines of another"
     );
-    for resource in [role, binding] {
-        Api::<DynamicObject>::all_with(client.clone(), &resource)
-            .delete(&cluster_name, &DeleteParams::default())
-            .await?;
+
+    for role in &roles {
+        delete_cluster_rbac(client, "ClusterRole", role).await?;
     }
     ns.cleanup().await?;
     Ok(())

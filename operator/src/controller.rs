@@ -9,7 +9,7 @@
 //! same [`LagCache`] the external metrics API serves from, so the reconcile adds no Kafka query
 //! of its own within a lag interval.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -147,12 +147,21 @@ pub async fn run_sharing_lag(
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    let mut controller = Controller::new(pipelines, watcher::Config::default().any_semantic())
-        .with_config(
-            controller::Config::default()
-                .concurrency(CONCURRENCY)
-                .debounce(DEBOUNCE),
-        );
+    // The pipeline watch as Controller::new builds it, with a look at each event for the gauge.
+    let pipeline_cache = reflector::store::Writer::default();
+    let pipeline_store = pipeline_cache.as_reader();
+    let gauge = (metrics.clone(), pipeline_store.clone());
+    let watched = reflector(
+        pipeline_cache,
+        watcher(pipelines, watcher::Config::default().any_semantic()),
+    )
+    .inspect_ok(move |event| forget_deleted_pipelines(&gauge.0, &gauge.1, event))
+    .applied_objects();
+    let mut controller = Controller::for_stream(watched, pipeline_store).with_config(
+        controller::Config::default()
+            .concurrency(CONCURRENCY)
+            .debounce(DEBOUNCE),
+    );
     let owned = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
     let mut stores = BTreeMap::new();
     let child_index = Arc::new(Mutex::new(ChildIndex::default()));
@@ -183,6 +192,7 @@ pub async fn run_sharing_lag(
             .touched_objects();
         controller = controller.owns_stream_with(stream, resource);
     }
+    let gauge_metrics = metrics.clone();
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
         client,
@@ -200,12 +210,45 @@ pub async fn run_sharing_lag(
     controller
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(error) = result {
-                warn!(%error, "reconcile failed");
+        .for_each(|result| {
+            let metrics = gauge_metrics.clone();
+            async move {
+                match result {
+                    // A requeue of a pipeline deleted meanwhile: a reconcile still running at its
+                    // Delete event may have put it back into the gauge.
+                    Err(controller::Error::ObjectNotFound(gone)) => {
+                        let namespace = gone.namespace.as_deref().unwrap_or_default();
+                        metrics.set_pipeline_ready(&pipeline_key(namespace, &gone.name), None);
+                    }
+                    Err(error) => warn!(%error, "reconcile failed"),
+                    Ok(_) => {}
+                }
             }
         })
         .await;
+}
+
+/// Keeps the Ready gauge to the pipelines that exist. A pipeline without a finalizer is gone
+/// before any reconcile could see it deleted, so the gauge follows the watch: at a Delete, and at
+/// the end of a relist (deletions missed while the watch was down), the store is what exists.
+fn forget_deleted_pipelines(
+    metrics: &Metrics,
+    store: &Store<OrderPipeline>,
+    event: &watcher::Event<OrderPipeline>,
+) {
+    if matches!(event, watcher::Event::Delete(_) | watcher::Event::InitDone) {
+        let live: BTreeSet<String> = store
+            .state()
+            .iter()
+            .map(|p| pipeline_key(&p.namespace().unwrap_or_default(), &p.name_any()))
+            .collect();
+        metrics.retain_pipelines(|key| live.contains(key));
+    }
+}
+
+/// How the metrics name a pipeline.
+fn pipeline_key(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
 }
 
 /// Per-object exponential backoff: 1 s, 2 s, 4 s ... capped at 5 minutes; reset on success.
@@ -231,7 +274,7 @@ fn error_policy(pipeline: Arc<OrderPipeline>, error: &Error, ctx: Arc<Context>) 
 async fn reconcile(pipeline: Arc<OrderPipeline>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.reconcile_timer();
     let namespace = pipeline.namespace().ok_or(Error::MissingNamespace)?;
-    let key = format!("{namespace}/{}", pipeline.name_any());
+    let key = pipeline_key(&namespace, &pipeline.name_any());
     let writer = Writer::new(&ctx.client, &ctx.recorder, &ctx.metrics, &namespace);
 
     // Deletion: owned children go with the owner references; topics need the finalizer.
@@ -509,4 +552,58 @@ fn observed_children(ctx: &Context, namespace: &str, pipeline: &str) -> BTreeMap
             Some(((kind, name), value))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use prometheus_client::encoding::text::encode;
+    use prometheus_client::registry::Registry;
+
+    use super::*;
+
+    fn ready_count(registry: &Registry) -> String {
+        let mut text = String::new();
+        encode(&mut text, registry).expect("encodes");
+        text.lines()
+            .find(|l| {
+                l.starts_with("orderpipe_operator_pipelines{condition=\"Ready\",status=\"True\"}")
+            })
+            .unwrap_or_default()
+            .rsplit(' ')
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    #[test]
+    fn a_deleted_pipeline_leaves_the_gauge_at_its_delete_or_at_the_next_relist() {
+        let mut registry = Registry::default();
+        let metrics = Metrics::register(&mut registry);
+        let mut cache = reflector::store::Writer::<OrderPipeline>::default();
+        let store = cache.as_reader();
+        let shop = OrderPipeline::test("checkout").in_namespace("shop");
+        let eu = OrderPipeline::test("checkout").in_namespace("eu");
+        for event in [
+            watcher::Event::Apply(shop.clone()),
+            watcher::Event::Apply(eu.clone()),
+        ] {
+            cache.apply_watcher_event(&event);
+            forget_deleted_pipelines(&metrics, &store, &event);
+        }
+        metrics.set_pipeline_ready("shop/checkout", Some("True"));
+        metrics.set_pipeline_ready("eu/checkout", Some("True"));
+        assert_eq!(ready_count(&registry), "2");
+
+        let delete = watcher::Event::Delete(shop);
+        cache.apply_watcher_event(&delete);
+        forget_deleted_pipelines(&metrics, &store, &delete);
+        assert_eq!(ready_count(&registry), "1");
+
+        // The watch was down while eu/checkout went: the relist does not list it.
+        for event in [watcher::Event::Init, watcher::Event::InitDone] {
+            cache.apply_watcher_event(&event);
+            forget_deleted_pipelines(&metrics, &store, &event);
+        }
+        assert_eq!(ready_count(&registry), "0");
+    }
 }

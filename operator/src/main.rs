@@ -66,6 +66,10 @@ struct Args {
     /// Seconds between re-checks of a Ready pipeline (default 300); Kafka drift is found this way.
     #[arg(long, env = "ORDERPIPE_RESYNC_SECONDS")]
     resync_seconds: Option<u64>,
+    /// Let notify stages send their webhook's auth Secret over plain `http://` (e.g. to a sidecar
+    /// or inside a service mesh that encrypts). Off: such a stage is held at zero replicas.
+    #[arg(long, env = "ORDERPIPE_ALLOW_INSECURE_WEBHOOKS")]
+    allow_insecure_webhooks: bool,
     /// Address of the external metrics API (`external.metrics.k8s.io`, HTTPS), the target of the
     /// APIService's Service.
     #[arg(
@@ -138,6 +142,7 @@ async fn main() -> anyhow::Result<()> {
             tolerations: args.worker_tolerations.clone(),
         },
         resync: args.resync_seconds.map(std::time::Duration::from_secs),
+        allow_insecure_webhooks: args.allow_insecure_webhooks,
     };
 
     // One lag cache for the external metrics API and the reconciles (scale to zero, status): a
@@ -216,7 +221,16 @@ async fn main() -> anyhow::Result<()> {
     };
     let mut lost_leadership = false;
     loop {
-        let capabilities = capabilities::detect(&client).await;
+        // detect waits while the apiserver cannot say what it serves; a shutdown or a lost lease
+        // must still end the process.
+        let capabilities = tokio::select! {
+            capabilities = capabilities::detect(&client) => capabilities,
+            () = shutdown.cancelled() => break,
+            () = leadership.cancelled() => {
+                lost_leadership = true;
+                break;
+            }
+        };
         health.set_ready(true);
         let stop = CancellationToken::new();
         let restart = tokio::spawn({

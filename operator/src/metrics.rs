@@ -252,6 +252,16 @@ impl Metrics {
         self.refresh_pipelines(&readiness);
     }
 
+    /// Forgets every pipeline `is_live` rejects and refreshes the gauge. A pipeline deleted without
+    /// a finalizer is never reconciled again, so only the watch can say it is gone.
+    pub fn retain_pipelines(&self, is_live: impl Fn(&str) -> bool) {
+        let Ok(mut readiness) = self.readiness.lock() else {
+            return;
+        };
+        readiness.retain(|key, _| is_live(key));
+        self.refresh_pipelines(&readiness);
+    }
+
     fn refresh_pipelines(&self, readiness: &BTreeMap<String, String>) {
         for status in ["True", "False", "Unknown"] {
             let count = readiness.values().filter(|s| *s == status).count();
@@ -336,6 +346,36 @@ mod tests {
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }
+    }
+
+    fn encoded(registry: &Registry) -> String {
+        let mut text = String::new();
+        encode(&mut text, registry).expect("encodes");
+        text
+    }
+
+    #[test]
+    fn the_pipelines_gauge_forgets_pipelines_that_are_gone() {
+        let mut registry = Registry::default();
+        let metrics = Metrics::register(&mut registry);
+        metrics.set_pipeline_ready("shop/checkout", Some("True"));
+        metrics.set_pipeline_ready("shop/returns", Some("False"));
+        metrics.set_pipeline_ready("eu/checkout", Some("True"));
+
+        metrics.retain_pipelines(|key| key == "shop/checkout");
+        let text = encoded(&registry);
+        for series in [
+            "orderpipe_operator_pipelines{condition=\"Ready\",status=\"True\"} 1",
+            "orderpipe_operator_pipelines{condition=\"Ready\",status=\"False\"} 0",
+        ] {
+            assert!(text.contains(series), "missing {series} in\n{text}");
+        }
+
+        // Finalized: the reconcile removes it itself.
+        metrics.set_pipeline_ready("shop/checkout", None);
+        let text = encoded(&registry);
+        let series = "orderpipe_operator_pipelines{condition=\"Ready\",status=\"True\"} 0";
+        assert!(text.contains(series), "missing {series} in\n{text}");
     }
 
     #[test]

@@ -36,7 +36,12 @@ impl WorkloadKind {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Scaling {
     /// A fixed count, applied as `spec.replicas` (0 while paused).
-    Fixed(i32),
+    Fixed {
+        /// The declared count capped at the input topic's partitions.
+        replicas: i32,
+        /// The declared count when it was capped.
+        capped_from: Option<i32>,
+    },
     /// An HPA owns the replica count: the workload must not carry `spec.replicas`; unless the
     /// stage is parked, when the operator holds it at 0 and there is no HPA.
     Auto {
@@ -67,7 +72,7 @@ impl Scaling {
     pub fn autoscaler_min(&self) -> Option<i32> {
         match self {
             Self::Auto { min, .. } => Some((*min).max(1)),
-            Self::Fixed(_) => None,
+            Self::Fixed { .. } => None,
         }
     }
 }
@@ -111,6 +116,9 @@ pub enum StageIssue {
     RolloutsNotInstalled { stage: String },
     /// The input topic's partition count is unknown (topic not created yet); autoscaling bounds wait.
     InputPartitionsUnknown { stage: String, topic: String },
+    /// A notify stage would send its webhook auth Secret over plain http and the operator does not
+    /// allow it; the stage is held at zero replicas so no pod carries the Secret anywhere.
+    InsecureWebhook { stage: String },
 }
 
 impl StageIssue {
@@ -119,6 +127,16 @@ impl StageIssue {
         match self {
             Self::RolloutsNotInstalled { .. } => "RolloutsNotInstalled",
             Self::InputPartitionsUnknown { .. } => "InputTopicPending",
+            Self::InsecureWebhook { .. } => "InsecureWebhook",
+        }
+    }
+
+    /// The stage the issue is about.
+    pub fn stage(&self) -> &str {
+        match self {
+            Self::RolloutsNotInstalled { stage }
+            | Self::InputPartitionsUnknown { stage, .. }
+            | Self::InsecureWebhook { stage } => stage,
         }
     }
 
@@ -130,6 +148,11 @@ impl StageIssue {
             ),
             Self::InputPartitionsUnknown { stage, topic } => format!(
                 "stage {stage} waits for its input topic {topic} before its autoscaler is sized"
+            ),
+            Self::InsecureWebhook { stage } => format!(
+                "stage {stage}: spec.stages[].notify.webhook.url must use https:// when authSecretRef \
+                 is set (the Secret is sent as the Authorization header); the stage is held at 0 \
+                 replicas until it does, or until the operator runs with --allow-insecure-webhooks"
             ),
         }
     }
@@ -166,10 +189,16 @@ pub fn validate(
                     WorkloadKind::Deployment
                 }
             };
+            let insecure = sends_secret_in_cleartext(stage, settings);
+            if insecure {
+                issues.push(StageIssue::InsecureWebhook {
+                    stage: stage.name.clone(),
+                });
+            }
             let input_partitions = partitions.get(&stage.input).copied();
-            let scaling = match (&stage.autoscaling, paused) {
-                (_, true) => Scaling::Fixed(0),
-                (None, false) => Scaling::Fixed(stage.replicas.unwrap_or(1)),
+            let scaling = match (&stage.autoscaling, paused || insecure) {
+                (_, true) => Scaling::stopped(),
+                (None, false) => fixed_scaling(stage.replicas.unwrap_or(1), input_partitions),
                 (Some(auto), false) => {
                     if input_partitions.is_none() {
                         issues.push(StageIssue::InputPartitionsUnknown {
@@ -203,6 +232,42 @@ pub fn validate(
         },
         issues,
     )
+}
+
+/// Whether the stage would POST its webhook auth Secret over anything but https while the operator
+/// does not allow it. Checked here, not at admission: the operator-wide switch is invisible to CEL.
+fn sends_secret_in_cleartext(stage: &StageSpec, settings: &OperatorSettings) -> bool {
+    stage.notify.as_ref().is_some_and(|notify| {
+        notify.webhook.auth_secret_ref.is_some()
+            && !notify.webhook.url.starts_with("https://")
+            && !settings.allow_insecure_webhooks
+    })
+}
+
+impl Scaling {
+    /// No replicas and no autoscaler: paused, or held because of an issue.
+    pub fn stopped() -> Self {
+        Self::Fixed {
+            replicas: 0,
+            capped_from: None,
+        }
+    }
+}
+
+/// The fixed count, capped like an autoscaler's maximum (see `auto_scaling`): a consumer beyond the
+/// input's partitions would sit idle. Unknown partitions (topic not created yet) keep the declared
+/// count until the topic exists.
+fn fixed_scaling(declared: i32, input_partitions: Option<i32>) -> Scaling {
+    match input_partitions {
+        Some(p) if p.max(1) < declared => Scaling::Fixed {
+            replicas: p.max(1),
+            capped_from: Some(declared),
+        },
+        _ => Scaling::Fixed {
+            replicas: declared,
+            capped_from: None,
+        },
+    }
 }
 
 /// Effective autoscaling bounds: a consumer beyond the input's partition count would sit idle, so
@@ -336,11 +401,29 @@ mod tests {
     }
 
     #[test]
+    fn fixed_replicas_are_capped_at_the_input_partitions_and_the_cap_is_reported() {
+        let mut p = checkout();
+        p.spec.stages[2].replicas = Some(5);
+        let scaling = |partitions: &BTreeMap<String, i32>| {
+            let (v, issues) = validate(&p, partitions, Capabilities::default(), &settings());
+            assert!(issues.iter().all(|i| i.stage() != "notify"), "{issues:?}");
+            v.stages[2].scaling.clone()
+        };
+        assert_eq!(scaling(&partitions(2)), fixed(2, Some(5)));
+        assert_eq!(scaling(&partitions(5)), fixed(5, None));
+        assert_eq!(
+            scaling(&BTreeMap::new()),
+            fixed(5, None),
+            "unknown partitions keep the declared count"
+        );
+    }
+
+    #[test]
     fn paused_pipeline_scales_every_stage_to_zero_without_an_autoscaler() {
         let mut p = checkout();
         p.spec.paused = true;
         let (v, _) = validate(&p, &partitions(6), Capabilities::default(), &settings());
-        assert!(v.stages.iter().all(|s| s.scaling == Scaling::Fixed(0)));
+        assert!(v.stages.iter().all(|s| s.scaling == Scaling::stopped()));
     }
 
     #[test]
@@ -369,6 +452,68 @@ mod tests {
         );
         assert!(matches!(v.stages[0].scaling, Scaling::Auto { max: 6, .. }));
         assert_eq!(issues[0].reason(), "InputTopicPending");
+    }
+
+    /// The checkout sample's notify stage (the last one) with its webhook at `url`.
+    fn checkout_notifying_to(url: &str) -> OrderPipeline {
+        let mut p = checkout();
+        let notify = p.spec.stages[2].notify.as_mut().expect("notify stage");
+        notify.webhook.url = url.into();
+        p
+    }
+
+    #[test]
+    fn a_webhook_secret_over_http_holds_the_stage_at_zero_and_says_why() {
+        let p = checkout_notifying_to("http://notifications.shop.svc/order-updates");
+        let (v, issues) = validate(&p, &partitions(6), Capabilities::default(), &settings());
+        assert_eq!(v.stages[2].scaling, Scaling::stopped());
+        assert_eq!(
+            issues,
+            [StageIssue::InsecureWebhook {
+                stage: "notify".into()
+            }]
+        );
+        assert!(issues[0].message().contains("--allow-insecure-webhooks"));
+        assert!(
+            v.stages[..2]
+                .iter()
+                .all(|s| s.scaling != Scaling::stopped())
+        );
+    }
+
+    fn fixed(replicas: i32, capped_from: Option<i32>) -> Scaling {
+        Scaling::Fixed {
+            replicas,
+            capped_from,
+        }
+    }
+
+    #[track_caller]
+    fn assert_notify_stage_runs(p: &OrderPipeline, settings: &OperatorSettings) {
+        let (v, issues) = validate(p, &partitions(6), Capabilities::default(), settings);
+        assert!(issues.is_empty(), "{issues:?}");
+        assert_eq!(v.stages[2].scaling, fixed(1, None));
+    }
+
+    #[test]
+    fn a_webhook_secret_may_go_over_https_or_over_http_when_the_operator_allows_it() {
+        let https = checkout_notifying_to("https://notifications.shop.svc/order-updates");
+        assert_notify_stage_runs(&https, &settings());
+        let http = checkout_notifying_to("http://notifications.shop.svc/order-updates");
+        let allowed = OperatorSettings {
+            allow_insecure_webhooks: true,
+            ..settings()
+        };
+        assert_notify_stage_runs(&http, &allowed);
+    }
+
+    #[test]
+    fn a_webhook_without_a_secret_may_use_http() {
+        let mut p = checkout_notifying_to("http://notifications.shop.svc/order-updates");
+        if let Some(notify) = p.spec.stages[2].notify.as_mut() {
+            notify.webhook.auth_secret_ref = None;
+        }
+        assert_notify_stage_runs(&p, &settings());
     }
 
     #[test]

@@ -114,7 +114,7 @@ pub fn decide(park_after: Duration, lag: Option<u64>, memory: &Memory, now: &Tim
 fn park_after(stage: &ValidatedStage) -> Option<Duration> {
     match stage.scaling {
         Scaling::Auto { park_after, .. } => park_after,
-        Scaling::Fixed(_) => None,
+        Scaling::Fixed { .. } => None,
     }
 }
 

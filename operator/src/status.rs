@@ -198,14 +198,14 @@ fn not_ready_message<'a>(
 fn stage_status(stage: &ValidatedStage, observed: &Observed<'_>) -> StageStatus {
     let name = &stage.spec.name;
     let live = observed.workloads.get(name);
-    let (max_replicas, max_replicas_capped_from) = match &stage.scaling {
+    let (max_replicas, max_replicas_capped_from, replicas_capped_from) = match &stage.scaling {
         Scaling::Auto {
             max, capped_from, ..
-        } => (Some(*max), *capped_from),
-        Scaling::Fixed(_) => (None, None),
+        } => (Some(*max), *capped_from, None),
+        Scaling::Fixed { capped_from, .. } => (None, None, *capped_from),
     };
     let desired_replicas = match &stage.scaling {
-        Scaling::Fixed(n) => Some(*n),
+        Scaling::Fixed { replicas, .. } => Some(*replicas),
         Scaling::Auto { parked: true, .. } => Some(0),
         Scaling::Auto { parked: false, .. } => observed
             .autoscalers
@@ -215,16 +215,14 @@ fn stage_status(stage: &ValidatedStage, observed: &Observed<'_>) -> StageStatus 
             .and_then(|n| i32::try_from(n).ok()),
     };
     let memory = observed.scale_to_zero.get(name).map(|d| d.memory.clone());
-    let issue = observed.issues.iter().find(|i| match i {
-        StageIssue::RolloutsNotInstalled { stage: s }
-        | StageIssue::InputPartitionsUnknown { stage: s, .. } => s == name,
-    });
+    let issue = observed.issues.iter().find(|i| i.stage() == name);
     let mut status = StageStatus {
         name: name.clone(),
         workload: Some(stage.workload.as_str().into()),
         desired_replicas,
         max_replicas,
         max_replicas_capped_from,
+        replicas_capped_from,
         lag: observed.lags.get(name).map(|&records| rounded_lag(records)),
         parked_since: memory.as_ref().and_then(|m| m.parked_since.clone()),
         idle_since: memory.and_then(|m| m.idle_since),
@@ -499,6 +497,19 @@ mod tests {
             "{}",
             stages.message
         );
+    }
+
+    #[test]
+    fn fixed_replicas_capped_at_the_partitions_are_reported_and_the_stage_is_ready() {
+        let mut p = pipeline(false);
+        p.stages[0].scaling = Scaling::Fixed {
+            replicas: 2,
+            capped_from: Some(5),
+        };
+        let s = compute_with(&p, vec![], Some(deployment(2, 2)), None, 10);
+        assert_eq!(s.stages[0].replicas_capped_from, Some(5));
+        assert_eq!(s.stages[0].max_replicas_capped_from, None);
+        assert!(s.stages[0].ready);
     }
 
     #[test]

@@ -73,7 +73,7 @@ fn rendered_env_reads_back_into_the_config_the_stage_declares() {
     let notify = config.notify.expect("notify settings");
     assert_eq!(
         notify.url,
-        "http://notifications.shop.svc:8080/order-updates"
+        "https://notifications.shop.svc:8443/order-updates"
     );
     assert_eq!(
         notify.authorization,

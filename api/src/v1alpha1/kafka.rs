@@ -7,14 +7,21 @@ use kube::KubeSchema;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::hosts::BOOTSTRAP_SERVERS_RULE;
 use super::{SecretKey, SecretKeyRef, SecretName};
 
 /// Connection to the Kafka cluster. Credentials are only ever referenced from Secrets in the
 /// pipeline's namespace, never written inline.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new(BOOTSTRAP_SERVERS_RULE)
+        .message("spec.kafka.bootstrapServers must not name a link-local or cloud-metadata address (169.254.0.0/16, fe80::/10, fd00:ec2::254, metadata.google.internal): the operator and the workers would dial the node's metadata service")
+        .field_path(".bootstrapServers")
+        .reason(Reason::FieldValueForbidden),
+)]
 pub struct KafkaSpec {
-    /// Bootstrap brokers as `host:port`.
+    /// Bootstrap brokers as `host:port`. Link-local and cloud-metadata addresses are refused.
     #[schemars(length(min = 1, max = 16))]
     pub bootstrap_servers: Vec<BootstrapServer>,
 

@@ -15,6 +15,7 @@
 //! public surface and re-exports them, so every type is named `orderpipe_api::v1alpha1::X`.
 
 mod duration;
+mod hosts;
 mod kafka;
 pub mod limits;
 mod notify;

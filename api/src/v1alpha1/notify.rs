@@ -3,6 +3,7 @@
 use kube::KubeSchema;
 use serde::{Deserialize, Serialize};
 
+use super::hosts::WEBHOOK_URL_RULE;
 use super::{Duration, SecretKeyRef};
 
 /// Settings of the notify processor.
@@ -25,8 +26,15 @@ pub struct NotifySpec {
 /// The notification webhook.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new(WEBHOOK_URL_RULE)
+        .message("spec.stages[].notify.webhook.url must not name a link-local or cloud-metadata address (169.254.0.0/16, fe80::/10, fd00:ec2::254, metadata.google.internal): the worker would POST to the node's metadata service")
+        .field_path(".url")
+        .reason(Reason::FieldValueForbidden),
+)]
 pub struct WebhookSpec {
-    /// URL to POST to (http or https).
+    /// URL to POST to (http or https; https when `authSecretRef` is set, unless the operator runs
+    /// with `--allow-insecure-webhooks`). Link-local and cloud-metadata addresses are refused.
     #[schemars(length(min = 8, max = 2048), regex(pattern = r"^https?://[^\s]+$"))]
     pub url: String,
 

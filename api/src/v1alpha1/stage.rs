@@ -118,7 +118,8 @@ pub struct StageSpec {
     #[schemars(length(min = 1, max = 249))]
     pub dead_letter: String,
 
-    /// Fixed number of worker replicas (default 1). Mutually exclusive with `autoscaling`.
+    /// Fixed number of worker replicas (default 1), capped at the input topic's partitions (a
+    /// consumer beyond them would sit idle). Mutually exclusive with `autoscaling`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 1000))]
     pub replicas: Option<i32>,

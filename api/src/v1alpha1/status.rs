@@ -96,6 +96,9 @@ pub struct StageStatus {
     /// Ready replicas of the workload.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready_replicas: Option<i32>,
+    /// Set when the declared `replicas` was lowered to the input topic's partitions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas_capped_from: Option<i32>,
     /// The autoscaler's effective maximum after capping at the input topic's partitions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_replicas: Option<i32>,

@@ -17,6 +17,12 @@ use serde::{Deserialize, Serialize};
         .reason(Reason::FieldValueInvalid),
 )]
 #[x_kube(
+    validation = Rule::new("!self.name.startsWith('__')")
+        .message("spec.topics[].name must not start with '__': Kafka reserves such names for its internal topics (__consumer_offsets, __transaction_state)")
+        .field_path(".name")
+        .reason(Reason::FieldValueForbidden),
+)]
+#[x_kube(
     validation = Rule::new("self.partitions >= oldSelf.partitions")
         .message(Message::Expression("'spec.topics[' + self.name + '].partitions may only grow (Kafka cannot remove partitions); declare a new topic instead'".into()))
         .field_path(".partitions")
@@ -29,7 +35,8 @@ use serde::{Deserialize, Serialize};
         .reason(Reason::FieldValueForbidden),
 )]
 pub struct TopicSpec {
-    /// Kafka topic name: 1-249 characters of [a-zA-Z0-9._-], not "." or "..".
+    /// Kafka topic name: 1-249 characters of [a-zA-Z0-9._-], not "." or "..", not starting with `__`
+    /// (Kafka's internal topics).
     #[schemars(length(min = 1, max = 249), regex(pattern = r"^[a-zA-Z0-9._-]+$"))]
     pub name: String,
 

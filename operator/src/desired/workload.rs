@@ -32,7 +32,7 @@ const MIN_READY_SECONDS: i32 = 10;
 fn workload_spec(ctx: &StageContext<'_>, template: PodTemplateSpec) -> DeploymentSpec {
     DeploymentSpec {
         replicas: match ctx.stage.scaling {
-            Scaling::Fixed(n) => Some(n),
+            Scaling::Fixed { replicas, .. } => Some(replicas),
             Scaling::Auto { parked: true, .. } => Some(0),
             Scaling::Auto { parked: false, .. } => None,
         },

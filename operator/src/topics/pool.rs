@@ -1,12 +1,13 @@
-//! The [`AdminPool`]: one [`KafkaTopicAdmin`] per cluster and identity, shared by every reconcile
-//! and closed when idle.
+//! The [`AdminPool`]: one [`KafkaTopicAdmin`] per cluster and identity, shared by every reconcile,
+//! closed when idle and bounded in number (least recently used first), so pipelines naming ever new
+//! clusters or credentials cannot make the operator hold ever more connections and threads.
 //!
 //! Builds clients (local work: a client connects on its first request) and drops them; it sends no
-//! admin request itself.
+//! admin request itself. Which clients to close is decided by the pure `to_close`.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use orderpipe_api::v1alpha1::KafkaSpec;
@@ -23,6 +24,10 @@ pub struct AdminSettings {
     /// A client unused this long is closed: its pipelines were deleted or its credentials rotated.
     /// Longer than the controller's resync period, so a live pipeline keeps its client.
     pub idle_timeout: Duration,
+    /// Most clients kept open. Each holds connections and a few threads per broker; a shop has a
+    /// handful of clusters and identities, so this is only reached when something is wrong, and
+    /// then the least recently used client not held by a reconcile is closed to make room.
+    pub max_clients: usize,
 }
 
 impl Default for AdminSettings {
@@ -30,6 +35,9 @@ impl Default for AdminSettings {
         Self {
             request_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30 * 60),
+            // Above the controller's 32 concurrent reconciles, so a client that is not in use can
+            // always be found to make room.
+            max_clients: 64,
         }
     }
 }
@@ -69,12 +77,20 @@ impl AdminPool {
         let now = Instant::now();
         // A poisoned lock only means another thread panicked mid-update of a plain map: keep going.
         let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
-        let idle: Vec<Pooled> = clients
-            .extract_if(|k, pooled| {
-                *k != key && now.duration_since(pooled.last_used) >= self.settings.idle_timeout
+        let usage: Vec<Usage<&ConnectionKey>> = clients
+            .iter()
+            .map(|(key, pooled)| Usage {
+                key,
+                last_used: pooled.last_used,
+                // The pool's own handle is one reference; any other is a reconcile's.
+                in_use: Arc::strong_count(&pooled.admin.client) > 1,
             })
-            .map(|(_, pooled)| pooled)
             .collect();
+        let closing: Vec<ConnectionKey> = to_close(&usage, &&key, now, &self.settings)
+            .into_iter()
+            .cloned()
+            .collect();
+        let closed: Vec<Pooled> = closing.iter().filter_map(|k| clients.remove(k)).collect();
         let admin = match clients.entry(key) {
             Entry::Occupied(mut entry) => {
                 entry.get_mut().last_used = now;
@@ -95,12 +111,54 @@ impl AdminPool {
             }
         };
         drop(clients);
-        if !idle.is_empty() {
-            tracing::info!(clients = idle.len(), "closing idle Kafka admin clients");
-            drop_blocking(idle);
+        if !closed.is_empty() {
+            tracing::info!(
+                clients = closed.len(),
+                "closing Kafka admin clients (idle, or least recently used beyond the pool's maximum)"
+            );
+            drop_blocking(closed);
         }
         admin
     }
+}
+
+/// What the pool knows of one client when it decides which to close.
+#[derive(Clone, Copy, Debug)]
+struct Usage<K> {
+    key: K,
+    last_used: Instant,
+    /// A reconcile holds the client.
+    in_use: bool,
+}
+
+/// The clients to close before `wanted` is served at `now`. `wanted` and the clients in use stay:
+/// closing the pool's handle of a client in use would leave its last, blocking drop to a reconcile
+/// on an async worker. Of the others, oldest first, every idle one goes, then as many as it takes
+/// to fit `wanted` into `max_clients`. With every client in use the pool exceeds its maximum by
+/// at most the number of concurrent reconciles, until they let go.
+fn to_close<K: PartialEq + Clone>(
+    clients: &[Usage<K>],
+    wanted: &K,
+    now: Instant,
+    settings: &AdminSettings,
+) -> Vec<K> {
+    let mut closable: Vec<&Usage<K>> = clients
+        .iter()
+        .filter(|c| !c.in_use && c.key != *wanted)
+        .collect();
+    closable.sort_by_key(|c| c.last_used);
+    let adding = !clients.iter().any(|c| c.key == *wanted);
+    let mut open = clients.len() + usize::from(adding);
+    let mut close = Vec::new();
+    for client in closable {
+        let idle = now.duration_since(client.last_used) >= settings.idle_timeout;
+        if !idle && open <= settings.max_clients {
+            break;
+        }
+        close.push(client.key.clone());
+        open -= 1;
+    }
+    close
 }
 
 /// Drops Kafka clients. Dropping one joins its threads and closes its connections, which blocks:
@@ -130,11 +188,19 @@ mod tests {
         }
     }
 
+    fn open_clients(pool: &AdminPool) -> Vec<String> {
+        let clients = pool.clients.lock().expect("not poisoned");
+        let mut keys: Vec<String> = clients.keys().map(ToString::to_string).collect();
+        keys.sort();
+        keys
+    }
+
     #[test]
-    fn the_pool_shares_one_client_per_connection_and_closes_idle_ones() {
+    fn the_pool_shares_one_client_per_connection_and_closes_idle_ones_nobody_holds() {
         let pool = AdminPool::new(AdminSettings {
             request_timeout: Duration::from_secs(1),
             idle_timeout: Duration::ZERO,
+            max_clients: 8,
         });
         let none = ResolvedKafkaSecrets::default();
         let first = pool.get(&plaintext("127.0.0.1:9"), &none).expect("client");
@@ -144,10 +210,81 @@ mod tests {
             "one client per connection"
         );
 
-        pool.get(&plaintext("127.0.0.2:9"), &none).expect("client");
-        let clients = pool.clients.lock().expect("not poisoned");
-        let keys: Vec<String> = clients.keys().map(ToString::to_string).collect();
-        assert_eq!(clients.len(), 1, "the idle client was closed: {keys:?}");
-        assert!(keys[0].starts_with("127.0.0.2:9#"), "{keys:?}");
+        let held = pool.get(&plaintext("127.0.0.2:9"), &none).expect("client");
+        assert_eq!(open_clients(&pool).len(), 2, "a held client stays open");
+        drop((first, again, held));
+
+        pool.get(&plaintext("127.0.0.3:9"), &none).expect("client");
+        let keys = open_clients(&pool);
+        assert_eq!(keys.len(), 1, "the idle clients were closed: {keys:?}");
+        assert!(keys[0].starts_with("127.0.0.3:9#"), "{keys:?}");
+    }
+
+    #[test]
+    fn a_full_pool_closes_its_least_recently_used_client() {
+        let pool = AdminPool::new(AdminSettings {
+            max_clients: 2,
+            ..AdminSettings::default()
+        });
+        let none = ResolvedKafkaSecrets::default();
+        for host in ["127.0.0.1:9", "127.0.0.2:9", "127.0.0.1:9", "127.0.0.3:9"] {
+            pool.get(&plaintext(host), &none).expect("client");
+        }
+        let keys = open_clients(&pool);
+        assert_eq!(keys.len(), 2, "{keys:?}");
+        assert!(keys[0].starts_with("127.0.0.1:9#"), "{keys:?}");
+        assert!(keys[1].starts_with("127.0.0.3:9#"), "{keys:?}");
+    }
+
+    /// Clients `a`, `b`, `c` last used 30, 20 and 10 minutes before `now`.
+    fn three_clients(now: Instant, in_use: &str) -> Vec<Usage<&'static str>> {
+        [("a", 30), ("b", 20), ("c", 10)]
+            .into_iter()
+            .map(|(key, minutes_ago)| Usage {
+                key,
+                last_used: now - Duration::from_secs(minutes_ago * 60),
+                in_use: in_use.contains(key),
+            })
+            .collect()
+    }
+
+    fn limits(idle_minutes: u64, max_clients: usize) -> AdminSettings {
+        AdminSettings {
+            idle_timeout: Duration::from_secs(idle_minutes * 60),
+            max_clients,
+            ..AdminSettings::default()
+        }
+    }
+
+    #[test]
+    fn idle_clients_close_but_never_the_wanted_one() {
+        let now = Instant::now();
+        let clients = three_clients(now, "");
+        assert_eq!(to_close(&clients, &"c", now, &limits(15, 8)), ["a", "b"]);
+        assert_eq!(to_close(&clients, &"a", now, &limits(5, 8)), ["b", "c"]);
+        assert!(to_close(&clients, &"a", now, &limits(60, 8)).is_empty());
+    }
+
+    #[test]
+    fn room_is_made_least_recently_used_first_and_only_for_a_new_client() {
+        let now = Instant::now();
+        let clients = three_clients(now, "");
+        assert_eq!(to_close(&clients, &"d", now, &limits(60, 3)), ["a"]);
+        assert_eq!(
+            to_close(&clients, &"d", now, &limits(60, 1)),
+            ["a", "b", "c"]
+        );
+        assert!(to_close(&clients, &"b", now, &limits(60, 3)).is_empty());
+        assert_eq!(to_close(&clients, &"b", now, &limits(60, 2)), ["a"]);
+    }
+
+    #[test]
+    fn a_client_a_reconcile_holds_is_never_closed() {
+        let now = Instant::now();
+        let clients = three_clients(now, "a");
+        assert_eq!(to_close(&clients, &"c", now, &limits(5, 8)), ["b"]);
+        assert_eq!(to_close(&clients, &"d", now, &limits(60, 2)), ["b", "c"]);
+        let all_held = three_clients(now, "abc");
+        assert!(to_close(&all_held, &"d", now, &limits(5, 1)).is_empty());
     }
 }
