@@ -1,0 +1,333 @@
+//! The operator's external metrics API behind the real kube-apiserver's aggregation layer: the
+//! operator serves it in the test process (`external_metrics::run`, as the binary does) on a
+//! loopback port with a serving certificate made here, and an APIService with that CA in its
+//! `caBundle` routes `external.metrics.k8s.io` to it through an `ExternalName: localhost` Service
+//! (see `stack/README.md`). Proves that the upstream kubectl reads the lag measured in Kafka, that
+//! the API is discoverable, that a request past the apiserver without the front-proxy certificate
+//! is refused, and that the stage's HPA reads the metric. Needs `make test-e2e`.
+//!
+//! The APIService is cluster-wide (one `external.metrics.k8s.io` per cluster), so only this file
+//! may create it, in one test; it is deleted before the namespace, whose deletion needs the
+//! discovery of every API group to succeed.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, ensure};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::{
+    APIService, APIServiceSpec, ServiceReference,
+};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use orderpipe_api::OrderPipeline;
+use orderpipe_api::v1alpha1::AutoscalingSpec;
+use orderpipe_e2e::{OperatorTest, apply_pipeline, wait_ready};
+use orderpipe_operator::external_metrics;
+use orderpipe_operator::metrics::Metrics;
+use orderpipe_stack::tools::Tools;
+use orderpipe_stack::{SharedStack, TestNamespace, free_port, wait_until};
+use prometheus_client::registry::Registry;
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use rdkafka::ClientConfig;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+const APISERVICE: &str = "v1beta1.external.metrics.k8s.io";
+const METRIC: &str = "orderpipe_consumer_lag";
+const SERVICE: &str = "orderpipe-metrics-api";
+/// Records produced to the autoscaled stage's input, with no worker consuming them.
+const ORDERS: u64 = 60;
+const LAG_PER_REPLICA: i64 = 10;
+const PARTITIONS: i32 = 6;
+/// From the APIService's creation to the aggregator routing to it, and from the records to the
+/// HPA's next 5-second sync: seconds each; generous for a loaded machine.
+const WAIT: Duration = Duration::from_secs(60);
+
+#[tokio::test]
+#[ignore = "needs the local stack: make test-e2e"]
+async fn kubectl_and_the_hpa_read_kafka_lag_through_the_aggregation_layer() -> anyhow::Result<()> {
+    let OperatorTest {
+        stack,
+        bootstrap,
+        ns,
+        operator,
+    } = OperatorTest::start("extmetrics").await?;
+    let api = AggregatedApi::start(&ns).await?;
+    let proven = prove(&stack, &bootstrap, &ns, &api).await;
+    api.stop(&ns).await?;
+    proven?;
+    OperatorTest::finish(operator, ns).await
+}
+
+async fn prove(
+    stack: &SharedStack,
+    bootstrap: &str,
+    ns: &TestNamespace,
+    api: &AggregatedApi,
+) -> anyhow::Result<()> {
+    let input = format!("{}.orders", ns.name());
+    let pipeline = OrderPipeline::test("shop")
+        .bootstrap(bootstrap)
+        .topic_prefix(ns.name())
+        .partitions(&input, PARTITIONS)
+        .autoscaling(
+            "validate",
+            AutoscalingSpec {
+                target_lag_per_replica: Some(LAG_PER_REPLICA),
+                ..AutoscalingSpec::test(PARTITIONS)
+            },
+        );
+    apply_pipeline(ns, &serde_json::to_value(pipeline)?).await?;
+    wait_ready(ns, "shop").await?;
+    // kwok's pods run no process: nothing consumes, so the lag is everything produced.
+    produce(bootstrap, &input, ORDERS)?;
+
+    let kubectl = Kubectl::new(stack)?;
+    let path = format!(
+        "/apis/external.metrics.k8s.io/v1beta1/namespaces/{}/{METRIC}?labelSelector=pipeline=shop,stage=validate",
+        ns.name()
+    );
+    let expected = ORDERS.to_string();
+    let list = wait_until(
+        &format!("kubectl get --raw {path} reads {ORDERS}"),
+        WAIT,
+        || async {
+            let list: Value =
+                serde_json::from_str(&kubectl.run(&["get", "--raw", &path]).await?).ok()?;
+            (list["items"][0]["value"] == expected.as_str()).then_some(list)
+        },
+    )
+    .await?;
+    ensure!(
+        list["kind"] == "ExternalMetricValueList"
+            && list["items"][0]["metricLabels"] == json!({"pipeline": "shop", "stage": "validate"}),
+        "kubectl read {list}"
+    );
+
+    let resources = kubectl
+        .run(&[
+            "api-resources",
+            "--api-group=external.metrics.k8s.io",
+            "-o",
+            "name",
+        ])
+        .await
+        .context("kubectl api-resources failed")?;
+    ensure!(
+        resources.lines().any(|line| line.starts_with(METRIC)),
+        "discovery lists no {METRIC}: {resources:?}"
+    );
+
+    let direct = api.request_without_client_certificate(&path).await?;
+    ensure!(
+        direct == reqwest::StatusCode::UNAUTHORIZED,
+        "a request without the front-proxy certificate got {direct}"
+    );
+
+    // The lag is several times the target of one replica, so the HPA wants more than one; how
+    // many more within a minute is its scale-up policy's business, not this test's.
+    let hpas = ns.api::<HorizontalPodAutoscaler>();
+    let status = wait_until(
+        "the stage's HPA reads the lag, ScalingActive=True, and wants more than one replica",
+        WAIT,
+        || async {
+            let hpa = hpas.list(&ListParams::default()).await.ok()?.items.pop()?;
+            let status = hpa.status?;
+            let active = status
+                .conditions
+                .iter()
+                .flatten()
+                .any(|c| c.type_ == "ScalingActive" && c.status == "True");
+            let read = status.current_metrics.iter().flatten().any(|m| {
+                m.external
+                    .as_ref()
+                    .is_some_and(|e| e.current.average_value.is_some())
+            });
+            (active && read && status.desired_replicas > 1).then_some(status)
+        },
+    )
+    .await;
+    match status {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let hpa = hpas.list(&ListParams::default()).await?.items;
+            anyhow::bail!("{e}\nHPA: {}", serde_json::to_string_pretty(&hpa)?)
+        }
+    }
+}
+
+/// Produces `count` orders to `topic`, keyed by order id, and waits until the broker has them.
+fn produce(bootstrap: &str, topic: &str, count: u64) -> anyhow::Result<()> {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()?;
+    for i in 0..count {
+        let key = format!("order-{i}");
+        let payload =
+            json!({"orderId": key, "items": [{"sku": "sku-1", "quantity": 1}]}).to_string();
+        producer
+            .send(BaseRecord::to(topic).key(&key).payload(&payload))
+            .map_err(|(e, _)| e)?;
+    }
+    producer.flush(Duration::from_secs(30))?;
+    Ok(())
+}
+
+/// The upstream kubectl of the stack's tools, with the admin kubeconfig.
+struct Kubectl {
+    bin: std::path::PathBuf,
+    kubeconfig: std::path::PathBuf,
+}
+
+impl Kubectl {
+    fn new(stack: &SharedStack) -> anyhow::Result<Kubectl> {
+        Ok(Kubectl {
+            bin: Tools::at(&stack.env().tools_dir).bin("kubectl")?,
+            kubeconfig: stack.kubeconfig()?.to_owned(),
+        })
+    }
+
+    /// Its stdout if it succeeds; `None` (and its stderr on ours) if not.
+    async fn run(&self, args: &[&str]) -> Option<String> {
+        let output = tokio::process::Command::new(&self.bin)
+            .args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .output()
+            .await
+            .ok()?;
+        if !output.status.success() {
+            eprintln!(
+                "kubectl {args:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            return None;
+        }
+        String::from_utf8(output.stdout).ok()
+    }
+}
+
+/// The operator's external metrics API, served in this process and registered with the apiserver.
+struct AggregatedApi {
+    addr: SocketAddr,
+    /// The name the aggregator verifies: `<service>.<namespace>.svc`.
+    host: String,
+    ca_pem: String,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    _cert_dir: tempfile::TempDir,
+}
+
+impl AggregatedApi {
+    async fn start(ns: &TestNamespace) -> anyhow::Result<AggregatedApi> {
+        let host = format!("{SERVICE}.{}.svc", ns.name());
+        let cert_dir = tempfile::tempdir()?;
+        let ca_pem = serving_certificate(&host, cert_dir.path())?;
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
+        let stop = CancellationToken::new();
+        let metrics = Arc::new(Metrics::register(&mut Registry::default()));
+        let task = tokio::spawn(external_metrics::run(
+            addr,
+            cert_dir.path().to_owned(),
+            ns.client().clone(),
+            Duration::from_secs(1),
+            metrics,
+            stop.clone(),
+        ));
+
+        // The aggregator dials localhost:<port> and verifies the certificate for `host`.
+        let service = json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": SERVICE, "namespace": ns.name()},
+            "spec": {
+                "type": "ExternalName",
+                "externalName": "localhost",
+                "ports": [{"name": "https", "port": addr.port()}],
+            },
+        });
+        ns.api::<Service>()
+            .patch(SERVICE, &apply(), &Patch::Apply(&service))
+            .await?;
+        let apiservice = APIService {
+            metadata: kube::api::ObjectMeta {
+                name: Some(APISERVICE.into()),
+                ..Default::default()
+            },
+            spec: Some(APIServiceSpec {
+                group: Some("external.metrics.k8s.io".into()),
+                version: Some("v1beta1".into()),
+                group_priority_minimum: 100,
+                version_priority: 100,
+                ca_bundle: Some(ByteString(ca_pem.clone().into_bytes())),
+                service: Some(ServiceReference {
+                    namespace: Some(ns.name().into()),
+                    name: Some(SERVICE.into()),
+                    port: Some(i32::from(addr.port())),
+                }),
+                insecure_skip_tls_verify: None,
+            }),
+            status: None,
+        };
+        kube::Api::<APIService>::all(ns.client().clone())
+            .patch(APISERVICE, &apply(), &Patch::Apply(&apiservice))
+            .await?;
+        Ok(AggregatedApi {
+            addr,
+            host,
+            ca_pem,
+            stop,
+            task,
+            _cert_dir: cert_dir,
+        })
+    }
+
+    /// The status of an HTTPS request straight to the operator's port, trusting its serving
+    /// certificate but presenting no client certificate.
+    async fn request_without_client_certificate(
+        &self,
+        path: &str,
+    ) -> anyhow::Result<reqwest::StatusCode> {
+        let client = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(self.ca_pem.as_bytes())?)
+            .resolve(&self.host, self.addr)
+            .no_proxy()
+            .build()?;
+        let url = format!("https://{}:{}{path}", self.host, self.addr.port());
+        Ok(client.get(url).send().await?.status())
+    }
+
+    /// Deletes the APIService, then stops the server.
+    async fn stop(self, ns: &TestNamespace) -> anyhow::Result<()> {
+        kube::Api::<APIService>::all(ns.client().clone())
+            .delete(APISERVICE, &DeleteParams::default())
+            .await?;
+        self.stop.cancel();
+        self.task.await?;
+        Ok(())
+    }
+}
+
+fn apply() -> PatchParams {
+    PatchParams::apply("e2e-test").force()
+}
+
+/// Writes `tls.crt` and `tls.key` for `host` into `dir`, signed by a fresh CA; returns the CA.
+fn serving_certificate(host: &str, dir: &Path) -> anyhow::Result<String> {
+    let ca_key = KeyPair::generate()?;
+    let mut ca = CertificateParams::default();
+    ca.distinguished_name
+        .push(DnType::CommonName, "orderpipe-e2e-metrics-api-ca");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_pem = ca.self_signed(&ca_key)?.pem();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate()?;
+    let cert = CertificateParams::new(vec![host.to_owned()])?.signed_by(&key, &issuer)?;
+    std::fs::write(dir.join("tls.crt"), cert.pem())?;
+    std::fs::write(dir.join("tls.key"), key.serialize_pem())?;
+    Ok(ca_pem)
+}
