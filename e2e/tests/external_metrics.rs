@@ -86,6 +86,7 @@ async fn prove(
     wait_ready(ns, "shop").await?;
     // kwok's pods run no process: nothing consumes, so the lag is everything produced.
     produce(bootstrap, &input, ORDERS)?;
+    let produced = std::time::Instant::now();
 
     let kubectl = Kubectl::new(stack)?;
     let path = format!(
@@ -103,6 +104,7 @@ async fn prove(
         },
     )
     .await?;
+    let read_by_kubectl = produced.elapsed();
     ensure!(
         list["kind"] == "ExternalMetricValueList"
             && list["items"][0]["metricLabels"] == json!({"pipeline": "shop", "stage": "validate"}),
@@ -153,7 +155,14 @@ async fn prove(
     )
     .await;
     match status {
-        Ok(_) => Ok(()),
+        Ok(_) => {
+            // For the record (--nocapture): how fast the lag reaches kubectl and the HPA.
+            eprintln!(
+                "measured: kubectl read the lag {read_by_kubectl:?} and the HPA wanted more replicas {:?} after the records were produced",
+                produced.elapsed()
+            );
+            Ok(())
+        }
         Err(e) => {
             let hpa = hpas.list(&ListParams::default()).await?.items;
             anyhow::bail!("{e}\nHPA: {}", serde_json::to_string_pretty(&hpa)?)
