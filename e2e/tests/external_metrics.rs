@@ -248,6 +248,14 @@ impl AggregatedApi {
             stop.clone(),
         ));
 
+        // Registered only once it listens: while an APIService is unavailable, the discovery of
+        // its group fails, and with it every namespace deletion on the shared stack (retried).
+        wait_until(
+            "the external metrics API listens",
+            Duration::from_secs(30),
+            || async { tokio::net::TcpStream::connect(addr).await.ok() },
+        )
+        .await?;
         // The aggregator dials localhost:<port> and verifies the certificate for `host`.
         let service = json!({
             "apiVersion": "v1",
