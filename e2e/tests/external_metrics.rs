@@ -4,21 +4,25 @@
 //! `caBundle` routes `external.metrics.k8s.io` to it through an `ExternalName: localhost` Service
 //! (see `stack/README.md`). Proves that the upstream kubectl reads the lag measured in Kafka, that
 //! the API is discoverable, that a request past the apiserver without the front-proxy certificate
-//! is refused, and that the stage's HPA reads the metric. Needs `make test-e2e`.
+//! is refused, that the stage's HPA reads the metric, and that a burst scales a stage of real
+//! worker processes (a node agent runs its pods) out. Needs `make test-e2e` and the worker binary
+//! (`cargo build -p orderpipe-worker`).
 //!
 //! The APIService is cluster-wide (one `external.metrics.k8s.io` per cluster), so only this file
-//! may create it, in one test; it is deleted before the namespace, whose deletion needs the
-//! discovery of every API group to succeed.
+//! creates it, one test at a time ([`REGISTRATION`]); it is deleted before the namespace, whose
+//! deletion needs the discovery of every API group to succeed.
 
+use std::collections::HashSet;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
 use k8s_openapi::ByteString;
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Service, Toleration};
 use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::{
     APIService, APIServiceSpec, ServiceReference,
 };
@@ -26,15 +30,21 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use orderpipe_api::OrderPipeline;
 use orderpipe_api::v1alpha1::AutoscalingSpec;
 use orderpipe_e2e::{OperatorTest, apply_pipeline, wait_ready};
+use orderpipe_node_agent::{ImageMapping, NODE_AGENT_LABEL, NodeAgent, NodeAgentConfig};
 use orderpipe_operator::external_metrics;
 use orderpipe_operator::metrics::Metrics;
-use orderpipe_stack::tools::Tools;
-use orderpipe_stack::{SharedStack, TestNamespace, free_port, wait_until};
+use orderpipe_operator::settings::WorkerPlacement;
+use orderpipe_orders::generator::{GenConfig, OrderGenerator};
+use orderpipe_stack::tools::{self, Tools};
+use orderpipe_stack::{
+    Isolation, SharedStack, TestNamespace, caught_up, free_port, read_all, unique_name, wait_until,
+};
 use prometheus_client::registry::Registry;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use rdkafka::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde_json::{Value, json};
+use tokio::sync::{Mutex, MutexGuard};
 use tokio_util::sync::CancellationToken;
 
 const APISERVICE: &str = "v1beta1.external.metrics.k8s.io";
@@ -43,6 +53,16 @@ const SERVICE: &str = "orderpipe-metrics-api";
 /// Records produced to the autoscaled stage's input, with no worker consuming them.
 const ORDERS: u64 = 60;
 const LAG_PER_REPLICA: i64 = 10;
+/// The burst on real workers, and their target: the lag is far above what one replica may carry.
+const BURST: u64 = 60_000;
+const BURST_LAG_PER_REPLICA: i64 = 500;
+/// The issue's promise: at least three replicas within 30 s of the lag crossing the target.
+const SCALE_OUT: Duration = Duration::from_secs(30);
+/// The operator's HPA behaviour (`operator/src/desired/hpa.rs`) waits 300 s of lower load, then
+/// sheds at most half the pods per minute: down from six takes about eight minutes.
+const SCALE_IN: Duration = Duration::from_secs(600);
+/// Held by each test from registering the APIService until it is deleted.
+static REGISTRATION: Mutex<()> = Mutex::const_new(());
 const PARTITIONS: i32 = 6;
 /// From the APIService's creation to the aggregator routing to it, and from the records to the
 /// HPA's next 5-second sync: seconds each; generous for a loaded machine.
@@ -85,8 +105,8 @@ async fn prove(
     apply_pipeline(ns, &serde_json::to_value(pipeline)?).await?;
     wait_ready(ns, "shop").await?;
     // kwok's pods run no process: nothing consumes, so the lag is everything produced.
-    produce(bootstrap, &input, ORDERS)?;
-    let produced = std::time::Instant::now();
+    produce(bootstrap, &input, ORDERS).await?;
+    let produced = Instant::now();
 
     let kubectl = Kubectl::new(stack)?;
     let path = format!(
@@ -170,21 +190,170 @@ async fn prove(
     }
 }
 
-/// Produces `count` orders to `topic`, keyed by order id, and waits until the broker has them.
-fn produce(bootstrap: &str, topic: &str, count: u64) -> anyhow::Result<()> {
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()?;
-    for i in 0..count {
-        let key = format!("order-{i}");
-        let payload =
-            json!({"orderId": key, "items": [{"sku": "sku-1", "quantity": 1}]}).to_string();
-        producer
-            .send(BaseRecord::to(topic).key(&key).payload(&payload))
-            .map_err(|(e, _)| e)?;
+#[tokio::test]
+#[ignore = "needs the local stack: make test-e2e"]
+async fn a_burst_scales_real_workers_out_and_back_in_without_losing_or_duplicating_an_order()
+-> anyhow::Result<()> {
+    let worker = tools::built_binary("orderpipe-worker")?;
+    let node = unique_name("lagscale-node");
+    // Pinned by hostname: on a shared stack other tests run node agents too.
+    let placement = WorkerPlacement {
+        node_selector: [("kubernetes.io/hostname".to_owned(), node.clone())].into(),
+        tolerations: vec![Toleration {
+            key: Some(NODE_AGENT_LABEL.into()),
+            operator: Some("Equal".into()),
+            value: Some("true".into()),
+            effect: Some("NoSchedule".into()),
+            ..Toleration::default()
+        }],
+    };
+    let OperatorTest {
+        bootstrap,
+        ns,
+        operator,
+        ..
+    } = OperatorTest::start_placed("lagscale", placement).await?;
+    let work = tempfile::tempdir()?;
+    let agent = NodeAgent::start(
+        ns.client().clone(),
+        NodeAgentConfig::new(&node, work.path()).image(ImageMapping {
+            image: "orderpipe/orderpipe-worker".into(),
+            binary: worker,
+        }),
+    )
+    .await?;
+    let api = AggregatedApi::start(&ns).await?;
+    let proven = burst_round_trip(&bootstrap, &ns).await;
+    api.stop(&ns).await?;
+    agent.stop().await?;
+    proven?;
+    OperatorTest::finish(operator, ns).await
+}
+
+/// Scale-out to three ready worker processes within [`SCALE_OUT`] of the burst, every order
+/// validated exactly once, back to one replica after the drain.
+async fn burst_round_trip(bootstrap: &str, ns: &TestNamespace) -> anyhow::Result<()> {
+    let input = format!("{}.orders", ns.name());
+    let pipeline = OrderPipeline::test("shop")
+        .bootstrap(bootstrap)
+        .topic_prefix(ns.name())
+        .partitions(&input, PARTITIONS)
+        .autoscaling(
+            "validate",
+            AutoscalingSpec {
+                target_lag_per_replica: Some(BURST_LAG_PER_REPLICA),
+                ..AutoscalingSpec::test(PARTITIONS)
+            },
+        );
+    apply_pipeline(ns, &serde_json::to_value(pipeline)?).await?;
+    wait_ready(ns, "shop").await?;
+
+    // The lag crosses the target with the burst's first records: the clock starts with them.
+    let burst = produce(bootstrap, &input, BURST).await?;
+    let produced = burst.elapsed();
+    let deployments = ns.api::<Deployment>();
+    let replicas = || async {
+        let d = deployments
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .pop()?;
+        Some((d.spec?.replicas?, d.status?.ready_replicas.unwrap_or(0)))
+    };
+    let scaled = wait_until(
+        "three worker processes of the stage ready",
+        SCALE_OUT,
+        || async { replicas().await.filter(|&(_, ready)| ready >= 3) },
+    )
+    .await;
+    let scaled_out = burst.elapsed();
+    if let Err(e) = scaled {
+        let hpa = ns
+            .api::<HorizontalPodAutoscaler>()
+            .list(&ListParams::default())
+            .await?;
+        anyhow::bail!(
+            "{e}\nHPA: {}\n{}",
+            serde_json::to_string_pretty(&hpa.items)?,
+            ns.dump().await
+        );
     }
-    producer.flush(Duration::from_secs(30))?;
+
+    let validated = format!("{}.validated", ns.name());
+    let group = format!("orderpipe.{}.shop.validate", ns.name());
+    wait_until("the stage drained the burst", SCALE_IN, || async {
+        let (bootstrap, group, input) = (bootstrap.to_owned(), group.clone(), input.clone());
+        let caught_up = tokio::task::spawn_blocking(move || caught_up(&bootstrap, &group, &input));
+        caught_up.await.ok()?.ok()?.then_some(())
+    })
+    .await?;
+    let drained = burst.elapsed();
+    wait_until("the stage back at one replica", SCALE_IN, || async {
+        replicas().await.filter(|&counts| counts == (1, 1))
+    })
+    .await?;
+    let scaled_in = burst.elapsed();
+
+    let (bootstrap, topic) = (bootstrap.to_owned(), validated.clone());
+    let records =
+        tokio::task::spawn_blocking(move || read_all(&bootstrap, &topic, Isolation::ReadCommitted))
+            .await??;
+    let distinct: HashSet<Vec<u8>> = records.iter().filter_map(|r| r.key.clone()).collect();
+    ensure!(
+        records.len() == usize::try_from(BURST)? && distinct.len() == records.len(),
+        "{validated} holds {} records with {} distinct keys for {BURST} orders",
+        records.len(),
+        distinct.len()
+    );
+    eprintln!(
+        "measured: {BURST} orders produced in {produced:?}; after the burst began: three ready \
+         worker processes {scaled_out:?}, drained {drained:?}, back at one replica {scaled_in:?}"
+    );
     Ok(())
+}
+
+/// Produces `count` valid generated orders to `topic` and waits until the broker has them, on a
+/// blocking thread: the in-process operator and API share this test's runtime. The orders are
+/// generated first, so they arrive as fast as the broker takes them: a burst, not a stream one
+/// worker could keep up with. Returns when the sending began.
+async fn produce(bootstrap: &str, topic: &str, count: u64) -> anyhow::Result<Instant> {
+    let (bootstrap, topic) = (bootstrap.to_owned(), topic.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("linger.ms", "20")
+            .set("queue.buffering.max.messages", "1000000")
+            .set("queue.buffering.max.kbytes", "1048576")
+            .create()?;
+        let valid_only = GenConfig {
+            invalid_share: 0.0,
+            garbage_share: 0.0,
+            duplicate_share: 0.0,
+        };
+        let records: Vec<_> = OrderGenerator::new(13, valid_only)
+            .take(usize::try_from(count)?)
+            .collect();
+        let began = Instant::now();
+        for record in &records {
+            let mut next = BaseRecord::to(&topic).payload(&record.payload);
+            if let Some(key) = &record.key {
+                next = next.key(key);
+            }
+            // A full local queue only means librdkafka is behind: let it deliver, then retry.
+            while let Err((error, unsent)) = producer.send(next) {
+                ensure!(
+                    error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                    "producing to {topic}: {error}"
+                );
+                producer.poll(Duration::from_millis(100));
+                next = unsent;
+            }
+        }
+        producer.flush(Duration::from_secs(60))?;
+        anyhow::Ok(began)
+    })
+    .await?
 }
 
 /// The upstream kubectl of the stack's tools, with the admin kubeconfig.
@@ -229,10 +398,12 @@ struct AggregatedApi {
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
     _cert_dir: tempfile::TempDir,
+    _registration: MutexGuard<'static, ()>,
 }
 
 impl AggregatedApi {
     async fn start(ns: &TestNamespace) -> anyhow::Result<AggregatedApi> {
+        let registration = REGISTRATION.lock().await;
         let host = format!("{SERVICE}.{}.svc", ns.name());
         let cert_dir = tempfile::tempdir()?;
         let ca_pem = serving_certificate(&host, cert_dir.path())?;
@@ -300,6 +471,7 @@ impl AggregatedApi {
             stop,
             task,
             _cert_dir: cert_dir,
+            _registration: registration,
         })
     }
 
