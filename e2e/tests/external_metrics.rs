@@ -90,20 +90,7 @@ async fn prove(
     ns: &TestNamespace,
     api: &AggregatedApi,
 ) -> anyhow::Result<()> {
-    let input = format!("{}.orders", ns.name());
-    let pipeline = OrderPipeline::test("shop")
-        .bootstrap(bootstrap)
-        .topic_prefix(ns.name())
-        .partitions(&input, PARTITIONS)
-        .autoscaling(
-            "validate",
-            AutoscalingSpec {
-                target_lag_per_replica: Some(LAG_PER_REPLICA),
-                ..AutoscalingSpec::test(PARTITIONS)
-            },
-        );
-    apply_pipeline(ns, &serde_json::to_value(pipeline)?).await?;
-    wait_ready(ns, "shop").await?;
+    let input = ready_autoscaled_stage(bootstrap, ns, LAG_PER_REPLICA).await?;
     // kwok's pods run no process: nothing consumes, so the lag is everything produced.
     produce(bootstrap, &input, ORDERS).await?;
     let produced = Instant::now();
@@ -233,20 +220,7 @@ async fn a_burst_scales_real_workers_out_and_back_in_without_losing_or_duplicati
 /// Scale-out to three ready worker processes within [`SCALE_OUT`] of the burst, every order
 /// validated exactly once, back to one replica after the drain.
 async fn burst_round_trip(bootstrap: &str, ns: &TestNamespace) -> anyhow::Result<()> {
-    let input = format!("{}.orders", ns.name());
-    let pipeline = OrderPipeline::test("shop")
-        .bootstrap(bootstrap)
-        .topic_prefix(ns.name())
-        .partitions(&input, PARTITIONS)
-        .autoscaling(
-            "validate",
-            AutoscalingSpec {
-                target_lag_per_replica: Some(BURST_LAG_PER_REPLICA),
-                ..AutoscalingSpec::test(PARTITIONS)
-            },
-        );
-    apply_pipeline(ns, &serde_json::to_value(pipeline)?).await?;
-    wait_ready(ns, "shop").await?;
+    let input = ready_autoscaled_stage(bootstrap, ns, BURST_LAG_PER_REPLICA).await?;
 
     // The lag crosses the target with the burst's first records: the clock starts with them.
     let burst = produce(bootstrap, &input, BURST).await?;
@@ -311,6 +285,30 @@ async fn burst_round_trip(bootstrap: &str, ns: &TestNamespace) -> anyhow::Result
          worker processes {scaled_out:?}, drained {drained:?}, back at one replica {scaled_in:?}"
     );
     Ok(())
+}
+
+/// Applies pipeline `shop` whose stage `validate` reads a 6-partition input and autoscales on
+/// `lag_per_replica`, waits until it is Ready, and returns the input topic.
+async fn ready_autoscaled_stage(
+    bootstrap: &str,
+    ns: &TestNamespace,
+    lag_per_replica: i64,
+) -> anyhow::Result<String> {
+    let input = format!("{}.orders", ns.name());
+    let pipeline = OrderPipeline::test("shop")
+        .bootstrap(bootstrap)
+        .topic_prefix(ns.name())
+        .partitions(&input, PARTITIONS)
+        .autoscaling(
+            "validate",
+            AutoscalingSpec {
+                target_lag_per_replica: Some(lag_per_replica),
+                ..AutoscalingSpec::test(PARTITIONS)
+            },
+        );
+    apply_pipeline(ns, &serde_json::to_value(pipeline)?).await?;
+    wait_ready(ns, "shop").await?;
+    Ok(input)
 }
 
 /// Produces `count` valid generated orders to `topic` and waits until the broker has them, on a
