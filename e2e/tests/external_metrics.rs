@@ -32,8 +32,10 @@ use orderpipe_api::v1alpha1::AutoscalingSpec;
 use orderpipe_e2e::{OperatorTest, apply_pipeline, wait_ready};
 use orderpipe_node_agent::{ImageMapping, NODE_AGENT_LABEL, NodeAgent, NodeAgentConfig};
 use orderpipe_operator::external_metrics;
+use orderpipe_operator::lag::{CacheSettings, KafkaLagSource, LagCache};
 use orderpipe_operator::metrics::Metrics;
 use orderpipe_operator::settings::WorkerPlacement;
+use orderpipe_operator::topics::AdminSettings;
 use orderpipe_orders::generator::{GenConfig, OrderGenerator};
 use orderpipe_stack::tools::{self, Tools};
 use orderpipe_stack::{
@@ -408,11 +410,23 @@ impl AggregatedApi {
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
         let stop = CancellationToken::new();
         let metrics = Arc::new(Metrics::register(&mut Registry::default()));
+        let lag = LagCache::new(
+            KafkaLagSource::new(
+                ns.client().clone(),
+                AdminSettings::default().request_timeout,
+            ),
+            // Fresher than the binary's 5 s default: the tests wait on the readings.
+            CacheSettings {
+                interval: Duration::from_secs(1),
+                ..CacheSettings::default()
+            },
+            Arc::clone(&metrics),
+        );
         let task = tokio::spawn(external_metrics::run(
             addr,
             cert_dir.path().to_owned(),
             ns.client().clone(),
-            Duration::from_secs(1),
+            Arc::new(lag),
             metrics,
             stop.clone(),
         ));

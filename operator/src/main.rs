@@ -15,6 +15,7 @@ use kube::runtime::events::Reporter;
 use kube_lease_manager::LeaseManagerBuilder;
 use orderpipe_operator::external_metrics;
 use orderpipe_operator::http::{self, Health};
+use orderpipe_operator::lag::{CacheSettings, KafkaLagSource, LagCache};
 use orderpipe_operator::metrics::Metrics;
 use orderpipe_operator::settings::{OperatorSettings, WorkerPlacement};
 use orderpipe_operator::topics::{AdminPool, AdminSettings};
@@ -133,7 +134,14 @@ async fn main() -> anyhow::Result<()> {
             args.external_metrics_addr,
             dir.clone(),
             client.clone(),
-            std::time::Duration::from_secs(args.lag_interval_seconds),
+            Arc::new(LagCache::new(
+                KafkaLagSource::new(client.clone(), AdminSettings::default().request_timeout),
+                CacheSettings {
+                    interval: std::time::Duration::from_secs(args.lag_interval_seconds),
+                    ..CacheSettings::default()
+                },
+                metrics.clone(),
+            )),
             metrics.clone(),
             shutdown.clone(),
         ));

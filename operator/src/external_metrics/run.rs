@@ -1,6 +1,6 @@
 //! The external metrics API as the operator runs it: sets up the front-proxy trust, the serving
 //! certificate and the port (retrying until all three are there), keeps the first two fresh, and
-//! serves lag measured in Kafka until shutdown. The binary and the e2e tests start it through
+//! serves the lag cache's readings (measured in Kafka) until shutdown. The binary and the e2e tests start it through
 //! [`run`], so both exercise the same wiring. Must not reconcile or write to the cluster.
 
 use std::net::SocketAddr;
@@ -16,9 +16,8 @@ use super::{
     CachedAuthorizer, FrontProxyTrust, MetricsApi, ServingCertificate, SubjectAccessReviewer,
     request_header_config, serve,
 };
-use crate::lag::{CacheSettings, KafkaLagSource, LagCache};
+use crate::lag::{KafkaLagSource, LagCache};
 use crate::metrics::Metrics;
-use crate::topics::AdminSettings;
 
 /// How often the external metrics API re-reads its serving certificate files and the front
 /// proxy's settings: well inside the weeks cert-manager leaves between renewal and expiry, and
@@ -31,7 +30,7 @@ const DECISION_TTL: Duration = Duration::from_secs(10);
 const SETUP_RETRY: Duration = Duration::from_secs(10);
 
 /// Serves `external.metrics.k8s.io` on `addr` with the certificate in `cert_dir` until shutdown,
-/// measuring each stage's lag at most once per `lag_interval`. Setup (the front-proxy settings,
+/// answering from `lag` (the caller's cache, which it may share). Setup (the front-proxy settings,
 /// the certificate, the port) is retried until it succeeds: on install the RoleBinding that lets
 /// the operator read the front-proxy settings, or cert-manager's Secret, may arrive after the pod
 /// starts. Meanwhile the operator reconciles and the APIService reports the service unavailable.
@@ -39,7 +38,7 @@ pub async fn run(
     addr: SocketAddr,
     cert_dir: PathBuf,
     client: kube::Client,
-    lag_interval: Duration,
+    lag: Arc<LagCache<KafkaLagSource>>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
@@ -75,16 +74,8 @@ pub async fn run(
         TRUST_REFRESH,
         shutdown.clone(),
     ));
-    let lag = LagCache::new(
-        KafkaLagSource::new(client.clone(), AdminSettings::default().request_timeout),
-        CacheSettings {
-            interval: lag_interval,
-            ..CacheSettings::default()
-        },
-        Arc::clone(&metrics),
-    );
     let api = MetricsApi {
-        lag: Arc::new(lag),
+        lag,
         authorizer: CachedAuthorizer::new(SubjectAccessReviewer::new(client), DECISION_TTL),
         metrics,
     };
