@@ -12,8 +12,9 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::Reporter;
 use orderpipe_api::OrderPipeline;
 use orderpipe_operator::controller::{self, Shared};
+use orderpipe_operator::lag::{CacheSettings, KafkaLagSource, LagCache};
 use orderpipe_operator::metrics::Metrics;
-use orderpipe_operator::settings::OperatorSettings;
+use orderpipe_operator::settings::{OperatorSettings, WorkerPlacement};
 use orderpipe_operator::topics::{AdminPool, AdminSettings};
 use orderpipe_stack::{SharedStack, TestNamespace, wait_until};
 use prometheus_client::registry::Registry;
@@ -38,10 +39,19 @@ pub struct OperatorTest {
 
 impl OperatorTest {
     pub async fn start(prefix: &str) -> anyhow::Result<OperatorTest> {
+        OperatorTest::start_placed(prefix, WorkerPlacement::default()).await
+    }
+
+    /// As [`OperatorTest::start`], with worker pods placed as `placement` says (e.g. pinned to a
+    /// node agent's node, where they run as real worker processes).
+    pub async fn start_placed(
+        prefix: &str,
+        placement: WorkerPlacement,
+    ) -> anyhow::Result<OperatorTest> {
         let stack = SharedStack::get()?;
         let bootstrap = stack.kafka_bootstrap()?.to_owned();
         let ns = stack.namespace(prefix).await?;
-        let operator = InProcessOperator::start(&ns).await;
+        let operator = InProcessOperator::start(&ns, placement).await;
         Ok(OperatorTest {
             stack,
             bootstrap,
@@ -76,8 +86,8 @@ impl std::fmt::Debug for InProcessOperator {
 
 impl InProcessOperator {
     /// Starts the controller as the binary would (capabilities detected from the apiserver), with
-    /// the namespace's admin client.
-    pub async fn start(ns: &TestNamespace) -> InProcessOperator {
+    /// the namespace's admin client and worker pods placed as `placement` says.
+    pub async fn start(ns: &TestNamespace, placement: WorkerPlacement) -> InProcessOperator {
         let client = ns.client().clone();
         let mut registry = Registry::default();
         let metrics = Arc::new(Metrics::register(&mut registry));
@@ -86,9 +96,15 @@ impl InProcessOperator {
             settings: OperatorSettings {
                 worker_image: "orderpipe/orderpipe-worker:e2e".into(),
                 prometheus_url: "http://127.0.0.1:9090".into(),
+                worker_placement: placement,
                 ..OperatorSettings::default()
             },
             kafka: Arc::new(AdminPool::new(AdminSettings::default())),
+            lag: Arc::new(LagCache::new(
+                KafkaLagSource::new(client.clone(), AdminSettings::default().request_timeout),
+                CacheSettings::default(),
+                Arc::clone(&metrics),
+            )),
             metrics,
             reporter: Reporter {
                 controller: "orderpipe-operator".into(),

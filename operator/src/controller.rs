@@ -35,15 +35,13 @@ use crate::children::{ChildKind, MANAGED_BY, MANAGED_BY_LABEL};
 use crate::desired::desired_children;
 use crate::error::Error;
 use crate::events::Change;
-use crate::lag::{CacheSettings, KafkaLagSource, LagCache, StageKey};
+use crate::lag::{KafkaLagSource, LagCache, StageKey};
 use crate::metrics::Metrics;
 use crate::model::{self, Scaling, ValidatedPipeline};
 use crate::scale_to_zero::{self, Decision};
 use crate::settings::OperatorSettings;
 use crate::status::{self, Observed};
-use crate::topics::{
-    self, AdminPool, AdminSettings, ResolvedKafkaSecrets, TopicAdmin, TopicOutcome,
-};
+use crate::topics::{self, AdminPool, ResolvedKafkaSecrets, TopicAdmin, TopicOutcome};
 use crate::writer::Writer;
 
 /// How often a Ready pipeline is re-checked unless the settings say otherwise; Kafka changes (config
@@ -98,6 +96,10 @@ pub struct Shared {
     pub reporter: Reporter,
     /// Only reconcile pipelines in this namespace (default: all).
     pub watch_namespace: Option<String>,
+    /// The stages' lag, measured in Kafka at most once per interval: the binary shares this cache
+    /// with its external metrics API, so the reconciles (scale to zero, status) and the HPAs read
+    /// the same measurement.
+    pub lag: Arc<LagCache<KafkaLagSource>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -109,29 +111,9 @@ impl std::fmt::Debug for Shared {
     }
 }
 
-/// Runs the controller for the given capabilities until `shutdown` resolves, with a lag cache of
-/// its own (default settings). The binary uses [`run_sharing_lag`] so that its external metrics
-/// API and its reconciles share one cache.
+/// Runs the controller for the given capabilities until `shutdown` resolves.
 pub async fn run(
     shared: Shared,
-    capabilities: Capabilities,
-    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
-) {
-    let lag = Arc::new(LagCache::new(
-        KafkaLagSource::new(
-            shared.client.clone(),
-            AdminSettings::default().request_timeout,
-        ),
-        CacheSettings::default(),
-        shared.metrics.clone(),
-    ));
-    run_sharing_lag(shared, lag, capabilities, shutdown).await;
-}
-
-/// Runs the controller until `shutdown` resolves, reading the stages' lag through `lag`.
-pub async fn run_sharing_lag(
-    shared: Shared,
-    lag: Arc<LagCache<KafkaLagSource>>,
     capabilities: Capabilities,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
@@ -142,6 +124,7 @@ pub async fn run_sharing_lag(
         metrics,
         reporter,
         watch_namespace,
+        lag,
     } = shared;
     let pipelines: Api<OrderPipeline> = match &watch_namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),

@@ -13,9 +13,7 @@ use k8s_openapi::api::core::v1::Toleration;
 use kube::client::ClientBuilder;
 use kube::runtime::events::Reporter;
 use kube_lease_manager::LeaseManagerBuilder;
-use orderpipe_operator::external_metrics::{
-    self, CachedAuthorizer, FrontProxyTrust, MetricsApi, ServingCertificate, SubjectAccessReviewer,
-};
+use orderpipe_operator::external_metrics;
 use orderpipe_operator::http::{self, Health};
 use orderpipe_operator::lag::{CacheSettings, KafkaLagSource, LagCache};
 use orderpipe_operator::metrics::Metrics;
@@ -93,16 +91,6 @@ struct Args {
 
 const LEASE_NAME: &str = "orderpipe-operator-leader";
 const LEASE_SECONDS: u64 = 15;
-/// How often the external metrics API re-reads its serving certificate files and the front
-/// proxy's settings: well inside the weeks cert-manager leaves between renewal and expiry, and
-/// cheap (two small files, one ConfigMap GET).
-const TRUST_REFRESH: std::time::Duration = std::time::Duration::from_secs(60);
-/// How long an authorization decision of the external metrics API is reused (kube-apiserver's
-/// delegating authorizer's default).
-const DECISION_TTL: std::time::Duration = std::time::Duration::from_secs(10);
-/// Pause between two attempts to set the external metrics API up.
-const EXTERNAL_METRICS_SETUP_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -157,7 +145,7 @@ async fn main() -> anyhow::Result<()> {
     ));
     // Every replica answers the external metrics API, leader or standby (see external_metrics).
     if let Some(dir) = &args.external_metrics_cert_dir {
-        tokio::spawn(serve_external_metrics(
+        tokio::spawn(external_metrics::run(
             args.external_metrics_addr,
             dir.clone(),
             client.clone(),
@@ -218,6 +206,7 @@ async fn main() -> anyhow::Result<()> {
             instance: Some(identity),
         },
         watch_namespace: args.watch_namespace.clone(),
+        lag,
     };
     let mut lost_leadership = false;
     loop {
@@ -249,13 +238,7 @@ async fn main() -> anyhow::Result<()> {
                 stop.cancel();
             }
         });
-        controller::run_sharing_lag(
-            shared.clone(),
-            Arc::clone(&lag),
-            capabilities,
-            stop.cancelled_owned(),
-        )
-        .await;
+        controller::run(shared.clone(), capabilities, stop.cancelled_owned()).await;
         restart.abort();
         if leadership.is_cancelled() {
             lost_leadership = true;
@@ -283,58 +266,6 @@ async fn main() -> anyhow::Result<()> {
     }
     info!("stopped");
     Ok(())
-}
-
-/// Serves `external.metrics.k8s.io` until shutdown. Setup (the front-proxy settings, the
-/// certificate, the port) is retried until it succeeds: on install the RoleBinding that lets the
-/// operator read the front-proxy settings, or cert-manager's Secret, may arrive after the pod
-/// starts. Meanwhile the operator reconciles and the APIService reports the service unavailable.
-async fn serve_external_metrics(
-    addr: SocketAddr,
-    cert_dir: PathBuf,
-    client: kube::Client,
-    lag: Arc<LagCache<KafkaLagSource>>,
-    metrics: Arc<Metrics>,
-    shutdown: CancellationToken,
-) {
-    let setup = || async {
-        let front_proxy = external_metrics::request_header_config(&client)
-            .await
-            .map_err(anyhow::Error::msg)?;
-        let serving = Arc::new(ServingCertificate::load(&cert_dir)?);
-        let trust = Arc::new(FrontProxyTrust::new(Arc::clone(&serving), front_proxy)?);
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding {addr}"))?;
-        anyhow::Ok((serving, trust, listener))
-    };
-    let (serving, trust, listener) = loop {
-        match setup().await {
-            Ok(ready) => break ready,
-            Err(error) => error!(
-                error = format!("{error:#}"),
-                retry_in = ?EXTERNAL_METRICS_SETUP_RETRY,
-                "not serving the external metrics API yet"
-            ),
-        }
-        tokio::select! {
-            () = tokio::time::sleep(EXTERNAL_METRICS_SETUP_RETRY) => {}
-            () = shutdown.cancelled() => return,
-        }
-    };
-    info!(%addr, "serving external.metrics.k8s.io");
-    tokio::spawn(serving.reload_periodically(TRUST_REFRESH, shutdown.clone()));
-    tokio::spawn(Arc::clone(&trust).refresh_periodically(
-        client.clone(),
-        TRUST_REFRESH,
-        shutdown.clone(),
-    ));
-    let api = MetricsApi {
-        lag,
-        authorizer: CachedAuthorizer::new(SubjectAccessReviewer::new(client), DECISION_TTL),
-        metrics,
-    };
-    external_metrics::serve(listener, trust, Arc::new(api), shutdown).await;
 }
 
 fn parse_node_selector(text: &str) -> Result<(String, String), String> {

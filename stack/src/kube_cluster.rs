@@ -14,7 +14,7 @@ use crate::component::{Component, Member, stop_members};
 use crate::crds;
 use crate::error::{Result, StackError};
 use crate::kubeconfig;
-use crate::pki::{Pki, SERVICE_CLUSTER_IP_RANGE};
+use crate::pki::{FRONT_PROXY_CLIENT_CN, Pki, SERVICE_CLUSTER_IP_RANGE};
 use crate::ports::free_port;
 use crate::process::CommandSpec;
 use crate::tools::Tools;
@@ -148,6 +148,28 @@ impl KubeCluster {
                 path(&pki.service_account_key)
             ),
             format!("--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}"),
+            // The aggregation layer (APIServices such as the operator's external metrics API):
+            // the apiserver proxies to them with the front-proxy client certificate and the user
+            // in these headers, and publishes all of it in kube-system/
+            // extension-apiserver-authentication, where the aggregated servers read whom to trust.
+            // An APIService's Service of type ExternalName `localhost` makes the aggregator dial
+            // a server on this machine (as kwok's binary runtime does); no routing flag is needed.
+            format!(
+                "--requestheader-client-ca-file={}",
+                path(&pki.front_proxy_ca.cert)
+            ),
+            format!("--requestheader-allowed-names={FRONT_PROXY_CLIENT_CN}"),
+            "--requestheader-username-headers=X-Remote-User".to_owned(),
+            "--requestheader-group-headers=X-Remote-Group".to_owned(),
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-".to_owned(),
+            format!(
+                "--proxy-client-cert-file={}",
+                path(&pki.front_proxy_client.cert)
+            ),
+            format!(
+                "--proxy-client-key-file={}",
+                path(&pki.front_proxy_client.key)
+            ),
             "--allow-privileged=true".to_owned(),
             "--profiling=false".to_owned(),
         ]);
@@ -210,6 +232,9 @@ impl KubeCluster {
             // The node lifecycle controller lifts the new node's not-ready taint on its next
             // pass; every 5 s (the default) makes each stack start ~4 s slower.
             "--node-monitor-period=1s".to_owned(),
+            // HPAs (reading the operator's lag metric) re-evaluate every 5 s instead of 15 s, so
+            // a test sees a scale decision within seconds of the metric changing.
+            "--horizontal-pod-autoscaler-sync-period=5s".to_owned(),
         ]);
 
         let scheduler_port = free_port()?;

@@ -1,7 +1,8 @@
 //! The stack's certificates and keys, generated in pure Rust (rcgen) on every fresh start: a CA,
 //! the apiserver's serving certificate, one client certificate per identity (admin in
 //! `system:masters`, the controller-manager and the scheduler under their RBAC-bootstrapped
-//! user names), and the service-account signing key pair. Writes PEM files into the stack's
+//! user names), the aggregation layer's front-proxy CA and client certificate, and the
+//! service-account signing key pair. Writes PEM files into the stack's
 //! `pki/` directory; must not reuse keys across stacks or touch anything outside that directory.
 
 use std::fs;
@@ -19,6 +20,8 @@ use crate::error::{Result, StackError};
 /// style clients that dial it would still verify the certificate.
 pub const SERVICE_CLUSTER_IP_RANGE: &str = "10.96.0.0/12";
 const KUBERNETES_SERVICE_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 1);
+/// The front proxy's CN, the one name in `--requestheader-allowed-names`.
+pub const FRONT_PROXY_CLIENT_CN: &str = "front-proxy-client";
 
 /// A certificate and its private key, as PEM files.
 #[derive(Debug, Clone)]
@@ -35,6 +38,13 @@ pub struct Pki {
     pub admin: CertFiles,
     pub controller_manager: CertFiles,
     pub scheduler: CertFiles,
+    /// The aggregation layer's own CA (`--requestheader-client-ca-file`): aggregated API servers
+    /// trust the user headers only from a client certificate of this CA. Separate from `ca`, as
+    /// kubeadm does, so no ordinary client certificate can assert another user to them.
+    pub front_proxy_ca: CertFiles,
+    /// The apiserver's client certificate towards aggregated API servers
+    /// (`--proxy-client-cert-file`), CN [`FRONT_PROXY_CLIENT_CN`].
+    pub front_proxy_client: CertFiles,
     /// Signs service-account tokens (apiserver `--service-account-signing-key-file`,
     /// controller-manager `--service-account-private-key-file`).
     pub service_account_key: PathBuf,
@@ -47,20 +57,7 @@ impl Pki {
     pub fn generate(dir: &Path) -> Result<Pki> {
         fs::create_dir_all(dir).map_err(|e| StackError::io("creating", dir, e))?;
 
-        let ca_key = key("CA")?;
-        let mut ca_params = CertificateParams::default();
-        ca_params.distinguished_name = name("orderpipe-e2e-ca", None);
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let ca_cert = ca_params
-            .self_signed(&ca_key)
-            .map_err(|error| StackError::Pki { what: "CA", error })?;
-        let ca = write_pair(dir, "ca", &ca_cert.pem(), &ca_key)?;
-        let issuer = Issuer::new(ca_params, ca_key);
+        let (ca, issuer) = certificate_authority(dir, "ca", "orderpipe-e2e-ca", "CA")?;
 
         let mut serving = leaf("kube-apiserver", None, ExtendedKeyUsagePurpose::ServerAuth);
         serving.subject_alt_names = apiserver_sans()?;
@@ -90,6 +87,20 @@ impl Pki {
             &issuer,
         )?;
 
+        let (front_proxy_ca, front_proxy_issuer) = certificate_authority(
+            dir,
+            "front-proxy-ca",
+            "orderpipe-e2e-front-proxy-ca",
+            "front-proxy CA",
+        )?;
+        let front_proxy_client = sign(
+            dir,
+            "front-proxy-client",
+            "front-proxy client",
+            client(FRONT_PROXY_CLIENT_CN, None),
+            &front_proxy_issuer,
+        )?;
+
         let sa = key("service-account")?;
         let service_account_key = dir.join("sa.key");
         let service_account_pub = dir.join("sa.pub");
@@ -102,6 +113,8 @@ impl Pki {
             admin,
             controller_manager,
             scheduler,
+            front_proxy_ca,
+            front_proxy_client,
             service_account_key,
             service_account_pub,
         })
@@ -163,6 +176,29 @@ impl KafkaTls {
         )?;
         Ok(KafkaTls { keystore })
     }
+}
+
+/// A self-signed CA written as `<stem>.crt`/`<stem>.key`, and its issuer for leaf certificates.
+fn certificate_authority(
+    dir: &Path,
+    stem: &str,
+    common_name: &str,
+    what: &'static str,
+) -> Result<(CertFiles, Issuer<'static, KeyPair>)> {
+    let ca_key = key(what)?;
+    let mut ca_params = CertificateParams::default();
+    ca_params.distinguished_name = name(common_name, None);
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_cert = ca_params
+        .self_signed(&ca_key)
+        .map_err(|error| StackError::Pki { what, error })?;
+    let files = write_pair(dir, stem, &ca_cert.pem(), &ca_key)?;
+    Ok((files, Issuer::new(ca_params, ca_key)))
 }
 
 fn apiserver_sans() -> Result<Vec<SanType>> {
@@ -253,6 +289,8 @@ mod tests {
             &pki.admin,
             &pki.controller_manager,
             &pki.scheduler,
+            &pki.front_proxy_ca,
+            &pki.front_proxy_client,
         ] {
             let pem = fs::read_to_string(&cert.cert).expect("cert");
             assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{pem}");
