@@ -276,15 +276,12 @@ async fn reconcile(pipeline: Arc<OrderPipeline>, ctx: Arc<Context>) -> Result<Ac
         &ctx.settings,
     );
     let now = Time(Timestamp::now());
-    let lags = stage_lags(&ctx, &validated).await;
-    let parking = scale_to_zero::decide_all(&validated, &lags, pipeline.status.as_ref(), &now);
-    validated.park(|stage| parking.get(stage).is_some_and(Decision::parked));
+    let (lags, parking) = park_idle_stages(&ctx, &pipeline, &mut validated, &now).await;
     let desired = desired_children(&pipeline, &validated, ctx.capabilities, &ctx.settings)?;
     let live = observed_children(&ctx, &namespace, &pipeline.name_any());
     let child_writes = child_plan::plan(desired, &live, &validated);
     let child_changes = writer.children(&child_writes).await?;
 
-    // Status: written only when it differs from what is there.
     let observed = Observed {
         generation: pipeline.metadata.generation,
         pipeline: &validated,
@@ -296,15 +293,7 @@ async fn reconcile(pipeline: Arc<OrderPipeline>, ctx: Arc<Context>) -> Result<Ac
         scale_to_zero: &parking,
         issues: &issues,
     };
-    let new_status = status::compute(&observed, pipeline.status.as_ref(), &now);
-    if pipeline.status.as_ref() != Some(&new_status) {
-        writer.status(&pipeline, &new_status).await?;
-    }
-    let ready = new_status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == status::READY)
-        .map(|c| c.status.clone());
+    let ready = write_status(&pipeline, &observed, &writer, &now).await?;
     ctx.metrics.set_pipeline_ready(&key, ready.as_deref());
 
     let changes: Vec<Change> = topics
@@ -314,23 +303,66 @@ async fn reconcile(pipeline: Arc<OrderPipeline>, ctx: Arc<Context>) -> Result<Ac
         .chain(scale_to_zero::changes(&validated, &parking))
         .collect();
     writer.events(&pipeline, &changes).await;
+    Ok(settle(&ctx, &pipeline, &validated, ready.as_deref()))
+}
 
+/// Measures the lag of the stages with a lag target and decides which stages with
+/// `minReplicas: 0` stay parked; those are marked in `validated`, so their children are built at 0
+/// replicas without an autoscaler.
+async fn park_idle_stages(
+    ctx: &Context,
+    pipeline: &OrderPipeline,
+    validated: &mut ValidatedPipeline,
+    now: &Time,
+) -> (BTreeMap<String, u64>, BTreeMap<String, Decision>) {
+    let lags = stage_lags(ctx, validated).await;
+    let parking = scale_to_zero::decide_all(validated, &lags, pipeline.status.as_ref(), now);
+    validated.park(|stage| parking.get(stage).is_some_and(Decision::parked));
+    (lags, parking)
+}
+
+/// Writes the status, only when it differs from what is there; returns the Ready condition's
+/// status.
+async fn write_status(
+    pipeline: &OrderPipeline,
+    observed: &Observed<'_>,
+    writer: &Writer<'_>,
+    now: &Time,
+) -> Result<Option<String>, Error> {
+    let new_status = status::compute(observed, pipeline.status.as_ref(), now);
+    if pipeline.status.as_ref() != Some(&new_status) {
+        writer.status(pipeline, &new_status).await?;
+    }
+    Ok(new_status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == status::READY)
+        .map(|c| c.status.clone()))
+}
+
+/// The bookkeeping of a reconcile that succeeded, and when to look at the pipeline again.
+fn settle(
+    ctx: &Context,
+    pipeline: &OrderPipeline,
+    validated: &ValidatedPipeline,
+    ready: Option<&str>,
+) -> Action {
     if let Ok(mut failures) = ctx.failures.lock() {
-        failures.remove(&ObjectRef::from(pipeline.as_ref()));
+        failures.remove(&ObjectRef::from(pipeline));
     }
     ctx.metrics.reconciled();
-    let requeue = if ready.as_deref() == Some("True") {
+    let requeue = if ready == Some("True") {
         ctx.settings.resync.unwrap_or(RESYNC)
     } else {
         CONVERGING
     };
     // A stage that may be parked is re-checked every lag interval: that is how a parked stage
     // wakes (nothing else watches its lag) and how its idle period is sampled.
-    Ok(Action::requeue(if scale_to_zero::watches_lag(&validated) {
+    Action::requeue(if scale_to_zero::watches_lag(validated) {
         requeue.min(ctx.lag.settings().interval)
     } else {
         requeue
-    }))
+    })
 }
 
 /// The lag of every stage with a lag target, through the shared cache (at most one Kafka query per

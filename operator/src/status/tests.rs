@@ -1,0 +1,288 @@
+//! Unit tests of the status rules: conditions, stage summaries, lag rounding, scale-to-zero memory.
+
+use k8s_openapi::jiff::Timestamp;
+use orderpipe_api::OrderPipeline;
+use serde_json::json;
+
+use super::*;
+use crate::capabilities::Capabilities;
+use crate::model::fixtures::lag_autoscaled;
+use crate::model::validate;
+use crate::scale_to_zero::Memory;
+use crate::settings::OperatorSettings;
+
+fn pipeline(paused: bool) -> ValidatedPipeline {
+    let text = include_str!("../../../config/samples/orderpipe_v1alpha1_minimal.yaml");
+    let mut p: OrderPipeline = serde_norway::from_str(text).expect("sample parses");
+    p.spec.paused = paused;
+    let settings = OperatorSettings {
+        worker_image: "w".into(),
+        prometheus_url: "http://p".into(),
+        ..OperatorSettings::default()
+    };
+    validate(&p, &BTreeMap::new(), Capabilities::default(), &settings).0
+}
+
+fn topic(name: &str, ready: bool) -> TopicStatus {
+    TopicStatus {
+        name: name.into(),
+        ready,
+        partitions: Some(3),
+        reason: (!ready).then(|| "Conflict".into()),
+        message: (!ready).then(|| "owned by shop/older".into()),
+        ..TopicStatus::default()
+    }
+}
+
+fn deployment(replicas: i64, ready: i64) -> Value {
+    json!({
+        "metadata": { "generation": 2 },
+        "spec": { "replicas": replicas },
+        "status": { "observedGeneration": 2, "readyReplicas": ready, "updatedReplicas": replicas }
+    })
+}
+
+fn at(seconds: i64) -> Time {
+    Time(Timestamp::from_second(seconds).expect("valid time"))
+}
+
+fn compute_with(
+    p: &ValidatedPipeline,
+    topics: Vec<TopicStatus>,
+    live: Option<Value>,
+    previous: Option<&OrderPipelineStatus>,
+    now: i64,
+) -> OrderPipelineStatus {
+    let workloads = p
+        .stages
+        .iter()
+        .filter_map(|s| Some((s.spec.name.clone(), live.clone()?)))
+        .collect();
+    let observed = Observed {
+        generation: Some(2),
+        pipeline: p,
+        topics,
+        kafka_error: None,
+        workloads,
+        autoscalers: BTreeMap::new(),
+        lags: BTreeMap::new(),
+        scale_to_zero: &BTreeMap::new(),
+        issues: &[],
+    };
+    compute(&observed, previous, &at(now))
+}
+
+/// `value` as the validate stage's entry of an `Observed` map.
+fn stage<T>(value: Option<T>) -> BTreeMap<String, T> {
+    value
+        .map(|v| BTreeMap::from([("validate".to_string(), v)]))
+        .unwrap_or_default()
+}
+
+/// The validate stage's status with the given lag, autoscaler and scale-to-zero decision.
+fn autoscaled_status(
+    p: &ValidatedPipeline,
+    lag: Option<u64>,
+    hpa: Option<Value>,
+    decision: Option<Decision>,
+) -> OrderPipelineStatus {
+    let observed = Observed {
+        generation: Some(2),
+        pipeline: p,
+        topics: vec![],
+        kafka_error: None,
+        workloads: stage(Some(deployment(2, 1))),
+        autoscalers: stage(hpa),
+        lags: stage(lag),
+        scale_to_zero: &stage(decision),
+        issues: &[],
+    };
+    compute(&observed, None, &at(10))
+}
+
+fn condition<'a>(status: &'a OrderPipelineStatus, type_: &str) -> &'a Condition {
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .expect("condition present")
+}
+
+#[test]
+fn ready_when_every_topic_and_stage_is_ready() {
+    let s = compute_with(
+        &pipeline(false),
+        vec![topic("a", true)],
+        Some(deployment(2, 2)),
+        None,
+        10,
+    );
+    assert_eq!(condition(&s, READY).status, "True");
+    assert_eq!(s.stages_ready.as_deref(), Some("1/1"));
+    assert_eq!(s.stages[0].ready_replicas, Some(2));
+}
+
+#[test]
+fn conflicting_topic_makes_the_pipeline_not_ready_with_the_topic_reason() {
+    let s = compute_with(
+        &pipeline(false),
+        vec![topic("a", false)],
+        Some(deployment(1, 1)),
+        None,
+        10,
+    );
+    let ready = condition(&s, READY);
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "Conflict")
+    );
+    assert!(
+        ready.message.contains("a: owned by shop/older"),
+        "{}",
+        ready.message
+    );
+    assert_eq!(s.topics_ready.as_deref(), Some("0/1"));
+}
+
+#[test]
+fn unready_replicas_are_reported_with_counts() {
+    let s = compute_with(&pipeline(false), vec![], Some(deployment(3, 1)), None, 10);
+    let stages = condition(&s, STAGES_READY);
+    assert_eq!(stages.reason, "ReplicasNotReady");
+    assert!(
+        stages.message.contains("1/3 replicas ready"),
+        "{}",
+        stages.message
+    );
+}
+
+#[test]
+fn fixed_replicas_capped_at_the_partitions_are_reported_and_the_stage_is_ready() {
+    let mut p = pipeline(false);
+    p.stages[0].scaling = Scaling::Fixed {
+        replicas: 2,
+        capped_from: Some(5),
+    };
+    let s = compute_with(&p, vec![], Some(deployment(2, 2)), None, 10);
+    assert_eq!(s.stages[0].replicas_capped_from, Some(5));
+    assert_eq!(s.stages[0].max_replicas_capped_from, None);
+    assert!(s.stages[0].ready);
+}
+
+#[test]
+fn paused_pipeline_is_not_ready_but_its_stages_are_in_their_desired_state() {
+    let s = compute_with(&pipeline(true), vec![], Some(deployment(0, 0)), None, 10);
+    assert_eq!(condition(&s, STAGES_READY).reason, "Paused");
+    assert_eq!(condition(&s, READY).status, "False");
+    assert_eq!(condition(&s, READY).reason, "Paused");
+}
+
+#[test]
+fn recomputing_an_unchanged_state_yields_an_identical_status() {
+    let p = pipeline(false);
+    let first = compute_with(&p, vec![topic("a", true)], Some(deployment(1, 1)), None, 10);
+    let again = compute_with(
+        &p,
+        vec![topic("a", true)],
+        Some(deployment(1, 1)),
+        Some(&first),
+        99,
+    );
+    assert_eq!(
+        first, again,
+        "a no-op reconcile must not produce a status write"
+    );
+}
+
+#[test]
+fn transition_time_moves_only_when_the_condition_flips() {
+    let p = pipeline(false);
+    let ready = compute_with(&p, vec![], Some(deployment(1, 1)), None, 10);
+    let degraded = compute_with(&p, vec![], Some(deployment(1, 0)), Some(&ready), 20);
+    assert_eq!(condition(&degraded, READY).last_transition_time, at(20));
+    assert_eq!(
+        condition(&degraded, TOPICS_READY).last_transition_time,
+        at(10)
+    );
+}
+
+#[test]
+fn missing_workload_is_pending() {
+    let s = compute_with(&pipeline(false), vec![], None, None, 10);
+    assert_eq!(s.stages[0].reason.as_deref(), Some("WorkloadPending"));
+}
+
+#[test]
+fn lag_is_rounded_to_two_significant_digits() {
+    let cases = [
+        (0, 0),
+        (7, 7),
+        (99, 99),
+        (104, 100),
+        (1234, 1200),
+        (995, 1000),
+    ];
+    for (records, shown) in cases {
+        assert_eq!(rounded_lag(records), shown, "{records}");
+    }
+    assert_eq!(rounded_lag(u64::MAX), i64::MAX);
+}
+
+#[test]
+fn an_autoscaled_stage_shows_its_current_and_desired_replicas_and_its_lag() {
+    let hpa = json!({ "status": { "currentReplicas": 2, "desiredReplicas": 3 } });
+    let s = autoscaled_status(&lag_autoscaled(1, false), Some(1234), Some(hpa), None);
+    let stage = &s.stages[0];
+    assert_eq!(
+        (stage.replicas, stage.ready_replicas, stage.desired_replicas),
+        (Some(2), Some(1), Some(3))
+    );
+    assert_eq!(stage.lag, Some(1200));
+    assert_eq!(s.total_lag, Some(1200));
+    assert_eq!(s.replicas_ready.as_deref(), Some("1/3"));
+}
+
+#[test]
+fn a_stage_without_a_lag_reading_has_no_lag_and_the_total_is_unset() {
+    let s = autoscaled_status(&lag_autoscaled(1, false), None, None, None);
+    assert_eq!((s.stages[0].lag, s.total_lag), (None, None));
+    assert_eq!(
+        s.stages[0].desired_replicas, None,
+        "no autoscaler status yet"
+    );
+}
+
+#[test]
+fn a_parked_stage_wants_zero_replicas_and_says_since_when() {
+    let mut p = lag_autoscaled(0, false);
+    p.park(|_| true);
+    let decision = Decision {
+        memory: Memory {
+            parked_since: Some(at(5)),
+            idle_since: None,
+        },
+        transition: None,
+    };
+    let s = autoscaled_status(&p, Some(0), None, Some(decision));
+    let stage = &s.stages[0];
+    assert_eq!(stage.desired_replicas, Some(0));
+    assert_eq!(stage.parked_since, Some(at(5)));
+    assert_eq!(stage.lag, Some(0));
+}
+
+#[test]
+fn an_idle_stage_recomputes_an_identical_status() {
+    // The idle period's start is kept, lag 0 stays 0: a resync of an idle stage writes nothing.
+    let p = lag_autoscaled(0, false);
+    let decision = || Decision {
+        memory: Memory {
+            parked_since: None,
+            idle_since: Some(at(3)),
+        },
+        transition: None,
+    };
+    let first = autoscaled_status(&p, Some(0), None, Some(decision()));
+    let again = autoscaled_status(&p, Some(0), None, Some(decision()));
+    assert_eq!(first, again);
+    assert_eq!(first.stages[0].idle_since, Some(at(3)));
+}
