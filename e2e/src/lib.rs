@@ -23,6 +23,8 @@ use tokio_util::sync::CancellationToken;
 
 /// How long the operator gets to bring a pipeline to what a test waits for.
 pub const CONVERGE: Duration = Duration::from_secs(90);
+/// The operator's lag interval in tests (the binary's default is 5 s).
+pub const LAG_INTERVAL: Duration = Duration::from_secs(1);
 
 /// One operator test: its namespace on the shared stack and an operator running for it. End it
 /// with [`OperatorTest::finish`] (a namespace dropped without that is dumped and deleted, see
@@ -74,6 +76,8 @@ pub struct InProcessOperator {
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
     registry: Registry,
+    metrics: Arc<Metrics>,
+    lag: Arc<LagCache<KafkaLagSource>>,
 }
 
 impl std::fmt::Debug for InProcessOperator {
@@ -91,6 +95,15 @@ impl InProcessOperator {
         let client = ns.client().clone();
         let mut registry = Registry::default();
         let metrics = Arc::new(Metrics::register(&mut registry));
+        let lag = Arc::new(LagCache::new(
+            KafkaLagSource::new(client.clone(), AdminSettings::default().request_timeout),
+            // Fresher than the binary's 5 s default: tests wait on the readings.
+            CacheSettings {
+                interval: LAG_INTERVAL,
+                ..CacheSettings::default()
+            },
+            Arc::clone(&metrics),
+        ));
         let shared = Shared {
             client: client.clone(),
             settings: OperatorSettings {
@@ -100,12 +113,8 @@ impl InProcessOperator {
                 ..OperatorSettings::default()
             },
             kafka: Arc::new(AdminPool::new(AdminSettings::default())),
-            lag: Arc::new(LagCache::new(
-                KafkaLagSource::new(client.clone(), AdminSettings::default().request_timeout),
-                CacheSettings::default(),
-                Arc::clone(&metrics),
-            )),
-            metrics,
+            lag: Arc::clone(&lag),
+            metrics: Arc::clone(&metrics),
             reporter: Reporter {
                 controller: "orderpipe-operator".into(),
                 instance: Some("e2e".into()),
@@ -123,7 +132,19 @@ impl InProcessOperator {
             stop,
             task,
             registry,
+            metrics,
+            lag,
         }
+    }
+
+    /// The lag readings its reconciles use, to serve the external metrics API from (as the binary
+    /// does).
+    pub fn lag(&self) -> Arc<LagCache<KafkaLagSource>> {
+        Arc::clone(&self.lag)
+    }
+
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.metrics)
     }
 
     /// Sum of a counter family in the operator's /metrics text.

@@ -1,55 +1,46 @@
 //! The operator's external metrics API behind the real kube-apiserver's aggregation layer: the
-//! operator serves it in the test process (`external_metrics::run`, as the binary does) on a
-//! loopback port with a serving certificate made here, and an APIService with that CA in its
-//! `caBundle` routes `external.metrics.k8s.io` to it through an `ExternalName: localhost` Service
-//! (see `stack/README.md`). Proves that the upstream kubectl reads the lag measured in Kafka, that
-//! the API is discoverable, that a request past the apiserver without the front-proxy certificate
-//! is refused, that the stage's HPA reads the metric, and that a burst scales a stage of real
-//! worker processes (a node agent runs its pods) out. Needs `make test-e2e` and the worker binary
-//! (`cargo build -p orderpipe-worker`).
+//! operator serves it in the test process (`external_metrics::run`, as the binary does, from the
+//! in-process operator's own lag readings) on a loopback port registered with the apiserver by
+//! [`LocalApiService`] (see `stack/README.md`). Proves that the upstream kubectl reads the lag
+//! measured in Kafka (and 0 for a drained stage whose input ends in transaction markers), that the
+//! API is discoverable, that a request past the apiserver without the front-proxy certificate is
+//! refused, that the stage's HPA reads the metric, that a burst scales a stage of real worker
+//! processes (a node agent runs its pods) out and back in, and that `minReplicas: 0` parks an idle
+//! stage and wakes it. Needs `make test-e2e` and the worker binary (`cargo build -p
+//! orderpipe-worker`).
 //!
-//! The APIService is cluster-wide (one `external.metrics.k8s.io` per cluster), so only this file
-//! creates it, one test at a time ([`REGISTRATION`]); it is deleted before the namespace, whose
-//! deletion needs the discovery of every API group to succeed.
+//! The APIService is cluster-wide (one `external.metrics.k8s.io` per cluster), so within this
+//! file one test at a time holds it ([`REGISTRATION`]); the demo's test registers it too, from
+//! another test binary, and cargo runs test binaries one after another. It is deleted before the
+//! namespace, whose deletion needs the discovery of every API group to succeed.
 
 use std::collections::HashSet;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
-use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{Service, Toleration};
-use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::{
-    APIService, APIServiceSpec, ServiceReference,
-};
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use k8s_openapi::api::core::v1::Toleration;
+use kube::api::ListParams;
 use orderpipe_api::OrderPipeline;
 use orderpipe_api::v1alpha1::{AutoscalingSpec, ScalingBehavior, ScalingRules};
-use orderpipe_e2e::{OperatorTest, apply_pipeline, wait_ready};
+use orderpipe_e2e::{InProcessOperator, OperatorTest, apply_pipeline, wait_ready};
 use orderpipe_node_agent::{ImageMapping, NODE_AGENT_LABEL, NodeAgent, NodeAgentConfig};
 use orderpipe_operator::external_metrics;
-use orderpipe_operator::lag::{CacheSettings, KafkaLagSource, LagCache};
-use orderpipe_operator::metrics::Metrics;
 use orderpipe_operator::settings::WorkerPlacement;
-use orderpipe_operator::topics::AdminSettings;
 use orderpipe_orders::generator::{GenConfig, OrderGenerator};
 use orderpipe_stack::tools::{self, Tools};
 use orderpipe_stack::{
-    Isolation, SharedStack, TestNamespace, caught_up, free_port, read_all, unique_name, wait_until,
+    Isolation, LocalApiService, SharedStack, TestNamespace, caught_up, read_all, unique_name,
+    wait_until,
 };
-use prometheus_client::registry::Registry;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use rdkafka::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde_json::{Value, json};
 use tokio::sync::{Mutex, MutexGuard};
 use tokio_util::sync::CancellationToken;
 
-const APISERVICE: &str = "v1beta1.external.metrics.k8s.io";
 const METRIC: &str = "orderpipe_consumer_lag";
 const SERVICE: &str = "orderpipe-metrics-api";
 /// Records produced to the autoscaled stage's input, with no worker consuming them.
@@ -74,6 +65,12 @@ const SCALE_DOWN: ScalingRules = ScalingRules {
 /// Held by each test from registering the APIService until it is deleted.
 static REGISTRATION: Mutex<()> = Mutex::const_new(());
 const PARTITIONS: i32 = 6;
+/// `parkAfterIdleSeconds` of the scale-to-zero test (the CRD's minimum), and how long parking may
+/// take: the idle period, the lag interval and the workers' shutdown.
+const PARK_AFTER: i32 = 10;
+const PARK_WAIT: Duration = Duration::from_secs(90);
+/// Orders that wake the parked stage.
+const WAKE_ORDERS: u64 = 1_000;
 /// From the APIService's creation to the aggregator routing to it, and from the records to the
 /// HPA's next 5-second sync: seconds each; generous for a loaded machine.
 const WAIT: Duration = Duration::from_secs(60);
@@ -87,7 +84,7 @@ async fn kubectl_and_the_hpa_read_kafka_lag_through_the_aggregation_layer() -> a
         ns,
         operator,
     } = OperatorTest::start("extmetrics").await?;
-    let api = AggregatedApi::start(&ns).await?;
+    let api = AggregatedApi::start(&ns, &operator).await?;
     let proven = prove(&stack, &bootstrap, &ns, &api).await;
     api.stop(&ns).await?;
     proven?;
@@ -100,23 +97,18 @@ async fn prove(
     ns: &TestNamespace,
     api: &AggregatedApi,
 ) -> anyhow::Result<()> {
-    let input = ready_autoscaled_stage(bootstrap, ns, LAG_PER_REPLICA).await?;
+    let input = ready_autoscaled_stage(bootstrap, ns, autoscaling(LAG_PER_REPLICA)).await?;
     // kwok's pods run no process: nothing consumes, so the lag is everything produced.
     produce(bootstrap, &input, ORDERS).await?;
     let produced = Instant::now();
 
     let kubectl = Kubectl::new(stack)?;
-    let path = format!(
-        "/apis/external.metrics.k8s.io/v1beta1/namespaces/{}/{METRIC}?labelSelector=pipeline=shop,stage=validate",
-        ns.name()
-    );
     let expected = ORDERS.to_string();
     let list = wait_until(
-        &format!("kubectl get --raw {path} reads {ORDERS}"),
+        &format!("kubectl get --raw {} reads {ORDERS}", lag_path(ns)),
         WAIT,
         || async {
-            let list: Value =
-                serde_json::from_str(&kubectl.run(&["get", "--raw", &path]).await?).ok()?;
+            let list = kubectl.lag_list(ns).await?;
             (list["items"][0]["value"] == expected.as_str()).then_some(list)
         },
     )
@@ -142,7 +134,9 @@ async fn prove(
         "discovery lists no {METRIC}: {resources:?}"
     );
 
-    let direct = api.request_without_client_certificate(&path).await?;
+    let direct = api
+        .request_without_client_certificate(&lag_path(ns))
+        .await?;
     ensure!(
         direct == reqwest::StatusCode::UNAUTHORIZED,
         "a request without the front-proxy certificate got {direct}"
@@ -191,64 +185,30 @@ async fn prove(
 #[ignore = "needs the local stack: make test-e2e"]
 async fn a_burst_scales_real_workers_out_and_back_in_without_losing_or_duplicating_an_order()
 -> anyhow::Result<()> {
-    let worker = tools::built_binary("orderpipe-worker")?;
-    let node = unique_name("lagscale-node");
-    // Pinned by hostname: on a shared stack other tests run node agents too.
-    let placement = WorkerPlacement {
-        node_selector: [("kubernetes.io/hostname".to_owned(), node.clone())].into(),
-        tolerations: vec![Toleration {
-            key: Some(NODE_AGENT_LABEL.into()),
-            operator: Some("Equal".into()),
-            value: Some("true".into()),
-            effect: Some("NoSchedule".into()),
-            ..Toleration::default()
-        }],
-    };
-    let OperatorTest {
-        bootstrap,
-        ns,
-        operator,
-        ..
-    } = OperatorTest::start_placed("lagscale", placement).await?;
-    let work = tempfile::tempdir()?;
-    let agent = NodeAgent::start(
-        ns.client().clone(),
-        NodeAgentConfig::new(&node, work.path()).image(ImageMapping {
-            image: "orderpipe/orderpipe-worker".into(),
-            binary: worker,
-        }),
-    )
-    .await?;
-    let api = AggregatedApi::start(&ns).await?;
-    let proven = burst_round_trip(&bootstrap, &ns).await;
-    api.stop(&ns).await?;
-    agent.stop().await?;
-    proven?;
-    OperatorTest::finish(operator, ns).await
+    let workers = RealWorkers::start("lagscale").await?;
+    let proven = burst_round_trip(&workers).await;
+    workers.finish(proven).await
 }
 
 /// Scale-out to three ready worker processes within [`SCALE_OUT`] of the burst, every order
-/// validated exactly once, back to one replica after the drain.
-async fn burst_round_trip(bootstrap: &str, ns: &TestNamespace) -> anyhow::Result<()> {
-    let input = ready_autoscaled_stage(bootstrap, ns, BURST_LAG_PER_REPLICA).await?;
+/// validated exactly once, back to one replica after the drain, and then the idle stage's lag
+/// read as exactly 0 by kubectl although its input ends in transaction markers.
+async fn burst_round_trip(workers: &RealWorkers) -> anyhow::Result<()> {
+    let OperatorTest {
+        stack,
+        bootstrap,
+        ns,
+        ..
+    } = &workers.test;
+    let input = ready_autoscaled_stage(bootstrap, ns, autoscaling(BURST_LAG_PER_REPLICA)).await?;
 
     // The lag crosses the target with the burst's first records: the clock starts with them.
     let burst = produce(bootstrap, &input, BURST).await?;
     let produced = burst.elapsed();
-    let deployments = ns.api::<Deployment>();
-    let replicas = || async {
-        let d = deployments
-            .list(&ListParams::default())
-            .await
-            .ok()?
-            .items
-            .pop()?;
-        Some((d.spec?.replicas?, d.status?.ready_replicas.unwrap_or(0)))
-    };
     let scaled = wait_until(
         "three worker processes of the stage ready",
         SCALE_OUT,
-        || async { replicas().await.filter(|&(_, ready)| ready >= 3) },
+        || async { workload_replicas(ns).await.filter(|&(_, ready)| ready >= 3) },
     )
     .await;
     let scaled_out = burst.elapsed();
@@ -264,32 +224,29 @@ async fn burst_round_trip(bootstrap: &str, ns: &TestNamespace) -> anyhow::Result
         );
     }
 
-    let validated = format!("{}.validated", ns.name());
-    let group = format!("orderpipe.{}.shop.validate", ns.name());
-    wait_until("the stage drained the burst", SCALE_IN, || async {
-        let (bootstrap, group, input) = (bootstrap.to_owned(), group.clone(), input.clone());
-        let caught_up = tokio::task::spawn_blocking(move || caught_up(&bootstrap, &group, &input));
-        caught_up.await.ok()?.ok()?.then_some(())
-    })
-    .await?;
+    wait_drained(bootstrap, ns, &input).await?;
     let drained = burst.elapsed();
     wait_until("the stage back at one replica", SCALE_IN, || async {
-        replicas().await.filter(|&counts| counts == (1, 1))
+        workload_replicas(ns)
+            .await
+            .filter(|&counts| counts == (1, 1))
     })
     .await?;
     let scaled_in = burst.elapsed();
+    validated_exactly_once(bootstrap, ns, BURST).await?;
 
-    let (bootstrap, topic) = (bootstrap.to_owned(), validated.clone());
-    let records =
-        tokio::task::spawn_blocking(move || read_all(&bootstrap, &topic, Isolation::ReadCommitted))
-            .await??;
-    let distinct: HashSet<Vec<u8>> = records.iter().filter_map(|r| r.key.clone()).collect();
-    ensure!(
-        records.len() == usize::try_from(BURST)? && distinct.len() == records.len(),
-        "{validated} holds {} records with {} distinct keys for {BURST} orders",
-        records.len(),
-        distinct.len()
-    );
+    // Every partition of the input ends in a commit marker the group never consumes: a naive
+    // end - committed would read 6 here for ever.
+    let kubectl = Kubectl::new(stack)?;
+    let idle = wait_until(
+        "kubectl reads the drained transactional stage's lag as 0",
+        WAIT,
+        || async { (kubectl.lag(ns).await? == "0").then_some(()) },
+    )
+    .await;
+    if let Err(e) = idle {
+        anyhow::bail!("{e}; last reading: {:?}", kubectl.lag(ns).await);
+    }
     eprintln!(
         "measured: {BURST} orders produced in {produced:?}; after the burst began: three ready \
          worker processes {scaled_out:?}, drained {drained:?}, back at one replica {scaled_in:?}"
@@ -297,38 +254,224 @@ async fn burst_round_trip(bootstrap: &str, ns: &TestNamespace) -> anyhow::Result
     Ok(())
 }
 
-/// Applies pipeline `shop` whose stage `validate` reads a 6-partition input and autoscales on
-/// `lag_per_replica`, waits until it is Ready, and returns the input topic.
+#[tokio::test]
+#[ignore = "needs the local stack: make test-e2e"]
+async fn an_idle_stage_parks_at_zero_and_wakes_when_orders_arrive() -> anyhow::Result<()> {
+    let workers = RealWorkers::start("lagpark").await?;
+    let proven = park_and_wake(&workers).await;
+    workers.finish(proven).await
+}
+
+/// `minReplicas: 0`: the stage parks after [`PARK_AFTER`] of lag 0 (no worker, no HPA, Event
+/// `Parked`), wakes when orders arrive (one worker, the HPA back, Event `Activated`), processes
+/// each order exactly once, and parks again.
+async fn park_and_wake(workers: &RealWorkers) -> anyhow::Result<()> {
+    let OperatorTest { bootstrap, ns, .. } = &workers.test;
+    let spec = AutoscalingSpec {
+        min_replicas: 0,
+        park_after_idle_seconds: Some(PARK_AFTER),
+        ..autoscaling(BURST_LAG_PER_REPLICA)
+    };
+    let input = ready_autoscaled_stage(bootstrap, ns, spec).await?;
+    let hpas = ns.api::<HorizontalPodAutoscaler>();
+    let parked = || async {
+        let idle = workload_replicas(ns).await? == (0, 0);
+        let no_hpa = hpas
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .is_empty();
+        (idle && no_hpa && events(ns, "Parked").await? > 0).then_some(())
+    };
+    let started = Instant::now();
+    wait_until(
+        "the idle stage parked: no worker, no HPA",
+        PARK_WAIT,
+        parked,
+    )
+    .await?;
+    let parked_after = started.elapsed();
+
+    let arrival = produce(bootstrap, &input, WAKE_ORDERS).await?;
+    wait_until(
+        "the parked stage woken: a ready worker and its HPA",
+        WAIT,
+        || async {
+            let running = workload_replicas(ns).await?.1 >= 1;
+            let hpa = !hpas
+                .list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .is_empty();
+            (running && hpa && events(ns, "Activated").await? > 0).then_some(())
+        },
+    )
+    .await?;
+    let woke = arrival.elapsed();
+    wait_drained(bootstrap, ns, &input).await?;
+    let drained = arrival.elapsed();
+    validated_exactly_once(bootstrap, ns, WAKE_ORDERS).await?;
+    wait_until("the stage parked again", PARK_WAIT, parked).await?;
+    eprintln!(
+        "measured: parked {parked_after:?} after the pipeline was Ready (idle since it was created; \
+         parkAfterIdleSeconds {PARK_AFTER}); after \
+         {WAKE_ORDERS} orders arrived: a ready worker {woke:?}, drained {drained:?}"
+    );
+    Ok(())
+}
+
+/// An [`OperatorTest`] whose worker pods run as real processes of the built worker on a node
+/// agent of its own, with the operator's external metrics API registered.
+struct RealWorkers {
+    test: OperatorTest,
+    agent: NodeAgent,
+    api: AggregatedApi,
+    _work: tempfile::TempDir,
+}
+
+impl RealWorkers {
+    async fn start(prefix: &str) -> anyhow::Result<RealWorkers> {
+        let worker = tools::built_binary("orderpipe-worker")?;
+        let node = unique_name(&format!("{prefix}-node"));
+        // Pinned by hostname: on a shared stack other tests run node agents too.
+        let placement = WorkerPlacement {
+            node_selector: [("kubernetes.io/hostname".to_owned(), node.clone())].into(),
+            tolerations: vec![Toleration {
+                key: Some(NODE_AGENT_LABEL.into()),
+                operator: Some("Equal".into()),
+                value: Some("true".into()),
+                effect: Some("NoSchedule".into()),
+                ..Toleration::default()
+            }],
+        };
+        let test = OperatorTest::start_placed(prefix, placement).await?;
+        let work = tempfile::tempdir()?;
+        let agent = NodeAgent::start(
+            test.ns.client().clone(),
+            NodeAgentConfig::new(&node, work.path()).image(ImageMapping {
+                image: "orderpipe/orderpipe-worker".into(),
+                binary: worker,
+            }),
+        )
+        .await?;
+        let api = AggregatedApi::start(&test.ns, &test.operator).await?;
+        Ok(RealWorkers {
+            test,
+            agent,
+            api,
+            _work: work,
+        })
+    }
+
+    /// Unregisters the API and stops the agent whatever `proven` says, then reports it.
+    async fn finish(self, proven: anyhow::Result<()>) -> anyhow::Result<()> {
+        let OperatorTest { ns, operator, .. } = self.test;
+        self.api.stop(&ns).await?;
+        self.agent.stop().await?;
+        proven?;
+        OperatorTest::finish(operator, ns).await
+    }
+}
+
+/// The stage's Deployment: (spec replicas, ready replicas).
+async fn workload_replicas(ns: &TestNamespace) -> Option<(i32, i32)> {
+    let d = ns
+        .api::<Deployment>()
+        .list(&ListParams::default())
+        .await
+        .ok()?
+        .items
+        .pop()?;
+    let ready = d.status.and_then(|s| s.ready_replicas).unwrap_or(0);
+    Some((d.spec?.replicas?, ready))
+}
+
+/// Events with `reason` in the namespace.
+async fn events(ns: &TestNamespace, reason: &str) -> Option<usize> {
+    let events = ns
+        .api::<k8s_openapi::api::events::v1::Event>()
+        .list(&ListParams::default())
+        .await
+        .ok()?;
+    Some(
+        events
+            .items
+            .iter()
+            .filter(|e| e.reason.as_deref() == Some(reason))
+            .count(),
+    )
+}
+
+async fn wait_drained(bootstrap: &str, ns: &TestNamespace, input: &str) -> anyhow::Result<()> {
+    let group = format!("orderpipe.{}.shop.validate", ns.name());
+    wait_until("the stage drained its input", SCALE_IN, || async {
+        let (bootstrap, group, input) = (bootstrap.to_owned(), group.clone(), input.to_owned());
+        let caught_up = tokio::task::spawn_blocking(move || caught_up(&bootstrap, &group, &input));
+        caught_up.await.ok()?.ok()?.then_some(())
+    })
+    .await?;
+    Ok(())
+}
+
+/// The validated topic holds `orders` records, each order once (read_committed).
+async fn validated_exactly_once(
+    bootstrap: &str,
+    ns: &TestNamespace,
+    orders: u64,
+) -> anyhow::Result<()> {
+    let validated = format!("{}.validated", ns.name());
+    let (bootstrap, topic) = (bootstrap.to_owned(), validated.clone());
+    let records =
+        tokio::task::spawn_blocking(move || read_all(&bootstrap, &topic, Isolation::ReadCommitted))
+            .await??;
+    let distinct: HashSet<Vec<u8>> = records.iter().filter_map(|r| r.key.clone()).collect();
+    ensure!(
+        records.len() == usize::try_from(orders)? && distinct.len() == records.len(),
+        "{validated} holds {} records with {} distinct keys for {orders} orders",
+        records.len(),
+        distinct.len()
+    );
+    Ok(())
+}
+
+/// The test stage's autoscaling: `lag_per_replica` up to one replica per partition, and
+/// [`SCALE_DOWN`].
+fn autoscaling(lag_per_replica: i64) -> AutoscalingSpec {
+    AutoscalingSpec {
+        target_lag_per_replica: Some(lag_per_replica),
+        behavior: Some(ScalingBehavior {
+            scale_up: None,
+            scale_down: Some(SCALE_DOWN),
+        }),
+        ..AutoscalingSpec::test(PARTITIONS)
+    }
+}
+
+/// Applies pipeline `shop` whose stage `validate` reads a 6-partition input and autoscales as
+/// `autoscaling` says, waits until it is Ready, and returns the input topic.
 async fn ready_autoscaled_stage(
     bootstrap: &str,
     ns: &TestNamespace,
-    lag_per_replica: i64,
+    autoscaling: AutoscalingSpec,
 ) -> anyhow::Result<String> {
     let input = format!("{}.orders", ns.name());
     let pipeline = OrderPipeline::test("shop")
         .bootstrap(bootstrap)
         .topic_prefix(ns.name())
         .partitions(&input, PARTITIONS)
-        .autoscaling(
-            "validate",
-            AutoscalingSpec {
-                target_lag_per_replica: Some(lag_per_replica),
-                behavior: Some(ScalingBehavior {
-                    scale_up: None,
-                    scale_down: Some(SCALE_DOWN),
-                }),
-                ..AutoscalingSpec::test(PARTITIONS)
-            },
-        );
+        .autoscaling("validate", autoscaling);
     apply_pipeline(ns, &serde_json::to_value(pipeline)?).await?;
     wait_ready(ns, "shop").await?;
     Ok(input)
 }
 
-/// Produces `count` valid generated orders to `topic` and waits until the broker has them, on a
-/// blocking thread: the in-process operator and API share this test's runtime. The orders are
-/// generated first, so they arrive as fast as the broker takes them: a burst, not a stream one
-/// worker could keep up with. Returns when the sending began.
+/// Produces `count` valid generated orders to `topic` in one transaction, as an upstream
+/// exactly-once stage would (so each partition ends in a commit marker), on a blocking thread: the
+/// in-process operator and API share this test's runtime. The orders are generated first, so
+/// they arrive as fast as the broker takes them: a burst, not a stream one worker could keep up
+/// with. Returns when the sending began.
 async fn produce(bootstrap: &str, topic: &str, count: u64) -> anyhow::Result<Instant> {
     let (bootstrap, topic) = (bootstrap.to_owned(), topic.to_owned());
     tokio::task::spawn_blocking(move || {
@@ -337,7 +480,9 @@ async fn produce(bootstrap: &str, topic: &str, count: u64) -> anyhow::Result<Ins
             .set("linger.ms", "20")
             .set("queue.buffering.max.messages", "1000000")
             .set("queue.buffering.max.kbytes", "1048576")
+            .set("transactional.id", unique_name("e2e-burst"))
             .create()?;
+        producer.init_transactions(Duration::from_secs(30))?;
         let valid_only = GenConfig {
             invalid_share: 0.0,
             garbage_share: 0.0,
@@ -347,6 +492,7 @@ async fn produce(bootstrap: &str, topic: &str, count: u64) -> anyhow::Result<Ins
             .take(usize::try_from(count)?)
             .collect();
         let began = Instant::now();
+        producer.begin_transaction()?;
         for record in &records {
             let mut next = BaseRecord::to(&topic).payload(&record.payload);
             if let Some(key) = &record.key {
@@ -362,10 +508,18 @@ async fn produce(bootstrap: &str, topic: &str, count: u64) -> anyhow::Result<Ins
                 next = unsent;
             }
         }
-        producer.flush(Duration::from_secs(60))?;
+        producer.commit_transaction(Duration::from_secs(60))?;
         anyhow::Ok(began)
     })
     .await?
+}
+
+/// The external metrics API path of the test stage's lag.
+fn lag_path(ns: &TestNamespace) -> String {
+    format!(
+        "/apis/external.metrics.k8s.io/v1beta1/namespaces/{}/{METRIC}?labelSelector=pipeline=shop,stage=validate",
+        ns.name()
+    )
 }
 
 /// The upstream kubectl of the stack's tools, with the admin kubeconfig.
@@ -380,6 +534,17 @@ impl Kubectl {
             bin: Tools::at(&stack.env().tools_dir).bin("kubectl")?,
             kubeconfig: stack.kubeconfig()?.to_owned(),
         })
+    }
+
+    /// The `ExternalMetricValueList` of the test stage's lag, read with `kubectl get --raw`.
+    async fn lag_list(&self, ns: &TestNamespace) -> Option<Value> {
+        serde_json::from_str(&self.run(&["get", "--raw", &lag_path(ns)]).await?).ok()
+    }
+
+    /// The test stage's lag as kubectl reads it (a Kubernetes quantity).
+    async fn lag(&self, ns: &TestNamespace) -> Option<String> {
+        let list = self.lag_list(ns).await?;
+        list["items"][0]["value"].as_str().map(str::to_owned)
     }
 
     /// Its stdout if it succeeds; `None` (and its stderr on ours) if not.
@@ -401,12 +566,10 @@ impl Kubectl {
     }
 }
 
-/// The operator's external metrics API, served in this process and registered with the apiserver.
+/// The operator's external metrics API, served in this process from the in-process operator's lag
+/// readings and registered with the apiserver.
 struct AggregatedApi {
-    addr: SocketAddr,
-    /// The name the aggregator verifies: `<service>.<namespace>.svc`.
-    host: String,
-    ca_pem: String,
+    registration: LocalApiService,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
     _cert_dir: tempfile::TempDir,
@@ -414,88 +577,42 @@ struct AggregatedApi {
 }
 
 impl AggregatedApi {
-    async fn start(ns: &TestNamespace) -> anyhow::Result<AggregatedApi> {
-        let registration = REGISTRATION.lock().await;
-        let host = format!("{SERVICE}.{}.svc", ns.name());
+    async fn start(
+        ns: &TestNamespace,
+        operator: &InProcessOperator,
+    ) -> anyhow::Result<AggregatedApi> {
+        let held = REGISTRATION.lock().await;
         let cert_dir = tempfile::tempdir()?;
-        let ca_pem = serving_certificate(&host, cert_dir.path())?;
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
+        let registration = LocalApiService::prepare(
+            "external.metrics.k8s.io",
+            "v1beta1",
+            ns.name(),
+            SERVICE,
+            cert_dir.path(),
+        )?;
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, registration.port()));
         let stop = CancellationToken::new();
-        let metrics = Arc::new(Metrics::register(&mut Registry::default()));
-        let lag = LagCache::new(
-            KafkaLagSource::new(
-                ns.client().clone(),
-                AdminSettings::default().request_timeout,
-            ),
-            // Fresher than the binary's 5 s default: the tests wait on the readings.
-            CacheSettings {
-                interval: Duration::from_secs(1),
-                ..CacheSettings::default()
-            },
-            Arc::clone(&metrics),
-        );
         let task = tokio::spawn(external_metrics::run(
             addr,
             cert_dir.path().to_owned(),
             ns.client().clone(),
-            Arc::new(lag),
-            metrics,
+            operator.lag(),
+            operator.metrics(),
             stop.clone(),
         ));
-
-        // Registered only once it listens: while an APIService is unavailable, the discovery of
-        // its group fails, and with it every namespace deletion on the shared stack (retried).
         wait_until(
             "the external metrics API listens",
             Duration::from_secs(30),
             || async { tokio::net::TcpStream::connect(addr).await.ok() },
         )
         .await?;
-        // The aggregator dials localhost:<port> and verifies the certificate for `host`.
-        let service = json!({
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": SERVICE, "namespace": ns.name()},
-            "spec": {
-                "type": "ExternalName",
-                "externalName": "localhost",
-                "ports": [{"name": "https", "port": addr.port()}],
-            },
-        });
-        ns.api::<Service>()
-            .patch(SERVICE, &apply(), &Patch::Apply(&service))
-            .await?;
-        let apiservice = APIService {
-            metadata: kube::api::ObjectMeta {
-                name: Some(APISERVICE.into()),
-                ..Default::default()
-            },
-            spec: Some(APIServiceSpec {
-                group: Some("external.metrics.k8s.io".into()),
-                version: Some("v1beta1".into()),
-                group_priority_minimum: 100,
-                version_priority: 100,
-                ca_bundle: Some(ByteString(ca_pem.clone().into_bytes())),
-                service: Some(ServiceReference {
-                    namespace: Some(ns.name().into()),
-                    name: Some(SERVICE.into()),
-                    port: Some(i32::from(addr.port())),
-                }),
-                insecure_skip_tls_verify: None,
-            }),
-            status: None,
-        };
-        kube::Api::<APIService>::all(ns.client().clone())
-            .patch(APISERVICE, &apply(), &Patch::Apply(&apiservice))
-            .await?;
+        registration.register(ns.client()).await?;
         Ok(AggregatedApi {
-            addr,
-            host,
-            ca_pem,
+            registration,
             stop,
             task,
             _cert_dir: cert_dir,
-            _registration: registration,
+            _registration: held,
         })
     }
 
@@ -505,42 +622,24 @@ impl AggregatedApi {
         &self,
         path: &str,
     ) -> anyhow::Result<reqwest::StatusCode> {
+        let host = self.registration.host();
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.registration.port()));
         let client = reqwest::Client::builder()
-            .add_root_certificate(reqwest::Certificate::from_pem(self.ca_pem.as_bytes())?)
-            .resolve(&self.host, self.addr)
+            .add_root_certificate(reqwest::Certificate::from_pem(
+                self.registration.ca_pem().as_bytes(),
+            )?)
+            .resolve(&host, addr)
             .no_proxy()
             .build()?;
-        let url = format!("https://{}:{}{path}", self.host, self.addr.port());
+        let url = format!("https://{host}:{}{path}", addr.port());
         Ok(client.get(url).send().await?.status())
     }
 
     /// Deletes the APIService, then stops the server.
     async fn stop(self, ns: &TestNamespace) -> anyhow::Result<()> {
-        kube::Api::<APIService>::all(ns.client().clone())
-            .delete(APISERVICE, &DeleteParams::default())
-            .await?;
+        self.registration.unregister(ns.client()).await?;
         self.stop.cancel();
         self.task.await?;
         Ok(())
     }
-}
-
-fn apply() -> PatchParams {
-    PatchParams::apply("e2e-test").force()
-}
-
-/// Writes `tls.crt` and `tls.key` for `host` into `dir`, signed by a fresh CA; returns the CA.
-fn serving_certificate(host: &str, dir: &Path) -> anyhow::Result<String> {
-    let ca_key = KeyPair::generate()?;
-    let mut ca = CertificateParams::default();
-    ca.distinguished_name
-        .push(DnType::CommonName, "orderpipe-e2e-metrics-api-ca");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_pem = ca.self_signed(&ca_key)?.pem();
-    let issuer = Issuer::new(ca, ca_key);
-    let key = KeyPair::generate()?;
-    let cert = CertificateParams::new(vec![host.to_owned()])?.signed_by(&key, &issuer)?;
-    std::fs::write(dir.join("tls.crt"), cert.pem())?;
-    std::fs::write(dir.join("tls.key"), key.serialize_pem())?;
-    Ok(ca_pem)
 }

@@ -11,6 +11,7 @@
 //! (topics, reading a topic to its end, a group's offsets). It must not depend on any orderpipe
 //! crate: the operator, worker, node agent, demo and bench build on it, never the other way.
 
+mod apiservice;
 mod component;
 pub mod crds;
 mod envfile;
@@ -27,6 +28,7 @@ pub mod tools;
 mod topics;
 mod wait;
 
+pub use apiservice::LocalApiService;
 pub use component::Component;
 pub use envfile::StackEnv;
 pub use error::{Result, StackError};

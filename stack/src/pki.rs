@@ -178,6 +178,23 @@ impl KafkaTls {
     }
 }
 
+/// A serving certificate for `host` signed by a fresh CA, written as `tls.crt`/`tls.key` (the names
+/// a Kubernetes TLS Secret mounts) and `ca.crt` into `dir`; returns the CA's PEM, for a client's
+/// trust (an APIService's `caBundle`).
+pub(crate) fn serving_certificate(dir: &Path, host: &str) -> Result<String> {
+    fs::create_dir_all(dir).map_err(|e| StackError::io("creating", dir, e))?;
+    let what = "aggregated API serving";
+    let (ca, issuer) = certificate_authority(dir, "ca", "orderpipe-e2e-apiservice-ca", what)?;
+    let mut params = leaf(host, None, ExtendedKeyUsagePurpose::ServerAuth);
+    params.subject_alt_names = vec![SanType::DnsName(
+        host.to_owned()
+            .try_into()
+            .map_err(|error| StackError::Pki { what, error })?,
+    )];
+    sign(dir, "tls", what, params, &issuer)?;
+    fs::read_to_string(&ca.cert).map_err(|e| StackError::io("reading", &ca.cert, e))
+}
+
 /// A self-signed CA written as `<stem>.crt`/`<stem>.key`, and its issuer for leaf certificates.
 fn certificate_authority(
     dir: &Path,
