@@ -607,3 +607,146 @@ async fn over_tls_with_sasl_topics_are_created_and_a_wrong_password_is_reported_
     assert_eq!(partition_count(&plaintext, &intruder_orders)?, None);
     OperatorTest::finish(operator, ns).await
 }
+
+#[tokio::test]
+#[ignore = "needs the local stack: make test-e2e"]
+async fn a_refused_apply_shows_in_the_status_and_a_warning_event_and_recovers() -> anyhow::Result<()>
+{
+    let OperatorTest {
+        bootstrap,
+        ns,
+        operator,
+        ..
+    } = OperatorTest::start("applyfail").await?;
+    // A ValidatingAdmissionPolicy (CEL, in the apiserver) refuses this namespace's Deployments: the
+    // operator's server-side apply fails as it would against a user's admission policy.
+    let policy = DenyDeployments::install(&ns).await?;
+    apply_pipeline(&ns, &pipeline(ns.name(), &bootstrap)).await?;
+    let refused = wait_until(
+        "Ready=False and StagesReady=False with reason ApplyFailed and the policy's message",
+        CONVERGE,
+        || async {
+            let p = pipelines(&ns).get("shop").await.ok()?;
+            let ready = condition(&p, "Ready")?;
+            let stages = p
+                .status
+                .as_ref()?
+                .conditions
+                .iter()
+                .find(|c| c.type_ == "StagesReady")?
+                .clone();
+            let reasons = (ready.0.as_str(), ready.1.as_str(), stages.reason.as_str());
+            (reasons == ("False", "ApplyFailed", "ApplyFailed")
+                && stages.message.contains(DenyDeployments::MESSAGE))
+            .then_some(())
+        },
+    )
+    .await;
+    let warned = wait_until("a Warning Event ApplyFailed", CONVERGE, || async {
+        (events_with_reason(&ns, "ApplyFailed").await > 0).then_some(())
+    })
+    .await;
+    policy.remove(&ns).await?;
+    if let Err(error) = refused.and(warned) {
+        let status = pipelines(&ns).get("shop").await?.status;
+        anyhow::bail!(
+            "{error}\nstatus: {}",
+            serde_json::to_string_pretty(&status)?
+        );
+    }
+    // The backoff retries; once the policy is gone the apply goes through.
+    wait_ready(&ns, "shop").await?;
+    OperatorTest::finish(operator, ns).await
+}
+
+/// A ValidatingAdmissionPolicy and its binding that deny every Deployment write in one namespace.
+struct DenyDeployments {
+    name: String,
+}
+
+impl DenyDeployments {
+    const MESSAGE: &'static str = "e2e policy: no Deployments here";
+
+    fn resource(kind: &str) -> ApiResource {
+        ApiResource::from_gvk(&GroupVersionKind::gvk(
+            "admissionregistration.k8s.io",
+            "v1",
+            kind,
+        ))
+    }
+
+    async fn install(ns: &TestNamespace) -> anyhow::Result<DenyDeployments> {
+        let name = format!("deny-deployments-{}", ns.name());
+        let apply = PatchParams::apply("e2e-test").force();
+        let policy = json!({
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicy",
+            "metadata": {"name": name},
+            "spec": {
+                "failurePolicy": "Fail",
+                "matchConstraints": {"resourceRules": [{
+                    "apiGroups": ["apps"], "apiVersions": ["v1"],
+                    "operations": ["CREATE", "UPDATE"], "resources": ["deployments"],
+                }]},
+                "validations": [{"expression": "false", "message": Self::MESSAGE}],
+            },
+        });
+        let binding = json!({
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicyBinding",
+            "metadata": {"name": name},
+            "spec": {
+                "policyName": name,
+                "validationActions": ["Deny"],
+                "matchResources": {"namespaceSelector": {"matchLabels": {
+                    "kubernetes.io/metadata.name": ns.name(),
+                }}},
+            },
+        });
+        for (kind, object) in [
+            ("ValidatingAdmissionPolicy", policy),
+            ("ValidatingAdmissionPolicyBinding", binding),
+        ] {
+            Api::<DynamicObject>::all_with(ns.client().clone(), &Self::resource(kind))
+                .patch(&name, &apply, &Patch::Apply(&object))
+                .await
+                .with_context(|| format!("applying {kind} {name}"))?;
+        }
+        // The apiserver loads policies asynchronously: wait until a dry-run create is refused.
+        let probe: Deployment = serde_json::from_value(json!({
+            "metadata": {"name": "policy-probe"},
+            "spec": {
+                "selector": {"matchLabels": {"app": "probe"}},
+                "template": {
+                    "metadata": {"labels": {"app": "probe"}},
+                    "spec": {"containers": [{"name": "c", "image": "probe"}]},
+                },
+            },
+        }))?;
+        let dry_run = kube::api::PostParams {
+            dry_run: true,
+            ..kube::api::PostParams::default()
+        };
+        wait_until("the policy refuses Deployments", CONVERGE, || async {
+            match ns.api::<Deployment>().create(&dry_run, &probe).await {
+                Err(kube::Error::Api(status)) if status.message.contains(Self::MESSAGE) => Some(()),
+                _ => None,
+            }
+        })
+        .await?;
+        Ok(DenyDeployments { name })
+    }
+
+    async fn remove(self, ns: &TestNamespace) -> anyhow::Result<()> {
+        for kind in [
+            "ValidatingAdmissionPolicyBinding",
+            "ValidatingAdmissionPolicy",
+        ] {
+            Api::<DynamicObject>::all_with(ns.client().clone(), &Self::resource(kind))
+                .delete(&self.name, &DeleteParams::default())
+                .await
+                .with_context(|| format!("deleting {kind} {}", self.name))?;
+        }
+        Ok(())
+    }
+}

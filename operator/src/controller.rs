@@ -40,7 +40,7 @@ use crate::metrics::Metrics;
 use crate::model::{self, Scaling, ValidatedPipeline};
 use crate::scale_to_zero::{self, Decision};
 use crate::settings::OperatorSettings;
-use crate::status::{self, Observed};
+use crate::status::{self, ChildrenError, Observed};
 use crate::topics::{self, AdminPool, ResolvedKafkaSecrets, TopicAdmin, TopicOutcome};
 use crate::writer::Writer;
 
@@ -58,6 +58,9 @@ const CONCURRENCY: u16 = 32;
 const DEBOUNCE: Duration = Duration::from_millis(500);
 /// Re-check interval while something is still converging.
 const CONVERGING: Duration = Duration::from_secs(10);
+/// How long a reconcile waits for a stage's lag reading. A healthy broker answers in
+/// milliseconds; an unreachable one would otherwise hold the reconcile for the admin timeout.
+const LAG_WAIT: Duration = Duration::from_secs(2);
 
 /// Shared state of the reconciler.
 pub struct Context {
@@ -248,7 +251,10 @@ fn error_policy(pipeline: Arc<OrderPipeline>, error: &Error, ctx: Arc<Context>) 
             *n
         })
         .unwrap_or(1);
-    let delay = Duration::from_secs(1u64 << attempts.min(9)).min(RESYNC);
+    // Jittered (0.8-1.2x), so pipelines that failed together (Kafka down) do not retry in step.
+    let delay = Duration::from_secs(1u64 << attempts.min(9))
+        .min(RESYNC)
+        .mul_f64(rand::random_range(0.8..1.2));
     warn!(pipeline = %pipeline.name_any(), category = error.category(), %error, ?delay, "reconcile failed, backing off");
     Action::requeue(delay)
 }
@@ -277,10 +283,21 @@ async fn reconcile(pipeline: Arc<OrderPipeline>, ctx: Arc<Context>) -> Result<Ac
     );
     let now = Time(Timestamp::now());
     let (lags, parking) = park_idle_stages(&ctx, &pipeline, &mut validated, &now).await;
-    let desired = desired_children(&pipeline, &validated, ctx.capabilities, &ctx.settings)?;
     let live = observed_children(&ctx, &namespace, &pipeline.name_any());
-    let child_writes = child_plan::plan(desired, &live, &validated);
-    let child_changes = writer.children(&child_writes).await?;
+    // A failure to build or apply the children is reported in the status and as a Warning Event
+    // before the reconcile fails (and backs off): the status must not go on describing the
+    // generation before it.
+    let children = match desired_children(&pipeline, &validated, ctx.capabilities, &ctx.settings) {
+        Ok(desired) => {
+            let child_writes = child_plan::plan(desired, &live, &validated);
+            writer.children(&child_writes).await
+        }
+        Err(error) => Err(Error::from(error)),
+    };
+    let (child_changes, children_error) = match children {
+        Ok(changes) => (changes, None),
+        Err(error) => (Vec::new(), Some(error)),
+    };
 
     let observed = Observed {
         generation: pipeline.metadata.generation,
@@ -292,9 +309,19 @@ async fn reconcile(pipeline: Arc<OrderPipeline>, ctx: Arc<Context>) -> Result<Ac
         lags,
         scale_to_zero: &parking,
         issues: &issues,
+        children_error: children_error.as_ref().map(|error| ChildrenError {
+            reason: error.reason(),
+            message: error.to_string(),
+        }),
     };
     let ready = write_status(&pipeline, &observed, &writer, &now).await?;
     ctx.metrics.set_pipeline_ready(&key, ready.as_deref());
+    if let Some(error) = children_error {
+        writer
+            .warning(&pipeline, error.reason(), &error.to_string())
+            .await;
+        return Err(error);
+    }
 
     let changes: Vec<Change> = topics
         .changes
@@ -366,8 +393,9 @@ fn settle(
 }
 
 /// The lag of every stage with a lag target, through the shared cache (at most one Kafka query per
-/// stage per interval, whoever asks). A stage whose lag cannot be measured is absent: the cache
-/// logs why, its status shows no lag, and `scale_to_zero` neither parks nor wakes it.
+/// stage per interval, whoever asks). A stage whose lag cannot be measured within [`LAG_WAIT`] is
+/// absent: the cache logs why, its status shows no lag, and `scale_to_zero` neither parks nor
+/// wakes it.
 async fn stage_lags(ctx: &Context, pipeline: &ValidatedPipeline) -> BTreeMap<String, u64> {
     let reads = pipeline
         .stages
@@ -387,8 +415,19 @@ async fn stage_lags(ctx: &Context, pipeline: &ValidatedPipeline) -> BTreeMap<Str
                 pipeline: pipeline.name.clone(),
                 stage: stage.spec.name.clone(),
             };
-            let reading = ctx.lag.get(&key).await.ok()?;
-            Some((key.stage, reading.records))
+            // The measurement runs on its own task: one that outlasts LAG_WAIT (Kafka
+            // unreachable) finishes in the background and fills the cache for the next
+            // reconcile, instead of holding this one (and the pipeline's status) up to the admin
+            // request timeout per stage.
+            let lag = Arc::clone(&ctx.lag);
+            let stage = key.stage.clone();
+            let read = tokio::spawn(async move { lag.get(&key).await });
+            let reading = tokio::time::timeout(LAG_WAIT, read)
+                .await
+                .ok()?
+                .ok()?
+                .ok()?;
+            Some((stage, reading.records))
         });
     futures::future::join_all(reads)
         .await

@@ -38,6 +38,17 @@ pub enum Error {
 }
 
 impl Error {
+    /// The reason a failure to build or write the children gets in the status and its Warning
+    /// Event (PascalCase, stable).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Desired(_) => "BuildFailed",
+            Self::Apply { .. } => "ApplyFailed",
+            Self::Delete { .. } => "DeleteFailed",
+            _ => "ReconcileFailed",
+        }
+    }
+
     /// Bounded label for `orderpipe_operator_reconcile_errors_total`.
     pub fn category(&self) -> &'static str {
         match self {

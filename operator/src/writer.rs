@@ -128,19 +128,33 @@ impl<'a> Writer<'a> {
     /// note), so the action names the object changed: eight topics created are eight Events, while
     /// the same drift restored again on the same topic counts up one series.
     pub async fn events(&self, pipeline: &OrderPipeline, changes: &[Change]) {
-        let reference = pipeline.object_ref(&());
         for change in changes {
-            let event = Event {
-                type_: EventType::Normal,
-                reason: change.reason.into(),
-                note: Some(change.note.clone()),
-                action: event_action(&change.note),
-                secondary: None,
-            };
-            match self.recorder.publish(&event, &reference).await {
-                Ok(()) => self.metrics.api_write("Event", "create"),
-                Err(error) => warn!(%error, reason = change.reason, "could not publish event"),
-            }
+            self.publish(pipeline, EventType::Normal, change.reason, &change.note)
+                .await;
+        }
+    }
+
+    /// Publishes a Warning Event on the pipeline: something the operator could not do.
+    pub async fn warning(&self, pipeline: &OrderPipeline, reason: &str, note: &str) {
+        self.publish(pipeline, EventType::Warning, reason, note)
+            .await;
+    }
+
+    async fn publish(&self, pipeline: &OrderPipeline, type_: EventType, reason: &str, note: &str) {
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note.to_owned()),
+            action: event_action(note),
+            secondary: None,
+        };
+        match self
+            .recorder
+            .publish(&event, &pipeline.object_ref(&()))
+            .await
+        {
+            Ok(()) => self.metrics.api_write("Event", "create"),
+            Err(error) => warn!(%error, reason, "could not publish event"),
         }
     }
 

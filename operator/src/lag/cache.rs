@@ -6,7 +6,9 @@
 //! for the same stage wait for that one refresh instead of starting their own, so Kafka sees at
 //! most one query per stage per interval however many replicas of the HPA controller or kubectl
 //! ask. Stages nobody asks about are never queried, and their entries (and the client the source
-//! keeps for them) are dropped after a while.
+//! keeps for them) are dropped after a while. The number of entries is capped too: anyone allowed
+//! to read external metrics can ask for names that exist nowhere, and each would otherwise hold
+//! an entry for the idle period.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -49,6 +51,8 @@ pub struct CacheSettings {
     pub max_age: Duration,
     /// A stage not asked about for this long loses its entry and client.
     pub idle: Duration,
+    /// At most this many stages have an entry; a new one evicts the least recently asked.
+    pub max_entries: usize,
 }
 
 impl Default for CacheSettings {
@@ -57,6 +61,8 @@ impl Default for CacheSettings {
             interval: Duration::from_secs(5),
             max_age: Duration::from_secs(60),
             idle: Duration::from_secs(600),
+            // Far above the stages of 1,000 pipelines; a bound on memory, not a working limit.
+            max_entries: 10_000,
         }
     }
 }
@@ -166,18 +172,23 @@ impl<S: LagSource> LagCache<S> {
         let now = Instant::now();
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         let idle = self.settings.idle;
-        let expired: Vec<Arc<Entry<S::Client>>> = entries
-            .extract_if(|key, entry| {
-                key != stage
-                    && now.duration_since(
-                        *entry
-                            .last_asked
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner),
-                    ) >= idle
-            })
+        let last_asked = |entry: &Entry<S::Client>| {
+            *entry
+                .last_asked
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+        };
+        let mut expired: Vec<Arc<Entry<S::Client>>> = entries
+            .extract_if(|key, entry| key != stage && now.duration_since(last_asked(entry)) >= idle)
             .map(|(_, entry)| entry)
             .collect();
+        if !entries.contains_key(stage) && entries.len() >= self.settings.max_entries.max(1) {
+            let oldest = entries
+                .iter()
+                .min_by_key(|(_, entry)| last_asked(entry))
+                .map(|(key, _)| key.clone());
+            expired.extend(oldest.and_then(|key| entries.remove(&key)));
+        }
         let entry = Arc::clone(entries.entry(stage.clone()).or_insert_with(|| {
             Arc::new(Entry {
                 slot: tokio::sync::Mutex::new(Slot {
@@ -264,6 +275,7 @@ mod tests {
             interval,
             max_age,
             idle,
+            ..CacheSettings::default()
         }
     }
 
@@ -325,5 +337,26 @@ mod tests {
         cache.get(&stage("validate")).await.expect("measured");
         cache.get(&stage("notify")).await.expect("measured");
         assert_eq!(*source.closed.lock().expect("not poisoned"), vec![1]);
+    }
+
+    #[tokio::test]
+    async fn the_least_recently_asked_stage_makes_room_when_the_cache_is_full() {
+        let source = Arc::new(Counting::default());
+        let cache = cache(
+            &source,
+            CacheSettings {
+                max_entries: 2,
+                ..settings(HOUR, HOUR, HOUR)
+            },
+        );
+        for name in ["validate", "status", "validate", "notify"] {
+            cache.get(&stage(name)).await.expect("measured");
+        }
+        assert_eq!(
+            *source.closed.lock().expect("not poisoned"),
+            vec![2],
+            "status (measurement 2) was asked least recently"
+        );
+        assert_eq!(cache.entries.lock().expect("not poisoned").len(), 2);
     }
 }

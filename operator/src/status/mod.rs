@@ -38,6 +38,17 @@ pub struct Observed<'a> {
     /// The scale-to-zero state of each stage with `minReplicas: 0`, by stage name.
     pub scale_to_zero: &'a BTreeMap<String, Decision>,
     pub issues: &'a [StageIssue],
+    /// Set when the stages' objects could not be built or written; the live objects may then be
+    /// an older generation's.
+    pub children_error: Option<ChildrenError>,
+}
+
+/// Why the stages' objects could not be built or written.
+#[derive(Debug, Clone)]
+pub struct ChildrenError {
+    /// PascalCase, e.g. `ApplyFailed`.
+    pub reason: &'static str,
+    pub message: String,
 }
 
 /// The status to write, reusing `previous` transition times for conditions that did not flip.
@@ -76,8 +87,9 @@ pub fn compute(
             format!("{} topics ready", topics.len()),
         ),
     };
-    let stages_condition = match stages.iter().find(|s| !s.ready) {
-        Some(first) => (
+    let stages_condition = match (&observed.children_error, stages.iter().find(|s| !s.ready)) {
+        (Some(error), _) => ("False", error.reason.to_string(), error.message.clone()),
+        (None, Some(first)) => (
             "False",
             first
                 .reason
@@ -91,12 +103,12 @@ pub fn compute(
                     .map(|s| (&s.name, &s.message)),
             ),
         ),
-        None if observed.pipeline.paused => (
+        (None, None) if observed.pipeline.paused => (
             "True",
             "Paused".into(),
             "every stage is scaled to zero; offsets are kept".into(),
         ),
-        None => (
+        (None, None) => (
             "True",
             "AllStagesReady".into(),
             format!("{} stages ready", stages.len()),

@@ -68,6 +68,7 @@ fn compute_with(
         lags: BTreeMap::new(),
         scale_to_zero: &BTreeMap::new(),
         issues: &[],
+        children_error: None,
     };
     compute(&observed, previous, &at(now))
 }
@@ -96,6 +97,7 @@ fn autoscaled_status(
         lags: stage(lag),
         scale_to_zero: &stage(decision),
         issues: &[],
+        children_error: None,
     };
     compute(&observed, None, &at(10))
 }
@@ -120,6 +122,41 @@ fn ready_when_every_topic_and_stage_is_ready() {
     assert_eq!(condition(&s, READY).status, "True");
     assert_eq!(s.stages_ready.as_deref(), Some("1/1"));
     assert_eq!(s.stages[0].ready_replicas, Some(2));
+}
+
+#[test]
+fn a_failed_apply_makes_the_stages_and_the_pipeline_not_ready_with_its_error() {
+    let p = pipeline(false);
+    let observed = Observed {
+        generation: Some(2),
+        pipeline: &p,
+        topics: vec![topic("a", true)],
+        kafka_error: None,
+        // The previous generation's workload is still up and ready: the status must not say so.
+        workloads: stage(Some(deployment(2, 2))),
+        autoscalers: BTreeMap::new(),
+        lags: BTreeMap::new(),
+        scale_to_zero: &BTreeMap::new(),
+        issues: &[],
+        children_error: Some(ChildrenError {
+            reason: "ApplyFailed",
+            message: "applying Deployment shop-validate: admission webhook denied".into(),
+        }),
+    };
+    let s = compute(&observed, None, &at(10));
+    for type_ in [READY, STAGES_READY] {
+        let c = condition(&s, type_);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "ApplyFailed")
+        );
+        assert!(
+            c.message.contains("admission webhook denied"),
+            "{}",
+            c.message
+        );
+    }
+    assert_eq!(condition(&s, TOPICS_READY).status, "True");
 }
 
 #[test]
