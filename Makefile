@@ -100,8 +100,10 @@ test-faults: e2e-tools ## Hostile-input suite at depth, then the worker's fault 
 	ORDERPIPE_FAULT_ORDERS=$(FAULT_ORDERS) $(CARGO) test -p orderpipe-worker --test pipeline -- \
 		--ignored --test-threads=1 --nocapture sigkilled rebalances a_broker_restart
 
-# Demo knobs: DEMO_RATE orders/s, DEMO_SECONDS to stop by itself (default: at Ctrl-C), DEMO_FLAGS for more
-# (`target/debug/orderpipe-demo --help`).
+# Demo knobs: SCENARIO=steady|peak (peak: a burst on top of the rate, validate scales out on its lag and
+# back in), DEMO_RATE orders/s, DEMO_SECONDS to stop by itself (default: at Ctrl-C; peak stops by itself),
+# DEMO_FLAGS for more (`target/debug/orderpipe-demo --help`).
+SCENARIO ?= steady
 DEMO_RATE ?= 300
 DEMO_FLAGS ?=
 
@@ -110,7 +112,7 @@ demo: e2e-tools ## The checkout pipeline on a local stack with a live view; Ctrl
 	@echo "[demo] building the operator, the worker and the demo ..."
 	@start=$$(date +%s); $(CARGO) build -p orderpipe-operator -p orderpipe-worker -p orderpipe-demo --bins; \
 		echo "[demo] built in $$(( $$(date +%s) - start )) s"
-	$(or $(CARGO_TARGET_DIR),target)/debug/orderpipe-demo --rate $(DEMO_RATE) $(DEMO_FLAGS)
+	$(or $(CARGO_TARGET_DIR),target)/debug/orderpipe-demo --scenario $(SCENARIO) --rate $(DEMO_RATE) $(DEMO_FLAGS)
 
 # Bench knobs: BENCH_FLAGS (`orderpipe-bench --help`: --only worker,operator, --quick).
 BENCH_FLAGS ?=

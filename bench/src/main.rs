@@ -3,6 +3,7 @@
 //! a markdown report (also printed) with the machine's core count and the versions involved.
 //! Ratios measured in one run are the numbers that count on a shared, noisy machine.
 
+mod autoscale;
 mod operator;
 mod raw_copy;
 mod report;
@@ -43,6 +44,8 @@ enum Part {
     /// The whole-pipeline section of the worker benchmarks alone.
     Pipeline,
     Operator,
+    /// Lag autoscaling: a burst, autoscaled against one fixed replica.
+    Autoscale,
 }
 
 /// What every section gets.
@@ -63,7 +66,7 @@ fn main() -> anyhow::Result<()> {
         return raw_copy::run(args);
     }
     let parts = if cli.only.is_empty() {
-        vec![Part::Worker, Part::Operator]
+        vec![Part::Worker, Part::Operator, Part::Autoscale]
     } else {
         cli.only.clone()
     };
@@ -77,6 +80,7 @@ fn main() -> anyhow::Result<()> {
                 Part::Worker => worker::run(&ctx, worker::Scope::All).await,
                 Part::Pipeline => worker::run(&ctx, worker::Scope::PipelineOnly).await,
                 Part::Operator => operator::run(&ctx).await,
+                Part::Autoscale => autoscale::run(&ctx).await,
             }
         });
         match result {

@@ -1,7 +1,9 @@
 //! `make demo` as a library: the checkout pipeline running locally, driven by the real operator.
 //! [`Demo::start`] starts the webhook receiver, a node agent (worker pods become local
 //! processes of the built `orderpipe-worker`), the operator as a child process placing worker pods
-//! on that node, and applies the checkout sample wired to the local broker and receiver. Then a
+//! on that node and serving the external metrics API (registered with the apiserver, so the
+//! validate stage's HPA scales on its lag in Kafka), and applies the checkout sample wired to the
+//! local broker and receiver. Then a
 //! [`Load`] feeds orders, an [`Observer`] gives the live view, and [`Books`] checks the result.
 //! The `orderpipe-demo` binary and `tests/demo.rs` both drive it, so the test proves what the demo
 //! shows. It must not sleep to synchronise: everything waits on observed state with a timeout.
@@ -9,6 +11,7 @@
 mod books;
 mod load;
 mod observe;
+mod peak;
 mod pipeline;
 mod webhook;
 
@@ -25,13 +28,14 @@ use tokio::process::{Child, Command};
 pub use books::{Books, PerOrder};
 pub use load::{Load, LoadOptions, Tally};
 pub use observe::{Counters, Observer, Snapshot, StageView};
+pub use peak::PeakClock;
 pub use pipeline::{STAGES, Topics};
 pub use webhook::WebhookReceiver;
 
 use orderpipe_node_agent::{
     ImageMapping, NODE_AGENT_LABEL, NodeAgent, NodeAgentConfig, NodeAgentError,
 };
-use orderpipe_stack::{StackError, free_port, tools, wait_until};
+use orderpipe_stack::{LocalApiService, StackError, free_port, tools, wait_until};
 
 /// The sample's pipeline name.
 pub const PIPELINE: &str = "checkout";
@@ -40,6 +44,10 @@ const WORKER_IMAGE: &str = "orderpipe/orderpipe-worker:demo";
 const FIELD_MANAGER: &str = "orderpipe-demo";
 /// How long the operator gets to exit after SIGTERM.
 const OPERATOR_GRACE: Duration = Duration::from_secs(15);
+/// The Service the external metrics APIService names (an `ExternalName` to this machine).
+const METRICS_API_SERVICE: &str = "orderpipe-metrics-api";
+/// How long the operator may take to open its external metrics port.
+const OPERATOR_START: Duration = Duration::from_secs(30);
 
 /// Why the demo failed.
 #[derive(Debug, thiserror::Error)]
@@ -133,6 +141,7 @@ pub struct Demo {
     webhook: WebhookReceiver,
     agent: NodeAgent,
     operator: Child,
+    metrics_api: LocalApiService,
 }
 
 impl std::fmt::Debug for Demo {
@@ -183,7 +192,31 @@ impl Demo {
         .await?;
 
         step("operator");
-        let operator = start_operator(&config)?;
+        let metrics_api = LocalApiService::prepare(
+            "external.metrics.k8s.io",
+            "v1beta1",
+            &config.namespace,
+            METRICS_API_SERVICE,
+            &config.work_dir.join("metrics-api"),
+        )?;
+        let mut operator = start_operator(&config, &metrics_api)?;
+        // Registered once it listens: an unavailable APIService fails its group's discovery.
+        let port = metrics_api.port();
+        let listening = wait_until(
+            "the operator serves the external metrics API",
+            OPERATOR_START,
+            || async {
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .ok()
+            },
+        )
+        .await;
+        if let Ok(Some(status)) = operator.try_wait() {
+            return Err(DemoError::OperatorExited(status.to_string()));
+        }
+        listening?;
+        metrics_api.register(&client).await?;
 
         step("checkout pipeline");
         let (manifest, topics) = pipeline::checkout(
@@ -200,6 +233,7 @@ impl Demo {
             webhook,
             agent,
             operator,
+            metrics_api,
         };
         demo.apply(&demo.manifest.clone()).await?;
         Ok(demo)
@@ -335,6 +369,9 @@ impl Demo {
         if let Err(error) = deleted {
             first_error.get_or_insert(error);
         }
+        if let Err(error) = self.metrics_api.unregister(&self.client).await {
+            first_error.get_or_insert(error.into());
+        }
         if let Err(error) = self.agent.stop().await {
             first_error.get_or_insert(error.into());
         }
@@ -367,8 +404,9 @@ impl Demo {
 }
 
 /// The operator as a child process: the admin kubeconfig, this namespace only, no leader election
-/// (one instance), worker pods pinned to the node agent's node. Killed if dropped.
-fn start_operator(config: &DemoConfig) -> Result<Child, DemoError> {
+/// (one instance), worker pods pinned to the node agent's node, the external metrics API on
+/// `metrics_api`'s port and certificate. Killed if dropped.
+fn start_operator(config: &DemoConfig, metrics_api: &LocalApiService) -> Result<Child, DemoError> {
     let log_path = config.work_dir.join("operator.log");
     let log =
         std::fs::File::create(&log_path).map_err(|e| DemoError::io("creating", &log_path, e))?;
@@ -381,6 +419,14 @@ fn start_operator(config: &DemoConfig) -> Result<Child, DemoError> {
         .args(["--leader-election", "false", "--log-format", "text"])
         .args(["--worker-image", WORKER_IMAGE])
         .args(["--metrics-addr", &metrics])
+        .args([
+            "--external-metrics-addr",
+            &format!("127.0.0.1:{}", metrics_api.port()),
+        ])
+        .arg("--external-metrics-cert-dir")
+        .arg(metrics_api.cert_dir())
+        // Fresher readings than the 5 s default: the live view shows the HPA's input.
+        .args(["--lag-interval-seconds", "2"])
         // The hostname label, not only the agent label: on a shared stack other tests run agent
         // nodes too, and this run's workers must be this run's processes.
         .args([

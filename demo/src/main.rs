@@ -2,14 +2,19 @@
 //! webhook receiver, applies the checkout sample, drives orders through it and shows a live view
 //! once a second. Ctrl-C (or `--seconds`) stops the load; the demo waits for the backlog to drain,
 //! prints the books and tears everything down. Exits 1 if the books do not balance.
+//!
+//! `--scenario peak` (`make demo SCENARIO=peak`) adds a burst several times what one validate
+//! worker handles: the view shows validate's lag in Kafka rising, its HPA adding workers up to the
+//! input's partitions, the lag draining and the stage shrinking back; the load stops once it is
+//! back at one replica (or at `--seconds`), and the summary gives the burst's timeline.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use clap::Parser;
-use orderpipe_demo::{Binaries, Books, Demo, DemoConfig, LoadOptions, Snapshot};
+use clap::{Parser, ValueEnum};
+use orderpipe_demo::{Binaries, Books, Demo, DemoConfig, Load, LoadOptions, PeakClock, Snapshot};
 use orderpipe_stack::Stack;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -17,6 +22,18 @@ use tokio::signal::unix::{SignalKind, signal};
 const REFRESH: Duration = Duration::from_secs(1);
 const READY_TIMEOUT: Duration = Duration::from_secs(180);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
+/// The checkout sample's `targetLagPerReplica` for validate: below it, the burst's backlog is gone
+/// (the steady load keeps a small lag of its own).
+const BURST_DRAINED_BELOW: i64 = 1_000;
+
+/// The shape of the load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    /// The rate until stopped.
+    Steady,
+    /// The rate, then a burst on top of it; see the module header.
+    Peak,
+}
 
 #[derive(Debug, Parser)]
 #[command(about = "The checkout pipeline on a local stack, with a live view and its books")]
@@ -39,6 +56,17 @@ struct Args {
     /// One status line per second instead of the redrawn view (for CI and logs).
     #[arg(long)]
     headless: bool,
+    #[arg(long, value_enum, env = "SCENARIO", default_value = "steady")]
+    scenario: Scenario,
+    /// peak: orders in the burst.
+    #[arg(long, default_value_t = 60_000)]
+    burst_orders: u64,
+    /// peak: the burst's rate (orders/s), on top of `--rate`.
+    #[arg(long, default_value_t = 6_000)]
+    burst_rate: u32,
+    /// peak: seconds of steady load before the burst.
+    #[arg(long, default_value_t = 10)]
+    burst_after: u64,
 }
 
 /// Set-up and tear-down steps, with the time since the start.
@@ -112,36 +140,76 @@ async fn main() -> anyhow::Result<()> {
 async fn run(args: &Args, demo: &Demo) -> anyhow::Result<Books> {
     let mut sigint = signal(SignalKind::interrupt()).context("handling Ctrl-C")?;
     let mut observer = demo.observer()?;
-    let load = demo.start_load(LoadOptions {
+    let options = LoadOptions {
         rate: args.rate,
         count: None,
         invalid_share: args.invalid_share,
         garbage_share: args.garbage_share,
         duplicate_share: args.duplicate_share,
         seed: 7,
-    })?;
+    };
+    let load = demo.start_load(options)?;
     let limit = args.seconds.map(Duration::from_secs);
     let mut ticks = tokio::time::interval(REFRESH);
+    let mut burst: Option<(Load, PeakClock)> = None;
     loop {
         tokio::select! {
             _ = ticks.tick() => {}
             _ = sigint.recv() => break,
         }
+        if args.scenario == Scenario::Peak
+            && burst.is_none()
+            && load.elapsed() >= Duration::from_secs(args.burst_after)
+        {
+            let started = Instant::now();
+            let orders = demo.start_load(LoadOptions {
+                rate: args.burst_rate,
+                count: Some(args.burst_orders),
+                seed: 8,
+                ..options
+            })?;
+            burst = Some((orders, PeakClock::new(started, 1)));
+        }
         let snapshot = observer.snapshot().await?;
         let rate = load.sent() as f64 / load.elapsed().as_secs_f64().max(0.001);
-        let header = format!(
-            "load: {} orders sent in {:.0} s ({rate:.0}/s, target {}/s)   Ctrl-C: stop, drain, check the books",
+        let mut header = format!(
+            "load: {} orders sent in {:.0} s ({rate:.0}/s, target {}/s)",
             load.sent(),
             load.elapsed().as_secs_f64(),
             args.rate
         );
+        if let Some((orders, clock)) = &mut burst {
+            let validate = snapshot.stages.first();
+            let sent_all = orders.sent() >= args.burst_orders;
+            let drained = sent_all
+                && validate
+                    .and_then(|v| v.kafka_lag)
+                    .is_some_and(|lag| lag < BURST_DRAINED_BELOW);
+            clock.observe(validate.map_or(0, |v| v.ready), drained, Instant::now());
+            let _ = write!(
+                header,
+                "\nburst: {} of {} orders at up to {}/s; {clock}",
+                orders.sent(),
+                args.burst_orders,
+                args.burst_rate
+            );
+        }
+        header.push_str("   Ctrl-C: stop, drain, check the books");
         show(args.headless, &header, &snapshot, demo);
-        if limit.is_some_and(|limit| load.elapsed() >= limit) {
+        let round_trip = burst.as_ref().is_some_and(|(_, clock)| clock.round_trip());
+        if round_trip || limit.is_some_and(|limit| load.elapsed() >= limit) {
             break;
         }
     }
     let load_time = load.elapsed();
-    let sent = load.finish().await?;
+    let mut sent = load.finish().await?;
+    let timeline = match burst {
+        Some((orders, clock)) => {
+            sent.merge(orders.finish().await?);
+            Some(clock)
+        }
+        None => None,
+    };
     let drain_started = Instant::now();
     loop {
         let snapshot = observer.snapshot().await?;
@@ -184,6 +252,9 @@ async fn run(args: &Args, demo: &Demo) -> anyhow::Result<Books> {
         args.rate,
         drain_time.as_secs_f64()
     );
+    if let Some(clock) = timeline {
+        println!("peak: validate {clock}");
+    }
     println!("{books}");
     let problems = books.problems();
     if problems.is_empty() {
@@ -203,17 +274,22 @@ async fn run(args: &Args, demo: &Demo) -> anyhow::Result<Books> {
 fn show(headless: bool, header: &str, snapshot: &Snapshot, demo: &Demo) {
     let (distinct, deliveries) = demo.webhook().counts();
     if headless {
-        let mut line = header.split("   ").next().unwrap_or_default().to_owned();
+        let mut line = header
+            .split("   ")
+            .next()
+            .unwrap_or_default()
+            .replace('\n', " | ");
         for stage in &snapshot.stages {
             let _ = write!(
                 line,
-                " | {} {:.0} done, lag {:.0}, {}/{} ready",
+                " | {} {:.0} done, lag {:.0}{}, {}/{} ready",
                 stage.name,
                 stage.counters.processed
                     + stage.counters.rejected
                     + stage.counters.dead_lettered
                     + stage.counters.duplicates,
                 stage.lag,
+                kafka_lag(stage),
                 stage.ready,
                 stage.desired
             );
@@ -230,7 +306,7 @@ fn show(headless: bool, header: &str, snapshot: &Snapshot, demo: &Demo) {
     let _ = writeln!(view, "{header}\n");
     let _ = writeln!(
         view,
-        "{:<9} {:>9} {:>10} {:>9} {:>14} {:>11} {:>6} {:>7} {:>10}",
+        "{:<9} {:>9} {:>10} {:>9} {:>14} {:>11} {:>6} {:>10} {:>7} {:>10}",
         "stage",
         "consumed",
         "processed",
@@ -238,6 +314,7 @@ fn show(headless: bool, header: &str, snapshot: &Snapshot, demo: &Demo) {
         "dead-lettered",
         "duplicates",
         "lag",
+        "Kafka lag",
         "ready",
         "processes"
     );
@@ -245,7 +322,7 @@ fn show(headless: bool, header: &str, snapshot: &Snapshot, demo: &Demo) {
         let c = stage.counters;
         let _ = writeln!(
             view,
-            "{:<9} {:>9.0} {:>10.0} {:>9.0} {:>14.0} {:>11.0} {:>6.0} {:>7} {:>10}",
+            "{:<9} {:>9.0} {:>10.0} {:>9.0} {:>14.0} {:>11.0} {:>6.0} {:>10} {:>7} {:>10}",
             stage.name,
             c.consumed,
             c.processed,
@@ -253,14 +330,29 @@ fn show(headless: bool, header: &str, snapshot: &Snapshot, demo: &Demo) {
             c.dead_lettered,
             c.duplicates,
             stage.lag,
+            stage
+                .kafka_lag
+                .map_or_else(|| "-".to_owned(), |lag| lag.to_string()),
             format!("{}/{}", stage.ready, stage.desired),
             stage.processes
         );
     }
-    let _ = writeln!(view, "\nconditions: {}", snapshot.conditions.join(", "));
+    let _ = writeln!(
+        view,
+        "\nlag: the workers' own reading; Kafka lag: the operator's, which the HPA scales on"
+    );
+    let _ = writeln!(view, "conditions: {}", snapshot.conditions.join(", "));
     let _ = writeln!(
         view,
         "notifications received: {distinct} distinct (order, version), {deliveries} deliveries"
     );
     print!("{view}");
+}
+
+/// ` (Kafka N)` for a stage whose lag the operator measures, for the one-line view.
+fn kafka_lag(stage: &orderpipe_demo::StageView) -> String {
+    stage
+        .kafka_lag
+        .map(|lag| format!(" (Kafka {lag})"))
+        .unwrap_or_default()
 }

@@ -12,6 +12,7 @@ use kube::Client;
 use kube::api::{Api, ListParams};
 use orderpipe_api::OrderPipeline;
 use orderpipe_api::contract::naming;
+use orderpipe_api::v1alpha1::OrderPipelineStatus;
 
 use super::DemoError;
 use super::load::Tally;
@@ -50,6 +51,9 @@ pub struct StageView {
     pub counters: Counters,
     /// Sum of the workers' `orderpipe_consumer_lag` (refreshed by librdkafka every 5 s).
     pub lag: f64,
+    /// The lag the operator measures in Kafka and the stage's HPA scales on (`status.stages[].lag`;
+    /// autoscaled stages only). Unlike `lag`, it does not vanish with the stage's pods.
+    pub kafka_lag: Option<i64>,
     pub desired: i32,
     pub ready: i32,
     /// Worker pods whose process (the node agent's `pid://` container ID) is alive.
@@ -156,6 +160,7 @@ impl Observer {
         }
         self.live = seen;
 
+        let status = self.status().await?.unwrap_or_default();
         let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), &self.namespace);
         let mut stages = Vec::new();
         for name in STAGES {
@@ -181,15 +186,22 @@ impl Observer {
                 name: name.to_owned(),
                 counters,
                 lag: lag.get(name).copied().unwrap_or_default(),
+                kafka_lag: status
+                    .stages
+                    .iter()
+                    .find(|stage| stage.name == name)
+                    .and_then(|stage| stage.lag),
                 desired,
                 ready,
                 processes: processes.get(name).copied().unwrap_or_default(),
             });
         }
-        Ok(Snapshot {
-            stages,
-            conditions: self.conditions().await?,
-        })
+        let conditions = status
+            .conditions
+            .iter()
+            .map(|c| format!("{}={} ({})", c.type_, c.status, c.reason))
+            .collect();
+        Ok(Snapshot { stages, conditions })
     }
 
     /// Worker pods of `stage` with a live process.
@@ -213,22 +225,13 @@ impl Observer {
             .items)
     }
 
-    async fn conditions(&self) -> Result<Vec<String>, DemoError> {
+    async fn status(&self) -> Result<Option<OrderPipelineStatus>, DemoError> {
         let pipelines: Api<OrderPipeline> = Api::namespaced(self.client.clone(), &self.namespace);
         let pipeline = pipelines
             .get_opt(&self.pipeline)
             .await
             .map_err(|source| DemoError::kube("reading the OrderPipeline", source))?;
-        Ok(pipeline
-            .and_then(|p| p.status)
-            .map(|status| {
-                status
-                    .conditions
-                    .iter()
-                    .map(|c| format!("{}={} ({})", c.type_, c.status, c.reason))
-                    .collect()
-            })
-            .unwrap_or_default())
+        Ok(pipeline.and_then(|p| p.status))
     }
 
     async fn scrape(&self, port: u16) -> Option<(Counters, f64)> {

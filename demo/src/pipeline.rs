@@ -1,8 +1,9 @@
 //! The checkout sample (`config/samples/orderpipe_v1alpha1_checkout.yaml`) made runnable here:
 //! topics prefixed (so a run on a shared stack collides with nothing) and deleted with the
-//! pipeline, the local broker, the local webhook receiver without Secret-based auth, and a fixed
-//! replica count for the status stage (the one the demo scales). Everything else stays as shipped,
-//! so the demo exercises the sample a user would apply.
+//! pipeline, the local broker, the local webhook receiver without Secret-based auth, a fixed
+//! replica count for the status stage (the one the demo scales), and validate's autoscaling on lag
+//! alone with a quick scale-down (see [`LOCAL_SCALE_DOWN`]). Everything else stays as shipped, so
+//! the demo exercises the sample a user would apply.
 
 use serde_json::{Value, json};
 
@@ -13,6 +14,12 @@ const SAMPLE: &str = include_str!("../../config/samples/orderpipe_v1alpha1_check
 
 /// The stages of the checkout pipeline, in flow order.
 pub const STAGES: [&str; 3] = ["validate", "status", "notify"];
+
+/// Validate's scale-down here: 15 s of lower lag, then any number of pods at once. The sample
+/// keeps the production default (5 minutes, half the pods a minute), which would make a demo wait
+/// minutes to show the stage shrinking back.
+const LOCAL_SCALE_DOWN: &str =
+    r#"{"stabilizationWindowSeconds": 15, "maxPercentPerPeriod": 100, "periodSeconds": 15}"#;
 
 /// The pipeline's Kafka topics, as named in this run.
 #[derive(Debug, Clone)]
@@ -88,6 +95,14 @@ pub fn checkout(
         if stage["name"] == "status" {
             stage["replicas"] = json!(1);
         }
+        if let Some(autoscaling) = stage.get_mut("autoscaling").and_then(Value::as_object_mut) {
+            // The local stack serves no resource metrics (no metrics-server, no kubelet), and an
+            // HPA that cannot read one of its metrics never scales down: lag is the only one here.
+            autoscaling.remove("targetCpuUtilization");
+            let scale_down: Value = serde_json::from_str(LOCAL_SCALE_DOWN)
+                .map_err(|e| DemoError::Sample(e.to_string()))?;
+            autoscaling.insert("behavior".into(), json!({ "scaleDown": scale_down }));
+        }
         if let Some(webhook) = stage.pointer_mut("/notify/webhook") {
             webhook["url"] = json!(webhook_url);
             // The receiver checks nothing, so no Secret is needed.
@@ -99,7 +114,7 @@ pub fn checkout(
     Ok((manifest, Topics::new(topic_prefix)))
 }
 
-/// `manifest` with `stage`'s replica count set to `replicas`.
+/// `manifest` with `stage` at a fixed replica count (its autoscaling, if any, removed).
 pub fn with_replicas(manifest: &Value, stage: &str, replicas: i32) -> Value {
     let mut manifest = manifest.clone();
     for spec in manifest["spec"]["stages"]
@@ -109,6 +124,9 @@ pub fn with_replicas(manifest: &Value, stage: &str, replicas: i32) -> Value {
     {
         if spec["name"] == stage {
             spec["replicas"] = json!(replicas);
+            if let Some(spec) = spec.as_object_mut() {
+                spec.remove("autoscaling");
+            }
         }
     }
     manifest
@@ -131,6 +149,13 @@ mod tests {
         assert_eq!(stages[0]["input"], "ns1.orders");
         assert_eq!(stages[0]["outputs"]["events"], "ns1.order-events");
         assert_eq!(stages[1]["replicas"], 1);
+        let autoscaling = &stages[0]["autoscaling"];
+        assert!(autoscaling.get("targetCpuUtilization").is_none());
+        assert_eq!(autoscaling["targetLagPerReplica"], 1000);
+        assert_eq!(
+            autoscaling["behavior"]["scaleDown"]["stabilizationWindowSeconds"],
+            15
+        );
         assert_eq!(
             stages[2]["notify"]["webhook"]["url"],
             "http://127.0.0.1:1/hook"
@@ -143,5 +168,8 @@ mod tests {
         assert_eq!(topics.input_of("notify"), Some("ns1.order-status"));
         let replicas = with_replicas(&manifest, "status", 3);
         assert_eq!(replicas["spec"]["stages"][1]["replicas"], 3);
+        let fixed = with_replicas(&manifest, "validate", 1);
+        assert_eq!(fixed["spec"]["stages"][0]["replicas"], 1);
+        assert!(fixed["spec"]["stages"][0].get("autoscaling").is_none());
     }
 }
