@@ -5,8 +5,8 @@
 //! apiserver's HPA controller, a node agent running the release worker as real processes.
 //!
 //! Measured from the burst's first order ([`PeakClock`]): when validate first runs more than one
-//! ready replica, the most it runs, when it has finished every order (drained: its workers'
-//! committed counters account for the burst), and when it is back at one replica. The books are
+//! ready replica, the most it runs, when it has finished every order (drained: its consumer group
+//! has committed the whole input), and when it is back at one replica. The books are
 //! checked after each variant: a fast drain that lost or duplicated orders would not count.
 
 use std::time::{Duration, Instant};
@@ -124,9 +124,7 @@ async fn burst(stack: &Stack, variant: Variant, orders: u64) -> anyhow::Result<R
                 .iter()
                 .find(|s| s.name == STAGE)
                 .context("no validate stage in the snapshot")?;
-            let c = validate.counters;
-            let finished = c.processed + c.rejected + c.dead_lettered + c.duplicates;
-            let drained = produced_in.is_some() && finished >= orders as f64;
+            let drained = produced_in.is_some() && demo.caught_up(STAGE).await?;
             clock.observe(validate.ready, drained, now);
             let done = match variant {
                 Variant::Autoscaled => clock.round_trip(),

@@ -83,6 +83,8 @@ pub enum DemoError {
     OperatorExited(String),
     #[error("the load generator thread panicked")]
     LoadThread,
+    #[error("the task reading a stage's offsets panicked")]
+    OffsetsTask,
 }
 
 impl DemoError {
@@ -329,21 +331,49 @@ impl Demo {
         .await
     }
 
-    /// Waits until the stages' committed work accounts for everything `sent` (the backlog
-    /// drained), then counts the books. On timeout the books are counted anyway: they show what
-    /// is missing.
+    /// Waits until the pipeline has [`Demo::drained`] what was produced, then counts the books for
+    /// `sent`. On timeout the books are counted anyway: they show what is missing.
     pub async fn drain(&self, sent: &Tally, timeout: Duration) -> Result<Books, DemoError> {
-        let mut observer = self.observer()?;
-        let observer = tokio::sync::Mutex::new(&mut observer);
         let drained = wait_until("the pipeline drains its backlog", timeout, || async {
-            let snapshot = observer.lock().await.snapshot().await.ok()?;
-            snapshot.accounts_for(sent).then_some(())
+            self.drained().await.ok()?.then_some(())
         })
         .await;
         if let Err(error) = drained {
             tracing::warn!(%error, "not drained; counting the books as they are");
         }
         self.books(sent).await
+    }
+
+    /// Whether every stage, in flow order, has committed all of its input: the pipeline has
+    /// finished everything produced before the call. Read from Kafka, not from the workers'
+    /// counters: a worker stopped by a scale-in takes its last unscraped counts with it.
+    pub async fn drained(&self) -> Result<bool, DemoError> {
+        for stage in STAGES {
+            if !self.caught_up(stage).await? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Whether `stage`'s consumer group has committed all of its input (read_committed: a
+    /// transaction's marker is not work).
+    pub async fn caught_up(&self, stage: &str) -> Result<bool, DemoError> {
+        let group = orderpipe_api::contract::naming::consumer_group(
+            &self.config.namespace,
+            PIPELINE,
+            stage,
+        );
+        let input = self
+            .topics
+            .input_of(stage)
+            .ok_or_else(|| DemoError::Sample(format!("no stage {stage}")))?
+            .to_owned();
+        let bootstrap = self.config.bootstrap.clone();
+        tokio::task::spawn_blocking(move || orderpipe_stack::caught_up(&bootstrap, &group, &input))
+            .await
+            .map_err(|_| DemoError::OffsetsTask)?
+            .map_err(DemoError::from)
     }
 
     /// Tears down: deletes the pipeline (its workers and topics), drains and removes the node,

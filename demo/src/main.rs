@@ -232,7 +232,7 @@ async fn run(args: &Args, demo: &Demo) -> anyhow::Result<Books> {
             sent.valid
         );
         show(args.headless, &header, &snapshot, demo);
-        if snapshot.accounts_for(&sent) || drain_started.elapsed() >= DRAIN_TIMEOUT {
+        if demo.drained().await? || drain_started.elapsed() >= DRAIN_TIMEOUT {
             break;
         }
         tokio::select! {

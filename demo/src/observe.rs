@@ -15,7 +15,6 @@ use orderpipe_api::contract::naming;
 use orderpipe_api::v1alpha1::OrderPipelineStatus;
 
 use super::DemoError;
-use super::load::Tally;
 use super::pipeline::STAGES;
 use orderpipe_node_agent::{local_ports, running_pid};
 use orderpipe_stack::pid_alive;
@@ -66,25 +65,6 @@ pub struct Snapshot {
     pub stages: Vec<StageView>,
     /// `type=status (reason)` of each condition.
     pub conditions: Vec<String>,
-}
-
-impl Snapshot {
-    /// Whether the stages' committed work accounts for everything `sent`: validate finished every
-    /// order and notify every valid one. Cheap enough for once a second, unlike reading the
-    /// topics; the books then confirm it from Kafka.
-    pub fn accounts_for(&self, sent: &Tally) -> bool {
-        let stage = |name: &str| {
-            self.stages
-                .iter()
-                .find(|s| s.name == name)
-                .map(|s| s.counters)
-                .unwrap_or_default()
-        };
-        let validate = stage("validate");
-        let finished =
-            validate.processed + validate.rejected + validate.dead_lettered + validate.duplicates;
-        finished >= sent.sent as f64 && stage("notify").processed >= sent.valid as f64
-    }
 }
 
 /// Takes snapshots of one pipeline; remembers the last counters of each worker pod.
