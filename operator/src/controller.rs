@@ -489,7 +489,7 @@ async fn reconcile_topics(pipeline: &OrderPipeline, ctx: &Context) -> TopicsOutc
                 .as_ref()
                 .map(|s| s.topics.clone())
                 .unwrap_or_default(),
-            partitions: BTreeMap::new(),
+            partitions: topics::LastStatus::of(pipeline).partitions(),
             changes: Vec::new(),
             error: Some(error.to_string()),
         },

@@ -66,6 +66,16 @@ impl<'a> LastStatus<'a> {
         }
     }
 
+    /// The partition count each topic had when last seen in Kafka. While Kafka cannot be
+    /// reached, replicas and autoscalers stay capped by these instead of losing their cap:
+    /// partitions never shrink, so a count seen once is still a safe bound.
+    pub fn partitions(&self) -> BTreeMap<String, i32> {
+        self.topics
+            .iter()
+            .filter_map(|t| Some((t.name.clone(), t.partitions?)))
+            .collect()
+    }
+
     fn managed(&self, topic: &str) -> bool {
         self.topics
             .iter()

@@ -636,3 +636,29 @@ fn the_finalizer_is_needed_while_a_topic_may_have_to_be_deleted() {
         .retain(|topic| topic.name != "orders.dlq");
     assert!(needs_finalizer(&pending));
 }
+
+#[test]
+fn the_last_status_remembers_each_topics_partitions_for_when_kafka_is_unreachable() {
+    let mut pipeline = checkout();
+    pipeline.status = Some(OrderPipelineStatus {
+        topics: vec![
+            TopicStatus {
+                name: "orders".into(),
+                partitions: Some(6),
+                ..TopicStatus::default()
+            },
+            TopicStatus {
+                name: "orders.validated".into(),
+                partitions: None,
+                ..TopicStatus::default()
+            },
+        ],
+        ..Default::default()
+    });
+    assert_eq!(
+        LastStatus::of(&pipeline).partitions(),
+        BTreeMap::from([("orders".to_owned(), 6)]),
+        "a topic never seen has no count"
+    );
+    assert!(LastStatus::of(&checkout()).partitions().is_empty());
+}

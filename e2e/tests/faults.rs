@@ -1,0 +1,133 @@
+//! The operator under faults of the parts it depends on, on the local stack: a Kafka cluster that
+//! goes away while its pipeline changes. Each test brings a private broker it can stop (the
+//! shared one serves every other test). Needs `make test-e2e`.
+
+use std::time::Duration;
+
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use kube::api::ListParams;
+use orderpipe_api::OrderPipeline;
+use orderpipe_api::v1alpha1::AutoscalingSpec;
+use orderpipe_e2e::{CONVERGE, OperatorTest, apply_pipeline, wait_ready};
+use orderpipe_stack::{Stack, TestNamespace, unique_name, wait_until};
+
+/// The input's partitions, below the autoscaler's declared maximum: the HPA is capped at them.
+const PARTITIONS: i32 = 2;
+const DECLARED_MAX: i32 = 6;
+/// How many reconciles an unreachable cluster may cause in [`WINDOW`]: a pipeline that is not
+/// Ready is looked at every 10 s, so a handful; a tight loop would make hundreds.
+const MAX_RECONCILES_IN_WINDOW: f64 = 8.0;
+const WINDOW: Duration = Duration::from_secs(20);
+
+#[tokio::test]
+#[ignore = "needs the local stack: make test-e2e"]
+async fn while_kafka_is_unreachable_the_status_says_so_the_autoscaler_keeps_its_cap_and_all_recovers()
+-> anyhow::Result<()> {
+    let OperatorTest { ns, operator, .. } = OperatorTest::start("kafkadown").await?;
+    let mut kafka = Stack::builder(&unique_name("kafkadown"))
+        .kafka_only()
+        .start()
+        .await?;
+    let proven = prove(&ns, &mut kafka, &operator).await;
+    kafka.stop().await?;
+    proven?;
+    OperatorTest::finish(operator, ns).await
+}
+
+async fn prove(
+    ns: &TestNamespace,
+    kafka: &mut Stack,
+    operator: &orderpipe_e2e::InProcessOperator,
+) -> anyhow::Result<()> {
+    let bootstrap = kafka.kafka_bootstrap()?.to_owned();
+    let input = format!("{}.orders", ns.name());
+    let pipeline = |target_lag_per_replica| {
+        let pipeline = OrderPipeline::test("shop")
+            .bootstrap(&bootstrap)
+            .topic_prefix(ns.name())
+            .partitions(&input, PARTITIONS)
+            .autoscaling(
+                "validate",
+                AutoscalingSpec {
+                    target_lag_per_replica: Some(target_lag_per_replica),
+                    ..AutoscalingSpec::test(DECLARED_MAX)
+                },
+            );
+        serde_json::to_value(pipeline)
+    };
+    apply_pipeline(ns, &pipeline(100)?).await?;
+    wait_ready(ns, "shop").await?;
+    anyhow::ensure!(
+        hpa_max(ns).await == Some(PARTITIONS),
+        "the HPA is capped at the input's {PARTITIONS} partitions"
+    );
+
+    kafka.stop_kafka().await?;
+    // A user edits the pipeline while its cluster is gone: the reconcile cannot describe a topic.
+    apply_pipeline(ns, &pipeline(200)?).await?;
+    let unavailable = wait_until(
+        "TopicsReady=False with reason KafkaUnavailable and the brokers in the message",
+        CONVERGE,
+        || async {
+            let p = ns.api::<OrderPipeline>().get("shop").await.ok()?;
+            let status = p.status?;
+            let topics = status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == "TopicsReady")?;
+            let current = status.observed_generation == p.metadata.generation;
+            (current
+                && topics.status == "False"
+                && topics.reason == "KafkaUnavailable"
+                && topics.message.contains(&bootstrap))
+            .then(|| topics.message.clone())
+        },
+    )
+    .await?;
+    eprintln!("status while Kafka is down: {unavailable}");
+    anyhow::ensure!(
+        hpa_max(ns).await == Some(PARTITIONS),
+        "the HPA lost its cap while Kafka was unreachable: maxReplicas {:?}",
+        hpa_max(ns).await
+    );
+
+    let reconciles = || operator.counter("orderpipe_operator_reconciles_total");
+    let before = reconciles();
+    let window = tokio::time::Instant::now() + WINDOW;
+    // Observing a quiet period is the point here: the window is the measurement, not a wait
+    // for something to happen.
+    tokio::time::sleep_until(window).await;
+    let during = reconciles() - before;
+    anyhow::ensure!(
+        during <= MAX_RECONCILES_IN_WINDOW,
+        "{during} reconciles in {WINDOW:?} with Kafka unreachable: a tight loop"
+    );
+    eprintln!("{during} reconciles in {WINDOW:?} while Kafka was unreachable");
+
+    kafka.start_kafka().await?;
+    let recovered = wait_ready(ns, "shop").await?;
+    anyhow::ensure!(
+        hpa_max(ns).await == Some(PARTITIONS),
+        "after recovery the HPA is capped at {PARTITIONS}"
+    );
+    let input_ready = recovered
+        .status
+        .iter()
+        .flat_map(|s| &s.topics)
+        .find(|t| t.name == input)
+        .is_some_and(|t| t.ready);
+    anyhow::ensure!(input_ready, "{input} ready again after the outage");
+    Ok(())
+}
+
+/// The stage's HPA `maxReplicas`.
+async fn hpa_max(ns: &TestNamespace) -> Option<i32> {
+    let hpa = ns
+        .api::<HorizontalPodAutoscaler>()
+        .list(&ListParams::default())
+        .await
+        .ok()?
+        .items
+        .pop()?;
+    Some(hpa.spec?.max_replicas)
+}
