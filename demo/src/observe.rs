@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
 use kube::api::{Api, ListParams};
 use orderpipe_api::OrderPipeline;
-use orderpipe_api::contract::naming;
+use orderpipe_api::contract::{self, naming};
 use orderpipe_api::v1alpha1::OrderPipelineStatus;
 
 use super::DemoError;
@@ -50,8 +50,9 @@ pub struct StageView {
     pub counters: Counters,
     /// Sum of the workers' `orderpipe_consumer_lag` (refreshed by librdkafka every 5 s).
     pub lag: f64,
-    /// The lag the operator measures in Kafka and the stage's HPA scales on (`status.stages[].lag`;
-    /// autoscaled stages only). Unlike `lag`, it does not vanish with the stage's pods.
+    /// The lag the operator measures in Kafka, read as the stage's HPA reads it: from the external
+    /// metrics API through the apiserver. Unlike `lag`, it does not vanish with the stage's pods.
+    /// `None` while the API does not answer.
     pub kafka_lag: Option<i64>,
     pub desired: i32,
     pub ready: i32,
@@ -166,11 +167,7 @@ impl Observer {
                 name: name.to_owned(),
                 counters,
                 lag: lag.get(name).copied().unwrap_or_default(),
-                kafka_lag: status
-                    .stages
-                    .iter()
-                    .find(|stage| stage.name == name)
-                    .and_then(|stage| stage.lag),
+                kafka_lag: self.external_lag(name).await,
                 desired,
                 ready,
                 processes: processes.get(name).copied().unwrap_or_default(),
@@ -212,6 +209,20 @@ impl Observer {
             .await
             .map_err(|source| DemoError::kube("reading the OrderPipeline", source))?;
         Ok(pipeline.and_then(|p| p.status))
+    }
+
+    /// `orderpipe_consumer_lag` of `stage` from `external.metrics.k8s.io`, as `kubectl get --raw`
+    /// and the HPA controller read it.
+    async fn external_lag(&self, stage: &str) -> Option<i64> {
+        let path = format!(
+            "/apis/external.metrics.k8s.io/v1beta1/namespaces/{}/{}?labelSelector=pipeline%3D{}%2Cstage%3D{stage}",
+            self.namespace,
+            contract::metrics::CONSUMER_LAG,
+            self.pipeline,
+        );
+        let request = http::Request::get(path).body(Vec::new()).ok()?;
+        let list: serde_json::Value = self.client.request(request).await.ok()?;
+        list["items"][0]["value"].as_str()?.parse().ok()
     }
 
     async fn scrape(&self, port: u16) -> Option<(Counters, f64)> {

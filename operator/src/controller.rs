@@ -393,9 +393,9 @@ fn settle(
 }
 
 /// The lag of every stage with a lag target, through the shared cache (at most one Kafka query per
-/// stage per interval, whoever asks). A stage whose lag cannot be measured within [`LAG_WAIT`] is
-/// absent: the cache logs why, its status shows no lag, and `scale_to_zero` neither parks nor
-/// wakes it.
+/// stage per interval, whoever asks). A measurement that takes longer than [`LAG_WAIT`] is not
+/// waited for: the last reading stands in. A stage whose lag cannot be measured is absent: the
+/// cache logs why, its status shows no lag, and `scale_to_zero` neither parks nor wakes it.
 async fn stage_lags(ctx: &Context, pipeline: &ValidatedPipeline) -> BTreeMap<String, u64> {
     let reads = pipeline
         .stages
@@ -420,14 +420,14 @@ async fn stage_lags(ctx: &Context, pipeline: &ValidatedPipeline) -> BTreeMap<Str
             // reconcile, instead of holding this one (and the pipeline's status) up to the admin
             // request timeout per stage.
             let lag = Arc::clone(&ctx.lag);
-            let stage = key.stage.clone();
-            let read = tokio::spawn(async move { lag.get(&key).await });
-            let reading = tokio::time::timeout(LAG_WAIT, read)
-                .await
-                .ok()?
-                .ok()?
-                .ok()?;
-            Some((stage, reading.records))
+            let stage = key.clone();
+            let read = tokio::spawn(async move { lag.get(&stage).await });
+            let reading = match tokio::time::timeout(LAG_WAIT, read).await {
+                Ok(Ok(measured)) => measured.ok(),
+                // Still measuring: the reading before it, if young enough to serve.
+                _ => ctx.lag.last(&key),
+            }?;
+            Some((key.stage, reading.records))
         });
     futures::future::join_all(reads)
         .await

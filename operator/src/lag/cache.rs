@@ -85,6 +85,8 @@ struct Slot<C> {
 
 struct Entry<C> {
     slot: tokio::sync::Mutex<Slot<C>>,
+    /// The slot's reading, also readable while a measurement holds the slot.
+    last_reading: Mutex<Option<LagReading>>,
     last_asked: Mutex<Instant>,
 }
 
@@ -131,11 +133,16 @@ impl<S: LagSource> LagCache<S> {
             self.metrics.lag_query(result.is_ok());
             match result {
                 Ok(records) => {
-                    slot.reading = Some(LagReading {
+                    let reading = LagReading {
                         records,
                         measured_at: SystemTime::now(),
                         measured: Instant::now(),
-                    });
+                    };
+                    slot.reading = Some(reading);
+                    *entry
+                        .last_reading
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner) = Some(reading);
                     slot.last_error = None;
                 }
                 Err(error) => {
@@ -165,6 +172,18 @@ impl<S: LagSource> LagCache<S> {
                 max_age: self.settings.max_age,
             })),
         }
+    }
+
+    /// The stage's last reading if it is young enough to serve, without waiting for a measurement
+    /// in progress and without starting one.
+    pub fn last(&self, stage: &StageKey) -> Option<LagReading> {
+        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let reading = *entries
+            .get(stage)?
+            .last_reading
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        reading.filter(|r| r.measured.elapsed() <= self.settings.max_age)
     }
 
     /// The stage's entry, created on first use; entries idle for too long are dropped here.
@@ -197,6 +216,7 @@ impl<S: LagSource> LagCache<S> {
                     last_error: None,
                     client: None,
                 }),
+                last_reading: Mutex::new(None),
                 last_asked: Mutex::new(now),
             })
         }));
@@ -358,5 +378,21 @@ mod tests {
             "status (measurement 2) was asked least recently"
         );
         assert_eq!(cache.entries.lock().expect("not poisoned").len(), 2);
+    }
+
+    #[tokio::test]
+    async fn the_last_reading_is_served_without_waiting_for_a_measurement_in_progress() {
+        let source = Arc::new(Counting::default());
+        let cache = Arc::new(cache(&source, settings(Duration::ZERO, HOUR, HOUR)));
+        assert_eq!(cache.last(&stage("validate")), None, "never measured");
+        cache.get(&stage("validate")).await.expect("measured");
+        let measuring = {
+            let cache = Arc::clone(&cache);
+            tokio::spawn(async move { cache.get(&stage("validate")).await })
+        };
+        // The second measurement holds the slot for 20 ms; the last reading is there meanwhile.
+        assert_eq!(cache.last(&stage("validate")).map(|r| r.records), Some(10));
+        let second = measuring.await.expect("joined").expect("measured");
+        assert_eq!(cache.last(&stage("validate")), Some(second));
     }
 }
