@@ -1,6 +1,7 @@
 //! The operator binary as it is deployed: its own ServiceAccount bound to the RBAC of `config/rbac`
 //! (so the apiserver enforces exactly the permissions we ship), two replicas electing a leader with a
-//! Lease, `/metrics`, `/healthz`, `/readyz`, and a handover when the leader gets SIGTERM; and the
+//! Lease, `/metrics`, `/healthz`, `/readyz`, a handover when the leader gets SIGTERM, a takeover
+//! when it is SIGKILLed while applying twenty pipelines (nothing duplicated or orphaned); and the
 //! roles `config/rbac` aggregates into the built-in `edit` and `view` for the pipelines' users.
 //! Needs `make test-e2e`.
 
@@ -9,12 +10,14 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::Context;
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
 };
 use k8s_openapi::api::core::v1::ServiceAccount;
-use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::core::GroupVersionKind;
 use kube::discovery::ApiResource;
 use orderpipe_api::OrderPipeline;
@@ -172,13 +175,48 @@ impl Replica {
     }
 
     fn terminate(&self) -> anyhow::Result<()> {
+        self.signal(nix::sys::signal::Signal::SIGTERM)
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) -> anyhow::Result<()> {
         let pid = self.child.id().context("replica already exited")?;
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(i32::try_from(pid)?),
-            nix::sys::signal::Signal::SIGTERM,
-        )?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(i32::try_from(pid)?), signal)?;
         Ok(())
     }
+}
+
+/// Two replicas of the operator binary with the shipped RBAC, once both answer `/readyz`; returns
+/// them with the index of the leader.
+async fn two_replicas(
+    kubeconfig: &Path,
+    ns: &TestNamespace,
+) -> anyhow::Result<([Replica; 2], usize)> {
+    let replicas = [
+        Replica::start("op-a", kubeconfig, ns.name())?,
+        Replica::start("op-b", kubeconfig, ns.name())?,
+    ];
+    for replica in &replicas {
+        wait_until(
+            &format!("{} /healthz and /readyz answer 200", replica.name),
+            CONVERGE,
+            || async {
+                let healthy = replica.get("/healthz").await?.0 == 200;
+                (healthy && replica.get("/readyz").await?.0 == 200).then_some(())
+            },
+        )
+        .await?;
+    }
+    let leader = wait_until("exactly one leader", CONVERGE, || async {
+        let a = replicas[0].is_leader().await;
+        let b = replicas[1].is_leader().await;
+        match (a, b) {
+            (true, false) => Some(0),
+            (false, true) => Some(1),
+            _ => None,
+        }
+    })
+    .await?;
+    Ok((replicas, leader))
 }
 
 fn pipeline(ns: &str, bootstrap: &str, partitions: i32) -> Value {
@@ -219,31 +257,7 @@ async fn two_replicas_with_shipped_rbac_elect_a_leader_and_hand_over_on_sigterm(
     let ns = stack.namespace("op-deploy").await?;
     let (kubeconfig, cluster_name) = operator_identity(&stack, &ns).await?;
 
-    let replicas = [
-        Replica::start("op-a", &kubeconfig, ns.name())?,
-        Replica::start("op-b", &kubeconfig, ns.name())?,
-    ];
-    for replica in &replicas {
-        wait_until(
-            &format!("{} /healthz and /readyz answer 200", replica.name),
-            CONVERGE,
-            || async {
-                let healthy = replica.get("/healthz").await?.0 == 200;
-                (healthy && replica.get("/readyz").await?.0 == 200).then_some(())
-            },
-        )
-        .await?;
-    }
-    let leader = wait_until("exactly one leader", CONVERGE, || async {
-        let a = replicas[0].is_leader().await;
-        let b = replicas[1].is_leader().await;
-        match (a, b) {
-            (true, false) => Some(0),
-            (false, true) => Some(1),
-            _ => None,
-        }
-    })
-    .await?;
+    let (replicas, leader) = two_replicas(&kubeconfig, &ns).await?;
 
     // Everything the operator does below, it does with the shipped permissions only.
     let api = ns.api::<OrderPipeline>();
@@ -301,6 +315,113 @@ async fn two_replicas_with_shipped_rbac_elect_a_leader_and_hand_over_on_sigterm(
     }
     ns.cleanup().await?;
     Ok(())
+}
+
+/// Pipelines applied at once while the leader is killed.
+const PIPELINES: usize = 20;
+
+#[tokio::test]
+#[ignore = "needs the local stack: make test-e2e"]
+async fn the_standby_converges_twenty_pipelines_after_the_leader_is_sigkilled_mid_apply()
+-> anyhow::Result<()> {
+    let stack = SharedStack::get()?;
+    let bootstrap = stack.kafka_bootstrap()?.to_string();
+    let ns = stack.namespace("op-kill").await?;
+    let (kubeconfig, cluster_name) = operator_identity(&stack, &ns).await?;
+    let (replicas, leader) = two_replicas(&kubeconfig, &ns).await?;
+
+    let names: Vec<String> = (0..PIPELINES).map(|i| format!("shop-{i:02}")).collect();
+    for name in &names {
+        apply_pipeline(&ns, &numbered_pipeline(ns.name(), &bootstrap, name)).await?;
+    }
+    // Kill the leader while it is part-way: some pipelines have a status, not all are Ready.
+    let api = ns.api::<OrderPipeline>();
+    let started = wait_until(
+        "the leader has begun on the pipelines",
+        CONVERGE,
+        || async {
+            let list = api.list(&ListParams::default()).await.ok()?;
+            let begun = list.items.iter().filter(|p| p.status.is_some()).count();
+            (begun >= 3).then_some(list.items.iter().filter(|p| is_ready(p)).count())
+        },
+    )
+    .await?;
+    replicas[leader].signal(nix::sys::signal::Signal::SIGKILL)?;
+    eprintln!("SIGKILLed the leader with {started} of {PIPELINES} pipelines Ready");
+
+    let standby = &replicas[1 - leader];
+    // No release on SIGKILL: the standby waits out the 15 s lease.
+    wait_until("the standby becomes the leader", CONVERGE, || async {
+        standby.is_leader().await.then_some(())
+    })
+    .await?;
+    let all_ready = wait_until(
+        &format!("all {PIPELINES} pipelines Ready"),
+        CONVERGE,
+        || async {
+            let list = api.list(&ListParams::default()).await.ok()?;
+            (list.items.len() == PIPELINES && list.items.iter().all(is_ready)).then_some(list.items)
+        },
+    )
+    .await?;
+
+    // Nothing duplicated, nothing orphaned: every stage has one workload owned by its pipeline,
+    // and every declared topic is recorded as ready exactly once.
+    let stages: usize = all_ready.iter().map(|p| p.spec.stages.len()).sum();
+    let deployments = ns
+        .api::<Deployment>()
+        .list(&ListParams::default())
+        .await?
+        .items;
+    let owners: Vec<String> = deployments
+        .iter()
+        .flat_map(|d| d.metadata.owner_references.iter().flatten())
+        .map(|owner| owner.name.clone())
+        .collect();
+    anyhow::ensure!(
+        deployments.len() == stages
+            && owners.len() == stages
+            && owners.iter().all(|o| names.contains(o)),
+        "{} Deployments owned by {owners:?} for {stages} stages",
+        deployments.len()
+    );
+    for pipeline in &all_ready {
+        let status = pipeline.status.as_ref().context("Ready has a status")?;
+        let declared: Vec<&str> = pipeline
+            .spec
+            .topics
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect();
+        let recorded: Vec<&str> = status.topics.iter().map(|t| t.name.as_str()).collect();
+        anyhow::ensure!(
+            declared
+                .iter()
+                .all(|t| recorded.iter().filter(|r| *r == t).count() == 1),
+            "{}: declared {declared:?}, recorded {recorded:?}",
+            pipeline.name_any()
+        );
+    }
+
+    drop(replicas);
+    for kind in ["ClusterRole", "ClusterRoleBinding"] {
+        delete_cluster_rbac(ns.client(), kind, &cluster_name).await?;
+    }
+    ns.cleanup().await?;
+    Ok(())
+}
+
+/// Pipeline `name` with topics of its own (`<ns>.<name>.*`).
+fn numbered_pipeline(ns: &str, bootstrap: &str, name: &str) -> Value {
+    let prefix = format!("{ns}.{name}");
+    let pipeline = OrderPipeline::test(name)
+        .bootstrap(bootstrap)
+        .topic_prefix(&prefix)
+        .autoscaling(
+            "validate",
+            orderpipe_api::v1alpha1::AutoscalingSpec::test(4),
+        );
+    serde_json::to_value(pipeline).expect("fixture serializes")
 }
 
 /// Whether the apiserver's authorizer lets `user` `verb` OrderPipelines in `namespace`.
