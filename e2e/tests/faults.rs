@@ -1,15 +1,20 @@
 //! The operator under faults of the parts it depends on, on the local stack: a Kafka cluster that
-//! goes away while its pipeline changes. Each test brings a private broker it can stop (the
-//! shared one serves every other test). Needs `make test-e2e`.
+//! goes away while its pipeline changes, or before its pipeline's topics could be deleted. Each
+//! test brings a private broker it can stop (the shared one serves every other test). Needs
+//! `make test-e2e`.
 
 use std::time::Duration;
 
+use anyhow::Context as _;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use kube::api::ListParams;
+use k8s_openapi::api::core::v1::Event;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use orderpipe_api::OrderPipeline;
-use orderpipe_api::v1alpha1::AutoscalingSpec;
+use orderpipe_api::v1alpha1::{AutoscalingSpec, DeletionPolicy};
 use orderpipe_e2e::{CONVERGE, OperatorTest, apply_pipeline, wait_ready};
+use orderpipe_operator::topics::cleanup::SKIP_ANNOTATION;
 use orderpipe_stack::{Stack, TestNamespace, unique_name, wait_until};
+use serde_json::json;
 
 /// The input's partitions, below the autoscaler's declared maximum: the HPA is capped at them.
 const PARTITIONS: i32 = 2;
@@ -130,4 +135,73 @@ async fn hpa_max(ns: &TestNamespace) -> Option<i32> {
         .items
         .pop()?;
     Some(hpa.spec?.max_replicas)
+}
+
+#[tokio::test]
+#[ignore = "needs the local stack: make test-e2e"]
+async fn a_pipeline_whose_kafka_is_gone_is_held_for_topic_cleanup_until_the_user_skips_it()
+-> anyhow::Result<()> {
+    let OperatorTest { ns, operator, .. } = OperatorTest::start("cleanupskip").await?;
+    let mut kafka = Stack::builder(&unique_name("cleanupskip"))
+        .kafka_only()
+        .start()
+        .await?;
+    let proven = held_then_skipped(&ns, &mut kafka, &operator).await;
+    kafka.stop().await?;
+    proven?;
+    OperatorTest::finish(operator, ns).await
+}
+
+async fn held_then_skipped(
+    ns: &TestNamespace,
+    kafka: &mut Stack,
+    operator: &orderpipe_e2e::InProcessOperator,
+) -> anyhow::Result<()> {
+    let dead_letter = format!("{}.dlq", ns.name());
+    let pipeline = OrderPipeline::test("shop")
+        .bootstrap(kafka.kafka_bootstrap()?)
+        .topic_prefix(ns.name())
+        .deletion_policy(&dead_letter, DeletionPolicy::Delete);
+    apply_pipeline(ns, &serde_json::to_value(pipeline)?).await?;
+    wait_ready(ns, "shop").await?;
+    kafka.stop_kafka().await?;
+
+    let api = ns.api::<OrderPipeline>();
+    let errors = || operator.counter("orderpipe_operator_reconcile_errors_total");
+    let before = errors();
+    api.delete("shop", &DeleteParams::default()).await?;
+    wait_until("a failed topic cleanup", CONVERGE, || async {
+        (errors() > before).then_some(())
+    })
+    .await?;
+    anyhow::ensure!(
+        api.get_opt("shop").await?.is_some(),
+        "the pipeline is held by its finalizer while its topics cannot be deleted"
+    );
+
+    api.patch(
+        "shop",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {SKIP_ANNOTATION: "true"}}})),
+    )
+    .await?;
+    wait_until("the pipeline is released", CONVERGE, || async {
+        api.get_opt("shop").await.ok()?.is_none().then_some(())
+    })
+    .await?;
+    let events = ns.api::<Event>().list(&ListParams::default()).await?.items;
+    let skipped = events
+        .iter()
+        .find(|e| e.reason.as_deref() == Some("TopicCleanupSkipped"))
+        .context("a Warning Event TopicCleanupSkipped")?;
+    anyhow::ensure!(
+        skipped.type_.as_deref() == Some("Warning")
+            && skipped
+                .message
+                .as_deref()
+                .unwrap_or_default()
+                .contains(&dead_letter),
+        "the Event names the topic left behind: {skipped:?}"
+    );
+    Ok(())
 }

@@ -41,6 +41,7 @@ use crate::model::{self, Scaling, ValidatedPipeline};
 use crate::scale_to_zero::{self, Decision};
 use crate::settings::OperatorSettings;
 use crate::status::{self, ChildrenError, Observed};
+use crate::topics::cleanup::{self, Verdict};
 use crate::topics::{self, AdminPool, ResolvedKafkaSecrets, TopicAdmin, TopicOutcome};
 use crate::writer::Writer;
 
@@ -445,11 +446,37 @@ async fn finalize(
     if !topics::has_finalizer(pipeline) {
         return Ok(());
     }
-    let outcome = sync_topics(pipeline, ctx, TopicSync::Finalize).await?;
-    if let Some(errors) = outcome.error_summary() {
-        return Err(Error::TopicCleanup(errors));
+    let now = Time(Timestamp::now());
+    let kept = |why: String| {
+        format!(
+            "topics {:?} were not deleted: {why}",
+            cleanup::left_behind(pipeline)
+        )
+    };
+    if cleanup::verdict(pipeline, false, &now) == Verdict::Skip {
+        let note = kept(format!("annotation {}", cleanup::SKIP_ANNOTATION));
+        writer.warning(pipeline, "TopicCleanupSkipped", &note).await;
+        return writer.finalizer(pipeline, false).await;
     }
-    writer.events(pipeline, &outcome.changes).await;
+    let outcome = sync_topics(pipeline, ctx, TopicSync::Finalize)
+        .await
+        .and_then(|outcome| match outcome.error_summary() {
+            Some(errors) => Err(Error::TopicCleanup(errors)),
+            None => Ok(outcome),
+        });
+    match outcome {
+        Ok(outcome) => writer.events(pipeline, &outcome.changes).await,
+        Err(error) if cleanup::verdict(pipeline, true, &now) == Verdict::Abandon => {
+            let note = kept(format!(
+                "still failing {:?} after the deletion request: {error}",
+                cleanup::GIVE_UP_AFTER
+            ));
+            writer
+                .warning(pipeline, "TopicCleanupAbandoned", &note)
+                .await;
+        }
+        Err(error) => return Err(error),
+    }
     writer.finalizer(pipeline, false).await
 }
 

@@ -20,6 +20,7 @@
 //! manages is read back from `status.topics`.
 
 pub mod admin;
+pub mod cleanup;
 pub mod connection;
 pub mod desired;
 pub mod diagnosis;

@@ -83,7 +83,7 @@ impl<'a> LastStatus<'a> {
     }
 
     /// Topics the operator managed with deletion policy Delete: each may have to be deleted.
-    fn deletable(&self) -> impl Iterator<Item = &'a TopicStatus> + use<'a> {
+    pub(super) fn deletable(&self) -> impl Iterator<Item = &'a TopicStatus> + use<'a> {
         self.topics
             .iter()
             .filter(|s| s.deletion_policy == Some(DeletionPolicy::Delete))
