@@ -12,7 +12,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use orderpipe_demo::{Binaries, Demo, DemoConfig, LoadOptions, PeakClock};
+use orderpipe_demo::{Demo, DemoConfig, LoadOptions, PeakClock};
 use orderpipe_stack::{Stack, unique_name};
 
 use crate::Context;
@@ -82,18 +82,13 @@ pub async fn run(ctx: &Context) -> anyhow::Result<Vec<Section>> {
 async fn burst(stack: &Stack, variant: Variant, orders: u64) -> anyhow::Result<Row> {
     let namespace = unique_name("bench-autoscale");
     let work_dir = stack.work_dir().join(&namespace);
-    let config = DemoConfig {
-        namespace: namespace.clone(),
-        topic_prefix: format!("{namespace}."),
-        node_name: format!("{namespace}-node"),
-        work_dir: work_dir.clone(),
-        kubeconfig: stack
-            .kubeconfig()
-            .context("the stack has no kubeconfig")?
-            .to_path_buf(),
-        bootstrap: stack.kafka_bootstrap()?.to_owned(),
-        binaries: Binaries::next_to_current_exe()?,
-    };
+    let config = DemoConfig::on_stack(
+        stack,
+        &namespace,
+        &format!("{namespace}."),
+        &format!("{namespace}-node"),
+        work_dir.clone(),
+    )?;
     let mut demo = Demo::start(stack.kube_client()?, config, |_| {}).await?;
     let measured = async {
         demo.wait_ready(READY_TIMEOUT).await?;

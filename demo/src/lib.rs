@@ -134,6 +134,31 @@ pub struct DemoConfig {
     pub binaries: Binaries,
 }
 
+impl DemoConfig {
+    /// A run on `stack`'s apiserver and broker with the binaries cargo built next to the running
+    /// executable.
+    pub fn on_stack(
+        stack: &orderpipe_stack::Stack,
+        namespace: &str,
+        topic_prefix: &str,
+        node_name: &str,
+        work_dir: PathBuf,
+    ) -> Result<DemoConfig, DemoError> {
+        let kubeconfig = stack.kubeconfig().ok_or(StackError::NotInStack {
+            component: "kube-apiserver",
+        })?;
+        Ok(DemoConfig {
+            namespace: namespace.to_owned(),
+            topic_prefix: topic_prefix.to_owned(),
+            node_name: node_name.to_owned(),
+            work_dir,
+            kubeconfig: kubeconfig.to_path_buf(),
+            bootstrap: stack.kafka_bootstrap()?.to_owned(),
+            binaries: Binaries::next_to_current_exe()?,
+        })
+    }
+}
+
 /// A running demo pipeline.
 pub struct Demo {
     client: Client,

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
-use orderpipe_demo::{Binaries, Books, Demo, DemoConfig, Load, LoadOptions, PeakClock, Snapshot};
+use orderpipe_demo::{Books, Demo, DemoConfig, Load, LoadOptions, PeakClock, Snapshot};
 use orderpipe_stack::Stack;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -97,18 +97,7 @@ async fn main() -> anyhow::Result<()> {
         "stack ready (logs: {})",
         stack.work_dir().join("logs").display()
     ));
-    let config = DemoConfig {
-        namespace: "demo".into(),
-        topic_prefix: String::new(),
-        node_name: "orderpipe-local".into(),
-        work_dir: work_dir.clone(),
-        kubeconfig: stack
-            .kubeconfig()
-            .context("the stack has no kubeconfig")?
-            .to_path_buf(),
-        bootstrap: stack.kafka_bootstrap()?.to_owned(),
-        binaries: Binaries::next_to_current_exe()?,
-    };
+    let config = DemoConfig::on_stack(&stack, "demo", "", "orderpipe-local", work_dir.clone())?;
     let mut demo = Demo::start(stack.kube_client()?, config, |step| {
         progress.step(&format!("starting the {step}"));
     })

@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::Event;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use orderpipe_api::OrderPipeline;
 use orderpipe_api::v1alpha1::{AutoscalingSpec, DeletionPolicy};
-use orderpipe_e2e::{CONVERGE, OperatorTest, apply_pipeline, wait_ready};
+use orderpipe_e2e::{CONVERGE, InProcessOperator, OperatorTest, apply_pipeline, wait_ready};
 use orderpipe_operator::topics::cleanup::SKIP_ANNOTATION;
 use orderpipe_stack::{Stack, TestNamespace, unique_name, wait_until};
 use serde_json::json;
@@ -28,22 +28,46 @@ const WINDOW: Duration = Duration::from_secs(20);
 #[ignore = "needs the local stack: make test-e2e"]
 async fn while_kafka_is_unreachable_the_status_says_so_the_autoscaler_keeps_its_cap_and_all_recovers()
 -> anyhow::Result<()> {
-    let OperatorTest { ns, operator, .. } = OperatorTest::start("kafkadown").await?;
-    let mut kafka = Stack::builder(&unique_name("kafkadown"))
-        .kafka_only()
-        .start()
-        .await?;
-    let proven = prove(&ns, &mut kafka, &operator).await;
-    kafka.stop().await?;
-    proven?;
-    OperatorTest::finish(operator, ns).await
+    let mut test = PrivateKafkaTest::start("kafkadown").await?;
+    let proven = prove(&mut test).await;
+    test.finish(proven).await
 }
 
-async fn prove(
-    ns: &TestNamespace,
-    kafka: &mut Stack,
-    operator: &orderpipe_e2e::InProcessOperator,
-) -> anyhow::Result<()> {
+/// An [`OperatorTest`] whose pipelines use a broker of their own, which the test may stop.
+struct PrivateKafkaTest {
+    ns: TestNamespace,
+    operator: InProcessOperator,
+    kafka: Stack,
+}
+
+impl PrivateKafkaTest {
+    async fn start(prefix: &str) -> anyhow::Result<PrivateKafkaTest> {
+        let OperatorTest { ns, operator, .. } = OperatorTest::start(prefix).await?;
+        let kafka = Stack::builder(&unique_name(prefix))
+            .kafka_only()
+            .start()
+            .await?;
+        Ok(PrivateKafkaTest {
+            ns,
+            operator,
+            kafka,
+        })
+    }
+
+    /// Stops the broker whatever `proven` says, then reports it.
+    async fn finish(self, proven: anyhow::Result<()>) -> anyhow::Result<()> {
+        self.kafka.stop().await?;
+        proven?;
+        OperatorTest::finish(self.operator, self.ns).await
+    }
+}
+
+async fn prove(test: &mut PrivateKafkaTest) -> anyhow::Result<()> {
+    let PrivateKafkaTest {
+        ns,
+        operator,
+        kafka,
+    } = test;
     let bootstrap = kafka.kafka_bootstrap()?.to_owned();
     let input = format!("{}.orders", ns.name());
     let pipeline = |target_lag_per_replica| {
@@ -141,22 +165,17 @@ async fn hpa_max(ns: &TestNamespace) -> Option<i32> {
 #[ignore = "needs the local stack: make test-e2e"]
 async fn a_pipeline_whose_kafka_is_gone_is_held_for_topic_cleanup_until_the_user_skips_it()
 -> anyhow::Result<()> {
-    let OperatorTest { ns, operator, .. } = OperatorTest::start("cleanupskip").await?;
-    let mut kafka = Stack::builder(&unique_name("cleanupskip"))
-        .kafka_only()
-        .start()
-        .await?;
-    let proven = held_then_skipped(&ns, &mut kafka, &operator).await;
-    kafka.stop().await?;
-    proven?;
-    OperatorTest::finish(operator, ns).await
+    let mut test = PrivateKafkaTest::start("cleanupskip").await?;
+    let proven = held_then_skipped(&mut test).await;
+    test.finish(proven).await
 }
 
-async fn held_then_skipped(
-    ns: &TestNamespace,
-    kafka: &mut Stack,
-    operator: &orderpipe_e2e::InProcessOperator,
-) -> anyhow::Result<()> {
+async fn held_then_skipped(test: &mut PrivateKafkaTest) -> anyhow::Result<()> {
+    let PrivateKafkaTest {
+        ns,
+        operator,
+        kafka,
+    } = test;
     let dead_letter = format!("{}.dlq", ns.name());
     let pipeline = OrderPipeline::test("shop")
         .bootstrap(kafka.kafka_bootstrap()?)
