@@ -22,19 +22,18 @@ use anyhow::{Context as _, ensure};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{Service, Toleration};
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::{
     APIService, APIServiceSpec, ServiceReference,
 };
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use orderpipe_api::OrderPipeline;
 use orderpipe_api::v1alpha1::{AutoscalingSpec, ScalingBehavior, ScalingRules};
-use orderpipe_e2e::{OperatorTest, apply_pipeline, wait_ready};
-use orderpipe_node_agent::{ImageMapping, NODE_AGENT_LABEL, NodeAgent, NodeAgentConfig};
+use orderpipe_e2e::{OperatorTest, apply_pipeline, on_node_agent, wait_ready};
+use orderpipe_node_agent::{ImageMapping, NodeAgent, NodeAgentConfig};
 use orderpipe_operator::external_metrics;
 use orderpipe_operator::lag::{CacheSettings, KafkaLagSource, LagCache};
 use orderpipe_operator::metrics::Metrics;
-use orderpipe_operator::settings::WorkerPlacement;
 use orderpipe_operator::topics::AdminSettings;
 use orderpipe_orders::generator::{GenConfig, OrderGenerator};
 use orderpipe_stack::tools::{self, Tools};
@@ -193,17 +192,7 @@ async fn a_burst_scales_real_workers_out_and_back_in_without_losing_or_duplicati
 -> anyhow::Result<()> {
     let worker = tools::built_binary("orderpipe-worker")?;
     let node = unique_name("lagscale-node");
-    // Pinned by hostname: on a shared stack other tests run node agents too.
-    let placement = WorkerPlacement {
-        node_selector: [("kubernetes.io/hostname".to_owned(), node.clone())].into(),
-        tolerations: vec![Toleration {
-            key: Some(NODE_AGENT_LABEL.into()),
-            operator: Some("Equal".into()),
-            value: Some("true".into()),
-            effect: Some("NoSchedule".into()),
-            ..Toleration::default()
-        }],
-    };
+    let placement = on_node_agent(&node);
     let OperatorTest {
         bootstrap,
         ns,
