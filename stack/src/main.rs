@@ -376,6 +376,14 @@ async fn status(env_file: &Path) -> anyhow::Result<ExitCode> {
             }
         );
     }
+    if let Some(url) = &env.prometheus_url {
+        let targets = orderpipe_stack::prometheus::active_targets(url).await;
+        healthy &= targets.is_ok();
+        match targets {
+            Ok(targets) => say!("  prometheus {url:<20} {} active targets", targets.len()),
+            Err(error) => say!("  prometheus {url:<20} NOT ANSWERING: {error}"),
+        }
+    }
     Ok(if healthy {
         ExitCode::SUCCESS
     } else {

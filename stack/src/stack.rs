@@ -1,6 +1,7 @@
 //! `Stack`: one local real-infrastructure environment (Kubernetes control plane and/or a Kafka
-//! broker, and a Prometheus with Kubernetes) in its own work dir, started by a builder, restartable component by component, and
-//! stopped by PID on `stop()`, on `Drop`, and (through the watchdogs) when its owner dies.
+//! broker, and with Kubernetes a Prometheus) in its own work dir, started by a builder,
+//! restartable component by component, and stopped by PID on `stop()`, on `Drop`, and (through the
+//! watchdogs) when its owner dies.
 //! Must not share state with other stacks: own ports, PKI, data dirs and logs.
 
 use std::fs;
@@ -95,7 +96,7 @@ impl StackBuilder {
         self
     }
 
-    /// Run Prometheus, scraping the worker pods it discovers in the cluster (default: yes; only
+    /// Run Prometheus, scraping what the cluster's ServiceMonitors select (default: yes; only
     /// with [`Kubernetes::Full`], where pods run).
     pub fn prometheus(mut self, on: bool) -> Self {
         self.prometheus = on;
@@ -367,7 +368,7 @@ impl Stack {
 
     async fn boot(&mut self) -> Result<()> {
         let (kube, kafka, prometheus) = (&mut self.kube, &mut self.kafka, &mut self.prometheus);
-        // Prometheus after the apiserver, whose pods it discovers.
+        // Prometheus after the apiserver, whose ServiceMonitors say what it scrapes.
         let kube = async {
             if let Some(kube) = kube {
                 kube.start().await?;
