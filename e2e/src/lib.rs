@@ -8,9 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use k8s_openapi::api::core::v1::Toleration;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::Reporter;
 use orderpipe_api::OrderPipeline;
+use orderpipe_node_agent::NODE_AGENT_LABEL;
 use orderpipe_operator::controller::{self, Shared};
 use orderpipe_operator::lag::{CacheSettings, KafkaLagSource, LagCache};
 use orderpipe_operator::metrics::Metrics;
@@ -20,6 +22,9 @@ use orderpipe_stack::{SharedStack, TestNamespace, wait_until};
 use prometheus_client::registry::Registry;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
+
+/// The operator's Prometheus URL on a stack without Prometheus.
+const NO_PROMETHEUS: &str = "http://127.0.0.1:9090";
 
 /// How long the operator gets to bring a pipeline to what a test waits for.
 pub const CONVERGE: Duration = Duration::from_secs(90);
@@ -53,7 +58,10 @@ impl OperatorTest {
         let stack = SharedStack::get()?;
         let bootstrap = stack.kafka_bootstrap()?.to_owned();
         let ns = stack.namespace(prefix).await?;
-        let operator = InProcessOperator::start(&ns, placement).await;
+        // The stack's Prometheus, which the canary analysis queries; a stack started without one
+        // leaves a URL where nothing listens (an AnalysisRun then errors).
+        let prometheus_url = stack.prometheus_url().unwrap_or(NO_PROMETHEUS).to_owned();
+        let operator = InProcessOperator::start(&ns, placement, prometheus_url).await;
         Ok(OperatorTest {
             stack,
             bootstrap,
@@ -68,6 +76,21 @@ impl OperatorTest {
         operator.stop().await;
         ns.cleanup().await?;
         Ok(())
+    }
+}
+
+/// Worker pods pinned to the node agent of node `node` (by hostname: on a shared stack other tests
+/// run node agents too), where they run as real worker processes.
+pub fn on_node_agent(node: &str) -> WorkerPlacement {
+    WorkerPlacement {
+        node_selector: [("kubernetes.io/hostname".to_owned(), node.to_owned())].into(),
+        tolerations: vec![Toleration {
+            key: Some(NODE_AGENT_LABEL.into()),
+            operator: Some("Equal".into()),
+            value: Some("true".into()),
+            effect: Some("NoSchedule".into()),
+            ..Toleration::default()
+        }],
     }
 }
 
@@ -90,8 +113,13 @@ impl std::fmt::Debug for InProcessOperator {
 
 impl InProcessOperator {
     /// Starts the controller as the binary would (capabilities detected from the apiserver), with
-    /// the namespace's admin client and worker pods placed as `placement` says.
-    pub async fn start(ns: &TestNamespace, placement: WorkerPlacement) -> InProcessOperator {
+    /// the namespace's admin client, worker pods placed as `placement` says and canary analyses
+    /// querying `prometheus_url`.
+    pub async fn start(
+        ns: &TestNamespace,
+        placement: WorkerPlacement,
+        prometheus_url: String,
+    ) -> InProcessOperator {
         let client = ns.client().clone();
         let mut registry = Registry::default();
         let metrics = Arc::new(Metrics::register(&mut registry));
@@ -108,7 +136,7 @@ impl InProcessOperator {
             client: client.clone(),
             settings: OperatorSettings {
                 worker_image: "orderpipe/orderpipe-worker:e2e".into(),
-                prometheus_url: "http://127.0.0.1:9090".into(),
+                prometheus_url,
                 worker_placement: placement,
                 ..OperatorSettings::default()
             },

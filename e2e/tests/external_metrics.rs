@@ -21,14 +21,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, ensure};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::Toleration;
 use kube::api::ListParams;
 use orderpipe_api::OrderPipeline;
 use orderpipe_api::v1alpha1::{AutoscalingSpec, ScalingBehavior, ScalingRules};
-use orderpipe_e2e::{InProcessOperator, OperatorTest, apply_pipeline, wait_ready};
-use orderpipe_node_agent::{ImageMapping, NODE_AGENT_LABEL, NodeAgent, NodeAgentConfig};
+use orderpipe_e2e::{InProcessOperator, OperatorTest, apply_pipeline, on_node_agent, wait_ready};
+use orderpipe_node_agent::{ImageMapping, NodeAgent, NodeAgentConfig};
 use orderpipe_operator::external_metrics;
-use orderpipe_operator::settings::WorkerPlacement;
 use orderpipe_orders::generator::{GenConfig, OrderGenerator};
 use orderpipe_stack::tools::{self, Tools};
 use orderpipe_stack::{
@@ -335,17 +333,7 @@ impl RealWorkers {
     async fn start(prefix: &str) -> anyhow::Result<RealWorkers> {
         let worker = tools::built_binary("orderpipe-worker")?;
         let node = unique_name(&format!("{prefix}-node"));
-        // Pinned by hostname: on a shared stack other tests run node agents too.
-        let placement = WorkerPlacement {
-            node_selector: [("kubernetes.io/hostname".to_owned(), node.clone())].into(),
-            tolerations: vec![Toleration {
-                key: Some(NODE_AGENT_LABEL.into()),
-                operator: Some("Equal".into()),
-                value: Some("true".into()),
-                effect: Some("NoSchedule".into()),
-                ..Toleration::default()
-            }],
-        };
+        let placement = on_node_agent(&node);
         let test = OperatorTest::start_placed(prefix, placement).await?;
         let work = tempfile::tempdir()?;
         let agent = NodeAgent::start(

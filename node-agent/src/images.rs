@@ -1,7 +1,11 @@
 //! Which local binary stands in for which container image. The agent pulls nothing: an image is
-//! only a name that selects a binary on this machine. Registry host, tag and digest are ignored,
-//! so `docker.io/orderpipe/orderpipe-worker:0.1.0` and `orderpipe/orderpipe-worker` are the same
-//! image. Pure; must not touch the file system beyond checking that a mapped binary exists.
+//! only a name that selects a binary on this machine. Registry host and digest are ignored, so
+//! `docker.io/orderpipe/orderpipe-worker:0.1.0` and `orderpipe/orderpipe-worker` are the same
+//! image. A mapping without a tag stands for every tag of its repository; a mapping with a tag
+//! (`orderpipe/orderpipe-worker:faulty=...`) only for that tag, and wins over the tag-less one. That
+//! is how a test releases a different binary as a new version of the same image (the e2e tests'
+//! misbehaving worker, see `orderpipe-worker-faulty`): a tag nobody maps runs the repository's
+//! binary. Pure; must not touch the file system beyond checking that a mapped binary exists.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -50,7 +54,7 @@ impl fmt::Display for ImageMapping {
     }
 }
 
-/// Image repository → local binary.
+/// Image repository, or `repository:tag` for a tagged mapping → local binary.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct ImageMap {
     binaries: BTreeMap<String, PathBuf>,
@@ -59,13 +63,20 @@ pub(crate) struct ImageMap {
 impl ImageMap {
     /// Adds (or replaces) a mapping.
     pub fn insert(&mut self, mapping: ImageMapping) {
-        self.binaries
-            .insert(repository(&mapping.image), mapping.binary);
+        let key = match tag(&mapping.image) {
+            Some(tag) => format!("{}:{tag}", repository(&mapping.image)),
+            None => repository(&mapping.image),
+        };
+        self.binaries.insert(key, mapping.binary);
     }
 
-    /// The binary for `image`, if one is mapped.
+    /// The binary for `image`, if one is mapped: for its tag, else for its repository.
     pub fn binary_for(&self, image: &str) -> Option<&Path> {
-        self.binaries.get(&repository(image)).map(PathBuf::as_path)
+        let repository = repository(image);
+        tag(image)
+            .and_then(|tag| self.binaries.get(&format!("{repository}:{tag}")))
+            .or_else(|| self.binaries.get(&repository))
+            .map(PathBuf::as_path)
     }
 
     /// Makes every mapped binary an absolute path (a container runs in its pod directory, where a
@@ -98,9 +109,9 @@ impl ImageMap {
     }
 }
 
-/// The repository part of an image reference: without registry host, tag or digest, and without
-/// Docker Hub's implicit `library/`.
-fn repository(image: &str) -> String {
+/// The path components of an image reference without registry host and digest (the last one
+/// still carrying its tag).
+fn path_parts(image: &str) -> Vec<&str> {
     let without_digest = image.split_once('@').map_or(image, |(name, _)| name);
     let mut parts: Vec<&str> = without_digest.split('/').collect();
     // Like Docker: a first component with a dot or a port, or `localhost`, is a registry host.
@@ -111,6 +122,21 @@ fn repository(image: &str) -> String {
     {
         parts.remove(0);
     }
+    parts
+}
+
+/// The tag of an image reference, if it has one.
+fn tag(image: &str) -> Option<&str> {
+    let last = *path_parts(image).last()?;
+    last.split_once(':')
+        .map(|(_, tag)| tag)
+        .filter(|tag| !tag.is_empty())
+}
+
+/// The repository part of an image reference: without registry host, tag or digest, and without
+/// Docker Hub's implicit `library/`.
+fn repository(image: &str) -> String {
+    let mut parts = path_parts(image);
     if let Some(last) = parts.last_mut() {
         *last = last.split_once(':').map_or(*last, |(name, _tag)| name);
     }
@@ -155,6 +181,47 @@ mod tests {
         assert_eq!(map.binary_for("orderpipe/other:0.1.0"), None);
         // Same repository name under another owner is another image.
         assert_eq!(map.binary_for("someone/orderpipe-worker"), None);
+    }
+
+    #[test]
+    fn a_tagged_mapping_wins_for_its_tag_only() {
+        let mut map = ImageMap::default();
+        map.insert(
+            "orderpipe/orderpipe-worker=/opt/worker"
+                .parse()
+                .expect("valid"),
+        );
+        map.insert(
+            "orderpipe/orderpipe-worker:faulty=/opt/faulty"
+                .parse()
+                .expect("valid"),
+        );
+        for (image, binary) in [
+            ("orderpipe/orderpipe-worker:faulty", "/opt/faulty"),
+            (
+                "localhost:5000/orderpipe/orderpipe-worker:faulty",
+                "/opt/faulty",
+            ),
+            (
+                "orderpipe/orderpipe-worker:faulty@sha256:0123abcd",
+                "/opt/faulty",
+            ),
+            ("orderpipe/orderpipe-worker:e2e", "/opt/worker"),
+            ("orderpipe/orderpipe-worker", "/opt/worker"),
+            ("orderpipe/orderpipe-worker@sha256:0123abcd", "/opt/worker"),
+        ] {
+            assert_eq!(map.binary_for(image), Some(Path::new(binary)), "{image}");
+        }
+        assert_eq!(tag("localhost:5000/orderpipe/orderpipe-worker"), None);
+
+        // Without a tag-less mapping, other tags of the repository run nothing.
+        let mut map = ImageMap::default();
+        map.insert(
+            "orderpipe/orderpipe-worker:faulty=/opt/faulty"
+                .parse()
+                .expect("valid"),
+        );
+        assert_eq!(map.binary_for("orderpipe/orderpipe-worker:e2e"), None);
     }
 
     #[test]

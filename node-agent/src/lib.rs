@@ -68,7 +68,8 @@ impl NodeAgentConfig {
         }
     }
 
-    /// Runs containers of `mapping.image` (registry, tag and digest ignored) as `mapping.binary`.
+    /// Runs containers of `mapping.image` as `mapping.binary`: registry and digest ignored, and
+    /// without a tag in `mapping.image` any tag; a tagged mapping wins for its tag.
     #[must_use]
     pub fn image(mut self, mapping: ImageMapping) -> Self {
         self.images.insert(mapping);

@@ -34,7 +34,8 @@ struct Cli {
     /// Where pod directories and container logs go (default: target/e2e/node-agent/<node-name>).
     #[arg(long)]
     work_dir: Option<PathBuf>,
-    /// Run containers of IMAGE (registry, tag and digest ignored) as the local binary PATH,
+    /// Run containers of IMAGE (registry and digest ignored; a tag-less IMAGE stands for every tag,
+    /// a tagged one wins for its tag) as the local binary PATH,
     /// e.g. orderpipe/orderpipe-worker=target/debug/orderpipe-worker. Repeatable.
     #[arg(long = "image", value_name = "IMAGE=PATH", required = true)]
     images: Vec<ImageMapping>,

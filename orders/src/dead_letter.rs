@@ -46,6 +46,9 @@ stable_codes! {
         /// than the topic's `max.message.bytes`); the broker's error is in `orderpipe.error.message`.
         /// Decided by the worker's runtime, not by a processor.
         OutputRefused = "output_refused",
+        /// Only the test build `orderpipe-worker-faulty` writes it: a deliberately bad release
+        /// that dead-letters every record, for the canary analysis to catch.
+        FaultInjected = "fault_injected",
     }
 }
 
@@ -132,6 +135,18 @@ pub enum DeadLetterCopy {
     KeyAndPayload,
     /// Key (cut) and no payload: the last resort when even the cut copy was refused.
     KeyOnly,
+}
+
+/// The dead letter every record gets from the test build `orderpipe-worker-faulty` (reason
+/// [`DeadLetterReason::FaultInjected`]): the input copied whole, so a replay loses nothing.
+pub fn fault_injected(input: &InputRecord<'_>, stage: Stage) -> Emit {
+    Failure {
+        stage,
+        reason: DeadLetterReason::FaultInjected,
+        field: None,
+        message: "orderpipe-worker-faulty dead-letters every record on purpose",
+    }
+    .dead_letter(input)
 }
 
 /// The dead letter for an input record whose output Kafka refused (reason

@@ -1,7 +1,7 @@
 //! One component of a stack: its name, the exact command it runs (kept for restarts on the same
 //! ports and data), its log file, its running process, and the readiness wait that turns a
 //! timeout or an early exit into an error carrying the log tail. Must not know what any
-//! particular component is: the command lines live in `kube_cluster` and `kafka`.
+//! particular component is: the command lines live in `kube_cluster`, `kafka` and `prometheus`.
 
 use std::fmt;
 use std::future::Future;
@@ -22,6 +22,7 @@ pub enum Component {
     Kwok,
     RolloutsController,
     Kafka,
+    Prometheus,
 }
 
 impl Component {
@@ -35,6 +36,7 @@ impl Component {
             Component::Kwok => "kwok",
             Component::RolloutsController => "rollouts-controller",
             Component::Kafka => "kafka",
+            Component::Prometheus => "prometheus",
         }
     }
 }

@@ -16,6 +16,10 @@ pub mod var {
     pub const KAFKA_BOOTSTRAP_SERVERS: &str = "KAFKA_BOOTSTRAP_SERVERS";
     /// The broker's SASL_SSL listener (CA and password files are in the work dir's `kafka-tls/`).
     pub const KAFKA_SASL_SSL_BOOTSTRAP_SERVERS: &str = "KAFKA_SASL_SSL_BOOTSTRAP_SERVERS";
+    /// The stack's Prometheus (`http://127.0.0.1:<port>`), for queries and the canary analysis.
+    pub const PROMETHEUS_URL: &str = "PROMETHEUS_URL";
+    /// Rule files (`*.yml`, `*.yaml`) Prometheus loads; add one, then `POST $PROMETHEUS_URL/-/reload`.
+    pub const PROMETHEUS_RULES_DIR: &str = "PROMETHEUS_RULES_DIR";
     pub const TOOLS_DIR: &str = "E2E_TOOLS_DIR";
     pub const WORK_DIR: &str = "E2E_WORK_DIR";
     pub const SUPERVISOR_PID: &str = "E2E_SUPERVISOR_PID";
@@ -28,6 +32,8 @@ pub struct StackEnv {
     pub kubeconfig: Option<PathBuf>,
     pub kafka_bootstrap: Option<String>,
     pub kafka_secure_bootstrap: Option<String>,
+    pub prometheus_url: Option<String>,
+    pub prometheus_rules_dir: Option<PathBuf>,
     pub tools_dir: PathBuf,
     pub work_dir: PathBuf,
     /// The process that owns the stack (the `orderpipe-stack serve` supervisor, or a test).
@@ -52,6 +58,12 @@ impl StackEnv {
         }
         if let Some(bootstrap) = &self.kafka_secure_bootstrap {
             export(var::KAFKA_SASL_SSL_BOOTSTRAP_SERVERS, bootstrap);
+        }
+        if let Some(url) = &self.prometheus_url {
+            export(var::PROMETHEUS_URL, url);
+        }
+        if let Some(dir) = &self.prometheus_rules_dir {
+            export(var::PROMETHEUS_RULES_DIR, &dir.display().to_string());
         }
         export(var::TOOLS_DIR, &self.tools_dir.display().to_string());
         export(var::WORK_DIR, &self.work_dir.display().to_string());
@@ -86,6 +98,8 @@ impl StackEnv {
                 var::KUBECONFIG => env.kubeconfig = Some(PathBuf::from(value)),
                 var::KAFKA_BOOTSTRAP_SERVERS => env.kafka_bootstrap = Some(value),
                 var::KAFKA_SASL_SSL_BOOTSTRAP_SERVERS => env.kafka_secure_bootstrap = Some(value),
+                var::PROMETHEUS_URL => env.prometheus_url = Some(value),
+                var::PROMETHEUS_RULES_DIR => env.prometheus_rules_dir = Some(PathBuf::from(value)),
                 var::TOOLS_DIR => env.tools_dir = PathBuf::from(value),
                 var::WORK_DIR => env.work_dir = PathBuf::from(value),
                 var::SUPERVISOR_PID => {
@@ -146,6 +160,8 @@ mod tests {
             kubeconfig: Some(PathBuf::from("/w/it's here/kubeconfig")),
             kafka_bootstrap: Some("127.0.0.1:39092".into()),
             kafka_secure_bootstrap: Some("127.0.0.1:39094".into()),
+            prometheus_url: Some("http://127.0.0.1:39090".into()),
+            prometheus_rules_dir: Some(PathBuf::from("/w/prometheus/rules")),
             tools_dir: PathBuf::from("/cache/e2e-tools/v1"),
             work_dir: PathBuf::from("/w"),
             supervisor_pid: 42,

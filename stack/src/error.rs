@@ -23,6 +23,12 @@ pub enum StackError {
     )]
     ToolMissing { path: PathBuf, hint: &'static str },
 
+    #[error("`{program}` not found on PATH: {hint}")]
+    SystemToolMissing {
+        program: &'static str,
+        hint: &'static str,
+    },
+
     #[error("{binary} is not built: run `{build}`")]
     NotBuilt { binary: PathBuf, build: String },
 
@@ -120,6 +126,9 @@ pub enum StackError {
         what: String,
         error: tokio::task::JoinError,
     },
+
+    #[error("Prometheus ({what}): {reason}")]
+    Prometheus { what: String, reason: String },
 
     #[error("HTTP probe of {component} failed: {error}")]
     Http {

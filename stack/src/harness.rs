@@ -95,6 +95,16 @@ impl SharedStack {
         SecureKafka::load(&self.env.work_dir, bootstrap)
     }
 
+    /// `http://127.0.0.1:<port>` of the shared stack's Prometheus.
+    pub fn prometheus_url(&self) -> Result<&str> {
+        self.env
+            .prometheus_url
+            .as_deref()
+            .ok_or_else(|| StackError::NoSharedStack {
+                reason: "the shared stack runs without Prometheus".into(),
+            })
+    }
+
     /// An admin client for the shared apiserver.
     pub async fn kube_client(&self) -> Result<Client> {
         kubeconfig::client(self.kubeconfig()?).await

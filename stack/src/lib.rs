@@ -1,6 +1,7 @@
 //! orderpipe's local real-infrastructure stack: starts kube-apiserver, etcd,
-//! kube-controller-manager, kube-scheduler, kwok and a KRaft Kafka broker as plain processes on
-//! 127.0.0.1 (no Docker), and gives tests what they need to use them.
+//! kube-controller-manager, kube-scheduler, kwok, a KRaft Kafka broker and a Prometheus that
+//! scrapes what the cluster's ServiceMonitors select, as plain processes on 127.0.0.1 (no Docker), and gives
+//! tests what they need to use them.
 //!
 //! Two ways to get a stack:
 //! - the shared one (`make e2e-up`, `make test-e2e`), found by tests through
@@ -23,6 +24,8 @@ mod kubeconfig;
 mod pki;
 mod ports;
 mod process;
+pub mod prometheus;
+mod service_monitors;
 mod stack;
 pub mod tools;
 mod topics;

@@ -75,6 +75,9 @@ struct StackArgs {
     /// Also run the Argo Rollouts controller (full and kubernetes profiles).
     #[arg(long)]
     argo_rollouts: bool,
+    /// Run no Prometheus (by default the full and kubernetes profiles run one).
+    #[arg(long)]
+    no_prometheus: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -181,6 +184,9 @@ fn up(env_file: &Path, args: &StackArgs) -> anyhow::Result<ExitCode> {
     if args.argo_rollouts {
         command.arg("--argo-rollouts");
     }
+    if args.no_prometheus {
+        command.arg("--no-prometheus");
+    }
     let mut supervisor = command
         .stdin(Stdio::null())
         .stdout(log.try_clone().context("duplicating the log handle")?)
@@ -227,6 +233,9 @@ fn print_usage(env_file: &Path, env: &StackEnv) {
     if let Some(bootstrap) = &env.kafka_bootstrap {
         say!("  kcat -b {bootstrap} -L          # KAFKA_BOOTSTRAP_SERVERS={bootstrap}");
     }
+    if let Some(url) = &env.prometheus_url {
+        say!("  {url}/targets                # PROMETHEUS_URL={url}");
+    }
     say!("  logs: {}/logs/", env.work_dir.display());
     say!("  stop: make e2e-down");
 }
@@ -241,7 +250,8 @@ async fn serve(env_file: &Path, args: &StackArgs) -> anyhow::Result<ExitCode> {
 
     let mut builder = Stack::builder(&args.name)
         .install_crds(!args.no_crds)
-        .argo_rollouts(args.argo_rollouts);
+        .argo_rollouts(args.argo_rollouts)
+        .prometheus(!args.no_prometheus);
     if let Some(dir) = &args.crds_dir {
         builder = builder.crds_dir(dir);
     }
@@ -365,6 +375,14 @@ async fn status(env_file: &Path) -> anyhow::Result<ExitCode> {
                 "NOT REACHABLE"
             }
         );
+    }
+    if let Some(url) = &env.prometheus_url {
+        let targets = orderpipe_stack::prometheus::active_targets(url).await;
+        healthy &= targets.is_ok();
+        match targets {
+            Ok(targets) => say!("  prometheus {url:<20} {} active targets", targets.len()),
+            Err(error) => say!("  prometheus {url:<20} NOT ANSWERING: {error}"),
+        }
     }
     Ok(if healthy {
         ExitCode::SUCCESS

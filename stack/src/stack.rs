@@ -1,6 +1,7 @@
 //! `Stack`: one local real-infrastructure environment (Kubernetes control plane and/or a Kafka
-//! broker) in its own work dir, started by a builder, restartable component by component, and
-//! stopped by PID on `stop()`, on `Drop`, and (through the watchdogs) when its owner dies.
+//! broker, and with Kubernetes a Prometheus) in its own work dir, started by a builder,
+//! restartable component by component, and stopped by PID on `stop()`, on `Drop`, and (through the
+//! watchdogs) when its owner dies.
 //! Must not share state with other stacks: own ports, PKI, data dirs and logs.
 
 use std::fs;
@@ -14,6 +15,8 @@ use crate::envfile::StackEnv;
 use crate::error::{Result, StackError};
 use crate::kafka::{KafkaBroker, SecureKafka};
 use crate::kube_cluster::{KubeCluster, KubeOptions, Kubernetes};
+use crate::prometheus::PrometheusServer;
+use crate::service_monitors;
 use crate::tools::{self, Tools};
 
 /// Marks a directory as a stack work dir, the only kind `start` will wipe.
@@ -33,6 +36,7 @@ pub struct StackBuilder {
     install_crds: bool,
     third_party_crds: bool,
     argo_rollouts: bool,
+    prometheus: bool,
     ready_timeout: Duration,
     stop_grace: Duration,
 }
@@ -89,6 +93,13 @@ impl StackBuilder {
     /// [`Kubernetes::Full`] and the third-party CRDs.
     pub fn argo_rollouts(mut self, on: bool) -> Self {
         self.argo_rollouts = on;
+        self
+    }
+
+    /// Run Prometheus, scraping what the cluster's ServiceMonitors select (default: yes; only
+    /// with [`Kubernetes::Full`], where pods run).
+    pub fn prometheus(mut self, on: bool) -> Self {
+        self.prometheus = on;
         self
     }
 
@@ -162,12 +173,20 @@ impl StackBuilder {
         } else {
             None
         };
+        let prometheus = match &kube {
+            Some(_) if self.prometheus && self.kubernetes == Kubernetes::Full => {
+                Some(PrometheusServer::prepare(&work_dir, self.ready_timeout)?)
+            }
+            _ => None,
+        };
         Ok(Stack {
             name: self.name.clone(),
             work_dir,
             tools,
             kube,
             kafka,
+            prometheus,
+            discovery: None,
             grace: self.stop_grace,
         })
     }
@@ -181,6 +200,9 @@ pub struct Stack {
     tools: Tools,
     kube: Option<KubeCluster>,
     kafka: Option<KafkaBroker>,
+    prometheus: Option<PrometheusServer>,
+    /// Keeps Prometheus's targets file in step with the ServiceMonitors (`service_monitors::run`).
+    discovery: Option<tokio::task::JoinHandle<()>>,
     grace: Duration,
 }
 
@@ -197,6 +219,7 @@ impl Stack {
             install_crds: true,
             third_party_crds: true,
             argo_rollouts: false,
+            prometheus: true,
             ready_timeout: Duration::from_secs(180),
             stop_grace: Duration::from_secs(15),
         }
@@ -247,6 +270,16 @@ impl Stack {
         SecureKafka::load(&self.work_dir, kafka.secure_bootstrap())
     }
 
+    /// `http://127.0.0.1:<port>` of the stack's Prometheus.
+    pub fn prometheus_url(&self) -> Result<&str> {
+        self.prometheus
+            .as_ref()
+            .map(PrometheusServer::url)
+            .ok_or(StackError::NotInStack {
+                component: Component::Prometheus.name(),
+            })
+    }
+
     /// PID (= process group) of every running component.
     pub fn pids(&self) -> Vec<(Component, u32)> {
         let mut members: Vec<&Member> = Vec::new();
@@ -255,6 +288,9 @@ impl Stack {
         }
         if let Some(kafka) = &self.kafka {
             members.push(kafka.member());
+        }
+        if let Some(prometheus) = &self.prometheus {
+            members.push(prometheus.member());
         }
         members
             .into_iter()
@@ -271,6 +307,11 @@ impl Stack {
                 .kafka
                 .as_ref()
                 .map(|kafka| kafka.secure_bootstrap().to_owned()),
+            prometheus_url: self.prometheus.as_ref().map(|p| p.url().to_owned()),
+            prometheus_rules_dir: self
+                .prometheus
+                .as_ref()
+                .map(|p| p.rules_dir().to_path_buf()),
             tools_dir: self.tools.root().to_path_buf(),
             work_dir: self.work_dir.clone(),
             supervisor_pid: std::process::id(),
@@ -326,10 +367,14 @@ impl Stack {
     }
 
     async fn boot(&mut self) -> Result<()> {
-        let (kube, kafka) = (&mut self.kube, &mut self.kafka);
+        let (kube, kafka, prometheus) = (&mut self.kube, &mut self.kafka, &mut self.prometheus);
+        // Prometheus after the apiserver, whose ServiceMonitors say what it scrapes.
         let kube = async {
-            match kube {
-                Some(kube) => kube.start().await,
+            if let Some(kube) = kube {
+                kube.start().await?;
+            }
+            match prometheus {
+                Some(prometheus) => prometheus.start().await,
                 None => Ok(()),
             }
         };
@@ -340,11 +385,24 @@ impl Stack {
             }
         };
         tokio::try_join!(kube, kafka)?;
+        if let (Some(kube), Some(prometheus)) = (&self.kube, &self.prometheus)
+            && let Some(client) = kube.client()
+        {
+            let file = prometheus.targets_file().to_path_buf();
+            self.discovery = Some(tokio::spawn(service_monitors::run(client, file)));
+        }
         Ok(())
     }
 
     async fn shutdown(&mut self) -> Result<()> {
         let grace = self.grace;
+        // First, so it does not log failed scrapes and discoveries while the rest stops.
+        if let Some(discovery) = self.discovery.take() {
+            discovery.abort();
+        }
+        if let Some(prometheus) = self.prometheus.as_mut() {
+            prometheus.member_mut().stop(grace).await?;
+        }
         // Kafka and Kubernetes do not depend on each other: stop both at once.
         let (kube, kafka) = (&mut self.kube, &mut self.kafka);
         let kube = async {
@@ -382,7 +440,13 @@ impl Stack {
 
 impl Drop for Stack {
     fn drop(&mut self) {
+        if let Some(discovery) = self.discovery.take() {
+            discovery.abort();
+        }
         let mut members: Vec<&mut Member> = Vec::new();
+        if let Some(prometheus) = self.prometheus.as_mut() {
+            members.push(prometheus.member_mut());
+        }
         if let Some(kube) = self.kube.as_mut() {
             members.extend(kube.members_mut());
         }

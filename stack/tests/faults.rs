@@ -162,13 +162,14 @@ async fn killing_the_stack_owner_leaves_no_orphans() -> anyhow::Result<()> {
             "kube-controller-manager",
             "kube-scheduler",
             "kwok",
-            "kafka"
+            "kafka",
+            "prometheus"
         ],
         "expected every component of a full stack"
     );
     assert_eq!(
         alive(&env.pids).len(),
-        6,
+        7,
         "not all components running before the kill"
     );
 

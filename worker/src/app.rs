@@ -28,6 +28,7 @@ use crate::runtime::{
     driver,
 };
 use crate::server::{self, Endpoints};
+use crate::stage::fault::{DeadLetterEverything, Release};
 use crate::stage::notify::{self, NotifyStage};
 use crate::stage::webhook::HttpWebhook;
 use crate::stage::{StageHandler, Stateful};
@@ -43,8 +44,13 @@ struct Shared {
     tuning: Tuning,
 }
 
-/// Runs the configured stage until `shutdown` is cancelled or an unrecoverable error occurs.
-pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<(), WorkerError> {
+/// Runs the configured stage, as `release` builds it, until `shutdown` is cancelled or an
+/// unrecoverable error occurs.
+pub async fn run(
+    config: WorkerConfig,
+    release: Release,
+    shutdown: CancellationToken,
+) -> Result<(), WorkerError> {
     let (registry, metrics) = Metrics::registry(&config.pipeline, &config.stage);
     let tuning = Tuning::new(config.commit_interval, config.shutdown_grace);
     let health = Arc::new(Health::new(tuning.stop_timeout + STALL_MARGIN));
@@ -72,10 +78,12 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
                 dedup_window: contract::DEDUP_WINDOW,
                 ..ValidatePolicy::default()
             };
-            run_stage(Stateful(Validator::new(policy)), config, shared, shutdown).await
+            let stage = Stateful(Validator::new(policy));
+            run_release(stage, release, config, shared, shutdown).await
         }
         ProcessorKind::Status => {
-            run_stage(Stateful(StatusMachine::default()), config, shared, shutdown).await
+            let stage = Stateful(StatusMachine::default());
+            run_release(stage, release, config, shared, shutdown).await
         }
         ProcessorKind::Notify => {
             let settings = config.notify.as_ref().ok_or(ContractError::Missing {
@@ -87,7 +95,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
                 HttpWebhook::new(settings)?,
                 Arc::clone(&shared.metrics),
             );
-            run_stage(stage, config, shared, shutdown).await
+            run_release(stage, release, config, shared, shutdown).await
         }
         ProcessorKind::Custom => Err(WorkerError::UnsupportedProcessor {
             processor: ProcessorKind::Custom.as_str(),
@@ -100,6 +108,23 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         Ok(Ok(())) => {}
     }
     result
+}
+
+/// Runs `stage` as it is, or as the faulty release's wrapper of it.
+async fn run_release<H: StageHandler>(
+    stage: H,
+    release: Release,
+    config: WorkerConfig,
+    shared: Shared,
+    shutdown: CancellationToken,
+) -> Result<(), WorkerError> {
+    match release {
+        Release::Sound => run_stage(stage, config, shared, shutdown).await,
+        Release::DeadLetterEverything => {
+            tracing::warn!("orderpipe-worker-faulty: every record goes to the dead-letter topic");
+            run_stage(DeadLetterEverything(stage), config, shared, shutdown).await
+        }
+    }
 }
 
 /// Runs the blocking loop on its own thread (Kafka's transactional calls and rebalance callbacks

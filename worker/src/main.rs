@@ -1,6 +1,10 @@
 //! The `orderpipe-worker` binary: `run` (one pipeline stage, configured by the worker contract's
 //! environment) and `loadgen` (seeded input for a stage). Owns the command line, logging, signals
 //! and exit codes; must not contain stage or loop logic.
+//!
+//! The same source builds the test binary `orderpipe-worker-faulty`, a deliberately bad release
+//! for the canary tests (`stage::fault`): the binary's name, fixed at compile time, is the only
+//! switch, so a renamed file or any environment leaves `orderpipe-worker` sound.
 
 use std::process::ExitCode;
 
@@ -9,6 +13,7 @@ use orderpipe_api::contract::{KafkaConnection, WorkerConfig};
 use orderpipe_orders::generator::{EventConfig, GenConfig};
 use orderpipe_worker::WorkerError;
 use orderpipe_worker::loadgen::{self, LoadMode, LoadSpec};
+use orderpipe_worker::stage::fault::Release;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
@@ -126,7 +131,8 @@ impl LoadgenArgs {
     }
 }
 
-fn main() -> ExitCode {
+/// `pub` for `orderpipe-worker-faulty`, which compiles this file as a module.
+pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match cli.command {
@@ -166,7 +172,8 @@ fn run() -> ExitCode {
     };
     let result = runtime.block_on(async {
         let shutdown = shutdown_on_signals();
-        orderpipe_worker::app::run(config, shutdown).await
+        let release = Release::of_binary(env!("CARGO_BIN_NAME"));
+        orderpipe_worker::app::run(config, release, shutdown).await
     });
     match result {
         Ok(()) => {

@@ -34,7 +34,7 @@ pub use notify::{NotifySpec, RetrySpec, WebhookSpec};
 pub use pipeline::{OrderPipeline, OrderPipelineSpec};
 pub use secret::{SecretKey, SecretKeyRef, SecretName};
 pub use stage::{OutputTopic, Processor, StageSpec};
-pub use status::{OrderPipelineStatus, StageStatus, TopicStatus};
+pub use status::{CanaryStatus, OrderPipelineStatus, StageStatus, TopicStatus};
 pub use topic::{DeletionPolicy, TopicConfigValue, TopicSpec};
 pub use workload::{
     AutoscalingSpec, CanaryAnalysis, CanaryPause, CanarySpec, CanaryStep, RolloutSpec,

@@ -117,10 +117,37 @@ pub struct StageStatus {
     /// is `parkAfterIdleSeconds` old.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_since: Option<Time>,
+    /// While a canary release runs (a Rollout between its stable and its new version): how much
+    /// of the stage the new version has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryStatus>,
     /// PascalCase reason when not ready.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// Human-readable detail.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+}
+
+/// A running canary, in whole consumers: without a traffic router Argo Rollouts realises a step's
+/// weight as a share of the stage's pods (the closest whole count, at least one of each version
+/// when there are two or more pods, never more pods than the stage's replicas, which are capped at
+/// the input's partitions), and each pod is one member of the stage's consumer group.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct CanaryStatus {
+    /// The weight of the current step, in percent (the last `setWeight` reached; 0 before it).
+    pub weight: i32,
+    /// Pods of the new version.
+    pub replicas: i32,
+    /// Pods of the stable version.
+    pub stable_replicas: i32,
+    /// Input partitions the new version's pods hold when the group is balanced: each member gets
+    /// an equal share (partitions / members, rounded either way), so this is the canary's share of
+    /// the partitions, rounded. Derived from the counts, not read from the group's assignment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partitions: Option<i32>,
+    /// Partitions of the stage's input topic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_partitions: Option<i32>,
 }

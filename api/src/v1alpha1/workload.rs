@@ -186,16 +186,19 @@ pub struct CanaryPause {
     pub duration: Option<Duration>,
 }
 
-/// Thresholds of the canary analysis (Prometheus queries over the stage's worker metrics).
+/// Thresholds of the canary analysis (Prometheus queries over the stage's worker metrics): each
+/// compares the canary pods' share of the records they consumed with the stable pods' share.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct CanaryAnalysis {
-    /// Highest tolerated share of records ending in error outcomes, in percent (default 1).
+    /// How many percentage points the canary's share of records ending in error outcomes (`error`,
+    /// `dead_lettered`) may exceed the stable pods' (default 1).
     #[serde(default = "default_max_error_percent")]
     #[schemars(range(min = 0, max = 100))]
     pub max_error_percent: i32,
 
-    /// Highest tolerated share of records dead-lettered, in percent (default 1).
+    /// How many percentage points the canary's share of dead-lettered records may exceed the
+    /// stable pods' (default 1).
     #[serde(default = "default_max_error_percent")]
     #[schemars(range(min = 0, max = 100))]
     pub max_dead_letter_percent: i32,

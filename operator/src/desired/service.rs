@@ -10,6 +10,7 @@ use orderpipe_api::contract::METRICS_PORT;
 use serde_json::{Value, json};
 
 use super::StageContext;
+use super::analysis::ROLLOUTS_POD_HASH;
 use super::pod::{METRICS_PATH, METRICS_PORT_NAME};
 
 /// Matches the `rate()` window of the canary analysis (several samples per window).
@@ -43,6 +44,8 @@ pub(super) fn desired_service_monitor(ctx: &StageContext<'_>) -> Value {
         "metadata": ctx.metadata(),
         "spec": {
             "selector": ctx.selector(),
+            // Tells canary and stable pods of a Rollout apart for the canary analysis.
+            "podTargetLabels": [ROLLOUTS_POD_HASH],
             "endpoints": [{
                 "port": METRICS_PORT_NAME,
                 "path": METRICS_PATH,

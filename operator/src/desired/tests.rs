@@ -627,24 +627,49 @@ fn paused_pipeline_has_no_hpa_and_zero_replicas() {
 }
 
 #[test]
-fn analysis_template_queries_the_stage_error_and_dead_letter_share() {
+fn analysis_template_compares_the_canary_pods_error_and_dead_letter_share_with_stable() {
     let children = render(&sample(CANARY), ALL_CRDS);
     let template = object(&children, ChildKind::AnalysisTemplate, "canary-validate");
     let rollout = object(&children, ChildKind::Rollout, "canary-validate");
+    // Argo fills in the pod hashes of both versions when it starts the AnalysisRun.
     assert_eq!(
         rollout["spec"]["strategy"]["canary"]["analysis"],
-        json!({"templates": [{"templateName": "canary-validate"}], "startingStep": 1})
+        json!({
+            "templates": [{"templateName": "canary-validate"}],
+            "startingStep": 1,
+            "args": [
+                {"name": "canary-hash", "valueFrom": {"podTemplateHashValue": "Latest"}},
+                {"name": "stable-hash", "valueFrom": {"podTemplateHashValue": "Stable"}},
+            ],
+        })
+    );
+    assert_eq!(
+        template["spec"]["args"],
+        json!([{"name": "canary-hash"}, {"name": "stable-hash"}])
     );
 
-    let stage = r#"namespace="shop",pipeline="canary",stage="validate""#;
-    let share = |outcomes: &str| {
+    let version_share = |hash_arg: &str, outcomes: &str| {
+        let pods = format!(
+            r#"namespace="shop",pipeline="canary",stage="validate",rollouts_pod_template_hash="{{{{args.{hash_arg}}}}}""#
+        );
         format!(
-            "(sum(rate({}{{{stage},outcome=~\"{outcomes}\"}}[2m])) / \
-             (sum(rate({}{{{stage}}}[2m])) > 0)) or vector(0)",
+            "((sum(rate({}{{{pods},outcome=~\"{outcomes}\"}}[2m])) / \
+             (sum(rate({}{{{pods}}}[2m])) > 0)) or vector(0))",
             metrics::RECORDS_PROCESSED,
             metrics::RECORDS_CONSUMED,
         )
     };
+    let share = |outcomes: &str| {
+        format!(
+            "{} - {}",
+            version_share("canary-hash", outcomes),
+            version_share("stable-hash", outcomes)
+        )
+    };
+    assert!(
+        share("dead_lettered").contains(r#"rollouts_pod_template_hash="{{args.canary-hash}}""#),
+        "Argo's placeholder syntax"
+    );
     let prometheus = |query: String| json!({"prometheus": {"address": settings().prometheus_url, "query": query}});
     // The sample allows 1% errors and 2% dead letters, measured every minute, one failure aborts.
     assert_eq!(
@@ -764,6 +789,7 @@ fn service_and_monitor_expose_the_metrics_port_of_their_stage_only() {
         monitor["spec"],
         json!({
             "selector": {"matchLabels": selector_labels("checkout", "status")},
+            "podTargetLabels": ["rollouts-pod-template-hash"],
             "endpoints": [{"port": "metrics", "path": "/metrics", "interval": "15s"}],
         })
     );

@@ -13,6 +13,7 @@ use orderpipe_api::contract;
 use orderpipe_api::v1alpha1::{CanaryPause, CanaryStep, Duration};
 use serde_json::{Value, json};
 
+use super::analysis::HASH_ARGS;
 use super::{DesiredError, StageContext};
 use crate::children::ChildKind;
 use crate::model::Scaling;
@@ -92,6 +93,11 @@ pub(super) fn desired_rollout(
             "analysis": {
                 "templates": [{ "templateName": ctx.name() }],
                 "startingStep": 1,
+                // Which pods are the canary and which the stable version, for its queries.
+                "args": HASH_ARGS.map(|(name, version)| json!({
+                    "name": name,
+                    "valueFrom": { "podTemplateHashValue": version },
+                })),
             },
         }
     });

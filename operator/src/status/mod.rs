@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use orderpipe_api::v1alpha1::{OrderPipelineStatus, StageStatus, TopicStatus};
+use orderpipe_api::v1alpha1::{CanaryStatus, OrderPipelineStatus, StageStatus, TopicStatus};
 use serde_json::Value;
 
 use crate::model::{Scaling, StageIssue, ValidatedPipeline, ValidatedStage, WorkloadKind};
@@ -252,6 +252,14 @@ fn stage_status(stage: &ValidatedStage, observed: &Observed<'_>) -> StageStatus 
     let (desired, ready, updated) = replica_counts(live);
     status.replicas = Some(desired);
     status.ready_replicas = Some(ready);
+    if stage.workload == WorkloadKind::Rollout {
+        let input_partitions = observed
+            .topics
+            .iter()
+            .find(|t| t.name == stage.spec.input)
+            .and_then(|t| t.partitions);
+        status.canary = canary_status(live, input_partitions);
+    }
 
     let progress = workload_progress(stage.workload, live, desired, ready, updated);
     match (progress, issue) {
@@ -266,6 +274,59 @@ fn stage_status(stage: &ValidatedStage, observed: &Observed<'_>) -> StageStatus 
         (Ok(()), None) => status.ready = true,
     }
     status
+}
+
+/// The running canary of a live Rollout: set while its new pods' hash differs from the stable one
+/// and the release is not aborted (Argo then scales the canary back to zero).
+fn canary_status(live: &Value, input_partitions: Option<i32>) -> Option<CanaryStatus> {
+    let text = |pointer: &str| live.pointer(pointer).and_then(Value::as_str);
+    let int = |pointer: &str| {
+        live.pointer(pointer)
+            .and_then(Value::as_i64)
+            .and_then(|n| i32::try_from(n).ok())
+            .unwrap_or(0)
+    };
+    let stable = text("/status/stableRS")?;
+    let latest = text("/status/currentPodHash")?;
+    let aborted = live
+        .pointer("/status/abort")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    if stable == latest || aborted {
+        return None;
+    }
+    let step = usize::try_from(int("/status/currentStepIndex")).unwrap_or(0);
+    let weight = live
+        .pointer("/spec/strategy/canary/steps")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .take(step + 1)
+        .filter_map(|s| s.get("setWeight").and_then(Value::as_i64))
+        .last()
+        .and_then(|w| i32::try_from(w).ok())
+        .unwrap_or(0);
+    let replicas = int("/status/updatedReplicas");
+    let stable_replicas = (int("/status/replicas") - replicas).max(0);
+    Some(CanaryStatus {
+        weight,
+        replicas,
+        stable_replicas,
+        partitions: input_partitions
+            .and_then(|total| balanced_share(total, replicas, replicas + stable_replicas)),
+        input_partitions,
+    })
+}
+
+/// What `members` of a group of `group` hold of `partitions` when every member holds an equal
+/// share: `partitions × members / group`, rounded half up; `None` for an empty group.
+fn balanced_share(partitions: i32, members: i32, group: i32) -> Option<i32> {
+    if group <= 0 {
+        return None;
+    }
+    let (partitions, members, group) =
+        (i64::from(partitions), i64::from(members), i64::from(group));
+    i32::try_from((2 * partitions * members + group) / (2 * group)).ok()
 }
 
 /// `records` to two significant digits (1234 -> 1200, 99 -> 99), half up.

@@ -323,3 +323,61 @@ fn an_idle_stage_recomputes_an_identical_status() {
     assert_eq!(first, again);
     assert_eq!(first.stages[0].idle_since, Some(at(3)));
 }
+
+/// A Rollout of `replicas` pods, `canary` of them of the new version, at step `step` of
+/// 25% / pause / 50% / pause.
+fn rollout(replicas: i64, canary: i64, step: i64, latest: &str) -> Value {
+    json!({
+        "kind": "Rollout",
+        "spec": {
+            "replicas": replicas,
+            "strategy": { "canary": { "steps": [
+                { "setWeight": 25 }, { "pause": { "duration": "1m" } },
+                { "setWeight": 50 }, { "pause": { "duration": "1m" } },
+            ] } },
+        },
+        "status": {
+            "stableRS": "stable1",
+            "currentPodHash": latest,
+            "currentStepIndex": step,
+            "replicas": replicas,
+            "updatedReplicas": canary,
+        },
+    })
+}
+
+#[test]
+fn a_running_canary_reports_its_weight_pods_and_balanced_partitions() {
+    assert_eq!(
+        canary_status(&rollout(4, 1, 1, "new2"), Some(6)),
+        Some(CanaryStatus {
+            weight: 25,
+            replicas: 1,
+            stable_replicas: 3,
+            // 6 partitions over 4 members: 1 or 2 each; one member's share is 1.5, rounded up.
+            partitions: Some(2),
+            input_partitions: Some(6),
+        })
+    );
+    let at_half = canary_status(&rollout(2, 1, 3, "new2"), Some(4)).expect("canary");
+    assert_eq!(
+        (at_half.weight, at_half.partitions, at_half.stable_replicas),
+        (50, Some(2), 1)
+    );
+    assert_eq!(
+        canary_status(&rollout(2, 0, 0, "new2"), None).map(|c| c.weight),
+        Some(25),
+        "the first step is being set"
+    );
+}
+
+#[test]
+fn no_canary_when_stable_or_aborted() {
+    assert_eq!(canary_status(&rollout(2, 2, 4, "stable1"), Some(4)), None);
+    let mut aborted = rollout(2, 0, 1, "new2");
+    aborted["status"]["abort"] = json!(true);
+    assert_eq!(canary_status(&aborted, Some(4)), None);
+    assert_eq!(balanced_share(4, 0, 0), None);
+    assert_eq!(balanced_share(4, 1, 3), Some(1));
+    assert_eq!(balanced_share(5, 1, 2), Some(3), "half up");
+}

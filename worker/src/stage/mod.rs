@@ -3,6 +3,7 @@
 //! per-key state) into the records to produce; only the notify stage does I/O (its webhook).
 //! This module must not touch Kafka, offsets or transactions.
 
+pub mod fault;
 pub mod notify;
 pub mod webhook;
 
