@@ -52,7 +52,10 @@ struct Row {
 }
 
 pub async fn run(ctx: &Context) -> anyhow::Result<Vec<Section>> {
-    let orders = if ctx.quick { 10_000 } else { 60_000 };
+    // One release worker drains about 6,000 orders/s here, and the HPA needs some 15 s to act
+    // (lag interval, 5 s sync, pod start): a burst that one replica drains in 10 s is over before
+    // any scaling. The full size keeps one replica busy for well over a minute.
+    let orders = if ctx.quick { 20_000 } else { 600_000 };
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     eprintln!("[bench] autoscale: starting a private stack");
     let stack = Stack::builder("bench-autoscale")
