@@ -138,8 +138,12 @@ fn main() -> ExitCode {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn"));
+    // Spans log their busy and idle time when they close. The loop's spans (poll, process,
+    // produce, send_offsets, commit...) are at debug and trace level, off by default: e.g.
+    // RUST_LOG=info,orderpipe_worker=debug shows where a transaction's time goes.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {

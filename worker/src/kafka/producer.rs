@@ -307,16 +307,20 @@ impl Sink for TransactionalSink {
             operation: "listing offsets",
             cause: error.into(),
         })?;
-        retrying(
-            &self.connection.producer,
-            "sending offsets to the transaction",
-            |p| p.send_offsets_to_transaction(&list, &metadata, CALL_TIMEOUT),
-        )?;
-        retrying(
-            &self.connection.producer,
-            "committing the transaction",
-            |p| p.commit_transaction(CALL_TIMEOUT),
-        )
+        tracing::debug_span!("send_offsets").in_scope(|| {
+            retrying(
+                &self.connection.producer,
+                "sending offsets to the transaction",
+                |p| p.send_offsets_to_transaction(&list, &metadata, CALL_TIMEOUT),
+            )
+        })?;
+        tracing::debug_span!("commit_transaction").in_scope(|| {
+            retrying(
+                &self.connection.producer,
+                "committing the transaction",
+                |p| p.commit_transaction(CALL_TIMEOUT),
+            )
+        })
     }
 
     fn abort(&mut self) -> Result<(), SinkError> {
@@ -377,9 +381,8 @@ impl Sink for AtLeastOnceSink {
             operation,
             cause,
         };
-        self.connection
-            .producer
-            .flush(CALL_TIMEOUT)
+        tracing::debug_span!("flush")
+            .in_scope(|| self.connection.producer.flush(CALL_TIMEOUT))
             .map_err(|error| abortable("waiting for acknowledgements", error.into()))?;
         let failed = self.connection.context.failures.swap(0, Ordering::AcqRel);
         if failed > 0 {
@@ -388,8 +391,8 @@ impl Sink for AtLeastOnceSink {
                 BrokerError::new(format!("{failed} records were not delivered")),
             ));
         }
-        group
-            .commit_offsets(input_topic, offsets)
+        tracing::debug_span!("commit_offsets")
+            .in_scope(|| group.commit_offsets(input_topic, offsets))
             .map_err(|error| abortable("committing offsets", error.into()))
     }
 
