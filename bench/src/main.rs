@@ -22,6 +22,16 @@ struct Cli {
     /// Smaller runs (fewer orders, fewer pipelines): a smoke test of the benchmarks themselves.
     #[arg(long)]
     quick: bool,
+    /// Worker side-by-side variants to run (default: all four); a focused run for working on one
+    /// of them, not a report to compare baselines with.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    variants: Vec<worker::VariantArg>,
+    /// Partition counts of the worker side-by-side runs (default: 1,4,8; --quick: 1).
+    #[arg(long, value_delimiter = ',')]
+    partitions: Vec<i32>,
+    /// Skip the whole-pipeline and commit-interval sweep sections of `--only worker`.
+    #[arg(long)]
+    side_by_side_only: bool,
     /// Where the report goes (also printed).
     #[arg(long, default_value = "bench/results/latest.md")]
     out: PathBuf,
@@ -49,6 +59,7 @@ enum Part {
 #[derive(Debug, Clone)]
 pub struct Context {
     pub quick: bool,
+    pub worker: worker::Focus,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -67,7 +78,14 @@ fn main() -> anyhow::Result<()> {
     } else {
         cli.only.clone()
     };
-    let ctx = Context { quick: cli.quick };
+    let ctx = Context {
+        quick: cli.quick,
+        worker: worker::Focus {
+            variants: cli.variants.clone(),
+            partitions: cli.partitions.clone(),
+            side_by_side_only: cli.side_by_side_only,
+        },
+    };
     let runtime = tokio::runtime::Runtime::new()?;
     let mut sections = Vec::new();
     let mut failed = Vec::new();
