@@ -11,6 +11,12 @@ use orderpipe_worker::WorkerError;
 use orderpipe_worker::loadgen::{self, LoadMode, LoadSpec};
 use tokio_util::sync::CancellationToken;
 
+// glibc's malloc took a fifth of the worker's CPU on the validate benchmark (perf: _int_malloc,
+// unlink_chunk, _int_free, malloc_consolidate): records and their outputs are allocated on one
+// thread and freed on another (driver, partition workers, librdkafka's threads).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "orderpipe-worker",
