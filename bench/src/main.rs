@@ -6,6 +6,7 @@
 mod operator;
 mod raw_copy;
 mod report;
+mod stage_cost;
 mod worker;
 
 use std::path::PathBuf;
@@ -45,6 +46,9 @@ enum Command {
     /// The raw librdkafka consume -> produce copy (the worker benchmarks' ceiling).
     #[command(hide = true)]
     RawCopy(raw_copy::Args),
+    /// The validate stage's own work per order, without Kafka (for callgrind).
+    #[command(hide = true)]
+    StageCost(stage_cost::Args),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -70,8 +74,10 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    if let Some(Command::RawCopy(args)) = &cli.command {
-        return raw_copy::run(args);
+    match &cli.command {
+        Some(Command::RawCopy(args)) => return raw_copy::run(args),
+        Some(Command::StageCost(args)) => return stage_cost::run(args),
+        None => {}
     }
     let parts = if cli.only.is_empty() {
         vec![Part::Worker, Part::Operator]

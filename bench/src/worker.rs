@@ -353,7 +353,7 @@ fn ratios(partitions: i32, results: &[(Variant, Option<Measurement>)]) -> String
     format!(
         "{partitions} partition(s): a/c = {}; a/b = {}; a/d = {}; RSS a/d = {}",
         stats::against_target(stats::ratio(eos, rate(Variant::RawCopy)), 0.5, true),
-        stats::against_target(stats::ratio(eos, rate(Variant::AtLeastOnce)), 0.85, true),
+        stats::against_target(stats::ratio(eos, rate(Variant::AtLeastOnce)), 0.9, true),
         stats::against_target(stats::ratio(eos, rate(Variant::Streams)), 1.5, true),
         stats::against_target(
             stats::ratio(rss(Variant::ExactlyOnce), rss(Variant::Streams)),
