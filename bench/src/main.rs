@@ -7,6 +7,7 @@ mod autoscale;
 mod operator;
 mod raw_copy;
 mod report;
+mod stage_cost;
 mod worker;
 
 use std::path::PathBuf;
@@ -23,6 +24,16 @@ struct Cli {
     /// Smaller runs (fewer orders, fewer pipelines): a smoke test of the benchmarks themselves.
     #[arg(long)]
     quick: bool,
+    /// Worker side-by-side variants to run (default: all four); a focused run for working on one
+    /// of them, not a report to compare baselines with.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    variants: Vec<worker::VariantArg>,
+    /// Partition counts of the worker side-by-side runs (default: 1,4,8; --quick: 1).
+    #[arg(long, value_delimiter = ',')]
+    partitions: Vec<i32>,
+    /// Skip the whole-pipeline and commit-interval sweep sections of `--only worker`.
+    #[arg(long)]
+    side_by_side_only: bool,
     /// Where the report goes (also printed).
     #[arg(long, default_value = "bench/results/latest.md")]
     out: PathBuf,
@@ -36,6 +47,9 @@ enum Command {
     /// The raw librdkafka consume -> produce copy (the worker benchmarks' ceiling).
     #[command(hide = true)]
     RawCopy(raw_copy::Args),
+    /// The validate stage's own work per order, without Kafka (for callgrind).
+    #[command(hide = true)]
+    StageCost(stage_cost::Args),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -52,6 +66,7 @@ enum Part {
 #[derive(Debug, Clone)]
 pub struct Context {
     pub quick: bool,
+    pub worker: worker::Focus,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -62,15 +77,24 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    if let Some(Command::RawCopy(args)) = &cli.command {
-        return raw_copy::run(args);
+    match &cli.command {
+        Some(Command::RawCopy(args)) => return raw_copy::run(args),
+        Some(Command::StageCost(args)) => return stage_cost::run(args),
+        None => {}
     }
     let parts = if cli.only.is_empty() {
         vec![Part::Worker, Part::Operator, Part::Autoscale]
     } else {
         cli.only.clone()
     };
-    let ctx = Context { quick: cli.quick };
+    let ctx = Context {
+        quick: cli.quick,
+        worker: worker::Focus {
+            variants: cli.variants.clone(),
+            partitions: cli.partitions.clone(),
+            side_by_side_only: cli.side_by_side_only,
+        },
+    };
     let runtime = tokio::runtime::Runtime::new()?;
     let mut sections = Vec::new();
     let mut failed = Vec::new();

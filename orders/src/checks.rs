@@ -6,7 +6,7 @@
 
 use std::fmt;
 
-use serde_json::{Map, Value};
+use crate::document::{Json, Object};
 
 use crate::records::{Reason, Rule};
 
@@ -56,7 +56,7 @@ impl fmt::Display for FieldPath {
 }
 
 /// A member of an object, with JSON `null` treated as absent (shops often send `"discountMinor": null`).
-pub(crate) fn member<'v>(object: &'v Map<String, Value>, name: &str) -> Option<&'v Value> {
+pub(crate) fn member<'v, 'a>(object: &'v Object<'a>, name: &str) -> Option<&'v Json<'a>> {
     object.get(name).filter(|value| !value.is_null())
 }
 
@@ -90,18 +90,18 @@ impl Checks {
     }
 
     /// The value of a required field; reports [`Rule::Required`] when it is absent.
-    pub(crate) fn required<'v>(
+    pub(crate) fn required<'v, 'a>(
         &mut self,
-        value: Option<&'v Value>,
+        value: Option<&'v Json<'a>>,
         path: FieldPath,
-    ) -> Option<&'v Value> {
+    ) -> Option<&'v Json<'a>> {
         if value.is_none() {
             self.fail(path, Rule::Required, "is required");
         }
         value
     }
 
-    pub(crate) fn string<'v>(&mut self, value: &'v Value, path: FieldPath) -> Option<&'v str> {
+    pub(crate) fn string<'v>(&mut self, value: &'v Json<'_>, path: FieldPath) -> Option<&'v str> {
         let text = value.as_str();
         if text.is_none() {
             self.fail(path, Rule::WrongType, "must be a string");
@@ -110,10 +110,10 @@ impl Checks {
     }
 
     /// An integer that fits `i64`; decimals are refused because money is integer minor units.
-    pub(crate) fn integer(&mut self, value: &Value, path: FieldPath) -> Option<i64> {
+    pub(crate) fn integer(&mut self, value: &Json<'_>, path: FieldPath) -> Option<i64> {
         match value {
-            Value::Number(number) if number.is_i64() => number.as_i64(),
-            Value::Number(number) if number.is_u64() => {
+            Json::Number(number) if number.is_i64() => number.as_i64(),
+            Json::Number(number) if number.is_u64() => {
                 self.fail(path, Rule::IntegerRange, "must fit a signed 64-bit integer");
                 None
             }
@@ -128,19 +128,23 @@ impl Checks {
         }
     }
 
-    pub(crate) fn array<'v>(&mut self, value: &'v Value, path: FieldPath) -> Option<&'v [Value]> {
-        let elements = value.as_array().map(Vec::as_slice);
+    pub(crate) fn array<'v, 'a>(
+        &mut self,
+        value: &'v Json<'a>,
+        path: FieldPath,
+    ) -> Option<&'v [Json<'a>]> {
+        let elements = value.as_array();
         if elements.is_none() {
             self.fail(path, Rule::WrongType, "must be an array");
         }
         elements
     }
 
-    pub(crate) fn object<'v>(
+    pub(crate) fn object<'v, 'a>(
         &mut self,
-        value: &'v Value,
+        value: &'v Json<'a>,
         path: FieldPath,
-    ) -> Option<&'v Map<String, Value>> {
+    ) -> Option<&'v Object<'a>> {
         let object = value.as_object();
         if object.is_none() {
             self.fail(path, Rule::WrongType, "must be an object");

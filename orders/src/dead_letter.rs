@@ -5,7 +5,7 @@
 //! it back as it was. Messages must never quote contact data. This module must not decide *whether*
 //! something is dead-lettered; the stages do.
 
-use serde::de::DeserializeOwned;
+use serde::Deserialize;
 use serde_json::error::Category;
 
 use crate::decision::{Emit, Header, InputRecord, Output, Stage};
@@ -80,8 +80,8 @@ pub(crate) struct Undecodable {
 /// Decodes a record's payload as JSON of type `T`, telling apart the failures a human must fix
 /// differently: a key or payload too large to judge, no payload, bytes that are not text, text that
 /// is not JSON, and JSON of the wrong shape.
-pub(crate) fn decode_payload<T: DeserializeOwned>(
-    input: &InputRecord<'_>,
+pub(crate) fn decode_payload<'a, T: Deserialize<'a>>(
+    input: &InputRecord<'a>,
 ) -> Result<T, Undecodable> {
     let key_len = input.key.map_or(0, <[u8]>::len);
     if key_len > MAX_KEY_BYTES {

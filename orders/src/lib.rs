@@ -32,6 +32,7 @@ pub mod status;
 pub mod validate;
 
 mod checks;
+mod document;
 mod json;
 
 pub use dead_letter::{DeadLetterReason, MAX_KEY_BYTES, MAX_OUTPUT_BYTES, MAX_PAYLOAD_BYTES};

@@ -213,7 +213,12 @@ impl Programs {
         let mut command = Command::new(&self.worker);
         command
             .arg("run")
-            .env("RUST_LOG", "warn")
+            // ORDERPIPE_BENCH_WORKER_LOG=info,orderpipe_worker=debug logs the loop's spans (the
+            // logs stay in the bench's work dir).
+            .env(
+                "RUST_LOG",
+                std::env::var("ORDERPIPE_BENCH_WORKER_LOG").unwrap_or_else(|_| "warn".to_owned()),
+            )
             .env(env::PIPELINE, "bench")
             .env(env::NAMESPACE, "bench")
             .env(env::STAGE, stage.stage)

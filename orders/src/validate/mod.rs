@@ -15,12 +15,12 @@ mod rules;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde_json::Value;
 
 pub use dedup::SeenOrder;
 
 use crate::dead_letter::{DeadLetterReason, Failure, Undecodable, decode_payload};
 use crate::decision::{Decision, Emit, InputRecord, Output, Processor, Stage};
+use crate::document::Json;
 use crate::records::{
     EventDetails, EventType, OriginalOrder, Reason, RejectedOrder, Rule, StatusEvent,
     ValidatedOrder,
@@ -223,8 +223,8 @@ impl Processor for Validator {
 
     /// `seen` is the dedup record the runtime holds for the input's key, if any.
     fn process(&self, input: &InputRecord<'_>, seen: Option<&SeenOrder>) -> ValidateDecision {
-        let object = match decode_payload::<Value>(input) {
-            Ok(Value::Object(object)) => object,
+        let object = match decode_payload::<Json<'_>>(input) {
+            Ok(Json::Object(object)) => object,
             Ok(_) => {
                 let failure = Undecodable {
                     reason: DeadLetterReason::NotAnObject,
@@ -239,7 +239,7 @@ impl Processor for Validator {
             Err(reasons) => {
                 let order_id = object
                     .get("orderId")
-                    .and_then(Value::as_str)
+                    .and_then(Json::as_str)
                     .filter(|id| crate::ids::is_order_id(id))
                     .map(str::to_owned);
                 Self::reject(input, order_id, reasons)

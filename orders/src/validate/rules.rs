@@ -6,9 +6,8 @@
 //! checked: overflow is a rejection reason, never a panic. This module must not decide duplicates or
 //! build output records.
 
-use serde_json::{Map, Value};
-
 use crate::checks::{Checks, FieldPath, member};
+use crate::document::{Json, Object};
 use crate::records::{Contact, OrderItem, OrderPlaced, Reason, Rule};
 use crate::{currency, ids, rfc3339};
 
@@ -59,7 +58,7 @@ const WEBHOOK_SUBSCRIPTION_ID: Format = Format {
 
 /// Checks `object` against every rule; `key` is the Kafka record key, which must equal orderId.
 pub(crate) fn check_order(
-    object: &Map<String, Value>,
+    object: &Object<'_>,
     key: Option<&[u8]>,
     max_items: usize,
 ) -> Result<CheckedOrder, Vec<Reason>> {
@@ -146,7 +145,7 @@ pub(crate) fn check_order(
 
 fn required_string<'v>(
     checks: &mut Checks,
-    object: &'v Map<String, Value>,
+    object: &'v Object<'_>,
     path: FieldPath,
 ) -> Option<&'v str> {
     checks
@@ -156,7 +155,7 @@ fn required_string<'v>(
 
 fn required_text<'v>(
     checks: &mut Checks,
-    object: &'v Map<String, Value>,
+    object: &'v Object<'_>,
     path: FieldPath,
     format: &Format,
 ) -> Option<&'v str> {
@@ -167,7 +166,7 @@ fn required_text<'v>(
 /// `Some(None)` when absent, `Some(Some(text))` when valid, `None` when invalid (reason recorded).
 fn optional_text(
     checks: &mut Checks,
-    object: &Map<String, Value>,
+    object: &Object<'_>,
     path: FieldPath,
     format: &Format,
 ) -> Option<Option<String>> {
@@ -196,7 +195,7 @@ fn leaf_name(path: FieldPath) -> &'static str {
 
 fn check_order_id<'v>(
     checks: &mut Checks,
-    object: &'v Map<String, Value>,
+    object: &'v Object<'_>,
     key: Option<&[u8]>,
 ) -> Option<&'v str> {
     let path = FieldPath::Root("orderId");
@@ -227,11 +226,7 @@ struct CheckedItems {
     subtotal_minor: i64,
 }
 
-fn check_items(
-    checks: &mut Checks,
-    object: &Map<String, Value>,
-    max_items: usize,
-) -> Option<CheckedItems> {
+fn check_items(checks: &mut Checks, object: &Object<'_>, max_items: usize) -> Option<CheckedItems> {
     let items_path = FieldPath::Root(ITEMS);
     let elements = checks
         .required(member(object, ITEMS), items_path)
@@ -283,7 +278,7 @@ fn check_items(
     })
 }
 
-fn check_item(checks: &mut Checks, element: &Value, index: usize) -> Option<OrderItem> {
+fn check_item(checks: &mut Checks, element: &Json<'_>, index: usize) -> Option<OrderItem> {
     let item = checks.object(
         element,
         FieldPath::Element {
@@ -321,11 +316,7 @@ fn check_item(checks: &mut Checks, element: &Value, index: usize) -> Option<Orde
     })
 }
 
-fn required_integer(
-    checks: &mut Checks,
-    object: &Map<String, Value>,
-    path: FieldPath,
-) -> Option<i64> {
+fn required_integer(checks: &mut Checks, object: &Object<'_>, path: FieldPath) -> Option<i64> {
     checks
         .required(member(object, leaf_name(path)), path)
         .and_then(|value| checks.integer(value, path))
@@ -334,7 +325,7 @@ fn required_integer(
 /// `Some(None)` when absent, `Some(Some(amount))` when valid, `None` when invalid (reason recorded).
 fn optional_amount(
     checks: &mut Checks,
-    object: &Map<String, Value>,
+    object: &Object<'_>,
     name: &'static str,
     non_negative: Rule,
 ) -> Option<Option<i64>> {
@@ -387,7 +378,7 @@ fn check_total(
 }
 
 /// `Some(None)` when there is no contact, `None` when it is invalid (reason recorded).
-fn check_contact(checks: &mut Checks, object: &Map<String, Value>) -> Option<Option<Contact>> {
+fn check_contact(checks: &mut Checks, object: &Object<'_>) -> Option<Option<Contact>> {
     let Some(value) = member(object, CONTACT) else {
         return Some(None);
     };

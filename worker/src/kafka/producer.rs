@@ -4,7 +4,7 @@
 //! what to do about them (the coordinator does).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -51,6 +51,9 @@ fn is_record_refusal(code: RDKafkaErrorCode) -> bool {
 pub struct Deliveries {
     failures: Arc<AtomicU64>,
     outstanding: Arc<AtomicU64>,
+    /// Signalled when `outstanding` drops to zero; the mutex only orders that signal against a
+    /// waiter's check of the counter, so no wake-up is lost.
+    settled_all: Arc<(Mutex<()>, Condvar)>,
     refusals: Arc<Mutex<Vec<Refusal>>>,
 }
 
@@ -65,25 +68,47 @@ impl Deliveries {
     /// One report came (or one send was not queued). Saturating: a late report of a replaced
     /// producer must not wrap the count.
     fn settled(&self) {
-        let _ = self
+        let before = self
             .outstanding
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 Some(n.saturating_sub(1))
             });
+        if before.is_ok_and(|n| n <= 1) {
+            self.wake_waiters();
+        }
     }
 
     /// The producer was replaced: the old one's missing reports will never come.
     fn replaced(&self) {
         self.outstanding.store(0, Ordering::Release);
+        self.wake_waiters();
+    }
+
+    fn wake_waiters(&self) {
+        let (mutex, condvar) = &*self.settled_all;
+        let _ordered = lock(mutex);
+        condvar.notify_all();
+    }
+
+    /// Waits until every outstanding report is in, or until `deadline`.
+    fn wait_settled(&self, deadline: Instant) {
+        let (mutex, condvar) = &*self.settled_all;
+        let mut guard = lock(mutex);
+        while self.outstanding.load(Ordering::Acquire) > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            guard = condvar
+                .wait_timeout(guard, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
     }
 
     /// The refusals reported so far, once every outstanding report is in (or after `wait`).
     fn take_refusals(&self, wait: Duration) -> Vec<Refusal> {
-        let deadline = Instant::now() + wait;
-        while self.outstanding.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
-            // Reports arrive on the producer's own thread; nothing to wait on but the counter.
-            thread::sleep(Duration::from_millis(1));
-        }
+        self.wait_settled(Instant::now() + wait);
         std::mem::take(&mut *lock(&self.refusals))
     }
 }
@@ -197,6 +222,29 @@ impl Connection {
         Ok(())
     }
 
+    /// Waits until librdkafka has delivered (or given up on) every record produced so far.
+    ///
+    /// Not the crate's `Producer::flush`: rust-rdkafka 0.39 serves the event queue in
+    /// `poll(100 ms)` steps that only return at their deadline, so a flush that finds a record
+    /// still in flight takes 100 ms however soon the broker acknowledges it. That was most of
+    /// every commit (`commit_transaction` flushes first). Here the delivery reports wake the wait,
+    /// then a non-blocking flush confirms librdkafka's own count is zero (its reports are released
+    /// a moment after our callback saw them).
+    fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        let deadline = Instant::now() + timeout;
+        self.context.wait_settled(deadline);
+        loop {
+            match self.producer.flush(Duration::ZERO) {
+                Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut))
+                    if Instant::now() < deadline =>
+                {
+                    thread::sleep(Duration::from_micros(100));
+                }
+                flushed => return flushed,
+            }
+        }
+    }
+
     /// Produces one record, an output of the input at `from`, waiting (bounded) while the local
     /// queue is full. A record librdkafka refuses at once for what it is counts as a refusal, like
     /// one the broker refuses later.
@@ -307,16 +355,30 @@ impl Sink for TransactionalSink {
             operation: "listing offsets",
             cause: error.into(),
         })?;
-        retrying(
-            &self.connection.producer,
-            "sending offsets to the transaction",
-            |p| p.send_offsets_to_transaction(&list, &metadata, CALL_TIMEOUT),
-        )?;
-        retrying(
-            &self.connection.producer,
-            "committing the transaction",
-            |p| p.commit_transaction(CALL_TIMEOUT),
-        )
+        tracing::debug_span!("send_offsets").in_scope(|| {
+            retrying(
+                &self.connection.producer,
+                "sending offsets to the transaction",
+                |p| p.send_offsets_to_transaction(&list, &metadata, CALL_TIMEOUT),
+            )
+        })?;
+        tracing::debug_span!("flush")
+            .in_scope(|| self.connection.flush(CALL_TIMEOUT))
+            .map_err(|error| {
+                classify(
+                    &self.connection.producer,
+                    "waiting for acknowledgements",
+                    error,
+                )
+            })?;
+        // Nothing is in flight any more, so the flush inside commit_transaction returns at once.
+        tracing::debug_span!("commit_transaction").in_scope(|| {
+            retrying(
+                &self.connection.producer,
+                "committing the transaction",
+                |p| p.commit_transaction(CALL_TIMEOUT),
+            )
+        })
     }
 
     fn abort(&mut self) -> Result<(), SinkError> {
@@ -377,9 +439,8 @@ impl Sink for AtLeastOnceSink {
             operation,
             cause,
         };
-        self.connection
-            .producer
-            .flush(CALL_TIMEOUT)
+        tracing::debug_span!("flush")
+            .in_scope(|| self.connection.flush(CALL_TIMEOUT))
             .map_err(|error| abortable("waiting for acknowledgements", error.into()))?;
         let failed = self.connection.context.failures.swap(0, Ordering::AcqRel);
         if failed > 0 {
@@ -388,8 +449,8 @@ impl Sink for AtLeastOnceSink {
                 BrokerError::new(format!("{failed} records were not delivered")),
             ));
         }
-        group
-            .commit_offsets(input_topic, offsets)
+        tracing::debug_span!("commit_offsets")
+            .in_scope(|| group.commit_offsets(input_topic, offsets))
             .map_err(|error| abortable("committing offsets", error.into()))
     }
 

@@ -393,6 +393,9 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
     }
 
     fn produce(&mut self, done: Completed) {
+        let _span =
+            tracing::trace_span!("produce", partition = done.partition, offset = done.offset)
+                .entered();
         if self.transaction.is_none() {
             if let Err(error) = self.sink.begin() {
                 self.fail_transaction(error);
@@ -453,6 +456,12 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
         let Some(transaction) = self.transaction.take() else {
             return;
         };
+        let _span = tracing::debug_span!(
+            "commit",
+            records = transaction.records(),
+            open_ms = transaction.age(Instant::now()).as_millis()
+        )
+        .entered();
         match self.sink.commit(&self.topic, transaction.offsets(), group) {
             Ok(()) => {
                 transaction.count_committed(&self.metrics);

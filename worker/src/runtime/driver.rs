@@ -44,6 +44,8 @@ where
     while !shutdown.is_cancelled() {
         health.turn();
         let mut timeout = lock(coordinator).poll_timeout();
+        let poll = tracing::trace_span!("poll", records = tracing::field::Empty).entered();
+        let mut polled_records = 0_usize;
         for _ in 0..POLL_BURST {
             let Some(polled) = source.poll(timeout) else {
                 break;
@@ -51,6 +53,7 @@ where
             timeout = Duration::ZERO;
             match polled {
                 Ok(record) => {
+                    polled_records += 1;
                     let partition = record.partition;
                     let routed = lock(coordinator).route(record);
                     if routed == (Routed::Held { pause: true })
@@ -66,7 +69,10 @@ where
                 }
             }
         }
+        poll.record("records", polled_records);
+        drop(poll);
         let (resumes, assigned, can_restart) = {
+            let _tick = tracing::trace_span!("tick").entered();
             let mut coordinator = lock(coordinator);
             coordinator.tick(source.group());
             if coordinator.has_failed() {

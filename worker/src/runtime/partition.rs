@@ -11,6 +11,7 @@ use orderpipe_orders::DeadLetterReason;
 use orderpipe_orders::dead_letter::{self, DeadLetterCopy};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::ChangelogReader;
 use super::budget::BytePermit;
@@ -151,8 +152,17 @@ impl<H: StageHandler> PartitionWorker<H> {
             let isolate = escape.is_some();
             let handling = match escape {
                 None | Some(Escape::Isolate) => {
+                    let span = tracing::trace_span!(
+                        "process",
+                        partition = self.partition,
+                        offset = queued.record.offset,
+                        // Since the record's timestamp: with producers' CreateTime, how long
+                        // it took to reach its worker (fetch, poll, queues).
+                        age_ms = (chrono::Utc::now() - queued.record.timestamp).num_milliseconds()
+                    );
                     self.stage
                         .handle(&queued.record, &self.topic, &mut states, &self.stop)
+                        .instrument(span)
                         .await
                 }
                 Some(Escape::DeadLetter { copy, error }) => {

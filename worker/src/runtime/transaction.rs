@@ -4,7 +4,7 @@
 //! committing and aborting are the coordinator's calls to the sink. Must not touch the sink.
 
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::{Offsets, Tuning};
 use crate::metrics::{Metrics, transaction};
@@ -42,9 +42,14 @@ impl OpenTransaction {
         }
     }
 
+    /// How long it has been open at `now`.
+    pub fn age(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.started)
+    }
+
     /// Whether it must commit at `now`: its interval is over, or it is full.
     pub fn is_due(&self, now: Instant, tuning: &Tuning) -> bool {
-        now.saturating_duration_since(self.started) >= tuning.commit_interval
+        self.age(now) >= tuning.commit_interval
             || self.records >= tuning.max_records_per_transaction as u64
     }
 
@@ -72,8 +77,6 @@ impl OpenTransaction {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use orderpipe_orders::DeadLetterReason;
 
     use super::*;
