@@ -132,7 +132,8 @@ async fn run_release(
     });
     apply_pipeline(ns, &spec).await?;
     wait_ready(ns, "shop").await?;
-    let stable = targets_match_pods(prometheus_url, ns).await?;
+    let replicas = usize::try_from(REPLICAS)?;
+    let stable = targets_match_pods(prometheus_url, ns, |pods| pods.len() == replicas).await?;
     eprintln!(
         "measured: before the release, Prometheus's active targets = the running pods: {stable:?}"
     );
@@ -158,7 +159,14 @@ async fn run_release(
         during_the_canary(prometheus_url, ns, &canary).await?;
     }
     release_verdict(ns, &canary, verdict, began).await?;
-    let after = targets_match_pods(prometheus_url, ns).await?;
+    let replicas = usize::try_from(REPLICAS)?;
+    let after = targets_match_pods(prometheus_url, ns, |pods| {
+        pods.len() == replicas
+            && pods
+                .values()
+                .all(|hash| (*hash == canary) == (verdict == Verdict::Promoted))
+    })
+    .await?;
     ensure!(
         after.len() == usize::try_from(REPLICAS)?
             && after
@@ -182,7 +190,10 @@ async fn during_the_canary(
     ns: &TestNamespace,
     canary: &str,
 ) -> anyhow::Result<()> {
-    let both = targets_match_pods(prometheus_url, ns).await?;
+    let both = targets_match_pods(prometheus_url, ns, |pods| {
+        pods.len() == 2 && pods.values().any(|hash| hash == canary)
+    })
+    .await?;
     ensure!(
         both.values().any(|hash| hash == canary) && both.len() == 2,
         "targets during the canary: {both:?}"
@@ -305,62 +316,72 @@ async fn release_verdict(
     Ok(())
 }
 
-/// Waits until the `up` targets of the namespace are exactly its running pods, each with the
-/// pod's `rollouts-pod-template-hash`; returns them, pod name → hash.
+/// Waits until the namespace's running pods (pod name → `rollouts-pod-template-hash`) are what
+/// `expected` accepts and its `up` targets are exactly those pods with their hashes; returns
+/// them. Pods and
+/// targets are read together on every attempt: a set of pods taken once can be overtaken by the
+/// rollout (a stable pod gone, the canary's not created yet) and then never match.
 async fn targets_match_pods(
     prometheus_url: &str,
     ns: &TestNamespace,
+    expected: impl Fn(&BTreeMap<String, String>) -> bool,
 ) -> anyhow::Result<BTreeMap<String, String>> {
     let pods = ns.api::<Pod>();
-    let running = wait_until("the stage's pods settle", TARGETS, || async {
+    let running = || async {
         let list = pods.list(&ListParams::default()).await.ok()?;
         let settled = list.items.iter().all(|p| {
             p.metadata.deletion_timestamp.is_none()
                 && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
         });
-        settled.then(|| {
-            list.items
-                .iter()
-                .map(|p| {
-                    let hash = p
-                        .metadata
-                        .labels
-                        .as_ref()
-                        .and_then(|l| l.get("rollouts-pod-template-hash"))
-                        .cloned()
-                        .unwrap_or_default();
-                    (p.metadata.name.clone().unwrap_or_default(), hash)
-                })
-                .collect::<BTreeMap<_, _>>()
-        })
-    })
-    .await?;
-    let scraped = |targets: &[Target]| -> BTreeMap<String, String> {
+        let pods: BTreeMap<String, String> = list
+            .items
+            .iter()
+            .map(|p| {
+                let hash = p
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get("rollouts-pod-template-hash"))
+                    .cloned()
+                    .unwrap_or_default();
+                (p.metadata.name.clone().unwrap_or_default(), hash)
+            })
+            .collect();
+        (settled && expected(&pods)).then_some(pods)
+    };
+    let in_namespace = |targets: &[Target]| -> Vec<(String, String, String)> {
         targets
             .iter()
             .filter(|t| t.labels.get("namespace").map(String::as_str) == Some(ns.name()))
-            .filter(|t| t.health == "up")
             .map(|t| {
                 let label = |name: &str| t.labels.get(name).cloned().unwrap_or_default();
-                (label("pod"), label("rollouts_pod_template_hash"))
+                (
+                    label("pod"),
+                    label("rollouts_pod_template_hash"),
+                    t.health.clone(),
+                )
             })
             .collect()
     };
-    let all_namespace_targets = |targets: &[Target]| {
-        targets
-            .iter()
-            .filter(|t| t.labels.get("namespace").map(String::as_str) == Some(ns.name()))
-            .count()
-    };
-    prometheus::wait_for_targets(
-        prometheus_url,
-        &format!("Prometheus scraping exactly the running pods {running:?}"),
+    let last = std::sync::Mutex::new((BTreeMap::new(), Vec::new()));
+    let matched = wait_until(
+        "Prometheus scraping exactly the running pods",
         TARGETS,
-        |targets| scraped(targets) == running && all_namespace_targets(targets) == running.len(),
+        || async {
+            let running = running().await?;
+            let targets = in_namespace(&prometheus::active_targets(prometheus_url).await.ok()?);
+            let up: BTreeMap<String, String> = targets
+                .iter()
+                .filter(|(_, _, health)| health == "up")
+                .map(|(pod, hash, _)| (pod.clone(), hash.clone()))
+                .collect();
+            let matches = up == running && targets.len() == running.len();
+            *last.lock().ok()? = (running.clone(), targets);
+            matches.then_some(running)
+        },
     )
-    .await
-    .context("active targets against running pods")?;
-    Ok(running)
+    .await;
+    matched.with_context(|| format!("active targets against running pods; last seen: {last:?}"))
 }
 
 /// A replica count of a Rollout's status; Argo omits the ones that are 0.
