@@ -14,10 +14,15 @@ use serde_json::json;
 
 /// Discovery polls every 2 s, Prometheus scrapes and evaluates every 5 s.
 const WAIT: Duration = Duration::from_secs(60);
+/// Held by each test: one clean-clone run saw Debian's Prometheus 2.42 keep a deleted pod's target
+/// for over a minute after the targets file was rewritten, while the other test here reloaded the
+/// configuration. Until that is understood, the two do not overlap.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 #[tokio::test]
 #[ignore = "needs the local stack: make test-e2e"]
 async fn a_service_monitors_pod_is_scraped_at_its_published_host_port() -> anyhow::Result<()> {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let stack = SharedStack::get()?;
     let url = stack.prometheus_url()?.to_owned();
     let ns = stack.namespace("prom-sd").await?;
@@ -99,6 +104,7 @@ async fn a_service_monitors_pod_is_scraped_at_its_published_host_port() -> anyho
 #[tokio::test]
 #[ignore = "needs the local stack: make test-e2e"]
 async fn a_rule_file_is_evaluated_after_a_reload() -> anyhow::Result<()> {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let stack = SharedStack::get()?;
     let url = stack.prometheus_url()?;
     let rules_dir = stack
