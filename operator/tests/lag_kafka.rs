@@ -374,7 +374,9 @@ async fn lag_is_measured_while_a_transactional_stage_drains_and_reads_zero_after
         .iter()
         .filter(|lag| (1..=300).contains(*lag))
         .count();
-    assert!(during >= 5, "measured during the drain: {readings:?}");
+    // How many 50 ms samples fall inside the drain depends on how fast the stage runs; two show
+    // that measurements answer while offsets move (one run saw [303, 303, 303, 191, 141, 90, 40, 0]).
+    assert!(during >= 2, "measured during the drain: {readings:?}");
 
     // Drained and idle: the transactions' markers follow the last commit; the lag is 0.
     let idle = settled_lag(&lagging, &input, |lag| lag == 0).await?;
