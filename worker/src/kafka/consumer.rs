@@ -19,7 +19,9 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use super::{GroupCommit, offsets_list};
 use crate::record::SourceRecord;
 use crate::runtime::driver::lock;
-use crate::runtime::{BrokerError, CommittedOffsets, Coordinator, LagBook, Offsets, Sink, Source};
+use crate::runtime::{
+    BrokerError, CommittedOffsets, Coordinator, FetchView, LagBook, Offsets, Sink, Source,
+};
 use crate::stage::StageHandler;
 
 /// How long a group call (committed offsets, seek) may take.
@@ -61,10 +63,21 @@ impl<H: StageHandler, K: Sink> StageContext<H, K> {
 impl<H: StageHandler, K: Sink> ClientContext for StageContext<H, K> {
     fn stats(&self, statistics: Statistics) {
         if let Some(topic) = statistics.topics.get(&self.topic) {
+            // Called from the poll loop, which holds no lock while it polls.
+            let coordinator = lock(&self.coordinator);
             for (&partition, stats) in &topic.partitions {
                 // Partition -1 is librdkafka's "unassigned" bucket.
                 if partition >= 0 && stats.hi_offset >= 0 {
-                    self.lag.high_watermark(partition, stats.hi_offset);
+                    self.lag.fetched(
+                        partition,
+                        FetchView {
+                            high_watermark: stats.hi_offset,
+                            last_stable: stats.ls_offset,
+                            next_fetch: stats.next_offset,
+                            queued: stats.fetchq_cnt,
+                            routed_to: coordinator.routed_to(partition),
+                        },
+                    );
                 }
             }
         }

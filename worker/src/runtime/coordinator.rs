@@ -229,6 +229,11 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
         self.update_readiness();
     }
 
+    /// The offset after the last record routed to `partition`'s worker, if it has one.
+    pub fn routed_to(&self, partition: i32) -> Option<i64> {
+        self.slots.get(&partition).and_then(Slot::routed_to)
+    }
+
     /// Offers a polled record to its partition worker.
     pub fn route(&mut self, record: SourceRecord) -> Routed {
         match self.slots.get_mut(&record.partition) {

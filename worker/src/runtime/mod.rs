@@ -39,7 +39,7 @@ use std::time::Duration;
 pub use budget::{ByteBudget, BytePermit};
 pub use coordinator::{Coordinator, CoordinatorParts};
 pub use health::Health;
-pub use lag::LagBook;
+pub use lag::{FetchView, LagBook};
 pub use ports::{
     ApplyChangelog, BrokerError, ChangelogReader, CommittedOffsets, Offsets, Sink, SinkError,
     SinkErrorKind, Source,

@@ -61,6 +61,9 @@ pub(crate) struct Slot {
     /// Records polled after the queue filled up, in offset order; the partition is paused.
     held: VecDeque<SourceRecord>,
     paused: bool,
+    /// The offset after the last record routed here: what the lag gauge compares with the
+    /// committed offset to tell "everything taken is committed" (commit markers are never routed).
+    routed_to: Option<i64>,
 }
 
 impl Slot {
@@ -72,6 +75,7 @@ impl Slot {
             restored: false,
             held: VecDeque::new(),
             paused: false,
+            routed_to: None,
         }
     }
 
@@ -83,6 +87,7 @@ impl Slot {
             restored: false,
             held: VecDeque::new(),
             paused: false,
+            routed_to: None,
         }
     }
 
@@ -94,6 +99,11 @@ impl Slot {
 
     pub fn is_awaiting_seek(&self) -> bool {
         self.phase == Phase::AwaitingSeek
+    }
+
+    /// The offset after the last record routed to this worker, if any.
+    pub fn routed_to(&self) -> Option<i64> {
+        self.routed_to
     }
 
     /// Its worker reported the partition's state restored.
@@ -118,6 +128,7 @@ impl Slot {
         if self.phase != Phase::Running {
             return Routed::Dropped;
         }
+        self.routed_to = Some(record.offset + 1);
         if self.held.is_empty() {
             match offer(budget, self.worker.as_ref(), record) {
                 Ok(()) => return Routed::Queued,
