@@ -9,7 +9,10 @@ use crate::desired::DesiredError;
 pub enum Error {
     #[error("OrderPipeline has no namespace")]
     MissingNamespace,
-    #[error("reading Secret {secret} for the Kafka connection: {source}")]
+    #[error(
+        "reading Secret {secret} for the Kafka connection (spec.kafka): {}",
+        brief(source)
+    )]
     ReadSecret { secret: String, source: kube::Error },
     #[error("Secret {secret} has no key {key} (referenced by spec.kafka)")]
     SecretKeyMissing { secret: String, key: String },
@@ -49,7 +52,19 @@ impl Error {
         }
     }
 
-    /// Bounded label for `orderpipe_operator_reconcile_errors_total`.
+    /// Every value of [`Error::category`], so the metrics can export each from the start.
+    pub const CATEGORIES: [&'static str; 8] = [
+        "invalid",
+        "secret",
+        "kafka",
+        "desired",
+        "apply",
+        "delete",
+        "status",
+        "finalizer",
+    ];
+
+    /// Bounded label for `orderpipe_operator_reconcile_errors_total`; one of [`Error::CATEGORIES`].
     pub fn category(&self) -> &'static str {
         match self {
             Self::MissingNamespace => "invalid",
@@ -61,5 +76,38 @@ impl Error {
             Self::Status(_) => "status",
             Self::Finalizer(_) => "finalizer",
         }
+    }
+}
+
+/// What the apiserver said, without the Debug dump of its whole Status object (this text ends up
+/// in conditions that `kubectl get` prints).
+fn brief(error: &kube::Error) -> String {
+    match error {
+        kube::Error::Api(status) => status.message.clone(),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_secret_reads_as_the_apiservers_sentence_not_its_status_dump() {
+        let status: kube::core::Status = serde_json::from_value(serde_json::json!({
+            "status": "Failure",
+            "message": "secrets \"nobody\" not found",
+            "reason": "NotFound",
+            "code": 404,
+        }))
+        .expect("a Status");
+        let error = Error::ReadSecret {
+            secret: "nobody".into(),
+            source: kube::Error::Api(Box::new(status)),
+        };
+        assert_eq!(
+            error.to_string(),
+            "reading Secret nobody for the Kafka connection (spec.kafka): secrets \"nobody\" not found"
+        );
     }
 }

@@ -88,6 +88,13 @@ impl Metrics {
             metrics_api_requests: Family::default(),
             readiness: Mutex::new(BTreeMap::new()),
         };
+        // Every category exists from the start, at 0: a series that appears with its first error
+        // hides that error from rate(), and the error alert and panel read rate().
+        for category in crate::error::Error::CATEGORIES {
+            let _ = metrics.errors.get_or_create(&CategoryLabels {
+                category: category.into(),
+            });
+        }
         let r = registry.sub_registry_with_prefix("orderpipe_operator");
         r.register(
             "reconciles",

@@ -8,6 +8,7 @@ use std::borrow::Cow;
 use std::time::Duration;
 
 use orderpipe_api::contract::metrics::{self as names, labels};
+use orderpipe_orders::DeadLetterReason;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -85,6 +86,19 @@ impl Metrics {
             // 50 µs (a validation) to ~14 min (a notification's worst-case retries).
             processing_duration: Histogram::new(exponential_buckets(0.000_05, 4.0, 12)),
         };
+        // The series rate() alerts and panels read exist from the start, at 0: a counter series
+        // that appears with its first increment hides that increment from rate(), so a lone dead
+        // letter or a first burst of aborts would never alert.
+        for reason in DeadLetterReason::ALL {
+            let _ = metrics
+                .dead_letters
+                .get_or_create(&[(labels::REASON, reason.code())]);
+        }
+        for result in [transaction::COMMITTED, transaction::ABORTED] {
+            let _ = metrics
+                .transactions
+                .get_or_create(&[(labels::RESULT, result)]);
+        }
         let r = registry;
         r.register(
             counter_name(names::RECORDS_CONSUMED),
@@ -239,6 +253,9 @@ mod tests {
 
         for expected in [
             r#"orderpipe_records_consumed_total{pipeline="checkout",stage="validate"} 1"#,
+            // Present before their first increment, so rate() sees that increment.
+            r#"orderpipe_dead_letters_total{pipeline="checkout",stage="validate",reason="output_refused"} 0"#,
+            r#"orderpipe_transactions_total{pipeline="checkout",stage="validate",result="aborted"} 0"#,
             r#"orderpipe_records_processed_total{pipeline="checkout",stage="validate",outcome="processed"} 3"#,
             r#"orderpipe_dead_letters_total{pipeline="checkout",stage="validate",reason="not_json"} 1"#,
             r#"orderpipe_transactions_total{pipeline="checkout",stage="validate",result="committed"} 1"#,
