@@ -20,6 +20,8 @@ pub mod var {
     pub const PROMETHEUS_URL: &str = "PROMETHEUS_URL";
     /// Rule files (`*.yml`, `*.yaml`) Prometheus loads; add one, then `POST $PROMETHEUS_URL/-/reload`.
     pub const PROMETHEUS_RULES_DIR: &str = "PROMETHEUS_RULES_DIR";
+    /// File-SD files (`*.json`) of processes outside the cluster Prometheus scrapes too.
+    pub const PROMETHEUS_TARGETS_DIR: &str = "PROMETHEUS_TARGETS_DIR";
     pub const TOOLS_DIR: &str = "E2E_TOOLS_DIR";
     pub const WORK_DIR: &str = "E2E_WORK_DIR";
     pub const SUPERVISOR_PID: &str = "E2E_SUPERVISOR_PID";
@@ -34,6 +36,7 @@ pub struct StackEnv {
     pub kafka_secure_bootstrap: Option<String>,
     pub prometheus_url: Option<String>,
     pub prometheus_rules_dir: Option<PathBuf>,
+    pub prometheus_targets_dir: Option<PathBuf>,
     pub tools_dir: PathBuf,
     pub work_dir: PathBuf,
     /// The process that owns the stack (the `orderpipe-stack serve` supervisor, or a test).
@@ -64,6 +67,9 @@ impl StackEnv {
         }
         if let Some(dir) = &self.prometheus_rules_dir {
             export(var::PROMETHEUS_RULES_DIR, &dir.display().to_string());
+        }
+        if let Some(dir) = &self.prometheus_targets_dir {
+            export(var::PROMETHEUS_TARGETS_DIR, &dir.display().to_string());
         }
         export(var::TOOLS_DIR, &self.tools_dir.display().to_string());
         export(var::WORK_DIR, &self.work_dir.display().to_string());
@@ -100,6 +106,9 @@ impl StackEnv {
                 var::KAFKA_SASL_SSL_BOOTSTRAP_SERVERS => env.kafka_secure_bootstrap = Some(value),
                 var::PROMETHEUS_URL => env.prometheus_url = Some(value),
                 var::PROMETHEUS_RULES_DIR => env.prometheus_rules_dir = Some(PathBuf::from(value)),
+                var::PROMETHEUS_TARGETS_DIR => {
+                    env.prometheus_targets_dir = Some(PathBuf::from(value));
+                }
                 var::TOOLS_DIR => env.tools_dir = PathBuf::from(value),
                 var::WORK_DIR => env.work_dir = PathBuf::from(value),
                 var::SUPERVISOR_PID => {
@@ -162,6 +171,7 @@ mod tests {
             kafka_secure_bootstrap: Some("127.0.0.1:39094".into()),
             prometheus_url: Some("http://127.0.0.1:39090".into()),
             prometheus_rules_dir: Some(PathBuf::from("/w/prometheus/rules")),
+            prometheus_targets_dir: Some(PathBuf::from("/w/prometheus/local-targets")),
             tools_dir: PathBuf::from("/cache/e2e-tools/v1"),
             work_dir: PathBuf::from("/w"),
             supervisor_pid: 42,

@@ -105,6 +105,26 @@ impl SharedStack {
             })
     }
 
+    /// Where alert rule files go (then [`crate::prometheus::reload`]).
+    pub fn prometheus_rules_dir(&self) -> Result<&Path> {
+        self.env
+            .prometheus_rules_dir
+            .as_deref()
+            .ok_or_else(|| StackError::NoSharedStack {
+                reason: "the shared stack runs without Prometheus".into(),
+            })
+    }
+
+    /// Where [`crate::prometheus::LocalTarget`]s go.
+    pub fn prometheus_targets_dir(&self) -> Result<&Path> {
+        self.env
+            .prometheus_targets_dir
+            .as_deref()
+            .ok_or_else(|| StackError::NoSharedStack {
+                reason: "the shared stack runs without Prometheus".into(),
+            })
+    }
+
     /// An admin client for the shared apiserver.
     pub async fn kube_client(&self) -> Result<Client> {
         kubeconfig::client(self.kubeconfig()?).await

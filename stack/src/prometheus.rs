@@ -10,6 +10,11 @@
 //! Tests and the demo load alert rules by writing files into [`PrometheusServer::rules_dir`]
 //! (`$PROMETHEUS_RULES_DIR`) and calling [`reload`]; the lifecycle API is enabled for that.
 //!
+//! A process that runs outside the cluster (an operator started by a test or by `make run`, as
+//! kubebuilder users run theirs) has no pod for a ServiceMonitor to find. [`LocalTarget`] puts it
+//! in a file of its own in [`PrometheusServer::local_targets_dir`] (`$PROMETHEUS_TARGETS_DIR`),
+//! which the same scrape job follows, with the labels its ServiceMonitor would have given it.
+//!
 //! The kit ([`query`], [`active_targets`], [`wait_for_targets`], [`reload`]) speaks the HTTP API
 //! and knows nothing about orderpipe's metrics.
 
@@ -36,6 +41,7 @@ pub(crate) struct PrometheusServer {
     url: String,
     rules_dir: PathBuf,
     targets_file: PathBuf,
+    local_targets_dir: PathBuf,
     timeout: Duration,
     member: Member,
 }
@@ -52,14 +58,16 @@ impl PrometheusServer {
         fs::create_dir_all(&rules_dir).map_err(|e| StackError::io("creating", &rules_dir, e))?;
         let targets_file = home.join("targets.json");
         fs::write(&targets_file, "[]").map_err(|e| StackError::io("writing", &targets_file, e))?;
+        let local_targets_dir = home.join("local-targets");
+        fs::create_dir_all(&local_targets_dir)
+            .map_err(|e| StackError::io("creating", &local_targets_dir, e))?;
         let config_file = home.join("prometheus.yml");
         let config =
-            serde_norway::to_string(&config(&targets_file, &rules_dir)).map_err(|error| {
-                StackError::Yaml {
+            serde_norway::to_string(&config(&targets_file, &local_targets_dir, &rules_dir))
+                .map_err(|error| StackError::Yaml {
                     path: config_file.clone(),
                     error,
-                }
-            })?;
+                })?;
         fs::write(&config_file, config).map_err(|e| StackError::io("writing", &config_file, e))?;
         let port = free_port()?;
         let spec = CommandSpec::new(program, dir).args([
@@ -73,6 +81,7 @@ impl PrometheusServer {
             url: format!("http://127.0.0.1:{port}"),
             rules_dir,
             targets_file,
+            local_targets_dir,
             timeout,
             member: Member::new(Component::Prometheus, spec, &dir.join("logs")),
         })
@@ -84,6 +93,11 @@ impl PrometheusServer {
 
     pub fn rules_dir(&self) -> &Path {
         &self.rules_dir
+    }
+
+    /// Where [`LocalTarget`]s are written.
+    pub fn local_targets_dir(&self) -> &Path {
+        &self.local_targets_dir
     }
 
     /// The file-SD file `service_monitors::run` keeps up to date.
@@ -113,8 +127,9 @@ impl PrometheusServer {
     }
 }
 
-/// The configuration: one job whose targets are the ServiceMonitors' (file service discovery).
-fn config(targets_file: &Path, rules_dir: &Path) -> Value {
+/// The configuration: one job whose targets are the ServiceMonitors' and the local processes'
+/// (file service discovery; each group names its `job`, as the Prometheus Operator would).
+fn config(targets_file: &Path, local_targets_dir: &Path, rules_dir: &Path) -> Value {
     json!({
         "global": {
             "scrape_interval": SCRAPE_INTERVAL,
@@ -127,7 +142,10 @@ fn config(targets_file: &Path, rules_dir: &Path) -> Value {
         "scrape_configs": [{
             "job_name": "service-monitors",
             "file_sd_configs": [{
-                "files": [targets_file.display().to_string()],
+                "files": [
+                    targets_file.display().to_string(),
+                    local_targets_dir.join("*.json").display().to_string(),
+                ],
                 // Besides the file watch: a missed change is picked up within this.
                 "refresh_interval": SCRAPE_INTERVAL,
             }],
@@ -216,6 +234,40 @@ pub async fn active_targets(url: &str) -> Result<Vec<Target>> {
         .collect())
 }
 
+/// One alert the Prometheus at `url` holds now (pending or firing).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Alert {
+    /// `alertname`, the rule's labels and the series' labels.
+    pub labels: BTreeMap<String, String>,
+    /// `pending` (its condition holds, `for` has not passed yet) or `firing`.
+    pub state: String,
+}
+
+/// The alerts of the Prometheus at `url`, as `/api/v1/alerts` lists them.
+pub async fn alerts(url: &str) -> Result<Vec<Alert>> {
+    let data = api_get(url, "/api/v1/alerts", &[]).await?;
+    Ok(data["alerts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|alert| Alert {
+            labels: string_map(&alert["labels"]),
+            state: alert["state"].as_str().unwrap_or_default().to_owned(),
+        })
+        .collect())
+}
+
+/// The names of the rule groups the Prometheus at `url` has loaded.
+pub async fn rule_groups(url: &str) -> Result<Vec<String>> {
+    let data = api_get(url, "/api/v1/rules", &[]).await?;
+    Ok(data["groups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|group| group["name"].as_str().map(str::to_owned))
+        .collect())
+}
+
 /// Waits until the active targets satisfy `expected` (service discovery and the first scrape take a
 /// few seconds); returns them. On timeout the error lists what Prometheus had.
 pub async fn wait_for_targets(
@@ -247,6 +299,39 @@ pub async fn wait_for_targets(
                 reason: format!("{error}; active targets:\n{had}"),
             })
         }
+    }
+}
+
+/// A process outside the cluster that the stack's Prometheus scrapes while this lives: one file-SD
+/// file in `$PROMETHEUS_TARGETS_DIR`, removed on drop (Prometheus drops the target on its next
+/// refresh).
+#[derive(Debug)]
+pub struct LocalTarget {
+    file: PathBuf,
+}
+
+impl LocalTarget {
+    /// Scrapes `address` (`127.0.0.1:<port>`, path `/metrics`) with `labels` (give it the `job`
+    /// its ServiceMonitor would: the Service's name). `name` names the file.
+    pub fn register(
+        dir: &Path,
+        name: &str,
+        address: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<LocalTarget> {
+        let file = dir.join(format!("{name}.json"));
+        let group = json!([{ "targets": [address], "labels": labels }]);
+        // Written whole, then renamed: Prometheus watches the directory.
+        let tmp = dir.join(format!(".{name}.tmp"));
+        fs::write(&tmp, group.to_string()).map_err(|e| StackError::io("writing", &tmp, e))?;
+        fs::rename(&tmp, &file).map_err(|e| StackError::io("renaming", &tmp, e))?;
+        Ok(LocalTarget { file })
+    }
+}
+
+impl Drop for LocalTarget {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.file);
     }
 }
 
@@ -312,16 +397,37 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_job_follows_the_targets_file_and_rules_are_loaded_from_the_rules_dir() {
+    fn the_job_follows_the_targets_file_and_local_targets_and_rules_come_from_the_rules_dir() {
         let config = config(
             Path::new("/w/prometheus/targets.json"),
+            Path::new("/w/prometheus/local-targets"),
             Path::new("/w/prometheus/rules"),
         );
         assert_eq!(
             config["scrape_configs"][0]["file_sd_configs"][0]["files"],
-            json!(["/w/prometheus/targets.json"])
+            json!([
+                "/w/prometheus/targets.json",
+                "/w/prometheus/local-targets/*.json"
+            ])
         );
         assert_eq!(config["rule_files"][0], "/w/prometheus/rules/*.yml");
+    }
+
+    #[test]
+    fn a_local_target_is_a_file_sd_group_until_dropped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let labels = BTreeMap::from([("job".to_owned(), "orderpipe-operator-metrics".to_owned())]);
+        let target =
+            LocalTarget::register(dir.path(), "op", "127.0.0.1:8080", &labels).expect("register");
+        let file = dir.path().join("op.json");
+        let written: Value =
+            serde_json::from_str(&fs::read_to_string(&file).expect("read")).expect("json");
+        assert_eq!(
+            written,
+            json!([{ "targets": ["127.0.0.1:8080"], "labels": { "job": "orderpipe-operator-metrics" } }])
+        );
+        drop(target);
+        assert!(!file.exists());
     }
 
     /// The whole file as Prometheus parses it: `promtool check config`.
@@ -336,7 +442,8 @@ mod tests {
         fs::write(&targets, "[]").expect("write");
         let file = dir.path().join("prometheus.yml");
         let rules = dir.path().join("rules");
-        let text = serde_norway::to_string(&config(&targets, &rules)).expect("yaml");
+        let local = dir.path().join("local-targets");
+        let text = serde_norway::to_string(&config(&targets, &local, &rules)).expect("yaml");
         fs::write(&file, text).expect("write");
         let output = std::process::Command::new(promtool)
             .arg("check")

@@ -312,6 +312,10 @@ impl Stack {
                 .prometheus
                 .as_ref()
                 .map(|p| p.rules_dir().to_path_buf()),
+            prometheus_targets_dir: self
+                .prometheus
+                .as_ref()
+                .map(|p| p.local_targets_dir().to_path_buf()),
             tools_dir: self.tools.root().to_path_buf(),
             work_dir: self.work_dir.clone(),
             supervisor_pid: std::process::id(),
