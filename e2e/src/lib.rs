@@ -4,6 +4,10 @@
 //! read its conditions, wait until it is Ready. Must not assert anything: each test says what it
 //! proves.
 
+pub mod deployed;
+pub mod load;
+pub mod policy;
+
 use std::sync::Arc;
 use std::time::Duration;
 

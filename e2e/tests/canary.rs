@@ -15,8 +15,6 @@
 //! binaries (`cargo build -p orderpipe-worker`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
@@ -24,16 +22,14 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DynamicObject, ListParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use orderpipe_api::OrderPipeline;
+use orderpipe_e2e::load::SteadyProducer;
 use orderpipe_e2e::{OperatorTest, apply_pipeline, on_node_agent, wait_ready};
 use orderpipe_node_agent::{ImageMapping, NodeAgent, NodeAgentConfig};
-use orderpipe_orders::generator::{GenConfig, OrderGenerator};
 use orderpipe_stack::prometheus::{self, Target};
 use orderpipe_stack::tools;
 use orderpipe_stack::{
     Isolation, Record, TestNamespace, caught_up, read_all, unique_name, wait_until,
 };
-use rdkafka::ClientConfig;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde_json::{Value, json};
 
 const PARTITIONS: i32 = 4;
@@ -138,7 +134,7 @@ async fn run_release(
         "measured: before the release, Prometheus's active targets = the running pods: {stable:?}"
     );
 
-    let producer = SteadyProducer::start(bootstrap, &format!("{}.orders", ns.name()));
+    let producer = SteadyProducer::start(bootstrap, &format!("{}.orders", ns.name()), RATE);
     let began = Instant::now();
     spec["spec"]["stages"][0]["image"] = json!(image);
     apply_pipeline(ns, &spec).await?;
@@ -477,68 +473,4 @@ fn reason(record: &Record) -> Option<String> {
         .iter()
         .find(|(name, _)| name == "orderpipe.error.reason")
         .map(|(_, value)| value.clone())
-}
-
-/// Valid orders at [`RATE`] per second on a blocking thread until stopped, so the stage has
-/// records to process all through a release.
-struct SteadyProducer {
-    stop: StopOnDrop,
-    task: tokio::task::JoinHandle<anyhow::Result<BTreeSet<Vec<u8>>>>,
-}
-
-/// Sets the flag when dropped: a test that fails before [`SteadyProducer::stop`] must not leave the
-/// thread producing, since the runtime waits for it at the end of the test.
-struct StopOnDrop(Arc<AtomicBool>);
-
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-}
-
-impl SteadyProducer {
-    fn start(bootstrap: &str, topic: &str) -> SteadyProducer {
-        let (bootstrap, topic) = (bootstrap.to_owned(), topic.to_owned());
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopped = Arc::clone(&stop);
-        let task = tokio::task::spawn_blocking(move || {
-            let producer: BaseProducer = ClientConfig::new()
-                .set("bootstrap.servers", &bootstrap)
-                .set("enable.idempotence", "true")
-                .create()?;
-            let valid_only = GenConfig {
-                invalid_share: 0.0,
-                garbage_share: 0.0,
-                duplicate_share: 0.0,
-            };
-            let mut keys = BTreeSet::new();
-            let began = Instant::now();
-            for (sent, record) in (0u64..).zip(OrderGenerator::new(17, valid_only)) {
-                if stopped.load(Ordering::Relaxed) {
-                    break;
-                }
-                // Paced by the clock: record n leaves at n / RATE seconds.
-                let due = Duration::from_millis(sent * 1000 / RATE);
-                producer.poll(due.saturating_sub(began.elapsed()));
-                let key = record.key.clone().context("generated orders have keys")?;
-                producer
-                    .send(BaseRecord::to(&topic).key(&key).payload(&record.payload))
-                    .map_err(|(error, _)| error)
-                    .with_context(|| format!("producing to {topic}"))?;
-                keys.insert(key);
-            }
-            producer.flush(Duration::from_secs(30))?;
-            anyhow::Ok(keys)
-        });
-        SteadyProducer {
-            stop: StopOnDrop(stop),
-            task,
-        }
-    }
-
-    /// Stops producing; the keys of every order sent (all delivered: the flush succeeded).
-    async fn stop(self) -> anyhow::Result<BTreeSet<Vec<u8>>> {
-        drop(self.stop);
-        self.task.await?
-    }
 }

@@ -24,17 +24,15 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use kube::api::ListParams;
 use orderpipe_api::OrderPipeline;
 use orderpipe_api::v1alpha1::{AutoscalingSpec, ScalingBehavior, ScalingRules};
+use orderpipe_e2e::load::produce_transaction;
 use orderpipe_e2e::{InProcessOperator, OperatorTest, apply_pipeline, on_node_agent, wait_ready};
 use orderpipe_node_agent::{ImageMapping, NodeAgent, NodeAgentConfig};
 use orderpipe_operator::external_metrics;
-use orderpipe_orders::generator::{GenConfig, OrderGenerator};
 use orderpipe_stack::tools::{self, Tools};
 use orderpipe_stack::{
     Isolation, LocalApiService, SharedStack, TestNamespace, caught_up, read_all, unique_name,
     wait_until,
 };
-use rdkafka::ClientConfig;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde_json::{Value, json};
 use tokio::sync::{Mutex, MutexGuard};
 use tokio_util::sync::CancellationToken;
@@ -97,7 +95,7 @@ async fn prove(
 ) -> anyhow::Result<()> {
     let input = ready_autoscaled_stage(bootstrap, ns, autoscaling(LAG_PER_REPLICA)).await?;
     // kwok's pods run no process: nothing consumes, so the lag is everything produced.
-    produce(bootstrap, &input, ORDERS).await?;
+    produce_transaction(bootstrap, &input, ORDERS).await?;
     let produced = Instant::now();
 
     let kubectl = Kubectl::new(stack)?;
@@ -201,7 +199,7 @@ async fn burst_round_trip(workers: &RealWorkers) -> anyhow::Result<()> {
     let input = ready_autoscaled_stage(bootstrap, ns, autoscaling(BURST_LAG_PER_REPLICA)).await?;
 
     // The lag crosses the target with the burst's first records: the clock starts with them.
-    let burst = produce(bootstrap, &input, BURST).await?;
+    let burst = produce_transaction(bootstrap, &input, BURST).await?;
     let produced = burst.elapsed();
     let scaled = wait_until(
         "three worker processes of the stage ready",
@@ -291,7 +289,7 @@ async fn park_and_wake(workers: &RealWorkers) -> anyhow::Result<()> {
     .await?;
     let parked_after = started.elapsed();
 
-    let arrival = produce(bootstrap, &input, WAKE_ORDERS).await?;
+    let arrival = produce_transaction(bootstrap, &input, WAKE_ORDERS).await?;
     wait_until(
         "the parked stage woken: a ready worker and its HPA",
         WAIT,
@@ -453,53 +451,6 @@ async fn ready_autoscaled_stage(
     apply_pipeline(ns, &serde_json::to_value(pipeline)?).await?;
     wait_ready(ns, "shop").await?;
     Ok(input)
-}
-
-/// Produces `count` valid generated orders to `topic` in one transaction, as an upstream
-/// exactly-once stage would (so each partition ends in a commit marker), on a blocking thread: the
-/// in-process operator and API share this test's runtime. The orders are generated first, so
-/// they arrive as fast as the broker takes them: a burst, not a stream one worker could keep up
-/// with. Returns when the sending began.
-async fn produce(bootstrap: &str, topic: &str, count: u64) -> anyhow::Result<Instant> {
-    let (bootstrap, topic) = (bootstrap.to_owned(), topic.to_owned());
-    tokio::task::spawn_blocking(move || {
-        let producer: BaseProducer = ClientConfig::new()
-            .set("bootstrap.servers", &bootstrap)
-            .set("linger.ms", "20")
-            .set("queue.buffering.max.messages", "1000000")
-            .set("queue.buffering.max.kbytes", "1048576")
-            .set("transactional.id", unique_name("e2e-burst"))
-            .create()?;
-        producer.init_transactions(Duration::from_secs(30))?;
-        let valid_only = GenConfig {
-            invalid_share: 0.0,
-            garbage_share: 0.0,
-            duplicate_share: 0.0,
-        };
-        let records: Vec<_> = OrderGenerator::new(13, valid_only)
-            .take(usize::try_from(count)?)
-            .collect();
-        let began = Instant::now();
-        producer.begin_transaction()?;
-        for record in &records {
-            let mut next = BaseRecord::to(&topic).payload(&record.payload);
-            if let Some(key) = &record.key {
-                next = next.key(key);
-            }
-            // A full local queue only means librdkafka is behind: let it deliver, then retry.
-            while let Err((error, unsent)) = producer.send(next) {
-                ensure!(
-                    error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::QueueFull),
-                    "producing to {topic}: {error}"
-                );
-                producer.poll(Duration::from_millis(100));
-                next = unsent;
-            }
-        }
-        producer.commit_transaction(Duration::from_secs(60))?;
-        anyhow::Ok(began)
-    })
-    .await?
 }
 
 /// The external metrics API path of the test stage's lag.

@@ -14,6 +14,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use orderpipe_api::OrderPipeline;
+use orderpipe_e2e::policy::DenyDeployments;
 use orderpipe_e2e::{CONVERGE, OperatorTest, apply_pipeline, condition, wait_ready};
 use orderpipe_stack::{TestNamespace, partition_count, wait_until};
 use serde_json::{Value, json};
@@ -657,96 +658,4 @@ async fn a_refused_apply_shows_in_the_status_and_a_warning_event_and_recovers() 
     // The backoff retries; once the policy is gone the apply goes through.
     wait_ready(&ns, "shop").await?;
     OperatorTest::finish(operator, ns).await
-}
-
-/// A ValidatingAdmissionPolicy and its binding that deny every Deployment write in one namespace.
-struct DenyDeployments {
-    name: String,
-}
-
-impl DenyDeployments {
-    const MESSAGE: &'static str = "e2e policy: no Deployments here";
-
-    fn resource(kind: &str) -> ApiResource {
-        ApiResource::from_gvk(&GroupVersionKind::gvk(
-            "admissionregistration.k8s.io",
-            "v1",
-            kind,
-        ))
-    }
-
-    async fn install(ns: &TestNamespace) -> anyhow::Result<DenyDeployments> {
-        let name = format!("deny-deployments-{}", ns.name());
-        let apply = PatchParams::apply("e2e-test").force();
-        let policy = json!({
-            "apiVersion": "admissionregistration.k8s.io/v1",
-            "kind": "ValidatingAdmissionPolicy",
-            "metadata": {"name": name},
-            "spec": {
-                "failurePolicy": "Fail",
-                "matchConstraints": {"resourceRules": [{
-                    "apiGroups": ["apps"], "apiVersions": ["v1"],
-                    "operations": ["CREATE", "UPDATE"], "resources": ["deployments"],
-                }]},
-                "validations": [{"expression": "false", "message": Self::MESSAGE}],
-            },
-        });
-        let binding = json!({
-            "apiVersion": "admissionregistration.k8s.io/v1",
-            "kind": "ValidatingAdmissionPolicyBinding",
-            "metadata": {"name": name},
-            "spec": {
-                "policyName": name,
-                "validationActions": ["Deny"],
-                "matchResources": {"namespaceSelector": {"matchLabels": {
-                    "kubernetes.io/metadata.name": ns.name(),
-                }}},
-            },
-        });
-        for (kind, object) in [
-            ("ValidatingAdmissionPolicy", policy),
-            ("ValidatingAdmissionPolicyBinding", binding),
-        ] {
-            Api::<DynamicObject>::all_with(ns.client().clone(), &Self::resource(kind))
-                .patch(&name, &apply, &Patch::Apply(&object))
-                .await
-                .with_context(|| format!("applying {kind} {name}"))?;
-        }
-        // The apiserver loads policies asynchronously: wait until a dry-run create is refused.
-        let probe: Deployment = serde_json::from_value(json!({
-            "metadata": {"name": "policy-probe"},
-            "spec": {
-                "selector": {"matchLabels": {"app": "probe"}},
-                "template": {
-                    "metadata": {"labels": {"app": "probe"}},
-                    "spec": {"containers": [{"name": "c", "image": "probe"}]},
-                },
-            },
-        }))?;
-        let dry_run = kube::api::PostParams {
-            dry_run: true,
-            ..kube::api::PostParams::default()
-        };
-        wait_until("the policy refuses Deployments", CONVERGE, || async {
-            match ns.api::<Deployment>().create(&dry_run, &probe).await {
-                Err(kube::Error::Api(status)) if status.message.contains(Self::MESSAGE) => Some(()),
-                _ => None,
-            }
-        })
-        .await?;
-        Ok(DenyDeployments { name })
-    }
-
-    async fn remove(self, ns: &TestNamespace) -> anyhow::Result<()> {
-        for kind in [
-            "ValidatingAdmissionPolicyBinding",
-            "ValidatingAdmissionPolicy",
-        ] {
-            Api::<DynamicObject>::all_with(ns.client().clone(), &Self::resource(kind))
-                .delete(&self.name, &DeleteParams::default())
-                .await
-                .with_context(|| format!("deleting {kind} {}", self.name))?;
-        }
-        Ok(())
-    }
 }

@@ -5,185 +5,23 @@
 //! roles `config/rbac` aggregates into the built-in `edit` and `view` for the pipelines' users.
 //! Needs `make test-e2e`.
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
 };
-use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
-use kube::core::GroupVersionKind;
-use kube::discovery::ApiResource;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use orderpipe_api::OrderPipeline;
+use orderpipe_e2e::deployed::{
+    Replica, apply_dynamic, delete_cluster_rbac, operator_identity, rbac_manifest,
+};
 use orderpipe_e2e::{CONVERGE, apply_pipeline, is_ready};
-use orderpipe_stack::{SharedStack, TestNamespace, free_port, tools, unique_name, wait_until};
+use orderpipe_stack::{SharedStack, TestNamespace, unique_name, wait_until};
 use serde_json::{Value, json};
-use tokio::process::{Child, Command};
-
-fn rbac_manifest(file: &str) -> anyhow::Result<Value> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../config/rbac")
-        .join(file);
-    Ok(serde_norway::from_str(&std::fs::read_to_string(&path)?)?)
-}
-
-async fn apply_dynamic(
-    client: &kube::Client,
-    namespace: Option<&str>,
-    object: &Value,
-) -> anyhow::Result<()> {
-    let gvk = GroupVersionKind::try_from(&serde_json::from_value::<kube::api::TypeMeta>(
-        object.clone(),
-    )?)?;
-    let plural = format!("{}s", gvk.kind.to_lowercase());
-    let resource = ApiResource::from_gvk_with_plural(&gvk, &plural);
-    let api: Api<DynamicObject> = match namespace {
-        Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
-        None => Api::all_with(client.clone(), &resource),
-    };
-    let name = object["metadata"]["name"].as_str().unwrap_or_default();
-    api.patch(
-        name,
-        &PatchParams::apply("e2e-test").force(),
-        &Patch::Apply(object),
-    )
-    .await
-    .with_context(|| format!("applying {} {name}", gvk.kind))?;
-    Ok(())
-}
-
-/// Deletes a cluster-scoped RBAC object a test created (`kind` ClusterRole or ClusterRoleBinding).
-async fn delete_cluster_rbac(client: &kube::Client, kind: &str, name: &str) -> anyhow::Result<()> {
-    let resource = ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("rbac.authorization.k8s.io", "v1", kind),
-        &format!("{}s", kind.to_lowercase()),
-    );
-    Api::<DynamicObject>::all_with(client.clone(), &resource)
-        .delete(name, &DeleteParams::default())
-        .await
-        .with_context(|| format!("deleting {kind} {name}"))?;
-    Ok(())
-}
-
-/// The shipped RBAC, bound to a ServiceAccount of the test namespace (the cluster-scoped objects get
-/// a unique name so parallel runs do not collide); returns a kubeconfig authenticating as it, and
-/// the names of the cluster-scoped objects to delete afterwards.
-async fn operator_identity(
-    stack: &SharedStack,
-    ns: &TestNamespace,
-) -> anyhow::Result<(PathBuf, String)> {
-    let client = ns.client();
-    let cluster_name = unique_name("orderpipe-operator");
-    let mut sa = rbac_manifest("service_account.yaml")?;
-    sa["metadata"]["namespace"] = json!(ns.name());
-    apply_dynamic(client, Some(ns.name()), &sa).await?;
-
-    let mut role = rbac_manifest("role.yaml")?;
-    role["metadata"]["name"] = json!(cluster_name);
-    apply_dynamic(client, None, &role).await?;
-    let mut binding = rbac_manifest("role_binding.yaml")?;
-    binding["metadata"]["name"] = json!(cluster_name);
-    binding["roleRef"]["name"] = json!(cluster_name);
-    binding["subjects"][0]["namespace"] = json!(ns.name());
-    apply_dynamic(client, None, &binding).await?;
-    for file in [
-        "leader_election_role.yaml",
-        "leader_election_role_binding.yaml",
-    ] {
-        let mut object = rbac_manifest(file)?;
-        object["metadata"]["namespace"] = json!(ns.name());
-        if let Some(subjects) = object.get_mut("subjects") {
-            subjects[0]["namespace"] = json!(ns.name());
-        }
-        apply_dynamic(client, Some(ns.name()), &object).await?;
-    }
-
-    let request = TokenRequest {
-        spec: TokenRequestSpec {
-            expiration_seconds: Some(3600),
-            ..TokenRequestSpec::default()
-        },
-        ..TokenRequest::default()
-    };
-    let token = Api::<ServiceAccount>::namespaced(client.clone(), ns.name())
-        .create_token_request("orderpipe-operator", &PostParams::default(), &request)
-        .await?
-        .status
-        .context("token request has no status")?
-        .token;
-    let mut kubeconfig: Value =
-        serde_norway::from_str(&std::fs::read_to_string(stack.kubeconfig()?)?)?;
-    kubeconfig["users"][0]["user"] = json!({ "token": token });
-    let path = std::env::temp_dir().join(format!("{}-operator.kubeconfig", ns.name()));
-    std::fs::write(&path, serde_norway::to_string(&kubeconfig)?)?;
-    Ok((path, cluster_name))
-}
-
-/// One operator process; killed when dropped.
-struct Replica {
-    name: &'static str,
-    child: Child,
-    metrics: String,
-}
-
-impl Replica {
-    fn start(name: &'static str, kubeconfig: &Path, ns: &str) -> anyhow::Result<Self> {
-        let port = free_port()?;
-        let log = std::fs::File::create(std::env::temp_dir().join(format!("{ns}-{name}.log")))?;
-        // `cargo test --workspace` builds the operator next to this test.
-        let child = Command::new(tools::built_binary("orderpipe-operator")?)
-            .env("KUBECONFIG", kubeconfig)
-            .env("POD_NAME", name)
-            .env("RUST_LOG", "info")
-            .args([
-                "--watch-namespace",
-                ns,
-                "--lease-namespace",
-                ns,
-                "--log-format",
-                "text",
-            ])
-            .args(["--worker-image", "orderpipe/orderpipe-worker:e2e"])
-            .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()?;
-        Ok(Self {
-            name,
-            child,
-            metrics: format!("http://127.0.0.1:{port}"),
-        })
-    }
-
-    async fn get(&self, path: &str) -> Option<(u16, String)> {
-        let response = reqwest::get(format!("{}{path}", self.metrics)).await.ok()?;
-        let status = response.status().as_u16();
-        Some((status, response.text().await.ok()?))
-    }
-
-    async fn is_leader(&self) -> bool {
-        self.get("/metrics")
-            .await
-            .is_some_and(|(_, body)| body.lines().any(|l| l == "orderpipe_operator_leader 1"))
-    }
-
-    fn terminate(&self) -> anyhow::Result<()> {
-        self.signal(nix::sys::signal::Signal::SIGTERM)
-    }
-
-    fn signal(&self, signal: nix::sys::signal::Signal) -> anyhow::Result<()> {
-        let pid = self.child.id().context("replica already exited")?;
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(i32::try_from(pid)?), signal)?;
-        Ok(())
-    }
-}
 
 /// Two replicas of the operator binary with the shipped RBAC, once both answer `/readyz`; returns
 /// them with the index of the leader.
