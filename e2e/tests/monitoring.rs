@@ -139,3 +139,36 @@ fn alert_rules_pass_promtool_check_and_their_unit_tests() -> anyhow::Result<()> 
     }
     Ok(())
 }
+
+#[test]
+fn every_alert_rule_has_a_unit_test_that_fires_it() -> anyhow::Result<()> {
+    let rules: Value = serde_norway::from_str(&rule_file()?)?;
+    let alerts: BTreeSet<&str> = rules["groups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|group| group["rules"].as_array().into_iter().flatten())
+        .filter_map(|rule| rule["alert"].as_str())
+        .collect();
+    let tests: Value = serde_norway::from_str(&std::fs::read_to_string(
+        monitoring_dir().join("rules_test.yaml"),
+    )?)?;
+    let fired: BTreeSet<&str> = tests["tests"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|test| test["alert_rule_test"].as_array().into_iter().flatten())
+        .filter(|case| {
+            case["exp_alerts"]
+                .as_array()
+                .is_some_and(|alerts| !alerts.is_empty())
+        })
+        .filter_map(|case| case["alertname"].as_str())
+        .collect();
+    let untested: Vec<_> = alerts.difference(&fired).collect();
+    assert!(
+        untested.is_empty(),
+        "alerts no promtool unit test fires: {untested:?}"
+    );
+    Ok(())
+}
