@@ -235,7 +235,9 @@ pub fn release_lines(
                         m.phase.as_deref().unwrap_or("-"),
                         m.count,
                         m.failed,
-                        m.last_value.as_deref().unwrap_or("-")
+                        m.last_value
+                            .as_deref()
+                            .map_or_else(|| "-".to_owned(), rounded)
                     )
                 })
                 .collect();
@@ -259,6 +261,14 @@ pub fn release_lines(
         lines.push(format!("  outcome: {timeline}"));
     }
     lines
+}
+
+/// A measurement as Argo records a Prometheus vector (`[0.004795170983859669]`), to four decimals.
+fn rounded(value: &str) -> String {
+    let inner = value.trim_start_matches('[').trim_end_matches(']');
+    inner
+        .parse::<f64>()
+        .map_or_else(|_| value.to_owned(), |v| format!("{v:.4}"))
 }
 
 #[cfg(test)]
@@ -390,7 +400,7 @@ mod tests {
                     phase: Some("Running".into()),
                     count: 1,
                     failed: 0,
-                    last_value: Some("[0.01]".into()),
+                    last_value: Some("[0.004795170983859669]".into()),
                 }],
                 ..run("new", "Running")
             }),
@@ -410,7 +420,7 @@ mod tests {
                 "release of validate: Analysing, 12 s after the image change",
                 "  Rollout: Paused, step 1/2",
                 "  canary: weight 50%: 1 pod(s) of the new version, 1 stable; holds 3 of 6 input partitions",
-                "  analysis: AnalysisRun run-new Running: dead-letter-share Running (1 measured, 0 failed, last [0.01])",
+                "  analysis: AnalysisRun run-new Running: dead-letter-share Running (1 measured, 0 failed, last 0.0048)",
             ]
         );
         view.rollout.aborted = true;
