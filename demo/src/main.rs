@@ -37,6 +37,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
 /// The checkout sample's `targetLagPerReplica` for validate: below it, the burst's backlog is gone
 /// (the steady load keeps a small lag of its own).
 const BURST_DRAINED_BELOW: i64 = 1_000;
+/// After the first line of the view's header while the load runs; not in the headless lines.
+const CTRL_C_HINT: &str = "   Ctrl-C: stop, drain, check the books";
 /// A sound release: another tag of the worker image, which the node agent runs as the same worker.
 const GOOD_RELEASE: &str = "orderpipe/orderpipe-worker:v2";
 /// From the image change to a settled outcome: the canary's pod, the 40 s pause, the promotion.
@@ -229,6 +231,7 @@ async fn run(args: &Args, demo: &mut Demo) -> anyhow::Result<Books> {
             load.elapsed().as_secs_f64(),
             args.rate
         );
+        header.push_str(CTRL_C_HINT);
         if let Some((orders, clock)) = &mut burst {
             let validate = snapshot.stages.first();
             let sent_all = orders.sent() >= args.burst_orders;
@@ -255,7 +258,6 @@ async fn run(args: &Args, demo: &mut Demo) -> anyhow::Result<Books> {
                 let _ = write!(header, "\n{line}");
             }
         }
-        header.push_str("   Ctrl-C: stop, drain, check the books");
         show(args.headless, &header, &snapshot, demo);
         let round_trip = burst.as_ref().is_some_and(|(_, clock)| clock.round_trip());
         let release_over =
@@ -340,11 +342,7 @@ async fn run(args: &Args, demo: &mut Demo) -> anyhow::Result<Books> {
 fn show(headless: bool, header: &str, snapshot: &Snapshot, demo: &Demo) {
     let (distinct, deliveries) = demo.webhook().counts();
     if headless {
-        let mut line = header
-            .split("   ")
-            .next()
-            .unwrap_or_default()
-            .replace('\n', " | ");
+        let mut line = header.replace(CTRL_C_HINT, "").replace('\n', " | ");
         for stage in &snapshot.stages {
             let _ = write!(
                 line,
