@@ -100,9 +100,11 @@ test-faults: e2e-tools ## Hostile-input suite at depth, then the worker's fault 
 	ORDERPIPE_FAULT_ORDERS=$(FAULT_ORDERS) $(CARGO) test -p orderpipe-worker --test pipeline -- \
 		--ignored --test-threads=1 --nocapture sigkilled rebalances a_broker_restart
 
-# Demo knobs: SCENARIO=steady|peak (peak: a burst on top of the rate, validate scales out on its lag and
-# back in), DEMO_RATE orders/s, DEMO_SECONDS to stop by itself (default: at Ctrl-C; peak stops by itself),
-# DEMO_FLAGS for more (`target/debug/orderpipe-demo --help`).
+# Demo knobs: SCENARIO=steady|peak|bad-release|good-release (peak: a burst on top of the rate, validate
+# scales out on its lag and back in; bad-release/good-release: validate released by canary to a faulty
+# or a sound worker, aborted or promoted by its analysis), DEMO_RATE orders/s, DEMO_SECONDS to stop by
+# itself (default: at Ctrl-C; the other scenarios stop by themselves), DEMO_FLAGS for more
+# (`target/debug/orderpipe-demo --help`).
 SCENARIO ?= steady
 DEMO_RATE ?= 300
 DEMO_FLAGS ?=

@@ -3,7 +3,8 @@
 //! processes of the built `orderpipe-worker`), the operator as a child process placing worker pods
 //! on that node and serving the external metrics API (registered with the apiserver, so the
 //! validate stage's HPA scales on its lag in Kafka), and applies the checkout sample wired to the
-//! local broker and receiver. Then a
+//! local broker and receiver (with [`DemoConfig::canary`], validate as a canary stage, to which
+//! [`Demo::release`] releases a new worker image; [`ReleaseTimeline`] follows it). Then a
 //! [`Load`] feeds orders, an [`Observer`] gives the live view, and [`Books`] checks the result.
 //! The `orderpipe-demo` binary and `tests/demo.rs` both drive it, so the test proves what the demo
 //! shows. It must not sleep to synchronise: everything waits on observed state with a timeout.
@@ -13,6 +14,7 @@ mod load;
 mod observe;
 mod peak;
 mod pipeline;
+mod release;
 mod webhook;
 
 use std::path::{Path, PathBuf};
@@ -25,20 +27,22 @@ use orderpipe_api::OrderPipeline;
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
-pub use books::{Books, PerOrder};
+pub use books::{Books, Faulted, Outputs, PerOrder};
 pub use load::{Load, LoadOptions, Tally};
-pub use observe::{Counters, Observer, Snapshot, StageView};
+pub use observe::{Counters, Observer, ReleaseView, Snapshot, StageView};
 pub use peak::PeakClock;
-pub use pipeline::{STAGES, Topics};
+pub use pipeline::{CANARY_REPLICAS, STAGES, Topics};
+pub use release::{Phase, ReleaseTimeline, release_lines};
 pub use webhook::WebhookReceiver;
 
-use orderpipe_node_agent::{
-    ImageMapping, NODE_AGENT_LABEL, NodeAgent, NodeAgentConfig, NodeAgentError,
-};
+use orderpipe_node_agent::{NODE_AGENT_LABEL, NodeAgent, NodeAgentConfig, NodeAgentError};
 use orderpipe_stack::{LocalApiService, StackError, free_port, tools, wait_until};
 
 /// The sample's pipeline name.
 pub const PIPELINE: &str = "checkout";
+/// The stage released by canary when [`DemoConfig::canary`] is set: the first one, whose dead
+/// letters the faulty release shows at once.
+pub const CANARY_STAGE: &str = "validate";
 /// The image the operator puts in worker pods; the node agent maps it to the local binary.
 const WORKER_IMAGE: &str = "orderpipe/orderpipe-worker:demo";
 const FIELD_MANAGER: &str = "orderpipe-demo";
@@ -106,6 +110,8 @@ impl DemoError {
 pub struct Binaries {
     pub operator: PathBuf,
     pub worker: PathBuf,
+    /// `orderpipe-worker-faulty`, the bad release (`orderpipe_node_agent::FAULTY_WORKER_IMAGE`).
+    pub faulty_worker: PathBuf,
 }
 
 impl Binaries {
@@ -114,6 +120,7 @@ impl Binaries {
         Ok(Binaries {
             operator: tools::built_binary("orderpipe-operator")?,
             worker: tools::built_binary("orderpipe-worker")?,
+            faulty_worker: tools::built_binary("orderpipe-worker-faulty")?,
         })
     }
 }
@@ -131,6 +138,11 @@ pub struct DemoConfig {
     pub work_dir: PathBuf,
     pub kubeconfig: PathBuf,
     pub bootstrap: String,
+    /// The Prometheus the canary analysis queries (the operator's `--prometheus-url`).
+    pub prometheus_url: Option<String>,
+    /// Release [`CANARY_STAGE`] by canary (an Argo Rollout with analysis): the stack must run the
+    /// Argo Rollouts controller and Prometheus.
+    pub canary: bool,
     pub binaries: Binaries,
 }
 
@@ -154,6 +166,8 @@ impl DemoConfig {
             work_dir,
             kubeconfig: kubeconfig.to_path_buf(),
             bootstrap: stack.kafka_bootstrap()?.to_owned(),
+            prometheus_url: stack.prometheus_url().ok().map(str::to_owned),
+            canary: false,
             binaries: Binaries::next_to_current_exe()?,
         })
     }
@@ -209,12 +223,11 @@ impl Demo {
         step("node agent");
         let agent = NodeAgent::start(
             client.clone(),
-            NodeAgentConfig::new(&config.node_name, config.work_dir.join("node-agent")).image(
-                ImageMapping {
-                    image: "orderpipe/orderpipe-worker".into(),
-                    binary: config.binaries.worker.clone(),
-                },
-            ),
+            NodeAgentConfig::new(&config.node_name, config.work_dir.join("node-agent"))
+                .worker_releases(
+                    config.binaries.worker.clone(),
+                    config.binaries.faulty_worker.clone(),
+                ),
         )
         .await?;
 
@@ -246,12 +259,15 @@ impl Demo {
         metrics_api.register(&client).await?;
 
         step("checkout pipeline");
-        let (manifest, topics) = pipeline::checkout(
+        let (mut manifest, topics) = pipeline::checkout(
             &config.namespace,
             &config.topic_prefix,
             &config.bootstrap,
             webhook.url(),
         )?;
+        if config.canary {
+            manifest = pipeline::with_canary(&manifest, CANARY_STAGE)?;
+        }
         let mut demo = Demo {
             client,
             config,
@@ -337,6 +353,14 @@ impl Demo {
             },
         )
         .await?;
+        self.check_operator()
+    }
+
+    /// Releases `image` to [`CANARY_STAGE`] through the OrderPipeline's spec, as a user would;
+    /// with [`DemoConfig::canary`] the Rollout then runs it as a canary.
+    pub async fn release(&mut self, image: &str) -> Result<(), DemoError> {
+        self.manifest = pipeline::with_image(&self.manifest, CANARY_STAGE, image);
+        self.apply(&self.manifest.clone()).await?;
         self.check_operator()
     }
 
@@ -473,6 +497,12 @@ fn start_operator(config: &DemoConfig, metrics_api: &LocalApiService) -> Result<
         .args(["--watch-namespace", &config.namespace])
         .args(["--leader-election", "false", "--log-format", "text"])
         .args(["--worker-image", WORKER_IMAGE])
+        .args(
+            config
+                .prometheus_url
+                .iter()
+                .flat_map(|url| ["--prometheus-url", url.as_str()]),
+        )
         .args(["--metrics-addr", &metrics])
         .args([
             "--external-metrics-addr",

@@ -3,7 +3,7 @@
 //! or it is stopped (Ctrl-C in the demo). It keeps what the pipeline must do with every
 //! acknowledged record: the books are checked against that.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
@@ -44,20 +44,35 @@ pub struct Tally {
     pub duplicates: u64,
     /// Keys (order ids) of the valid orders.
     pub valid_keys: HashSet<Vec<u8>>,
+    /// Re-submissions sent per valid order id (only those re-submitted).
+    pub resubmitted: HashMap<Vec<u8>, u64>,
+    /// Keys of the invalid orders (`""` for the ones sent without a key) and of the garbage: a
+    /// dead letter of a faulty release is told apart by its key.
+    pub invalid_keys: HashSet<Vec<u8>>,
+    pub garbage_keys: HashSet<Vec<u8>>,
 }
 
 impl Tally {
     fn add(&mut self, key: Option<&[u8]>, expected: &Expected) {
         self.sent += 1;
+        let key = key.map(<[u8]>::to_vec).unwrap_or_default();
         match expected {
             Expected::Valid => {
                 self.valid += 1;
-                self.valid_keys
-                    .insert(key.map(<[u8]>::to_vec).unwrap_or_default());
+                self.valid_keys.insert(key);
             }
-            Expected::Duplicate => self.duplicates += 1,
-            Expected::Invalid { .. } => self.invalid += 1,
-            Expected::Garbage { .. } => self.garbage += 1,
+            Expected::Duplicate => {
+                self.duplicates += 1;
+                *self.resubmitted.entry(key).or_default() += 1;
+            }
+            Expected::Invalid { .. } => {
+                self.invalid += 1;
+                self.invalid_keys.insert(key);
+            }
+            Expected::Garbage { .. } => {
+                self.garbage += 1;
+                self.garbage_keys.insert(key);
+            }
         }
     }
 
@@ -69,6 +84,9 @@ impl Tally {
         self.garbage += other.garbage;
         self.duplicates += other.duplicates;
         self.valid_keys.extend(other.valid_keys);
+        self.resubmitted.extend(other.resubmitted);
+        self.invalid_keys.extend(other.invalid_keys);
+        self.garbage_keys.extend(other.garbage_keys);
     }
 }
 

@@ -7,6 +7,15 @@
 //! worker handles: the view shows validate's lag in Kafka rising, its HPA adding workers up to the
 //! input's partitions, the lag draining and the stage shrinking back; the load stops once it is
 //! back at one replica (or at `--seconds`), and the summary gives the burst's timeline.
+//!
+//! `--scenario bad-release` / `good-release` (`make demo SCENARIO=...`) run the stack with the Argo
+//! Rollouts controller and validate as a canary stage (two pods, the analysis querying the stack's
+//! Prometheus). After `--release-after` seconds of steady load the demo releases a new worker
+//! image to validate: `orderpipe/orderpipe-worker:faulty` (the node agent runs
+//! `orderpipe-worker-faulty`, which dead-letters every record) or `:v2` (the same worker). The view
+//! shows the canary's step, weight and partitions, its AnalysisRun's measurements and the outcome;
+//! the load stops once the release is aborted or promoted and settled, and the books account for
+//! what the faulty canary dead-lettered.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -14,7 +23,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
-use orderpipe_demo::{Books, Demo, DemoConfig, Load, LoadOptions, PeakClock, Snapshot};
+use orderpipe_demo::{
+    Books, Demo, DemoConfig, Load, LoadOptions, PeakClock, Phase, ReleaseTimeline, Snapshot,
+};
+use orderpipe_node_agent::FAULTY_WORKER_IMAGE;
 use orderpipe_stack::Stack;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -25,6 +37,12 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
 /// The checkout sample's `targetLagPerReplica` for validate: below it, the burst's backlog is gone
 /// (the steady load keeps a small lag of its own).
 const BURST_DRAINED_BELOW: i64 = 1_000;
+/// After the first line of the view's header while the load runs; not in the headless lines.
+const CTRL_C_HINT: &str = "   Ctrl-C: stop, drain, check the books";
+/// A sound release: another tag of the worker image, which the node agent runs as the same worker.
+const GOOD_RELEASE: &str = "orderpipe/orderpipe-worker:v2";
+/// From the image change to a settled outcome: the canary's pod, the 40 s pause, the promotion.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The shape of the load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -33,6 +51,24 @@ enum Scenario {
     Steady,
     /// The rate, then a burst on top of it; see the module header.
     Peak,
+    /// The rate; validate released by canary to a faulty version, which the analysis aborts.
+    BadRelease,
+    /// The rate; validate released by canary to a sound version, which is promoted.
+    GoodRelease,
+}
+
+impl Scenario {
+    /// The image the scenario releases to validate, with what it is.
+    fn release(self) -> Option<(&'static str, &'static str)> {
+        match self {
+            Scenario::Steady | Scenario::Peak => None,
+            Scenario::BadRelease => Some((
+                FAULTY_WORKER_IMAGE,
+                "orderpipe-worker-faulty: dead-letters every record",
+            )),
+            Scenario::GoodRelease => Some((GOOD_RELEASE, "the same worker")),
+        }
+    }
 }
 
 #[derive(Debug, Parser)]
@@ -67,6 +103,9 @@ struct Args {
     /// peak: seconds of steady load before the burst.
     #[arg(long, default_value_t = 10)]
     burst_after: u64,
+    /// bad-release, good-release: seconds of steady load before the release.
+    #[arg(long, default_value_t = 20)]
+    release_after: u64,
 }
 
 /// Set-up and tear-down steps, with the time since the start.
@@ -91,13 +130,22 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::sync::Mutex::new(log))
         .init();
 
-    progress.step("starting the local stack (etcd, kube-apiserver, controller-manager, scheduler, kwok, Kafka) ...");
-    let stack = Stack::builder("demo").start().await?;
+    let releases = args.scenario.release().is_some();
+    progress.step(if releases {
+        "starting the local stack (etcd, kube-apiserver, controller-manager, scheduler, kwok, Kafka, Prometheus, Argo Rollouts) ..."
+    } else {
+        "starting the local stack (etcd, kube-apiserver, controller-manager, scheduler, kwok, Kafka, Prometheus) ..."
+    });
+    let stack = Stack::builder("demo")
+        .argo_rollouts(releases)
+        .start()
+        .await?;
     progress.step(&format!(
         "stack ready (logs: {})",
         stack.work_dir().join("logs").display()
     ));
-    let config = DemoConfig::on_stack(&stack, "demo", "", "orderpipe-local", work_dir.clone())?;
+    let mut config = DemoConfig::on_stack(&stack, "demo", "", "orderpipe-local", work_dir.clone())?;
+    config.canary = releases;
     let mut demo = Demo::start(stack.kube_client()?, config, |step| {
         progress.step(&format!("starting the {step}"));
     })
@@ -112,7 +160,7 @@ async fn main() -> anyhow::Result<()> {
     })?;
     progress.step("pipeline Ready; starting the load");
 
-    let outcome = run(&args, &demo).await;
+    let outcome = run(&args, &mut demo).await;
     progress.step("tearing down: pipeline, node agent, operator, stack ...");
     let stopped = demo.stop().await;
     stack.stop().await?;
@@ -126,7 +174,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// Load, live view, drain, summary; returns the books.
-async fn run(args: &Args, demo: &Demo) -> anyhow::Result<Books> {
+async fn run(args: &Args, demo: &mut Demo) -> anyhow::Result<Books> {
     let mut sigint = signal(SignalKind::interrupt()).context("handling Ctrl-C")?;
     let mut observer = demo.observer()?;
     let options = LoadOptions {
@@ -141,6 +189,7 @@ async fn run(args: &Args, demo: &Demo) -> anyhow::Result<Books> {
     let limit = args.seconds.map(Duration::from_secs);
     let mut ticks = tokio::time::interval(REFRESH);
     let mut burst: Option<(Load, PeakClock)> = None;
+    let mut release = ReleaseTimeline::new();
     loop {
         tokio::select! {
             _ = ticks.tick() => {}
@@ -160,6 +209,21 @@ async fn run(args: &Args, demo: &Demo) -> anyhow::Result<Books> {
             burst = Some((orders, PeakClock::new(started, 1)));
         }
         let snapshot = observer.snapshot().await?;
+        let now = Instant::now();
+        if let Some((image, _)) = args.scenario.release()
+            && release.phase() == Phase::Steady
+            && load.elapsed() >= Duration::from_secs(args.release_after)
+        {
+            let stable = snapshot
+                .release
+                .as_ref()
+                .and_then(|view| view.rollout.stable.clone());
+            demo.release(image).await?;
+            release.released(stable, now);
+        }
+        if let Some(view) = &snapshot.release {
+            release.observe(&view.rollout, view.analysis.as_ref(), now);
+        }
         let rate = load.sent() as f64 / load.elapsed().as_secs_f64().max(0.001);
         let mut header = format!(
             "load: {} orders sent in {:.0} s ({rate:.0}/s, target {}/s)",
@@ -167,6 +231,7 @@ async fn run(args: &Args, demo: &Demo) -> anyhow::Result<Books> {
             load.elapsed().as_secs_f64(),
             args.rate
         );
+        header.push_str(CTRL_C_HINT);
         if let Some((orders, clock)) = &mut burst {
             let validate = snapshot.stages.first();
             let sent_all = orders.sent() >= args.burst_orders;
@@ -183,10 +248,21 @@ async fn run(args: &Args, demo: &Demo) -> anyhow::Result<Books> {
                 args.burst_rate
             );
         }
-        header.push_str("   Ctrl-C: stop, drain, check the books");
+        if let Some((image, what)) = args.scenario.release() {
+            let _ = write!(
+                header,
+                "\nrelease: {image} ({what}) after {} s of steady load",
+                args.release_after
+            );
+            for line in orderpipe_demo::release_lines(&release, snapshot.release.as_ref(), now) {
+                let _ = write!(header, "\n{line}");
+            }
+        }
         show(args.headless, &header, &snapshot, demo);
         let round_trip = burst.as_ref().is_some_and(|(_, clock)| clock.round_trip());
-        if round_trip || limit.is_some_and(|limit| load.elapsed() >= limit) {
+        let release_over =
+            release.settled() || release.elapsed(now).is_some_and(|t| t >= RELEASE_TIMEOUT);
+        if round_trip || release_over || limit.is_some_and(|limit| load.elapsed() >= limit) {
             break;
         }
     }
@@ -244,6 +320,9 @@ async fn run(args: &Args, demo: &Demo) -> anyhow::Result<Books> {
     if let Some(clock) = timeline {
         println!("peak: validate {clock}");
     }
+    if let Some((image, what)) = args.scenario.release() {
+        println!("release of validate to {image} ({what}): {release}");
+    }
     println!("{books}");
     let problems = books.problems();
     if problems.is_empty() {
@@ -263,11 +342,7 @@ async fn run(args: &Args, demo: &Demo) -> anyhow::Result<Books> {
 fn show(headless: bool, header: &str, snapshot: &Snapshot, demo: &Demo) {
     let (distinct, deliveries) = demo.webhook().counts();
     if headless {
-        let mut line = header
-            .split("   ")
-            .next()
-            .unwrap_or_default()
-            .replace('\n', " | ");
+        let mut line = header.replace(CTRL_C_HINT, "").replace('\n', " | ");
         for stage in &snapshot.stages {
             let _ = write!(
                 line,

@@ -1,7 +1,8 @@
 //! What the live view shows: each stage's counters (scraped from every worker's `/metrics` through
 //! the host port the node agent publishes on the pod), lag, ready replicas and live worker
-//! processes; the pipeline's conditions. Counters of workers that went away (scaled down) are kept,
-//! so the totals never go backwards.
+//! processes; the pipeline's conditions; for a stage released by canary, its Rollout, the
+//! AnalysisRun judging the newest version and the canary's share from the pipeline's status.
+//! Counters of workers that went away (scaled down) are kept, so the totals never go backwards.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -12,7 +13,8 @@ use kube::Client;
 use kube::api::{Api, ListParams};
 use orderpipe_api::OrderPipeline;
 use orderpipe_api::contract::{self, naming};
-use orderpipe_api::v1alpha1::OrderPipelineStatus;
+use orderpipe_api::v1alpha1::{CanaryStatus, OrderPipelineStatus};
+use orderpipe_stack::argo::{self, AnalysisState, RolloutState};
 
 use super::DemoError;
 use super::pipeline::STAGES;
@@ -66,6 +68,19 @@ pub struct Snapshot {
     pub stages: Vec<StageView>,
     /// `type=status (reason)` of each condition.
     pub conditions: Vec<String>,
+    /// The stage that runs as an Argo Rollout, if one does.
+    pub release: Option<ReleaseView>,
+}
+
+/// A stage released by canary at one moment.
+#[derive(Debug, Clone, Default)]
+pub struct ReleaseView {
+    pub stage: String,
+    pub rollout: RolloutState,
+    /// The AnalysisRun judging the Rollout's newest version, once there is one.
+    pub analysis: Option<AnalysisState>,
+    /// The canary's share as the operator reports it (`status.stages[].canary`), while one runs.
+    pub canary: Option<CanaryStatus>,
 }
 
 /// Takes snapshots of one pipeline; remembers the last counters of each worker pod.
@@ -144,6 +159,7 @@ impl Observer {
         let status = self.status().await?.unwrap_or_default();
         let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), &self.namespace);
         let mut stages = Vec::new();
+        let mut release = None;
         for name in STAGES {
             let mut counters = self.retired.get(name).copied().unwrap_or_default();
             for (stage, live) in self.live.values() {
@@ -151,18 +167,33 @@ impl Observer {
                     counters.add(live);
                 }
             }
-            let deployment = deployments
-                .get_opt(&naming::workload(&self.pipeline, name))
-                .await
-                .map_err(|source| DemoError::kube("reading a stage's Deployment", source))?;
-            let (desired, ready) = deployment
-                .map(|d| {
-                    (
-                        d.spec.and_then(|s| s.replicas).unwrap_or_default(),
-                        d.status.and_then(|s| s.ready_replicas).unwrap_or_default(),
-                    )
-                })
-                .unwrap_or_default();
+            let stage_status = status.stages.iter().find(|s| s.name == name);
+            let (desired, ready) = if stage_status
+                .is_some_and(|s| s.workload.as_deref() == Some("Rollout"))
+            {
+                let view = self
+                    .release_view(name, stage_status.and_then(|s| s.canary.clone()))
+                    .await?;
+                let counts = view
+                    .as_ref()
+                    .map(|v| (v.rollout.desired, v.rollout.ready))
+                    .unwrap_or_default();
+                release = release.or(view);
+                counts
+            } else {
+                let deployment = deployments
+                    .get_opt(&naming::workload(&self.pipeline, name))
+                    .await
+                    .map_err(|source| DemoError::kube("reading a stage's Deployment", source))?;
+                deployment
+                    .map(|d| {
+                        (
+                            d.spec.and_then(|s| s.replicas).unwrap_or_default(),
+                            d.status.and_then(|s| s.ready_replicas).unwrap_or_default(),
+                        )
+                    })
+                    .unwrap_or_default()
+            };
             stages.push(StageView {
                 name: name.to_owned(),
                 counters,
@@ -178,7 +209,53 @@ impl Observer {
             .iter()
             .map(|c| format!("{}={} ({})", c.type_, c.status, c.reason))
             .collect();
-        Ok(Snapshot { stages, conditions })
+        Ok(Snapshot {
+            stages,
+            conditions,
+            release,
+        })
+    }
+
+    /// The Rollout of `stage` and the AnalysisRun judging its newest version: the one the Rollout
+    /// names while it runs, else the newest run labelled with that version (an ended run is no
+    /// longer named).
+    async fn release_view(
+        &self,
+        stage: &str,
+        canary: Option<CanaryStatus>,
+    ) -> Result<Option<ReleaseView>, DemoError> {
+        let rollout = argo::rollouts(self.client.clone(), &self.namespace)
+            .get_opt(&naming::workload(&self.pipeline, stage))
+            .await
+            .map_err(|source| DemoError::kube("reading a stage's Rollout", source))?;
+        let Some(rollout) = rollout.as_ref().map(RolloutState::of) else {
+            return Ok(None);
+        };
+        let runs = argo::analysis_runs(self.client.clone(), &self.namespace)
+            .list(&ListParams::default())
+            .await
+            .map_err(|source| DemoError::kube("listing AnalysisRuns", source))?;
+        let analysis = runs
+            .items
+            .iter()
+            .map(|run| {
+                (
+                    run.metadata.creation_timestamp.clone(),
+                    AnalysisState::of(run),
+                )
+            })
+            .filter(|(_, run)| match &rollout.analysis_run {
+                Some(name) => &run.name == name,
+                None => run.judges.is_some() && run.judges == rollout.current,
+            })
+            .max_by_key(|(created, _)| created.clone())
+            .map(|(_, run)| run);
+        Ok(Some(ReleaseView {
+            stage: stage.to_owned(),
+            rollout,
+            analysis,
+            canary,
+        }))
     }
 
     /// Worker pods of `stage` with a live process.

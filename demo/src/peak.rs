@@ -58,25 +58,27 @@ impl PeakClock {
     }
 }
 
+/// `12.3 s`, or `never` for what was not observed: the timelines' moments, from their start.
+pub(crate) fn seconds_or_never(t: Option<Duration>) -> String {
+    t.map_or_else(
+        || "never".to_owned(),
+        |t| format!("{:.1} s", t.as_secs_f64()),
+    )
+}
+
 impl fmt::Display for PeakClock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let at = |t: Option<Duration>| {
-            t.map_or_else(
-                || "never".to_owned(),
-                |t| format!("{:.1} s", t.as_secs_f64()),
-            )
-        };
         write!(
             f,
             "after the burst began: more than {} replica(s) at {}, {} replicas at {:.1} s, \
              backlog drained at {}, back at {} at {}",
             self.min_replicas,
-            at(self.scaled_out),
+            seconds_or_never(self.scaled_out),
             self.peak.0,
             self.peak.1.as_secs_f64(),
-            at(self.drained),
+            seconds_or_never(self.drained),
             self.min_replicas,
-            at(self.back_to_min),
+            seconds_or_never(self.back_to_min),
         )
     }
 }

@@ -3,7 +3,8 @@
 //! pipeline, the local broker, the local webhook receiver without Secret-based auth, a fixed
 //! replica count for the status stage (the one the demo scales), and validate's autoscaling on lag
 //! alone with a quick scale-down (see [`LOCAL_SCALE_DOWN`]). Everything else stays as shipped, so
-//! the demo exercises the sample a user would apply.
+//! the demo exercises the sample a user would apply. The release scenarios then make a stage a
+//! canary stage ([`with_canary`]) and release a new image to it ([`with_image`]).
 
 use serde_json::{Value, json};
 
@@ -20,6 +21,21 @@ pub const STAGES: [&str; 3] = ["validate", "status", "notify"];
 /// minutes to show the stage shrinking back.
 const LOCAL_SCALE_DOWN: &str =
     r#"{"stabilizationWindowSeconds": 15, "maxPercentPerPeriod": 100, "periodSeconds": 15}"#;
+
+/// Replicas of a stage released by canary: one pod of each version at the 50% step.
+pub const CANARY_REPLICAS: i32 = 2;
+
+/// The canary of `make demo SCENARIO=bad-release|good-release`: half of the pods (and so about half
+/// of the input's partitions) on the new version for 40 s, judged every 10 s; one failed
+/// measurement aborts. Thresholds of 5 points: the demo's load dead-letters about 1 % (its garbage)
+/// on either version, the faulty release everything.
+const CANARY: &str = r#"{
+    "strategy": "Canary",
+    "canary": {
+        "steps": [{ "setWeight": 50 }, { "pause": { "duration": "40s" } }],
+        "analysis": { "interval": "10s", "failureLimit": 0, "maxErrorPercent": 5, "maxDeadLetterPercent": 5 }
+    }
+}"#;
 
 /// The pipeline's Kafka topics, as named in this run.
 #[derive(Debug, Clone)]
@@ -116,6 +132,33 @@ pub fn checkout(
 
 /// `manifest` with `stage` at a fixed replica count (its autoscaling, if any, removed).
 pub fn with_replicas(manifest: &Value, stage: &str, replicas: i32) -> Value {
+    with_stage(manifest, stage, |spec| {
+        spec["replicas"] = json!(replicas);
+        if let Some(spec) = spec.as_object_mut() {
+            spec.remove("autoscaling");
+        }
+    })
+}
+
+/// `manifest` with `stage` released by canary ([`CANARY`]) on [`CANARY_REPLICAS`] fixed replicas:
+/// the analysis compares the canary's pods with the stable ones, so each version needs one, which
+/// an autoscaler at its minimum of one would not leave.
+pub fn with_canary(manifest: &Value, stage: &str) -> Result<Value, DemoError> {
+    let rollout: Value =
+        serde_json::from_str(CANARY).map_err(|e| DemoError::Sample(e.to_string()))?;
+    Ok(with_stage(
+        &with_replicas(manifest, stage, CANARY_REPLICAS),
+        stage,
+        |spec| spec["rollout"] = rollout.clone(),
+    ))
+}
+
+/// `manifest` with `stage` running `image`: a new release of the stage.
+pub fn with_image(manifest: &Value, stage: &str, image: &str) -> Value {
+    with_stage(manifest, stage, |spec| spec["image"] = json!(image))
+}
+
+fn with_stage(manifest: &Value, stage: &str, edit: impl Fn(&mut Value)) -> Value {
     let mut manifest = manifest.clone();
     for spec in manifest["spec"]["stages"]
         .as_array_mut()
@@ -123,10 +166,7 @@ pub fn with_replicas(manifest: &Value, stage: &str, replicas: i32) -> Value {
         .flatten()
     {
         if spec["name"] == stage {
-            spec["replicas"] = json!(replicas);
-            if let Some(spec) = spec.as_object_mut() {
-                spec.remove("autoscaling");
-            }
+            edit(spec);
         }
     }
     manifest
@@ -171,5 +211,17 @@ mod tests {
         let fixed = with_replicas(&manifest, "validate", 1);
         assert_eq!(fixed["spec"]["stages"][0]["replicas"], 1);
         assert!(fixed["spec"]["stages"][0].get("autoscaling").is_none());
+        let canary = with_canary(&manifest, "validate").expect("the canary parses");
+        let validate = &canary["spec"]["stages"][0];
+        assert_eq!(validate["replicas"], CANARY_REPLICAS);
+        assert!(validate.get("autoscaling").is_none());
+        assert_eq!(validate["rollout"]["strategy"], "Canary");
+        assert_eq!(validate["rollout"]["canary"]["analysis"]["failureLimit"], 0);
+        let released = with_image(&canary, "validate", "orderpipe/orderpipe-worker:faulty");
+        assert_eq!(
+            released["spec"]["stages"][0]["image"],
+            "orderpipe/orderpipe-worker:faulty"
+        );
+        assert!(released["spec"]["stages"][1].get("image").is_none());
     }
 }

@@ -2,17 +2,28 @@
 //! its workers as local processes (node agent), a load with invalid, garbage and duplicate orders,
 //! and the books checked after the backlog drains; then the status stage scaled 1 -> 3 -> 1
 //! through the OrderPipeline's spec while orders keep flowing, with the process count following
-//! and nothing lost or duplicated. Needs `make test-e2e` (and the operator and worker binaries,
-//! which `cargo test --workspace` builds).
+//! and nothing lost or duplicated. And `SCENARIO=bad-release`: validate as a canary stage, the
+//! faulty worker released to it under load, followed to its abort as the demo follows it, and the
+//! books balanced with what the faulty canary dead-lettered. Needs `make test-e2e` (a stack with
+//! the Argo Rollouts controller and Prometheus; and the operator and worker binaries, which
+//! `cargo test --workspace` builds).
 
 use std::time::Duration;
 
-use orderpipe_demo::{Binaries, Demo, DemoConfig, LoadOptions};
-use orderpipe_stack::{SharedStack, unique_name, wait_until};
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use orderpipe_demo::{Binaries, Demo, DemoConfig, LoadOptions, Phase, ReleaseTimeline};
+use orderpipe_node_agent::FAULTY_WORKER_IMAGE;
+use orderpipe_stack::{SharedStack, TestNamespace, unique_name, wait_until};
 
 const READY: Duration = Duration::from_secs(120);
 const DRAIN: Duration = Duration::from_secs(180);
 const SCALE: Duration = Duration::from_secs(120);
+/// From the image change to the stable version alone again: the canary's pod, its first
+/// measurement, the abort, a stable pod back.
+const RELEASE: Duration = Duration::from_secs(180);
 
 fn load(count: Option<u64>, seed: u64) -> LoadOptions {
     LoadOptions {
@@ -25,13 +36,12 @@ fn load(count: Option<u64>, seed: u64) -> LoadOptions {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the local stack: make test-e2e"]
-async fn the_demo_balances_its_books_and_scaling_a_stage_loses_and_duplicates_nothing()
--> anyhow::Result<()> {
+/// The demo in a namespace of its own on the shared stack (its own node agent and topic prefix;
+/// `canary`: validate as a canary stage), Ready. Operator and worker logs go to the returned
+/// directory, kept when the test fails.
+async fn ready_demo(prefix: &str, canary: bool) -> anyhow::Result<(TestNamespace, PathBuf, Demo)> {
     let stack = SharedStack::get()?;
-    let ns = stack.namespace("demo").await?;
-    // Operator and worker logs; kept when the test fails.
+    let ns = stack.namespace(prefix).await?;
     let work_dir = std::env::temp_dir().join(ns.name());
     eprintln!("demo: operator and worker logs in {}", work_dir.display());
     let config = DemoConfig {
@@ -41,6 +51,8 @@ async fn the_demo_balances_its_books_and_scaling_a_stage_loses_and_duplicates_no
         work_dir: work_dir.clone(),
         kubeconfig: stack.kubeconfig()?.to_path_buf(),
         bootstrap: stack.kafka_bootstrap()?.to_owned(),
+        prometheus_url: stack.prometheus_url().ok().map(str::to_owned),
+        canary,
         binaries: Binaries::next_to_current_exe()?,
     };
     let mut demo = Demo::start(ns.client().clone(), config, |step| {
@@ -48,6 +60,14 @@ async fn the_demo_balances_its_books_and_scaling_a_stage_loses_and_duplicates_no
     })
     .await?;
     demo.wait_ready(READY).await?;
+    Ok((ns, work_dir, demo))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the local stack: make test-e2e"]
+async fn the_demo_balances_its_books_and_scaling_a_stage_loses_and_duplicates_nothing()
+-> anyhow::Result<()> {
+    let (ns, work_dir, mut demo) = ready_demo("demo", false).await?;
 
     // The demo's load, short: 2,000 orders at 300/s.
     let first = demo.start_load(load(Some(2_000), 1))?;
@@ -81,6 +101,70 @@ async fn the_demo_balances_its_books_and_scaling_a_stage_loses_and_duplicates_no
     let books = demo.drain(&sent, DRAIN).await?;
     eprintln!("books after scaling:\n{books}");
     assert!(books.problems().is_empty(), "{:#?}", books.problems());
+
+    demo.stop().await?;
+    ns.cleanup().await?;
+    std::fs::remove_dir_all(&work_dir)?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the local stack: make test-e2e"]
+async fn a_faulty_release_is_aborted_and_the_books_account_for_what_it_dead_lettered()
+-> anyhow::Result<()> {
+    let (ns, work_dir, mut demo) = ready_demo("demo-release", true).await?;
+    let orders = demo.start_load(load(None, 3))?;
+
+    // Observed as the demo's view observes it: a snapshot of the pipeline, its Rollout and the
+    // AnalysisRun judging the new version, fed to the release's timeline.
+    let observer = tokio::sync::Mutex::new(demo.observer()?);
+    let timeline = Mutex::new(ReleaseTimeline::new());
+    let observe = || async {
+        let snapshot = observer.lock().await.snapshot().await.ok()?;
+        let view = snapshot.release?;
+        let mut timeline = timeline.lock().ok()?;
+        timeline.observe(&view.rollout, view.analysis.as_ref(), Instant::now());
+        Some((view, timeline.clone()))
+    };
+    let stable = wait_until("validate's Rollout Healthy on 2 pods", READY, || async {
+        let (view, _) = observe().await?;
+        let stable = view.rollout.stable.clone()?;
+        view.rollout.fully_on(&stable).then_some(stable)
+    })
+    .await?;
+    demo.release(FAULTY_WORKER_IMAGE).await?;
+    timeline
+        .lock()
+        .map_err(|_| anyhow::anyhow!("timeline lock"))?
+        .released(Some(stable), Instant::now());
+    let settled = wait_until(
+        "the faulty release decided and settled",
+        RELEASE,
+        || async {
+            let (_, timeline) = observe().await?;
+            timeline.settled().then_some(timeline)
+        },
+    )
+    .await?;
+    eprintln!("release: {settled}");
+    assert_eq!(settled.phase(), Phase::Aborted, "{settled}");
+    assert!(
+        settled
+            .verdict
+            .as_deref()
+            .is_some_and(|v| v.ends_with("Failed")),
+        "{settled}"
+    );
+
+    let sent = orders.finish().await?;
+    let books = demo.drain(&sent, DRAIN).await?;
+    eprintln!("books after the faulty release:\n{books}");
+    assert!(books.problems().is_empty(), "{:#?}", books.problems());
+    assert!(
+        books.faulted.valid_copies > 0 && books.faulted.unknown == 0,
+        "the faulty canary's dead letters: {:?}",
+        books.faulted
+    );
 
     demo.stop().await?;
     ns.cleanup().await?;

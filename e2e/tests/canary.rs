@@ -19,12 +19,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DynamicObject, ListParams};
-use kube::core::{ApiResource, GroupVersionKind};
+use kube::api::ListParams;
 use orderpipe_api::OrderPipeline;
 use orderpipe_e2e::load::SteadyProducer;
 use orderpipe_e2e::{OperatorTest, apply_pipeline, on_node_agent, wait_ready};
-use orderpipe_node_agent::{ImageMapping, NodeAgent, NodeAgentConfig};
+use orderpipe_node_agent::{FAULTY_WORKER_IMAGE, NodeAgent, NodeAgentConfig};
+use orderpipe_stack::argo::{self, AnalysisState, replica_count};
 use orderpipe_stack::prometheus::{self, Target};
 use orderpipe_stack::tools;
 use orderpipe_stack::{
@@ -34,9 +34,8 @@ use serde_json::{Value, json};
 
 const PARTITIONS: i32 = 4;
 const REPLICAS: i32 = 2;
-/// The image the operator runs (`OperatorTest`'s worker image) and the two releases.
+/// A sound release: a tag the node agent runs as the worker (the bad one is `FAULTY_WORKER_IMAGE`).
 const SOUND_RELEASE: &str = "orderpipe/orderpipe-worker:v2";
-const FAULTY_RELEASE: &str = "orderpipe/orderpipe-worker:faulty";
 /// Orders per second while a release runs: enough for every pod to see records in each scrape.
 const RATE: u64 = 40;
 /// Measurements every 10 s, and a pause long enough for several: with `failureLimit: 0` one
@@ -58,7 +57,7 @@ async fn a_sound_canary_is_promoted_step_by_step_with_balanced_books() -> anyhow
 #[ignore = "needs the local stack: make test-e2e"]
 async fn a_faulty_canary_is_aborted_by_its_analysis_and_stable_keeps_processing()
 -> anyhow::Result<()> {
-    release(FAULTY_RELEASE, Verdict::Aborted).await
+    release(FAULTY_WORKER_IMAGE, Verdict::Aborted).await
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,15 +82,7 @@ async fn release(image: &str, verdict: Verdict) -> anyhow::Result<()> {
     let work = tempfile::tempdir()?;
     let agent = NodeAgent::start(
         ns.client().clone(),
-        NodeAgentConfig::new(&node, work.path())
-            .image(ImageMapping {
-                image: "orderpipe/orderpipe-worker".into(),
-                binary: worker,
-            })
-            .image(ImageMapping {
-                image: FAULTY_RELEASE.into(),
-                binary: faulty,
-            }),
+        NodeAgentConfig::new(&node, work.path()).worker_releases(worker, faulty),
     )
     .await?;
     let proven = run_release(&prometheus_url, &bootstrap, &ns, image, verdict).await;
@@ -138,7 +129,7 @@ async fn run_release(
     let began = Instant::now();
     spec["spec"]["stages"][0]["image"] = json!(image);
     apply_pipeline(ns, &spec).await?;
-    let rollouts = rollouts(ns);
+    let rollouts = argo::rollouts(ns.client().clone(), ns.name());
     let canary = wait_until("the Rollout releasing the new version", RELEASE, || async {
         let rollout = rollouts.get("shop-validate").await.ok()?;
         let status = rollout.data.get("status")?;
@@ -248,13 +239,13 @@ async fn release_verdict(
         &format!("the release's AnalysisRun to end ({verdict:?} expected)"),
         RELEASE,
         || async {
-            let runs = analysis_runs(ns).list(&ListParams::default()).await.ok()?;
-            runs.items.into_iter().find(|run| {
-                matches!(
-                    run.data.pointer("/status/phase").and_then(Value::as_str),
-                    Some("Successful" | "Failed" | "Error" | "Inconclusive")
-                )
-            })
+            let runs = argo::analysis_runs(ns.client().clone(), ns.name())
+                .list(&ListParams::default())
+                .await
+                .ok()?;
+            runs.items
+                .into_iter()
+                .find(|run| AnalysisState::of(run).ended())
         },
     )
     .await?;
@@ -269,7 +260,7 @@ async fn release_verdict(
         run.metadata.name.as_deref().unwrap_or_default(),
         began.elapsed()
     );
-    let rollouts = rollouts(ns);
+    let rollouts = argo::rollouts(ns.client().clone(), ns.name());
     let rollout = match verdict {
         Verdict::Promoted => {
             ensure!(
@@ -281,7 +272,7 @@ async fn release_verdict(
                 let status = rollout.data.get("status")?;
                 (status["stableRS"] == canary
                     && status["phase"] == "Healthy"
-                    && count(status, "updatedReplicas") == REPLICAS)
+                    && replica_count(status, "updatedReplicas") == REPLICAS)
                     .then_some(rollout)
             })
             .await?
@@ -296,8 +287,8 @@ async fn release_verdict(
                     let status = rollout.data.get("status")?;
                     (status["abort"] == true
                         && status["stableRS"] != canary
-                        && count(status, "availableReplicas") == REPLICAS
-                        && count(status, "updatedReplicas") == 0)
+                        && replica_count(status, "availableReplicas") == REPLICAS
+                        && replica_count(status, "updatedReplicas") == 0)
                         .then_some(rollout)
                 },
             )
@@ -378,33 +369,6 @@ async fn targets_match_pods(
     )
     .await;
     matched.with_context(|| format!("active targets against running pods; last seen: {last:?}"))
-}
-
-/// A replica count of a Rollout's status; Argo omits the ones that are 0.
-fn count(status: &Value, field: &str) -> i32 {
-    status[field]
-        .as_i64()
-        .and_then(|n| i32::try_from(n).ok())
-        .unwrap_or(0)
-}
-
-fn rollouts(ns: &TestNamespace) -> Api<DynamicObject> {
-    argo(ns, "Rollout", "rollouts")
-}
-
-fn analysis_runs(ns: &TestNamespace) -> Api<DynamicObject> {
-    argo(ns, "AnalysisRun", "analysisruns")
-}
-
-fn argo(ns: &TestNamespace, kind: &str, plural: &str) -> Api<DynamicObject> {
-    Api::namespaced_with(
-        ns.client().clone(),
-        ns.name(),
-        &ApiResource::from_gvk_with_plural(
-            &GroupVersionKind::gvk("argoproj.io", "v1alpha1", kind),
-            plural,
-        ),
-    )
 }
 
 /// Waits until the stage has consumed everything, then checks that every order produced is exactly

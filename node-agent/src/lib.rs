@@ -42,6 +42,13 @@ pub use status::running_pid;
 use images::ImageMap;
 use processes::ProcessTable;
 
+/// The worker image's repository, whose every tag runs the worker binary (see
+/// [`NodeAgentConfig::worker_releases`]).
+pub const WORKER_IMAGE: &str = "orderpipe/orderpipe-worker";
+/// The one tag of the worker image that runs `orderpipe-worker-faulty` (every record dead-lettered):
+/// the bad release of the canary tests and of `make demo SCENARIO=bad-release`.
+pub const FAULTY_WORKER_IMAGE: &str = "orderpipe/orderpipe-worker:faulty";
+
 /// The node name when none is given.
 pub const DEFAULT_NODE_NAME: &str = "orderpipe-local";
 /// How long [`NodeAgent::start`] waits for the control plane to accept the node.
@@ -74,6 +81,20 @@ impl NodeAgentConfig {
     pub fn image(mut self, mapping: ImageMapping) -> Self {
         self.images.insert(mapping);
         self
+    }
+
+    /// Runs every tag of [`WORKER_IMAGE`] as `worker`, except [`FAULTY_WORKER_IMAGE`], which runs
+    /// `faulty`: a sound and a bad release of the worker to roll out.
+    #[must_use]
+    pub fn worker_releases(self, worker: PathBuf, faulty: PathBuf) -> Self {
+        self.image(ImageMapping {
+            image: WORKER_IMAGE.into(),
+            binary: worker,
+        })
+        .image(ImageMapping {
+            image: FAULTY_WORKER_IMAGE.into(),
+            binary: faulty,
+        })
     }
 }
 

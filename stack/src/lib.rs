@@ -8,11 +8,13 @@
 //!   [`SharedStack::get`], [`kube_client`] and [`kafka_bootstrap`];
 //! - a private one from [`Stack::builder`], for tests that restart or kill components.
 //!
-//! This crate owns process lifecycles, ports, certificates and readiness, and the Kafka test kit
-//! (topics, reading a topic to its end, a group's offsets). It must not depend on any orderpipe
+//! This crate owns process lifecycles, ports, certificates and readiness, the Kafka test kit
+//! (topics, reading a topic to its end, a group's offsets) and the Argo Rollouts one ([`argo`]: what
+//! a canary release is doing). It must not depend on any orderpipe
 //! crate: the operator, worker, node agent, demo and bench build on it, never the other way.
 
 mod apiservice;
+pub mod argo;
 mod component;
 pub mod crds;
 mod envfile;
