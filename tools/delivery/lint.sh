@@ -77,7 +77,8 @@ promoted="$("${kubectl}" kustomize "${promote_dir}")"
 check_images "promote" "${promoted}"
 
 step "shellcheck"
-shellcheck -x -P SCRIPTDIR $(git ls-files '*.sh') .ci/run || fail "shellcheck"
+mapfile -t scripts < <(git ls-files '*.sh')
+shellcheck -x -P SCRIPTDIR "${scripts[@]}" .ci/run || fail "shellcheck"
 
 ((failed == 0)) || exit 1
 step "all delivery files clean"
