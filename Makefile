@@ -164,6 +164,12 @@ api-test: e2e-tools ## Postman (newman) tests of the operator's HTTP API on a lo
 	e2e/postman/run.sh
 
 # --- Delivery (used by the Jenkinsfile; they act on the current kubectl context) ---------------
+IMG_TAG ?= $(shell git rev-parse --short=12 HEAD)
+REGISTRY ?= docker.io/orderpipe
+DEPLOY_DIR := target/deploy
+# kubectl with kustomize; the pinned one of the e2e tools when built (Debian's is too old).
+KUBECTL ?= $(or $(wildcard $(ORDERPIPE_CACHE)/e2e-tools/current/bin/kubectl),kubectl)
+
 IMAGES_DIR := target/images
 # local: bases made from Debian's packages (tools/images/bases.sh); public: the Dockerfile's
 # defaults from Docker Hub and gcr.io (Jenkins).
@@ -188,12 +194,6 @@ push: ## Push both images to REGISTRY (log in with REGISTRY_USER/REGISTRY_PASSWO
 	for target in operator worker; do buildah push "$(REGISTRY)/orderpipe-$$target:$(IMG_TAG)"; done
 
 # The kubebuilder verbs: install/uninstall the CRD, deploy/undeploy the operator, run it from here.
-
-IMG_TAG ?= $(shell git rev-parse --short=12 HEAD)
-REGISTRY ?= docker.io/orderpipe
-DEPLOY_DIR := target/deploy
-# kubectl with kustomize; the pinned one of the e2e tools when built (Debian's is too old).
-KUBECTL ?= $(or $(wildcard $(ORDERPIPE_CACHE)/e2e-tools/current/bin/kubectl),kubectl)
 
 # Fills @REGISTRY@ and @TAG@ of config/deploy/*.in into DEPLOY_DIR.
 define render_deploy_dir
@@ -241,13 +241,13 @@ ROLLOUTS := -A -l app.kubernetes.io/managed-by=orderpipe-operator
 
 .PHONY: canary-status
 canary-status: ## Wait until every worker Rollout (canary stage) is Healthy
-	kubectl wait rollouts.argoproj.io $(ROLLOUTS) --for=jsonpath='{.status.phase}'=Healthy --timeout=$(TIMEOUT)
+	$(KUBECTL) wait rollouts.argoproj.io $(ROLLOUTS) --for=jsonpath='{.status.phase}'=Healthy --timeout=$(TIMEOUT)
 
 .PHONY: canary-abort
 canary-abort: ## Abort every worker Rollout that is not Healthy (back to the stable version)
-	kubectl get rollouts.argoproj.io $(ROLLOUTS) -o jsonpath='{range .items[?(@.status.phase!="Healthy")]}{.metadata.namespace} {.metadata.name}{"\n"}{end}' | \
+	$(KUBECTL) get rollouts.argoproj.io $(ROLLOUTS) -o jsonpath='{range .items[?(@.status.phase!="Healthy")]}{.metadata.namespace} {.metadata.name}{"\n"}{end}' | \
 	while read -r ns name; do \
-		kubectl -n "$$ns" patch rollout "$$name" --subresource=status --type=merge -p '{"status":{"abort":true}}'; \
+		$(KUBECTL) -n "$$ns" patch rollout "$$name" --subresource=status --type=merge -p '{"status":{"abort":true}}'; \
 	done
 
 # What config/deploy sets, as Argo CD kustomize overrides: the operator image, and the worker image
