@@ -10,6 +10,9 @@ export ORDERPIPE_CACHE ?= $(HOME)/.cache/orderpipe
 # The harness keeps its work dirs and env file under the cargo target dir (CI moves it out of the clone).
 E2E_DIR := $(or $(CARGO_TARGET_DIR),target)/e2e
 CARGO_DENY_VERSION := 0.20.2
+CARGO_CYCLONEDX_VERSION := 0.5.9
+# Reports CI archives or hands to SonarQube and Snyk: inside the clone, whatever CARGO_TARGET_DIR is.
+REPORTS ?= target/reports
 
 .PHONY: help
 help: ## List the targets
@@ -24,7 +27,7 @@ fmt: ## Format the code
 	$(CARGO) fmt --all
 
 .PHONY: lint
-lint: cargo-tools ## rustfmt check, clippy -D warnings, cargo-deny (licenses, bans, sources)
+lint: cargo-tools lint-delivery ## rustfmt check, clippy -D warnings, cargo-deny (licenses, bans, sources), delivery files
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	@# cargo-deny resolves the graph for every platform, a build downloads only the host's crates:
@@ -32,9 +35,33 @@ lint: cargo-tools ## rustfmt check, clippy -D warnings, cargo-deny (licenses, ba
 	$(CARGO) fetch --locked
 	$(CARGO) deny --offline check licenses bans sources
 
+.PHONY: lint-delivery
+lint-delivery: e2e-tools ## Dockerfile (hadolint), Jenkinsfile (npm-groovy-lint, make targets), kustomize overlays, shell scripts
+	tools/delivery/lint.sh
+
 .PHONY: audit
 audit: cargo-tools ## cargo-deny advisories (needs the RustSec database from the network)
 	$(CARGO) deny check advisories
+
+.PHONY: clippy-report
+clippy-report: ## Clippy as JSON for SonarQube into target/reports/clippy.json; fails on any finding
+	mkdir -p $(REPORTS)
+	$(CARGO) clippy --workspace --all-targets --message-format=json -- -D warnings > $(REPORTS)/clippy.json
+
+.PHONY: sbom
+sbom: ## CycloneDX SBOMs of the shipped crates (operator, worker) into target/reports/sbom
+	@$(CARGO) cyclonedx --version 2>/dev/null | grep -qF "$(CARGO_CYCLONEDX_VERSION)" || \
+		$(CARGO) install cargo-cyclonedx --locked --version $(CARGO_CYCLONEDX_VERSION)
+	$(CARGO) cyclonedx --quiet --format json --spec-version 1.5
+	mkdir -p $(REPORTS)/sbom
+	for crate in operator worker; do mv $$crate/orderpipe-$$crate.cdx.json $(REPORTS)/sbom/; done
+	find . -name '*.cdx.json' -not -path './target/*' -delete
+
+.PHONY: snyk-sbom
+snyk-sbom: ## Snyk test of the SBOMs of `make sbom` (needs SNYK_TOKEN)
+	for sbom in $(REPORTS)/sbom/*.cdx.json; do \
+		npx --yes snyk@1 sbom test --experimental --file="$$sbom" --severity-threshold=high; \
+	done
 
 .PHONY: cargo-tools
 cargo-tools: ## Install the pinned cargo tools (cargo-deny) if missing
@@ -85,6 +112,13 @@ test-e2e: e2e-tools ## End-to-end tests on a local stack started for the run and
 	$(CARGO) test -p orderpipe-worker -- --ignored --test-threads=1; \
 	e2e/postman/run.sh
 
+.PHONY: e2e-logs
+e2e-logs: ## Copy the logs of the last e2e run (components, operator, pods) into ARTIFACTS, for CI to archive
+	@test -n "$(ARTIFACTS)" || { echo "set ARTIFACTS=<dir>"; exit 1; }
+	mkdir -p $(ARTIFACTS)
+	cd $(E2E_DIR) && find . -name '*.log' -not -path '*/kafka-data/*' -exec cp --parents {} $(abspath $(ARTIFACTS)) \;
+	@find $(ARTIFACTS) -name '*.log' | grep -q . || { echo "no e2e logs under $(E2E_DIR)"; exit 1; }
+
 # The worker's fault runs (SIGKILLs, rebalances, broker restart) at the issue's full size; `make test`
 # runs them with 20,000 orders each. The hostile-input suite runs HOSTILE_CASES cases per processor
 # here (96 in `make test`).
@@ -132,33 +166,107 @@ api-test: e2e-tools ## Postman (newman) tests of the operator's HTTP API on a lo
 	e2e/postman/run.sh
 
 # --- Delivery (used by the Jenkinsfile; they act on the current kubectl context) ---------------
-
 IMG_TAG ?= $(shell git rev-parse --short=12 HEAD)
 REGISTRY ?= docker.io/orderpipe
 DEPLOY_DIR := target/deploy
+# kubectl with kustomize; the pinned one of the e2e tools when built (Debian's is too old).
+KUBECTL ?= $(or $(wildcard $(ORDERPIPE_CACHE)/e2e-tools/current/bin/kubectl),kubectl)
+
+IMAGES_DIR := target/images
+# local: bases made from Debian's packages (tools/images/bases.sh); public: the Dockerfile's
+# defaults from Docker Hub and gcr.io (Jenkins).
+IMAGE_BASES ?= local
+
+.PHONY: images
+images: e2e-setup ## Build the operator and worker images with buildah (IMAGE_BASES=local|public), run their entrypoints
+	REGISTRY=$(REGISTRY) IMG_TAG=$(IMG_TAG) IMAGES_DIR=$(IMAGES_DIR) IMAGE_BASES=$(IMAGE_BASES) tools/images/build.sh
+
+.PHONY: snyk-images
+snyk-images: ## Snyk container test of the images of `make images` (needs SNYK_TOKEN)
+	for target in operator worker; do \
+		npx --yes snyk@1 container test "oci-archive:$(IMAGES_DIR)/orderpipe-$$target.tar" \
+			--file=Dockerfile --severity-threshold=high; \
+	done
+
+.PHONY: push
+push: ## Push both images to REGISTRY (log in with REGISTRY_USER/REGISTRY_PASSWORD when set)
+	@if [ -n "$${REGISTRY_USER:-}" ]; then \
+		echo "$$REGISTRY_PASSWORD" | buildah login -u "$$REGISTRY_USER" --password-stdin "$(firstword $(subst /, ,$(REGISTRY)))"; \
+	fi
+	for target in operator worker; do buildah push "$(REGISTRY)/orderpipe-$$target:$(IMG_TAG)"; done
+
+# The kubebuilder verbs: install/uninstall the CRD, deploy/undeploy the operator, run it from here.
+
+# Fills @REGISTRY@ and @TAG@ of config/deploy/*.in into DEPLOY_DIR.
+define render_deploy_dir
+	@mkdir -p $(DEPLOY_DIR)
+	@for file in config/deploy/*.in; do \
+		sed -e 's|@REGISTRY@|$(REGISTRY)|g' -e 's|@TAG@|$(IMG_TAG)|g' "$$file" > $(DEPLOY_DIR)/$$(basename "$$file" .in); \
+	done
+endef
+
+.PHONY: deploy-render
+deploy-render: ## Print config/default with both images tagged IMG_TAG (what deploy applies)
+	$(render_deploy_dir)
+	@$(KUBECTL) kustomize $(DEPLOY_DIR)
+
+.PHONY: install
+install: ## Install the OrderPipeline CRD (config/crd) into the current cluster
+	$(KUBECTL) apply --server-side -k config/crd
+
+.PHONY: uninstall
+uninstall: ## Remove the OrderPipeline CRD, and with it every OrderPipeline
+	$(KUBECTL) delete --ignore-not-found -k config/crd
 
 .PHONY: deploy
 deploy: ## Apply config/default with operator and worker images tagged IMG_TAG
-	mkdir -p $(DEPLOY_DIR)
-	sed -e 's|@REGISTRY@|$(REGISTRY)|g' -e 's|@TAG@|$(IMG_TAG)|g' config/deploy/kustomization.yaml.in > $(DEPLOY_DIR)/kustomization.yaml
-	kubectl apply --server-side -k $(DEPLOY_DIR)
+	$(render_deploy_dir)
+	$(KUBECTL) apply --server-side -k $(DEPLOY_DIR)
+
+.PHONY: deploy-status
+deploy-status: ## Wait until the deployed operator is rolled out (TIMEOUT)
+	$(KUBECTL) -n orderpipe-system rollout status deployment/orderpipe-operator --timeout=$(TIMEOUT)
+
+.PHONY: undeploy
+undeploy: ## Delete what deploy applied (namespace, RBAC, operator, CRD)
+	$(render_deploy_dir)
+	$(KUBECTL) delete --ignore-not-found -k $(DEPLOY_DIR)
+
+# `make run RUN_FLAGS=...` passes more flags (`orderpipe-operator --help`).
+RUN_FLAGS ?=
+.PHONY: run
+run: install ## Run the operator from this checkout against the current kubeconfig (one replica, no leader election)
+	$(CARGO) run -p orderpipe-operator -- --leader-election=false $(RUN_FLAGS)
 
 TIMEOUT ?= 20m
 ROLLOUTS := -A -l app.kubernetes.io/managed-by=orderpipe-operator
 
 .PHONY: canary-status
 canary-status: ## Wait until every worker Rollout (canary stage) is Healthy
-	kubectl wait rollouts.argoproj.io $(ROLLOUTS) --for=jsonpath='{.status.phase}'=Healthy --timeout=$(TIMEOUT)
+	$(KUBECTL) wait rollouts.argoproj.io $(ROLLOUTS) --for=jsonpath='{.status.phase}'=Healthy --timeout=$(TIMEOUT)
 
 .PHONY: canary-abort
 canary-abort: ## Abort every worker Rollout that is not Healthy (back to the stable version)
-	kubectl get rollouts.argoproj.io $(ROLLOUTS) -o jsonpath='{range .items[?(@.status.phase!="Healthy")]}{.metadata.namespace} {.metadata.name}{"\n"}{end}' | \
+	$(KUBECTL) get rollouts.argoproj.io $(ROLLOUTS) -o jsonpath='{range .items[?(@.status.phase!="Healthy")]}{.metadata.namespace} {.metadata.name}{"\n"}{end}' | \
 	while read -r ns name; do \
-		kubectl -n "$$ns" patch rollout "$$name" --subresource=status --type=merge -p '{"status":{"abort":true}}'; \
+		$(KUBECTL) -n "$$ns" patch rollout "$$name" --subresource=status --type=merge -p '{"status":{"abort":true}}'; \
 	done
 
+# What config/deploy sets, as Argo CD kustomize overrides: the operator image, and the worker image
+# the operator hands to every stage (the same patch file).
+promote_patch = jq -cn --arg rev "$$(git rev-parse HEAD)" \
+	--arg image "docker.io/orderpipe/orderpipe-operator=$(REGISTRY)/orderpipe-operator:$(IMG_TAG)" \
+	--rawfile patch $(DEPLOY_DIR)/worker-image-patch.yaml \
+	'{spec: {source: {targetRevision: $$rev, kustomize: {images: [$$image], \
+	  patches: [{target: {kind: "Deployment", name: "orderpipe-operator"}, patch: $$patch}]}}}}'
+
+.PHONY: promote-patch
+promote-patch: ## Print the merge patch promote gives the production Argo CD Application
+	$(render_deploy_dir)
+	@$(promote_patch)
+
 .PHONY: promote
-promote: ## Point the production Argo CD Application at this commit and images, then wait for Healthy
-	kubectl -n argocd patch application orderpipe --type=merge -p \
-		'{"spec":{"source":{"targetRevision":"$(shell git rev-parse HEAD)","kustomize":{"images":["$(REGISTRY)/orderpipe-operator:$(IMG_TAG)"]}}}}'
-	kubectl -n argocd wait application orderpipe --for=jsonpath='{.status.health.status}'=Healthy --timeout=$(TIMEOUT)
+promote: ## Point the production Argo CD Application at this commit and both images, then wait for Healthy
+	$(render_deploy_dir)
+	$(KUBECTL) -n argocd patch application orderpipe --type=merge -p "$$($(promote_patch))"
+	$(KUBECTL) -n argocd wait application orderpipe --for=jsonpath='{.status.health.status}'=Healthy --timeout=$(TIMEOUT)

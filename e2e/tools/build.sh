@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Builds or downloads every real infrastructure component of the e2e harness into a versioned cache
-# (`make e2e-tools`): kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, etcd and kwok
-# from the Go module proxy; the Argo Rollouts and monitoring.coreos.com CRDs and kwok's stages from
-# their Go modules; the Kafka broker's jars from Maven Central; the Argo Rollouts controller if it
-# builds. No Docker and no network beyond those registries.
+# (`make e2e-tools`): kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, etcd, kwok and
+# argocd-health (Argo CD's Lua interpreter, for the health check) from the Go module proxy; the Argo
+# Rollouts and monitoring.coreos.com CRDs and kwok's stages from their Go modules; the Kafka broker's
+# jars from Maven Central; the Argo Rollouts controller if it builds. No Docker and no network beyond
+# those registries.
 #
 # Why a cache: the Kubernetes build takes minutes, so it is paid once per set of versions. The cache
 # directory is keyed by a hash of everything that decides its content (versions.env, the wrapper
@@ -13,7 +14,7 @@
 #
 # Output: progress on stderr; on stdout exactly one line, `E2E_TOOLS_DIR=<dir>`, so a consumer can
 # `eval "$(e2e/tools/build.sh)"`. Layout of <dir> (a contract, see README.md):
-#   bin/{kube-apiserver,kube-controller-manager,kube-scheduler,kubectl,etcd,kwok}  (+ rollouts-controller)
+#   bin/{kube-apiserver,kube-controller-manager,kube-scheduler,kubectl,etcd,kwok,argocd-health}  (+ rollouts-controller)
 #   kwok/stages.yaml  crds/argo-rollouts/*.yaml  crds/monitoring/*.yaml  kafka/classpath.txt  versions.env
 # `${ORDERPIPE_CACHE}/e2e-tools/current` is a symlink to the newest complete <dir>.
 set -euo pipefail
@@ -23,7 +24,8 @@ tools_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "${tools_dir}/versions.env"
 
 cache_root="${ORDERPIPE_CACHE:-${HOME}/.cache/orderpipe}/e2e-tools"
-key_inputs=(versions.env kubernetes/go.mod kubernetes/go.sum etcd/go.mod etcd/go.sum kafka/pom.xml build.sh)
+key_inputs=(versions.env kubernetes/go.mod kubernetes/go.sum etcd/go.mod etcd/go.sum kafka/pom.xml build.sh
+	argocd-health/go.mod argocd-health/go.sum argocd-health/main.go)
 key="k8s-${K8S_VERSION}-$(cd "${tools_dir}" && sha256sum "${key_inputs[@]}" | sha256sum | cut -c1-16)"
 dest="${cache_root}/${key}"
 
@@ -79,6 +81,7 @@ require_pinned() { # <go.mod> <module> <version> <how to fix>
 }
 require_pinned kubernetes/go.mod k8s.io/kubernetes "${K8S_VERSION}" "run e2e/tools/kubernetes/gen-gomod.sh"
 require_pinned etcd/go.mod go.etcd.io/etcd/server/v3 "${ETCD_VERSION}" "edit it and run go mod tidy in e2e/tools/etcd"
+require_pinned argocd-health/go.mod github.com/yuin/gopher-lua "${GOPHER_LUA_VERSION}" "edit it and run go mod tidy in e2e/tools/argocd-health"
 
 # Prints the read-only directory of a downloaded module (from the Go module cache).
 module_dir() { # <module@version>
@@ -166,6 +169,11 @@ build_kwok() {
 	mv -f "$1/kwok" "${dest}/bin/kwok"
 }
 
+build_argocd_health() {
+	(cd "${tools_dir}/argocd-health" && go build -trimpath -ldflags "-s -w" -o "$1/argocd-health" .)
+	mv -f "$1/argocd-health" "${dest}/bin/argocd-health"
+}
+
 build_etcd() {
 	(cd "${tools_dir}/etcd" && go build -trimpath \
 		-ldflags "-s -w -X go.etcd.io/etcd/api/v3/version.GitSHA=${ETCD_VERSION}" \
@@ -220,6 +228,7 @@ piece kwok-stages "5 s" build_kwok_stages
 piece kafka "1 min" build_kafka
 piece kwok "3.5 min" build_kwok
 piece etcd "1 min" build_etcd
+piece argocd-health "10 s" build_argocd_health
 piece kube-apiserver "10 min" build_kube_apiserver
 piece kube-controller-manager "3.5 min" build_kube_controller_manager
 piece kube-scheduler "0.5 min" build_kube_scheduler

@@ -2,7 +2,9 @@
 # Installs the Debian packages the e2e harness and its tool build need, if any is missing
 # (`make e2e-setup`, and first thing in `make e2e-tools`):
 #   kcat                      an independent Kafka client, to prove interoperability from outside our code
-#   lua5.4                    runs the Argo CD health check of config/argocd in tests
+#   jq, shellcheck            `make lint-delivery` (the shell scripts, the Argo CD overrides), `make promote`
+#   buildah, crun, debootstrap   `make images`: OCI images without a daemon, on bases made from Debian's
+#                             packages (crun: the OCI runtime, for buildah runs outside chroot isolation)
 #   curl                      readiness polling in e2e/postman/run.sh
 #   prometheus                promtool (check/test the alert rules) and a real scraper for the metrics checks
 #   openssl                   the harness's throwaway CA and apiserver/client certificates
@@ -15,7 +17,7 @@
 # forbids it for the duration of the install.
 set -euo pipefail
 
-packages=(kcat prometheus openssl maven openjdk-17-jdk-headless libssl-dev pkg-config cmake zlib1g-dev lua5.4 curl)
+packages=(kcat prometheus openssl maven openjdk-17-jdk-headless libssl-dev pkg-config cmake zlib1g-dev curl shellcheck jq buildah crun debootstrap)
 
 missing=()
 for pkg in "${packages[@]}"; do
