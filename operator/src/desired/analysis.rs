@@ -129,6 +129,10 @@ fn share_query(ctx: &StageContext<'_>, outcomes: &str) -> String {
 /// condition), the division yields an empty vector, and `or vector(0)` turns that into 0; an empty
 /// result would otherwise make Argo count a measurement error. The same happens when no record
 /// ever had a failing outcome (the labelled series does not exist yet).
+///
+/// At most 1: records count as processed when their transaction commits and as consumed when they
+/// are handed over, so within one window the two can be offset by a batch and the ratio exceed 1
+/// (the demo once measured 1.17), which no share can be.
 fn version_share(ctx: &StageContext<'_>, hash_arg: &str, outcomes: &str) -> String {
     let pods = format!(
         r#"{NAMESPACE_LABEL}="{}",{}="{}",{}="{}",{POD_HASH_LABEL}="{{{{args.{hash_arg}}}}}""#,
@@ -139,8 +143,8 @@ fn version_share(ctx: &StageContext<'_>, hash_arg: &str, outcomes: &str) -> Stri
         ctx.stage.spec.name,
     );
     format!(
-        "((sum(rate({processed}{{{pods},{outcome_label}=~\"{outcomes}\"}}[{RATE_WINDOW}])) \
-         / (sum(rate({consumed}{{{pods}}}[{RATE_WINDOW}])) > 0)) or vector(0))",
+        "(clamp_max(sum(rate({processed}{{{pods},{outcome_label}=~\"{outcomes}\"}}[{RATE_WINDOW}])) \
+         / (sum(rate({consumed}{{{pods}}}[{RATE_WINDOW}])) > 0), 1) or vector(0))",
         processed = metrics::RECORDS_PROCESSED,
         consumed = metrics::RECORDS_CONSUMED,
         outcome_label = labels::OUTCOME,

@@ -653,8 +653,8 @@ fn analysis_template_compares_the_canary_pods_error_and_dead_letter_share_with_s
             r#"namespace="shop",pipeline="canary",stage="validate",rollouts_pod_template_hash="{{{{args.{hash_arg}}}}}""#
         );
         format!(
-            "((sum(rate({}{{{pods},outcome=~\"{outcomes}\"}}[2m])) / \
-             (sum(rate({}{{{pods}}}[2m])) > 0)) or vector(0))",
+            "(clamp_max(sum(rate({}{{{pods},outcome=~\"{outcomes}\"}}[2m])) / \
+             (sum(rate({}{{{pods}}}[2m])) > 0), 1) or vector(0))",
             metrics::RECORDS_PROCESSED,
             metrics::RECORDS_CONSUMED,
         )
