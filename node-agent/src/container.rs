@@ -6,6 +6,7 @@
 //! [`ContainerView`]. Must not write to the API: status is the pod worker's job.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +24,7 @@ use super::launch::{self, Launch, fetch_sources, resolve_env};
 use super::pod::PodContext;
 use super::probe::{ProbeKind, ProbeResult, ProbeSpec, run_prober};
 use super::processes::{ContainerProcess, exit_code};
+use super::service_account;
 use super::status::{ContainerView, State, Terminated};
 
 /// How soon a container whose configuration cannot be built is tried again.
@@ -50,7 +52,7 @@ pub(crate) struct ContainerRunner {
     pub pod: Arc<PodContext>,
     pub index: usize,
     pub container: Container,
-    pub binary: std::path::PathBuf,
+    pub binary: PathBuf,
 }
 
 impl ContainerRunner {
@@ -145,10 +147,30 @@ impl ContainerRunner {
         if let Ok(path) = std::env::var("PATH") {
             base.insert("PATH".to_owned(), path);
         }
+        // Where the kubelet sets KUBERNETES_SERVICE_*: before the pod's env, which may override it.
+        if let Some(kubeconfig) = self.kubeconfig().await? {
+            base.insert("KUBECONFIG".to_owned(), kubeconfig.display().to_string());
+        }
         let mut env = resolve_env(&pod.pod, &self.container, &sources, base)?;
         // After the pod's env: the agent's port mapping overrides the contract's literal 9090.
         env.extend(pod.ports.env_for(&self.container.name));
         Ok(launch::launch(&self.binary, &self.container, env))
+    }
+
+    /// A kubeconfig with a fresh token of the pod's ServiceAccount, written for this start (a
+    /// restarted container gets a new token, as the kubelet re-reads Secrets); `None` when the
+    /// pod opts out or the agent gives pods no API access.
+    async fn kubeconfig(&self) -> Result<Option<PathBuf>, ConfigError> {
+        let pod = &self.pod;
+        let (Some(api), Some(account)) = (
+            pod.agent.api_server.as_ref(),
+            service_account::token_account(&pod.pod),
+        ) else {
+            return Ok(None);
+        };
+        let token = service_account::request_token(&pod.agent.client, &pod.pod, &account).await?;
+        let kubeconfig = service_account::kubeconfig(api, &pod.namespace, &token);
+        service_account::write_kubeconfig(&pod.dir, &self.container.name, &kubeconfig).map(Some)
     }
 
     /// One run of the process: start, supervise, and how it ended.

@@ -38,6 +38,9 @@ pub enum NodeAgentError {
         taints: String,
     },
 
+    #[error("no API server for pods in the agent's kubeconfig: {reason}")]
+    NoCluster { reason: &'static str },
+
     #[error("building the HTTP client for probes: {0}")]
     ProbeClient(reqwest::Error),
 
@@ -83,6 +86,19 @@ pub(crate) enum ConfigError {
         namespace: String,
         name: String,
         error: kube::Error,
+    },
+
+    #[error("requesting a token of ServiceAccount {namespace}/{account}: {error}")]
+    Token {
+        namespace: String,
+        account: String,
+        error: kube::Error,
+    },
+
+    #[error("writing the pod's kubeconfig {}: {error}", path.display())]
+    Kubeconfig {
+        path: PathBuf,
+        error: std::io::Error,
     },
 
     #[error("env {var}: fieldRef {path} is not supported by orderpipe-node-agent")]

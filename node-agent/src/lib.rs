@@ -1,9 +1,11 @@
-//! `orderpipe-node-agent`: the kubelet of one local node, for orderpipe's worker pods only. It
-//! registers a Node (labelled and tainted [`NODE_AGENT_LABEL`], so only pods that tolerate the
-//! taint land there), keeps it alive like a kubelet, and runs each container of the pods bound to
-//! it as a plain local process: the image selects a local binary, env and args are resolved as a
-//! kubelet resolves them, container ports are mapped to free host ports, probes decide readiness
-//! and liveness, crashed containers restart with the crash-loop back-off, and deletions stop the
+//! `orderpipe-node-agent`: the kubelet of one local node, for orderpipe's pods (the workers, and
+//! the operator itself when deployed from config/default). It registers a Node (labelled and
+//! tainted [`NODE_AGENT_LABEL`], so only pods that tolerate the taint land there), keeps it alive
+//! like a kubelet, and runs each container of the pods bound to it as a plain local process: the
+//! image selects a local binary, env and args are resolved as a kubelet resolves them, container
+//! ports are mapped to free host ports, pods reach the apiserver as their ServiceAccount (see
+//! [`NodeAgentConfig::service_account_tokens`]), probes decide readiness and liveness, crashed
+//! containers restart with the crash-loop back-off, and deletions stop the
 //! processes gracefully before the pod object goes. The demo and the tests start it in-process
 //! through [`NodeAgent::start`]; the `orderpipe-node-agent` binary wraps the same.
 //!
@@ -22,6 +24,7 @@ mod pod_watch;
 mod port_map;
 mod probe;
 mod processes;
+mod service_account;
 mod status;
 
 use std::path::{Path, PathBuf};
@@ -29,6 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kube::Client;
+use kube::config::Kubeconfig;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -41,6 +45,7 @@ pub use status::running_pid;
 
 use images::ImageMap;
 use processes::ProcessTable;
+use service_account::ApiServer;
 
 /// The worker image's repository, whose every tag runs the worker binary (see
 /// [`NodeAgentConfig::worker_releases`]).
@@ -62,6 +67,7 @@ pub struct NodeAgentConfig {
     node_name: String,
     work_dir: PathBuf,
     images: ImageMap,
+    api_server: Option<ApiServer>,
 }
 
 impl NodeAgentConfig {
@@ -72,7 +78,19 @@ impl NodeAgentConfig {
             node_name: node_name.into(),
             work_dir: work_dir.into(),
             images: ImageMap::default(),
+            api_server: None,
         }
+    }
+
+    /// Gives pods API access as their ServiceAccount (unless `automountServiceAccountToken` is
+    /// false): a bound token in a kubeconfig for the current context's cluster of `kubeconfig`
+    /// (the agent's own), named by `KUBECONFIG`. Without this, pods cannot reach the apiserver.
+    pub fn service_account_tokens(
+        mut self,
+        kubeconfig: &Kubeconfig,
+    ) -> Result<Self, NodeAgentError> {
+        self.api_server = Some(ApiServer::of(kubeconfig)?);
+        Ok(self)
     }
 
     /// Runs containers of `mapping.image` as `mapping.binary`: registry and digest ignored, and
@@ -104,6 +122,8 @@ pub(crate) struct AgentContext {
     node_name: String,
     work_dir: PathBuf,
     images: ImageMap,
+    /// Where pods' kubeconfigs point; `None`: pods get no API access.
+    api_server: Option<ApiServer>,
     /// For httpGet probes: never through a proxy, and like the kubelet, without verifying
     /// certificates of HTTPS probes.
     probe_http: reqwest::Client,
@@ -144,6 +164,7 @@ impl NodeAgent {
             node_name,
             work_dir,
             mut images,
+            api_server,
         } = config;
         images.resolve_binaries()?;
         let pods_dir = work_dir.join("pods");
@@ -171,6 +192,7 @@ impl NodeAgent {
             node_name: node_name.clone(),
             work_dir: work_dir.clone(),
             images,
+            api_server,
             probe_http,
             processes: processes.clone(),
         });

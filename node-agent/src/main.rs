@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser;
+use kube::config::Kubeconfig;
 use orderpipe_node_agent::{
     DEFAULT_NODE_NAME, ImageMapping, NODE_AGENT_LABEL, NodeAgent, NodeAgentConfig,
 };
@@ -17,7 +18,7 @@ use tracing::{error, info};
 #[derive(Debug, Parser)]
 #[command(
     version,
-    about = "Local node agent: runs orderpipe worker pods bound to its node as local processes",
+    about = "Local node agent: runs orderpipe pods bound to its node as local processes",
     after_help = "Worker pods reach the node when the operator runs with\n  \
         --worker-node-selector orderpipe.dev/node-agent=true \
         --worker-toleration orderpipe.dev/node-agent=true:NoSchedule\n\
@@ -75,10 +76,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let work_dir = cli
         .work_dir
         .unwrap_or_else(|| tools::e2e_root().join("node-agent").join(&cli.node_name));
-    let config = cli.images.into_iter().fold(
-        NodeAgentConfig::new(&cli.node_name, &work_dir),
-        NodeAgentConfig::image,
-    );
+    let kubeconfig = Kubeconfig::read_from(&cli.kubeconfig)
+        .with_context(|| format!("reading {}", cli.kubeconfig.display()))?;
+    // Pods reach the API server the agent reaches, as their ServiceAccount.
+    let config = cli
+        .images
+        .into_iter()
+        .fold(
+            NodeAgentConfig::new(&cli.node_name, &work_dir),
+            NodeAgentConfig::image,
+        )
+        .service_account_tokens(&kubeconfig)?;
     let agent = tokio::select! {
         agent = NodeAgent::start(client, config) => agent?,
         _ = terminate.recv() => return Ok(()),

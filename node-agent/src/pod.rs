@@ -219,7 +219,8 @@ impl PodWorker {
             binaries.push(binary.to_path_buf());
         }
         // An emptyDir needs nothing: the process sees the machine's file system anyway. Other
-        // volumes (Secrets, the service account token ...) are simply not there.
+        // volumes (Secrets ...) are simply not there; the service account token comes through
+        // KUBECONFIG instead (see `service_account`).
         let unmounted: Vec<&str> = spec
             .volumes
             .iter()
