@@ -1,7 +1,8 @@
 //! Container ports → host ports. Every process of every pod shares the machine's loopback, so two
 //! workers cannot both listen on the contract's 9090: the agent gives each declared container
-//! port a free local port, tells the worker its metrics port through the contract's env var
-//! (`ORDERPIPE_METRICS_PORT`, overriding the operator's literal 9090), probes the mapped port,
+//! port a free local port, tells the worker (and the operator, run as a pod) its metrics port
+//! through the contract's env var (`ORDERPIPE_METRICS_PORT`, overriding the operator's literal
+//! 9090), probes the mapped port,
 //! and publishes the mapping in the pod annotation [`LOCAL_PORTS_ANNOTATION`]. Ports are fixed
 //! for the pod's life (kept across container restarts, like a hostPort). Must not bind anything.
 
@@ -17,6 +18,9 @@ use orderpipe_stack::{StackError, free_port};
 /// `container:containerPort=port` for unnamed ones, comma-separated and sorted, e.g.
 /// `metrics=41234`. The demo's live view scrapes workers through it.
 pub const LOCAL_PORTS_ANNOTATION: &str = "orderpipe.dev/local-ports";
+/// The port name whose host port [`PortMap::env_for`] passes on, as worker pods and the operator's
+/// Deployment name their metrics port.
+const METRICS_PORT_NAME: &str = "metrics";
 
 /// One container port and the host port it is mapped to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,19 +75,21 @@ impl PortMap {
     }
 
     /// Env vars the agent sets for `container` (overriding the pod's own values): the contract's
-    /// metrics port variable, when the container declares the contract's metrics port.
+    /// metrics port variable, with the host port of the container's port named `metrics` or else
+    /// of the contract's metrics port. By name too, so any image that names its metrics port so and
+    /// honours the variable (the operator's 8080 does) runs here without the agent knowing it.
     pub fn env_for(&self, container: &str) -> BTreeMap<String, String> {
-        self.mappings
-            .iter()
-            .filter(|m| {
-                m.container == container && m.container_port == i32::from(contract::METRICS_PORT)
-            })
+        let own = || self.mappings.iter().filter(|m| m.container == container);
+        own()
+            .find(|m| m.name.as_deref() == Some(METRICS_PORT_NAME))
+            .or_else(|| own().find(|m| m.container_port == i32::from(contract::METRICS_PORT)))
             .map(|m| {
                 (
                     contract::env::METRICS_PORT.to_owned(),
                     m.host_port.to_string(),
                 )
             })
+            .into_iter()
             .collect()
     }
 
@@ -180,6 +186,25 @@ mod tests {
         assert_ne!(
             map.env_for("sidecar").get(contract::env::METRICS_PORT),
             env.get(contract::env::METRICS_PORT)
+        );
+    }
+
+    #[test]
+    fn a_port_named_metrics_is_the_metrics_port_whatever_its_number() {
+        let operator: Vec<Container> = serde_json::from_value(json!([
+            { "name": "operator", "ports": [
+                { "name": "webhook", "containerPort": 9090 },
+                { "name": "metrics", "containerPort": 8080 },
+            ] },
+        ]))
+        .expect("containers");
+        let map = PortMap::allocate(&operator).expect("ports");
+        let metrics = map.host_port("operator", &IntOrString::String("metrics".into()));
+        assert_eq!(
+            map.env_for("operator")
+                .get(contract::env::METRICS_PORT)
+                .map(String::as_str),
+            metrics.map(|p| p.to_string()).as_deref()
         );
     }
 

@@ -13,6 +13,7 @@ use k8s_openapi::api::core::v1::Toleration;
 use kube::client::ClientBuilder;
 use kube::runtime::events::Reporter;
 use kube_lease_manager::LeaseManagerBuilder;
+use orderpipe_api::contract;
 use orderpipe_operator::external_metrics;
 use orderpipe_operator::http::{self, Health};
 use orderpipe_operator::lag::{CacheSettings, KafkaLagSource, LagCache};
@@ -49,6 +50,11 @@ struct Args {
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, env = "ORDERPIPE_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     metrics_addr: SocketAddr,
+    /// Port of --metrics-addr, replacing its own. The worker contract's variable: a node agent that
+    /// maps container ports to free host ports (the local stack's) sets it for the port named
+    /// `metrics`, as for worker pods, so replicas sharing a host do not collide and probes find them.
+    #[arg(long, env = contract::env::METRICS_PORT)]
+    metrics_port: Option<u16>,
     /// Only reconcile OrderPipelines in this namespace (default: all namespaces).
     #[arg(long, env = "ORDERPIPE_WATCH_NAMESPACE")]
     watch_namespace: Option<String>,
@@ -89,6 +95,17 @@ struct Args {
     log_format: String,
 }
 
+impl Args {
+    /// Where /metrics, /healthz and /readyz are served: --metrics-addr with --metrics-port's port.
+    fn metrics_address(&self) -> SocketAddr {
+        let mut address = self.metrics_addr;
+        if let Some(port) = self.metrics_port {
+            address.set_port(port);
+        }
+        address
+    }
+}
+
 const LEASE_NAME: &str = "orderpipe-operator-leader";
 const LEASE_SECONDS: u64 = 15;
 #[tokio::main]
@@ -106,7 +123,7 @@ async fn main() -> anyhow::Result<()> {
         ready: AtomicBool::new(false),
     });
     let server = tokio::spawn(http::serve(
-        args.metrics_addr,
+        args.metrics_address(),
         health.clone(),
         shutdown.clone().cancelled_owned(),
     ));
@@ -324,4 +341,34 @@ async fn cancel_on_signal(token: CancellationToken) {
     }
     info!("shutdown requested");
     token.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_metrics_port_replaces_the_port_of_the_metrics_address() {
+        let args = |extra: &[&str]| {
+            Args::try_parse_from(["orderpipe-operator"].iter().chain(extra)).expect("valid flags")
+        };
+        assert_eq!(args(&[]).metrics_address().to_string(), "0.0.0.0:8080");
+        assert_eq!(
+            args(&["--metrics-port", "41234"])
+                .metrics_address()
+                .to_string(),
+            "0.0.0.0:41234"
+        );
+        assert_eq!(
+            args(&[
+                "--metrics-addr",
+                "127.0.0.1:9000",
+                "--metrics-port",
+                "41234"
+            ])
+            .metrics_address()
+            .to_string(),
+            "127.0.0.1:41234"
+        );
+    }
 }
