@@ -198,8 +198,8 @@ impl Replica {
     }
 }
 
-/// The command-line flags that place worker pods as `placement` says.
-fn placement_args(placement: &WorkerPlacement) -> Vec<String> {
+/// The operator's command-line flags that place worker pods as `placement` says.
+pub fn placement_args(placement: &WorkerPlacement) -> Vec<String> {
     let selectors = placement.node_selector.iter().flat_map(|(key, value)| {
         [
             "--worker-node-selector".to_owned(),

@@ -50,6 +50,8 @@ use service_account::ApiServer;
 /// The worker image's repository, whose every tag runs the worker binary (see
 /// [`NodeAgentConfig::worker_releases`]).
 pub const WORKER_IMAGE: &str = "orderpipe/orderpipe-worker";
+/// The operator image's repository (config/manager), for running the operator as a pod.
+pub const OPERATOR_IMAGE: &str = "orderpipe/orderpipe-operator";
 /// The one tag of the worker image that runs `orderpipe-worker-faulty` (every record dead-lettered):
 /// the bad release of the canary tests and of `make demo SCENARIO=bad-release`.
 pub const FAULTY_WORKER_IMAGE: &str = "orderpipe/orderpipe-worker:faulty";
