@@ -31,7 +31,7 @@ pub use books::{Books, Faulted, Outputs, PerOrder};
 pub use load::{Load, LoadOptions, Tally};
 pub use observe::{Counters, Observer, ReleaseView, Snapshot, StageView};
 pub use peak::PeakClock;
-pub use pipeline::{CANARY_REPLICAS, STAGES, Topics};
+pub use pipeline::{CANARY_REPLICAS, STAGES, Topics, checkout};
 pub use release::{Phase, ReleaseTimeline, release_lines};
 pub use webhook::WebhookReceiver;
 
@@ -259,7 +259,7 @@ impl Demo {
         metrics_api.register(&client).await?;
 
         step("checkout pipeline");
-        let (mut manifest, topics) = pipeline::checkout(
+        let (mut manifest, topics) = checkout(
             &config.namespace,
             &config.topic_prefix,
             &config.bootstrap,

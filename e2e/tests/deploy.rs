@@ -1,8 +1,9 @@
 //! `kubectl apply -k config/default` for real: the rendered manifests (ServiceAccount, shipped RBAC,
 //! Service, Deployment) applied server-side, the operator started as a pod by a node agent from
 //! the built binary standing in for its image, reaching the apiserver as its ServiceAccount (so
-//! the shipped RBAC is what it runs with), serving its probes on the port the agent mapped; then a
-//! sample pipeline becomes Ready through it, and the stack's Prometheus scrapes it through
+//! the shipped RBAC is what it runs with), serving its probes on the port the agent mapped; then the
+//! checkout sample (made runnable here as `make demo` does: local broker, prefixed topics, a local
+//! webhook receiver) becomes Ready through it, and the stack's Prometheus scrapes it through
 //! `config/monitoring/servicemonitor.yaml`. Needs `make test-e2e`.
 //!
 //! Adjusted for a shared stack: everything namespaced goes to the test's namespace (which the
@@ -21,6 +22,7 @@ use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::config::Kubeconfig;
 use orderpipe_api::OrderPipeline;
+use orderpipe_demo::{WebhookReceiver, checkout};
 use orderpipe_e2e::deployed::{apply_dynamic, delete_cluster_rbac, placement_args};
 use orderpipe_e2e::{CONVERGE, apply_pipeline, on_node_agent, wait_ready};
 use orderpipe_node_agent::{
@@ -33,6 +35,8 @@ use serde_json::{Value, json};
 
 /// The operator's pods, as config/manager labels them.
 const OPERATOR_SELECTOR: &str = "app.kubernetes.io/name=orderpipe-operator";
+/// The checkout sample's name (config/samples/orderpipe_v1alpha1_checkout.yaml).
+const SAMPLE: &str = "checkout";
 /// Scraped every 5 s by the stack, discovered within 2 s more.
 const SCRAPED: Duration = Duration::from_secs(30);
 
@@ -120,37 +124,6 @@ fn for_the_test(rendered: Vec<Value>, ns: &str, node: &str) -> anyhow::Result<Ma
         objects,
         cluster_scoped,
     })
-}
-
-/// `config/samples/orderpipe_v1alpha1_minimal.yaml` on the stack's broker, its topics prefixed with
-/// the namespace (and deleted with the pipeline).
-fn minimal_sample(ns: &str, bootstrap: &str) -> anyhow::Result<Value> {
-    let path = config_dir("samples").join("orderpipe_v1alpha1_minimal.yaml");
-    let mut sample: Value = serde_norway::from_str(&std::fs::read_to_string(path)?)?;
-    sample["metadata"]["namespace"] = json!(ns);
-    let spec = &mut sample["spec"];
-    spec["kafka"]["bootstrapServers"] = json!([bootstrap]);
-    let prefixed = |topic: &mut Value| {
-        if let Some(name) = topic.as_str() {
-            *topic = json!(format!("{ns}.{name}"));
-        }
-    };
-    for topic in spec["topics"].as_array_mut().into_iter().flatten() {
-        prefixed(&mut topic["name"]);
-        topic["deletionPolicy"] = json!("Delete");
-    }
-    for stage in spec["stages"].as_array_mut().into_iter().flatten() {
-        prefixed(&mut stage["input"]);
-        prefixed(&mut stage["deadLetter"]);
-        for output in stage["outputs"]
-            .as_object_mut()
-            .into_iter()
-            .flat_map(|o| o.values_mut())
-        {
-            prefixed(output);
-        }
-    }
-    Ok(sample)
 }
 
 fn pod_ready(pod: &Pod) -> bool {
@@ -256,13 +229,19 @@ async fn deploy_and_run(
     );
 
     let applied = Instant::now();
-    let sample = minimal_sample(ns.name(), stack.kafka_bootstrap()?)?;
+    let webhook = WebhookReceiver::start().await?;
+    let (sample, _topics) = checkout(
+        ns.name(),
+        &format!("{}.", ns.name()),
+        stack.kafka_bootstrap()?,
+        webhook.url(),
+    )?;
     apply_pipeline(ns, &sample).await?;
-    if let Err(error) = wait_ready(ns, "minimal").await {
+    if let Err(error) = wait_ready(ns, SAMPLE).await {
         return Err(with_operator_log(agent, &pods, error).await);
     }
     eprintln!(
-        "measured: the minimal sample Ready=True {:?} after it was applied, reconciled by the pod",
+        "measured: the checkout sample Ready=True {:?} after it was applied, reconciled by the pod",
         applied.elapsed()
     );
 
@@ -295,11 +274,11 @@ async fn deploy_and_run(
 
     // Deleted while the operator runs, so its finalizer removes the topics.
     Api::<OrderPipeline>::namespaced(ns.client().clone(), ns.name())
-        .delete("minimal", &DeleteParams::default())
+        .delete(SAMPLE, &DeleteParams::default())
         .await?;
     wait_until("the pipeline finalized by the pod", CONVERGE, || async {
         let api = ns.api::<OrderPipeline>();
-        api.get_opt("minimal").await.ok()?.is_none().then_some(())
+        api.get_opt(SAMPLE).await.ok()?.is_none().then_some(())
     })
     .await?;
     Ok(())
