@@ -224,8 +224,8 @@ impl Run {
         let (workers, operators) = tokio::join!(workers, operators);
         workers?;
         operators?;
-        // The books of the run: every order that reached notify was notified (the retried ones
-        // included), nothing of it dead-lettered.
+        // After every fault is undone, each stage catches up with all of its input (committed
+        // offsets at the end); the books themselves are the canary and demo tests' to check.
         self.drained().await?;
         Ok(())
     }
@@ -520,7 +520,8 @@ impl Run {
     }
 
     /// The validated topic refuses every order: validate's transactions abort (the refused
-    /// records are then dead-lettered, nothing is lost); the spec restored, they commit again.
+    /// records are then dead-lettered by the worker's refusal handling); the spec restored, they
+    /// commit again.
     /// Not below a control batch (about 80 bytes): the transaction coordinator could then not
     /// write its abort markers, and every later transaction of the stage waits until the config
     /// is fixed (CONCURRENT_TRANSACTIONS).
