@@ -1,7 +1,10 @@
 //! The shop's notification endpoint for the run: counts 2xx deliveries per `Idempotency-Key`
-//! (`orderId:version:channel`), so the books can show each notification arrived once.
+//! (`orderId:version:channel`), so the books can show each notification arrived once. It can
+//! also play an outage ([`WebhookReceiver::set_failing`]: 503 to every delivery) for the tests of
+//! retries and alerts.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
@@ -15,6 +18,8 @@ use super::DemoError;
 #[derive(Debug, Default)]
 struct Received {
     deliveries: Mutex<HashMap<String, u64>>,
+    failing: AtomicBool,
+    refused: AtomicU64,
 }
 
 /// A running receiver; stops when dropped.
@@ -71,6 +76,17 @@ impl WebhookReceiver {
             .unwrap_or_default()
     }
 
+    /// While `failing`, every delivery is answered 503 Service Unavailable (a transient failure the
+    /// notify stage retries) and not counted as delivered.
+    pub fn set_failing(&self, failing: bool) {
+        self.received.failing.store(failing, Ordering::Relaxed);
+    }
+
+    /// Deliveries answered 503 while failing.
+    pub fn refused(&self) -> u64 {
+        self.received.refused.load(Ordering::Relaxed)
+    }
+
     /// (distinct idempotency keys, deliveries in total).
     pub fn counts(&self) -> (usize, u64) {
         let deliveries = self.deliveries();
@@ -89,8 +105,39 @@ async fn receive(State(received): State<Arc<Received>>, headers: HeaderMap) -> S
         // A notification without its key is a contract violation: permanent, dead-lettered.
         return StatusCode::BAD_REQUEST;
     };
+    if received.failing.load(Ordering::Relaxed) {
+        received.refused.fetch_add(1, Ordering::Relaxed);
+        return StatusCode::SERVICE_UNAVAILABLE;
+    }
     if let Ok(mut deliveries) = received.deliveries.lock() {
         *deliveries.entry(key.to_owned()).or_default() += 1;
     }
     StatusCode::NO_CONTENT
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn deliver(receiver: &WebhookReceiver, key: &str) -> u16 {
+        reqwest::Client::new()
+            .post(receiver.url())
+            .header("Idempotency-Key", key)
+            .send()
+            .await
+            .expect("the receiver answers")
+            .status()
+            .as_u16()
+    }
+
+    #[tokio::test]
+    async fn an_outage_refuses_deliveries_with_503_and_counts_none_as_delivered() {
+        let receiver = WebhookReceiver::start().await.expect("starts");
+        receiver.set_failing(true);
+        assert_eq!(deliver(&receiver, "o-1:1:webhook").await, 503);
+        assert_eq!((receiver.refused(), receiver.counts()), (1, (0, 0)));
+        receiver.set_failing(false);
+        assert_eq!(deliver(&receiver, "o-1:1:webhook").await, 204);
+        assert_eq!((receiver.refused(), receiver.counts()), (1, (1, 1)));
+    }
 }

@@ -26,21 +26,16 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
-use axum::Router;
-use axum::extract::State;
-use axum::routing::post;
-use http::StatusCode;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use orderpipe_api::OrderPipeline;
 use orderpipe_api::v1alpha1::Processor;
+use orderpipe_demo::WebhookReceiver;
 use orderpipe_e2e::deployed::{Replica, delete_cluster_rbac, operator_identity};
 use orderpipe_e2e::load::{SteadyProducer, produce_transaction};
 use orderpipe_e2e::policy::DenyDeployments;
@@ -92,10 +87,10 @@ async fn every_alert_fires_when_its_condition_is_real_and_resolves_when_it_is_un
     let (kubeconfig, cluster_rbac) = operator_identity(&stack, &ns).await?;
     let prometheus_url = stack.prometheus_url()?.to_owned();
     let rules = LiveRules::install(stack.prometheus_rules_dir()?, &prometheus_url, &ns).await?;
-    let webhook = FlakyWebhook::start().await?;
+    let webhook = WebhookReceiver::start().await?;
     let run = Run {
         prometheus: prometheus_url.clone(),
-        webhook_url: webhook.url.clone(),
+        webhook_url: webhook.url().to_owned(),
         bootstrap: stack.kafka_bootstrap()?.to_owned(),
         targets_dir: stack.prometheus_targets_dir()?.to_path_buf(),
         kubeconfig,
@@ -188,11 +183,11 @@ struct Run {
 }
 
 impl Run {
-    async fn prove(&self, webhook: &FlakyWebhook) -> anyhow::Result<()> {
+    async fn prove(&self, webhook: &WebhookReceiver) -> anyhow::Result<()> {
         let mut operator = self.start_operator("op-a")?;
         apply_pipeline(
             &self.ns,
-            &self.pipeline(&webhook.url, ACCEPTING_MAX_MESSAGE_BYTES)?,
+            &self.pipeline(webhook.url(), ACCEPTING_MAX_MESSAGE_BYTES)?,
         )
         .await?;
         wait_ready(&self.ns, PIPELINE).await?;
@@ -209,7 +204,7 @@ impl Run {
         // only once the worker track no longer needs spec changes applied.
         let spec_changes_done = Notify::new();
         let workers = async {
-            let result = self.transactions_abort(&webhook.url).await;
+            let result = self.transactions_abort(webhook.url()).await;
             spec_changes_done.notify_one();
             result?;
             self.webhook_fails(webhook, &input).await?;
@@ -552,8 +547,8 @@ impl Run {
 
     /// The webhook answers 503 while a backlog arrives: notify retries, holds its partitions
     /// and falls behind; the webhook healed, it catches up.
-    async fn webhook_fails(&self, webhook: &FlakyWebhook, input: &str) -> anyhow::Result<()> {
-        webhook.failing.store(true, Ordering::Relaxed);
+    async fn webhook_fails(&self, webhook: &WebhookReceiver, input: &str) -> anyhow::Result<()> {
+        webhook.set_failing(true);
         produce_transaction(&self.bootstrap, input, BACKLOG).await?;
         let notify: &[(&str, &str)] = &[("stage", "notify")];
         self.fired_and_resolved(
@@ -564,15 +559,15 @@ impl Run {
             ],
             "the webhook began answering 503",
             async || {
-                webhook.failing.store(false, Ordering::Relaxed);
+                webhook.set_failing(false);
                 Ok(())
             },
         )
         .await?;
         eprintln!(
             "measured: the webhook answered 503 {} times and 200 {} times",
-            webhook.refused.load(Ordering::Relaxed),
-            webhook.accepted.load(Ordering::Relaxed)
+            webhook.refused(),
+            webhook.counts().1
         );
         Ok(())
     }
@@ -748,51 +743,6 @@ impl GhostHolder {
     async fn stop(self) -> anyhow::Result<()> {
         self.stop.cancel();
         self.task.await?
-    }
-}
-
-/// The shop's webhook, answering 503 while `failing` is set.
-struct FlakyWebhook {
-    url: String,
-    failing: Arc<AtomicBool>,
-    accepted: Arc<AtomicU64>,
-    refused: Arc<AtomicU64>,
-}
-
-impl FlakyWebhook {
-    async fn start() -> anyhow::Result<FlakyWebhook> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let url = format!("http://{}/order-updates", listener.local_addr()?);
-        let failing = Arc::new(AtomicBool::new(false));
-        let accepted = Arc::new(AtomicU64::new(0));
-        let refused = Arc::new(AtomicU64::new(0));
-        let state = (
-            Arc::clone(&failing),
-            Arc::clone(&accepted),
-            Arc::clone(&refused),
-        );
-        let app = Router::new()
-            .route("/order-updates", post(answer))
-            .with_state(state);
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        Ok(FlakyWebhook {
-            url,
-            failing,
-            accepted,
-            refused,
-        })
-    }
-}
-
-type WebhookState = (Arc<AtomicBool>, Arc<AtomicU64>, Arc<AtomicU64>);
-
-async fn answer(State((failing, accepted, refused)): State<WebhookState>) -> StatusCode {
-    if failing.load(Ordering::Relaxed) {
-        refused.fetch_add(1, Ordering::Relaxed);
-        StatusCode::SERVICE_UNAVAILABLE
-    } else {
-        accepted.fetch_add(1, Ordering::Relaxed);
-        StatusCode::OK
     }
 }
 
