@@ -144,6 +144,12 @@ async fn main() -> anyhow::Result<()> {
         "stack ready (logs: {})",
         stack.work_dir().join("logs").display()
     ));
+    if let Ok(url) = stack.prometheus_url() {
+        progress.step(&format!(
+            "Prometheus: {url}/graph (targets: {url}/targets, alerts: {url}/alerts); the \
+             dashboards' queries are in config/monitoring/grafana/"
+        ));
+    }
     let mut config = DemoConfig::on_stack(&stack, "demo", "", "orderpipe-local", work_dir.clone())?;
     config.canary = releases;
     let mut demo = Demo::start(stack.kube_client()?, config, |step| {

@@ -140,17 +140,23 @@ pub fn with_replicas(manifest: &Value, stage: &str, replicas: i32) -> Value {
     })
 }
 
-/// `manifest` with `stage` released by canary ([`CANARY`]) on [`CANARY_REPLICAS`] fixed replicas:
-/// the analysis compares the canary's pods with the stable ones, so each version needs one, which
-/// an autoscaler at its minimum of one would not leave.
+/// `manifest` with `stage` released by canary ([`CANARY`]) on [`CANARY_REPLICAS`] replicas: the
+/// analysis compares the canary's pods with the stable ones, so each version needs one, which an
+/// autoscaler at its minimum of one would not leave. An autoscaled stage keeps its autoscaler,
+/// pinned at that count (minimum = maximum), so the release shows on the autoscaler's panels too.
 pub fn with_canary(manifest: &Value, stage: &str) -> Result<Value, DemoError> {
     let rollout: Value =
         serde_json::from_str(CANARY).map_err(|e| DemoError::Sample(e.to_string()))?;
-    Ok(with_stage(
-        &with_replicas(manifest, stage, CANARY_REPLICAS),
-        stage,
-        |spec| spec["rollout"] = rollout.clone(),
-    ))
+    Ok(with_stage(manifest, stage, |spec| {
+        spec["rollout"] = rollout.clone();
+        match spec.get_mut("autoscaling").and_then(Value::as_object_mut) {
+            Some(autoscaling) => {
+                autoscaling.insert("minReplicas".into(), json!(CANARY_REPLICAS));
+                autoscaling.insert("maxReplicas".into(), json!(CANARY_REPLICAS));
+            }
+            None => spec["replicas"] = json!(CANARY_REPLICAS),
+        }
+    }))
 }
 
 /// `manifest` with `stage` running `image`: a new release of the stage.
@@ -213,8 +219,8 @@ mod tests {
         assert!(fixed["spec"]["stages"][0].get("autoscaling").is_none());
         let canary = with_canary(&manifest, "validate").expect("the canary parses");
         let validate = &canary["spec"]["stages"][0];
-        assert_eq!(validate["replicas"], CANARY_REPLICAS);
-        assert!(validate.get("autoscaling").is_none());
+        assert_eq!(validate["autoscaling"]["minReplicas"], CANARY_REPLICAS);
+        assert_eq!(validate["autoscaling"]["maxReplicas"], CANARY_REPLICAS);
         assert_eq!(validate["rollout"]["strategy"], "Canary");
         assert_eq!(validate["rollout"]["canary"]["analysis"]["failureLimit"], 0);
         let released = with_image(&canary, "validate", "orderpipe/orderpipe-worker:faulty");

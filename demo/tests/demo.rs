@@ -4,7 +4,10 @@
 //! through the OrderPipeline's spec while orders keep flowing, with the process count following
 //! and nothing lost or duplicated. And `SCENARIO=bad-release`: validate as a canary stage, the
 //! faulty worker released to it under load, followed to its abort as the demo follows it, and the
-//! books balanced with what the faulty canary dead-lettered. Needs `make test-e2e` (a stack with
+//! books balanced with what the faulty canary dead-lettered; after it, every panel of the system
+//! dashboard (`config/monitoring/grafana/orderpipe-system.json`: the Rollout and its analysis, the
+//! broker, the workloads and autoscaler, the node) returns data from the stack's Prometheus,
+//! whose system targets are listed in the log. Needs `make test-e2e` (a stack with
 //! the Argo Rollouts controller and Prometheus; and the operator and worker binaries, which
 //! `cargo test --workspace` builds).
 
@@ -16,6 +19,7 @@ use std::time::Instant;
 
 use orderpipe_demo::{Binaries, Demo, DemoConfig, LoadOptions, Phase, ReleaseTimeline};
 use orderpipe_node_agent::FAULTY_WORKER_IMAGE;
+use orderpipe_stack::prometheus;
 use orderpipe_stack::{SharedStack, TestNamespace, unique_name, wait_until};
 
 const READY: Duration = Duration::from_secs(120);
@@ -110,7 +114,7 @@ async fn the_demo_balances_its_books_and_scaling_a_stage_loses_and_duplicates_no
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the local stack: make test-e2e"]
-async fn a_faulty_release_is_aborted_and_the_books_account_for_what_it_dead_lettered()
+async fn a_faulty_release_is_aborted_its_books_balance_and_the_system_dashboard_shows_it()
 -> anyhow::Result<()> {
     let (ns, work_dir, mut demo) = ready_demo("demo-release", true).await?;
     let orders = demo.start_load(load(None, 3))?;
@@ -165,9 +169,50 @@ async fn a_faulty_release_is_aborted_and_the_books_account_for_what_it_dead_lett
         "the faulty canary's dead letters: {:?}",
         books.faulted
     );
+    system_dashboard_has_data(&ns).await?;
 
     demo.stop().await?;
     ns.cleanup().await?;
     std::fs::remove_dir_all(&work_dir)?;
+    Ok(())
+}
+
+/// The jobs of the system around the pipelines, as the stack's Prometheus scrapes them.
+const SYSTEM_JOBS: [&str; 4] = [
+    "kafka",
+    "argo-rollouts-metrics",
+    "kube-state-metrics",
+    "node-exporter",
+];
+
+/// Prometheus scrapes every system target, and every panel of the system dashboard, for the
+/// demo's namespace, returns data.
+async fn system_dashboard_has_data(ns: &TestNamespace) -> anyhow::Result<()> {
+    let stack = SharedStack::get()?;
+    let url = stack.prometheus_url()?;
+    let targets = prometheus::wait_for_targets(url, "every system target up", READY, |targets| {
+        SYSTEM_JOBS.iter().all(|job| {
+            targets
+                .iter()
+                .any(|t| t.labels.get("job").map(String::as_str) == Some(job) && t.health == "up")
+        })
+    })
+    .await?;
+    for target in targets.iter().filter(|t| {
+        t.labels
+            .get("job")
+            .is_some_and(|job| SYSTEM_JOBS.contains(&job.as_str()))
+    }) {
+        eprintln!(
+            "measured: system target {} {} (job {})",
+            target.scrape_url,
+            target.health,
+            target.labels.get("job").map_or("", String::as_str)
+        );
+    }
+    let dashboard = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../config/monitoring/grafana/orderpipe-system.json");
+    prometheus::every_panel_returns_data(url, &dashboard, &[("namespace", ns.name())], READY)
+        .await?;
     Ok(())
 }

@@ -4,6 +4,10 @@
 //! worker processes run by a node agent (scraped through the ServiceMonitors the operator writes),
 //! the broker, and a webhook that fails on demand.
 //!
+//! The broker group (`orderpipe-kafka`: under-replicated and offline partitions, no active
+//! controller) needs more than the shared stack's one broker to become real; promtool's unit tests
+//! fire it (`config/monitoring/rules_test.yaml`).
+//!
 //! The rules are loaded as shipped except for time: every `for` becomes [`FOR`] and every range
 //! window [`WINDOW`], so an alert fires within seconds and resolves within a window instead of
 //! after minutes. The expressions, thresholds and labels are the shipped ones.
@@ -11,7 +15,7 @@
 //! | Alert | made real by | undone by |
 //! |---|---|---|
 //! | TransactionsAborting | the validated topic's `max.message.bytes` below any order (spec) | the spec restored |
-//! | WebhookFailing, Stalled, ConsumerLagHigh | the webhook answering 503 while 15,000 orders arrive | the webhook answering 200 |
+//! | LagGrowingAtReplicaCap, WebhookFailing, Stalled, ConsumerLagHigh | the webhook answering 503 while 15,000 orders arrive and more keep coming; notify's autoscaler is at its maximum (1) | the webhook answering 200 (orders keep coming) |
 //! | DeadLetters | records that are not JSON | time: the window passes |
 //! | WorkerDown | SIGSTOP of the validate worker | SIGCONT |
 //! | NotReady | a pipeline whose Kafka cannot be reached | deleting it |
@@ -255,8 +259,8 @@ impl Run {
     }
 
     /// validate → status → notify, on the node agent's node, notify posting to `webhook` with
-    /// many quick retries (a failing webhook holds its partition for about a minute and a half),
-    /// the validated topic at `max_message_bytes`.
+    /// many quick retries (a failing webhook holds its partition for about a minute and a half)
+    /// and an autoscaler fixed at one replica, the validated topic at `max_message_bytes`.
     fn pipeline(&self, webhook: &str, max_message_bytes: &str) -> anyhow::Result<Value> {
         let t = |name: &str| format!("{}.{name}", self.ns.name());
         let pipeline = OrderPipeline::test(PIPELINE)
@@ -284,6 +288,9 @@ impl Run {
             "webhook": { "url": webhook, "timeout": "2s" },
             "retry": { "maxAttempts": 100, "initialBackoff": "100ms", "maxBackoff": "1s" },
         });
+        // An autoscaler already at its maximum: LagGrowingAtReplicaCap's condition.
+        manifest["spec"]["stages"][2]["autoscaling"] =
+            json!({ "minReplicas": 1, "maxReplicas": 1 });
         Ok(manifest)
     }
 
@@ -365,64 +372,12 @@ impl Run {
     /// Each panel query of the Grafana dashboard, with the dashboard's variables set to this
     /// pipeline, returns at least one series.
     async fn every_panel_returns_data(&self) -> anyhow::Result<()> {
-        let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../config/monitoring/grafana/orderpipe.json"),
-        )?)?;
-        let queries: Vec<(String, String)> = dashboard["panels"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .flat_map(|panel| {
-                let title = panel["title"].as_str().unwrap_or_default().to_owned();
-                panel["targets"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(move |target| {
-                        let expr = target["expr"].as_str()?;
-                        Some((title.clone(), self.panel_query(expr)))
-                    })
-            })
-            .collect();
-        ensure!(!queries.is_empty(), "the dashboard has no panel queries");
-        let empty = std::sync::Mutex::new(Vec::new());
-        let outcome = wait_until("every panel query returns data", ALERT_WAIT, || async {
-            let mut without_data = Vec::new();
-            for (title, query) in &queries {
-                if prometheus::query(&self.prometheus, query)
-                    .await
-                    .map_or(true, |samples| samples.is_empty())
-                {
-                    without_data.push(title.clone());
-                }
-            }
-            let done = without_data.is_empty();
-            *empty
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = without_data;
-            done.then_some(())
-        })
-        .await;
-        let empty = empty
-            .into_inner()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let panels: BTreeSet<&String> = queries.iter().map(|(title, _)| title).collect();
-        eprintln!(
-            "measured: {} panels ({} queries), {} returned data; empty: {empty:?}",
-            panels.len(),
-            queries.len(),
-            queries.len() - empty.len()
-        );
-        outcome.with_context(|| format!("panels without data: {empty:?}"))?;
+        let dashboard = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../config/monitoring/grafana/orderpipe.json");
+        let variables = [("namespace", self.ns.name()), ("pipeline", PIPELINE)];
+        prometheus::every_panel_returns_data(&self.prometheus, &dashboard, &variables, ALERT_WAIT)
+            .await?;
         Ok(())
-    }
-
-    /// A panel's expression with the dashboard variables of this run.
-    fn panel_query(&self, expr: &str) -> String {
-        expr.replace("$namespace", self.ns.name())
-            .replace("$pipeline", PIPELINE)
-            .replace("$__rate_interval", "1m")
     }
 
     /// For `span`, no alert of this run pends or fires: none for the namespace, none of the
@@ -545,25 +500,31 @@ impl Run {
         proven
     }
 
-    /// The webhook answers 503 while a backlog arrives: notify retries, holds its partitions
-    /// and falls behind; the webhook healed, it catches up.
+    /// The webhook answers 503 while a backlog arrives and orders keep coming: notify retries,
+    /// holds its partitions and falls further behind, its autoscaler at its maximum; the webhook
+    /// healed and the orders stopped, it catches up.
     async fn webhook_fails(&self, webhook: &WebhookReceiver, input: &str) -> anyhow::Result<()> {
         webhook.set_failing(true);
         produce_transaction(&self.bootstrap, input, BACKLOG).await?;
+        let producer = SteadyProducer::start(&self.bootstrap, input, 50);
         let notify: &[(&str, &str)] = &[("stage", "notify")];
-        self.fired_and_resolved(
-            &[
-                ("OrderPipelineWebhookFailing", notify),
-                ("OrderPipelineStalled", notify),
-                ("OrderPipelineConsumerLagHigh", notify),
-            ],
-            "the webhook began answering 503",
-            async || {
-                webhook.set_failing(false);
-                Ok(())
-            },
-        )
-        .await?;
+        let proven = self
+            .fired_and_resolved(
+                &[
+                    ("OrderPipelineLagGrowingAtReplicaCap", notify),
+                    ("OrderPipelineWebhookFailing", notify),
+                    ("OrderPipelineStalled", notify),
+                    ("OrderPipelineConsumerLagHigh", notify),
+                ],
+                "the webhook began answering 503",
+                async || {
+                    webhook.set_failing(false);
+                    Ok(())
+                },
+            )
+            .await;
+        producer.stop().await?;
+        proven?;
         eprintln!(
             "measured: the webhook answered 503 {} times and 200 {} times",
             webhook.refused(),

@@ -25,19 +25,23 @@ fn rule_file() -> anyhow::Result<String> {
 }
 
 /// Metric names (`orderpipe_...`) in a text, with histogram suffixes folded to the family name.
+/// A name starts a word: `label_orderpipe_dev_stage` (kube-state-metrics' label for
+/// `orderpipe.dev/stage`) is no metric of ours.
 fn referenced_metrics(text: &str) -> BTreeSet<String> {
+    let is_name_char = |c: char| c.is_ascii_alphanumeric() || c == '_';
     let mut names = BTreeSet::new();
     let mut rest = text;
     while let Some(start) = rest.find("orderpipe_") {
+        let starts_word = !rest[..start].ends_with(is_name_char);
         let tail = &rest[start..];
-        let end = tail
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .unwrap_or(tail.len());
+        let end = tail.find(|c: char| !is_name_char(c)).unwrap_or(tail.len());
         let name = &tail[..end];
         let family = ["_bucket", "_count", "_sum"]
             .iter()
             .fold(name, |n, suffix| n.strip_suffix(suffix).unwrap_or(n));
-        names.insert(family.to_string());
+        if starts_word {
+            names.insert(family.to_string());
+        }
         rest = &tail[end..];
     }
     names
@@ -171,4 +175,12 @@ fn every_alert_rule_has_a_unit_test_that_fires_it() -> anyhow::Result<()> {
         "alerts no promtool unit test fires: {untested:?}"
     );
     Ok(())
+}
+
+#[test]
+fn a_label_that_contains_our_prefix_names_no_metric() {
+    let names = referenced_metrics(
+        r#"kube_horizontalpodautoscaler_labels{label_orderpipe_dev_stage="notify"} * orderpipe_consumer_lag"#,
+    );
+    assert_eq!(names, BTreeSet::from(["orderpipe_consumer_lag".to_owned()]));
 }

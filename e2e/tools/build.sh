@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Builds or downloads every real infrastructure component of the e2e harness into a versioned cache
 # (`make e2e-tools`): kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, etcd, kwok and
-# argocd-health (Argo CD's Lua interpreter, for the health check) from the Go module proxy; the Argo
+# argocd-health (Argo CD's Lua interpreter, for the health check) and kube-state-metrics from the Go
+# module proxy; the Argo
 # Rollouts and monitoring.coreos.com CRDs and kwok's stages from their Go modules; the Kafka broker's
-# jars from Maven Central; the Argo Rollouts controller if it builds. No Docker and no network beyond
+# jars and the Prometheus JMX exporter agent from Maven Central; the Argo Rollouts controller if it
+# builds. No Docker and no network beyond
 # those registries.
 #
 # Why a cache: the Kubernetes build takes minutes, so it is paid once per set of versions. The cache
@@ -14,8 +16,10 @@
 #
 # Output: progress on stderr; on stdout exactly one line, `E2E_TOOLS_DIR=<dir>`, so a consumer can
 # `eval "$(e2e/tools/build.sh)"`. Layout of <dir> (a contract, see README.md):
-#   bin/{kube-apiserver,kube-controller-manager,kube-scheduler,kubectl,etcd,kwok,argocd-health}  (+ rollouts-controller)
-#   kwok/stages.yaml  crds/argo-rollouts/*.yaml  crds/monitoring/*.yaml  kafka/classpath.txt  versions.env
+#   bin/{kube-apiserver,kube-controller-manager,kube-scheduler,kubectl,etcd,kwok,argocd-health,
+#       kube-state-metrics}  (+ rollouts-controller)
+#   kwok/stages.yaml  crds/argo-rollouts/*.yaml  crds/monitoring/*.yaml  kafka/classpath.txt
+#   jmx-exporter/jmx_prometheus_javaagent.jar  versions.env
 # `${ORDERPIPE_CACHE}/e2e-tools/current` is a symlink to the newest complete <dir>.
 set -euo pipefail
 
@@ -164,6 +168,28 @@ build_kafka() {
 	install_dir "$1" kafka
 }
 
+# The agent is not a broker dependency (it must not join the broker's classpath): copied on its own.
+build_jmx_exporter() {
+	local mvn_log="${tmp_root}/jmx-exporter-mvn.log"
+	mvn -B -ntp -q -f "${tools_dir}/kafka/pom.xml" dependency:copy \
+		-Dartifact="io.prometheus.jmx:jmx_prometheus_javaagent:${JMX_EXPORTER_VERSION}" \
+		-DoutputDirectory="$1" -Dmdep.stripVersion=true >"${mvn_log}" 2>&1 || {
+		cat "${mvn_log}" >&2
+		exit 1
+	}
+	[[ -f "$1/jmx_prometheus_javaagent.jar" ]] || {
+		log "jmx-exporter: no jmx_prometheus_javaagent.jar in $1"
+		exit 1
+	}
+	install_dir "$1" jmx-exporter
+}
+
+build_kube_state_metrics() {
+	GOFLAGS="-p=2 -buildvcs=false" GOBIN="$1" go install -trimpath -ldflags "-s -w" \
+		"k8s.io/kube-state-metrics/v2@${KUBE_STATE_METRICS_VERSION}"
+	mv -f "$1/kube-state-metrics" "${dest}/bin/kube-state-metrics"
+}
+
 build_kwok() {
 	GOFLAGS="-p=2 -buildvcs=false" GOBIN="$1" go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@${KWOK_VERSION}"
 	mv -f "$1/kwok" "${dest}/bin/kwok"
@@ -226,6 +252,7 @@ piece crds-argo-rollouts "5 s" build_crds_argo_rollouts
 piece crds-monitoring "5 s" build_crds_monitoring
 piece kwok-stages "5 s" build_kwok_stages
 piece kafka "1 min" build_kafka
+piece jmx-exporter "10 s" build_jmx_exporter
 piece kwok "3.5 min" build_kwok
 piece etcd "1 min" build_etcd
 piece argocd-health "10 s" build_argocd_health
@@ -233,6 +260,7 @@ piece kube-apiserver "10 min" build_kube_apiserver
 piece kube-controller-manager "3.5 min" build_kube_controller_manager
 piece kube-scheduler "0.5 min" build_kube_scheduler
 piece kubectl "1 min" build_kubectl
+piece kube-state-metrics "3 min" build_kube_state_metrics
 piece rollouts-controller "6 min" build_rollouts_controller
 cp "${tools_dir}/versions.env" "${tmp_root}/versions.env"
 mv -f "${tmp_root}/versions.env" "${dest}/versions.env"

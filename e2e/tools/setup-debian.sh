@@ -6,6 +6,7 @@
 #   buildah, crun, debootstrap   `make images`: OCI images without a daemon, on bases made from Debian's
 #                             packages (crun: the OCI runtime, for buildah runs outside chroot isolation)
 #   curl                      readiness polling in e2e/postman/run.sh
+#   prometheus-node-exporter  the local machine's CPU and memory for the dashboards' node row
 #   prometheus                promtool (check/test the alert rules) and a real scraper for the metrics checks
 #   openssl                   the harness's throwaway CA and apiserver/client certificates
 #   maven, openjdk-17-jdk-headless   the Kafka broker's classpath (e2e/tools/kafka/pom.xml) and the JVM
@@ -17,7 +18,7 @@
 # forbids it for the duration of the install.
 set -euo pipefail
 
-packages=(kcat prometheus openssl maven openjdk-17-jdk-headless libssl-dev pkg-config cmake zlib1g-dev curl shellcheck jq buildah crun debootstrap)
+packages=(kcat prometheus prometheus-node-exporter openssl maven openjdk-17-jdk-headless libssl-dev pkg-config cmake zlib1g-dev curl shellcheck jq buildah crun debootstrap)
 
 missing=()
 for pkg in "${packages[@]}"; do

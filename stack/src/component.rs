@@ -1,7 +1,8 @@
 //! One component of a stack: its name, the exact command it runs (kept for restarts on the same
 //! ports and data), its log file, its running process, and the readiness wait that turns a
 //! timeout or an early exit into an error carrying the log tail. Must not know what any
-//! particular component is: the command lines live in `kube_cluster`, `kafka` and `prometheus`.
+//! particular component is: the command lines live in `kube_cluster`, `kafka`, `prometheus` and
+//! `exporters`.
 
 use std::fmt;
 use std::future::Future;
@@ -23,6 +24,8 @@ pub enum Component {
     RolloutsController,
     Kafka,
     Prometheus,
+    KubeStateMetrics,
+    NodeExporter,
 }
 
 impl Component {
@@ -37,6 +40,8 @@ impl Component {
             Component::RolloutsController => "rollouts-controller",
             Component::Kafka => "kafka",
             Component::Prometheus => "prometheus",
+            Component::KubeStateMetrics => "kube-state-metrics",
+            Component::NodeExporter => "node-exporter",
         }
     }
 }

@@ -1,7 +1,9 @@
 //! The Kafka half of a stack: one KRaft node (broker + controller) on loopback, formatted once and
 //! restartable on the same ports and log dirs. Owns server.properties (as in
 //! docs/testing: small internal topics, no auto-created topics) and the readiness check
-//! (a metadata request that lists our broker). Must not create topics: tests and the operator do.
+//! (a metadata request that lists our broker). The broker serves its metrics through the Prometheus
+//! JMX exporter agent, with the rules users get in `config/monitoring/kafka/jmx-exporter.yaml`.
+//! Must not create topics: tests and the operator do.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -62,6 +64,7 @@ impl SecureKafka {
 pub(crate) struct KafkaBroker {
     bootstrap: String,
     secure_bootstrap: String,
+    metrics_address: String,
     dir: PathBuf,
     data_dir: PathBuf,
     properties: PathBuf,
@@ -78,6 +81,7 @@ impl KafkaBroker {
         let port = free_port()?;
         let secure_port = free_port()?;
         let controller_port = free_port()?;
+        let metrics_port = free_port()?;
         let data_dir = dir.join("kafka-data");
         let tls_dir = SecureKafka::tls_dir(dir);
         let tls = KafkaTls::generate(&tls_dir)?;
@@ -99,12 +103,21 @@ impl KafkaBroker {
             .map_err(|e| StackError::io("writing", &properties, e))?;
         let classpath = tools.kafka_classpath()?;
         let java = java();
+        let metrics_address = format!("127.0.0.1:{metrics_port}");
+        // `-javaagent:<jar>=<host>:<port>:<rules>`: the agent serves /metrics from inside the JVM.
+        let agent = format!(
+            "-javaagent:{}={metrics_address}:{}",
+            tools.jmx_exporter_agent()?.display(),
+            jmx_exporter_rules().display()
+        );
         let spec = CommandSpec::new(java.clone(), dir)
+            .arg(agent)
             .args(jvm_args(&classpath))
             .args(["kafka.Kafka".to_owned(), properties.display().to_string()]);
         Ok(KafkaBroker {
             bootstrap: format!("127.0.0.1:{port}"),
             secure_bootstrap: format!("127.0.0.1:{secure_port}"),
+            metrics_address,
             dir: dir.to_path_buf(),
             data_dir,
             properties,
@@ -122,6 +135,11 @@ impl KafkaBroker {
     /// `127.0.0.1:<port>` of the SASL_SSL listener.
     pub fn secure_bootstrap(&self) -> &str {
         &self.secure_bootstrap
+    }
+
+    /// `127.0.0.1:<port>` of the JMX exporter's `/metrics`.
+    pub fn metrics_address(&self) -> &str {
+        &self.metrics_address
     }
 
     pub fn member(&self) -> &Member {
@@ -206,6 +224,12 @@ fn java() -> PathBuf {
             || PathBuf::from("java"),
             |home| PathBuf::from(home).join("bin").join("java"),
         )
+}
+
+/// The exporter rules shipped for users' brokers (Strimzi's `metricsConfig`, a Confluent or
+/// plain broker's agent); the local broker uses the very same file.
+fn jmx_exporter_rules() -> PathBuf {
+    crate::tools::workspace_root().join("config/monitoring/kafka/jmx-exporter.yaml")
 }
 
 /// A small heap and the serial collector start in seconds and leave the 2 cores to the tests.

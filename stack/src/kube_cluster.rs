@@ -59,6 +59,8 @@ pub(crate) struct KubeCluster {
     scheduler_health: String,
     kwok_health: String,
     rollouts_health: String,
+    /// `127.0.0.1:<port>` of the Argo Rollouts controller's `/metrics`, when it runs.
+    rollouts_metrics: Option<String>,
     http: reqwest::Client,
     client: Option<Client>,
     etcd: Member,
@@ -185,6 +187,7 @@ impl KubeCluster {
             scheduler_health: String::new(),
             kwok_health: String::new(),
             rollouts_health: String::new(),
+            rollouts_metrics: None,
             http: probe_client()?,
             client: None,
             etcd: Member::new(Component::Etcd, etcd, &logs),
@@ -294,6 +297,7 @@ impl KubeCluster {
                 "--loglevel=warn".to_owned(),
             ]);
             cluster.rollouts_health = format!("http://127.0.0.1:{healthz_port}/healthz");
+            cluster.rollouts_metrics = Some(format!("127.0.0.1:{metrics_port}"));
             cluster.rollouts = Some(Member::new(Component::RolloutsController, rollouts, &logs));
         }
         Ok(cluster)
@@ -301,6 +305,11 @@ impl KubeCluster {
 
     pub fn admin_kubeconfig(&self) -> &Path {
         &self.admin_kubeconfig
+    }
+
+    /// `127.0.0.1:<port>` of the Argo Rollouts controller's `/metrics`, when it runs.
+    pub fn rollouts_metrics_address(&self) -> Option<&str> {
+        self.rollouts_metrics.as_deref()
     }
 
     pub fn apiserver_url(&self) -> &str {
@@ -439,7 +448,7 @@ impl KubeCluster {
 
 /// For local health endpoints only: the controller-manager and scheduler serve /healthz with
 /// self-signed certificates, and a proxy from the environment must never see loopback traffic.
-fn probe_client() -> Result<reqwest::Client> {
+pub(crate) fn probe_client() -> Result<reqwest::Client> {
     reqwest::Client::builder()
         .danger_accept_invalid_certs(true)
         .no_proxy()
@@ -451,7 +460,11 @@ fn probe_client() -> Result<reqwest::Client> {
         })
 }
 
-async fn http_ok(http: &reqwest::Client, url: &str, body_contains: Option<&str>) -> bool {
+pub(crate) async fn http_ok(
+    http: &reqwest::Client,
+    url: &str,
+    body_contains: Option<&str>,
+) -> bool {
     let Ok(response) = http.get(url).send().await else {
         return false;
     };

@@ -19,6 +19,7 @@ mod component;
 pub mod crds;
 mod envfile;
 mod error;
+mod exporters;
 mod harness;
 mod kafka;
 mod kube_cluster;

@@ -5,7 +5,9 @@
 //! when `/-/ready` answers, stopped with the stack. It scrapes what the cluster's ServiceMonitors
 //! select, never a hand-written list: `service_monitors` resolves them into `targets.json` next to
 //! the config, which Prometheus follows (file service discovery; Debian builds Prometheus without
-//! Kubernetes discovery, see `stack/README.md`, "Prometheus").
+//! Kubernetes discovery, see `stack/README.md`, "Prometheus"). The system around the pipelines
+//! (broker, Argo Rollouts, kube-state-metrics, node-exporter, see `exporters`) is in a second file,
+//! `system-targets.json`.
 //!
 //! Tests and the demo load alert rules by writing files into [`PrometheusServer::rules_dir`]
 //! (`$PROMETHEUS_RULES_DIR`) and calling [`reload`]; the lifecycle API is enabled for that.
@@ -15,8 +17,8 @@
 //! in a file of its own in [`PrometheusServer::local_targets_dir`] (`$PROMETHEUS_TARGETS_DIR`),
 //! which the same scrape job follows, with the labels its ServiceMonitor would have given it.
 //!
-//! The kit ([`query`], [`active_targets`], [`wait_for_targets`], [`reload`]) speaks the HTTP API
-//! and knows nothing about orderpipe's metrics.
+//! The kit ([`query`], [`active_targets`], [`wait_for_targets`], [`reload`],
+//! [`every_panel_returns_data`]) speaks the HTTP API and knows nothing about orderpipe's metrics.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -41,6 +43,7 @@ pub(crate) struct PrometheusServer {
     url: String,
     rules_dir: PathBuf,
     targets_file: PathBuf,
+    system_targets_file: PathBuf,
     local_targets_dir: PathBuf,
     timeout: Duration,
     member: Member,
@@ -58,16 +61,24 @@ impl PrometheusServer {
         fs::create_dir_all(&rules_dir).map_err(|e| StackError::io("creating", &rules_dir, e))?;
         let targets_file = home.join("targets.json");
         fs::write(&targets_file, "[]").map_err(|e| StackError::io("writing", &targets_file, e))?;
+        let system_targets_file = home.join("system-targets.json");
+        fs::write(&system_targets_file, "[]")
+            .map_err(|e| StackError::io("writing", &system_targets_file, e))?;
         let local_targets_dir = home.join("local-targets");
         fs::create_dir_all(&local_targets_dir)
             .map_err(|e| StackError::io("creating", &local_targets_dir, e))?;
         let config_file = home.join("prometheus.yml");
-        let config =
-            serde_norway::to_string(&config(&targets_file, &local_targets_dir, &rules_dir))
-                .map_err(|error| StackError::Yaml {
-                    path: config_file.clone(),
-                    error,
-                })?;
+        let sd_files = [
+            targets_file.clone(),
+            system_targets_file.clone(),
+            local_targets_dir.join("*.json"),
+        ];
+        let config = serde_norway::to_string(&config(&sd_files, &rules_dir)).map_err(|error| {
+            StackError::Yaml {
+                path: config_file.clone(),
+                error,
+            }
+        })?;
         fs::write(&config_file, config).map_err(|e| StackError::io("writing", &config_file, e))?;
         let port = free_port()?;
         let spec = CommandSpec::new(program, dir).args([
@@ -81,6 +92,7 @@ impl PrometheusServer {
             url: format!("http://127.0.0.1:{port}"),
             rules_dir,
             targets_file,
+            system_targets_file,
             local_targets_dir,
             timeout,
             member: Member::new(Component::Prometheus, spec, &dir.join("logs")),
@@ -105,6 +117,11 @@ impl PrometheusServer {
         &self.targets_file
     }
 
+    /// The file-SD file of the system targets (`exporters::write_targets`).
+    pub fn system_targets_file(&self) -> &Path {
+        &self.system_targets_file
+    }
+
     pub fn member(&self) -> &Member {
         &self.member
     }
@@ -127,9 +144,10 @@ impl PrometheusServer {
     }
 }
 
-/// The configuration: one job whose targets are the ServiceMonitors' and the local processes'
-/// (file service discovery; each group names its `job`, as the Prometheus Operator would).
-fn config(targets_file: &Path, local_targets_dir: &Path, rules_dir: &Path) -> Value {
+/// The configuration: one job whose targets are the ServiceMonitors', the system's and the local
+/// processes' (file service discovery on `sd_files`; each group names its `job`, as the
+/// Prometheus Operator would).
+fn config(sd_files: &[PathBuf], rules_dir: &Path) -> Value {
     json!({
         "global": {
             "scrape_interval": SCRAPE_INTERVAL,
@@ -142,10 +160,7 @@ fn config(targets_file: &Path, local_targets_dir: &Path, rules_dir: &Path) -> Va
         "scrape_configs": [{
             "job_name": "service-monitors",
             "file_sd_configs": [{
-                "files": [
-                    targets_file.display().to_string(),
-                    local_targets_dir.join("*.json").display().to_string(),
-                ],
+                "files": sd_files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>(),
                 // Besides the file watch: a missed change is picked up within this.
                 "refresh_interval": SCRAPE_INTERVAL,
             }],
@@ -154,7 +169,7 @@ fn config(targets_file: &Path, local_targets_dir: &Path, rules_dir: &Path) -> Va
 }
 
 /// `program` from `PATH`.
-fn system_binary(program: &'static str, hint: &'static str) -> Result<PathBuf> {
+pub(crate) fn system_binary(program: &'static str, hint: &'static str) -> Result<PathBuf> {
     std::env::var_os("PATH")
         .iter()
         .flat_map(std::env::split_paths)
@@ -302,6 +317,89 @@ pub async fn wait_for_targets(
     }
 }
 
+/// Every query of a Grafana dashboard, as a panel would run it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PanelQuery {
+    pub title: String,
+    /// The expression with the dashboard's variables replaced.
+    pub expr: String,
+}
+
+/// The queries of every panel of `dashboard` (Grafana JSON: `panels[].targets[].expr`), each
+/// `$variable` replaced by its value in `variables` and `$__rate_interval` by `1m`.
+pub fn panel_queries(dashboard: &Value, variables: &[(&str, &str)]) -> Vec<PanelQuery> {
+    dashboard["panels"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|panel| {
+            let title = panel["title"].as_str().unwrap_or_default();
+            panel["targets"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(move |target| {
+                    let expr = variables.iter().fold(
+                        target["expr"].as_str()?.replace("$__rate_interval", "1m"),
+                        |expr, (name, value)| expr.replace(&format!("${name}"), value),
+                    );
+                    Some(PanelQuery {
+                        title: title.to_owned(),
+                        expr,
+                    })
+                })
+        })
+        .collect()
+}
+
+/// Waits until every panel query of the dashboard in `file` returns at least one series from the
+/// Prometheus at `url`; prints how many panels and queries there are and how many returned data.
+/// On timeout the error names the panels without data.
+pub async fn every_panel_returns_data(
+    url: &str,
+    file: &Path,
+    variables: &[(&str, &str)],
+    timeout: Duration,
+) -> Result<()> {
+    let text = fs::read_to_string(file).map_err(|e| StackError::io("reading", file, e))?;
+    let dashboard: Value = serde_json::from_str(&text).map_err(|e| StackError::Prometheus {
+        what: format!("dashboard {}", file.display()),
+        reason: e.to_string(),
+    })?;
+    let queries = panel_queries(&dashboard, variables);
+    let panels: std::collections::BTreeSet<&str> =
+        queries.iter().map(|q| q.title.as_str()).collect();
+    let empty = std::sync::Mutex::new(Vec::new());
+    let outcome = wait_until("every panel query returns data", timeout, || async {
+        let mut without_data = Vec::new();
+        for panel in &queries {
+            if query(url, &panel.expr).await.map_or(true, |s| s.is_empty()) {
+                without_data.push(panel.title.clone());
+            }
+        }
+        let done = without_data.is_empty() && !queries.is_empty();
+        *empty
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = without_data;
+        done.then_some(())
+    })
+    .await;
+    let empty = empty
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    eprintln!(
+        "measured: {}: {} panels ({} queries), {} returned data; empty: {empty:?}",
+        file.file_name().unwrap_or_default().to_string_lossy(),
+        panels.len(),
+        queries.len(),
+        queries.len() - empty.len()
+    );
+    outcome.map_err(|error| StackError::Prometheus {
+        what: format!("the panels of {}", file.display()),
+        reason: format!("{error}; without data: {empty:?}"),
+    })
+}
+
 /// A process outside the cluster that the stack's Prometheus scrapes while this lives: one file-SD
 /// file in `$PROMETHEUS_TARGETS_DIR`, removed on drop (Prometheus drops the target on its next
 /// refresh).
@@ -397,10 +495,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_job_follows_the_targets_file_and_local_targets_and_rules_come_from_the_rules_dir() {
+    fn the_job_follows_the_targets_files_and_rules_come_from_the_rules_dir() {
         let config = config(
-            Path::new("/w/prometheus/targets.json"),
-            Path::new("/w/prometheus/local-targets"),
+            &[
+                PathBuf::from("/w/prometheus/targets.json"),
+                PathBuf::from("/w/prometheus/local-targets/*.json"),
+            ],
             Path::new("/w/prometheus/rules"),
         );
         assert_eq!(
@@ -442,8 +542,8 @@ mod tests {
         fs::write(&targets, "[]").expect("write");
         let file = dir.path().join("prometheus.yml");
         let rules = dir.path().join("rules");
-        let local = dir.path().join("local-targets");
-        let text = serde_norway::to_string(&config(&targets, &local, &rules)).expect("yaml");
+        let local = dir.path().join("local-targets").join("*.json");
+        let text = serde_norway::to_string(&config(&[targets, local], &rules)).expect("yaml");
         fs::write(&file, text).expect("write");
         let output = std::process::Command::new(promtool)
             .arg("check")
@@ -456,6 +556,29 @@ mod tests {
             "{}{}",
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    #[test]
+    fn panel_queries_have_the_variables_replaced() {
+        let dashboard = json!({ "panels": [
+            { "type": "row", "title": "Flow" },
+            { "title": "Lag", "targets": [
+                { "expr": "sum(lag{namespace=~\"$namespace\"})" },
+                { "expr": "rate(x{pipeline=\"$pipeline\"}[$__rate_interval])" },
+            ] },
+        ] });
+        let queries = panel_queries(&dashboard, &[("namespace", "ns-1"), ("pipeline", "shop")]);
+        let exprs: Vec<(&str, &str)> = queries
+            .iter()
+            .map(|q| (q.title.as_str(), q.expr.as_str()))
+            .collect();
+        assert_eq!(
+            exprs,
+            [
+                ("Lag", "sum(lag{namespace=~\"ns-1\"})"),
+                ("Lag", "rate(x{pipeline=\"shop\"}[1m])"),
+            ]
         );
     }
 

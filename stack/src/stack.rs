@@ -1,5 +1,5 @@
 //! `Stack`: one local real-infrastructure environment (Kubernetes control plane and/or a Kafka
-//! broker, and with Kubernetes a Prometheus) in its own work dir, started by a builder,
+//! broker, and with Kubernetes a Prometheus and the exporters it scrapes) in its own work dir, started by a builder,
 //! restartable component by component, and stopped by PID on `stop()`, on `Drop`, and (through the
 //! watchdogs) when its owner dies.
 //! Must not share state with other stacks: own ports, PKI, data dirs and logs.
@@ -13,6 +13,7 @@ use kube::Client;
 use crate::component::{Component, Member, stop_members, stop_members_blocking};
 use crate::envfile::StackEnv;
 use crate::error::{Result, StackError};
+use crate::exporters::{self, Exporters, SystemTarget};
 use crate::kafka::{KafkaBroker, SecureKafka};
 use crate::kube_cluster::{KubeCluster, KubeOptions, Kubernetes};
 use crate::prometheus::PrometheusServer;
@@ -96,8 +97,10 @@ impl StackBuilder {
         self
     }
 
-    /// Run Prometheus, scraping what the cluster's ServiceMonitors select (default: yes; only
-    /// with [`Kubernetes::Full`], where pods run).
+    /// Run Prometheus, scraping what the cluster's ServiceMonitors select and the system around
+    /// the pipelines: the broker, the Argo Rollouts controller, kube-state-metrics and
+    /// node-exporter, the last two run for it (default: yes; only with [`Kubernetes::Full`],
+    /// where pods run).
     pub fn prometheus(mut self, on: bool) -> Self {
         self.prometheus = on;
         self
@@ -173,11 +176,28 @@ impl StackBuilder {
         } else {
             None
         };
-        let prometheus = match &kube {
-            Some(_) if self.prometheus && self.kubernetes == Kubernetes::Full => {
-                Some(PrometheusServer::prepare(&work_dir, self.ready_timeout)?)
+        let (prometheus, exporters) = match &kube {
+            Some(kube) if self.prometheus && self.kubernetes == Kubernetes::Full => {
+                let prometheus = PrometheusServer::prepare(&work_dir, self.ready_timeout)?;
+                let exporters = Exporters::prepare(
+                    &tools,
+                    &work_dir,
+                    kube.admin_kubeconfig(),
+                    self.ready_timeout,
+                )?;
+                let mut targets = Vec::from(exporters.targets());
+                targets.extend(kafka.as_ref().map(|kafka| SystemTarget {
+                    job: "kafka",
+                    address: kafka.metrics_address().to_owned(),
+                }));
+                targets.extend(kube.rollouts_metrics_address().map(|address| SystemTarget {
+                    job: "argo-rollouts-metrics",
+                    address: address.to_owned(),
+                }));
+                exporters::write_targets(prometheus.system_targets_file(), &targets)?;
+                (Some(prometheus), Some(exporters))
             }
-            _ => None,
+            _ => (None, None),
         };
         Ok(Stack {
             name: self.name.clone(),
@@ -186,6 +206,7 @@ impl StackBuilder {
             kube,
             kafka,
             prometheus,
+            exporters,
             discovery: None,
             grace: self.stop_grace,
         })
@@ -201,6 +222,7 @@ pub struct Stack {
     kube: Option<KubeCluster>,
     kafka: Option<KafkaBroker>,
     prometheus: Option<PrometheusServer>,
+    exporters: Option<Exporters>,
     /// Keeps Prometheus's targets file in step with the ServiceMonitors (`service_monitors::run`).
     discovery: Option<tokio::task::JoinHandle<()>>,
     grace: Duration,
@@ -292,6 +314,9 @@ impl Stack {
         if let Some(prometheus) = &self.prometheus {
             members.push(prometheus.member());
         }
+        if let Some(exporters) = &self.exporters {
+            members.extend(exporters.members());
+        }
         members
             .into_iter()
             .filter_map(|m| m.pid().map(|pid| (m.component(), pid)))
@@ -371,11 +396,20 @@ impl Stack {
     }
 
     async fn boot(&mut self) -> Result<()> {
-        let (kube, kafka, prometheus) = (&mut self.kube, &mut self.kafka, &mut self.prometheus);
-        // Prometheus after the apiserver, whose ServiceMonitors say what it scrapes.
+        let (kube, kafka, prometheus, exporters) = (
+            &mut self.kube,
+            &mut self.kafka,
+            &mut self.prometheus,
+            &mut self.exporters,
+        );
+        // Prometheus after the apiserver, whose ServiceMonitors say what it scrapes, and after
+        // kube-state-metrics, which watches the apiserver.
         let kube = async {
             if let Some(kube) = kube {
                 kube.start().await?;
+            }
+            if let Some(exporters) = exporters {
+                exporters.start().await?;
             }
             match prometheus {
                 Some(prometheus) => prometheus.start().await,
@@ -406,6 +440,9 @@ impl Stack {
         }
         if let Some(prometheus) = self.prometheus.as_mut() {
             prometheus.member_mut().stop(grace).await?;
+        }
+        if let Some(exporters) = self.exporters.as_mut() {
+            stop_members(&mut exporters.members_mut(), grace).await?;
         }
         // Kafka and Kubernetes do not depend on each other: stop both at once.
         let (kube, kafka) = (&mut self.kube, &mut self.kafka);
@@ -450,6 +487,9 @@ impl Drop for Stack {
         let mut members: Vec<&mut Member> = Vec::new();
         if let Some(prometheus) = self.prometheus.as_mut() {
             members.push(prometheus.member_mut());
+        }
+        if let Some(exporters) = self.exporters.as_mut() {
+            members.extend(exporters.members_mut());
         }
         if let Some(kube) = self.kube.as_mut() {
             members.extend(kube.members_mut());

@@ -80,6 +80,22 @@ impl Tools {
         Ok(files)
     }
 
+    /// The Prometheus JMX exporter's Java agent, which serves the broker's metrics.
+    pub fn jmx_exporter_agent(&self) -> Result<PathBuf> {
+        let path = self
+            .root
+            .join("jmx-exporter")
+            .join("jmx_prometheus_javaagent.jar");
+        if path.is_file() {
+            Ok(path)
+        } else {
+            Err(StackError::ToolMissing {
+                path,
+                hint: "JMX exporter agent not downloaded",
+            })
+        }
+    }
+
     /// The Java classpath of the Kafka broker (one line, `:`-separated).
     pub fn kafka_classpath(&self) -> Result<String> {
         let path = self.root.join("kafka").join("classpath.txt");
