@@ -87,6 +87,7 @@ fn worker_exports() -> BTreeSet<String> {
         worker::REBALANCES,
         worker::ASSIGNED_PARTITIONS,
         worker::PROCESSING_DURATION,
+        worker::PIPELINE_LATENCY,
     ]
     .into_iter()
     .map(String::from)

@@ -33,6 +33,7 @@ pub struct Metrics {
     state_entries: Family<PartitionLabel, Gauge>,
     state_bytes: Family<PartitionLabel, Gauge>,
     processing_duration: Histogram,
+    pipeline_latency: Histogram,
 }
 
 /// Result label values of [`names::TRANSACTIONS`].
@@ -85,6 +86,8 @@ impl Metrics {
             state_bytes: Family::default(),
             // 50 µs (a validation) to ~14 min (a notification's worst-case retries).
             processing_duration: Histogram::new(exponential_buckets(0.000_05, 4.0, 12)),
+            // 1 ms (a record decided as it arrives) to ~2.5 h (a backlog worked off).
+            pipeline_latency: Histogram::new(exponential_buckets(0.001, 3.0, 16)),
         };
         // The series rate() alerts and panels read exist from the start, at 0: a counter series
         // that appears with its first increment hides that increment from rate(), so a lone dead
@@ -160,6 +163,11 @@ impl Metrics {
             "Seconds from handing a record to the processor to its decision",
             metrics.processing_duration.clone(),
         );
+        r.register(
+            names::PIPELINE_LATENCY,
+            "Seconds from the order entering the pipeline (its input record's timestamp, which every stage passes on) to this stage's decision",
+            metrics.pipeline_latency.clone(),
+        );
         metrics
     }
 
@@ -233,6 +241,13 @@ impl Metrics {
     pub fn observe_processing(&self, took: Duration) {
         self.processing_duration.observe(took.as_secs_f64());
     }
+
+    /// `since_entry`: now minus the input record's timestamp; a producer's clock ahead of ours
+    /// counts as 0.
+    pub fn observe_pipeline_latency(&self, since_entry: chrono::TimeDelta) {
+        let seconds = since_entry.as_seconds_f64().max(0.0);
+        self.pipeline_latency.observe(seconds);
+    }
 }
 
 #[cfg(test)]
@@ -248,6 +263,9 @@ mod tests {
         metrics.transaction(transaction::COMMITTED);
         metrics.set_consumer_lag(2, 40);
         metrics.observe_processing(Duration::from_millis(1));
+        metrics.observe_pipeline_latency(chrono::TimeDelta::milliseconds(1_500));
+        // A producer clock ahead of ours: no negative latency.
+        metrics.observe_pipeline_latency(chrono::TimeDelta::milliseconds(-20));
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).expect("encodes");
 
@@ -261,6 +279,8 @@ mod tests {
             r#"orderpipe_transactions_total{pipeline="checkout",stage="validate",result="committed"} 1"#,
             r#"orderpipe_consumer_lag{pipeline="checkout",stage="validate",partition="2"} 40"#,
             "orderpipe_processing_duration_seconds_count{",
+            r#"orderpipe_pipeline_latency_seconds_sum{pipeline="checkout",stage="validate"} 1.5"#,
+            r#"orderpipe_pipeline_latency_seconds_count{pipeline="checkout",stage="validate"} 2"#,
         ] {
             assert!(text.contains(expected), "missing {expected} in\n{text}");
         }

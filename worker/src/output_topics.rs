@@ -4,6 +4,8 @@
 
 use std::collections::HashMap;
 
+use chrono::{DateTime, Utc};
+
 use orderpipe_api::contract::WorkerConfig;
 use orderpipe_api::v1alpha1::Processor as ProcessorKind;
 use orderpipe_orders::{Emit, Output};
@@ -72,12 +74,13 @@ impl OutputTopics {
         Ok(Self { topics })
     }
 
-    /// The record to produce for `emit`, decided while processing input partition `partition`;
-    /// `None` for an optional output the pipeline left out.
+    /// The record to produce for `emit`, decided while processing the input record of
+    /// `partition` stamped `input_timestamp`; `None` for an optional output the pipeline left out.
     pub fn resolve<'a>(
         &'a self,
         emit: &'a Emit,
         partition: i32,
+        input_timestamp: DateTime<Utc>,
     ) -> Result<Option<OutRecord<'a>>, WorkerError> {
         let Some(topic) = self.topics.get(&emit.output) else {
             return if is_optional(emit.output) {
@@ -94,6 +97,10 @@ impl OutputTopics {
             key: emit.key.as_deref(),
             payload: Some(&emit.payload),
             headers: &emit.headers,
+            // Dead letters and changelog records are the stage's own records, stamped when written
+            // (a changelog's compaction and a dead letter's retention count from then).
+            timestamp: (!matches!(emit.output, Output::DeadLetter | Output::Changelog))
+                .then_some(input_timestamp),
         }))
     }
 
@@ -107,6 +114,7 @@ impl OutputTopics {
             key: Some(key),
             payload: None,
             headers: &[],
+            timestamp: None,
         })
     }
 }

@@ -64,6 +64,10 @@ pub struct OutRecord<'a> {
     /// `None` for a tombstone (a changelog key's state deleted).
     pub payload: Option<&'a [u8]>,
     pub headers: &'a [Header],
+    /// The record's Kafka timestamp: the input's, for a record carrying the order on (Kafka
+    /// Streams' timestamp propagation), so every stage sees when the order entered the pipeline;
+    /// `None` (produce time) for dead letters and changelog records.
+    pub timestamp: Option<DateTime<Utc>>,
 }
 
 impl fmt::Debug for OutRecord<'_> {
@@ -74,6 +78,7 @@ impl fmt::Debug for OutRecord<'_> {
             .field("key", &self.key.map(String::from_utf8_lossy))
             .field("payload_bytes", &self.payload.map(<[u8]>::len))
             .field("headers", &self.headers)
+            .field("timestamp", &self.timestamp)
             .finish()
     }
 }

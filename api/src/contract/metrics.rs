@@ -38,6 +38,10 @@ pub const ASSIGNED_PARTITIONS: &str = "orderpipe_assigned_partitions";
 /// Histogram: seconds from handing a record to the processor to its decision (webhook
 /// attempts and retry waits included).
 pub const PROCESSING_DURATION: &str = "orderpipe_processing_duration_seconds";
+/// Histogram: seconds from the order entering the pipeline to this stage's decision. Every stage
+/// gives the records it passes on its input's timestamp (as Kafka Streams does), so the input's
+/// timestamp is the first topic's: the last stage's latency is the pipeline's end to end.
+pub const PIPELINE_LATENCY: &str = "orderpipe_pipeline_latency_seconds";
 
 /// Label names.
 pub mod labels {

@@ -269,6 +269,9 @@ impl Connection {
             if let Some(partition) = record.partition {
                 base = base.partition(partition);
             }
+            if let Some(timestamp) = record.timestamp {
+                base = base.timestamp(timestamp.timestamp_millis());
+            }
             // Counted before the send: its report may arrive on the producer's thread before send
             // returns, and the count must never look settled while a report is still due.
             self.context.outstanding.fetch_add(1, Ordering::AcqRel);

@@ -413,7 +413,7 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
             offset: done.offset,
         };
         for emit in &done.handled.emits {
-            let record = match self.outputs.resolve(emit, done.partition) {
+            let record = match self.outputs.resolve(emit, done.partition, done.timestamp) {
                 Ok(Some(record)) => record,
                 Ok(None) => continue,
                 Err(error) => {

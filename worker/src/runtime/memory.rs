@@ -32,6 +32,8 @@ pub struct Produced {
     /// A null value: the key's changelog state deleted.
     pub tombstone: bool,
     pub headers: Vec<(String, String)>,
+    /// The timestamp it was given (`None`: the broker's time of writing).
+    pub timestamp: Option<DateTime<Utc>>,
     /// The input record it was produced for.
     pub from: Position,
 }
@@ -225,6 +227,7 @@ impl Sink for MemorySink {
             key: record.key.map(<[u8]>::to_vec),
             payload: payload.to_vec(),
             tombstone: record.payload.is_none(),
+            timestamp: record.timestamp,
             from,
             headers: record
                 .headers

@@ -71,6 +71,8 @@ pub(crate) struct Completed {
     pub partition: i32,
     pub incarnation: u64,
     pub offset: i64,
+    /// The input record's timestamp, which its outputs carry on.
+    pub timestamp: chrono::DateTime<chrono::Utc>,
     pub handled: Handled,
     /// Produce it in a transaction of its own: its outputs were refused before.
     pub isolate: bool,
@@ -184,6 +186,8 @@ impl<H: StageHandler> PartitionWorker<H> {
                 }
             };
             self.metrics.observe_processing(started.elapsed());
+            self.metrics
+                .observe_pipeline_latency(chrono::Utc::now() - queued.record.timestamp);
             report_state_size(&states);
             let handled = match handling {
                 Handling::Done(handled) => handled,
@@ -193,6 +197,7 @@ impl<H: StageHandler> PartitionWorker<H> {
                 partition: self.partition,
                 incarnation: self.incarnation,
                 offset: queued.record.offset,
+                timestamp: queued.record.timestamp,
                 handled,
                 isolate,
                 _permit: queued.permit,

@@ -237,3 +237,37 @@ fn a_full_partition_is_paused_and_resumed_without_losing_or_reordering_records_a
         );
     }
 }
+
+#[test]
+fn records_carried_on_keep_their_inputs_timestamp_and_the_stages_own_records_do_not() {
+    let spec = LoadSpec {
+        invalid_share: 0.1,
+        garbage_share: 0.1,
+        ..valid_orders(300, 5)
+    };
+    let broker = Broker::with_input(2, input_of(&load(&spec)));
+    let running = TestStage::validate().start(&broker);
+    broker.wait_until("every order committed", WAIT, BrokerState::all_committed);
+    running.stop().expect("clean shutdown");
+
+    let state = broker.state();
+    for topic in ["orders.validated", "orders.rejected"] {
+        let records: Vec<&Produced> = state.outputs_to(topic).collect();
+        assert!(!records.is_empty(), "{topic} has records");
+        for record in records {
+            let offset = usize::try_from(record.from.offset).expect("an offset");
+            let input = &state.input[&record.from.partition][offset];
+            assert_eq!(record.timestamp, Some(input.timestamp), "{topic}");
+        }
+    }
+    for topic in ["orders.dlq", "state"] {
+        assert!(
+            state.outputs_to(topic).next().is_some(),
+            "{topic} has records"
+        );
+        assert!(
+            state.outputs_to(topic).all(|r| r.timestamp.is_none()),
+            "{topic}: stamped when written"
+        );
+    }
+}
