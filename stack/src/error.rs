@@ -23,6 +23,11 @@ pub enum StackError {
     )]
     ToolMissing { path: PathBuf, hint: &'static str },
 
+    #[error(
+        "no CRD manifests in {dir}: run `make manifests` there, or pass --crds-dir (or --no-crds)"
+    )]
+    NoCrds { dir: PathBuf },
+
     #[error("`{program}` not found on PATH: {hint}")]
     SystemToolMissing {
         program: &'static str,

@@ -119,11 +119,25 @@ fn home_dir() -> PathBuf {
     env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from)
 }
 
-/// The workspace root, known at compile time: the harness only ever runs from this checkout.
+/// The checkout the harness runs in: the nearest ancestor of the current directory that is an
+/// orderpipe checkout (cargo runs tests in their crate's directory, the Makefile runs binaries in
+/// the root), else the one it was compiled in. Not the compiled-in path first: a target dir shared
+/// by several checkouts (worktrees, CI's clean clones) holds one `orderpipe-stack` for all of them,
+/// built in whichever ran cargo last, maybe since deleted.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+    env::current_dir()
+        .ok()
+        .and_then(|cwd| cwd.ancestors().find(|dir| is_checkout(dir)).map(Path::to_path_buf))
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .parent()
+                .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+        })
+}
+
+/// An orderpipe checkout: the stack crate and the committed CRDs.
+fn is_checkout(dir: &Path) -> bool {
+    dir.join("stack").join("Cargo.toml").is_file() && dir.join("crds").is_dir()
 }
 
 /// `$CARGO_TARGET_DIR/e2e`, else `<workspace>/target/e2e`: every stack's work dir lives below.
@@ -166,8 +180,9 @@ pub fn built_binary(name: &str) -> Result<PathBuf> {
     })
 }
 
-/// Our own generated CRDs (`crds/*.yaml` of the repo). An empty or missing directory is fine:
-/// the CRD generator may not have run yet. A `kustomization.yaml` there is kustomize's, not a CRD.
+/// Our own CRDs (`crds/*.yaml` of the repo, committed). A directory without any is an error: a
+/// stack without the OrderPipeline CRD would fail every test with a 404 far from the cause. A
+/// `kustomization.yaml` there is kustomize's, not a CRD.
 pub fn repo_crds(dir: &Path) -> Result<Vec<PathBuf>> {
     let is_kustomization = |path: &PathBuf| {
         matches!(
@@ -175,10 +190,16 @@ pub fn repo_crds(dir: &Path) -> Result<Vec<PathBuf>> {
             Some("kustomization.yaml" | "kustomization.yml")
         )
     };
-    Ok(yaml_files(dir)?
+    let crds: Vec<PathBuf> = yaml_files(dir)?
         .into_iter()
         .filter(|p| !is_kustomization(p))
-        .collect())
+        .collect();
+    if crds.is_empty() {
+        return Err(StackError::NoCrds {
+            dir: dir.to_path_buf(),
+        });
+    }
+    Ok(crds)
 }
 
 fn yaml_files(dir: &Path) -> Result<Vec<PathBuf>> {
@@ -250,13 +271,23 @@ mod tests {
     }
 
     #[test]
-    fn missing_repo_crd_dir_means_no_crds() {
+    fn a_missing_or_empty_repo_crd_dir_is_an_error_naming_it() {
         let dir = tempfile::tempdir().expect("tempdir");
-        assert!(
-            repo_crds(&dir.path().join("crds"))
-                .expect("list")
-                .is_empty()
-        );
+        let missing = dir.path().join("crds");
+        let err = repo_crds(&missing).expect_err("no CRDs").to_string();
+        assert!(err.contains(&missing.display().to_string()), "{err}");
+        fs::create_dir(&missing).expect("mkdir");
+        fs::write(missing.join("kustomization.yaml"), "x").expect("write");
+        assert!(repo_crds(&missing).is_err(), "a kustomization is no CRD");
+    }
+
+    #[test]
+    fn the_workspace_root_is_this_checkout() {
+        // Tests run in their crate's directory, inside the checkout.
+        let root = workspace_root();
+        assert!(is_checkout(&root), "{}", root.display());
+        let cwd = env::current_dir().expect("cwd");
+        assert!(cwd.starts_with(&root), "{} in {}", cwd.display(), root.display());
     }
 
     #[test]
