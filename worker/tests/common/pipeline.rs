@@ -92,6 +92,21 @@ impl Pipeline {
         pipeline
     }
 
+    /// Every topic of the pipeline: inputs, outputs, state and dead-letter topics.
+    pub fn all_topics(&self) -> Vec<String> {
+        vec![
+            self.orders.clone(),
+            self.validated.clone(),
+            self.rejected.clone(),
+            self.events.clone(),
+            self.changes.clone(),
+            self.audit.clone(),
+            self.dead_letter.clone(),
+            self.state_topic(Stage::Validate),
+            self.state_topic(Stage::Status),
+        ]
+    }
+
     fn state_topic(&self, stage: Stage) -> String {
         format!("{}.{}.state", self.id, stage.name())
     }
