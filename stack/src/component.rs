@@ -22,10 +22,43 @@ pub enum Component {
     KubeScheduler,
     Kwok,
     RolloutsController,
+    /// The broker of a one-broker stack.
     Kafka,
+    /// Broker `n` (1-based, also its `node.id`) of a multi-broker cluster; a KRaft controller too
+    /// unless the cluster has dedicated controllers.
+    KafkaBroker(u8),
+    /// Dedicated KRaft controller `n` (1-based; its `node.id` is `100 + n`).
+    KafkaController(u8),
     Prometheus,
     KubeStateMetrics,
     NodeExporter,
+}
+
+/// Names of cluster nodes, so a [`Component`] stays `Copy` with a `&'static str` name.
+const BROKER_NAMES: [&str; MAX_KAFKA_NODES as usize] = [
+    "kafka-1", "kafka-2", "kafka-3", "kafka-4", "kafka-5", "kafka-6", "kafka-7", "kafka-8",
+    "kafka-9",
+];
+const CONTROLLER_NAMES: [&str; MAX_KAFKA_NODES as usize] = [
+    "kafka-controller-1",
+    "kafka-controller-2",
+    "kafka-controller-3",
+    "kafka-controller-4",
+    "kafka-controller-5",
+    "kafka-controller-6",
+    "kafka-controller-7",
+    "kafka-controller-8",
+    "kafka-controller-9",
+];
+
+/// The most brokers (and the most dedicated controllers) a stack runs.
+pub const MAX_KAFKA_NODES: u8 = 9;
+
+fn node_name(names: &[&'static str], n: u8) -> &'static str {
+    names
+        .get(usize::from(n).wrapping_sub(1))
+        .copied()
+        .unwrap_or("kafka-node")
 }
 
 impl Component {
@@ -39,6 +72,8 @@ impl Component {
             Component::Kwok => "kwok",
             Component::RolloutsController => "rollouts-controller",
             Component::Kafka => "kafka",
+            Component::KafkaBroker(n) => node_name(&BROKER_NAMES, n),
+            Component::KafkaController(n) => node_name(&CONTROLLER_NAMES, n),
             Component::Prometheus => "prometheus",
             Component::KubeStateMetrics => "kube-state-metrics",
             Component::NodeExporter => "node-exporter",
@@ -89,6 +124,35 @@ impl Member {
             )?);
         }
         Ok(())
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.process.as_ref().is_some_and(Process::is_paused)
+    }
+
+    /// SIGKILLs the process (a crash: no shutdown at all); a no-op when not running.
+    pub fn kill(&mut self) -> Result<()> {
+        if let Some(mut process) = self.process.take() {
+            process.kill()?;
+        }
+        Ok(())
+    }
+
+    /// SIGSTOPs the process; it keeps its PID and sockets. Fails when not running.
+    pub fn pause(&mut self) -> Result<()> {
+        self.running_mut()?.pause()
+    }
+
+    /// SIGCONTs a paused process. Fails when not running.
+    pub fn resume(&mut self) -> Result<()> {
+        self.running_mut()?.resume()
+    }
+
+    fn running_mut(&mut self) -> Result<&mut Process> {
+        let component = self.component.name();
+        self.process
+            .as_mut()
+            .ok_or(StackError::NotInStack { component })
     }
 
     /// Polls `probe` until it reports ready; fails early if the process exits, and on timeout

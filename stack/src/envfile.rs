@@ -13,7 +13,11 @@ use crate::error::{Result, StackError};
 /// Variable names, shared by the writer, the parser and the README.
 pub mod var {
     pub const KUBECONFIG: &str = "KUBECONFIG";
+    /// Every broker's PLAINTEXT listener, comma-separated: a bootstrap list for any client.
     pub const KAFKA_BOOTSTRAP_SERVERS: &str = "KAFKA_BOOTSTRAP_SERVERS";
+    /// `id=host:port` of each broker, space-separated (its PID is in `E2E_PIDS` under its
+    /// component name: `kafka` for the one-broker stack, `kafka-<id>` in a cluster).
+    pub const KAFKA_BROKERS: &str = "KAFKA_BROKERS";
     /// The broker's SASL_SSL listener (CA and password files are in the work dir's `kafka-tls/`).
     pub const KAFKA_SASL_SSL_BOOTSTRAP_SERVERS: &str = "KAFKA_SASL_SSL_BOOTSTRAP_SERVERS";
     /// The stack's Prometheus (`http://127.0.0.1:<port>`), for queries and the canary analysis.
@@ -34,6 +38,8 @@ pub struct StackEnv {
     pub kubeconfig: Option<PathBuf>,
     pub kafka_bootstrap: Option<String>,
     pub kafka_secure_bootstrap: Option<String>,
+    /// `(node id, 127.0.0.1:<port>)` of every broker.
+    pub kafka_brokers: Vec<(i32, String)>,
     pub prometheus_url: Option<String>,
     pub prometheus_rules_dir: Option<PathBuf>,
     pub prometheus_targets_dir: Option<PathBuf>,
@@ -61,6 +67,14 @@ impl StackEnv {
         }
         if let Some(bootstrap) = &self.kafka_secure_bootstrap {
             export(var::KAFKA_SASL_SSL_BOOTSTRAP_SERVERS, bootstrap);
+        }
+        if !self.kafka_brokers.is_empty() {
+            let brokers: Vec<String> = self
+                .kafka_brokers
+                .iter()
+                .map(|(id, address)| format!("{id}={address}"))
+                .collect();
+            export(var::KAFKA_BROKERS, &brokers.join(" "));
         }
         if let Some(url) = &self.prometheus_url {
             export(var::PROMETHEUS_URL, url);
@@ -104,6 +118,15 @@ impl StackEnv {
                 var::KUBECONFIG => env.kubeconfig = Some(PathBuf::from(value)),
                 var::KAFKA_BOOTSTRAP_SERVERS => env.kafka_bootstrap = Some(value),
                 var::KAFKA_SASL_SSL_BOOTSTRAP_SERVERS => env.kafka_secure_bootstrap = Some(value),
+                var::KAFKA_BROKERS => {
+                    for entry in value.split_whitespace() {
+                        let broker = entry
+                            .split_once('=')
+                            .and_then(|(id, address)| Some((id.parse().ok()?, address.to_owned())))
+                            .ok_or_else(|| invalid(format!("bad broker entry {entry:?}")))?;
+                        env.kafka_brokers.push(broker);
+                    }
+                }
                 var::PROMETHEUS_URL => env.prometheus_url = Some(value),
                 var::PROMETHEUS_RULES_DIR => env.prometheus_rules_dir = Some(PathBuf::from(value)),
                 var::PROMETHEUS_TARGETS_DIR => {
@@ -167,15 +190,20 @@ mod tests {
     fn sample() -> StackEnv {
         StackEnv {
             kubeconfig: Some(PathBuf::from("/w/it's here/kubeconfig")),
-            kafka_bootstrap: Some("127.0.0.1:39092".into()),
-            kafka_secure_bootstrap: Some("127.0.0.1:39094".into()),
+            kafka_bootstrap: Some("127.0.0.1:39092,127.0.0.1:39192".into()),
+            kafka_secure_bootstrap: Some("127.0.0.1:39094,127.0.0.1:39194".into()),
+            kafka_brokers: vec![(1, "127.0.0.1:39092".into()), (2, "127.0.0.1:39192".into())],
             prometheus_url: Some("http://127.0.0.1:39090".into()),
             prometheus_rules_dir: Some(PathBuf::from("/w/prometheus/rules")),
             prometheus_targets_dir: Some(PathBuf::from("/w/prometheus/local-targets")),
             tools_dir: PathBuf::from("/cache/e2e-tools/v1"),
             work_dir: PathBuf::from("/w"),
             supervisor_pid: 42,
-            pids: vec![("etcd".into(), 100), ("kafka".into(), 200)],
+            pids: vec![
+                ("etcd".into(), 100),
+                ("kafka-1".into(), 200),
+                ("kafka-2".into(), 201),
+            ],
         }
     }
 
@@ -193,14 +221,15 @@ mod tests {
         sample().write(&path).expect("write");
         let output = std::process::Command::new("/bin/sh")
             .arg("-c")
-            .arg(". \"$1\" && printf '%s|%s|%s' \"$KUBECONFIG\" \"$KAFKA_BOOTSTRAP_SERVERS\" \"$E2E_PIDS\"")
+            .arg(". \"$1\" && printf '%s|%s|%s|%s' \"$KUBECONFIG\" \"$KAFKA_BOOTSTRAP_SERVERS\" \"$KAFKA_BROKERS\" \"$E2E_PIDS\"")
             .arg("sh")
             .arg(&path)
             .output()
             .expect("sh");
         assert_eq!(
             String::from_utf8_lossy(&output.stdout),
-            "/w/it's here/kubeconfig|127.0.0.1:39092|etcd=100 kafka=200"
+            "/w/it's here/kubeconfig|127.0.0.1:39092,127.0.0.1:39192|\
+             1=127.0.0.1:39092 2=127.0.0.1:39192|etcd=100 kafka-1=200 kafka-2=201"
         );
     }
 

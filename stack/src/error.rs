@@ -93,6 +93,15 @@ pub enum StackError {
     #[error("{component} is not part of this stack")]
     NotInStack { component: &'static str },
 
+    #[error("Kafka broker {id} is not part of this stack (its brokers: {brokers:?})")]
+    NoSuchBroker { id: i32, brokers: Vec<i32> },
+
+    #[error("invalid stack option: {reason}")]
+    InvalidOption { reason: String },
+
+    #[error("Kafka ({what}): {reason}")]
+    KafkaState { what: String, reason: String },
+
     #[error("kube-apiserver request ({what}) failed: {}", summarize_kube(.error))]
     Kube { what: String, error: kube::Error },
 

@@ -1,5 +1,6 @@
 //! orderpipe's local real-infrastructure stack: starts kube-apiserver, etcd,
-//! kube-controller-manager, kube-scheduler, kwok, a KRaft Kafka broker and a Prometheus that
+//! kube-controller-manager, kube-scheduler, kwok, KRaft Kafka (one broker, or a cluster of
+//! several whose brokers tests can kill, pause and restart one by one) and a Prometheus that
 //! scrapes what the cluster's ServiceMonitors select, as plain processes on 127.0.0.1 (no Docker), and gives
 //! tests what they need to use them.
 //!
@@ -9,7 +10,8 @@
 //! - a private one from [`Stack::builder`], for tests that restart or kill components.
 //!
 //! This crate owns process lifecycles, ports, certificates and readiness, the Kafka test kit
-//! (topics, reading a topic to its end, a group's offsets) and the Argo Rollouts one ([`argo`]: what
+//! (topics, reading a topic to its end, a group's offsets, partition leaders, ISRs and
+//! coordinators) and the Argo Rollouts one ([`argo`]: what
 //! a canary release is doing). It must not depend on any orderpipe
 //! crate: the operator, worker, node agent, demo and bench build on it, never the other way.
 
@@ -36,20 +38,23 @@ mod wait;
 
 pub use apiservice::LocalApiService;
 pub use component::Component;
+pub use component::MAX_KAFKA_NODES;
 pub use envfile::StackEnv;
 pub use error::{Result, StackError};
 pub use harness::{
     ENV_FILE_VAR, SharedStack, TestNamespace, kafka_bootstrap, kafka_secure, kube_client,
     shared_env_file, unique_name,
 };
-pub use kafka::{SASL_USERNAME, SecureKafka};
+pub use kafka::{KafkaBrokerInfo, KafkaControllers, KafkaTopology, SASL_USERNAME, SecureKafka};
 pub use kube_cluster::{Kubernetes, NODE_NAME};
 pub use kubeconfig::client as kube_client_for;
 pub use ports::free_port;
 pub use process::{dismiss_watchdog, pid_alive, spawn_watchdog};
 pub use stack::{Stack, StackBuilder};
 pub use topics::{
-    Isolation, Record, alter_topic_config, caught_up, committed_offsets, create_topics,
-    end_offsets, partition_count, read_all, topic_config,
+    Isolation, PartitionInfo, Record, alter_topic_config, caught_up, committed_offsets,
+    coordinator_partition, create_topics, create_topics_with, end_offsets, group_coordinator,
+    in_sync, partition_count, partition_infos, partition_leader, partition_leaders, read_all,
+    topic_config, transaction_coordinator,
 };
 pub use wait::{try_wait_until, wait_until, wait_until_blocking};

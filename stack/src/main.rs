@@ -15,8 +15,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use orderpipe_stack::{
-    ENV_FILE_VAR, Kubernetes, Stack, StackEnv, kube_client_for, pid_alive, shared_env_file,
-    wait_until,
+    ENV_FILE_VAR, KafkaControllers, Kubernetes, MAX_KAFKA_NODES, Stack, StackEnv, kube_client_for,
+    pid_alive, shared_env_file, wait_until,
 };
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -78,6 +78,13 @@ struct StackArgs {
     /// Run no Prometheus (by default the full and kubernetes profiles run one).
     #[arg(long)]
     no_prometheus: bool,
+    /// Kafka brokers (full and kafka profiles; kafka-ha: 3). From 3 on, internal topics and new
+    /// topics get 3 replicas and min.insync.replicas=2 by default.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=i64::from(MAX_KAFKA_NODES)))]
+    kafka_brokers: Option<u8>,
+    /// Dedicated KRaft controllers (default: none, every broker is also a controller).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=i64::from(MAX_KAFKA_NODES)))]
+    kafka_controllers: Option<u8>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -86,6 +93,9 @@ enum Profile {
     Full,
     /// Kafka only.
     Kafka,
+    /// Kafka only, three brokers (each also a KRaft controller), everything replicated:
+    /// replication factor 3 and min.insync.replicas 2 for internal and new topics.
+    KafkaHa,
     /// Kubernetes only (full control plane with kwok).
     Kubernetes,
 }
@@ -187,6 +197,14 @@ fn up(env_file: &Path, args: &StackArgs) -> anyhow::Result<ExitCode> {
     if args.no_prometheus {
         command.arg("--no-prometheus");
     }
+    if let Some(brokers) = args.kafka_brokers {
+        command.arg("--kafka-brokers").arg(brokers.to_string());
+    }
+    if let Some(controllers) = args.kafka_controllers {
+        command
+            .arg("--kafka-controllers")
+            .arg(controllers.to_string());
+    }
     let mut supervisor = command
         .stdin(Stdio::null())
         .stdout(log.try_clone().context("duplicating the log handle")?)
@@ -258,7 +276,16 @@ async fn serve(env_file: &Path, args: &StackArgs) -> anyhow::Result<ExitCode> {
     let builder = match args.profile {
         Profile::Full => builder,
         Profile::Kafka => builder.kafka_only(),
+        Profile::KafkaHa => builder.kafka_ha(),
         Profile::Kubernetes => builder.kafka(false).kubernetes(Kubernetes::Full),
+    };
+    let builder = match args.kafka_brokers {
+        Some(brokers) => builder.kafka_brokers(brokers),
+        None => builder,
+    };
+    let builder = match args.kafka_controllers {
+        Some(controllers) => builder.kafka_controllers(KafkaControllers::Dedicated(controllers)),
+        None => builder,
     };
     let started = Instant::now();
     let stack = tokio::select! {
@@ -359,22 +386,24 @@ async fn status(env_file: &Path) -> anyhow::Result<ExitCode> {
         );
     }
     if let Some(bootstrap) = &env.kafka_bootstrap {
-        let reachable = std::net::TcpStream::connect_timeout(
-            &bootstrap
-                .parse()
-                .context("parsing KAFKA_BOOTSTRAP_SERVERS")?,
-            Duration::from_secs(2),
-        )
-        .is_ok();
-        healthy &= reachable;
-        say!(
-            "  kafka {bootstrap:<20} {}",
-            if reachable {
-                "accepting connections"
-            } else {
-                "NOT REACHABLE"
-            }
-        );
+        for address in bootstrap.split(',') {
+            let reachable = std::net::TcpStream::connect_timeout(
+                &address
+                    .parse()
+                    .with_context(|| format!("parsing {address} of KAFKA_BOOTSTRAP_SERVERS"))?,
+                Duration::from_secs(2),
+            )
+            .is_ok();
+            healthy &= reachable;
+            say!(
+                "  kafka {address:<20} {}",
+                if reachable {
+                    "accepting connections"
+                } else {
+                    "NOT REACHABLE"
+                }
+            );
+        }
     }
     if let Some(url) = &env.prometheus_url {
         let targets = orderpipe_stack::prometheus::active_targets(url).await;

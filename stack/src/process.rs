@@ -88,6 +88,8 @@ pub struct Process {
     exit: Option<ExitStatus>,
     watchdog: Option<Child>,
     log: PathBuf,
+    /// SIGSTOPped by [`Process::pause`] and not yet continued.
+    paused: bool,
 }
 
 impl Process {
@@ -129,6 +131,7 @@ impl Process {
             exit: None,
             watchdog: None,
             log: log.to_path_buf(),
+            paused: false,
         };
         process.watchdog = Some(spawn_watchdog(
             component,
@@ -211,6 +214,48 @@ impl Process {
         }
     }
 
+    /// SIGKILL to the group, then reaps it: a crash, with no shutdown of any kind (for fault
+    /// tests; a stop is [`stop_all`]).
+    pub fn kill(&mut self) -> Result<ExitStatus> {
+        self.signal_group(Signal::SIGKILL)?;
+        let status = match self.exit {
+            Some(status) => status,
+            None => {
+                let status = self
+                    .child
+                    .wait()
+                    .map_err(|e| StackError::io("waiting for", PathBuf::from(self.component), e))?;
+                self.exit = Some(status);
+                status
+            }
+        };
+        self.paused = false;
+        self.dismiss_watchdog();
+        self.note("killed (SIGKILL)");
+        Ok(status)
+    }
+
+    /// SIGSTOP to the group: the process keeps its sockets open but answers nothing, the way a
+    /// network partition or a long GC pause looks from outside.
+    pub fn pause(&mut self) -> Result<()> {
+        self.signal_group(Signal::SIGSTOP)?;
+        self.paused = true;
+        self.note("paused (SIGSTOP)");
+        Ok(())
+    }
+
+    /// SIGCONT to the group after [`Process::pause`].
+    pub fn resume(&mut self) -> Result<()> {
+        self.signal_group(Signal::SIGCONT)?;
+        self.paused = false;
+        self.note("resumed (SIGCONT)");
+        Ok(())
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused
+    }
+
     /// Kills and reaps the watchdog (its job ends with a deliberate stop).
     fn dismiss_watchdog(&mut self) {
         if let Some(watchdog) = self.watchdog.take() {
@@ -282,6 +327,11 @@ pub fn stop_all_blocking(processes: &mut [&mut Process], grace: Duration) -> Res
 fn begin_stop(processes: &mut [&mut Process]) -> Result<()> {
     for process in processes.iter_mut() {
         process.signal_group(Signal::SIGTERM)?;
+        // A stopped process only acts on its pending SIGTERM once continued.
+        if process.paused {
+            process.signal_group(Signal::SIGCONT)?;
+            process.paused = false;
+        }
     }
     Ok(())
 }
@@ -428,6 +478,55 @@ mod tests {
         assert!(
             matches!(error, Some(StackError::PortTaken { component: "web" })),
             "{error:?}"
+        );
+    }
+
+    /// The state letter of `/proc/<pid>/stat` (R, S, T, Z...).
+    fn proc_state(pid: u32) -> char {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+        let (_, rest) = stat.rsplit_once(") ").expect("state");
+        rest.chars().next().expect("state letter")
+    }
+
+    /// Whether `pid` reaches a state `wanted` accepts within 5 s (signals land asynchronously).
+    fn reaches_state(pid: u32, wanted: impl Fn(char) -> bool) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !wanted(proc_state(pid)) {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        true
+    }
+
+    #[tokio::test]
+    async fn pause_resume_and_kill_act_on_the_group_and_a_paused_process_still_stops() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("sleep.log");
+        let mut process = Process::spawn("sleep", &sleeper(dir.path()), &log).expect("spawn");
+        let pid = process.pid();
+        process.pause().expect("pause");
+        assert!(process.is_paused());
+        assert!(reaches_state(pid, |state| state == 'T'), "stopped");
+        process.resume().expect("resume");
+        assert!(reaches_state(pid, |state| state != 'T'), "continued");
+        let watchdog = process.watchdog.as_ref().map(Child::id).expect("watchdog");
+        let status = process.kill().expect("kill");
+        assert_eq!(describe_exit(status), "killed by SIGKILL");
+        assert!(!pid_alive(pid));
+        assert!(!pid_alive(watchdog));
+        assert!(log_tail(&log, 3).contains("sleep killed (SIGKILL)"));
+
+        // A SIGSTOPped process gets its SIGTERM and a SIGCONT: it stops within the grace period.
+        let mut paused = Process::spawn("sleep", &sleeper(dir.path()), &log).expect("spawn");
+        paused.pause().expect("pause");
+        stop_all(&mut [&mut paused], Duration::from_secs(5))
+            .await
+            .expect("stop");
+        assert_eq!(
+            paused.exit.map(describe_exit).as_deref(),
+            Some("killed by SIGTERM")
         );
     }
 

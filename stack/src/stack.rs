@@ -14,7 +14,7 @@ use crate::component::{Component, Member, stop_members, stop_members_blocking};
 use crate::envfile::StackEnv;
 use crate::error::{Result, StackError};
 use crate::exporters::{self, Exporters, SystemTarget};
-use crate::kafka::{KafkaBroker, SecureKafka};
+use crate::kafka::{KafkaBrokerInfo, KafkaCluster, KafkaControllers, KafkaTopology, SecureKafka};
 use crate::kube_cluster::{KubeCluster, KubeOptions, Kubernetes};
 use crate::prometheus::PrometheusServer;
 use crate::service_monitors;
@@ -30,6 +30,7 @@ const START_ATTEMPTS: u32 = 3;
 pub struct StackBuilder {
     name: String,
     kafka: bool,
+    kafka_topology: KafkaTopology,
     kubernetes: Kubernetes,
     work_dir: Option<PathBuf>,
     tools: Option<Tools>,
@@ -43,9 +44,35 @@ pub struct StackBuilder {
 }
 
 impl StackBuilder {
-    /// Run a Kafka broker (default: yes).
+    /// Run Kafka (default: yes, one broker).
     pub fn kafka(mut self, on: bool) -> Self {
         self.kafka = on;
+        self
+    }
+
+    /// How many Kafka brokers (default 1; at most 9). From 2 on, the internal topics and the
+    /// default for new topics are replicated (3 replicas and `min.insync.replicas=2` from three
+    /// brokers on), and every broker is also a KRaft controller unless
+    /// [`StackBuilder::kafka_controllers`] says otherwise.
+    pub fn kafka_brokers(mut self, brokers: u8) -> Self {
+        self.kafka_topology.brokers = brokers;
+        self
+    }
+
+    /// Where the KRaft controllers run (default: [`KafkaControllers::Combined`], in the brokers).
+    pub fn kafka_controllers(mut self, controllers: KafkaControllers) -> Self {
+        self.kafka_topology.controllers = controllers;
+        self
+    }
+
+    /// Kafka only, three brokers that are also the controllers: what `--profile kafka-ha` runs.
+    pub fn kafka_ha(self) -> Self {
+        self.kafka_only().kafka_topology(KafkaTopology::HA)
+    }
+
+    /// The whole Kafka shape at once.
+    pub fn kafka_topology(mut self, topology: KafkaTopology) -> Self {
+        self.kafka_topology = topology;
         self
     }
 
@@ -172,7 +199,12 @@ impl StackBuilder {
             }
         };
         let kafka = if self.kafka {
-            Some(KafkaBroker::prepare(&tools, &work_dir, self.ready_timeout)?)
+            Some(KafkaCluster::prepare(
+                &tools,
+                &work_dir,
+                self.kafka_topology,
+                self.ready_timeout,
+            )?)
         } else {
             None
         };
@@ -186,10 +218,12 @@ impl StackBuilder {
                     self.ready_timeout,
                 )?;
                 let mut targets = Vec::from(exporters.targets());
-                targets.extend(kafka.as_ref().map(|kafka| SystemTarget {
-                    job: "kafka",
-                    address: kafka.metrics_address().to_owned(),
-                }));
+                targets.extend(kafka.iter().flat_map(KafkaCluster::metrics_addresses).map(
+                    |address| SystemTarget {
+                        job: "kafka",
+                        address: address.to_owned(),
+                    },
+                ));
                 targets.extend(kube.rollouts_metrics_address().map(|address| SystemTarget {
                     job: "argo-rollouts-metrics",
                     address: address.to_owned(),
@@ -220,7 +254,7 @@ pub struct Stack {
     work_dir: PathBuf,
     tools: Tools,
     kube: Option<KubeCluster>,
-    kafka: Option<KafkaBroker>,
+    kafka: Option<KafkaCluster>,
     prometheus: Option<PrometheusServer>,
     exporters: Option<Exporters>,
     /// Keeps Prometheus's targets file in step with the ServiceMonitors (`service_monitors::run`).
@@ -234,6 +268,7 @@ impl Stack {
         StackBuilder {
             name: name.to_owned(),
             kafka: true,
+            kafka_topology: KafkaTopology::SINGLE,
             kubernetes: Kubernetes::Full,
             work_dir: None,
             tools: None,
@@ -274,22 +309,24 @@ impl Stack {
             })
     }
 
-    /// `127.0.0.1:<port>` of the broker.
+    /// `127.0.0.1:<port>` of every broker, comma-separated (one for a one-broker stack).
     pub fn kafka_bootstrap(&self) -> Result<&str> {
-        self.kafka
-            .as_ref()
-            .map(KafkaBroker::bootstrap)
-            .ok_or(StackError::NotInStack {
-                component: Component::Kafka.name(),
-            })
+        self.kafka_ref().map(KafkaCluster::bootstrap)
     }
 
-    /// The broker's SASL_SSL listener and its credentials.
+    /// The brokers' SASL_SSL listeners and their credentials.
     pub fn kafka_secure(&self) -> Result<SecureKafka> {
-        let kafka = self.kafka.as_ref().ok_or(StackError::NotInStack {
-            component: Component::Kafka.name(),
-        })?;
-        SecureKafka::load(&self.work_dir, kafka.secure_bootstrap())
+        SecureKafka::load(&self.work_dir, self.kafka_ref()?.secure_bootstrap())
+    }
+
+    /// The shape of the stack's Kafka.
+    pub fn kafka_topology(&self) -> Result<KafkaTopology> {
+        self.kafka_ref().map(KafkaCluster::topology)
+    }
+
+    /// Every broker: its id, component, listener, PID and whether it is paused.
+    pub fn kafka_brokers(&self) -> Result<Vec<KafkaBrokerInfo>> {
+        self.kafka_ref().map(KafkaCluster::brokers)
     }
 
     /// `http://127.0.0.1:<port>` of the stack's Prometheus.
@@ -309,7 +346,7 @@ impl Stack {
             members.extend(kube.members());
         }
         if let Some(kafka) = &self.kafka {
-            members.push(kafka.member());
+            members.extend(kafka.members());
         }
         if let Some(prometheus) = &self.prometheus {
             members.push(prometheus.member());
@@ -332,6 +369,17 @@ impl Stack {
                 .kafka
                 .as_ref()
                 .map(|kafka| kafka.secure_bootstrap().to_owned()),
+            kafka_brokers: self
+                .kafka
+                .as_ref()
+                .map(|kafka| {
+                    kafka
+                        .brokers()
+                        .into_iter()
+                        .map(|b| (b.id, b.bootstrap))
+                        .collect()
+                })
+                .unwrap_or_default(),
             prometheus_url: self.prometheus.as_ref().map(|p| p.url().to_owned()),
             prometheus_rules_dir: self
                 .prometheus
@@ -377,17 +425,50 @@ impl Stack {
         self.write_env()
     }
 
-    /// Stops the broker (controlled shutdown, then SIGKILL); its log dirs stay.
+    /// Stops every Kafka node (controlled shutdown, then SIGKILL); their log dirs stay.
     pub async fn stop_kafka(&mut self) -> Result<()> {
         let grace = self.grace;
-        self.kafka_mut()?.member_mut().stop(grace).await?;
+        self.kafka_mut()?.stop(grace).await?;
         self.write_env()
     }
 
-    /// Starts the broker again on the same ports and log dirs; waits for metadata.
+    /// Starts every Kafka node that is not running again on the same ports and log dirs; waits
+    /// until every broker answers metadata listing all of them.
     pub async fn start_kafka(&mut self) -> Result<()> {
         self.kafka_mut()?.start().await?;
         self.write_env()
+    }
+
+    /// SIGKILLs broker `id` (its `node.id`, as metadata names it): a crash, no controlled
+    /// shutdown. [`Stack::start_broker`] brings it back.
+    pub fn kill_broker(&mut self, id: i32) -> Result<()> {
+        self.kafka_mut()?.kill_broker(id)?;
+        self.write_env()
+    }
+
+    /// Stops broker `id` gracefully (controlled shutdown, then SIGKILL after the grace period).
+    pub async fn stop_broker(&mut self, id: i32) -> Result<()> {
+        let grace = self.grace;
+        self.kafka_mut()?.stop_broker(id, grace).await?;
+        self.write_env()
+    }
+
+    /// Starts broker `id` again (same ports, same log dir) and waits until it answers metadata
+    /// listing itself. Its partitions catch up afterwards: wait for [`crate::in_sync`].
+    pub async fn start_broker(&mut self, id: i32) -> Result<()> {
+        self.kafka_mut()?.start_broker(id).await?;
+        self.write_env()
+    }
+
+    /// SIGSTOPs broker `id`: it keeps its PID and open connections and answers nothing, as a
+    /// network partition or a long pause looks from the other brokers and the clients.
+    pub fn pause_broker(&mut self, id: i32) -> Result<()> {
+        self.kafka_mut()?.pause_broker(id)
+    }
+
+    /// SIGCONTs broker `id` after [`Stack::pause_broker`].
+    pub fn resume_broker(&mut self, id: i32) -> Result<()> {
+        self.kafka_mut()?.resume_broker(id)
     }
 
     /// Stops every component and waits for them to exit.
@@ -454,7 +535,7 @@ impl Stack {
         };
         let kafka = async {
             match kafka {
-                Some(kafka) => stop_members(&mut [kafka.member_mut()], grace).await,
+                Some(kafka) => kafka.stop(grace).await,
                 None => Ok(()),
             }
         };
@@ -472,7 +553,13 @@ impl Stack {
         })
     }
 
-    fn kafka_mut(&mut self) -> Result<&mut KafkaBroker> {
+    fn kafka_ref(&self) -> Result<&KafkaCluster> {
+        self.kafka.as_ref().ok_or(StackError::NotInStack {
+            component: Component::Kafka.name(),
+        })
+    }
+
+    fn kafka_mut(&mut self) -> Result<&mut KafkaCluster> {
         self.kafka.as_mut().ok_or(StackError::NotInStack {
             component: Component::Kafka.name(),
         })
@@ -495,7 +582,7 @@ impl Drop for Stack {
             members.extend(kube.members_mut());
         }
         if let Some(kafka) = self.kafka.as_mut() {
-            members.push(kafka.member_mut());
+            members.extend(kafka.members_mut());
         }
         stop_members_blocking(&mut members, self.grace);
     }

@@ -98,12 +98,32 @@ impl Isolation {
     }
 }
 
-/// Creates `topics` (name, partitions; replication factor 1: one broker) and waits until the
-/// broker names a leader for every partition, so a producer's first send finds them.
+/// Creates `topics` (name, partitions) with the cluster's default replication factor and
+/// `min.insync.replicas` (one broker: 1 and 1; a stack of three brokers or more: 3 and 2) and
+/// waits until the broker names a leader for every partition, so a producer's first send finds
+/// them.
 pub fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) -> Result<()> {
+    create_topics_with(bootstrap, topics, None, &[])
+}
+
+/// [`create_topics`] with an explicit replication factor (`None`: the cluster's default) and
+/// topic configs (e.g. `min.insync.replicas`).
+pub fn create_topics_with(
+    bootstrap: &str,
+    topics: &[(&str, i32)],
+    replication_factor: Option<i32>,
+    config: &[(&str, &str)],
+) -> Result<()> {
+    // -1: the broker's `default.replication.factor` (KIP-464).
+    let replication = replication_factor.unwrap_or(-1);
     let new: Vec<NewTopic<'_>> = topics
         .iter()
-        .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1)))
+        .map(|(name, partitions)| {
+            config.iter().fold(
+                NewTopic::new(name, *partitions, TopicReplication::Fixed(replication)),
+                |topic, (key, value)| topic.set(key, value),
+            )
+        })
         .collect();
     let results = futures::executor::block_on(admin(bootstrap)?.create_topics(&new, &options()))
         .map_err(|e| StackError::kafka("create topics", e))?;
@@ -175,6 +195,131 @@ pub fn partition_count(bootstrap: &str, topic: &str) -> Result<Option<usize>> {
         .find(|t| t.name() == topic)
         .filter(|t| t.error().is_none())
         .map(|t| t.partitions().len()))
+}
+
+/// One partition as the cluster's metadata describes it (broker ids are `node.id`s).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionInfo {
+    pub partition: i32,
+    /// The leader's broker id; -1 while there is none.
+    pub leader: i32,
+    pub replicas: Vec<i32>,
+    pub isr: Vec<i32>,
+}
+
+impl PartitionInfo {
+    /// A leader, and every replica in the ISR.
+    pub fn fully_in_sync(&self) -> bool {
+        self.leader >= 0 && self.isr.len() == self.replicas.len()
+    }
+}
+
+/// Leader, replicas and ISR of every partition of `topic` (internal topics included), in
+/// partition order.
+pub fn partition_infos(bootstrap: &str, topic: &str) -> Result<Vec<PartitionInfo>> {
+    let consumer = consumer(bootstrap, "metadata", Isolation::ReadCommitted)?;
+    let metadata = retrying(&format!("the metadata of {topic}"), || {
+        let metadata = consumer.fetch_metadata(Some(topic), REQUEST_TIMEOUT)?;
+        match metadata.topics().iter().find(|t| t.name() == topic) {
+            Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(metadata),
+            _ => Err(KafkaError::MetadataFetch(
+                RDKafkaErrorCode::UnknownTopicOrPartition,
+            )),
+        }
+    })?;
+    let mut infos: Vec<PartitionInfo> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic)
+        .flat_map(|t| t.partitions())
+        .map(|p| PartitionInfo {
+            partition: p.id(),
+            leader: p.leader(),
+            replicas: p.replicas().to_vec(),
+            isr: p.isr().to_vec(),
+        })
+        .collect();
+    infos.sort_by_key(|p| p.partition);
+    Ok(infos)
+}
+
+/// The broker leading `topic`/`partition` now, waiting (up to the kit's broker timeout) while
+/// there is none, e.g. during an election.
+pub fn partition_leader(bootstrap: &str, topic: &str, partition: i32) -> Result<i32> {
+    let what = format!("a leader of {topic}/{partition}");
+    let deadline = Instant::now() + BROKER_TIMEOUT;
+    loop {
+        let leader = partition_infos(bootstrap, topic)?
+            .into_iter()
+            .find(|p| p.partition == partition)
+            .map_or(-1, |p| p.leader);
+        if leader >= 0 {
+            return Ok(leader);
+        }
+        if Instant::now() >= deadline {
+            return Err(StackError::Timeout {
+                what,
+                waited: BROKER_TIMEOUT,
+            });
+        }
+        std::thread::sleep(RETRY_PAUSE);
+    }
+}
+
+/// The leader of each partition of `topic` (-1 for none), by partition.
+pub fn partition_leaders(bootstrap: &str, topic: &str) -> Result<BTreeMap<i32, i32>> {
+    Ok(partition_infos(bootstrap, topic)?
+        .into_iter()
+        .map(|p| (p.partition, p.leader))
+        .collect())
+}
+
+/// Whether every partition of every one of `topics` has a leader and all its replicas in the
+/// ISR: after a broker came back, it has caught up.
+pub fn in_sync(bootstrap: &str, topics: &[&str]) -> Result<bool> {
+    for topic in topics {
+        if !partition_infos(bootstrap, topic)?
+            .iter()
+            .all(PartitionInfo::fully_in_sync)
+        {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// The broker that is the transaction coordinator of `transactional_id` now: the leader of its
+/// partition of `__transaction_state` (which exists once any transactional producer started;
+/// a multi-broker stack creates it at start).
+pub fn transaction_coordinator(bootstrap: &str, transactional_id: &str) -> Result<i32> {
+    coordinator(bootstrap, "__transaction_state", transactional_id)
+}
+
+/// The broker that is the group coordinator of `group` now: the leader of its partition of
+/// `__consumer_offsets`.
+pub fn group_coordinator(bootstrap: &str, group: &str) -> Result<i32> {
+    coordinator(bootstrap, "__consumer_offsets", group)
+}
+
+fn coordinator(bootstrap: &str, internal_topic: &str, key: &str) -> Result<i32> {
+    let partitions = partition_infos(bootstrap, internal_topic)?.len();
+    partition_leader(
+        bootstrap,
+        internal_topic,
+        coordinator_partition(key, partitions),
+    )
+}
+
+/// The partition of an internal topic that holds `key` (a transactional id or a group), as the
+/// brokers compute it: `Utils.abs(key.hashCode()) % partitions` with Java's `String.hashCode`
+/// (31-based over UTF-16 code units, wrapping) and Kafka's `abs` (which maps `i32::MIN` to 0).
+pub fn coordinator_partition(key: &str, partitions: usize) -> i32 {
+    let hash = key.encode_utf16().fold(0i32, |hash, unit| {
+        hash.wrapping_mul(31).wrapping_add(i32::from(unit))
+    });
+    let positive = if hash == i32::MIN { 0 } else { hash.abs() };
+    let partitions = i32::try_from(partitions.max(1)).unwrap_or(i32::MAX);
+    positive % partitions
 }
 
 /// Every record of `topic` visible under `isolation`, from the beginning of each partition to
@@ -365,4 +510,23 @@ fn client_config(bootstrap: &str, group: &str, isolation: Isolation) -> ClientCo
         .set("allow.auto.create.topics", "false")
         .set("isolation.level", isolation.config_value());
     config
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn coordinator_partitions_follow_java_string_hash_code() {
+        // Java: "".hashCode() == 0, "a".hashCode() == 97, "hello".hashCode() == 99162322,
+        // "polygenelubricants".hashCode() == Integer.MIN_VALUE (Kafka's abs maps it to 0).
+        assert_eq!(coordinator_partition("", 50), 0);
+        assert_eq!(coordinator_partition("a", 50), 97 % 50);
+        assert_eq!(coordinator_partition("hello", 50), 99_162_322 % 50);
+        assert_eq!(coordinator_partition("polygenelubricants", 7), 0);
+        // "orderpipe".hashCode() == -390_745_604 in Java: negative hashes are made positive.
+        assert_eq!(coordinator_partition("orderpipe", 3), 390_745_604 % 3);
+        assert_eq!(coordinator_partition("anything", 1), 0);
+        assert_eq!(coordinator_partition("anything", 0), 0);
+    }
 }

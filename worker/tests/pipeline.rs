@@ -8,28 +8,22 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use common::pipeline::{Pipeline, Stage, WebhookReceiver};
-use common::{ValidateTopics, WorkerProcess, assert_exactly_once, expectations, orders, produce};
+use common::pipeline::{
+    Pipeline, Stage, WebhookReceiver, assert_pipeline_exactly_once, spec, start, start_stages,
+    validate_progress,
+};
+use common::{WorkerProcess, count_from_env, orders, produce};
 use nix::sys::signal::Signal;
-use orderpipe_orders::generator::{EventExpectation, Expected};
+use orderpipe_orders::generator::EventExpectation;
 use orderpipe_orders::headers;
 use orderpipe_orders::notify::{NotifyPolicy, idempotency_key};
-use orderpipe_orders::{DispatchResult, NotificationDispatched, OrderState, StatusChanged};
+use orderpipe_orders::{OrderState, StatusChanged};
 use orderpipe_stack::{
-    Isolation, Stack, committed_offsets, end_offsets, free_port, kafka_bootstrap, read_all,
-    unique_name, wait_until_blocking,
+    Isolation, Stack, kafka_bootstrap, read_all, unique_name, wait_until_blocking,
 };
 use orderpipe_worker::loadgen::{self, Expectation, LoadMode, LoadSpec};
 
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(900);
-
-/// A count from the environment, or `default`.
-fn count_from_env(var: &str, default: u64) -> u64 {
-    std::env::var(var)
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(default)
-}
 
 /// Orders in the baseline run; `ORDERPIPE_TEST_ORDERS` overrides it for a quicker local run.
 fn baseline_orders() -> u64 {
@@ -39,157 +33,6 @@ fn baseline_orders() -> u64 {
 /// Orders in each fault run: 20,000 in `make test`; `make test-faults` runs 100,000.
 fn fault_orders() -> u64 {
     count_from_env("ORDERPIPE_FAULT_ORDERS", 20_000)
-}
-
-fn start(
-    pipeline: &Pipeline,
-    bootstrap: &str,
-    stage: Stage,
-    pod: &str,
-    webhook: &WebhookReceiver,
-) -> WorkerProcess {
-    WorkerProcess::spawn(
-        pod,
-        &pipeline.worker_env(
-            bootstrap,
-            stage,
-            pod,
-            free_port().expect("a free port"),
-            &webhook.url,
-        ),
-    )
-}
-
-/// One worker per stage, pods named `<stage>-<suffix>`.
-fn start_stages(
-    pipeline: &Pipeline,
-    bootstrap: &str,
-    stages: &[Stage],
-    suffix: &str,
-    webhook: &WebhookReceiver,
-) -> Vec<WorkerProcess> {
-    stages
-        .iter()
-        .map(|stage| {
-            let pod = format!("{}-{suffix}", stage.name());
-            start(pipeline, bootstrap, *stage, &pod, webhook)
-        })
-        .collect()
-}
-
-/// Share of the validate stage's input its group has committed.
-fn validate_progress(bootstrap: &str, pipeline: &Pipeline) -> f64 {
-    let committed: i64 = committed_offsets(
-        bootstrap,
-        &pipeline.group(Stage::Validate),
-        &pipeline.orders,
-    )
-    .expect("the group's committed offsets")
-    .values()
-    .sum();
-    let end: i64 = end_offsets(bootstrap, &pipeline.orders)
-        .expect("the topic's end offsets")
-        .values()
-        .sum();
-    committed as f64 / end.max(1) as f64
-}
-
-/// What the run delivered, for the report.
-#[derive(Debug)]
-struct Delivered {
-    valid_orders: usize,
-    distinct_deliveries: usize,
-    raw_deliveries: u64,
-    webhook_requests: u64,
-}
-
-/// Every valid order exactly once in validated, events, changes and audit; rejects and dead
-/// letters exactly the injected bad records; one distinct webhook delivery per (order, version).
-fn assert_pipeline_exactly_once(
-    bootstrap: &str,
-    pipeline: &Pipeline,
-    spec: &LoadSpec,
-    webhook: &WebhookReceiver,
-) -> Delivered {
-    let topics = ValidateTopics {
-        input: pipeline.orders.clone(),
-        validated: pipeline.validated.clone(),
-        rejected: pipeline.rejected.clone(),
-        dead_letter: pipeline.dead_letter.clone(),
-        group: pipeline.group(Stage::Validate),
-    };
-    // Also checks the dead-letter topic holds exactly validate's garbage: the later stages must
-    // dead-letter nothing in a run without bad events.
-    assert_exactly_once(bootstrap, &topics, std::slice::from_ref(spec));
-
-    let valid: HashSet<Vec<u8>> = expectations(std::slice::from_ref(spec))
-        .into_iter()
-        .filter(|(_, expected)| expected.front() == Some(&Expected::Valid))
-        .filter_map(|((key, _), _)| key)
-        .collect();
-    let once_per_valid_order = |topic: &str, what: &str| {
-        let records =
-            read_all(bootstrap, topic, Isolation::ReadCommitted).expect("topic read to its end");
-        let mut seen = HashSet::new();
-        for record in &records {
-            let key = record.key.clone().unwrap_or_default();
-            assert!(valid.contains(&key), "{what}: unexpected key {key:?}");
-            assert!(seen.insert(key), "{what}: duplicate");
-        }
-        assert_eq!(seen.len(), valid.len(), "{what}: one per valid order");
-        records
-    };
-    once_per_valid_order(&pipeline.events, "status events");
-    for record in once_per_valid_order(&pipeline.changes, "status changes") {
-        let changed: StatusChanged =
-            serde_json::from_slice(record.payload.as_deref().unwrap_or_default())
-                .expect("StatusChanged");
-        assert_eq!(
-            (changed.from, changed.to, changed.version),
-            (OrderState::Placed, OrderState::Validated, 1)
-        );
-    }
-    for record in once_per_valid_order(&pipeline.audit, "notification audit") {
-        let audit: NotificationDispatched =
-            serde_json::from_slice(record.payload.as_deref().unwrap_or_default()).expect("audit");
-        assert_eq!(audit.result, DispatchResult::Delivered);
-    }
-
-    let delivered = webhook.delivered();
-    let expected_keys: HashSet<String> = valid
-        .iter()
-        .map(|key| format!("{}:1:webhook", String::from_utf8_lossy(key)))
-        .collect();
-    let delivered_keys: HashSet<String> = delivered.keys().cloned().collect();
-    assert_eq!(
-        delivered_keys, expected_keys,
-        "one distinct delivery per (order, version)"
-    );
-    Delivered {
-        valid_orders: valid.len(),
-        distinct_deliveries: delivered.len(),
-        raw_deliveries: delivered.values().sum(),
-        webhook_requests: webhook.requests(),
-    }
-}
-
-impl std::fmt::Display for Delivered {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} valid orders, {} distinct webhook deliveries, {} raw deliveries, {} webhook requests",
-            self.valid_orders, self.distinct_deliveries, self.raw_deliveries, self.webhook_requests
-        )
-    }
-}
-
-fn spec(count: u64, seed: u64) -> LoadSpec {
-    LoadSpec {
-        invalid_share: 0.02,
-        garbage_share: 0.01,
-        duplicate_share: 0.02,
-        ..orders(count, seed)
-    }
 }
 
 #[test]

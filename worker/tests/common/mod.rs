@@ -35,6 +35,14 @@ pub struct ValidateTopics {
     pub group: String,
 }
 
+/// A count from the environment, or `default`.
+pub fn count_from_env(var: &str, default: u64) -> u64 {
+    std::env::var(var)
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(default)
+}
+
 pub fn orders(count: u64, seed: u64) -> LoadSpec {
     LoadSpec {
         mode: LoadMode::Orders,

@@ -2,7 +2,7 @@
 //! worker process of the built binary — and the webhook receiver the notify stage posts to (an axum
 //! server in the test process that counts deliveries per idempotency key and can fail on cue).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -12,8 +12,16 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use orderpipe_api::contract::env;
+use orderpipe_orders::generator::Expected;
 use orderpipe_orders::headers::IDEMPOTENCY_KEY;
-use orderpipe_stack::{caught_up, create_topics, unique_name};
+use orderpipe_orders::{DispatchResult, NotificationDispatched, OrderState, StatusChanged};
+use orderpipe_stack::{
+    Isolation, caught_up, committed_offsets, create_topics, end_offsets, free_port, read_all,
+    unique_name,
+};
+use orderpipe_worker::loadgen::LoadSpec;
+
+use super::{ValidateTopics, WorkerProcess, assert_exactly_once, expectations, orders};
 use tokio_util::sync::CancellationToken;
 
 /// Topics and groups of one pipeline.
@@ -82,6 +90,21 @@ impl Pipeline {
         )
         .expect("topics created");
         pipeline
+    }
+
+    /// Every topic of the pipeline: inputs, outputs, state and dead-letter topics.
+    pub fn all_topics(&self) -> Vec<String> {
+        vec![
+            self.orders.clone(),
+            self.validated.clone(),
+            self.rejected.clone(),
+            self.events.clone(),
+            self.changes.clone(),
+            self.audit.clone(),
+            self.dead_letter.clone(),
+            self.state_topic(Stage::Validate),
+            self.state_topic(Stage::Status),
+        ]
     }
 
     fn state_topic(&self, stage: Stage) -> String {
@@ -266,4 +289,156 @@ async fn receive(
         .entry(key.to_owned())
         .or_default() += 1;
     (StatusCode::OK, answer)
+}
+
+pub fn start(
+    pipeline: &Pipeline,
+    bootstrap: &str,
+    stage: Stage,
+    pod: &str,
+    webhook: &WebhookReceiver,
+) -> WorkerProcess {
+    WorkerProcess::spawn(
+        pod,
+        &pipeline.worker_env(
+            bootstrap,
+            stage,
+            pod,
+            free_port().expect("a free port"),
+            &webhook.url,
+        ),
+    )
+}
+
+/// One worker per stage, pods named `<stage>-<suffix>`.
+pub fn start_stages(
+    pipeline: &Pipeline,
+    bootstrap: &str,
+    stages: &[Stage],
+    suffix: &str,
+    webhook: &WebhookReceiver,
+) -> Vec<WorkerProcess> {
+    stages
+        .iter()
+        .map(|stage| {
+            let pod = format!("{}-{suffix}", stage.name());
+            start(pipeline, bootstrap, *stage, &pod, webhook)
+        })
+        .collect()
+}
+
+/// Share of the validate stage's input its group has committed.
+pub fn validate_progress(bootstrap: &str, pipeline: &Pipeline) -> f64 {
+    let committed: i64 = committed_offsets(
+        bootstrap,
+        &pipeline.group(Stage::Validate),
+        &pipeline.orders,
+    )
+    .expect("the group's committed offsets")
+    .values()
+    .sum();
+    let end: i64 = end_offsets(bootstrap, &pipeline.orders)
+        .expect("the topic's end offsets")
+        .values()
+        .sum();
+    committed as f64 / end.max(1) as f64
+}
+
+/// What the run delivered, for the report.
+#[derive(Debug)]
+pub struct Delivered {
+    pub valid_orders: usize,
+    pub distinct_deliveries: usize,
+    pub raw_deliveries: u64,
+    pub webhook_requests: u64,
+}
+
+/// Every valid order exactly once in validated, events, changes and audit; rejects and dead
+/// letters exactly the injected bad records; one distinct webhook delivery per (order, version).
+pub fn assert_pipeline_exactly_once(
+    bootstrap: &str,
+    pipeline: &Pipeline,
+    spec: &LoadSpec,
+    webhook: &WebhookReceiver,
+) -> Delivered {
+    let topics = ValidateTopics {
+        input: pipeline.orders.clone(),
+        validated: pipeline.validated.clone(),
+        rejected: pipeline.rejected.clone(),
+        dead_letter: pipeline.dead_letter.clone(),
+        group: pipeline.group(Stage::Validate),
+    };
+    // Also checks the dead-letter topic holds exactly validate's garbage: the later stages must
+    // dead-letter nothing in a run without bad events.
+    assert_exactly_once(bootstrap, &topics, std::slice::from_ref(spec));
+
+    let valid: HashSet<Vec<u8>> = expectations(std::slice::from_ref(spec))
+        .into_iter()
+        .filter(|(_, expected)| expected.front() == Some(&Expected::Valid))
+        .filter_map(|((key, _), _)| key)
+        .collect();
+    let once_per_valid_order = |topic: &str, what: &str| {
+        let records =
+            read_all(bootstrap, topic, Isolation::ReadCommitted).expect("topic read to its end");
+        let mut seen = HashSet::new();
+        for record in &records {
+            let key = record.key.clone().unwrap_or_default();
+            assert!(valid.contains(&key), "{what}: unexpected key {key:?}");
+            assert!(seen.insert(key), "{what}: duplicate");
+        }
+        assert_eq!(seen.len(), valid.len(), "{what}: one per valid order");
+        records
+    };
+    once_per_valid_order(&pipeline.events, "status events");
+    for record in once_per_valid_order(&pipeline.changes, "status changes") {
+        let changed: StatusChanged =
+            serde_json::from_slice(record.payload.as_deref().unwrap_or_default())
+                .expect("StatusChanged");
+        assert_eq!(
+            (changed.from, changed.to, changed.version),
+            (OrderState::Placed, OrderState::Validated, 1)
+        );
+    }
+    for record in once_per_valid_order(&pipeline.audit, "notification audit") {
+        let audit: NotificationDispatched =
+            serde_json::from_slice(record.payload.as_deref().unwrap_or_default()).expect("audit");
+        assert_eq!(audit.result, DispatchResult::Delivered);
+    }
+
+    let delivered = webhook.delivered();
+    let expected_keys: HashSet<String> = valid
+        .iter()
+        .map(|key| format!("{}:1:webhook", String::from_utf8_lossy(key)))
+        .collect();
+    let delivered_keys: HashSet<String> = delivered.keys().cloned().collect();
+    assert_eq!(
+        delivered_keys, expected_keys,
+        "one distinct delivery per (order, version)"
+    );
+    Delivered {
+        valid_orders: valid.len(),
+        distinct_deliveries: delivered.len(),
+        raw_deliveries: delivered.values().sum(),
+        webhook_requests: webhook.requests(),
+    }
+}
+
+impl std::fmt::Display for Delivered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} valid orders, {} distinct webhook deliveries, {} raw deliveries, {} webhook requests",
+            self.valid_orders, self.distinct_deliveries, self.raw_deliveries, self.webhook_requests
+        )
+    }
+}
+
+/// The pipeline tests' load: orders with 2% invalid, 1% garbage and 2% duplicate submissions.
+pub fn spec(count: u64, seed: u64) -> LoadSpec {
+    LoadSpec {
+        invalid_share: 0.02,
+        garbage_share: 0.01,
+        duplicate_share: 0.02,
+        ..orders(count, seed)
+    }
 }
