@@ -7,6 +7,7 @@
 pub mod deployed;
 pub mod load;
 pub mod policy;
+pub mod rules;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -4,13 +4,11 @@
 //! worker processes run by a node agent (scraped through the ServiceMonitors the operator writes),
 //! the broker, and a webhook that fails on demand.
 //!
-//! The broker group (`orderpipe-kafka`: under-replicated and offline partitions, no active
-//! controller) needs more than the shared stack's one broker to become real; promtool's unit tests
-//! fire it (`config/monitoring/rules_test.yaml`).
+//! The broker group (`orderpipe-kafka`) needs more than the shared stack's one broker to become
+//! real: `broker_alerts.rs` proves it on a three-broker cluster.
 //!
-//! The rules are loaded as shipped except for time: every `for` becomes [`FOR`] and every range
-//! window [`WINDOW`], so an alert fires within seconds and resolves within a window instead of
-//! after minutes. The expressions, thresholds and labels are the shipped ones.
+//! The rules are loaded as shipped except for time (`orderpipe_e2e::rules`): every `for` becomes
+//! 5 s and every range window 30 s. The expressions, thresholds and labels are the shipped ones.
 //!
 //! | Alert | made real by | undone by |
 //! |---|---|---|
@@ -43,6 +41,7 @@ use orderpipe_demo::WebhookReceiver;
 use orderpipe_e2e::deployed::{Replica, delete_cluster_rbac, operator_identity};
 use orderpipe_e2e::load::{SteadyProducer, produce_transaction};
 use orderpipe_e2e::policy::DenyDeployments;
+use orderpipe_e2e::rules::{ALERT_WAIT, AlertWatch, LiveRules};
 use orderpipe_e2e::{CONVERGE, apply_pipeline, on_node_agent, wait_ready};
 use orderpipe_node_agent::{ImageMapping, NodeAgent, NodeAgentConfig, running_pid};
 use orderpipe_stack::prometheus::{self, LocalTarget, Target};
@@ -54,12 +53,6 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 
-/// Every rule's `for` while the test runs (one evaluation of the stack's 5 s interval).
-const FOR: &str = "5s";
-/// Every range window (`[5m]` as shipped): six scrapes.
-const WINDOW: &str = "30s";
-/// From a condition made real to its alert firing, or from undoing it to the alert's end.
-const ALERT_WAIT: Duration = Duration::from_secs(120);
 /// The job the operator's ServiceMonitor gives it (the Service's name in config/manager).
 const OPERATOR_JOB: &str = "orderpipe-operator-metrics";
 /// The binary's Lease (operator/src/main.rs).
@@ -90,9 +83,11 @@ async fn every_alert_fires_when_its_condition_is_real_and_resolves_when_it_is_un
     .await?;
     let (kubeconfig, cluster_rbac) = operator_identity(&stack, &ns).await?;
     let prometheus_url = stack.prometheus_url()?.to_owned();
-    let rules = LiveRules::install(stack.prometheus_rules_dir()?, &prometheus_url, &ns).await?;
+    let rules =
+        LiveRules::install(stack.prometheus_rules_dir()?, &prometheus_url, ns.name()).await?;
     let webhook = WebhookReceiver::start().await?;
     let run = Run {
+        alerts: AlertWatch::new(&prometheus_url, Some(ns.name())),
         prometheus: prometheus_url.clone(),
         webhook_url: webhook.url().to_owned(),
         bootstrap: stack.kafka_bootstrap()?.to_owned(),
@@ -102,7 +97,7 @@ async fn every_alert_fires_when_its_condition_is_real_and_resolves_when_it_is_un
         ns,
     };
     let proven = run.prove(&webhook).await;
-    rules.remove(&prometheus_url).await?;
+    rules.remove().await?;
     agent.stop().await?;
     for kind in ["ClusterRoleBinding", "ClusterRole"] {
         delete_cluster_rbac(run.ns.client(), kind, &cluster_rbac).await?;
@@ -112,71 +107,9 @@ async fn every_alert_fires_when_its_condition_is_real_and_resolves_when_it_is_un
     Ok(())
 }
 
-/// The shipped rules with [`FOR`] and [`WINDOW`], in a rule file of the test's own.
-struct LiveRules {
-    file: std::path::PathBuf,
-}
-
-impl LiveRules {
-    async fn install(
-        dir: &Path,
-        prometheus_url: &str,
-        ns: &TestNamespace,
-    ) -> anyhow::Result<LiveRules> {
-        let shipped: Value = serde_norway::from_str(&std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/monitoring/prometheusrule.yaml"),
-        )?)?;
-        let mut spec = shipped["spec"].clone();
-        let mut names = BTreeSet::new();
-        for group in spec["groups"].as_array_mut().context("no rule groups")? {
-            names.insert(group["name"].as_str().unwrap_or_default().to_owned());
-            for rule in group["rules"].as_array_mut().context("no rules")? {
-                rule["for"] = json!(FOR);
-                let expr = rule["expr"].as_str().context("a rule without expr")?;
-                rule["expr"] = json!(with_window(expr, WINDOW));
-            }
-        }
-        let file = dir.join(format!("{}.yml", ns.name()));
-        std::fs::write(&file, serde_norway::to_string(&spec)?)?;
-        prometheus::reload(prometheus_url).await?;
-        wait_until("Prometheus loads the rules", CONVERGE, || async {
-            let loaded: BTreeSet<String> = prometheus::rule_groups(prometheus_url)
-                .await
-                .ok()?
-                .into_iter()
-                .collect();
-            names.is_subset(&loaded).then_some(())
-        })
-        .await?;
-        Ok(LiveRules { file })
-    }
-
-    async fn remove(self, prometheus_url: &str) -> anyhow::Result<()> {
-        std::fs::remove_file(&self.file)?;
-        prometheus::reload(prometheus_url).await?;
-        Ok(())
-    }
-}
-
-/// `expr` with every range window (`[5m]`, `[10m]`...) replaced by `window`.
-fn with_window(expr: &str, window: &str) -> String {
-    let mut out = String::new();
-    let mut rest = expr;
-    while let Some(open) = rest.find('[') {
-        let Some(close) = rest[open..].find(']').map(|i| open + i) else {
-            break;
-        };
-        out.push_str(&rest[..=open]);
-        out.push_str(window);
-        out.push(']');
-        rest = &rest[close + 1..];
-    }
-    out.push_str(rest);
-    out
-}
-
 /// What the phases share.
 struct Run {
+    alerts: AlertWatch,
     prometheus: String,
     webhook_url: String,
     bootstrap: String,
@@ -407,68 +340,6 @@ impl Run {
         Ok(())
     }
 
-    /// Waits until `alert` fires for this namespace (`labels` narrow it further).
-    async fn fires(&self, alert: &str, labels: &[(&str, &str)]) -> anyhow::Result<()> {
-        wait_until(&format!("{alert} {labels:?} fires"), ALERT_WAIT, || async {
-            let alerts = prometheus::alerts(&self.prometheus).await.ok()?;
-            alerts
-                .iter()
-                .any(|a| a.state == "firing" && self.matches(a, alert, labels))
-                .then_some(())
-        })
-        .await?;
-        Ok(())
-    }
-
-    /// Waits until `alert` neither pends nor fires for this namespace any more.
-    async fn resolves(&self, alert: &str, labels: &[(&str, &str)]) -> anyhow::Result<()> {
-        wait_until(
-            &format!("{alert} {labels:?} resolves"),
-            ALERT_WAIT,
-            || async {
-                let alerts = prometheus::alerts(&self.prometheus).await.ok()?;
-                (!alerts.iter().any(|a| self.matches(a, alert, labels))).then_some(())
-            },
-        )
-        .await?;
-        Ok(())
-    }
-
-    fn matches(&self, alert: &prometheus::Alert, name: &str, labels: &[(&str, &str)]) -> bool {
-        let label = |key: &str| alert.labels.get(key).map(String::as_str);
-        label("alertname") == Some(name)
-            && label("namespace").is_none_or(|ns| ns == self.ns.name())
-            && labels.iter().all(|&(key, value)| label(key) == Some(value))
-    }
-
-    /// Called right after `condition` was made real: waits until each of `alerts` fires, runs
-    /// `undo`, waits until each resolves, and reports both times (from the condition, from the
-    /// undo).
-    async fn fired_and_resolved(
-        &self,
-        alerts: &[(&str, &[(&str, &str)])],
-        condition: &str,
-        undo: impl AsyncFnOnce() -> anyhow::Result<()>,
-    ) -> anyhow::Result<()> {
-        let made_real = Instant::now();
-        let mut fired = Vec::new();
-        for (alert, labels) in alerts {
-            self.fires(alert, labels).await?;
-            fired.push(made_real.elapsed());
-        }
-        undo().await?;
-        let undone = Instant::now();
-        for ((alert, labels), fired) in alerts.iter().zip(fired) {
-            self.resolves(alert, labels).await?;
-            eprintln!(
-                "measured: {alert} fired {fired:.1?} after {condition}, resolved {:.1?} after \
-                 that was undone",
-                undone.elapsed()
-            );
-        }
-        Ok(())
-    }
-
     /// The validated topic refuses every order: validate's transactions abort (the refused
     /// records are then dead-lettered by the worker's refusal handling); the spec restored, they
     /// commit again.
@@ -484,6 +355,7 @@ impl Run {
         )
         .await?;
         let proven = self
+            .alerts
             .fired_and_resolved(
                 &[(
                     "OrderPipelineTransactionsAborting",
@@ -509,6 +381,7 @@ impl Run {
         let producer = SteadyProducer::start(&self.bootstrap, input, 50);
         let notify: &[(&str, &str)] = &[("stage", "notify")];
         let proven = self
+            .alerts
             .fired_and_resolved(
                 &[
                     ("OrderPipelineLagGrowingAtReplicaCap", notify),
@@ -546,15 +419,16 @@ impl Run {
                 .map_err(|(error, _)| error)?;
         }
         producer.flush(Duration::from_secs(30))?;
-        self.fired_and_resolved(
-            &[(
-                "OrderPipelineDeadLetters",
-                &[("stage", "validate"), ("reason", "not_json")],
-            )],
-            "20 records that are not JSON",
-            async || Ok(()),
-        )
-        .await
+        self.alerts
+            .fired_and_resolved(
+                &[(
+                    "OrderPipelineDeadLetters",
+                    &[("stage", "validate"), ("reason", "not_json")],
+                )],
+                "20 records that are not JSON",
+                async || Ok(()),
+            )
+            .await
     }
 
     /// SIGSTOP of the validate worker: it answers no scrape while its pod runs; SIGCONT (or the
@@ -576,6 +450,7 @@ impl Run {
         )?);
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP)?;
         let proven = self
+            .alerts
             .fired_and_resolved(
                 &[("OrderPipelineWorkerDown", &[("pod", &name)])],
                 "SIGSTOP of the validate worker",
@@ -605,18 +480,19 @@ impl Run {
         changed["spec"]["stages"][0]["replicas"] = json!(2);
         apply_pipeline(&self.ns, &changed).await?;
         let api = self.ns.api::<OrderPipeline>();
-        self.fired_and_resolved(
-            &[
-                ("OrderPipelineNotReady", &[]),
-                ("OrderPipelineReconcileErrors", &[("category", "apply")]),
-            ],
-            "a pipeline on an unreachable broker and a policy refusing Deployments",
-            async || {
-                api.delete("unreachable", &DeleteParams::default()).await?;
-                policy.remove(&self.ns).await
-            },
-        )
-        .await
+        self.alerts
+            .fired_and_resolved(
+                &[
+                    ("OrderPipelineNotReady", &[]),
+                    ("OrderPipelineReconcileErrors", &[("category", "apply")]),
+                ],
+                "a pipeline on an unreachable broker and a policy refusing Deployments",
+                async || {
+                    api.delete("unreachable", &DeleteParams::default()).await?;
+                    policy.remove(&self.ns).await
+                },
+            )
+            .await
     }
 
     /// SIGKILL: nothing to scrape. A new operator process finds the Lease held by another
@@ -629,24 +505,27 @@ impl Run {
         operator.0.signal(nix::sys::signal::Signal::SIGKILL)?;
         operator.0.child.wait().await?;
         let killed = Instant::now();
-        self.fires("OrderPipelineOperatorDown", &[]).await?;
+        self.alerts.fires("OrderPipelineOperatorDown", &[]).await?;
         let down = killed.elapsed();
         let ghost =
             GhostHolder::start(Api::namespaced(self.ns.client().clone(), self.ns.name())).await?;
         *operator = self.start_operator("op-b")?;
         let started = Instant::now();
-        self.resolves("OrderPipelineOperatorDown", &[]).await?;
+        self.alerts
+            .resolves("OrderPipelineOperatorDown", &[])
+            .await?;
         let up = started.elapsed();
         eprintln!(
             "measured: OrderPipelineOperatorDown fired {down:.1?} after the SIGKILL, resolved \
              {up:.1?} after a new operator process started"
         );
-        self.fired_and_resolved(
-            &[("OrderPipelineOperatorNoLeader", &[])],
-            "the Lease held by another holder",
-            async || ghost.stop().await,
-        )
-        .await
+        self.alerts
+            .fired_and_resolved(
+                &[("OrderPipelineOperatorNoLeader", &[])],
+                "the Lease held by another holder",
+                async || ghost.stop().await,
+            )
+            .await
     }
 }
 
@@ -705,12 +584,4 @@ impl GhostHolder {
         self.stop.cancel();
         self.task.await?
     }
-}
-
-#[test]
-fn every_range_window_is_replaced() {
-    assert_eq!(
-        with_window("rate(a[5m]) / rate(b{x=\"y\"}[10m]) > 0", "30s"),
-        "rate(a[30s]) / rate(b{x=\"y\"}[30s]) > 0"
-    );
 }

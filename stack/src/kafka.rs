@@ -386,7 +386,10 @@ impl KafkaCluster {
 
     /// `127.0.0.1:<port>` of every node's JMX exporter `/metrics`.
     pub fn metrics_addresses(&self) -> Vec<&str> {
-        self.nodes.iter().map(|n| n.metrics_address.as_str()).collect()
+        self.nodes
+            .iter()
+            .map(|n| n.metrics_address.as_str())
+            .collect()
     }
 
     pub fn members(&self) -> Vec<&Member> {

@@ -339,6 +339,16 @@ impl Stack {
             })
     }
 
+    /// Where rule files for the stack's Prometheus go (then [`crate::prometheus::reload`]).
+    pub fn prometheus_rules_dir(&self) -> Result<&Path> {
+        self.prometheus
+            .as_ref()
+            .map(PrometheusServer::rules_dir)
+            .ok_or(StackError::NotInStack {
+                component: Component::Prometheus.name(),
+            })
+    }
+
     /// PID (= process group) of every running component.
     pub fn pids(&self) -> Vec<(Component, u32)> {
         let mut members: Vec<&Member> = Vec::new();

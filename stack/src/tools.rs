@@ -127,7 +127,11 @@ fn home_dir() -> PathBuf {
 pub fn workspace_root() -> PathBuf {
     env::current_dir()
         .ok()
-        .and_then(|cwd| cwd.ancestors().find(|dir| is_checkout(dir)).map(Path::to_path_buf))
+        .and_then(|cwd| {
+            cwd.ancestors()
+                .find(|dir| is_checkout(dir))
+                .map(Path::to_path_buf)
+        })
         .unwrap_or_else(|| {
             Path::new(env!("CARGO_MANIFEST_DIR"))
                 .parent()
@@ -287,7 +291,12 @@ mod tests {
         let root = workspace_root();
         assert!(is_checkout(&root), "{}", root.display());
         let cwd = env::current_dir().expect("cwd");
-        assert!(cwd.starts_with(&root), "{} in {}", cwd.display(), root.display());
+        assert!(
+            cwd.starts_with(&root),
+            "{} in {}",
+            cwd.display(),
+            root.display()
+        );
     }
 
     #[test]
