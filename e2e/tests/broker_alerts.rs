@@ -86,30 +86,19 @@ async fn faults(stack: &mut Stack, alerts: &AlertWatch, bootstrap: &str) -> anyh
     let follower = (1..=i32::from(BROKERS))
         .find(|id| *id != leader)
         .unwrap_or(1);
-    stack.kill_broker(follower)?;
-    alerts
-        .fired_and_resolved(
-            &[("KafkaUnderReplicatedPartitions", &[])],
-            &format!("SIGKILL of broker {follower}, a follower"),
-            async || {
-                stack.start_broker(follower).await?;
-                wait_in_sync(bootstrap, replicated).await
-            },
-        )
+    let mut crash = Crash {
+        stack: &mut *stack,
+        alerts,
+        bootstrap,
+        replicated,
+    };
+    crash
+        .proves("KafkaUnderReplicatedPartitions", follower, "a follower")
         .await?;
-
     // The only replica of a partition crashes: no leader is left for it.
     let only = blocking_leader(bootstrap, solo, 0).await?;
-    stack.kill_broker(only)?;
-    alerts
-        .fired_and_resolved(
-            &[("KafkaOfflinePartitions", &[])],
-            &format!("SIGKILL of broker {only}, the only replica"),
-            async || {
-                stack.start_broker(only).await?;
-                wait_in_sync(bootstrap, replicated).await
-            },
-        )
+    crash
+        .proves("KafkaOfflinePartitions", only, "the only replica")
         .await?;
 
     // Two of the three controllers stop answering: the third cannot keep or win the quorum.
@@ -130,6 +119,34 @@ async fn faults(stack: &mut Stack, alerts: &AlertWatch, bootstrap: &str) -> anyh
         )
         .await?;
     wait_in_sync(bootstrap, replicated).await
+}
+
+/// A broker crash that makes an alert real, undone by restarting the broker.
+struct Crash<'a> {
+    stack: &'a mut Stack,
+    alerts: &'a AlertWatch,
+    bootstrap: &'a str,
+    /// Back in sync before the next fault.
+    replicated: &'static str,
+}
+
+impl Crash<'_> {
+    /// SIGKILLs broker `id` (`what` it is to the fault); `alert` fires; the broker restarted and
+    /// every replica back in sync, it resolves.
+    async fn proves(&mut self, alert: &str, id: i32, what: &str) -> anyhow::Result<()> {
+        self.stack.kill_broker(id)?;
+        let (stack, bootstrap, replicated) = (&mut *self.stack, self.bootstrap, self.replicated);
+        self.alerts
+            .fired_and_resolved(
+                &[(alert, &[])],
+                &format!("SIGKILL of broker {id}, {what}"),
+                async || {
+                    stack.start_broker(id).await?;
+                    wait_in_sync(bootstrap, replicated).await
+                },
+            )
+            .await
+    }
 }
 
 /// For `span`, no broker alert pends or fires on the healthy cluster.

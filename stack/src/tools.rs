@@ -43,14 +43,18 @@ impl Tools {
 
     /// `bin/<name>`, checked to exist so a missing build fails before anything starts.
     pub fn bin(&self, name: &str) -> Result<PathBuf> {
-        let path = self.root.join("bin").join(name);
+        self.file(&["bin", name], "binary not built")
+    }
+
+    /// `<root>/<parts...>`, or the error naming it with `hint` when it is not there.
+    fn file(&self, parts: &[&str], hint: &'static str) -> Result<PathBuf> {
+        let path = parts
+            .iter()
+            .fold(self.root.clone(), |path, part| path.join(part));
         if path.is_file() {
             Ok(path)
         } else {
-            Err(StackError::ToolMissing {
-                path,
-                hint: "binary not built",
-            })
+            Err(StackError::ToolMissing { path, hint })
         }
     }
 
@@ -82,18 +86,10 @@ impl Tools {
 
     /// The Prometheus JMX exporter's Java agent, which serves the broker's metrics.
     pub fn jmx_exporter_agent(&self) -> Result<PathBuf> {
-        let path = self
-            .root
-            .join("jmx-exporter")
-            .join("jmx_prometheus_javaagent.jar");
-        if path.is_file() {
-            Ok(path)
-        } else {
-            Err(StackError::ToolMissing {
-                path,
-                hint: "JMX exporter agent not downloaded",
-            })
-        }
+        self.file(
+            &["jmx-exporter", "jmx_prometheus_javaagent.jar"],
+            "JMX exporter agent not downloaded",
+        )
     }
 
     /// The Java classpath of the Kafka broker (one line, `:`-separated).
