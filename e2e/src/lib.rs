@@ -29,7 +29,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 /// The operator's Prometheus URL on a stack without Prometheus.
-const NO_PROMETHEUS: &str = "http://127.0.0.1:9090";
+pub const NO_PROMETHEUS: &str = "http://127.0.0.1:9090";
 
 /// How long the operator gets to bring a pipeline to what a test waits for.
 pub const CONVERGE: Duration = Duration::from_secs(90);

@@ -1,6 +1,7 @@
 //! The operator under faults of the parts it depends on, on the local stack: a Kafka cluster that
-//! goes away while its pipeline changes, or before its pipeline's topics could be deleted. Each
-//! test brings a private broker it can stop (the shared one serves every other test). Needs
+//! goes away while its pipeline changes, or before its pipeline's topics could be deleted, and a
+//! kube-apiserver that restarts while pipelines change. Each test brings a private broker (or a
+//! whole private stack) it can stop: the shared one serves every other test. Needs
 //! `make test-e2e`.
 
 use std::time::Duration;
@@ -11,7 +12,10 @@ use k8s_openapi::api::core::v1::Event;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use orderpipe_api::OrderPipeline;
 use orderpipe_api::v1alpha1::{AutoscalingSpec, DeletionPolicy};
-use orderpipe_e2e::{CONVERGE, InProcessOperator, OperatorTest, apply_pipeline, wait_ready};
+use orderpipe_e2e::{
+    CONVERGE, InProcessOperator, NO_PROMETHEUS, OperatorTest, apply_pipeline, wait_ready,
+};
+use orderpipe_operator::settings::WorkerPlacement;
 use orderpipe_operator::topics::cleanup::SKIP_ANNOTATION;
 use orderpipe_stack::{Stack, TestNamespace, unique_name, wait_until};
 use serde_json::json;
@@ -221,6 +225,140 @@ async fn held_then_skipped(test: &mut PrivateKafkaTest) -> anyhow::Result<()> {
                 .unwrap_or_default()
                 .contains(&dead_letter),
         "the Event names the topic left behind: {skipped:?}"
+    );
+    Ok(())
+}
+
+/// Pipelines on a control plane of the test's own, so its apiserver may restart.
+const RESTART_PIPELINES: usize = 10;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the e2e tools: make test-e2e"]
+async fn an_apiserver_restart_while_pipelines_change_loses_no_change_and_duplicates_no_child()
+-> anyhow::Result<()> {
+    let mut stack = Stack::builder(&unique_name("apirestart"))
+        .prometheus(false)
+        .start()
+        .await?;
+    let ns =
+        TestNamespace::create(stack.kubeconfig().context("a kubeconfig")?, "apirestart").await?;
+    let operator =
+        InProcessOperator::start(&ns, WorkerPlacement::default(), NO_PROMETHEUS.into()).await;
+    let proven = restart_while_changing(&mut stack, &ns).await;
+    operator.stop().await;
+    stack.stop().await?;
+    proven
+}
+
+async fn restart_while_changing(stack: &mut Stack, ns: &TestNamespace) -> anyhow::Result<()> {
+    let bootstrap = stack.kafka_bootstrap()?.to_owned();
+    let pipeline = |index: usize, replicas: i32| {
+        let name = format!("shop-{index}");
+        let prefix = format!("{}.{name}", ns.name());
+        serde_json::to_value(
+            OrderPipeline::test(&name)
+                .bootstrap(&bootstrap)
+                .topic_prefix(&prefix)
+                .replicas("validate", replicas),
+        )
+    };
+    for index in 0..RESTART_PIPELINES {
+        apply_pipeline(ns, &pipeline(index, 1)?).await?;
+    }
+    for index in 0..RESTART_PIPELINES {
+        wait_ready(ns, &format!("shop-{index}")).await?;
+    }
+
+    // Half the changes reach the operator before the restart, half while it reconnects.
+    let (before, after) = (0..RESTART_PIPELINES).partition::<Vec<_>, _>(|i| i % 2 == 0);
+    for &index in &before {
+        apply_pipeline(ns, &pipeline(index, 2)?).await?;
+    }
+    let restart = std::time::Instant::now();
+    stack.stop_apiserver().await?;
+    stack.start_apiserver().await?;
+    eprintln!(
+        "measured: kube-apiserver down and back in {:.1?}",
+        restart.elapsed()
+    );
+    for &index in &after {
+        apply_pipeline(ns, &pipeline(index, 2)?).await?;
+    }
+
+    let converged = std::time::Instant::now();
+    let deployments = ns.api::<k8s_openapi::api::apps::v1::Deployment>();
+    let pipelines = ns.api::<OrderPipeline>();
+    let waited = wait_until(
+        "every pipeline Ready at its latest generation, one Deployment per stage at 2 replicas",
+        CONVERGE,
+        || async {
+            let listed = pipelines.list(&ListParams::default()).await.ok()?;
+            let current = listed.items.iter().all(|p| {
+                orderpipe_e2e::is_ready(p)
+                    && p.status.as_ref().and_then(|s| s.observed_generation)
+                        == p.metadata.generation
+            });
+            let workloads = deployments.list(&ListParams::default()).await.ok()?.items;
+            let at_two = workloads
+                .iter()
+                .all(|d| d.spec.as_ref().and_then(|s| s.replicas) == Some(2));
+            (current && listed.items.len() == RESTART_PIPELINES && at_two).then(|| {
+                let owners: std::collections::BTreeMap<String, String> = listed
+                    .items
+                    .iter()
+                    .filter_map(|p| Some((p.metadata.uid.clone()?, p.metadata.name.clone()?)))
+                    .collect();
+                (owners, workloads)
+            })
+        },
+    )
+    .await;
+    let (owners, workloads) = match waited {
+        Ok(found) => found,
+        Err(error) => {
+            let listed = pipelines.list(&ListParams::default()).await?;
+            let seen: Vec<_> = listed
+                .items
+                .iter()
+                .map(|p| {
+                    (
+                        p.metadata.name.clone().unwrap_or_default(),
+                        orderpipe_e2e::is_ready(p),
+                        p.metadata.generation,
+                        p.status.as_ref().and_then(|s| s.observed_generation),
+                    )
+                })
+                .collect();
+            anyhow::bail!("{error}; (pipeline, ready, generation, observed): {seen:?}");
+        }
+    };
+    // Nothing duplicated, nothing orphaned: each Deployment belongs to a live pipeline, and each
+    // pipeline has exactly its one stage's.
+    let mut per_owner = std::collections::BTreeMap::<String, usize>::new();
+    for deployment in &workloads {
+        let owner = deployment
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .find_map(|o| owners.get(&o.uid))
+            .with_context(|| {
+                format!(
+                    "{:?} has no live pipeline as owner",
+                    deployment.metadata.name
+                )
+            })?;
+        *per_owner.entry(owner.clone()).or_default() += 1;
+    }
+    anyhow::ensure!(
+        per_owner.len() == RESTART_PIPELINES && per_owner.values().all(|n| *n == 1),
+        "Deployments per pipeline: {per_owner:?}"
+    );
+    eprintln!(
+        "measured: {RESTART_PIPELINES} pipelines Ready at their latest generation {:.1?} after the \
+         last change; {} Deployments, one per pipeline",
+        converged.elapsed(),
+        workloads.len()
     );
     Ok(())
 }

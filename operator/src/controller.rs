@@ -142,8 +142,10 @@ pub async fn run(
         pipeline_cache,
         watcher(pipelines, watcher::Config::default().any_semantic()),
     )
+    .default_backoff()
     .inspect_ok(move |event| forget_deleted_pipelines(&gauge.0, &gauge.1, event))
     .applied_objects();
+    let watched = recovering(watched, "OrderPipeline");
     let mut controller = Controller::for_stream(watched, pipeline_store).with_config(
         controller::Config::default()
             .concurrency(CONCURRENCY)
@@ -177,7 +179,7 @@ pub async fn run(
                 }
             })
             .touched_objects();
-        controller = controller.owns_stream_with(stream, resource);
+        controller = controller.owns_stream_with(recovering(stream, kind.as_str()), resource);
     }
     let gauge_metrics = metrics.clone();
     let ctx = Arc::new(Context {
@@ -213,6 +215,24 @@ pub async fn run(
             }
         })
         .await;
+}
+
+/// A watch stream without its errors, which are logged here. Each watch has its own backoff and
+/// recovers by itself: after a 410 Gone it lists again. An error passed on would also pause the
+/// controller's trigger backoff, which all watches share and which doubles with every error until
+/// two quiet minutes reset it. After an apiserver restart, each of the watches fails once (410)
+/// and that shared backoff reached 44 s: changes then waited minutes for a reconcile
+/// (`e2e/tests/faults.rs`, the apiserver restart).
+fn recovering<T>(
+    stream: impl futures::Stream<Item = Result<T, watcher::Error>>,
+    watch: &'static str,
+) -> impl futures::Stream<Item = Result<T, watcher::Error>> {
+    stream.filter(move |item| {
+        if let Err(error) = item {
+            warn!(watch, %error, "watch failed; it retries with backoff");
+        }
+        futures::future::ready(item.is_ok())
+    })
 }
 
 /// Keeps the Ready gauge to the pipelines that exist. A pipeline without a finalizer is gone
