@@ -69,9 +69,10 @@ cargo-tools: ## Install the pinned cargo tools (cargo-deny) if missing
 		$(CARGO) install cargo-deny --locked --version $(CARGO_DENY_VERSION)
 
 .PHONY: manifests
-manifests: ## Regenerate crds/ and the API reference docs/api.md from the Rust API types
+manifests: ## Regenerate crds/, the API reference docs/api.md and the intake gateway's docs/intake.openapi.json from the Rust types
 	$(CARGO) run -q -p orderpipe-api --bin crdgen > crds/orderpipe.dev_orderpipelines.yaml
 	$(CARGO) run -q -p orderpipe-api --bin apidoc > docs/api.md
+	$(CARGO) run -q -p orderpipe-worker --bin orderpipe-worker -- openapi > docs/intake.openapi.json
 
 .PHONY: test
 test: test-unit test-e2e ## Unit tests, then the end-to-end tests on the local real stack

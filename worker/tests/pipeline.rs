@@ -8,7 +8,7 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use common::pipeline::{Pipeline, Stage, WebhookReceiver};
+use common::pipeline::{Pipeline, Stage, WebhookReceiver, start, start_stages};
 use common::{ValidateTopics, WorkerProcess, assert_exactly_once, expectations, orders, produce};
 use nix::sys::signal::Signal;
 use orderpipe_orders::generator::{EventExpectation, Expected};
@@ -39,42 +39,6 @@ fn baseline_orders() -> u64 {
 /// Orders in each fault run: 20,000 in `make test`; `make test-faults` runs 100,000.
 fn fault_orders() -> u64 {
     count_from_env("ORDERPIPE_FAULT_ORDERS", 20_000)
-}
-
-fn start(
-    pipeline: &Pipeline,
-    bootstrap: &str,
-    stage: Stage,
-    pod: &str,
-    webhook: &WebhookReceiver,
-) -> WorkerProcess {
-    WorkerProcess::spawn(
-        pod,
-        &pipeline.worker_env(
-            bootstrap,
-            stage,
-            pod,
-            free_port().expect("a free port"),
-            &webhook.url,
-        ),
-    )
-}
-
-/// One worker per stage, pods named `<stage>-<suffix>`.
-fn start_stages(
-    pipeline: &Pipeline,
-    bootstrap: &str,
-    stages: &[Stage],
-    suffix: &str,
-    webhook: &WebhookReceiver,
-) -> Vec<WorkerProcess> {
-    stages
-        .iter()
-        .map(|stage| {
-            let pod = format!("{}-{suffix}", stage.name());
-            start(pipeline, bootstrap, *stage, &pod, webhook)
-        })
-        .collect()
 }
 
 /// Share of the validate stage's input its group has committed.

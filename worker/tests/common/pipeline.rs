@@ -13,7 +13,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use orderpipe_api::contract::env;
 use orderpipe_orders::headers::IDEMPOTENCY_KEY;
-use orderpipe_stack::{caught_up, create_topics, unique_name};
+use orderpipe_stack::{caught_up, create_topics, free_port, unique_name};
+
+use super::WorkerProcess;
 use tokio_util::sync::CancellationToken;
 
 /// Topics and groups of one pipeline.
@@ -155,6 +157,43 @@ impl Pipeline {
         }
         vars.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
     }
+}
+
+/// Starts `stage` as a worker process of pod `pod`.
+pub fn start(
+    pipeline: &Pipeline,
+    bootstrap: &str,
+    stage: Stage,
+    pod: &str,
+    webhook: &WebhookReceiver,
+) -> WorkerProcess {
+    WorkerProcess::spawn(
+        pod,
+        &pipeline.worker_env(
+            bootstrap,
+            stage,
+            pod,
+            free_port().expect("a free port"),
+            &webhook.url,
+        ),
+    )
+}
+
+/// One worker per stage, pods named `<stage>-<suffix>`.
+pub fn start_stages(
+    pipeline: &Pipeline,
+    bootstrap: &str,
+    stages: &[Stage],
+    suffix: &str,
+    webhook: &WebhookReceiver,
+) -> Vec<WorkerProcess> {
+    stages
+        .iter()
+        .map(|stage| {
+            let pod = format!("{}-{suffix}", stage.name());
+            start(pipeline, bootstrap, *stage, &pod, webhook)
+        })
+        .collect()
 }
 
 #[derive(Debug, Default)]
