@@ -85,6 +85,14 @@ test-unit: ## Unit tests (no infrastructure needed)
 e2e-setup: ## Install the Debian packages the e2e tests need (kcat, prometheus, openssl...), if missing
 	@e2e/tools/setup-debian.sh
 
+# newman for the Postman suites, pinned by e2e/postman/package-lock.json (Node.js and npm come from
+# the machine image, like Go).
+.PHONY: postman-tools
+postman-tools: ## Install newman from e2e/postman/package-lock.json (npm ci) if it is missing or stale
+	@command -v npm >/dev/null || { echo "npm is missing: install Node.js (>= 18) with npm"; exit 1; }
+	@test e2e/postman/node_modules/.package-lock.json -nt e2e/postman/package-lock.json || \
+		npm ci --prefix e2e/postman --no-audit --no-fund
+
 .PHONY: e2e-tools
 e2e-tools: e2e-setup ## Build the real infrastructure (apiserver, etcd, kwok, Kafka...) into the versioned cache
 	@e2e/tools/build.sh
@@ -104,7 +112,7 @@ e2e-down: ## Stop the local stack started by e2e-up
 # The e2e tests of every crate are #[ignore]d (they need the stack); this runs exactly those. The
 # worker's run whole pipelines of processes each, so they go one at a time on a 2-core machine.
 .PHONY: test-e2e
-test-e2e: e2e-tools ## End-to-end tests on a local stack started for the run and stopped after it, also on failure
+test-e2e: e2e-tools postman-tools ## End-to-end tests on a local stack started for the run and stopped after it, also on failure
 	$(CARGO) test --workspace --no-run
 	trap '$(CARGO) run -q -p orderpipe-stack -- down' EXIT; \
 	$(CARGO) run -q -p orderpipe-stack -- up $(E2E_UP_FLAGS); \
@@ -160,10 +168,10 @@ bench: e2e-tools ## Benchmarks on a local stack (release builds), side by side w
 	$(or $(CARGO_TARGET_DIR),target)/release/orderpipe-bench $(BENCH_FLAGS)
 
 .PHONY: api-test
-api-test: e2e-tools ## Postman (newman) tests of the operator's HTTP API on a local stack
-	$(CARGO) build -q -p orderpipe-operator
+api-test: e2e-tools postman-tools ## Postman (newman) tests of the operator's probes and the intake gateway's API on a local stack
+	$(CARGO) build -q -p orderpipe-operator -p orderpipe-worker
 	trap '$(CARGO) run -q -p orderpipe-stack -- down' EXIT; \
-	$(CARGO) run -q -p orderpipe-stack -- up --profile kubernetes; \
+	$(CARGO) run -q -p orderpipe-stack -- up --no-prometheus; \
 	e2e/postman/run.sh
 
 # --- Delivery (used by the Jenkinsfile; they act on the current kubectl context) ---------------

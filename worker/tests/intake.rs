@@ -17,8 +17,8 @@ use orderpipe_api::contract::env;
 use orderpipe_orders::OrderPlaced;
 use orderpipe_orders::generator::{GenConfig, OrderGenerator};
 use orderpipe_stack::{
-    Isolation, Stack, create_topics, free_port, kafka_bootstrap, read_all, unique_name,
-    wait_until, wait_until_blocking,
+    Isolation, Stack, create_topics, free_port, kafka_bootstrap, read_all, unique_name, wait_until,
+    wait_until_blocking,
 };
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -70,10 +70,16 @@ impl Gateway {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
-        vars.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+        vars.extend(
+            extra
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
         let process = WorkerProcess::spawn_mode(&pod, "intake", &vars);
         if wait_until_blocking("the gateway to be ready", READY_TIMEOUT, || {
-            process.get("/readyz").is_some_and(|(status, _)| status == 200)
+            process
+                .get("/readyz")
+                .is_some_and(|(status, _)| status == 200)
         })
         .is_err()
         {
@@ -213,7 +219,11 @@ fn every_answer_code_but_503_is_given_for_its_cause_with_the_rule_and_field() {
         assert_eq!(first.location.as_deref(), Some(location.as_str()));
         assert_eq!(first.body["orderId"], order.order_id.as_str());
         let again = post(&client, &url, Some(SHOP), Some("k-1"), body.clone()).await;
-        assert_eq!(again.status, StatusCode::ACCEPTED, "a retry gets the same answer");
+        assert_eq!(
+            again.status,
+            StatusCode::ACCEPTED,
+            "a retry gets the same answer"
+        );
         assert_eq!(again.location.as_deref(), Some(location.as_str()));
 
         let mut changed = order.clone();
@@ -584,5 +594,7 @@ fn a_broker_restart_mid_load_answers_503_and_every_accepted_order_is_in_kafka_ex
         in_kafka.values().sum::<usize>()
     );
     drop(gateway);
-    runtime.block_on(stack.stop()).expect("private Kafka stopped");
+    runtime
+        .block_on(stack.stop())
+        .expect("private Kafka stopped");
 }

@@ -16,8 +16,8 @@ use orderpipe_orders::headers;
 use orderpipe_orders::notify::{NotifyPolicy, idempotency_key};
 use orderpipe_orders::{DispatchResult, NotificationDispatched, OrderState, StatusChanged};
 use orderpipe_stack::{
-    Isolation, Stack, committed_offsets, end_offsets, free_port, kafka_bootstrap, read_all,
-    unique_name, wait_until_blocking,
+    Isolation, Stack, committed_offsets, end_offsets, kafka_bootstrap, read_all, unique_name,
+    wait_until_blocking,
 };
 use orderpipe_worker::loadgen::{self, Expectation, LoadMode, LoadSpec};
 

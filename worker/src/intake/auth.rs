@@ -48,7 +48,9 @@ pub enum TokensError {
         path: String,
         source: std::io::Error,
     },
-    #[error("tokens file {path} line {line}: unknown scope {scope:?} (expected orders:write or orders:read)")]
+    #[error(
+        "tokens file {path} line {line}: unknown scope {scope:?} (expected orders:write or orders:read)"
+    )]
     UnknownScope {
         path: String,
         line: usize,
@@ -77,18 +79,19 @@ impl Tokens {
             path: name.clone(),
             source,
         })?;
-        Self::parse(&text).map_err(|(line, scope)| TokensError::UnknownScope {
-            path: name.clone(),
-            line,
-            scope,
-        })
-        .and_then(|tokens| {
-            if tokens.scopes.is_empty() {
-                Err(TokensError::Empty { path: name })
-            } else {
-                Ok(tokens)
-            }
-        })
+        Self::parse(&text)
+            .map_err(|(line, scope)| TokensError::UnknownScope {
+                path: name.clone(),
+                line,
+                scope,
+            })
+            .and_then(|tokens| {
+                if tokens.scopes.is_empty() {
+                    Err(TokensError::Empty { path: name })
+                } else {
+                    Ok(tokens)
+                }
+            })
     }
 
     /// Parses the file's text; `Err((line, scope))` names the first unknown scope.
@@ -152,7 +155,12 @@ mod tests {
             tokens.check(Some("Bearer writer"), Scope::Read),
             Err(Denied::Forbidden(Scope::Read))
         );
-        for header in [None, Some("Bearer "), Some("Basic full"), Some("Bearer nope")] {
+        for header in [
+            None,
+            Some("Bearer "),
+            Some("Basic full"),
+            Some("Bearer nope"),
+        ] {
             assert_eq!(
                 tokens.check(header, Scope::Read),
                 Err(Denied::Unauthenticated),

@@ -550,7 +550,8 @@ mod tests {
 
     #[test]
     fn the_committed_openapi_document_matches_the_code() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/intake.openapi.json");
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/intake.openapi.json");
         let committed = std::fs::read_to_string(&path).unwrap_or_default();
         assert!(
             committed == openapi_document(),
@@ -570,7 +571,9 @@ mod tests {
         };
         assert_eq!(
             codes("/v1/orders", "post"),
-            ["202", "400", "401", "403", "409", "413", "422", "429", "503"]
+            [
+                "202", "400", "401", "403", "409", "413", "422", "429", "503"
+            ]
         );
         assert_eq!(
             codes("/v1/orders/{id}", "get"),

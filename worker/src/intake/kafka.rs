@@ -78,7 +78,7 @@ pub enum ProduceError {
     /// The broker cannot be reached or did not acknowledge in time.
     #[error("Kafka is unavailable: {0}")]
     Unavailable(String),
-    /// The broker refused the record for good (e.g. larger than the topic allows).
+    /// The broker refused the record as too large for the topic.
     #[error("Kafka refused the record: {0}")]
     Refused(String),
 }
@@ -112,7 +112,10 @@ impl OrderSink {
         let broker = Arc::new(BrokerState::default());
         let mut config = idempotent_producer(kafka, client_id);
         config
-            .set("message.timeout.ms", delivery_timeout.as_millis().to_string())
+            .set(
+                "message.timeout.ms",
+                delivery_timeout.as_millis().to_string(),
+            )
             .set("queue.buffering.max.messages", queue_messages.to_string());
         let producer = config.create_with_context(BrokerWatch(Arc::clone(&broker)))?;
         Ok(Self {
@@ -150,12 +153,9 @@ impl OrderSink {
         }
         match error.rdkafka_error_code() {
             Some(RDKafkaErrorCode::QueueFull) => ProduceError::QueueFull,
-            Some(
-                RDKafkaErrorCode::MessageSizeTooLarge
-                | RDKafkaErrorCode::InvalidMessageSize
-                | RDKafkaErrorCode::UnknownTopicOrPartition
-                | RDKafkaErrorCode::TopicAuthorizationFailed,
-            ) => ProduceError::Refused(error.to_string()),
+            Some(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidMessageSize) => {
+                ProduceError::Refused(error.to_string())
+            }
             _ => {
                 self.broker.set_up(false);
                 ProduceError::Unavailable(error.to_string())

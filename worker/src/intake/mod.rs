@@ -67,16 +67,32 @@ pub struct IntakeArgs {
     #[arg(long, env = "ORDERPIPE_INTAKE_TOKENS_FILE")]
     pub tokens_file: PathBuf,
     /// Orders (and as many idempotency keys) the ledger remembers.
-    #[arg(long, env = "ORDERPIPE_INTAKE_IDEMPOTENCY_ENTRIES", default_value = "100000")]
+    #[arg(
+        long,
+        env = "ORDERPIPE_INTAKE_IDEMPOTENCY_ENTRIES",
+        default_value = "100000"
+    )]
     pub idempotency_entries: NonZeroUsize,
     /// Orders the status view holds.
-    #[arg(long, env = "ORDERPIPE_INTAKE_STATUS_ENTRIES", default_value = "100000")]
+    #[arg(
+        long,
+        env = "ORDERPIPE_INTAKE_STATUS_ENTRIES",
+        default_value = "100000"
+    )]
     pub status_entries: NonZeroUsize,
     /// Records waiting for the broker's acknowledgement at most; a POST beyond is answered 429.
-    #[arg(long, env = "ORDERPIPE_INTAKE_QUEUE_MESSAGES", default_value = "100000")]
+    #[arg(
+        long,
+        env = "ORDERPIPE_INTAKE_QUEUE_MESSAGES",
+        default_value = "100000"
+    )]
     pub queue_messages: NonZeroUsize,
     /// How long a POST waits for the broker's acknowledgement before answering 503.
-    #[arg(long, env = "ORDERPIPE_INTAKE_DELIVERY_TIMEOUT_MS", default_value_t = 5000)]
+    #[arg(
+        long,
+        env = "ORDERPIPE_INTAKE_DELIVERY_TIMEOUT_MS",
+        default_value_t = 5000
+    )]
     pub delivery_timeout_ms: u64,
 }
 

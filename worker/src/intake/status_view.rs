@@ -113,7 +113,12 @@ mod tests {
     fn memory_is_bounded_in_orders_and_in_history_per_order() {
         let mut view = StatusView::new(NonZeroUsize::MIN.saturating_add(1));
         for version in 1..=(HISTORY as u64 + 5) {
-            view.apply(change("o1", version, OrderState::Placed, OrderState::Validated));
+            view.apply(change(
+                "o1",
+                version,
+                OrderState::Placed,
+                OrderState::Validated,
+            ));
         }
         let order = view.get("o1").expect("known");
         assert_eq!(order.history.len(), HISTORY);
@@ -121,6 +126,9 @@ mod tests {
         view.apply(change("o2", 1, OrderState::Placed, OrderState::Validated));
         view.apply(change("o3", 1, OrderState::Placed, OrderState::Validated));
         assert_eq!(view.len(), 2);
-        assert!(view.get("o1").is_none(), "the least recently used order is forgotten");
+        assert!(
+            view.get("o1").is_none(),
+            "the least recently used order is forgotten"
+        );
     }
 }
