@@ -10,6 +10,8 @@ export ORDERPIPE_CACHE ?= $(HOME)/.cache/orderpipe
 # The harness keeps its work dirs and env file under the cargo target dir (CI moves it out of the clone).
 E2E_DIR := $(or $(CARGO_TARGET_DIR),target)/e2e
 CARGO_DENY_VERSION := 0.20.2
+# The independent HTTP load generator of the intake gateway's benchmark.
+OHA_VERSION := 1.16.0
 CARGO_CYCLONEDX_VERSION := 0.5.9
 # Reports CI archives or hands to SonarQube and Snyk: inside the clone, whatever CARGO_TARGET_DIR is.
 REPORTS ?= target/reports
@@ -62,6 +64,11 @@ snyk-sbom: ## Snyk test of the SBOMs of `make sbom` (needs SNYK_TOKEN)
 	for sbom in $(REPORTS)/sbom/*.cdx.json; do \
 		npx --yes snyk@1 sbom test --experimental --file="$$sbom" --severity-threshold=high; \
 	done
+
+.PHONY: bench-tools
+bench-tools: ## Install the pinned benchmark tools (oha) if missing
+	@oha --version 2>/dev/null | grep -qF "$(OHA_VERSION)" || \
+		$(CARGO) install oha --locked --version $(OHA_VERSION)
 
 .PHONY: cargo-tools
 cargo-tools: ## Install the pinned cargo tools (cargo-deny) if missing
@@ -163,7 +170,7 @@ demo: e2e-tools ## The checkout pipeline on a local stack with a live view; Ctrl
 BENCH_FLAGS ?=
 
 .PHONY: bench
-bench: e2e-tools ## Benchmarks on a local stack (release builds), side by side with baselines; report in bench/results/latest.md
+bench: e2e-tools bench-tools ## Benchmarks on a local stack (release builds), side by side with baselines; report in bench/results/latest.md
 	$(CARGO) build --release -p orderpipe-worker -p orderpipe-operator -p orderpipe-bench
 	$(or $(CARGO_TARGET_DIR),target)/release/orderpipe-bench $(BENCH_FLAGS)
 
