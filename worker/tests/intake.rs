@@ -347,9 +347,9 @@ fn every_answer_code_but_503_is_given_for_its_cause_with_the_rule_and_field() {
 }
 
 /// Runs every future concurrently and returns their outputs in order.
-async fn futures_join<F: Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
+async fn futures_join<F>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
 where
-    F: Send + 'static,
+    F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
     let handles: Vec<_> = futures.map(tokio::spawn).collect();

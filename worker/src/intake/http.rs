@@ -161,46 +161,65 @@ pub struct TransitionBody {
     event_id: String,
 }
 
-fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
-    refusal(status, code, message, Vec::new())
+/// A refused request: its status, its JSON body, and whether the same request may succeed later
+/// (`Retry-After`). Small, so that helpers can return it as their error.
+#[derive(Debug)]
+struct Refusal {
+    status: StatusCode,
+    body: ErrorBody,
+    retry_later: bool,
 }
 
-fn refusal(
-    status: StatusCode,
-    code: &str,
-    message: impl Into<String>,
-    reasons: Vec<Reason>,
-) -> Response {
-    let body = ErrorBody {
-        error: code.to_owned(),
-        message: message.into(),
-        reasons: reasons.into_iter().map(ReasonBody::from).collect(),
-    };
-    let mut response = (status, axum::Json(body)).into_response();
-    let headers = response.headers_mut();
-    match status {
-        StatusCode::UNAUTHORIZED => {
+impl Refusal {
+    fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            body: ErrorBody {
+                error: code.to_owned(),
+                message: message.into(),
+                reasons: Vec::new(),
+            },
+            retry_later: false,
+        }
+    }
+
+    fn with_reasons(mut self, reasons: Vec<Reason>) -> Self {
+        self.body.reasons = reasons.into_iter().map(ReasonBody::from).collect();
+        self
+    }
+
+    /// The request may succeed unchanged in a moment (in flight, queue full, Kafka down).
+    fn retry_later(mut self) -> Self {
+        self.retry_later = true;
+        self
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, axum::Json(self.body)).into_response();
+        let headers = response.headers_mut();
+        if self.status == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-        StatusCode::CONFLICT | StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => {
+        if self.retry_later {
             headers.insert(
                 header::RETRY_AFTER,
                 HeaderValue::from_static(RETRY_AFTER_SECONDS),
             );
         }
-        _ => {}
+        response
     }
-    response
 }
 
-fn denied(denied: Denied) -> Response {
+fn denied(denied: Denied) -> Refusal {
     match denied {
-        Denied::Unauthenticated => error(
+        Denied::Unauthenticated => Refusal::new(
             StatusCode::UNAUTHORIZED,
             "unauthenticated",
             "send Authorization: Bearer <token> with a token the gateway knows",
         ),
-        Denied::Forbidden(scope) => error(
+        Denied::Forbidden(scope) => Refusal::new(
             StatusCode::FORBIDDEN,
             "forbidden",
             format!("the token lacks the scope {}", scope.code()),
@@ -208,7 +227,7 @@ fn denied(denied: Denied) -> Response {
     }
 }
 
-fn authorize(intake: &Intake, headers: &HeaderMap, scope: Scope) -> Result<(), Response> {
+fn authorize(intake: &Intake, headers: &HeaderMap, scope: Scope) -> Result<(), Refusal> {
     let authorization = headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok());
@@ -237,7 +256,7 @@ fn accepted(order_id: String) -> Response {
 }
 
 /// The `Idempotency-Key` header, if any: 1–255 visible ASCII characters.
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Response> {
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Refusal> {
     let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
         return Ok(None);
     };
@@ -249,7 +268,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Response> {
         {
             Ok(Some(key.to_owned()))
         }
-        _ => Err(error(
+        _ => Err(Refusal::new(
             StatusCode::BAD_REQUEST,
             "idempotency_key_format",
             format!("Idempotency-Key must be 1-{IDEMPOTENCY_KEY_MAX} visible ASCII characters"),
@@ -286,56 +305,51 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Response> {
 )]
 async fn post_order(State(intake): State<Arc<Intake>>, request: Request) -> Response {
     let started = Instant::now();
-    let response = submit(&intake, request).await;
+    let response = submit(&intake, request)
+        .await
+        .unwrap_or_else(IntoResponse::into_response);
     intake
         .metrics
         .answered("post_order", response.status().as_u16(), started.elapsed());
     response
 }
 
-async fn submit(intake: &Arc<Intake>, request: Request) -> Response {
+async fn submit(intake: &Arc<Intake>, request: Request) -> Result<Response, Refusal> {
     let (parts, body) = request.into_parts();
-    if let Err(response) = authorize(intake, &parts.headers, Scope::Write) {
-        return response;
-    }
+    authorize(intake, &parts.headers, Scope::Write)?;
     if !intake.sink.broker.is_up() {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "kafka_unavailable",
-            "Kafka is unreachable; nothing was accepted",
-        );
+        return Err(unavailable("Kafka is unreachable; nothing was accepted"));
     }
-    let key = match idempotency_key(&parts.headers) {
-        Ok(key) => key,
-        Err(response) => return response,
-    };
+    let key = idempotency_key(&parts.headers)?;
     // One byte over the stage's limit is enough to tell "too large" without buffering more.
-    let Ok(payload) = axum::body::to_bytes(body, MAX_PAYLOAD_BYTES + 1).await else {
-        return error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            DeadLetterReason::PayloadTooLarge.code(),
-            format!("the body is larger than the limit of {MAX_PAYLOAD_BYTES} bytes"),
-        );
-    };
-    let admitted = match intake.validator.admit(&payload) {
-        Ok(admitted) => admitted,
-        Err(Inadmissible::Undecodable { reason, message }) => {
-            let status = if reason == DeadLetterReason::PayloadTooLarge {
-                StatusCode::PAYLOAD_TOO_LARGE
-            } else {
-                StatusCode::BAD_REQUEST
-            };
-            return error(status, reason.code(), message);
-        }
-        Err(Inadmissible::Rejected { reasons, .. }) => {
-            return refusal(
+    let payload = axum::body::to_bytes(body, MAX_PAYLOAD_BYTES + 1)
+        .await
+        .map_err(|_| {
+            Refusal::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                DeadLetterReason::PayloadTooLarge.code(),
+                format!("the body is larger than the limit of {MAX_PAYLOAD_BYTES} bytes"),
+            )
+        })?;
+    let admitted = intake
+        .validator
+        .admit(&payload)
+        .map_err(|refused| match refused {
+            Inadmissible::Undecodable { reason, message } => {
+                let status = if reason == DeadLetterReason::PayloadTooLarge {
+                    StatusCode::PAYLOAD_TOO_LARGE
+                } else {
+                    StatusCode::BAD_REQUEST
+                };
+                Refusal::new(status, reason.code(), message)
+            }
+            Inadmissible::Rejected { reasons, .. } => Refusal::new(
                 StatusCode::BAD_REQUEST,
                 "order_rejected",
                 "the order breaks the validation rules listed in reasons",
-                reasons,
-            );
-        }
-    };
+            )
+            .with_reasons(reasons),
+        })?;
     let claim = {
         let mut ledger = intake.ledger();
         let claim = ledger.claim(&admitted.order_id, &admitted.fingerprint, key.as_deref());
@@ -344,13 +358,14 @@ async fn submit(intake: &Arc<Intake>, request: Request) -> Response {
     };
     match claim {
         Claim::New => {}
-        Claim::Replay => return accepted(admitted.order_id),
+        Claim::Replay => return Ok(accepted(admitted.order_id)),
         Claim::InFlight => {
-            return error(
+            return Err(Refusal::new(
                 StatusCode::CONFLICT,
                 "request_in_flight",
                 "the same order is waiting for the broker's acknowledgement; retry shortly",
-            );
+            )
+            .retry_later());
         }
         Claim::OrderIdReused => {
             let reason = Reason {
@@ -358,19 +373,19 @@ async fn submit(intake: &Arc<Intake>, request: Request) -> Response {
                 rule: Rule::OrderIdReused,
                 message: "was already accepted with different content".to_owned(),
             };
-            return refusal(
+            return Err(Refusal::new(
                 StatusCode::CONFLICT,
                 Rule::OrderIdReused.code(),
                 "this orderId was already accepted with different content",
-                vec![reason],
-            );
+            )
+            .with_reasons(vec![reason]));
         }
         Claim::KeyReused => {
-            return error(
+            return Err(Refusal::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "idempotency_key_reused",
                 "this Idempotency-Key was used for another order or content",
-            );
+            ));
         }
     }
     // Awaited in its own task: a client that hangs up must not leave the claim in flight forever.
@@ -389,28 +404,31 @@ async fn submit(intake: &Arc<Intake>, request: Request) -> Response {
         })
     };
     match produce.await {
-        Ok(Ok(_)) => accepted(admitted.order_id),
-        Ok(Err(ProduceError::QueueFull)) => error(
+        Ok(Ok(_)) => Ok(accepted(admitted.order_id)),
+        Ok(Err(ProduceError::QueueFull)) => Err(Refusal::new(
             StatusCode::TOO_MANY_REQUESTS,
             "queue_full",
             "the gateway's producer queue is full; nothing was accepted",
-        ),
-        Ok(Err(failure @ ProduceError::Refused(_))) => error(
+        )
+        .retry_later()),
+        Ok(Err(failure @ ProduceError::Refused(_))) => Err(Refusal::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             DeadLetterReason::PayloadTooLarge.code(),
             failure.to_string(),
-        ),
-        Ok(Err(failure @ ProduceError::Unavailable(_))) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "kafka_unavailable",
-            failure.to_string(),
-        ),
-        Err(join) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "kafka_unavailable",
-            format!("producing was interrupted: {join}"),
-        ),
+        )),
+        Ok(Err(failure @ ProduceError::Unavailable(_))) => Err(unavailable(failure.to_string())),
+        Err(join) => Err(unavailable(format!("producing was interrupted: {join}"))),
     }
+}
+
+/// 503: Kafka is unreachable or did not acknowledge in time.
+fn unavailable(message: impl Into<String>) -> Refusal {
+    Refusal::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "kafka_unavailable",
+        message,
+    )
+    .retry_later()
 }
 
 #[utoipa::path(
@@ -433,23 +451,21 @@ async fn get_order(
     headers: HeaderMap,
 ) -> Response {
     let started = Instant::now();
-    let response = status_of(&intake, &id, &headers);
+    let response = status_of(&intake, &id, &headers).unwrap_or_else(IntoResponse::into_response);
     intake
         .metrics
         .answered("get_order", response.status().as_u16(), started.elapsed());
     response
 }
 
-fn status_of(intake: &Intake, id: &str, headers: &HeaderMap) -> Response {
-    if let Err(response) = authorize(intake, headers, Scope::Read) {
-        return response;
-    }
+fn status_of(intake: &Intake, id: &str, headers: &HeaderMap) -> Result<Response, Refusal> {
+    authorize(intake, headers, Scope::Read)?;
     if !ids::is_order_id(id) {
-        return error(
+        return Err(Refusal::new(
             StatusCode::BAD_REQUEST,
             Rule::OrderIdFormat.code(),
             "an orderId is 1-64 characters of A-Z, a-z, 0-9, '_' and '-'",
-        );
+        ));
     }
     let known = {
         let mut view = intake.view.lock().unwrap_or_else(|p| p.into_inner());
@@ -482,12 +498,12 @@ fn status_of(intake: &Intake, id: &str, headers: &HeaderMap) -> Response {
         })
     });
     match body {
-        Some(body) => (StatusCode::OK, axum::Json(body)).into_response(),
-        None => error(
+        Some(body) => Ok((StatusCode::OK, axum::Json(body)).into_response()),
+        None => Err(Refusal::new(
             StatusCode::NOT_FOUND,
             "not_found",
             "no status for this orderId: unknown, rejected, or no longer held by the gateway",
-        ),
+        )),
     }
 }
 
@@ -499,11 +515,12 @@ async fn openapi_json() -> Response {
             Body::from(json),
         )
             .into_response(),
-        Err(failure) => error(
+        Err(failure) => Refusal::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "openapi",
             failure.to_string(),
-        ),
+        )
+        .into_response(),
     }
 }
 
