@@ -10,6 +10,8 @@ export ORDERPIPE_CACHE ?= $(HOME)/.cache/orderpipe
 # The harness keeps its work dirs and env file under the cargo target dir (CI moves it out of the clone).
 E2E_DIR := $(or $(CARGO_TARGET_DIR),target)/e2e
 CARGO_DENY_VERSION := 0.20.2
+# The independent HTTP load generator of the intake gateway's benchmark.
+OHA_VERSION := 1.16.0
 CARGO_CYCLONEDX_VERSION := 0.5.9
 # Reports CI archives or hands to SonarQube and Snyk: inside the clone, whatever CARGO_TARGET_DIR is.
 REPORTS ?= target/reports
@@ -63,15 +65,21 @@ snyk-sbom: ## Snyk test of the SBOMs of `make sbom` (needs SNYK_TOKEN)
 		npx --yes snyk@1 sbom test --experimental --file="$$sbom" --severity-threshold=high; \
 	done
 
+.PHONY: bench-tools
+bench-tools: ## Install the pinned benchmark tools (oha) if missing
+	@oha --version 2>/dev/null | grep -qF "$(OHA_VERSION)" || \
+		$(CARGO) install oha --locked --version $(OHA_VERSION)
+
 .PHONY: cargo-tools
 cargo-tools: ## Install the pinned cargo tools (cargo-deny) if missing
 	@$(CARGO) deny --version 2>/dev/null | grep -qF "$(CARGO_DENY_VERSION)" || \
 		$(CARGO) install cargo-deny --locked --version $(CARGO_DENY_VERSION)
 
 .PHONY: manifests
-manifests: ## Regenerate crds/ and the API reference docs/api.md from the Rust API types
+manifests: ## Regenerate crds/, the API reference docs/api.md and the intake gateway's docs/intake.openapi.json from the Rust types
 	$(CARGO) run -q -p orderpipe-api --bin crdgen > crds/orderpipe.dev_orderpipelines.yaml
 	$(CARGO) run -q -p orderpipe-api --bin apidoc > docs/api.md
+	$(CARGO) run -q -p orderpipe-worker --bin orderpipe-worker -- openapi > docs/intake.openapi.json
 
 .PHONY: test
 test: test-unit test-e2e ## Unit tests, then the end-to-end tests on the local real stack
@@ -83,6 +91,14 @@ test-unit: ## Unit tests (no infrastructure needed)
 .PHONY: e2e-setup
 e2e-setup: ## Install the Debian packages the e2e tests need (kcat, prometheus, openssl...), if missing
 	@e2e/tools/setup-debian.sh
+
+# newman for the Postman suites, pinned by e2e/postman/package-lock.json (Node.js and npm come from
+# the machine image, like Go).
+.PHONY: postman-tools
+postman-tools: ## Install newman from e2e/postman/package-lock.json (npm ci) if it is missing or stale
+	@command -v npm >/dev/null || { echo "npm is missing: install Node.js (>= 18) with npm"; exit 1; }
+	@test e2e/postman/node_modules/.package-lock.json -nt e2e/postman/package-lock.json || \
+		npm ci --prefix e2e/postman --no-audit --no-fund
 
 .PHONY: e2e-tools
 e2e-tools: e2e-setup ## Build the real infrastructure (apiserver, etcd, kwok, Kafka...) into the versioned cache
@@ -103,7 +119,7 @@ e2e-down: ## Stop the local stack started by e2e-up
 # The e2e tests of every crate are #[ignore]d (they need the stack); this runs exactly those. The
 # worker's run whole pipelines of processes each, so they go one at a time on a 2-core machine.
 .PHONY: test-e2e
-test-e2e: e2e-tools ## End-to-end tests on a local stack started for the run and stopped after it, also on failure
+test-e2e: e2e-tools postman-tools ## End-to-end tests on a local stack started for the run and stopped after it, also on failure
 	$(CARGO) test --workspace --no-run
 	trap '$(CARGO) run -q -p orderpipe-stack -- down' EXIT; \
 	$(CARGO) run -q -p orderpipe-stack -- up $(E2E_UP_FLAGS); \
@@ -158,15 +174,15 @@ demo: e2e-tools ## The checkout pipeline on a local stack with a live view; Ctrl
 BENCH_FLAGS ?=
 
 .PHONY: bench
-bench: e2e-tools ## Benchmarks on a local stack (release builds), side by side with baselines; report in bench/results/latest.md
+bench: e2e-tools bench-tools ## Benchmarks on a local stack (release builds), side by side with baselines; report in bench/results/latest.md
 	$(CARGO) build --release -p orderpipe-worker -p orderpipe-operator -p orderpipe-bench
 	$(or $(CARGO_TARGET_DIR),target)/release/orderpipe-bench $(BENCH_FLAGS)
 
 .PHONY: api-test
-api-test: e2e-tools ## Postman (newman) tests of the operator's HTTP API on a local stack
-	$(CARGO) build -q -p orderpipe-operator
+api-test: e2e-tools postman-tools ## Postman (newman) tests of the operator's probes and the intake gateway's API on a local stack
+	$(CARGO) build -q -p orderpipe-operator -p orderpipe-worker
 	trap '$(CARGO) run -q -p orderpipe-stack -- down' EXIT; \
-	$(CARGO) run -q -p orderpipe-stack -- up --profile kubernetes; \
+	$(CARGO) run -q -p orderpipe-stack -- up --no-prometheus; \
 	e2e/postman/run.sh
 
 # --- Delivery (used by the Jenkinsfile; they act on the current kubectl context) ---------------

@@ -1,9 +1,10 @@
-//! `orderpipe-bench` (`make bench`): measures the worker and the operator on the local real stack,
-//! side by side with the baselines a user would pick instead, in one run on one broker, and writes
-//! a markdown report (also printed) with the machine's core count and the versions involved.
+//! `orderpipe-bench` (`make bench`): measures the worker, the operator and the intake gateway on the
+//! local real stack, side by side with the baselines a user would pick instead, in one run on one
+//! broker, and writes a markdown report (also printed) with the machine's core count and the versions involved.
 //! Ratios measured in one run are the numbers that count on a shared, noisy machine.
 
 mod autoscale;
+mod intake;
 mod operator;
 mod raw_copy;
 mod report;
@@ -60,6 +61,8 @@ enum Part {
     Operator,
     /// Lag autoscaling: a burst, autoscaled against one fixed replica.
     Autoscale,
+    /// The intake gateway under an independent HTTP load generator (oha).
+    Intake,
 }
 
 /// What every section gets.
@@ -83,7 +86,7 @@ fn main() -> anyhow::Result<()> {
         None => {}
     }
     let parts = if cli.only.is_empty() {
-        vec![Part::Worker, Part::Operator, Part::Autoscale]
+        vec![Part::Worker, Part::Operator, Part::Autoscale, Part::Intake]
     } else {
         cli.only.clone()
     };
@@ -105,6 +108,7 @@ fn main() -> anyhow::Result<()> {
                 Part::Pipeline => worker::run(&ctx, worker::Scope::PipelineOnly).await,
                 Part::Operator => operator::run(&ctx).await,
                 Part::Autoscale => autoscale::run(&ctx).await,
+                Part::Intake => intake::run(&ctx).await,
             }
         });
         match result {

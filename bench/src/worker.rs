@@ -7,8 +7,8 @@
 pub mod kafka;
 mod measure;
 mod pipeline;
-mod process;
-mod stats;
+pub(crate) mod process;
+pub(crate) mod stats;
 mod variant;
 mod webhook;
 

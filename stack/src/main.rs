@@ -50,6 +50,13 @@ enum Cmd {
     Down,
     /// Show whether the stack runs and answers.
     Status,
+    /// Create topics on the stack's broker (the operator creates them in a real deployment; the
+    /// scripts that run a binary outside the operator, like e2e/postman/run.sh, need them too).
+    CreateTopics {
+        /// `NAME:PARTITIONS`, e.g. `shop.orders:3`.
+        #[arg(required = true, value_parser = topic_spec)]
+        topics: Vec<(String, i32)>,
+    },
     /// Run a stack in the foreground until SIGTERM/SIGINT (what `up` starts, detached).
     #[command(hide = true)]
     Serve(StackArgs),
@@ -119,6 +126,7 @@ fn main() -> ExitCode {
             Cmd::Up(args) => up(&env_file, &args),
             Cmd::Down => down(&env_file),
             Cmd::Status => status(&env_file).await,
+            Cmd::CreateTopics { topics } => create_topics(&env_file, &topics),
             Cmd::Serve(args) => serve(&env_file, &args).await,
         }
     });
@@ -129,6 +137,27 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn topic_spec(spec: &str) -> Result<(String, i32), String> {
+    spec.rsplit_once(':')
+        .and_then(|(name, partitions)| {
+            let partitions = partitions.parse().ok().filter(|p: &i32| *p > 0)?;
+            (!name.is_empty()).then(|| (name.to_owned(), partitions))
+        })
+        .ok_or_else(|| format!("{spec:?} is not NAME:PARTITIONS with PARTITIONS > 0"))
+}
+
+fn create_topics(env_file: &Path, topics: &[(String, i32)]) -> anyhow::Result<ExitCode> {
+    let Some(env) = running_stack(env_file)? else {
+        bail!("no e2e stack runs (env file {})", env_file.display());
+    };
+    let bootstrap = env
+        .kafka_bootstrap
+        .context("the running stack has no Kafka broker")?;
+    let topics: Vec<(&str, i32)> = topics.iter().map(|(n, p)| (n.as_str(), *p)).collect();
+    orderpipe_stack::create_topics(&bootstrap, &topics)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn supervisor_log(env_file: &Path, name: &str) -> PathBuf {

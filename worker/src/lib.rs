@@ -11,12 +11,14 @@
 //!   runtime moves them;
 //! - [`app`]: wiring of one stage from the worker contract (`orderpipe_api::contract`);
 //! - [`metrics`], [`server`]: Prometheus metrics and `/metrics`, `/healthz`, `/readyz`;
-//! - [`loadgen`]: seeded input for tests, the demo and the benchmarks.
+//! - [`loadgen`]: seeded input for tests, the demo and the benchmarks;
+//! - [`intake`]: the intake gateway, the pipeline's HTTP front door (a mode of the same binary).
 //!
 //! The design is documented in `docs/worker.md`.
 
 pub mod app;
 pub mod error;
+pub mod intake;
 pub mod kafka;
 pub mod loadgen;
 pub mod metrics;

@@ -1,5 +1,6 @@
 //! The `orderpipe-worker` binary: `run` (one pipeline stage, configured by the worker contract's
-//! environment) and `loadgen` (seeded input for a stage). Owns the command line, logging, signals
+//! environment), `intake` (the pipeline's HTTP gateway), `openapi` (the gateway's API document)
+//! and `loadgen` (seeded input for a stage). Owns the command line, logging, signals
 //! and exit codes; must not contain stage or loop logic.
 //!
 //! The same source builds the test binary `orderpipe-worker-faulty`, a deliberately bad release
@@ -12,6 +13,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use orderpipe_api::contract::{KafkaConnection, WorkerConfig};
 use orderpipe_orders::generator::{EventConfig, GenConfig};
 use orderpipe_worker::WorkerError;
+use orderpipe_worker::intake::{self, IntakeArgs};
 use orderpipe_worker::loadgen::{self, LoadMode, LoadSpec};
 use orderpipe_worker::stage::fault::Release;
 use tokio_util::sync::CancellationToken;
@@ -51,6 +53,10 @@ enum LogFormat {
 enum Command {
     /// Run the stage described by the ORDERPIPE_* environment (the operator-to-worker contract).
     Run,
+    /// Run the intake gateway: shops POST orders and GET their status (docs/intake.md).
+    Intake(IntakeArgs),
+    /// Print the intake gateway's OpenAPI document (committed as docs/intake.openapi.json).
+    Openapi,
     /// Produce seeded orders or status events to a topic.
     Loadgen(LoadgenArgs),
 }
@@ -143,6 +149,11 @@ pub fn main() -> ExitCode {
     init_logging(cli.log_format);
     match cli.command {
         Command::Run => run(),
+        Command::Intake(args) => run_intake(args),
+        Command::Openapi => {
+            print!("{}", intake::http::openapi_document());
+            ExitCode::SUCCESS
+        }
         Command::Loadgen(args) => loadgen(&args),
     }
 }
@@ -164,21 +175,52 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+fn async_runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("orderpipe-worker")
+        .build()
+    {
+        Ok(runtime) => Some(runtime),
+        Err(error) => {
+            eprintln!("error: starting the async runtime failed: {error}");
+            None
+        }
+    }
+}
+
+fn run_intake(args: IntakeArgs) -> ExitCode {
+    let kafka = match KafkaConnection::from_env(|name| std::env::var(name).ok()) {
+        Ok(kafka) => kafka,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let Some(runtime) = async_runtime() else {
+        return ExitCode::FAILURE;
+    };
+    let result = runtime.block_on(async { intake::run(args, kafka, shutdown_on_signals()).await });
+    match result {
+        Ok(()) => {
+            tracing::info!("intake gateway stopped");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            tracing::error!(%error, "intake gateway failed");
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn run() -> ExitCode {
     let config = match WorkerConfig::from_env(|name| std::env::var(name).ok()) {
         Ok(config) => config,
         Err(error) => return fail(&WorkerError::from(error)),
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("orderpipe-worker")
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("error: starting the async runtime failed: {error}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = async_runtime() else {
+        return ExitCode::FAILURE;
     };
     let result = runtime.block_on(async {
         let shutdown = shutdown_on_signals();

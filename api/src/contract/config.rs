@@ -73,6 +73,31 @@ pub struct KafkaConnection {
 }
 
 impl KafkaConnection {
+    /// Reads the connection variables of the contract (`ORDERPIPE_KAFKA_*`): every process the
+    /// operator runs against a pipeline's cluster (stage workers, the intake gateway) gets them.
+    pub fn from_env(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ContractError> {
+        Self::read(&Vars(&lookup))
+    }
+
+    fn read<F: Fn(&str) -> Option<String>>(vars: &Vars<'_, F>) -> Result<Self, ContractError> {
+        let sasl = match vars.optional(env::SASL_MECHANISM) {
+            None => None,
+            Some(mechanism) => Some(SaslConfig {
+                mechanism: parse_sasl_mechanism(&mechanism)
+                    .map_err(|malformed| malformed.of(env::SASL_MECHANISM))?,
+                username: vars.required(env::SASL_USERNAME)?,
+                password: SecretString(vars.required(env::SASL_PASSWORD)?),
+            }),
+        };
+        Ok(Self {
+            bootstrap_servers: vars.required(env::BOOTSTRAP_SERVERS)?,
+            tls: vars.parse_or(env::TLS_ENABLED, false, parse_bool)?,
+            tls_ca_file: vars.optional(env::TLS_CA_FILE).map(PathBuf::from),
+            tls_client_dir: vars.optional(env::TLS_CLIENT_DIR).map(PathBuf::from),
+            sasl,
+        })
+    }
+
     /// A plaintext connection without authentication (the load generator's default, tests).
     pub fn plaintext(bootstrap_servers: &str) -> Self {
         Self {
@@ -157,28 +182,13 @@ impl WorkerConfig {
         } else {
             None
         };
-        let sasl = match vars.optional(env::SASL_MECHANISM) {
-            None => None,
-            Some(mechanism) => Some(SaslConfig {
-                mechanism: parse_sasl_mechanism(&mechanism)
-                    .map_err(|malformed| malformed.of(env::SASL_MECHANISM))?,
-                username: vars.required(env::SASL_USERNAME)?,
-                password: SecretString(vars.required(env::SASL_PASSWORD)?),
-            }),
-        };
         Ok(Self {
             pipeline: vars.required(env::PIPELINE)?,
             namespace: vars.required(env::NAMESPACE)?,
             stage: vars.required(env::STAGE)?,
             pod_name: vars.required(env::POD_NAME)?,
             processor,
-            kafka: KafkaConnection {
-                bootstrap_servers: vars.required(env::BOOTSTRAP_SERVERS)?,
-                tls: vars.parse_or(env::TLS_ENABLED, false, parse_bool)?,
-                tls_ca_file: vars.optional(env::TLS_CA_FILE).map(PathBuf::from),
-                tls_client_dir: vars.optional(env::TLS_CLIENT_DIR).map(PathBuf::from),
-                sasl,
-            },
+            kafka: KafkaConnection::read(&vars)?,
             input_topic: vars.required(env::INPUT_TOPIC)?,
             outputs: vars.parse_or(env::OUTPUTS, BTreeMap::new(), parse_outputs)?,
             dead_letter_topic: vars.required(env::DEAD_LETTER_TOPIC)?,

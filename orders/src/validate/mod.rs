@@ -74,6 +74,28 @@ impl ValidateOutcome {
     }
 }
 
+/// An order accepted by [`Validator::admit`]: what an HTTP front door needs to key and deduplicate it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admitted {
+    pub order_id: String,
+    /// The same content fingerprint the stage's dedup record holds ([`SeenOrder::fingerprint`]).
+    pub fingerprint: String,
+}
+
+/// Why [`Validator::admit`] refused a submission: the stage would dead-letter it (`Undecodable`,
+/// with the dead-letter reason code) or reject it (every violated rule).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inadmissible {
+    Undecodable {
+        reason: DeadLetterReason,
+        message: String,
+    },
+    Rejected {
+        order_id: Option<String>,
+        reasons: Vec<Reason>,
+    },
+}
+
 /// The validate stage.
 #[derive(Debug, Clone, Default)]
 pub struct Validator {
@@ -86,6 +108,50 @@ pub type ValidateDecision = Decision<ValidateOutcome, SeenOrder>;
 impl Validator {
     pub fn new(policy: ValidatePolicy) -> Self {
         Self { policy }
+    }
+
+    /// Judges an order submitted outside Kafka (the intake gateway) by exactly the rules `process`
+    /// applies, before it is produced keyed by its orderId. The key rule cannot fail here: the
+    /// record's key will be the orderId read from the payload. Dedup is not judged: that needs the
+    /// stage's state, and the stage still judges the produced record.
+    pub fn admit(&self, payload: &[u8]) -> Result<Admitted, Inadmissible> {
+        let input = InputRecord {
+            key: None,
+            payload: Some(payload),
+            origin: crate::decision::Origin {
+                topic: "",
+                partition: 0,
+                offset: 0,
+            },
+            timestamp: DateTime::<Utc>::UNIX_EPOCH,
+        };
+        let undecodable = |failure: Undecodable| Inadmissible::Undecodable {
+            reason: failure.reason,
+            message: failure.message,
+        };
+        let object = match decode_payload::<Json<'_>>(&input) {
+            Ok(Json::Object(object)) => object,
+            Ok(_) => {
+                return Err(Inadmissible::Undecodable {
+                    reason: DeadLetterReason::NotAnObject,
+                    message: "an order must be a JSON object".to_owned(),
+                });
+            }
+            Err(failure) => return Err(undecodable(failure)),
+        };
+        let order_id = object.get("orderId").and_then(Json::as_str);
+        match rules::check_order(&object, order_id.map(str::as_bytes), self.policy.max_items) {
+            Ok(checked) => Ok(Admitted {
+                fingerprint: SeenOrder::new(&checked.order, input.timestamp).fingerprint,
+                order_id: checked.order.order_id,
+            }),
+            Err(reasons) => Err(Inadmissible::Rejected {
+                order_id: order_id
+                    .filter(|id| crate::ids::is_order_id(id))
+                    .map(str::to_owned),
+                reasons,
+            }),
+        }
     }
 
     fn dead_letter(input: &InputRecord<'_>, failure: Undecodable) -> ValidateDecision {

@@ -505,3 +505,68 @@ fn a_rejected_order_emits_no_status_event() {
             .all(|e| e.output != Output::StatusEvent)
     );
 }
+
+mod admit {
+    use orderpipe_orders::validate::{Admitted, Inadmissible};
+
+    use super::*;
+
+    #[test]
+    fn a_valid_order_is_admitted_with_the_fingerprint_the_stage_remembers() {
+        let payload = support::json(&order());
+        let admitted = Validator::default().admit(&payload).expect("admitted");
+        let decision = validate(Some(b"ord-1"), &payload);
+        let seen = SeenOrder::decode(&only(&decision.emits, Output::Changelog).payload)
+            .expect("dedup record");
+        assert_eq!(
+            admitted,
+            Admitted {
+                order_id: "ord-1".to_owned(),
+                fingerprint: seen.fingerprint
+            }
+        );
+    }
+
+    #[test]
+    fn admission_refuses_with_the_same_reasons_as_the_stage_for_every_rule_but_the_key() {
+        let policy = ValidatePolicy::default();
+        for &mutation in Mutation::ALL {
+            for pick in 0..2 {
+                let mutated = mutation.apply(&order(), pick, policy.max_items);
+                if mutated.rule == Rule::KeyMatchesOrderId {
+                    // The gateway keys the record by the payload's orderId: it cannot differ.
+                    continue;
+                }
+                let payload = support::json(&mutated.order);
+                let Err(Inadmissible::Rejected { reasons, .. }) =
+                    Validator::default().admit(&payload)
+                else {
+                    panic!("{mutation:?} pick {pick} was not rejected");
+                };
+                let stage = validate(mutated.key.as_deref(), &payload);
+                assert_eq!(
+                    reasons
+                        .iter()
+                        .map(|r| (r.field.clone(), r.rule))
+                        .collect::<Vec<_>>(),
+                    super::reasons(&stage),
+                    "{mutation:?} pick {pick}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn bytes_that_are_not_a_json_object_are_refused_with_the_dead_letter_reason() {
+        for (payload, reason) in [
+            (&b"[1]"[..], DeadLetterReason::NotAnObject),
+            (b"{", DeadLetterReason::NotJson),
+            (b"\xff", DeadLetterReason::NotUtf8),
+        ] {
+            match Validator::default().admit(payload) {
+                Err(Inadmissible::Undecodable { reason: got, .. }) => assert_eq!(got, reason),
+                other => panic!("{payload:?}: {other:?}"),
+            }
+        }
+    }
+}

@@ -320,7 +320,13 @@ pub struct WorkerProcess {
 }
 
 impl WorkerProcess {
+    /// `orderpipe-worker run`: one stage.
     pub fn spawn(name: &str, env: &[(String, String)]) -> Self {
+        Self::spawn_mode(name, "run", env)
+    }
+
+    /// `orderpipe-worker <mode>` (`run`, `intake`) with the environment `env`.
+    pub fn spawn_mode(name: &str, mode: &str, env: &[(String, String)]) -> Self {
         let dir = std::env::temp_dir().join("orderpipe-worker-tests");
         std::fs::create_dir_all(&dir).expect("log dir");
         let log = dir.join(format!("{}.log", unique_name(name)));
@@ -331,7 +337,7 @@ impl WorkerProcess {
             .and_then(|(_, v)| v.parse().ok())
             .unwrap_or_default();
         let child = Command::new(env!("CARGO_BIN_EXE_orderpipe-worker"))
-            .arg("run")
+            .arg(mode)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
