@@ -362,6 +362,7 @@ fn broker_fault_two_of_three_brokers_down_below_min_insync_replicas() {
     run.phase(&format!(
         "SIGKILL brokers {down:?}; broker {survivor} is left alone"
     ));
+    let before = validated_share(run.bootstrap(), &run.pipeline, run.spec.count);
     let outage = Instant::now();
     for broker in &down {
         run.cluster.kill(*broker);
@@ -423,8 +424,12 @@ fn broker_fault_two_of_three_brokers_down_below_min_insync_replicas() {
     let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
     run.cluster.wait_in_sync(&topics);
     run.phase("every replica back in the ISR");
-    wait_until_blocking("validate to be ready again", FAILOVER, || ready(validate))
-        .expect("validate resumes");
-    run.phase("validate ready again");
+    // Ready alone is not enough (a member whose partitions were taken away while its session
+    // expired is ready, waiting for an assignment): it must also commit again.
+    wait_until_blocking("validate to commit again and be ready", FAILOVER, || {
+        validated_share(run.bootstrap(), &run.pipeline, run.spec.count) > before && ready(validate)
+    })
+    .expect("validate resumes");
+    run.phase("validate commits again and is ready");
     run.finish();
 }
