@@ -149,18 +149,23 @@ async fn a_three_broker_cluster_gets_replicated_topics_and_warnings_for_single_r
     // A broker down: a new topic declaring 3 replicas waits with a clear reason, and is created
     // once the broker is back.
     let late = format!("{prefix}.late");
-    let pipeline = pipeline.partitions(&late, 2).replication_factor(&late, 3);
+    let pipeline = pipeline.topic(&late, 2).replication_factor(&late, 3);
     stack.kill_broker(3)?;
-    let outcome = wait_until(
+    // Until the controller fences it (broker session timeout, 9 s) the dead broker is still
+    // listed, and Kafka would still place replicas on it.
+    let query = TopicQuery::new(&desired_topics(&pipeline), &LastStatus::of(&pipeline));
+    wait_until(
         "the dead broker fenced (metadata lists 2 brokers)",
         Duration::from_secs(90),
-        || async {
-            let outcome = reconcile(&pipeline, &admin).await;
-            (status(&outcome, &late).reason.as_deref() == Some("ReplicationFactorTooHigh"))
-                .then_some(outcome)
-        },
+        || async { (admin.brokers(&query).await.ok()?? == 2).then_some(()) },
     )
     .await?;
+    let outcome = reconcile(&pipeline, &admin).await;
+    assert_eq!(
+        status(&outcome, &late).reason.as_deref(),
+        Some("ReplicationFactorTooHigh")
+    );
+    assert_eq!(partition_count(&bootstrap, &late)?, None);
     assert!(
         message(status(&outcome, &late)).contains("the Kafka cluster has 2 broker(s)"),
         "{:?}",
