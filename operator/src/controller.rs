@@ -572,9 +572,10 @@ async fn sync_topics(
             let last = topics::LastStatus::of(pipeline);
             let query = topics::TopicQuery::new(&desired, &last);
             let observed = admin.describe(&query).await.map_err(Error::Kafka)?;
+            let brokers = admin.brokers(&query).await.map_err(Error::Kafka)?;
             ctx.metrics
                 .admin_operation(topics::Operation::Describe.as_str(), true);
-            topics::plan(&desired, &observed, &ownership, &last)
+            topics::plan(&desired, &observed, &ownership, &last, brokers)
         }
         TopicSync::Finalize => topics::finalize_plan(pipeline, &ownership),
     };

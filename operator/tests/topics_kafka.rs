@@ -57,11 +57,10 @@ async fn reconcile(pipeline: &mut OrderPipeline, admin: &KafkaTopicAdmin) -> Top
     let owners = OwnershipView::new(pipeline, [&*pipeline]);
     let desired = desired_topics(pipeline);
     let last = LastStatus::of(pipeline);
-    let observed = admin
-        .describe(&TopicQuery::new(&desired, &last))
-        .await
-        .expect("describe");
-    let outcome = execute(admin, plan(&desired, &observed, &owners, &last)).await;
+    let query = TopicQuery::new(&desired, &last);
+    let observed = admin.describe(&query).await.expect("describe");
+    let brokers = admin.brokers(&query).await.expect("brokers");
+    let outcome = execute(admin, plan(&desired, &observed, &owners, &last, brokers)).await;
     assert!(outcome.errors.is_empty(), "{:?}", outcome.errors);
     pipeline.status = Some(OrderPipelineStatus {
         observed_generation: pipeline.metadata.generation,

@@ -750,11 +750,6 @@ pub(crate) fn server_properties(
             format!("transaction.state.log.replication.factor={replicas}"),
             format!("transaction.state.log.min.isr={min_isr}"),
             format!("transaction.state.log.num.partitions={internal_partitions}"),
-            // What a topic created without its own settings gets (what production recommends).
-            format!("default.replication.factor={replicas}"),
-            format!("min.insync.replicas={min_isr}"),
-            // A replica that was out of the ISR never becomes leader: no silent loss.
-            "unclean.leader.election.enable=false".to_owned(),
             // Consumer groups in tests should not wait 3 s for more members.
             "group.initial.rebalance.delay.ms=0".to_owned(),
             // The operator must create topics; a typo in a test must not silently create one.
@@ -763,6 +758,14 @@ pub(crate) fn server_properties(
     } else {
         lines.push("listener.security.protocol.map=CONTROLLER:PLAINTEXT".to_owned());
     }
+    // Every node: in KRaft the controller applies the defaults of a topic created without its
+    // own settings (what production recommends), the brokers enforce them.
+    lines.extend([
+        format!("default.replication.factor={replicas}"),
+        format!("min.insync.replicas={min_isr}"),
+        // A replica that was out of the ISR never becomes leader: no silent loss.
+        "unclean.leader.election.enable=false".to_owned(),
+    ]);
     let mut props = String::new();
     for line in lines {
         let _ = writeln!(props, "{line}");
@@ -917,6 +920,8 @@ mod tests {
         };
         let props = server_properties(&controller, &secure(), Path::new("/c"));
         assert!(props.contains("process.roles=controller\n"));
+        assert!(props.contains("default.replication.factor=3\n"));
+        assert!(props.contains("min.insync.replicas=2\n"));
         assert!(props.contains("listeners=CONTROLLER://127.0.0.1:9393\n"));
         assert!(!props.contains("advertised.listeners"));
         let broker = NodeConfig {

@@ -1,7 +1,8 @@
-//! `Stack`: one local real-infrastructure environment (Kubernetes control plane and/or a Kafka
-//! broker, and with Kubernetes a Prometheus and the exporters it scrapes) in its own work dir, started by a builder,
-//! restartable component by component, and stopped by PID on `stop()`, on `Drop`, and (through the
-//! watchdogs) when its owner dies.
+//! `Stack`: one local real-infrastructure environment (Kubernetes control plane and/or Kafka — one
+//! broker or a replicated cluster — and with Kubernetes a Prometheus and the exporters it scrapes)
+//! in its own work dir, started by a builder, restartable component by component (each Kafka
+//! broker killed, paused, stopped and started on its own), and stopped by PID on `stop()`, on
+//! `Drop`, and (through the watchdogs) when its owner dies.
 //! Must not share state with other stacks: own ports, PKI, data dirs and logs.
 
 use std::fs;

@@ -445,6 +445,11 @@ where
                     at_end[index] = true;
                 }
             }
+            // A connection to a broker that is down (killed in a fault test, say): librdkafka
+            // reports it and reconnects, or reads from the new leader, by itself.
+            Some(Err(KafkaError::MessageConsumption(
+                RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::AllBrokersDown,
+            ))) => {}
             Some(Err(error)) => return Err(StackError::kafka(format!("reading {topic}"), error)),
         }
     }

@@ -24,8 +24,8 @@ use crate::kafka::producer::{AtLeastOnceSink, TransactionalSink};
 use crate::metrics::Metrics;
 use crate::output_topics::OutputTopics;
 use crate::runtime::{
-    ChangelogReader, Coordinator, CoordinatorParts, Health, LagBook, Sink, SinkError, Tuning,
-    driver,
+    ChangelogReader, Coordinator, CoordinatorParts, DEFAULT_COMMIT_STALL, Health, LagBook, Sink,
+    SinkError, Tuning, driver,
 };
 use crate::server::{self, Endpoints};
 use crate::stage::fault::{DeadLetterEverything, Release};
@@ -53,7 +53,11 @@ pub async fn run(
 ) -> Result<(), WorkerError> {
     let (registry, metrics) = Metrics::registry(&config.pipeline, &config.stage);
     let tuning = Tuning::new(config.commit_interval, config.shutdown_grace);
-    let health = Arc::new(Health::new(tuning.stop_timeout + STALL_MARGIN));
+    // Not ready once finished records wait for a commit much longer than the commit interval.
+    let health = Arc::new(
+        Health::new(tuning.stop_timeout + STALL_MARGIN)
+            .with_commit_stall(DEFAULT_COMMIT_STALL.max(config.commit_interval * 10)),
+    );
     let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, config.metrics_port))
         .await
         .map_err(|source| WorkerError::Serve {

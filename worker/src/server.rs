@@ -1,6 +1,6 @@
 //! The worker's HTTP endpoints on the contract's metrics port (served by `orderpipe-probes`):
-//! `/metrics`, `/healthz` (the loop is not wedged) and `/readyz` (the loop runs and every assigned
-//! partition's state is restored). Must not change what it reports.
+//! `/metrics`, `/healthz` (the loop is not wedged) and `/readyz` (the loop runs, every assigned
+//! partition's state is restored, and finished records do not wait too long for a commit). Must not change what it reports.
 
 use std::sync::Arc;
 
@@ -32,7 +32,12 @@ impl Probes for Endpoints {
     }
 
     fn ready(&self) -> Result<(), &'static str> {
-        if self.health.is_ready() {
+        if self.health.is_commit_stalled() {
+            Err(
+                "finished records have waited too long for a commit: the brokers are unreachable \
+                 or refuse writes (fewer in-sync replicas than min.insync.replicas?)",
+            )
+        } else if self.health.is_ready() {
             Ok(())
         } else {
             Err("starting, restoring partition state, or stopping")

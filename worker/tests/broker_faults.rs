@@ -3,10 +3,12 @@
 //! `min.insync.replicas=2`: inputs, outputs, state and dead-letter topics, and Kafka's internal
 //! topics), while brokers fail under it: the leader of the input partitions SIGKILLed, the
 //! transaction coordinator of the validate stage SIGKILLed, a leader SIGSTOPped past the broker
-//! session timeout, and two of three brokers down (below `min.insync.replicas`). The orders are
-//! produced while the stages run. After each fault an independent read_committed client checks the
-//! books: every valid order exactly once in every output, in per-key input order, rejects and dead
-//! letters exactly as injected, one distinct webhook delivery per (order, version).
+//! session timeout, and two of three brokers down (below `min.insync.replicas`: validate stops
+//! being ready, nothing commits, and it resumes once the ISRs recover). The orders are produced
+//! while the stages run (all of them before the last fault). After each fault an independent
+//! read_committed client checks the books: every valid order exactly once in every output, in
+//! per-key input order, rejects and dead letters exactly as injected, one distinct webhook
+//! delivery per (order, version).
 //!
 //! `make test` runs the short `ha_smoke_*` run; `make test-faults` runs every `broker_fault_*` run
 //! with `ORDERPIPE_FAULT_ORDERS` orders (100,000) and reports how long each took.
@@ -22,8 +24,9 @@ use common::pipeline::{
 use common::{WorkerProcess, count_from_env, produce};
 use orderpipe_api::contract::naming;
 use orderpipe_stack::{
-    KafkaTopology, Stack, committed_offsets, in_sync, partition_infos, partition_leader,
-    topic_config, transaction_coordinator, unique_name, wait_until_blocking,
+    Isolation, KafkaControllers, KafkaTopology, Stack, committed_offsets, in_sync, partition_infos,
+    partition_leader, read_all, topic_config, transaction_coordinator, unique_name,
+    wait_until_blocking,
 };
 use orderpipe_worker::loadgen::LoadSpec;
 
@@ -195,6 +198,13 @@ impl Run {
         }
     }
 
+    /// Waits until the whole load is produced.
+    fn wait_produced(&mut self) {
+        if let Some(producer) = self.producer.take() {
+            producer.join().expect("the load was produced");
+        }
+    }
+
     fn bootstrap(&self) -> &str {
         &self.cluster.bootstrap
     }
@@ -216,9 +226,7 @@ impl Run {
     /// Waits for the load to be produced and every stage to drain, stops the workers, waits for
     /// every replica to be back in sync, checks the books and stops the cluster.
     fn finish(mut self) -> Delivered {
-        if let Some(producer) = self.producer.take() {
-            producer.join().expect("the load was produced");
-        }
+        self.wait_produced();
         wait_until_blocking("every stage to drain its input", DRAIN_TIMEOUT, || {
             self.pipeline.drained(self.bootstrap())
         })
@@ -325,5 +333,103 @@ fn broker_fault_leader_sigstopped_past_the_session_timeout() {
     run.wait_validated(0.6);
     run.cluster.resume(paused);
     run.phase(&format!("broker {paused} SIGCONTed"));
+    run.finish();
+}
+
+/// Whether the worker answers `/readyz` with 200.
+fn ready(worker: &WorkerProcess) -> bool {
+    worker
+        .get("/readyz")
+        .is_some_and(|(status, _)| status == 200)
+}
+
+#[test]
+#[ignore = "needs the e2e tools: make test-faults"]
+fn broker_fault_two_of_three_brokers_down_below_min_insync_replicas() {
+    // A dedicated controller keeps the KRaft quorum while two of the three brokers are down, so
+    // the controller shrinks every ISR to the one broker left: below min.insync.replicas (2).
+    let topology = KafkaTopology {
+        brokers: 3,
+        controllers: KafkaControllers::Dedicated(1),
+    };
+    let mut run = Run::start("below-min-isr", topology, fault_orders(), 900);
+    // The load generator gives up on a flush after a while (it fails loudly, loses nothing):
+    // the whole load is in before the outage, which only the stages then live through.
+    run.wait_produced();
+    run.wait_validated(0.3);
+    let survivor = partition_leader(run.bootstrap(), &run.pipeline.orders, 0).expect("leader");
+    let down: Vec<i32> = [1, 2, 3].into_iter().filter(|b| *b != survivor).collect();
+    run.phase(&format!(
+        "SIGKILL brokers {down:?}; broker {survivor} is left alone"
+    ));
+    let before = validated_share(run.bootstrap(), &run.pipeline, run.spec.count);
+    let outage = Instant::now();
+    for broker in &down {
+        run.cluster.kill(*broker);
+    }
+    let topics = run.pipeline.all_topics();
+    wait_until_blocking("every ISR shrunk to the broker left", FAILOVER, || {
+        topics.iter().all(|topic| {
+            partition_infos(run.bootstrap(), topic).is_ok_and(|partitions| {
+                partitions
+                    .iter()
+                    .all(|p| p.leader == survivor && p.isr == [survivor])
+            })
+        })
+    })
+    .expect("the ISRs shrank");
+    run.phase("every ISR is [the broker left]: below min.insync.replicas");
+
+    // No write is acknowledged now: the validate stage cannot commit and says so on /readyz.
+    let validate = &run.workers[0];
+    wait_until_blocking("validate to report not ready", FAILOVER, || {
+        !ready(validate)
+    })
+    .expect("validate stops being ready");
+    let (_, reason) = validate.get("/readyz").expect("an answer");
+    run.phase(&format!("validate not ready: {}", reason.trim()));
+    // What a read_committed reader sees of validate's output (the group coordinator cannot be
+    // relied on for committed offsets now: its log is below min.insync.replicas too).
+    let visible = || {
+        read_all(
+            run.bootstrap(),
+            &run.pipeline.validated,
+            Isolation::ReadCommitted,
+        )
+        .expect("validated read to its end")
+        .len()
+    };
+    let stuck = visible();
+    // The fault lasts past a transaction's timeout (60 s): producers retry, transactions time
+    // out and abort, and nothing commits meanwhile.
+    std::thread::sleep(Duration::from_secs(75).saturating_sub(outage.elapsed()));
+    assert_eq!(
+        visible(),
+        stuck,
+        "nothing commits below min.insync.replicas"
+    );
+    assert!(!ready(validate), "still not ready");
+    let not_ready: Vec<&str> = Stage::ALL
+        .iter()
+        .zip(&run.workers)
+        .filter(|(_, worker)| !ready(worker))
+        .map(|(stage, _)| stage.name())
+        .collect();
+    run.phase(&format!("stages not ready: {not_ready:?}"));
+
+    for broker in &down {
+        run.cluster.restart(*broker);
+    }
+    run.phase(&format!("brokers {down:?} restarted"));
+    let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+    run.cluster.wait_in_sync(&topics);
+    run.phase("every replica back in the ISR");
+    // Ready alone is not enough (a member whose partitions were taken away while its session
+    // expired is ready, waiting for an assignment): it must also commit again.
+    wait_until_blocking("validate to commit again and be ready", FAILOVER, || {
+        validated_share(run.bootstrap(), &run.pipeline, run.spec.count) > before && ready(validate)
+    })
+    .expect("validate resumes");
+    run.phase("validate commits again and is ready");
     run.finish();
 }

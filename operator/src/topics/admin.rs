@@ -46,6 +46,17 @@ pub trait TopicAdmin: Sync {
 
     /// Deletes a topic and its records. A topic that is already gone is [`Effect::AlreadyInPlace`].
     fn delete(&self, name: &str) -> impl Future<Output = Result<Effect, TopicError>> + Send;
+
+    /// How many brokers the cluster has now, as its metadata lists them (brokers that are down
+    /// are not listed); `None` when the admin cannot tell. `query` names topics to ask about, so
+    /// the answer does not list every topic of the cluster.
+    fn brokers(
+        &self,
+        query: &TopicQuery,
+    ) -> impl Future<Output = Result<Option<usize>, TopicError>> + Send {
+        let _ = query;
+        async { Ok(None) }
+    }
 }
 
 /// What an admin call did.

@@ -280,7 +280,37 @@ fn shape_of(
     }))
 }
 
+/// Brokers listed in the metadata of `name` (a topic the pipeline declares; it need not exist).
+fn broker_count(
+    client: &AdminClient<DefaultClientContext>,
+    name: Option<&str>,
+    timeout: Duration,
+) -> Result<usize, TopicError> {
+    client
+        .inner()
+        .fetch_metadata(name, timeout)
+        .map(|metadata| metadata.brokers().len())
+        .map_err(|error| TopicError::kafka(Operation::Describe, name.unwrap_or("*"), error))
+}
+
 impl TopicAdmin for KafkaTopicAdmin {
+    async fn brokers(&self, query: &TopicQuery) -> Result<Option<usize>, TopicError> {
+        let client = Arc::clone(&self.client);
+        let timeout = self.timeout;
+        let name = query.names.iter().next().cloned();
+        let task =
+            tokio::task::spawn_blocking(move || broker_count(&client, name.as_deref(), timeout));
+        match task.await {
+            Ok(Ok(brokers)) => Ok(Some(brokers)),
+            Ok(Err(error)) => Err(self.diagnosed(error).await),
+            Err(source) => Err(TopicError::Blocking {
+                op: Operation::Describe,
+                topic: "*".to_owned(),
+                source,
+            }),
+        }
+    }
+
     async fn describe(
         &self,
         query: &TopicQuery,

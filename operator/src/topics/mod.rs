@@ -64,6 +64,15 @@ pub mod reason {
     pub const PARTITION_DECREASE_REFUSED: &str = "PartitionDecreaseRefused";
     /// Status: the topic's replication factor differs from the declared one.
     pub const REPLICATION_FACTOR_MISMATCH: &str = "ReplicationFactorMismatch";
+    /// Status: the declared replication factor is greater than the brokers the cluster has; the
+    /// topic is not created.
+    pub const REPLICATION_FACTOR_TOO_HIGH: &str = "ReplicationFactorTooHigh";
+    /// Status: the declared `min.insync.replicas` is greater than the topic's replicas, so no
+    /// `acks=all` write could ever succeed; the topic is not created or configured.
+    pub const MIN_INSYNC_REPLICAS_TOO_HIGH: &str = "MinInsyncReplicasTooHigh";
+    /// Status (the topic stays ready): one replica on a cluster of several brokers, so one broker
+    /// failure stops the topic and can lose its records.
+    pub const SINGLE_REPLICA: &str = "SingleReplica";
     /// Status: the topic left the spec (or the pipeline is being deleted) and is being deleted.
     pub const DELETING: &str = "Deleting";
     /// Status: a Kafka admin call for the topic failed; the message says which and why.

@@ -252,22 +252,30 @@ impl TopicPlan {
 }
 
 /// Plans one reconcile of the pipeline's topics. `observed` holds the topics that exist (as
-/// described for [`TopicQuery::new`]); `owners` was built for this pipeline.
+/// described for [`TopicQuery::new`]); `owners` was built for this pipeline; `brokers` is how many
+/// brokers the cluster has now (`None`: unknown, nothing is checked against it).
 pub fn plan(
     desired: &[DesiredTopic],
     observed: &BTreeMap<String, ObservedTopic>,
     owners: &OwnershipView,
     last: &LastStatus<'_>,
+    brokers: Option<usize>,
 ) -> TopicPlan {
     let mut out = TopicPlan::default();
     for topic in desired {
         let live = observed.get(&topic.name);
         match owners.other_owner(&topic.name) {
             Some(owner) => out.statuses.push(conflict(&topic.name, live, owner)),
-            None => {
-                let target = target_partitions(topic, desired, observed, owners);
-                manage(topic, target, live, last, &mut out);
-            }
+            None => match unplaceable(topic, live, brokers) {
+                Some(refused) => out.statuses.push(refused),
+                None => {
+                    let target = target_partitions(topic, desired, observed, owners);
+                    manage(topic, target, live, last, &mut out);
+                    if let Some(status) = out.statuses.last_mut() {
+                        warn_single_replica(status, topic, live, brokers);
+                    }
+                }
+            },
         }
     }
     let desired_names: BTreeSet<&str> = desired.iter().map(|topic| topic.name.as_str()).collect();
@@ -414,6 +422,96 @@ fn manage(
     }
     out.statuses
         .push(managed_status(topic, live.partitions.max(target), &issues));
+}
+
+/// The spec field a topic's setting comes from: a state topic follows its input's declaration.
+fn spec_field(topic: &DesiredTopic, field: &str) -> String {
+    match &topic.co_partitioned_with {
+        Some(input) => format!(
+            "spec.topics[name={input}].{field} (state topic {} follows its input)",
+            topic.name
+        ),
+        None => format!("spec.topics[name={}].{field}", topic.name),
+    }
+}
+
+/// A topic whose declared replication cannot work on this cluster: refused (no action) with a
+/// status naming the field. Declared replication factor above the brokers present (only checked
+/// before creation: an existing topic already has its replicas), or a declared
+/// `min.insync.replicas` above the topic's replicas (every `acks=all` write, so every worker's
+/// transaction, would fail with NOT_ENOUGH_REPLICAS).
+fn unplaceable(
+    topic: &DesiredTopic,
+    live: Option<&ObservedTopic>,
+    brokers: Option<usize>,
+) -> Option<TopicStatus> {
+    let refused = |reason: &str, message: String| TopicStatus {
+        name: topic.name.clone(),
+        ready: false,
+        partitions: live.map(|live| live.partitions),
+        reason: Some(reason.to_owned()),
+        message: Some(message),
+        deletion_policy: Some(topic.deletion_policy),
+    };
+    if live.is_none()
+        && let (Some(wants), Some(brokers)) = (topic.replication_factor, brokers)
+        && usize::try_from(wants).unwrap_or(0) > brokers
+    {
+        return Some(refused(
+            reason::REPLICATION_FACTOR_TOO_HIGH,
+            format!(
+                "{} is {wants} but the Kafka cluster has {brokers} broker(s): Kafka cannot place \
+                 {wants} replicas of each partition, so topic {} is not created; declare at most \
+                 {brokers} or add brokers",
+                spec_field(topic, "replicationFactor"),
+                topic.name
+            ),
+        ));
+    }
+    let replicas = topic
+        .replication_factor
+        .or(live.map(|live| live.replication_factor))?;
+    let min_isr: i16 = topic.config.get(MIN_INSYNC_REPLICAS)?.trim().parse().ok()?;
+    (min_isr > replicas).then(|| {
+        refused(
+            reason::MIN_INSYNC_REPLICAS_TOO_HIGH,
+            format!(
+                "{} is {min_isr} but topic {} has {replicas} replica(s): no write with acks=all \
+                 (every worker's) could ever be acknowledged; declare at most {replicas} \
+                 (recommended: replicationFactor 3, min.insync.replicas 2)",
+                spec_field(topic, "config[min.insync.replicas]"),
+                topic.name
+            ),
+        )
+    })
+}
+
+const MIN_INSYNC_REPLICAS: &str = "min.insync.replicas";
+
+/// A ready topic with one replica on a cluster of several brokers stays ready but says why it
+/// should not be: one broker failure makes it unavailable and can lose its records.
+fn warn_single_replica(
+    status: &mut TopicStatus,
+    topic: &DesiredTopic,
+    live: Option<&ObservedTopic>,
+    brokers: Option<usize>,
+) {
+    let replicas = live
+        .map(|live| live.replication_factor)
+        .or(topic.replication_factor);
+    if status.ready
+        && replicas == Some(1)
+        && let Some(brokers) = brokers.filter(|n| *n > 1)
+    {
+        status.reason = Some(reason::SINGLE_REPLICA.to_owned());
+        status.message = Some(format!(
+            "topic {} has 1 replica on a cluster of {brokers} brokers: one broker failure stops \
+             it and can lose its records; declare {} 3 and min.insync.replicas 2 (a new topic: \
+             the replication factor cannot be changed in place)",
+            topic.name,
+            spec_field(topic, "replicationFactor"),
+        ));
+    }
 }
 
 /// Why a managed topic is not as declared, though it stays in use.

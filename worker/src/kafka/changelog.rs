@@ -18,6 +18,11 @@ use crate::runtime::{ApplyChangelog, ChangelogReader};
 /// How long a restore may take before the worker gives up (and exits, to be restarted).
 const RESTORE_TIMEOUT: Duration = Duration::from_secs(600);
 const POLL: Duration = Duration::from_millis(100);
+/// A restore that neither reads a record nor reaches the end for this long starts a fresh
+/// consumer at its position. Seen once right after brokers came back from an outage below
+/// `min.insync.replicas` while the partition's leadership moved: one partition's restore consumer
+/// got nothing at all for minutes, its siblings' restores finished in 2 s (docs/high-availability.md).
+const RESTORE_STALL: Duration = Duration::from_secs(20);
 const WATERMARK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Reaching the end of the partition is how a restore finishes, not an error worth a log line.
@@ -132,17 +137,37 @@ impl ChangelogReader for KafkaChangelog {
         if end <= low {
             return Ok(0);
         }
-        let mut assignment = TopicPartitionList::new();
-        assignment
-            .add_partition_offset(&self.topic, partition, Offset::Beginning)
-            .map_err(broker)?;
-        consumer.assign(&assignment).map_err(broker)?;
+        let assign = |consumer: &BaseConsumer<RestoreContext>, from: Offset| {
+            let mut assignment = TopicPartitionList::new();
+            assignment
+                .add_partition_offset(&self.topic, partition, from)
+                .map_err(broker)?;
+            consumer.assign(&assignment).map_err(broker)
+        };
+        assign(&consumer, Offset::Beginning)?;
+        let mut consumer = consumer;
 
         let mut applied = 0_u64;
         let mut position = low;
+        let mut progressed = Instant::now();
         while position < end {
             if stop.is_cancelled() {
                 return Err(RestoreFailure::Interrupted);
+            }
+            if progressed.elapsed() > RESTORE_STALL {
+                tracing::warn!(
+                    partition,
+                    position,
+                    end,
+                    topic = self.topic,
+                    "restore made no progress for {RESTORE_STALL:?}; continuing with a fresh consumer"
+                );
+                consumer = self
+                    .config
+                    .create_with_context(RestoreContext)
+                    .map_err(broker)?;
+                assign(&consumer, Offset::Offset(position))?;
+                progressed = Instant::now();
             }
             if started.elapsed() > RESTORE_TIMEOUT {
                 return Err(RestoreFailure::Timeout {
@@ -155,6 +180,7 @@ impl ChangelogReader for KafkaChangelog {
                 None => {}
                 Some(Ok(message)) => {
                     position = message.offset() + 1;
+                    progressed = Instant::now();
                     // Keyless records belong to no key; the stages never write them.
                     if let Some(key) = message.key() {
                         apply(message.offset(), key, message.payload())?;

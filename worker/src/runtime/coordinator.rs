@@ -439,6 +439,7 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
         }
         if let Some(transaction) = &mut self.transaction {
             transaction.finished(done.partition, done.offset, done.handled.outcome);
+            self.health.uncommitted_work();
         }
         // `done.permit` drops here: the record's bytes now live in the producer's bounded queue.
     }
@@ -469,6 +470,7 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
         .entered();
         match self.sink.commit(&self.topic, transaction.offsets(), group) {
             Ok(()) => {
+                self.health.all_committed();
                 transaction.count_committed(&self.metrics);
                 for (&partition, &offset) in transaction.offsets() {
                     self.lag.committed(partition, Some(offset));
@@ -606,6 +608,10 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
     }
 
     fn update_readiness(&self) {
+        // No partitions and no transaction: nothing is owed a commit any more.
+        if self.slots.is_empty() && self.transaction.is_none() {
+            self.health.all_committed();
+        }
         let ready = self.slots.values().all(Slot::is_ready);
         self.health.set_ready(ready && self.fatal.is_none());
     }

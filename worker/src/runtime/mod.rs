@@ -38,7 +38,7 @@ use std::time::Duration;
 
 pub use budget::{ByteBudget, BytePermit};
 pub use coordinator::{Coordinator, CoordinatorParts};
-pub use health::Health;
+pub use health::{DEFAULT_COMMIT_STALL, Health};
 pub use lag::{FetchView, LagBook};
 pub use ports::{
     ApplyChangelog, BrokerError, ChangelogReader, CommittedOffsets, Offsets, Sink, SinkError,

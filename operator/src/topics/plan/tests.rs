@@ -47,7 +47,13 @@ fn plan_among(
     observed: &BTreeMap<String, ObservedTopic>,
 ) -> TopicPlan {
     let owners = OwnershipView::new(me, all.iter().copied());
-    plan(&desired_topics(me), observed, &owners, &LastStatus::of(me))
+    plan(
+        &desired_topics(me),
+        observed,
+        &owners,
+        &LastStatus::of(me),
+        None,
+    )
 }
 
 fn plan_alone(me: &OrderPipeline, observed: &BTreeMap<String, ObservedTopic>) -> TopicPlan {
@@ -661,4 +667,119 @@ fn the_last_status_remembers_each_topics_partitions_for_when_kafka_is_unreachabl
         "a topic never seen has no count"
     );
     assert!(LastStatus::of(&checkout()).partitions().is_empty());
+}
+
+fn plan_on_brokers(
+    me: &OrderPipeline,
+    observed: &BTreeMap<String, ObservedTopic>,
+    brokers: usize,
+) -> TopicPlan {
+    let owners = OwnershipView::new(me, [me]);
+    plan(
+        &desired_topics(me),
+        observed,
+        &owners,
+        &LastStatus::of(me),
+        Some(brokers),
+    )
+}
+
+#[test]
+fn a_replication_factor_above_the_brokers_present_is_refused_naming_the_field() {
+    let pipeline = checkout();
+    let plan = plan_on_brokers(&pipeline, &BTreeMap::new(), 1);
+
+    // `orders` declares 3 replicas, and its state topic follows it: neither is created.
+    let created: Vec<&str> = plan.actions.iter().map(TopicAction::topic).collect();
+    assert_eq!(
+        created,
+        ["orders.validated", "orders.rejected", "orders.dlq"]
+    );
+    let orders = status(&plan, "orders");
+    assert!(!orders.ready);
+    assert_eq!(orders.reason.as_deref(), Some("ReplicationFactorTooHigh"));
+    let message = orders.message.as_deref().unwrap_or_default();
+    assert!(
+        message.contains("spec.topics[name=orders].replicationFactor is 3")
+            && message.contains("1 broker"),
+        "{message}"
+    );
+    let state = status(&plan, STATE);
+    assert_eq!(state.reason.as_deref(), Some("ReplicationFactorTooHigh"));
+    assert!(
+        state
+            .message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("spec.topics[name=orders].replicationFactor (state topic"),
+        "{state:?}"
+    );
+
+    // Three brokers: everything is created as declared.
+    let plan = plan_on_brokers(&pipeline, &BTreeMap::new(), 3);
+    assert_eq!(plan.actions.len(), 5);
+    assert!(plan.statuses.iter().all(|s| s.ready), "{:?}", plan.statuses);
+}
+
+#[test]
+fn min_insync_replicas_above_the_replicas_is_refused_naming_the_field() {
+    let pipeline = checkout()
+        .replication_factor("orders.validated", 2)
+        .topic_config("orders.validated", "min.insync.replicas", "3");
+    let plan = plan_on_brokers(&pipeline, &BTreeMap::new(), 3);
+    assert!(actions_on(&plan, "orders.validated").is_empty());
+    let validated = status(&plan, "orders.validated");
+    assert!(!validated.ready);
+    assert_eq!(
+        validated.reason.as_deref(),
+        Some("MinInsyncReplicasTooHigh")
+    );
+    let message = validated.message.as_deref().unwrap_or_default();
+    assert!(
+        message.contains(
+            "spec.topics[name=orders.validated].config[min.insync.replicas] is 3 but topic \
+             orders.validated has 2 replica(s)"
+        ),
+        "{message}"
+    );
+
+    // An existing topic's replicas count when none is declared; the config is not set on it.
+    let pipeline = checkout().topic_config("orders.rejected", "min.insync.replicas", "2");
+    let mut observed = converged(&pipeline);
+    observed
+        .get_mut("orders.rejected")
+        .expect("observed")
+        .config
+        .clear();
+    let plan = plan_on_brokers(&pipeline, &observed, 3);
+    assert!(actions_on(&plan, "orders.rejected").is_empty());
+    assert_eq!(
+        status(&plan, "orders.rejected").reason.as_deref(),
+        Some("MinInsyncReplicasTooHigh")
+    );
+}
+
+#[test]
+fn one_replica_on_a_multi_broker_cluster_stays_ready_with_a_warning() {
+    let pipeline = checkout();
+    // Undeclared replication factors got the broker default, 1.
+    let observed = converged(&pipeline);
+    let plan = plan_on_brokers(&pipeline, &observed, 3);
+    assert!(plan.actions.is_empty());
+    let validated = status(&plan, "orders.validated");
+    assert!(validated.ready, "a warning, not a failure");
+    assert_eq!(validated.reason.as_deref(), Some("SingleReplica"));
+    assert!(
+        validated
+            .message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("1 replica on a cluster of 3 brokers"),
+        "{validated:?}"
+    );
+    assert_eq!(status(&plan, "orders").reason, None, "3 replicas");
+
+    // One broker: nothing better is possible, so nothing to warn about.
+    let plan = plan_on_brokers(&pipeline, &observed, 1);
+    assert!(plan.statuses.iter().all(|s| s.reason.is_none()));
 }
