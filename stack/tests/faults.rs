@@ -163,13 +163,15 @@ async fn killing_the_stack_owner_leaves_no_orphans() -> anyhow::Result<()> {
             "kube-scheduler",
             "kwok",
             "kafka",
-            "prometheus"
+            "prometheus",
+            "kube-state-metrics",
+            "node-exporter"
         ],
         "expected every component of a full stack"
     );
     assert_eq!(
         alive(&env.pids).len(),
-        7,
+        9,
         "not all components running before the kill"
     );
 
