@@ -246,6 +246,11 @@ async fn an_apiserver_restart_while_pipelines_change_loses_no_change_and_duplica
         InProcessOperator::start(&ns, WorkerPlacement::default(), NO_PROMETHEUS.into()).await;
     let proven = restart_while_changing(&mut stack, &ns).await;
     operator.stop().await;
+    // While the apiserver still runs: the namespace is deleted, or on failure dumped first.
+    match proven {
+        Ok(()) => ns.cleanup().await?,
+        Err(_) => drop(ns),
+    }
     stack.stop().await?;
     proven
 }

@@ -55,16 +55,15 @@ pub(crate) struct Exporters {
 
 /// What kube-state-metrics watches: what the dashboards and alerts read, nothing more (every
 /// resource it knows would cost a watch each on two shared cores).
-const KUBE_STATE_RESOURCES: &str =
-    "deployments,replicasets,horizontalpodautoscalers,pods,poddisruptionbudgets,namespaces,nodes";
+const KUBE_STATE_RESOURCES: &str = "deployments,horizontalpodautoscalers";
 
-/// The labels kube-state-metrics copies onto `kube_<kind>_labels`: the operator's on each stage's
-/// children.
-const KUBE_STATE_LABELS: &str = "horizontalpodautoscalers=[orderpipe.dev/pipeline,orderpipe.dev/stage],\
-     deployments=[orderpipe.dev/pipeline,orderpipe.dev/stage]";
+/// The labels kube-state-metrics copies onto `kube_horizontalpodautoscaler_labels`: the stage's,
+/// which the replica-cap alert joins on.
+const KUBE_STATE_LABELS: &str =
+    "horizontalpodautoscalers=[orderpipe.dev/pipeline,orderpipe.dev/stage]";
 
 /// The node-exporter collectors the node row reads.
-const NODE_COLLECTORS: [&str; 5] = ["cpu", "meminfo", "loadavg", "filesystem", "netdev"];
+const NODE_COLLECTORS: [&str; 3] = ["cpu", "meminfo", "loadavg"];
 
 impl Exporters {
     /// Prepares both command lines; kube-state-metrics talks to the apiserver through `kubeconfig`.
