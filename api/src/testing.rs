@@ -8,8 +8,9 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::v1alpha1::{
-    AutoscalingSpec, BootstrapServer, DeletionPolicy, KafkaSpec, OrderPipeline, OrderPipelineSpec,
-    OutputTopic, Processor, StageSpec, TopicConfigValue, TopicSpec,
+    AutoscalingSpec, BootstrapServer, DeletionPolicy, IntakeSpec, KafkaSpec, OrderPipeline,
+    OrderPipelineSpec, OutputTopic, Processor, SecretKey, SecretKeyRef, SecretName, StageSpec,
+    TopicConfigValue, TopicSpec,
 };
 
 /// Where the stages of [`OrderPipeline::test`] dead-letter, as in the checkout sample.
@@ -38,6 +39,7 @@ impl OrderPipeline {
             topics: vec![],
             stages: vec![],
             paused: false,
+            intake: None,
         };
         TOPICS
             .iter()
@@ -166,6 +168,24 @@ impl OrderPipeline {
         self
     }
 
+    /// Adds a status stage reading the validate stage's `validated` output and writing
+    /// `<orders>.status`, and an intake gateway in front of both (tokens in the Secret
+    /// `intake-tokens`, key `tokens`). Call it after [`topic_prefix`](Self::topic_prefix).
+    pub fn with_intake(self) -> Self {
+        let validate = self.stage_ref("validate");
+        let orders = validate.input.clone();
+        let validated = validate.outputs["validated"].0.clone();
+        let status = format!("{orders}.status");
+        let mut pipeline = self.topic(&status, 3).stage(
+            "status",
+            Processor::Status,
+            &validated,
+            &[("changes", &status)],
+        );
+        pipeline.spec.intake = Some(IntakeSpec::test(&orders, &status));
+        pipeline
+    }
+
     pub fn output(mut self, stage: &str, output: &str, topic: &str) -> Self {
         self.stage_mut(stage)
             .outputs
@@ -191,12 +211,39 @@ impl OrderPipeline {
             .unwrap_or_else(|| panic!("the fixture declares no topic {name:?}"))
     }
 
+    fn stage_ref(&self, name: &str) -> &StageSpec {
+        self.spec
+            .stages
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("the fixture has no stage {name:?}"))
+    }
+
     fn stage_mut(&mut self, name: &str) -> &mut StageSpec {
         self.spec
             .stages
             .iter_mut()
             .find(|s| s.name == name)
             .unwrap_or_else(|| panic!("the fixture has no stage {name:?}"))
+    }
+}
+
+impl IntakeSpec {
+    /// A gateway writing `orders_topic` and reading `status_topic`, with the defaults.
+    pub fn test(orders_topic: &str, status_topic: &str) -> Self {
+        Self {
+            orders_topic: orders_topic.into(),
+            status_topic: status_topic.into(),
+            tokens_secret_ref: SecretKeyRef {
+                name: SecretName("intake-tokens".into()),
+                key: SecretKey("tokens".into()),
+            },
+            min_replicas: 2,
+            max_replicas: 4,
+            target_cpu_utilization: 70,
+            image: None,
+            resources: None,
+        }
     }
 }
 

@@ -434,3 +434,39 @@ fn webhook_urls_must_not_name_link_local_or_metadata_addresses() {
         );
     }
 }
+
+#[test]
+fn an_intake_in_front_of_a_validate_and_a_status_stage_is_valid() {
+    assert_eq!(violations(minimal().with_intake()), Vec::<String>::new());
+}
+
+#[test]
+fn intake_orders_topic_must_be_a_validate_stages_input() {
+    let mut p = minimal().with_intake();
+    // Declared, but read by no validate stage: orders posted there would skip validation.
+    p.spec.intake.as_mut().expect("intake").orders_topic = "orders.rejected".into();
+    assert_rejected_naming(&violations(p), "spec.intake.ordersTopic");
+}
+
+#[test]
+fn intake_status_topic_must_be_a_status_stages_changes() {
+    let mut p = minimal().with_intake();
+    p.spec.intake.as_mut().expect("intake").status_topic = "orders.validated".into();
+    assert_rejected_naming(&violations(p), "spec.intake.statusTopic");
+}
+
+#[test]
+fn no_stage_may_be_named_intake_while_the_gateway_is_declared() {
+    let mut p = minimal().with_intake();
+    p.spec.stages[1].name = "intake".into();
+    assert_rejected_naming(&violations(p), "must not be 'intake'");
+}
+
+#[test]
+fn intake_min_replicas_must_not_exceed_max_replicas() {
+    let mut p = minimal().with_intake();
+    let intake = p.spec.intake.as_mut().expect("intake");
+    intake.min_replicas = 5;
+    intake.max_replicas = 3;
+    assert_rejected_naming(&violations(p), "spec.intake.minReplicas");
+}

@@ -99,15 +99,17 @@ async fn burst(stack: &Stack, variant: Variant, orders: u64) -> anyhow::Result<R
             demo.scale(STAGE, 1, READY_TIMEOUT).await?;
         }
         let started = Instant::now();
-        let load = demo.start_load(LoadOptions {
-            // As fast as the producer goes: a burst, not a rate any one worker keeps up with.
-            rate: 1_000_000,
-            count: Some(orders),
-            invalid_share: 0.03,
-            garbage_share: 0.01,
-            duplicate_share: 0.01,
-            seed: 11,
-        })?;
+        let load = demo
+            .start_load(LoadOptions {
+                // As fast as the gateway takes them: a burst, not a rate any one worker keeps up with.
+                rate: 1_000_000,
+                count: Some(orders),
+                invalid_share: 0.03,
+                garbage_share: 0.01,
+                duplicate_share: 0.01,
+                seed: 11,
+            })
+            .await?;
         let mut observer = demo.observer()?;
         let mut clock = PeakClock::new(started, 1);
         let mut produced_in = None;

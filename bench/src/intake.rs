@@ -85,8 +85,6 @@ async fn measure(ctx: &Context, stack: &Stack, oha: &Path) -> anyhow::Result<Vec
     let lines = 4 * TARGET_RATE as usize * seconds as usize;
     let bodies = work_dir.join("orders.jsonl");
     write_bodies(&bodies, lines)?;
-    let tokens = work_dir.join("tokens");
-    std::fs::write(&tokens, format!("{TOKEN}\n"))?;
     let gateway_binary = std::env::current_exe()?.with_file_name("orderpipe-worker");
     ensure!(
         gateway_binary.exists(),
@@ -102,9 +100,9 @@ async fn measure(ctx: &Context, stack: &Stack, oha: &Path) -> anyhow::Result<Vec
         .env("ORDERPIPE_KAFKA_BOOTSTRAP_SERVERS", &bootstrap)
         .env("ORDERPIPE_INTAKE_ORDERS_TOPIC", orders)
         .env("ORDERPIPE_INTAKE_STATUS_TOPIC", changes)
-        .env("ORDERPIPE_INTAKE_LISTEN", format!("127.0.0.1:{api}"))
+        .env("ORDERPIPE_INTAKE_PORT", api.to_string())
         .env("ORDERPIPE_METRICS_PORT", metrics.to_string())
-        .env("ORDERPIPE_INTAKE_TOKENS_FILE", &tokens)
+        .env("ORDERPIPE_INTAKE_TOKENS", TOKEN)
         .env("RUST_LOG", "warn");
     let mut gateway = Measured::spawn("intake gateway", command, &work_dir.join("gateway.log"))?;
     let client = reqwest::Client::new();

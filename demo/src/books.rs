@@ -1,5 +1,6 @@
 //! The books of a run, counted from what Kafka committed (read_committed readers) and what the
-//! webhook received, against what the load sent: orders in = validated + rejected +
+//! webhook received, against what the load sent through the intake gateway (what it accepted into
+//! Kafka; what it refused or answered from its ledger is counted apart): orders in = validated + rejected +
 //! dead-lettered + duplicates dropped, and every valid order exactly once in each stage's output and
 //! exactly one notification per (order, version).
 //!
@@ -334,6 +335,11 @@ impl fmt::Display for Books {
         let s = &self.sent;
         writeln!(
             f,
+            "posted           {:>8}  to the intake gateway: refused {} (400), re-submissions answered from its ledger {}",
+            s.posted, s.refused, s.replayed
+        )?;
+        writeln!(
+            f,
             "orders in        {:>8}  (valid {}, invalid {}, garbage {}, duplicates {})",
             s.sent, s.valid, s.invalid, s.garbage, s.duplicates
         )?;
@@ -406,6 +412,7 @@ mod tests {
     /// Orders a, b, c (a and b re-submitted once), invalid i, garbage g.
     fn sent() -> Tally {
         Tally {
+            posted: 7,
             sent: 7,
             valid: 3,
             invalid: 1,
@@ -415,6 +422,7 @@ mod tests {
             resubmitted: [(b"a".to_vec(), 1), (b"b".to_vec(), 1)].into(),
             invalid_keys: keys(&["i"]),
             garbage_keys: keys(&["g"]),
+            ..Tally::default()
         }
     }
 

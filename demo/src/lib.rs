@@ -28,10 +28,10 @@ use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
 pub use books::{Books, Faulted, Outputs, PerOrder};
-pub use load::{Load, LoadOptions, Tally};
+pub use load::{Gateway, Load, LoadOptions, Tally};
 pub use observe::{Counters, Observer, ReleaseView, Snapshot, StageView};
 pub use peak::PeakClock;
-pub use pipeline::{CANARY_REPLICAS, STAGES, Topics, checkout};
+pub use pipeline::{CANARY_REPLICAS, STAGES, Topics, checkout, intake_tokens_secret, new_token};
 pub use release::{Phase, ReleaseTimeline, release_lines};
 pub use webhook::WebhookReceiver;
 
@@ -85,8 +85,10 @@ pub enum DemoError {
     Sample(String),
     #[error("the operator exited early ({0}); see its log")]
     OperatorExited(String),
-    #[error("the load generator thread panicked")]
+    #[error("the load generator task panicked")]
     LoadThread,
+    #[error("the intake gateway: {0}")]
+    Gateway(String),
     #[error("the task reading a stage's offsets panicked")]
     OffsetsTask,
 }
@@ -178,6 +180,8 @@ pub struct Demo {
     client: Client,
     config: DemoConfig,
     manifest: Value,
+    /// The bearer token of the intake gateway (both scopes).
+    intake_token: String,
     topics: Topics,
     webhook: WebhookReceiver,
     agent: NodeAgent,
@@ -268,10 +272,14 @@ impl Demo {
         if config.canary {
             manifest = pipeline::with_canary(&manifest, CANARY_STAGE)?;
         }
+        let intake_token = new_token();
+        let secret = intake_tokens_secret(&manifest, &intake_token)?;
+        apply_secret(&client, &config.namespace, &secret).await?;
         let mut demo = Demo {
             client,
             config,
             manifest,
+            intake_token,
             topics,
             webhook,
             agent,
@@ -305,9 +313,21 @@ impl Demo {
         Observer::new(self.client.clone(), &self.config.namespace, PIPELINE)
     }
 
-    /// Starts a load on the pipeline's input topic.
-    pub fn start_load(&self, options: LoadOptions) -> Result<Load, DemoError> {
-        Load::start(&self.config.bootstrap, &self.topics.orders, options)
+    /// Starts a load through the intake gateway's ready replicas.
+    pub async fn start_load(&self, options: LoadOptions) -> Result<Load, DemoError> {
+        Load::start(self.gateway().await?, options)
+    }
+
+    /// The intake gateway as a client reaches it here: its ready replicas and a token.
+    pub async fn gateway(&self) -> Result<Gateway, DemoError> {
+        let urls = self.observer()?.gateway_urls().await?;
+        if urls.is_empty() {
+            return Err(DemoError::Gateway("no replica is ready".into()));
+        }
+        Ok(Gateway {
+            urls,
+            token: self.intake_token.clone(),
+        })
     }
 
     /// Waits until the pipeline reports `Ready=True` (every topic created, every stage ready).
@@ -480,6 +500,20 @@ impl Demo {
             Err(e) => Err(DemoError::io("checking", "the operator process", e)),
         }
     }
+}
+
+/// Creates or updates the Secret holding the gateway's tokens.
+async fn apply_secret(client: &Client, namespace: &str, secret: &Value) -> Result<(), DemoError> {
+    let name = secret["metadata"]["name"].as_str().unwrap_or_default();
+    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), namespace)
+        .patch(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(secret),
+        )
+        .await
+        .map_err(|source| DemoError::kube("applying the intake gateway's tokens", source))?;
+    Ok(())
 }
 
 /// The operator as a child process: the admin kubeconfig, this namespace only, no leader election

@@ -1,7 +1,8 @@
 //! `orderpipe-demo` (`make demo`): starts a private local stack, the operator, a node agent and a
-//! webhook receiver, applies the checkout sample, drives orders through it and shows a live view
-//! once a second. Ctrl-C (or `--seconds`) stops the load; the demo waits for the backlog to drain,
-//! prints the books and tears everything down. Exits 1 if the books do not balance.
+//! webhook receiver, applies the checkout sample, POSTs orders to its intake gateway (the view
+//! prints the gateway's URL and token, for `curl`) and shows a live view once a second. Ctrl-C
+//! (or `--seconds`) stops the load; the demo waits for the backlog to drain, prints the books
+//! and tears everything down. Exits 1 if the books do not balance.
 //!
 //! `--scenario peak` (`make demo SCENARIO=peak`) adds a burst several times what one validate
 //! worker handles: the view shows validate's lag in Kafka rising, its HPA adding workers up to the
@@ -191,7 +192,15 @@ async fn run(args: &Args, demo: &mut Demo) -> anyhow::Result<Books> {
         duplicate_share: args.duplicate_share,
         seed: 7,
     };
-    let load = demo.start_load(options)?;
+    let gateway = demo.gateway().await?;
+    let intake_line = format!(
+        "\nintake gateway: {} (token {}); try: curl -H 'Authorization: Bearer {}' {}/v1/orders/<orderId>",
+        gateway.urls.join(" "),
+        gateway.token,
+        gateway.token,
+        gateway.urls.first().map_or("", String::as_str),
+    );
+    let load = demo.start_load(options).await?;
     let limit = args.seconds.map(Duration::from_secs);
     let mut ticks = tokio::time::interval(REFRESH);
     let mut burst: Option<(Load, PeakClock)> = None;
@@ -206,12 +215,14 @@ async fn run(args: &Args, demo: &mut Demo) -> anyhow::Result<Books> {
             && load.elapsed() >= Duration::from_secs(args.burst_after)
         {
             let started = Instant::now();
-            let orders = demo.start_load(LoadOptions {
-                rate: args.burst_rate,
-                count: Some(args.burst_orders),
-                seed: 8,
-                ..options
-            })?;
+            let orders = demo
+                .start_load(LoadOptions {
+                    rate: args.burst_rate,
+                    count: Some(args.burst_orders),
+                    seed: 8,
+                    ..options
+                })
+                .await?;
             burst = Some((orders, PeakClock::new(started, 1)));
         }
         let snapshot = observer.snapshot().await?;
@@ -238,6 +249,7 @@ async fn run(args: &Args, demo: &mut Demo) -> anyhow::Result<Books> {
             args.rate
         );
         header.push_str(CTRL_C_HINT);
+        header.push_str(&intake_line);
         if let Some((orders, clock)) = &mut burst {
             let validate = snapshot.stages.first();
             let sent_all = orders.sent() >= args.burst_orders;

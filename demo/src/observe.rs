@@ -24,6 +24,8 @@ use orderpipe_stack::pid_alive;
 /// The label the operator puts on every worker pod of a pipeline (`operator/src/children.rs`).
 const PIPELINE_LABEL: &str = "orderpipe.dev/pipeline";
 const STAGE_LABEL: &str = "orderpipe.dev/stage";
+/// The `stage` label of the intake gateway's pods.
+const INTAKE_STAGE: &str = "intake";
 
 /// A stage's counters, from `orderpipe_records_*` (see `docs/worker.md`).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -269,6 +271,23 @@ impl Observer {
             .count())
     }
 
+    /// The base URLs of the intake gateway's ready replicas, on this machine's loopback (the node
+    /// agent maps each pod's `http` port to a local one), in pod name order.
+    pub async fn gateway_urls(&self) -> Result<Vec<String>, DemoError> {
+        let mut pods: Vec<Pod> = self
+            .worker_pods()
+            .await?
+            .into_iter()
+            .filter(|pod| label(pod, STAGE_LABEL) == INTAKE_STAGE && is_ready(pod))
+            .collect();
+        pods.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        Ok(pods
+            .iter()
+            .filter_map(|pod| local_ports(pod).get("http").copied())
+            .map(|port| format!("http://127.0.0.1:{port}"))
+            .collect())
+    }
+
     async fn worker_pods(&self) -> Result<Vec<Pod>, DemoError> {
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
         let selector = format!("{PIPELINE_LABEL}={}", self.pipeline);
@@ -314,6 +333,17 @@ impl Observer {
             .ok()?;
         Some(parse_metrics(&body))
     }
+}
+
+fn is_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|status| status.conditions.as_ref())
+        .is_some_and(|conditions| {
+            conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+        })
 }
 
 fn label(pod: &Pod, key: &str) -> String {

@@ -4,7 +4,8 @@
 //! replica count for the status stage (the one the demo scales), and validate's autoscaling on lag
 //! alone with a quick scale-down (see [`LOCAL_SCALE_DOWN`]). Everything else stays as shipped, so
 //! the demo exercises the sample a user would apply. The release scenarios then make a stage a
-//! canary stage ([`with_canary`]) and release a new image to it ([`with_image`]).
+//! canary stage ([`with_canary`]) and release a new image to it ([`with_image`]). The intake
+//! gateway runs [`INTAKE_REPLICAS`] replicas with a token of the run ([`intake_tokens_secret`]).
 
 use serde_json::{Value, json};
 
@@ -127,7 +128,42 @@ pub fn checkout(
             }
         }
     }
+    if let Some(intake) = spec.get_mut("intake") {
+        rename(&mut intake["ordersTopic"]);
+        rename(&mut intake["statusTopic"]);
+        // Two replicas, each a process here: the load spreads over both. Without resource metrics
+        // the autoscaler could not move them anyway; minimum = maximum says so.
+        intake["minReplicas"] = json!(INTAKE_REPLICAS);
+        intake["maxReplicas"] = json!(INTAKE_REPLICAS);
+    }
     Ok((manifest, Topics::new(topic_prefix)))
+}
+
+/// Replicas of the intake gateway here.
+pub const INTAKE_REPLICAS: i32 = 2;
+
+/// The Secret `manifest`'s intake gateway reads its tokens from, holding `token` (both scopes).
+pub fn intake_tokens_secret(manifest: &Value, token: &str) -> Result<Value, DemoError> {
+    let reference = manifest
+        .pointer("/spec/intake/tokensSecretRef")
+        .ok_or_else(|| DemoError::Sample("no spec.intake.tokensSecretRef".into()))?;
+    Ok(json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": reference["name"],
+            "namespace": manifest["metadata"]["namespace"],
+        },
+        "stringData": { reference["key"].as_str().unwrap_or("tokens"): format!("{token}\n") },
+    }))
+}
+
+/// A fresh bearer token for this run, from the standard library's randomly keyed hasher: not a
+/// cryptographic generator, which a gateway on this machine's loopback does not need.
+pub fn new_token() -> String {
+    use std::hash::{BuildHasher, RandomState};
+    let half = || RandomState::new().hash_one(std::time::SystemTime::now());
+    format!("demo-{:016x}{:016x}", half(), half())
 }
 
 /// `manifest` with `stage` at a fixed replica count (its autoscaling, if any, removed).
@@ -212,6 +248,15 @@ mod tests {
                 .is_none()
         );
         assert_eq!(topics.input_of("notify"), Some("ns1.order-status"));
+        assert_eq!(manifest["spec"]["intake"]["ordersTopic"], "ns1.orders");
+        assert_eq!(
+            manifest["spec"]["intake"]["statusTopic"],
+            "ns1.order-status"
+        );
+        let secret = intake_tokens_secret(&manifest, "t0k").expect("the sample has an intake");
+        assert_eq!(secret["metadata"]["name"], "checkout-intake-tokens");
+        assert_eq!(secret["metadata"]["namespace"], "ns1");
+        assert_eq!(secret["stringData"]["tokens"], "t0k\n");
         let replicas = with_replicas(&manifest, "status", 3);
         assert_eq!(replicas["spec"]["stages"][1]["replicas"], 3);
         let fixed = with_replicas(&manifest, "validate", 1);

@@ -1,6 +1,7 @@
 //! The demo path, headless, on the shared stack: the checkout sample run by the real operator with
-//! its workers as local processes (node agent), a load with invalid, garbage and duplicate orders,
-//! and the books checked after the backlog drains; then the status stage scaled 1 -> 3 -> 1
+//! its workers and its intake gateway as local processes (node agent), a load with invalid,
+//! garbage and duplicate orders POSTed to the gateway, and the books checked after the backlog
+//! drains, and every accepted order's status read back through the gateway (GET); then the status stage scaled 1 -> 3 -> 1
 //! through the OrderPipeline's spec while orders keep flowing, with the process count following
 //! and nothing lost or duplicated. And `SCENARIO=bad-release`: validate as a canary stage, the
 //! faulty worker released to it under load, followed to its abort as the demo follows it, and the
@@ -17,7 +18,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use orderpipe_demo::{Binaries, Demo, DemoConfig, LoadOptions, Phase, ReleaseTimeline};
+use orderpipe_demo::{Binaries, Demo, DemoConfig, LoadOptions, Phase, ReleaseTimeline, Tally};
 use orderpipe_node_agent::FAULTY_WORKER_IMAGE;
 use orderpipe_stack::prometheus;
 use orderpipe_stack::{SharedStack, TestNamespace, unique_name, wait_until};
@@ -38,6 +39,44 @@ fn load(count: Option<u64>, seed: u64) -> LoadOptions {
         duplicate_share: 0.01,
         seed,
     }
+}
+
+/// Once the books balance, the status stage has committed every order's `Validated` change: the
+/// gateway's view (fed from the order-status topic) must show each, from every replica.
+async fn every_order_reads_validated(demo: &Demo, sent: &Tally) -> anyhow::Result<()> {
+    let gateway = demo.gateway().await?;
+    let client = reqwest::Client::builder().no_proxy().build()?;
+    let started = Instant::now();
+    for key in &sent.valid_keys {
+        let id = String::from_utf8(key.clone())?;
+        for url in &gateway.urls {
+            let read = format!("{url}/v1/orders/{id}");
+            // Read-your-writes within 1 s of the commit; the drain already waited for the commit.
+            let body = wait_until(
+                &format!("GET {read} shows Validated"),
+                Duration::from_secs(1),
+                || async {
+                    let response = client
+                        .get(&read)
+                        .bearer_auth(&gateway.token)
+                        .send()
+                        .await
+                        .ok()?;
+                    let body: serde_json::Value = response.json().await.ok()?;
+                    (body["state"] == "Validated").then_some(body)
+                },
+            )
+            .await?;
+            anyhow::ensure!(body["version"] == 1, "{read}: {body}");
+        }
+    }
+    eprintln!(
+        "measured: {} orders read back Validated from each of {} gateway replicas in {:?}",
+        sent.valid_keys.len(),
+        gateway.urls.len(),
+        started.elapsed()
+    );
+    Ok(())
 }
 
 /// The demo in a namespace of its own on the shared stack (its own node agent and topic prefix;
@@ -74,19 +113,20 @@ async fn the_demo_balances_its_books_and_scaling_a_stage_loses_and_duplicates_no
     let (ns, work_dir, mut demo) = ready_demo("demo", false).await?;
 
     // The demo's load, short: 2,000 orders at 300/s.
-    let first = demo.start_load(load(Some(2_000), 1))?;
+    let first = demo.start_load(load(Some(2_000), 1)).await?;
     wait_until("2,000 orders are sent", Duration::from_secs(60), || async {
         first.is_finished().then_some(())
     })
     .await?;
     let mut sent = first.finish().await?;
-    assert_eq!(sent.sent, 2_000);
+    assert_eq!(sent.posted, 2_000);
     let books = demo.drain(&sent, DRAIN).await?;
     eprintln!("books after the first load:\n{books}");
     assert!(books.problems().is_empty(), "{:#?}", books.problems());
+    every_order_reads_validated(&demo, &sent).await?;
 
     // Scaling with orders flowing: the load runs until the stage is back at one replica.
-    let second = demo.start_load(load(None, 2))?;
+    let second = demo.start_load(load(None, 2)).await?;
     for replicas in [3, 1] {
         demo.scale("status", replicas, SCALE).await?;
         assert_eq!(
@@ -99,8 +139,8 @@ async fn the_demo_balances_its_books_and_scaling_a_stage_loses_and_duplicates_no
     let during = second.sent();
     sent.merge(second.finish().await?);
     eprintln!(
-        "{during} orders sent while scaling status 1 -> 3 -> 1; {} in total",
-        sent.sent
+        "{during} orders posted while scaling status 1 -> 3 -> 1; {} in total",
+        sent.posted
     );
     let books = demo.drain(&sent, DRAIN).await?;
     eprintln!("books after scaling:\n{books}");
@@ -117,7 +157,7 @@ async fn the_demo_balances_its_books_and_scaling_a_stage_loses_and_duplicates_no
 async fn a_faulty_release_is_aborted_its_books_balance_and_the_system_dashboard_shows_it()
 -> anyhow::Result<()> {
     let (ns, work_dir, mut demo) = ready_demo("demo-release", true).await?;
-    let orders = demo.start_load(load(None, 3))?;
+    let orders = demo.start_load(load(None, 3)).await?;
 
     // Observed as the demo's view observes it: a snapshot of the pipeline, its Rollout and the
     // AnalysisRun judging the new version, fed to the release's timeline.

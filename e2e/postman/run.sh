@@ -46,8 +46,7 @@ wait_ok "http://127.0.0.1:$port/readyz" "$!" "$log"
 # The gateways: topics of their own (the operator would create them), tokens of three scopes.
 run="postman-$(date +%s)-$$"
 "$bin/orderpipe-stack" --env-file "$ORDERPIPE_E2E_ENV" create-topics "$run.orders:3" "$run.changes:3"
-tokens="$logs/$run.tokens"
-printf '%s\n' "shop-$run" "reader-$run orders:read" "writer-$run orders:write" >"$tokens"
+tokens=$(printf '%s\n' "shop-$run" "reader-$run orders:read" "writer-$run orders:write")
 # Starts a gateway named $1 with extra environment $2...; sets api and metrics to its ports.
 gateway() {
   local name=$1
@@ -57,8 +56,8 @@ gateway() {
   env ORDERPIPE_PIPELINE=postman ORDERPIPE_POD_NAME="$run-$name" \
     ORDERPIPE_KAFKA_BOOTSTRAP_SERVERS="$KAFKA_BOOTSTRAP_SERVERS" \
     ORDERPIPE_INTAKE_ORDERS_TOPIC="$run.orders" ORDERPIPE_INTAKE_STATUS_TOPIC="$run.changes" \
-    ORDERPIPE_INTAKE_LISTEN="127.0.0.1:$api" ORDERPIPE_METRICS_PORT="$metrics" \
-    ORDERPIPE_INTAKE_TOKENS_FILE="$tokens" "$@" \
+    ORDERPIPE_INTAKE_PORT="$api" ORDERPIPE_METRICS_PORT="$metrics" \
+    ORDERPIPE_INTAKE_TOKENS="$tokens" "$@" \
     "$bin/orderpipe-worker" intake >"$logs/api-test-intake-$name.log" 2>&1 &
   pids+=($!)
 }

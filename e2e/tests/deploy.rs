@@ -22,7 +22,7 @@ use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::config::Kubeconfig;
 use orderpipe_api::OrderPipeline;
-use orderpipe_demo::{WebhookReceiver, checkout};
+use orderpipe_demo::{WebhookReceiver, checkout, intake_tokens_secret, new_token};
 use orderpipe_e2e::deployed::{apply_dynamic, delete_cluster_rbac, placement_args};
 use orderpipe_e2e::{CONVERGE, apply_pipeline, on_node_agent, wait_ready};
 use orderpipe_node_agent::{
@@ -236,6 +236,9 @@ async fn deploy_and_run(
         stack.kafka_bootstrap()?,
         webhook.url(),
     )?;
+    // The intake gateway's tokens: without them its pods would wait for the Secret, unready.
+    let tokens = intake_tokens_secret(&sample, &new_token())?;
+    apply_dynamic(ns.client(), Some(ns.name()), &tokens).await?;
     apply_pipeline(ns, &sample).await?;
     if let Err(error) = wait_ready(ns, SAMPLE).await {
         return Err(with_operator_log(agent, &pods, error).await);

@@ -2,7 +2,7 @@
 //! workers cannot both listen on the contract's 9090: the agent gives each declared container
 //! port a free local port, tells the worker (and the operator, run as a pod) its metrics port
 //! through the contract's env var (`ORDERPIPE_METRICS_PORT`, overriding the operator's literal
-//! 9090), probes the mapped port,
+//! 9090) and the intake gateway its API port (`ORDERPIPE_INTAKE_PORT`), probes the mapped port,
 //! and publishes the mapping in the pod annotation [`LOCAL_PORTS_ANNOTATION`]. Ports are fixed
 //! for the pod's life (kept across container restarts, like a hostPort). Must not bind anything.
 
@@ -21,6 +21,8 @@ pub const LOCAL_PORTS_ANNOTATION: &str = "orderpipe.dev/local-ports";
 /// The port name whose host port [`PortMap::env_for`] passes on, as worker pods and the operator's
 /// Deployment name their metrics port.
 const METRICS_PORT_NAME: &str = "metrics";
+/// The port name of the intake gateway's API, as the operator names it.
+const INTAKE_PORT_NAME: &str = "http";
 
 /// One container port and the host port it is mapped to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,19 +79,19 @@ impl PortMap {
     /// Env vars the agent sets for `container` (overriding the pod's own values): the contract's
     /// metrics port variable, with the host port of the container's port named `metrics` or else
     /// of the contract's metrics port. By name too, so any image that names its metrics port so and
-    /// honours the variable (the operator's 8080 does) runs here without the agent knowing it.
+    /// honours the variable (the operator's 8080 does) runs here without the agent knowing it. And
+    /// the intake gateway's API port variable, with the host port of the port named `http`.
     pub fn env_for(&self, container: &str) -> BTreeMap<String, String> {
         let own = || self.mappings.iter().filter(|m| m.container == container);
-        own()
-            .find(|m| m.name.as_deref() == Some(METRICS_PORT_NAME))
+        let named = |name: &str| own().find(|m| m.name.as_deref() == Some(name));
+        let metrics = named(METRICS_PORT_NAME)
             .or_else(|| own().find(|m| m.container_port == i32::from(contract::METRICS_PORT)))
-            .map(|m| {
-                (
-                    contract::env::METRICS_PORT.to_owned(),
-                    m.host_port.to_string(),
-                )
-            })
+            .map(|m| (contract::env::METRICS_PORT, m.host_port));
+        let intake = named(INTAKE_PORT_NAME).map(|m| (contract::env::INTAKE_PORT, m.host_port));
+        metrics
             .into_iter()
+            .chain(intake)
+            .map(|(variable, port)| (variable.to_owned(), port.to_string()))
             .collect()
     }
 
@@ -186,6 +188,34 @@ mod tests {
         assert_ne!(
             map.env_for("sidecar").get(contract::env::METRICS_PORT),
             env.get(contract::env::METRICS_PORT)
+        );
+    }
+
+    #[test]
+    fn the_intake_gateway_learns_its_api_port_through_the_contract_variable() {
+        let gateway: Vec<Container> = serde_json::from_value(json!([
+            { "name": "worker", "ports": [
+                { "name": "http", "containerPort": 8080 },
+                { "name": "metrics", "containerPort": 9090 },
+            ] },
+        ]))
+        .expect("containers");
+        let map = PortMap::allocate(&gateway).expect("ports");
+        let env = map.env_for("worker");
+        let port = |name: &str| {
+            map.host_port("worker", &IntOrString::String(name.into()))
+                .map(|p| p.to_string())
+        };
+        assert_eq!(env.get(contract::env::INTAKE_PORT), port("http").as_ref());
+        assert_eq!(
+            env.get(contract::env::METRICS_PORT),
+            port("metrics").as_ref()
+        );
+        // A worker without an API port is told none.
+        let worker = PortMap::allocate(&containers()).expect("ports");
+        assert_eq!(
+            worker.env_for("worker").get(contract::env::INTAKE_PORT),
+            None
         );
     }
 

@@ -226,6 +226,17 @@ pub fn live_autoscalers(
     live_by_stage(pipeline, observed, |_| ChildKind::HorizontalPodAutoscaler)
 }
 
+/// The intake gateway's live Deployment, when the pipeline declares a gateway.
+pub fn live_intake_workload(
+    pipeline: &ValidatedPipeline,
+    observed: &BTreeMap<ChildKey, Value>,
+) -> Option<Value> {
+    let intake = pipeline.intake.as_ref()?;
+    observed
+        .get(&(ChildKind::Deployment, intake.workload_name.clone()))
+        .cloned()
+}
+
 fn live_by_stage(
     pipeline: &ValidatedPipeline,
     observed: &BTreeMap<ChildKey, Value>,

@@ -327,6 +327,7 @@ async fn reconcile(pipeline: Arc<OrderPipeline>, ctx: Arc<Context>) -> Result<Ac
         kafka_error: topics.error,
         workloads: child_plan::live_workloads(&validated, &live),
         autoscalers: child_plan::live_autoscalers(&validated, &live),
+        intake_workload: child_plan::live_intake_workload(&validated, &live),
         lags,
         scale_to_zero: &parking,
         issues: &issues,

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use orderpipe_api::v1alpha1::{
-    AutoscalingSpec, OrderPipeline, RolloutStrategy, ScalingBehavior, StageSpec,
+    AutoscalingSpec, IntakeSpec, OrderPipeline, RolloutStrategy, ScalingBehavior, StageSpec,
 };
 
 use crate::capabilities::Capabilities;
@@ -88,6 +88,19 @@ pub struct ValidatedStage {
     pub scaling: Scaling,
 }
 
+/// The intake gateway, ready for the builders.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValidatedIntake {
+    pub spec: IntakeSpec,
+    /// `<pipeline>-intake`: the name of every child object of the gateway.
+    pub workload_name: String,
+    pub image: String,
+}
+
+/// The name the gateway takes where a stage's name goes: in child names and in the `stage` label.
+/// Admission refuses a stage of that name while `spec.intake` is set.
+pub const INTAKE: &str = "intake";
+
 /// A pipeline ready for the builders.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ValidatedPipeline {
@@ -95,6 +108,7 @@ pub struct ValidatedPipeline {
     pub namespace: String,
     pub paused: bool,
     pub stages: Vec<ValidatedStage>,
+    pub intake: Option<ValidatedIntake>,
 }
 
 impl ValidatedPipeline {
@@ -223,12 +237,22 @@ pub fn validate(
             }
         })
         .collect();
+    // The gateway keeps serving while the pipeline is paused: orders wait in Kafka.
+    let intake = pipeline.spec.intake.as_ref().map(|spec| ValidatedIntake {
+        spec: spec.clone(),
+        workload_name: orderpipe_api::contract::naming::workload(&name, INTAKE),
+        image: spec
+            .image
+            .clone()
+            .unwrap_or_else(|| settings.worker_image.clone()),
+    });
     (
         ValidatedPipeline {
             name,
             namespace,
             paused,
             stages,
+            intake,
         },
         issues,
     )

@@ -38,20 +38,12 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 struct Gateway {
     process: WorkerProcess,
     url: String,
-    _tokens: tempfile::TempDir,
 }
 
 impl Gateway {
     /// Starts a gateway producing to `orders` and reading status from `changes`, with `extra`
     /// settings, and waits until it is ready.
     fn start(bootstrap: &str, orders: &str, changes: &str, extra: &[(&str, &str)]) -> Self {
-        let tokens = tempfile::tempdir().expect("tokens dir");
-        let tokens_file = tokens.path().join("tokens");
-        std::fs::write(
-            &tokens_file,
-            format!("# test tokens\n{SHOP}\n{READER} orders:read\n{WRITER} orders:write\n"),
-        )
-        .expect("tokens written");
         let api_port = free_port().expect("a free port");
         let pod = unique_name("intake");
         let mut vars: Vec<(String, String)> = [
@@ -59,12 +51,12 @@ impl Gateway {
             (env::POD_NAME, pod.clone()),
             (env::BOOTSTRAP_SERVERS, bootstrap.to_owned()),
             (env::METRICS_PORT, free_port().expect("port").to_string()),
-            ("ORDERPIPE_INTAKE_ORDERS_TOPIC", orders.to_owned()),
-            ("ORDERPIPE_INTAKE_STATUS_TOPIC", changes.to_owned()),
-            ("ORDERPIPE_INTAKE_LISTEN", format!("127.0.0.1:{api_port}")),
+            (env::INTAKE_ORDERS_TOPIC, orders.to_owned()),
+            (env::INTAKE_STATUS_TOPIC, changes.to_owned()),
+            (env::INTAKE_PORT, api_port.to_string()),
             (
-                "ORDERPIPE_INTAKE_TOKENS_FILE",
-                tokens_file.display().to_string(),
+                env::INTAKE_TOKENS,
+                format!("# test tokens\n{SHOP}\n{READER} orders:read\n{WRITER} orders:write\n"),
             ),
         ]
         .into_iter()
@@ -88,7 +80,6 @@ impl Gateway {
         Self {
             process,
             url: format!("http://127.0.0.1:{api_port}"),
-            _tokens: tokens,
         }
     }
 }
@@ -100,6 +91,7 @@ struct Answer {
     location: Option<String>,
     retry_after: Option<String>,
     www_authenticate: Option<String>,
+    replayed: Option<String>,
     body: Value,
 }
 
@@ -111,15 +103,17 @@ async fn answer(response: reqwest::Response) -> Answer {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
     };
-    let (location, retry_after, www_authenticate) = (
+    let (location, retry_after, www_authenticate, replayed) = (
         header("location"),
         header("retry-after"),
         header("www-authenticate"),
+        header("idempotent-replayed"),
     );
     let status = response.status();
     let body = response.json().await.unwrap_or(Value::Null);
     Answer {
         status,
+        replayed,
         location,
         retry_after,
         www_authenticate,
@@ -215,6 +209,7 @@ fn every_answer_code_but_503_is_given_for_its_cause_with_the_rule_and_field() {
 
         let first = post(&client, &url, Some(SHOP), Some("k-1"), body.clone()).await;
         assert_eq!(first.status, StatusCode::ACCEPTED, "{first:?}");
+        assert_eq!(first.replayed, None);
         let location = format!("/v1/orders/{}", order.order_id);
         assert_eq!(first.location.as_deref(), Some(location.as_str()));
         assert_eq!(first.body["orderId"], order.order_id.as_str());
@@ -225,6 +220,7 @@ fn every_answer_code_but_503_is_given_for_its_cause_with_the_rule_and_field() {
             "a retry gets the same answer"
         );
         assert_eq!(again.location.as_deref(), Some(location.as_str()));
+        assert_eq!(again.replayed.as_deref(), Some("true"), "{again:?}");
 
         let mut changed = order.clone();
         changed.customer_id = "cus-someone-else".to_owned();

@@ -34,6 +34,11 @@ pub const NOTIFY_CHANNEL: &str = "ORDERPIPE_NOTIFY_CHANNEL";
 pub const RETRY_MAX_ATTEMPTS: &str = "ORDERPIPE_RETRY_MAX_ATTEMPTS";
 pub const RETRY_INITIAL_BACKOFF_MS: &str = "ORDERPIPE_RETRY_INITIAL_BACKOFF_MS";
 pub const RETRY_MAX_BACKOFF_MS: &str = "ORDERPIPE_RETRY_MAX_BACKOFF_MS";
+/// The intake gateway's topics, its API port and its bearer tokens (the Secret's text).
+pub const INTAKE_ORDERS_TOPIC: &str = "ORDERPIPE_INTAKE_ORDERS_TOPIC";
+pub const INTAKE_STATUS_TOPIC: &str = "ORDERPIPE_INTAKE_STATUS_TOPIC";
+pub const INTAKE_PORT: &str = "ORDERPIPE_INTAKE_PORT";
+pub const INTAKE_TOKENS: &str = "ORDERPIPE_INTAKE_TOKENS";
 /// Encodes a stage's outputs for [`OUTPUTS`]: `name=topic,name=topic`. Topic names cannot contain
 /// `,` or `=`, so the encoding needs no escaping.
 pub(super) fn format_outputs(outputs: &BTreeMap<String, String>) -> String {

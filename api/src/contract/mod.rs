@@ -20,10 +20,13 @@ mod render;
 pub use config::{
     ContractError, Delivery, KafkaConnection, NotifyConfig, SaslConfig, SecretString, WorkerConfig,
 };
-pub use container::{METRICS_PORT, TLS_CA_FILE, TLS_CLIENT_MOUNT_DIR, TLS_MOUNT_DIR, WORKER_ARGS};
+pub use container::{
+    INTAKE_ARGS, INTAKE_PORT, METRICS_PORT, TLS_CA_FILE, TLS_CLIENT_MOUNT_DIR, TLS_MOUNT_DIR,
+    WORKER_ARGS,
+};
 pub use duration::{DurationError, parse_duration};
 pub use processors::{DEDUP_WINDOW, is_stateful, required_outputs, state_topic_config};
-pub use render::{RenderError, render_env};
+pub use render::{RenderError, render_env, render_intake_env};
 
 #[cfg(test)]
 mod tests;

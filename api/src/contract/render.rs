@@ -1,4 +1,5 @@
-//! What the operator puts into a worker container's environment: [`render_env`]. Secrets stay
+//! What the operator puts into a worker container's environment: [`render_env`] for a stage,
+//! [`render_intake_env`] for the intake gateway. Secrets stay
 //! references the kubelet resolves; nothing here reads a Secret or talks to the apiserver.
 
 use std::collections::BTreeMap;
@@ -6,12 +7,14 @@ use std::time::Duration as StdDuration;
 
 use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector, SecretKeySelector};
 
-use super::container::{METRICS_PORT, TLS_CA_FILE, TLS_CLIENT_MOUNT_DIR, TLS_MOUNT_DIR};
+use super::container::{
+    INTAKE_PORT, METRICS_PORT, TLS_CA_FILE, TLS_CLIENT_MOUNT_DIR, TLS_MOUNT_DIR,
+};
 use super::duration::{DurationError, parse_duration};
 use super::env::format_outputs;
 use super::processors::is_stateful;
 use super::{defaults, env, naming};
-use crate::v1alpha1::{Duration, OrderPipeline, StageSpec};
+use crate::v1alpha1::{Duration, IntakeSpec, KafkaSpec, OrderPipeline, StageSpec};
 
 /// A stage setting the worker environment cannot carry, named by its path inside the stage spec.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -27,11 +30,6 @@ pub fn render_env(pipeline: &OrderPipeline, stage: &StageSpec) -> Result<Vec<Env
     let name = pipeline.metadata.name.as_deref().unwrap_or_default();
     let namespace = pipeline.metadata.namespace.as_deref().unwrap_or_default();
     let kafka = &pipeline.spec.kafka;
-    let bootstrap: Vec<&str> = kafka
-        .bootstrap_servers
-        .iter()
-        .map(|s| s.0.as_str())
-        .collect();
     let outputs: BTreeMap<String, String> = stage
         .outputs
         .iter()
@@ -44,7 +42,7 @@ pub fn render_env(pipeline: &OrderPipeline, stage: &StageSpec) -> Result<Vec<Env
         value(env::STAGE, &stage.name),
         field(env::POD_NAME, "metadata.name"),
         value(env::PROCESSOR, stage.processor.as_str()),
-        value(env::BOOTSTRAP_SERVERS, &bootstrap.join(",")),
+        value(env::BOOTSTRAP_SERVERS, &bootstrap_servers(kafka)),
         value(env::INPUT_TOPIC, &stage.input),
         value(env::OUTPUTS, &format_outputs(&outputs)),
         value(env::DEAD_LETTER_TOPIC, &stage.dead_letter),
@@ -64,32 +62,7 @@ pub fn render_env(pipeline: &OrderPipeline, stage: &StageSpec) -> Result<Vec<Env
             &naming::state_topic(namespace, name, &stage.name),
         ));
     }
-    if let Some(tls) = &kafka.tls {
-        vars.push(value(env::TLS_ENABLED, "true"));
-        if tls.ca_secret_ref.is_some() {
-            vars.push(value(
-                env::TLS_CA_FILE,
-                &format!("{TLS_MOUNT_DIR}/{TLS_CA_FILE}"),
-            ));
-        }
-        if tls.client_cert_secret_name.is_some() {
-            vars.push(value(env::TLS_CLIENT_DIR, TLS_CLIENT_MOUNT_DIR));
-        }
-    }
-    if let Some(sasl) = &kafka.sasl {
-        let creds = &sasl.credentials_secret_ref;
-        vars.push(value(env::SASL_MECHANISM, sasl.mechanism.as_kafka_str()));
-        vars.push(secret(
-            env::SASL_USERNAME,
-            &creds.name.0,
-            &creds.username_key.0,
-        ));
-        vars.push(secret(
-            env::SASL_PASSWORD,
-            &creds.name.0,
-            &creds.password_key.0,
-        ));
-    }
+    vars.extend(kafka_security_env(kafka));
     if let Some(notify) = &stage.notify {
         let retry = notify.retry.as_ref();
         let millis = |field: &'static str,
@@ -150,6 +123,72 @@ pub fn render_env(pipeline: &OrderPipeline, stage: &StageSpec) -> Result<Vec<Env
         ));
     }
     Ok(vars)
+}
+
+/// The environment of the intake gateway's container (`orderpipe-worker intake`): the Kafka
+/// connection as a stage's, its two topics, and the bearer tokens as a Secret reference.
+pub fn render_intake_env(pipeline: &OrderPipeline, intake: &IntakeSpec) -> Vec<EnvVar> {
+    let name = pipeline.metadata.name.as_deref().unwrap_or_default();
+    let kafka = &pipeline.spec.kafka;
+    let mut vars = vec![
+        value(env::PIPELINE, name),
+        field(env::NAMESPACE, "metadata.namespace"),
+        field(env::POD_NAME, "metadata.name"),
+        value(env::BOOTSTRAP_SERVERS, &bootstrap_servers(kafka)),
+        value(env::INTAKE_ORDERS_TOPIC, &intake.orders_topic),
+        value(env::INTAKE_STATUS_TOPIC, &intake.status_topic),
+        value(env::INTAKE_PORT, &INTAKE_PORT.to_string()),
+        secret(
+            env::INTAKE_TOKENS,
+            &intake.tokens_secret_ref.name.0,
+            &intake.tokens_secret_ref.key.0,
+        ),
+        value(env::METRICS_PORT, &METRICS_PORT.to_string()),
+    ];
+    vars.extend(kafka_security_env(kafka));
+    vars
+}
+
+fn bootstrap_servers(kafka: &KafkaSpec) -> String {
+    let servers: Vec<&str> = kafka
+        .bootstrap_servers
+        .iter()
+        .map(|s| s.0.as_str())
+        .collect();
+    servers.join(",")
+}
+
+/// TLS and SASL settings, shared by the stages and the gateway: file locations where the pod
+/// mounts the TLS Secrets, and SASL credentials as Secret references.
+fn kafka_security_env(kafka: &KafkaSpec) -> Vec<EnvVar> {
+    let mut vars = Vec::new();
+    if let Some(tls) = &kafka.tls {
+        vars.push(value(env::TLS_ENABLED, "true"));
+        if tls.ca_secret_ref.is_some() {
+            vars.push(value(
+                env::TLS_CA_FILE,
+                &format!("{TLS_MOUNT_DIR}/{TLS_CA_FILE}"),
+            ));
+        }
+        if tls.client_cert_secret_name.is_some() {
+            vars.push(value(env::TLS_CLIENT_DIR, TLS_CLIENT_MOUNT_DIR));
+        }
+    }
+    if let Some(sasl) = &kafka.sasl {
+        let creds = &sasl.credentials_secret_ref;
+        vars.push(value(env::SASL_MECHANISM, sasl.mechanism.as_kafka_str()));
+        vars.push(secret(
+            env::SASL_USERNAME,
+            &creds.name.0,
+            &creds.username_key.0,
+        ));
+        vars.push(secret(
+            env::SASL_PASSWORD,
+            &creds.name.0,
+            &creds.password_key.0,
+        ));
+    }
+    vars
 }
 
 fn value(name: &str, value: &str) -> EnvVar {

@@ -16,6 +16,7 @@
 
 mod duration;
 mod hosts;
+mod intake;
 mod kafka;
 pub mod limits;
 mod notify;
@@ -27,6 +28,7 @@ mod topic;
 mod workload;
 
 pub use duration::Duration;
+pub use intake::IntakeSpec;
 pub use kafka::{
     BootstrapServer, KafkaSasl, KafkaSpec, KafkaTls, SaslCredentialsRef, SaslMechanism,
 };
@@ -34,7 +36,7 @@ pub use notify::{NotifySpec, RetrySpec, WebhookSpec};
 pub use pipeline::{OrderPipeline, OrderPipelineSpec};
 pub use secret::{SecretKey, SecretKeyRef, SecretName};
 pub use stage::{OutputTopic, Processor, StageSpec};
-pub use status::{CanaryStatus, OrderPipelineStatus, StageStatus, TopicStatus};
+pub use status::{CanaryStatus, IntakeStatus, OrderPipelineStatus, StageStatus, TopicStatus};
 pub use topic::{DeletionPolicy, TopicConfigValue, TopicSpec};
 pub use workload::{
     AutoscalingSpec, CanaryAnalysis, CanaryPause, CanarySpec, CanaryStep, RolloutSpec,

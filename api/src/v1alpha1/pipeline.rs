@@ -7,7 +7,7 @@
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-use super::{KafkaSpec, OrderPipelineStatus, StageSpec, TopicSpec};
+use super::{IntakeSpec, KafkaSpec, OrderPipelineStatus, StageSpec, TopicSpec};
 
 /// An order pipeline: Kafka topics plus the stages that consume and produce them.
 ///
@@ -96,6 +96,24 @@ use super::{KafkaSpec, OrderPipelineStatus, StageSpec, TopicSpec};
         .field_path(".stages")
         .reason(Reason::FieldValueInvalid),
 )]
+#[x_kube(
+    validation = Rule::new("!has(self.intake) || self.stages.exists(s, s.processor == 'validate' && s.input == self.intake.ordersTopic)")
+        .message("spec.intake.ordersTopic must be the input topic of a validate stage: the gateway's orders are validated and de-duplicated there")
+        .field_path(".intake.ordersTopic")
+        .reason(Reason::FieldValueInvalid),
+)]
+#[x_kube(
+    validation = Rule::new("!has(self.intake) || self.stages.exists(s, s.processor == 'status' && has(s.outputs) && 'changes' in s.outputs && s.outputs['changes'] == self.intake.statusTopic)")
+        .message("spec.intake.statusTopic must be the 'changes' output of a status stage: GET answers from the status changes")
+        .field_path(".intake.statusTopic")
+        .reason(Reason::FieldValueInvalid),
+)]
+#[x_kube(
+    validation = Rule::new("!has(self.intake) || !self.stages.exists(s, s.name == 'intake')")
+        .message("spec.stages[].name must not be 'intake' while spec.intake is set: the gateway's objects are named <pipeline>-intake")
+        .field_path(".stages")
+        .reason(Reason::FieldValueDuplicate),
+)]
 pub struct OrderPipelineSpec {
     /// How workers and the operator reach Kafka.
     pub kafka: KafkaSpec,
@@ -116,4 +134,10 @@ pub struct OrderPipelineSpec {
     /// topics are kept, and consumption resumes where it stopped when `paused` is cleared.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub paused: bool,
+
+    /// An HTTP gateway for the pipeline: shops POST orders to it instead of running a Kafka
+    /// producer, and read each order's status back. It keeps serving while the pipeline is paused
+    /// (orders wait in Kafka).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intake: Option<IntakeSpec>,
 }

@@ -16,7 +16,7 @@ use super::{AutoscalingSpec, NotifySpec, RolloutSpec};
 /// The grammar of an image reference (distribution/reference): an optional registry host with an
 /// optional port, lower-case path components, an optional tag and an optional digest. Checked at
 /// admission so a typo fails the apply, not an image pull minutes later.
-const IMAGE_REFERENCE_RULE: &str = concat!(
+pub(super) const IMAGE_REFERENCE_RULE: &str = concat!(
     "!has(self.image) || self.image.matches('^",
     r"([a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?(\\.[a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?)*(:[0-9]+)?/)?",
     r"[a-z0-9]+((\\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\\.|_|__|-+)[a-z0-9]+)*)*",

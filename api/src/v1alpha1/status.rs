@@ -47,6 +47,30 @@ pub struct OrderPipelineStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub stages: Vec<StageStatus>,
+
+    /// The intake gateway, when `spec.intake` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intake: Option<IntakeStatus>,
+}
+
+/// Observed state of the intake gateway.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct IntakeStatus {
+    /// Whether every desired gateway replica is ready (a replica is ready once it reaches Kafka and
+    /// its status view has caught up).
+    pub ready: bool,
+    /// Where clients in the cluster reach the API, e.g. `http://shop-intake.shop.svc:8080`.
+    pub url: String,
+    /// Ready replicas over desired replicas, e.g. `2/2`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas_ready: Option<String>,
+    /// PascalCase reason when not ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Human-readable detail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// Observed state of one topic.

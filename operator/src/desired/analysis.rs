@@ -91,7 +91,7 @@ pub(super) fn desired_analysis_template(
     Ok(json!({
         "apiVersion": "argoproj.io/v1alpha1",
         "kind": "AnalysisTemplate",
-        "metadata": ctx.metadata(),
+        "metadata": ctx.meta.metadata(),
         "spec": {
             "args": HASH_ARGS.map(|(name, _)| json!({ "name": name })),
             "metrics": [

@@ -1,5 +1,5 @@
 //! The stage's HorizontalPodAutoscaler (autoscaling/v2), for stages with `Scaling::Auto` that are
-//! not parked.
+//! not parked; and the intake gateway's, on CPU.
 //!
 //! Pure. Owns the HorizontalPodAutoscaler kind and the defaults of its `behavior`. The bounds come
 //! from the model, where the maximum is already capped at the input topic's partitions (canary
@@ -25,9 +25,9 @@ use k8s_openapi::api::autoscaling::v2::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use orderpipe_api::contract::metrics::{self, labels};
-use orderpipe_api::v1alpha1::{ScalingBehavior, ScalingRules};
+use orderpipe_api::v1alpha1::{IntakeSpec, ScalingBehavior, ScalingRules};
 
-use super::StageContext;
+use super::{ComponentMeta, StageContext};
 use crate::children::ChildKind;
 use crate::model::Scaling;
 
@@ -47,18 +47,7 @@ pub(super) fn desired_hpa(ctx: &StageContext<'_>) -> Option<HorizontalPodAutosca
     };
     let min = ctx.stage.scaling.autoscaler_min()?;
     let target = ChildKind::from(ctx.stage.workload).api_resource();
-    let cpu = target_cpu_utilization.map(|percent| MetricSpec {
-        type_: "Resource".into(),
-        resource: Some(ResourceMetricSource {
-            name: "cpu".into(),
-            target: MetricTarget {
-                type_: "Utilization".into(),
-                average_utilization: Some(percent),
-                ..MetricTarget::default()
-            },
-        }),
-        ..MetricSpec::default()
-    });
+    let cpu = target_cpu_utilization.map(cpu_metric);
     let lag = target_lag_per_replica.map(|records| MetricSpec {
         type_: "External".into(),
         external: Some(ExternalMetricSource {
@@ -83,12 +72,12 @@ pub(super) fn desired_hpa(ctx: &StageContext<'_>) -> Option<HorizontalPodAutosca
         ..MetricSpec::default()
     });
     Some(HorizontalPodAutoscaler {
-        metadata: ctx.metadata(),
+        metadata: ctx.meta.metadata(),
         spec: Some(HorizontalPodAutoscalerSpec {
             scale_target_ref: CrossVersionObjectReference {
                 api_version: Some(target.api_version),
                 kind: target.kind,
-                name: ctx.name().to_owned(),
+                name: ctx.meta.name().to_owned(),
             },
             min_replicas: Some(min),
             max_replicas: max,
@@ -97,6 +86,45 @@ pub(super) fn desired_hpa(ctx: &StageContext<'_>) -> Option<HorizontalPodAutosca
         }),
         status: None,
     })
+}
+
+/// The intake gateway's autoscaler: CPU only, Kubernetes' default behaviour (no consumer group
+/// to rebalance, so nothing argues for slower steps).
+pub(super) fn desired_intake_hpa(
+    meta: &ComponentMeta<'_>,
+    intake: &IntakeSpec,
+) -> HorizontalPodAutoscaler {
+    let target = ChildKind::Deployment.api_resource();
+    HorizontalPodAutoscaler {
+        metadata: meta.metadata(),
+        spec: Some(HorizontalPodAutoscalerSpec {
+            scale_target_ref: CrossVersionObjectReference {
+                api_version: Some(target.api_version),
+                kind: target.kind,
+                name: meta.name().to_owned(),
+            },
+            min_replicas: Some(intake.min_replicas),
+            max_replicas: intake.max_replicas,
+            metrics: Some(vec![cpu_metric(intake.target_cpu_utilization)]),
+            behavior: None,
+        }),
+        status: None,
+    }
+}
+
+fn cpu_metric(percent: i32) -> MetricSpec {
+    MetricSpec {
+        type_: "Resource".into(),
+        resource: Some(ResourceMetricSource {
+            name: "cpu".into(),
+            target: MetricTarget {
+                type_: "Utilization".into(),
+                average_utilization: Some(percent),
+                ..MetricTarget::default()
+            },
+        }),
+        ..MetricSpec::default()
+    }
 }
 
 /// What a direction does when the spec leaves it unset.

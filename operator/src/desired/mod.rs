@@ -10,6 +10,10 @@
 //! - a HorizontalPodAutoscaler when the stage autoscales (`hpa`);
 //! - a Service for the metrics port and, when served, a ServiceMonitor (`service`);
 //! - a PodDisruptionBudget (`pdb`).
+//!
+//! The intake gateway, when declared, is one more component named `<pipeline>-intake`: a
+//! Deployment, a CPU autoscaler, a Service for its API and metrics, a ServiceMonitor and a PDB,
+//! built by the same modules from the same [`ComponentMeta`].
 
 mod analysis;
 mod hpa;
@@ -31,7 +35,7 @@ use serde_json::Value;
 
 use crate::capabilities::Capabilities;
 use crate::children::{self, Child, ChildKind};
-use crate::model::{ValidatedPipeline, ValidatedStage, WorkloadKind};
+use crate::model::{INTAKE, ValidatedPipeline, ValidatedStage, WorkloadKind};
 use crate::settings::OperatorSettings;
 
 /// Why the desired children cannot be built. Each is permanent until the pipeline (or the
@@ -77,15 +81,22 @@ pub fn desired_children(
     let mut children = Vec::new();
     for stage in &validated.stages {
         let ctx = StageContext {
+            meta: ComponentMeta {
+                pipeline: validated,
+                name: &stage.workload_name,
+                stage: &stage.spec.name,
+                component: stage.spec.processor.as_str(),
+                owner: &owner,
+            },
             pipeline: validated,
             stage,
-            owner: &owner,
             settings,
         };
-        let template = pod::pod_template(pipeline, &ctx)?;
+        let meta = &ctx.meta;
+        let template = pod::stage_pod_template(pipeline, &ctx)?;
         match stage.workload {
             WorkloadKind::Deployment => {
-                children.push(ctx.child(
+                children.push(meta.child(
                     ChildKind::Deployment,
                     workload::desired_deployment(&ctx, template),
                 )?);
@@ -97,11 +108,11 @@ pub fn desired_children(
                         kind: ChildKind::Rollout,
                     });
                 }
-                children.push(ctx.child(
+                children.push(meta.child(
                     ChildKind::Rollout,
                     workload::desired_rollout(&ctx, template)?,
                 )?);
-                children.push(ctx.child(
+                children.push(meta.child(
                     ChildKind::AnalysisTemplate,
                     analysis::desired_analysis_template(&ctx, settings)?,
                 )?);
@@ -109,17 +120,47 @@ pub fn desired_children(
         }
         // None for a fixed count; a paused stage is Fixed(0), which an HPA would undo.
         if let Some(hpa) = hpa::desired_hpa(&ctx) {
-            children.push(ctx.child(ChildKind::HorizontalPodAutoscaler, hpa)?);
+            children.push(meta.child(ChildKind::HorizontalPodAutoscaler, hpa)?);
         }
-        children.push(ctx.child(ChildKind::Service, service::desired_service(&ctx))?);
-        if ChildKind::ServiceMonitor.is_served(capabilities) {
-            children.push(ctx.child(
-                ChildKind::ServiceMonitor,
-                service::desired_service_monitor(&ctx),
-            )?);
-        }
-        children.push(ctx.child(ChildKind::PodDisruptionBudget, pdb::desired_pdb(&ctx))?);
+        children.extend(service_children(meta, pod::STAGE_PORTS, capabilities)?);
     }
+    if let Some(intake) = &validated.intake {
+        let meta = ComponentMeta {
+            pipeline: validated,
+            name: &intake.workload_name,
+            stage: INTAKE,
+            component: INTAKE,
+            owner: &owner,
+        };
+        let template = pod::intake_pod_template(pipeline, &meta, intake, settings);
+        children.push(meta.child(
+            ChildKind::Deployment,
+            workload::desired_intake_deployment(&meta, template),
+        )?);
+        children.push(meta.child(
+            ChildKind::HorizontalPodAutoscaler,
+            hpa::desired_intake_hpa(&meta, &intake.spec),
+        )?);
+        children.extend(service_children(&meta, pod::INTAKE_PORTS, capabilities)?);
+    }
+    Ok(children)
+}
+
+/// The children every component has around its pods: a Service for its ports, a ServiceMonitor
+/// scraping it (where served) and a PodDisruptionBudget.
+fn service_children(
+    meta: &ComponentMeta<'_>,
+    ports: &[(&str, u16)],
+    capabilities: Capabilities,
+) -> Result<Vec<Child>, DesiredError> {
+    let mut children = vec![meta.child(ChildKind::Service, service::desired_service(meta, ports))?];
+    if ChildKind::ServiceMonitor.is_served(capabilities) {
+        children.push(meta.child(
+            ChildKind::ServiceMonitor,
+            service::desired_service_monitor(meta),
+        )?);
+    }
+    children.push(meta.child(ChildKind::PodDisruptionBudget, pdb::desired_pdb(meta))?);
     Ok(children)
 }
 
@@ -142,27 +183,36 @@ fn owner_reference(
 
 /// What every builder of one stage needs.
 struct StageContext<'a> {
+    meta: ComponentMeta<'a>,
     pipeline: &'a ValidatedPipeline,
     stage: &'a ValidatedStage,
-    owner: &'a OwnerReference,
     settings: &'a OperatorSettings,
 }
 
-impl StageContext<'_> {
+/// The identity every child of one component (a stage, or the intake gateway) shares: its name,
+/// labels, pod selector and owner.
+struct ComponentMeta<'a> {
+    pipeline: &'a ValidatedPipeline,
+    /// `<pipeline>-<stage>` or `<pipeline>-intake`.
+    name: &'a str,
+    /// The `stage` label's value: the stage's name, or `intake`.
+    stage: &'a str,
+    /// The `app.kubernetes.io/component` label's value: the processor, or `intake`.
+    component: &'a str,
+    owner: &'a OwnerReference,
+}
+
+impl ComponentMeta<'_> {
     fn name(&self) -> &str {
-        &self.stage.workload_name
+        self.name
     }
 
     fn labels(&self) -> BTreeMap<String, String> {
-        children::stage_labels(
-            &self.pipeline.name,
-            &self.stage.spec.name,
-            self.stage.spec.processor.as_str(),
-        )
+        children::stage_labels(&self.pipeline.name, self.stage, self.component)
     }
 
     fn selector_labels(&self) -> BTreeMap<String, String> {
-        children::selector_labels(&self.pipeline.name, &self.stage.spec.name)
+        children::selector_labels(&self.pipeline.name, self.stage)
     }
 
     fn selector(&self) -> LabelSelector {

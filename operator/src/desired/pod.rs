@@ -1,13 +1,14 @@
-//! The worker pod template, written once and shared by the Deployment and the Rollout.
+//! The worker pod template, written once and shared by the Deployment and the Rollout of a stage
+//! and by the intake gateway's Deployment (the same image in its `intake` mode).
 //!
-//! Pure. Owns what runs in a stage's pod: the worker container speaking `orderpipe_api::contract`,
+//! Pure. Owns what runs in a component's pod: the worker container speaking `orderpipe_api::contract`,
 //! its probes and resources, the restricted security profile, and the TLS Secret mounts. It must not
 //! carry a replica count or anything workload-specific.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities as LinuxCapabilities, Container, ContainerPort, EmptyDirVolumeSource,
+    Capabilities as LinuxCapabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
     HTTPGetAction, KeyToPath, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
     ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
 };
@@ -15,9 +16,11 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use orderpipe_api::OrderPipeline;
-use orderpipe_api::contract::{self, METRICS_PORT};
+use orderpipe_api::contract::{self, INTAKE_PORT, METRICS_PORT};
 
-use super::{DesiredError, StageContext};
+use super::{ComponentMeta, DesiredError, StageContext};
+use crate::model::ValidatedIntake;
+use crate::settings::OperatorSettings;
 
 /// Name of the worker container (and of the metrics port, below).
 const CONTAINER: &str = "worker";
@@ -31,8 +34,17 @@ const SECRET_FILE_MODE: i32 = 0o440;
 /// librdkafka to close the producer and leave the consumer group before the kubelet sends SIGKILL.
 const TERMINATION_GRACE_SECONDS: i64 = contract::defaults::SHUTDOWN_GRACE.as_secs() as i64 + 5;
 
+/// The named container ports of a stage's worker.
+pub(super) const STAGE_PORTS: &[(&str, u16)] = &[(METRICS_PORT_NAME, METRICS_PORT)];
+/// The named container ports of the intake gateway: its API and its metrics.
+pub(super) const INTAKE_PORTS: &[(&str, u16)] = &[
+    (INTAKE_PORT_NAME, INTAKE_PORT),
+    (METRICS_PORT_NAME, METRICS_PORT),
+];
+const INTAKE_PORT_NAME: &str = "http";
+
 /// The pod template of a stage's workload.
-pub(super) fn pod_template(
+pub(super) fn stage_pod_template(
     pipeline: &OrderPipeline,
     ctx: &StageContext<'_>,
 ) -> Result<PodTemplateSpec, DesiredError> {
@@ -42,19 +54,67 @@ pub(super) fn pod_template(
             stage: stage.spec.name.clone(),
             reason,
         })?;
+    let container = WorkerContainer {
+        image: &stage.image,
+        args: &contract::WORKER_ARGS,
+        env,
+        ports: STAGE_PORTS,
+        resources: stage.spec.resources.as_ref(),
+    };
+    Ok(pod_template(pipeline, &ctx.meta, ctx.settings, container))
+}
+
+/// The pod template of the intake gateway: the worker image's `intake` mode.
+pub(super) fn intake_pod_template(
+    pipeline: &OrderPipeline,
+    meta: &ComponentMeta<'_>,
+    intake: &ValidatedIntake,
+    settings: &OperatorSettings,
+) -> PodTemplateSpec {
+    let container = WorkerContainer {
+        image: &intake.image,
+        args: &contract::INTAKE_ARGS,
+        env: contract::render_intake_env(pipeline, &intake.spec),
+        ports: INTAKE_PORTS,
+        resources: intake.spec.resources.as_ref(),
+    };
+    pod_template(pipeline, meta, settings, container)
+}
+
+/// What differs between the containers of a stage and of the gateway.
+struct WorkerContainer<'a> {
+    image: &'a str,
+    args: &'a [&'a str],
+    env: Vec<EnvVar>,
+    ports: &'a [(&'a str, u16)],
+    resources: Option<&'a ResourceRequirements>,
+}
+
+fn pod_template(
+    pipeline: &OrderPipeline,
+    meta: &ComponentMeta<'_>,
+    settings: &OperatorSettings,
+    worker: WorkerContainer<'_>,
+) -> PodTemplateSpec {
     let (volumes, mounts) = volumes(pipeline);
     let container = Container {
         name: CONTAINER.into(),
-        image: Some(stage.image.clone()),
-        args: Some(contract::WORKER_ARGS.map(String::from).to_vec()),
-        env: Some(env),
-        ports: Some(vec![ContainerPort {
-            name: Some(METRICS_PORT_NAME.into()),
-            container_port: METRICS_PORT.into(),
-            // Part of the list's merge key: server-side apply rejects a port without it.
-            protocol: Some("TCP".into()),
-            ..ContainerPort::default()
-        }]),
+        image: Some(worker.image.to_owned()),
+        args: Some(worker.args.iter().map(|&arg| arg.to_owned()).collect()),
+        env: Some(worker.env),
+        ports: Some(
+            worker
+                .ports
+                .iter()
+                .map(|&(name, port)| ContainerPort {
+                    name: Some(name.into()),
+                    container_port: port.into(),
+                    // Part of the list's merge key: server-side apply rejects a port without it.
+                    protocol: Some("TCP".into()),
+                    ..ContainerPort::default()
+                })
+                .collect(),
+        ),
         liveness_probe: Some(Probe {
             // /healthz fails only when the processing loop is wedged; a restart is the cure.
             failure_threshold: Some(3),
@@ -71,13 +131,7 @@ pub(super) fn pod_template(
             failure_threshold: Some(6),
             ..probe("/readyz")
         }),
-        resources: Some(
-            stage
-                .spec
-                .resources
-                .clone()
-                .unwrap_or_else(default_resources),
-        ),
+        resources: Some(worker.resources.cloned().unwrap_or_else(default_resources)),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
             read_only_root_filesystem: Some(true),
@@ -90,9 +144,9 @@ pub(super) fn pod_template(
         volume_mounts: Some(mounts),
         ..Container::default()
     };
-    Ok(PodTemplateSpec {
+    PodTemplateSpec {
         metadata: Some(ObjectMeta {
-            labels: Some(ctx.labels()),
+            labels: Some(meta.labels()),
             annotations: Some(scrape_annotations()),
             ..ObjectMeta::default()
         }),
@@ -116,11 +170,11 @@ pub(super) fn pod_template(
             // Service env vars of every Service in the namespace are noise for the worker.
             enable_service_links: Some(false),
             termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
-            node_selector: non_empty(ctx.settings.worker_placement.node_selector.clone()),
-            tolerations: non_empty(ctx.settings.worker_placement.tolerations.clone()),
+            node_selector: non_empty(settings.worker_placement.node_selector.clone()),
+            tolerations: non_empty(settings.worker_placement.tolerations.clone()),
             ..PodSpec::default()
         }),
-    })
+    }
 }
 
 /// `None` for an empty collection, so an unset placement leaves the field out of the applied object.

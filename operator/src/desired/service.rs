@@ -1,49 +1,55 @@
-//! The stage's metrics endpoint: a Service and, where the Prometheus Operator is installed, a
-//! ServiceMonitor (monitoring.coreos.com/v1) scraping it.
+//! A component's Service and, where the Prometheus Operator is installed, a ServiceMonitor
+//! (monitoring.coreos.com/v1) scraping it.
 //!
-//! Pure. Owns the Service and ServiceMonitor kinds. The worker serves no traffic besides
-//! `/metrics`, `/healthz` and `/readyz`, so the Service exists for scraping only.
+//! Pure. Owns the Service and ServiceMonitor kinds. A stage's worker serves no traffic besides
+//! `/metrics`, `/healthz` and `/readyz`, so its Service exists for scraping only; the intake
+//! gateway's also carries the API, which clients in the cluster reach through it.
 
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use orderpipe_api::contract::METRICS_PORT;
 use serde_json::{Value, json};
 
-use super::StageContext;
+use super::ComponentMeta;
 use super::analysis::ROLLOUTS_POD_HASH;
 use super::pod::{METRICS_PATH, METRICS_PORT_NAME};
 
 /// Matches the `rate()` window of the canary analysis (several samples per window).
 const SCRAPE_INTERVAL: &str = "15s";
 
-pub(super) fn desired_service(ctx: &StageContext<'_>) -> Service {
+/// Serves each of the pod's named `ports` on the same number, targeting the port by name.
+pub(super) fn desired_service(meta: &ComponentMeta<'_>, ports: &[(&str, u16)]) -> Service {
     Service {
-        metadata: ctx.metadata(),
+        metadata: meta.metadata(),
         spec: Some(ServiceSpec {
             type_: Some("ClusterIP".into()),
-            selector: Some(ctx.selector_labels()),
-            ports: Some(vec![ServicePort {
-                name: Some(METRICS_PORT_NAME.into()),
-                port: METRICS_PORT.into(),
-                target_port: Some(IntOrString::String(METRICS_PORT_NAME.into())),
-                // Part of the list's merge key: server-side apply rejects a port without it.
-                protocol: Some("TCP".into()),
-                ..ServicePort::default()
-            }]),
+            selector: Some(meta.selector_labels()),
+            ports: Some(
+                ports
+                    .iter()
+                    .map(|&(name, port)| ServicePort {
+                        name: Some(name.into()),
+                        port: port.into(),
+                        target_port: Some(IntOrString::String(name.into())),
+                        // Part of the list's merge key: server-side apply rejects a port without it.
+                        protocol: Some("TCP".into()),
+                        ..ServicePort::default()
+                    })
+                    .collect(),
+            ),
             ..ServiceSpec::default()
         }),
         status: None,
     }
 }
 
-/// Selects exactly this stage's Service (its selector labels) in the pipeline's namespace.
-pub(super) fn desired_service_monitor(ctx: &StageContext<'_>) -> Value {
+/// Selects exactly this component's Service (its selector labels) in the pipeline's namespace.
+pub(super) fn desired_service_monitor(meta: &ComponentMeta<'_>) -> Value {
     json!({
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "ServiceMonitor",
-        "metadata": ctx.metadata(),
+        "metadata": meta.metadata(),
         "spec": {
-            "selector": ctx.selector(),
+            "selector": meta.selector(),
             // Tells canary and stable pods of a Rollout apart for the canary analysis.
             "podTargetLabels": [ROLLOUTS_POD_HASH],
             "endpoints": [{

@@ -206,12 +206,17 @@ fn hpa_scales_on_cpu_and_lag_of_its_own_stage() {
         spec["behavior"]["scaleDown"]["stabilizationWindowSeconds"],
         300
     );
-    // Only the autoscaled stage has an HPA.
-    let hpas = children
+    // Only the autoscaled stage has an HPA (besides the intake gateway).
+    assert_eq!(stage_autoscalers(&children), ["checkout-validate"]);
+}
+
+/// The names of the stages' HPAs: every HPA but the intake gateway's.
+fn stage_autoscalers(children: &[Child]) -> Vec<&str> {
+    children
         .iter()
-        .filter(|c| c.kind == ChildKind::HorizontalPodAutoscaler)
-        .count();
-    assert_eq!(hpas, 1);
+        .filter(|c| c.kind == ChildKind::HorizontalPodAutoscaler && !c.name.ends_with("-intake"))
+        .map(|c| c.name.as_str())
+        .collect()
 }
 
 /// The checkout sample with its validate stage autoscaled by `autoscaling` instead.
@@ -322,11 +327,7 @@ fn a_parked_stage_has_zero_replicas_and_no_hpa() {
     validated.park(|stage| stage == "validate");
     let children =
         desired_children(&pipeline, &validated, NO_CRDS, &settings()).expect("children build");
-    assert!(
-        children
-            .iter()
-            .all(|c| c.kind != ChildKind::HorizontalPodAutoscaler)
-    );
+    assert_eq!(stage_autoscalers(&children), Vec::<&str>::new());
     let deployment = object(&children, ChildKind::Deployment, "checkout-validate");
     assert_eq!(deployment["spec"]["replicas"], 0);
 }
@@ -605,13 +606,9 @@ fn paused_pipeline_has_no_hpa_and_zero_replicas() {
         let mut pipeline = sample(yaml);
         pipeline.spec.paused = true;
         let children = render(&pipeline, ALL_CRDS);
-        assert!(
-            children
-                .iter()
-                .all(|c| c.kind != ChildKind::HorizontalPodAutoscaler)
-        );
+        assert_eq!(stage_autoscalers(&children), Vec::<&str>::new());
         let mut count = 0;
-        for workload in workloads(&children) {
+        for workload in workloads(&children).filter(|w| !w.name.ends_with("-intake")) {
             assert_eq!(workload.object["spec"]["replicas"], 0, "{}", workload.name);
             count += 1;
         }
@@ -845,4 +842,103 @@ fn worker_placement_applies_to_every_worker_pod_and_is_absent_by_default() {
         let pod = &workload.object["spec"]["template"]["spec"];
         assert!(pod.get("nodeSelector").is_none() && pod.get("tolerations").is_none());
     }
+}
+
+#[test]
+fn the_intake_gateway_is_a_deployment_with_autoscaler_service_monitor_and_budget() {
+    let mut pipeline = sample(CHECKOUT);
+    // A paused pipeline stops its stages, not its gateway: orders wait in Kafka.
+    pipeline.spec.paused = true;
+    let children = render(&pipeline, ALL_CRDS);
+    let gateway: Vec<ChildKind> = children
+        .iter()
+        .filter(|c| c.name == "checkout-intake")
+        .map(|c| c.kind)
+        .collect();
+    assert_eq!(
+        gateway,
+        [
+            ChildKind::Deployment,
+            ChildKind::HorizontalPodAutoscaler,
+            ChildKind::Service,
+            ChildKind::ServiceMonitor,
+            ChildKind::PodDisruptionBudget,
+        ]
+    );
+
+    let deployment = object(&children, ChildKind::Deployment, "checkout-intake");
+    assert!(
+        deployment["spec"].get("replicas").is_none(),
+        "the autoscaler owns the count"
+    );
+    assert_eq!(
+        deployment["spec"]["strategy"]["rollingUpdate"],
+        json!({ "maxSurge": 1, "maxUnavailable": 0 })
+    );
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["image"], settings().worker_image);
+    assert_eq!(container["args"], json!(contract::INTAKE_ARGS));
+    assert_eq!(
+        container["ports"],
+        json!([
+            { "name": "http", "containerPort": 8080, "protocol": "TCP" },
+            { "name": "metrics", "containerPort": 9090, "protocol": "TCP" },
+        ])
+    );
+    assert_eq!(
+        env_var(deployment, contract::env::INTAKE_ORDERS_TOPIC)["value"],
+        "orders"
+    );
+    assert_eq!(
+        env_var(deployment, contract::env::INTAKE_STATUS_TOPIC)["value"],
+        "order-status"
+    );
+    assert_eq!(
+        env_var(deployment, contract::env::INTAKE_TOKENS)["valueFrom"],
+        json!({ "secretKeyRef": { "name": "checkout-intake-tokens", "key": "tokens", "optional": false } })
+    );
+    assert_eq!(
+        deployment["spec"]["template"]["metadata"]["labels"]["orderpipe.dev/stage"],
+        "intake"
+    );
+
+    let hpa = object(
+        &children,
+        ChildKind::HorizontalPodAutoscaler,
+        "checkout-intake",
+    );
+    assert_eq!(hpa["spec"]["minReplicas"], 2);
+    assert_eq!(hpa["spec"]["maxReplicas"], 6);
+    assert_eq!(hpa["spec"]["scaleTargetRef"]["kind"], "Deployment");
+    assert_eq!(hpa["spec"]["scaleTargetRef"]["name"], "checkout-intake");
+    assert_eq!(
+        hpa["spec"]["metrics"],
+        json!([{ "type": "Resource", "resource": { "name": "cpu", "target": { "type": "Utilization", "averageUtilization": 70 } } }])
+    );
+
+    let service = object(&children, ChildKind::Service, "checkout-intake");
+    let ports: Vec<(&str, i64)> = service["spec"]["ports"]
+        .as_array()
+        .expect("ports")
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().expect("name"),
+                p["port"].as_i64().expect("port"),
+            )
+        })
+        .collect();
+    assert_eq!(ports, [("http", 8080), ("metrics", 9090)]);
+    assert_eq!(
+        service["spec"]["selector"],
+        json!(selector_labels("checkout", "intake"))
+    );
+}
+
+#[test]
+fn a_pipeline_without_intake_has_no_gateway() {
+    let mut pipeline = sample(CHECKOUT);
+    pipeline.spec.intake = None;
+    let children = render(&pipeline, ALL_CRDS);
+    assert!(children.iter().all(|c| c.name != "checkout-intake"));
 }

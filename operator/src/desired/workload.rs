@@ -1,4 +1,5 @@
-//! The stage's workload: a Deployment, or an Argo Rollout with canary steps.
+//! The stage's workload: a Deployment, or an Argo Rollout with canary steps; and the intake
+//! gateway's Deployment.
 //!
 //! Pure. Owns the Deployment and Rollout kinds. A Rollout's spec is a Deployment's spec with a
 //! different `strategy` (Argo designed it that way), so both are built from one [`workload_spec`]
@@ -14,7 +15,7 @@ use orderpipe_api::v1alpha1::{CanaryPause, CanaryStep, Duration};
 use serde_json::{Value, json};
 
 use super::analysis::HASH_ARGS;
-use super::{DesiredError, StageContext};
+use super::{ComponentMeta, DesiredError, StageContext};
 use crate::children::ChildKind;
 use crate::model::Scaling;
 
@@ -37,7 +38,7 @@ fn workload_spec(ctx: &StageContext<'_>, template: PodTemplateSpec) -> Deploymen
             Scaling::Auto { parked: true, .. } => Some(0),
             Scaling::Auto { parked: false, .. } => None,
         },
-        selector: ctx.selector(),
+        selector: ctx.meta.selector(),
         template,
         revision_history_limit: Some(REVISION_HISTORY_LIMIT),
         progress_deadline_seconds: Some(PROGRESS_DEADLINE_SECONDS),
@@ -60,7 +61,7 @@ fn max_unavailable() -> IntOrString {
 
 pub(super) fn desired_deployment(ctx: &StageContext<'_>, template: PodTemplateSpec) -> Deployment {
     Deployment {
-        metadata: ctx.metadata(),
+        metadata: ctx.meta.metadata(),
         spec: Some(DeploymentSpec {
             strategy: Some(DeploymentStrategy {
                 type_: Some("RollingUpdate".into()),
@@ -75,13 +76,43 @@ pub(super) fn desired_deployment(ctx: &StageContext<'_>, template: PodTemplateSp
     }
 }
 
+/// The intake gateway's Deployment. Its autoscaler owns the replica count. Unlike a stage it may
+/// surge and never goes below its count during a rollout: an HTTP server has no partition cap,
+/// and a missing replica is requests refused, not records waiting in Kafka.
+pub(super) fn desired_intake_deployment(
+    meta: &ComponentMeta<'_>,
+    template: PodTemplateSpec,
+) -> Deployment {
+    Deployment {
+        metadata: meta.metadata(),
+        spec: Some(DeploymentSpec {
+            replicas: None,
+            selector: meta.selector(),
+            template,
+            revision_history_limit: Some(REVISION_HISTORY_LIMIT),
+            progress_deadline_seconds: Some(PROGRESS_DEADLINE_SECONDS),
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_surge: Some(IntOrString::Int(1)),
+                    max_unavailable: Some(IntOrString::Int(0)),
+                }),
+            }),
+            ..DeploymentSpec::default()
+        }),
+        status: None,
+    }
+}
+
 /// An Argo Rollout (argoproj.io/v1alpha1) releasing new pod templates by canary, with background
 /// analysis against the stage's AnalysisTemplate (see `analysis`).
 pub(super) fn desired_rollout(
     ctx: &StageContext<'_>,
     template: PodTemplateSpec,
 ) -> Result<Value, DesiredError> {
-    let mut spec = ctx.to_json(ChildKind::Rollout, workload_spec(ctx, template))?;
+    let mut spec = ctx
+        .meta
+        .to_json(ChildKind::Rollout, workload_spec(ctx, template))?;
     spec["strategy"] = json!({
         "canary": {
             "maxSurge": max_surge(),
@@ -91,7 +122,7 @@ pub(super) fn desired_rollout(
             // and aborts as soon as a threshold is crossed, instead of at one point in the plan.
             // It starts at step 1, once the first setWeight has created canary pods.
             "analysis": {
-                "templates": [{ "templateName": ctx.name() }],
+                "templates": [{ "templateName": ctx.meta.name() }],
                 "startingStep": 1,
                 // Which pods are the canary and which the stable version, for its queries.
                 "args": HASH_ARGS.map(|(name, version)| json!({
@@ -104,7 +135,7 @@ pub(super) fn desired_rollout(
     Ok(json!({
         "apiVersion": "argoproj.io/v1alpha1",
         "kind": "Rollout",
-        "metadata": ctx.metadata(),
+        "metadata": ctx.meta.metadata(),
         "spec": spec,
     }))
 }

@@ -1,5 +1,6 @@
-//! Computing the pipeline's status from what was observed: per-topic and per-stage summaries and the
-//! `TopicsReady`, `StagesReady` and `Ready` conditions.
+//! Computing the pipeline's status from what was observed: per-topic and per-stage summaries, the
+//! intake gateway's, and the `TopicsReady`, `StagesReady` and `Ready` conditions (a declared
+//! gateway must be ready too for `Ready`).
 //!
 //! Pure: the controller writes the result only when it differs from the current status, and
 //! `lastTransitionTime` moves only when a condition's status flips, so a no-op reconcile computes an
@@ -10,7 +11,9 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use orderpipe_api::v1alpha1::{CanaryStatus, OrderPipelineStatus, StageStatus, TopicStatus};
+use orderpipe_api::v1alpha1::{
+    CanaryStatus, IntakeStatus, OrderPipelineStatus, StageStatus, TopicStatus,
+};
 use serde_json::Value;
 
 use crate::model::{Scaling, StageIssue, ValidatedPipeline, ValidatedStage, WorkloadKind};
@@ -32,6 +35,8 @@ pub struct Observed<'a> {
     pub workloads: BTreeMap<String, Value>,
     /// The live HorizontalPodAutoscaler of each autoscaled stage, by stage name.
     pub autoscalers: BTreeMap<String, Value>,
+    /// The intake gateway's live Deployment, when the pipeline declares one and it exists.
+    pub intake_workload: Option<Value>,
     /// The measured lag (records) of each stage with a lag target, by stage name; absent when it
     /// could not be measured.
     pub lags: BTreeMap<String, u64>,
@@ -64,6 +69,7 @@ pub fn compute(
         .map(|stage| stage_status(stage, observed))
         .collect();
     let topics = observed.topics.clone();
+    let intake = intake_status(observed);
 
     let topics_condition = match (&observed.kafka_error, topics.iter().find(|t| !t.ready)) {
         (Some(error), _) => ("False", "KafkaUnavailable".to_string(), error.clone()),
@@ -125,6 +131,18 @@ pub fn compute(
             "False",
             stages_condition.1.clone(),
             stages_condition.2.clone(),
+        )
+    } else if let Some(gateway) = intake.as_ref().filter(|gateway| !gateway.ready) {
+        (
+            "False",
+            gateway
+                .reason
+                .clone()
+                .unwrap_or_else(|| "IntakePending".into()),
+            format!(
+                "intake gateway not ready: {}",
+                gateway.message.as_deref().unwrap_or("pending")
+            ),
         )
     } else if observed.pipeline.paused {
         (
@@ -189,7 +207,41 @@ pub fn compute(
             .reduce(i64::saturating_add),
         topics,
         stages,
+        intake,
     }
+}
+
+/// The gateway's summary from its live Deployment; `None` when the pipeline declares none.
+fn intake_status(observed: &Observed<'_>) -> Option<IntakeStatus> {
+    let intake = observed.pipeline.intake.as_ref()?;
+    let url = format!(
+        "http://{}.{}.svc:{}",
+        intake.workload_name,
+        observed.pipeline.namespace,
+        orderpipe_api::contract::INTAKE_PORT
+    );
+    let Some(live) = &observed.intake_workload else {
+        return Some(IntakeStatus {
+            ready: false,
+            url,
+            replicas_ready: None,
+            reason: Some("IntakePending".into()),
+            message: Some("the gateway's Deployment does not exist yet".into()),
+        });
+    };
+    let (desired, ready, updated) = replica_counts(live);
+    let progress = workload_progress(WorkloadKind::Deployment, live, desired, ready, updated);
+    let (reason, message) = match progress {
+        Ok(()) => (None, None),
+        Err((reason, message)) => (Some(reason.to_owned()), Some(message)),
+    };
+    Some(IntakeStatus {
+        ready: reason.is_none(),
+        url,
+        replicas_ready: Some(format!("{ready}/{desired}")),
+        reason,
+        message,
+    })
 }
 
 fn not_ready_message<'a>(

@@ -64,6 +64,7 @@ fn compute_with(
         topics,
         kafka_error: None,
         workloads,
+        intake_workload: None,
         autoscalers: BTreeMap::new(),
         lags: BTreeMap::new(),
         scale_to_zero: &BTreeMap::new(),
@@ -93,6 +94,7 @@ fn autoscaled_status(
         topics: vec![],
         kafka_error: None,
         workloads: stage(Some(deployment(2, 1))),
+        intake_workload: None,
         autoscalers: stage(hpa),
         lags: stage(lag),
         scale_to_zero: &stage(decision),
@@ -134,6 +136,7 @@ fn a_failed_apply_makes_the_stages_and_the_pipeline_not_ready_with_its_error() {
         kafka_error: None,
         // The previous generation's workload is still up and ready: the status must not say so.
         workloads: stage(Some(deployment(2, 2))),
+        intake_workload: None,
         autoscalers: BTreeMap::new(),
         lags: BTreeMap::new(),
         scale_to_zero: &BTreeMap::new(),
@@ -380,4 +383,57 @@ fn no_canary_when_stable_or_aborted() {
     assert_eq!(balanced_share(4, 0, 0), None);
     assert_eq!(balanced_share(4, 1, 3), Some(1));
     assert_eq!(balanced_share(5, 1, 2), Some(3), "half up");
+}
+
+/// The minimal sample with an intake gateway, and its live Deployment (`None`: not created yet).
+fn with_gateway(live: Option<Value>) -> OrderPipelineStatus {
+    let text = include_str!("../../../config/samples/orderpipe_v1alpha1_checkout.yaml");
+    let p: OrderPipeline = serde_norway::from_str(text).expect("sample parses");
+    let settings = OperatorSettings::default();
+    let validated = validate(&p, &BTreeMap::new(), Capabilities::default(), &settings).0;
+    let workloads = validated
+        .stages
+        .iter()
+        .map(|s| (s.spec.name.clone(), deployment(1, 1)))
+        .collect();
+    let observed = Observed {
+        generation: Some(2),
+        pipeline: &validated,
+        topics: vec![topic("orders", true)],
+        kafka_error: None,
+        workloads,
+        intake_workload: live,
+        autoscalers: BTreeMap::new(),
+        lags: BTreeMap::new(),
+        scale_to_zero: &BTreeMap::new(),
+        issues: &[],
+        children_error: None,
+    };
+    compute(&observed, None, &at(10))
+}
+
+#[test]
+fn a_declared_gateway_must_be_ready_for_the_pipeline_to_be() {
+    let missing = with_gateway(None);
+    assert_eq!(condition(&missing, READY).status, "False");
+    assert_eq!(condition(&missing, READY).reason, "IntakePending");
+    assert_eq!(condition(&missing, STAGES_READY).status, "True");
+
+    let starting = with_gateway(Some(deployment(2, 1)));
+    let intake = starting.intake.as_ref().expect("intake status");
+    assert!(!intake.ready);
+    assert_eq!(intake.replicas_ready.as_deref(), Some("1/2"));
+    assert_eq!(condition(&starting, READY).reason, "ReplicasNotReady");
+    assert!(
+        condition(&starting, READY)
+            .message
+            .starts_with("intake gateway not ready: 1/2 replicas ready")
+    );
+
+    let ready = with_gateway(Some(deployment(2, 2)));
+    let intake = ready.intake.as_ref().expect("intake status");
+    assert!(intake.ready);
+    // The sample has no namespace; the URL is what clients in the cluster use.
+    assert_eq!(intake.url, "http://checkout-intake..svc:8080");
+    assert_eq!(condition(&ready, READY).status, "True");
 }

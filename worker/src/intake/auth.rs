@@ -1,5 +1,5 @@
-//! Bearer tokens of the gateway, read from a file (a mounted Kubernetes Secret): who may submit
-//! orders and who may read their status. Owns the file format and the 401/403 decision; must not
+//! Bearer tokens of the gateway, read from `ORDERPIPE_INTAKE_TOKENS` (a Kubernetes Secret's key):
+//! who may submit orders and who may read their status. Owns the format and the 401/403 decision; must not
 //! log or keep a token in clear (only SHA-256 digests are held and compared).
 //!
 //! Format: one token per line, optionally followed by whitespace and a comma-separated list of
@@ -7,7 +7,6 @@
 //! starting with `#` are ignored.
 
 use std::collections::HashMap;
-use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
@@ -40,25 +39,19 @@ pub enum Denied {
     Forbidden(Scope),
 }
 
-/// The tokens file could not be used; names the file and the line.
+/// The tokens could not be used; names the line.
 #[derive(Debug, thiserror::Error)]
 pub enum TokensError {
-    #[error("reading the tokens file {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
     #[error(
-        "tokens file {path} line {line}: unknown scope {scope:?} (expected orders:write or orders:read)"
+        "{VARIABLE} line {line}: unknown scope {scope:?} (expected orders:write or orders:read)"
     )]
-    UnknownScope {
-        path: String,
-        line: usize,
-        scope: String,
-    },
-    #[error("tokens file {path} holds no token")]
-    Empty { path: String },
+    UnknownScope { line: usize, scope: String },
+    #[error("{VARIABLE} holds no token")]
+    Empty,
 }
+
+/// Where the tokens come from, for the errors above.
+const VARIABLE: &str = orderpipe_api::contract::env::INTAKE_TOKENS;
 
 type Digest32 = [u8; 32];
 
@@ -73,28 +66,17 @@ fn digest(token: &str) -> Digest32 {
 }
 
 impl Tokens {
-    pub fn load(path: &Path) -> Result<Self, TokensError> {
-        let name = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| TokensError::Read {
-            path: name.clone(),
-            source,
-        })?;
-        Self::parse(&text)
-            .map_err(|(line, scope)| TokensError::UnknownScope {
-                path: name.clone(),
-                line,
-                scope,
-            })
-            .and_then(|tokens| {
-                if tokens.scopes.is_empty() {
-                    Err(TokensError::Empty { path: name })
-                } else {
-                    Ok(tokens)
-                }
-            })
+    /// The tokens in `text` (the Secret's value); at least one.
+    pub fn from_text(text: &str) -> Result<Self, TokensError> {
+        let tokens =
+            Self::parse(text).map_err(|(line, scope)| TokensError::UnknownScope { line, scope })?;
+        if tokens.scopes.is_empty() {
+            return Err(TokensError::Empty);
+        }
+        Ok(tokens)
     }
 
-    /// Parses the file's text; `Err((line, scope))` names the first unknown scope.
+    /// Parses the text; `Err((line, scope))` names the first unknown scope.
     fn parse(text: &str) -> Result<Self, (usize, String)> {
         let mut scopes = HashMap::new();
         for (index, line) in text.lines().enumerate() {

@@ -239,6 +239,9 @@ fn location(order_id: &str) -> String {
     format!("/v1/orders/{order_id}")
 }
 
+/// Set on a 202 that repeats an earlier acceptance: the order is in Kafka once, from before.
+pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
+
 fn accepted(order_id: String) -> Response {
     let location = location(&order_id);
     let mut response = (
@@ -291,7 +294,8 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Refusal> {
     ),
     responses(
         (status = 202, description = "The broker acknowledged the record (acks=all)", body = AcceptedBody,
-         headers(("Location" = String, description = "/v1/orders/{orderId}"))),
+         headers(("Location" = String, description = "/v1/orders/{orderId}"),
+                 ("Idempotent-Replayed" = String, description = "true when this is the answer to an earlier request for the same order, which this request did not produce again"))),
         (status = 400, description = "Not a valid order: every violated rule and field, or the dead-letter reason", body = ErrorBody),
         (status = 401, description = "No or an unknown bearer token", body = ErrorBody),
         (status = 403, description = "The token lacks orders:write", body = ErrorBody),
@@ -358,7 +362,13 @@ async fn submit(intake: &Arc<Intake>, request: Request) -> Result<Response, Refu
     };
     match claim {
         Claim::New => {}
-        Claim::Replay => return Ok(accepted(admitted.order_id)),
+        Claim::Replay => {
+            let mut response = accepted(admitted.order_id);
+            response
+                .headers_mut()
+                .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+            return Ok(response);
+        }
         Claim::InFlight => {
             return Err(Refusal::new(
                 StatusCode::CONFLICT,

@@ -20,11 +20,10 @@ pub mod status_view;
 
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use orderpipe_api::contract::{KafkaConnection, METRICS_PORT};
+use orderpipe_api::contract::{INTAKE_PORT, KafkaConnection, METRICS_PORT};
 use orderpipe_orders::validate::Validator;
 use orderpipe_probes::Probes;
 use prometheus_client::registry::Registry;
@@ -57,15 +56,16 @@ pub struct IntakeArgs {
     /// The status stage's `StatusChanged` output, read for GET.
     #[arg(long, env = "ORDERPIPE_INTAKE_STATUS_TOPIC")]
     pub status_topic: String,
-    /// Address of the API.
-    #[arg(long, env = "ORDERPIPE_INTAKE_LISTEN", default_value = "0.0.0.0:8080")]
-    pub listen: SocketAddr,
+    /// Port of the API (all interfaces).
+    #[arg(long, env = "ORDERPIPE_INTAKE_PORT", default_value_t = INTAKE_PORT)]
+    pub port: u16,
     /// Port of /metrics, /healthz and /readyz (all interfaces).
     #[arg(long, env = "ORDERPIPE_METRICS_PORT", default_value_t = METRICS_PORT)]
     pub metrics_port: u16,
-    /// Bearer tokens, one per line with optional scopes (a mounted Secret; see docs/intake.md).
-    #[arg(long, env = "ORDERPIPE_INTAKE_TOKENS_FILE")]
-    pub tokens_file: PathBuf,
+    /// Bearer tokens, one per line with optional scopes (a Secret's key; see docs/intake.md).
+    /// Pass it in the environment: a command line is readable by every user of the machine.
+    #[arg(long, env = "ORDERPIPE_INTAKE_TOKENS", hide_env_values = true)]
+    pub tokens: String,
     /// Orders (and as many idempotency keys) the ledger remembers.
     #[arg(
         long,
@@ -152,7 +152,7 @@ pub async fn run(
     kafka: KafkaConnection,
     shutdown: CancellationToken,
 ) -> Result<(), IntakeError> {
-    let tokens = Tokens::load(&args.tokens_file)?;
+    let tokens = Tokens::from_text(&args.tokens)?;
     let (registry, metrics) = IntakeMetrics::registry(&args.pipeline);
     let metrics = Arc::new(metrics);
     let sink = Arc::new(OrderSink::new(
@@ -198,8 +198,9 @@ pub async fn run(
         intake: Arc::clone(&intake),
     });
     let metrics_listener = bind(SocketAddr::from(([0, 0, 0, 0], args.metrics_port))).await?;
-    let api_listener = bind(args.listen).await?;
-    tracing::info!(api = %args.listen, metrics_port = args.metrics_port, "intake gateway serving");
+    let api_addr = SocketAddr::from(([0, 0, 0, 0], args.port));
+    let api_listener = bind(api_addr).await?;
+    tracing::info!(api = %api_addr, metrics_port = args.metrics_port, "intake gateway serving");
     let probes_server = tokio::spawn(orderpipe_probes::serve(
         metrics_listener,
         probes,
@@ -214,7 +215,7 @@ pub async fn run(
     let flush = Arc::clone(&sink);
     let _ = tokio::task::spawn_blocking(move || flush.flush(FLUSH_TIMEOUT)).await;
     served.map_err(|source| IntakeError::Serve {
-        addr: args.listen.to_string(),
+        addr: api_addr.to_string(),
         source,
     })
 }
