@@ -194,12 +194,16 @@ async fn run(args: &Args, demo: &mut Demo) -> anyhow::Result<Books> {
     };
     let gateway = demo.gateway().await?;
     let intake_line = format!(
-        "\nintake gateway: {} (token {}); try: curl -H 'Authorization: Bearer {}' {}/v1/orders/<orderId>",
+        "intake gateway: {} (token {}); try: curl -H 'Authorization: Bearer {}' {}/v1/orders/<orderId>",
         gateway.urls.join(" "),
         gateway.token,
         gateway.token,
         gateway.urls.first().map_or("", String::as_str),
     );
+    // Headless lines are a log: the gateway is named once, not on every line.
+    if args.headless {
+        println!("{intake_line}");
+    }
     let load = demo.start_load(options).await?;
     let limit = args.seconds.map(Duration::from_secs);
     let mut ticks = tokio::time::interval(REFRESH);
@@ -243,13 +247,16 @@ async fn run(args: &Args, demo: &mut Demo) -> anyhow::Result<Books> {
         }
         let rate = load.sent() as f64 / load.elapsed().as_secs_f64().max(0.001);
         let mut header = format!(
-            "load: {} orders sent in {:.0} s ({rate:.0}/s, target {}/s)",
+            "load: {} orders posted in {:.0} s ({rate:.0}/s, target {}/s)",
             load.sent(),
             load.elapsed().as_secs_f64(),
             args.rate
         );
         header.push_str(CTRL_C_HINT);
-        header.push_str(&intake_line);
+        if !args.headless {
+            header.push('\n');
+            header.push_str(&intake_line);
+        }
         if let Some((orders, clock)) = &mut burst {
             let validate = snapshot.stages.first();
             let sent_all = orders.sent() >= args.burst_orders;
@@ -307,7 +314,8 @@ async fn run(args: &Args, demo: &mut Demo) -> anyhow::Result<Books> {
             .map(|s| s.counters)
             .unwrap_or_default();
         let header = format!(
-            "load stopped after {} orders; draining for {:.0} s: validate finished {:.0}, notify delivered {:.0} of {}",
+            "load stopped after {} orders ({} accepted into Kafka); draining for {:.0} s: validate finished {:.0}, notify delivered {:.0} of {}",
+            sent.posted,
             sent.sent,
             drain_started.elapsed().as_secs_f64(),
             validate.processed + validate.rejected + validate.dead_lettered + validate.duplicates,
@@ -328,10 +336,10 @@ async fn run(args: &Args, demo: &mut Demo) -> anyhow::Result<Books> {
     let books = demo.books(&sent).await?;
     println!("\n==== orderpipe demo: summary");
     println!(
-        "load: {} orders in {:.1} s ({:.0}/s; target {}/s); drain took {:.1} s after the load stopped",
-        sent.sent,
+        "load: {} orders posted in {:.1} s ({:.0}/s; target {}/s); drain took {:.1} s after the load stopped",
+        sent.posted,
         load_time.as_secs_f64(),
-        sent.sent as f64 / load_time.as_secs_f64().max(0.001),
+        sent.posted as f64 / load_time.as_secs_f64().max(0.001),
         args.rate,
         drain_time.as_secs_f64()
     );
