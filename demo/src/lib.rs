@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use orderpipe_api::OrderPipeline;
@@ -274,7 +275,8 @@ impl Demo {
         }
         let intake_token = new_token();
         let secret = intake_tokens_secret(&manifest, &intake_token)?;
-        apply_secret(&client, &config.namespace, &secret).await?;
+        let secrets = Api::<Secret>::namespaced(client.clone(), &config.namespace);
+        apply(&secrets, &secret, "applying the intake gateway's tokens").await?;
         let mut demo = Demo {
             client,
             config,
@@ -481,15 +483,9 @@ impl Demo {
     }
 
     async fn apply(&mut self, manifest: &Value) -> Result<(), DemoError> {
-        Api::<OrderPipeline>::namespaced(self.client.clone(), &self.config.namespace)
-            .patch(
-                PIPELINE,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(manifest),
-            )
-            .await
-            .map_err(|source| DemoError::kube("applying the checkout pipeline", source))?;
-        Ok(())
+        let pipelines =
+            Api::<OrderPipeline>::namespaced(self.client.clone(), &self.config.namespace);
+        apply(&pipelines, manifest, "applying the checkout pipeline").await
     }
 
     /// An operator that died would make every later wait time out with a vague message.
@@ -502,17 +498,19 @@ impl Demo {
     }
 }
 
-/// Creates or updates the Secret holding the gateway's tokens.
-async fn apply_secret(client: &Client, namespace: &str, secret: &Value) -> Result<(), DemoError> {
-    let name = secret["metadata"]["name"].as_str().unwrap_or_default();
-    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), namespace)
-        .patch(
-            name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(secret),
-        )
-        .await
-        .map_err(|source| DemoError::kube("applying the intake gateway's tokens", source))?;
+/// Creates or updates `object` (named by its metadata) as the demo's field manager.
+async fn apply<K>(api: &Api<K>, object: &Value, action: &'static str) -> Result<(), DemoError>
+where
+    K: kube::Resource + Clone + k8s_openapi::serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let name = object["metadata"]["name"].as_str().unwrap_or_default();
+    api.patch(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(object),
+    )
+    .await
+    .map_err(|source| DemoError::kube(action, source))?;
     Ok(())
 }
 
