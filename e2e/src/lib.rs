@@ -60,13 +60,24 @@ impl OperatorTest {
         prefix: &str,
         placement: WorkerPlacement,
     ) -> anyhow::Result<OperatorTest> {
+        OperatorTest::start_with(prefix, |settings| settings.worker_placement = placement).await
+    }
+
+    /// As [`OperatorTest::start`], with the operator's settings changed by `configure` (e.g. a
+    /// flag under test).
+    pub async fn start_with(
+        prefix: &str,
+        configure: impl FnOnce(&mut OperatorSettings),
+    ) -> anyhow::Result<OperatorTest> {
         let stack = SharedStack::get()?;
         let bootstrap = stack.kafka_bootstrap()?.to_owned();
         let ns = stack.namespace(prefix).await?;
         // The stack's Prometheus, which the canary analysis queries; a stack started without one
         // leaves a URL where nothing listens (an AnalysisRun then errors).
         let prometheus_url = stack.prometheus_url().unwrap_or(NO_PROMETHEUS).to_owned();
-        let operator = InProcessOperator::start(&ns, placement, prometheus_url).await;
+        let mut settings = InProcessOperator::settings(WorkerPlacement::default(), prometheus_url);
+        configure(&mut settings);
+        let operator = InProcessOperator::start_with(&ns, settings).await;
         Ok(OperatorTest {
             stack,
             bootstrap,
@@ -125,6 +136,22 @@ impl InProcessOperator {
         placement: WorkerPlacement,
         prometheus_url: String,
     ) -> InProcessOperator {
+        InProcessOperator::start_with(ns, InProcessOperator::settings(placement, prometheus_url))
+            .await
+    }
+
+    /// The settings [`InProcessOperator::start`] runs with.
+    pub fn settings(placement: WorkerPlacement, prometheus_url: String) -> OperatorSettings {
+        OperatorSettings {
+            worker_image: "orderpipe/orderpipe-worker:e2e".into(),
+            prometheus_url,
+            worker_placement: placement,
+            ..OperatorSettings::default()
+        }
+    }
+
+    /// As [`InProcessOperator::start`], with `settings`.
+    pub async fn start_with(ns: &TestNamespace, settings: OperatorSettings) -> InProcessOperator {
         let client = ns.client().clone();
         let mut registry = Registry::default();
         let metrics = Arc::new(Metrics::register(&mut registry));
@@ -139,12 +166,7 @@ impl InProcessOperator {
         ));
         let shared = Shared {
             client: client.clone(),
-            settings: OperatorSettings {
-                worker_image: "orderpipe/orderpipe-worker:e2e".into(),
-                prometheus_url,
-                worker_placement: placement,
-                ..OperatorSettings::default()
-            },
+            settings,
             kafka: Arc::new(AdminPool::new(AdminSettings::default())),
             lag: Arc::clone(&lag),
             metrics: Arc::clone(&metrics),

@@ -33,6 +33,7 @@ use crate::child_index::ChildIndex;
 use crate::child_plan::{self, ChildKey};
 use crate::children::{ChildKind, MANAGED_BY, MANAGED_BY_LABEL};
 use crate::desired::desired_children;
+use crate::egress::{self, Dialer};
 use crate::error::Error;
 use crate::events::Change;
 use crate::lag::{KafkaLagSource, LagCache, StageKey};
@@ -40,7 +41,7 @@ use crate::metrics::Metrics;
 use crate::model::{self, Scaling, ValidatedPipeline};
 use crate::scale_to_zero::{self, Decision};
 use crate::settings::OperatorSettings;
-use crate::status::{self, ChildrenError, Observed};
+use crate::status::{self, ChildrenError, KafkaProblem, Observed};
 use crate::topics::cleanup::{self, Verdict};
 use crate::topics::{self, AdminPool, ResolvedKafkaSecrets, TopicAdmin, TopicOutcome};
 use crate::writer::Writer;
@@ -295,13 +296,19 @@ async fn reconcile(pipeline: Arc<OrderPipeline>, ctx: Arc<Context>) -> Result<Ac
     }
 
     ensure_finalizer(&pipeline, &writer).await?;
-    let topics = reconcile_topics(&pipeline, &ctx).await;
-    let (mut validated, issues) = model::validate(
+    // Hosts the operator will not dial are not dialled, not even to describe topics.
+    let refused = egress::refusals(&ctx.settings.allowed_hosts, &pipeline).await;
+    let topics = match refused.get(&Dialer::Kafka) {
+        Some(reason) => TopicsOutcome::not_dialled(&pipeline, reason),
+        None => reconcile_topics(&pipeline, &ctx).await,
+    };
+    let (mut validated, mut issues) = model::validate(
         &pipeline,
         &topics.partitions,
         ctx.capabilities,
         &ctx.settings,
     );
+    issues.extend(validated.hold_refused_hosts(&refused));
     let now = Time(Timestamp::now());
     let (lags, parking) = park_idle_stages(&ctx, &pipeline, &mut validated, &now).await;
     let live = observed_children(&ctx, &namespace, &pipeline.name_any());
@@ -479,6 +486,13 @@ async fn finalize(
         writer.warning(pipeline, "TopicCleanupSkipped", &note).await;
         return writer.finalizer(pipeline, false).await;
     }
+    let refused = egress::refusals(&ctx.settings.allowed_hosts, pipeline).await;
+    if let Some(reason) = refused.get(&Dialer::Kafka) {
+        // Not dialled to create them, not dialled to delete them either.
+        let note = kept(format!("the operator does not dial the brokers: {reason}"));
+        writer.warning(pipeline, "TopicCleanupSkipped", &note).await;
+        return writer.finalizer(pipeline, false).await;
+    }
     let outcome = sync_topics(pipeline, ctx, TopicSync::Finalize)
         .await
         .and_then(|outcome| match outcome.error_summary() {
@@ -518,7 +532,39 @@ struct TopicsOutcome {
     changes: Vec<Change>,
     /// Why Kafka could not be reached, or the admin calls that failed; reported in TopicsReady,
     /// retried on the next pass.
-    error: Option<String>,
+    error: Option<KafkaProblem>,
+}
+
+impl TopicsOutcome {
+    /// The last reported topics, with the reason the operator did not dial the cluster.
+    fn not_dialled(pipeline: &OrderPipeline, reason: &str) -> TopicsOutcome {
+        TopicsOutcome {
+            statuses: last_topic_statuses(pipeline),
+            partitions: topics::LastStatus::of(pipeline).partitions(),
+            changes: Vec::new(),
+            error: Some(KafkaProblem {
+                reason: "HostNotAllowed",
+                message: format!(
+                    "the operator does not dial spec.kafka.bootstrapServers: {reason}"
+                ),
+            }),
+        }
+    }
+}
+
+fn last_topic_statuses(pipeline: &OrderPipeline) -> Vec<TopicStatus> {
+    pipeline
+        .status
+        .as_ref()
+        .map(|s| s.topics.clone())
+        .unwrap_or_default()
+}
+
+fn kafka_unavailable(message: String) -> KafkaProblem {
+    KafkaProblem {
+        reason: "KafkaUnavailable",
+        message,
+    }
 }
 
 /// Kafka topics: observe, plan (pure), execute. Kafka unreachable is a state to report, not a
@@ -527,19 +573,15 @@ async fn reconcile_topics(pipeline: &OrderPipeline, ctx: &Context) -> TopicsOutc
     match sync_topics(pipeline, ctx, TopicSync::Reconcile).await {
         Ok(outcome) => TopicsOutcome {
             partitions: outcome.partitions(),
-            error: outcome.error_summary(),
+            error: outcome.error_summary().map(kafka_unavailable),
             changes: outcome.changes,
             statuses: outcome.statuses,
         },
         Err(error) => TopicsOutcome {
-            statuses: pipeline
-                .status
-                .as_ref()
-                .map(|s| s.topics.clone())
-                .unwrap_or_default(),
+            statuses: last_topic_statuses(pipeline),
             partitions: topics::LastStatus::of(pipeline).partitions(),
             changes: Vec::new(),
-            error: Some(error.to_string()),
+            error: Some(kafka_unavailable(error.to_string())),
         },
     }
 }

@@ -13,6 +13,7 @@ pub mod child_plan;
 pub mod children;
 pub mod controller;
 pub mod desired;
+pub mod egress;
 pub mod error;
 pub mod events;
 pub mod external_metrics;

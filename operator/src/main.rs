@@ -14,6 +14,7 @@ use kube::client::ClientBuilder;
 use kube::runtime::events::Reporter;
 use kube_lease_manager::LeaseManagerBuilder;
 use orderpipe_api::contract;
+use orderpipe_operator::egress::{AllowList, AllowedHost};
 use orderpipe_operator::external_metrics;
 use orderpipe_operator::http::{self, Health};
 use orderpipe_operator::lag::{CacheSettings, KafkaLagSource, LagCache};
@@ -74,6 +75,12 @@ struct Args {
     /// or inside a service mesh that encrypts). Off: such a stage is held at zero replicas.
     #[arg(long, env = "ORDERPIPE_ALLOW_INSECURE_WEBHOOKS")]
     allow_insecure_webhooks: bool,
+    /// Hosts pipelines may make the operator and the workers dial (bootstrap servers, webhooks),
+    /// comma-separated: CIDRs (`10.0.0.0/8`), addresses, names (`kafka.example.com`) and
+    /// `*.suffix` names. Unset: any host. Link-local and cloud-metadata addresses are refused
+    /// either way; a stage that would dial a refused host is held at zero replicas.
+    #[arg(long, env = "ORDERPIPE_ALLOWED_HOSTS", value_delimiter = ',')]
+    allowed_hosts: Vec<AllowedHost>,
     /// Address of the external metrics API (`external.metrics.k8s.io`, HTTPS), the target of the
     /// APIService's Service.
     #[arg(
@@ -148,6 +155,7 @@ async fn main() -> anyhow::Result<()> {
         },
         resync: args.resync_seconds.map(std::time::Duration::from_secs),
         allow_insecure_webhooks: args.allow_insecure_webhooks,
+        allowed_hosts: AllowList(args.allowed_hosts.clone()),
     };
 
     // One lag cache for the external metrics API and the reconciles (scale to zero, status): a

@@ -14,6 +14,7 @@ use orderpipe_api::v1alpha1::{
 };
 
 use crate::capabilities::Capabilities;
+use crate::egress::Dialer;
 use crate::settings::OperatorSettings;
 
 /// The workload kind a stage runs as.
@@ -112,6 +113,28 @@ pub struct ValidatedPipeline {
 }
 
 impl ValidatedPipeline {
+    /// Holds at zero replicas every stage that would dial a refused host: all of them when the
+    /// bootstrap servers are refused, a notify stage when its webhook is. Returns why, per stage.
+    pub fn hold_refused_hosts(&mut self, refused: &BTreeMap<Dialer, String>) -> Vec<StageIssue> {
+        let mut issues = Vec::new();
+        for stage in &mut self.stages {
+            let webhook = Dialer::Webhook {
+                stage: stage.spec.name.clone(),
+            };
+            let reason = refused
+                .get(&Dialer::Kafka)
+                .or_else(|| refused.get(&webhook));
+            if let Some(reason) = reason {
+                stage.scaling = Scaling::stopped();
+                issues.push(StageIssue::HostNotAllowed {
+                    stage: stage.spec.name.clone(),
+                    reason: reason.clone(),
+                });
+            }
+        }
+        issues
+    }
+
     /// Marks the stages `scale_to_zero` decided to hold at zero as parked.
     pub fn park(&mut self, is_parked: impl Fn(&str) -> bool) {
         for stage in &mut self.stages {
@@ -133,6 +156,9 @@ pub enum StageIssue {
     /// A notify stage would send its webhook auth Secret over plain http and the operator does not
     /// allow it; the stage is held at zero replicas so no pod carries the Secret anywhere.
     InsecureWebhook { stage: String },
+    /// The stage would dial a host the operator refuses (`egress`): a link-local or metadata
+    /// address, or one outside `--allowed-hosts`. Held at zero replicas.
+    HostNotAllowed { stage: String, reason: String },
 }
 
 impl StageIssue {
@@ -142,6 +168,7 @@ impl StageIssue {
             Self::RolloutsNotInstalled { .. } => "RolloutsNotInstalled",
             Self::InputPartitionsUnknown { .. } => "InputTopicPending",
             Self::InsecureWebhook { .. } => "InsecureWebhook",
+            Self::HostNotAllowed { .. } => "HostNotAllowed",
         }
     }
 
@@ -150,7 +177,8 @@ impl StageIssue {
         match self {
             Self::RolloutsNotInstalled { stage }
             | Self::InputPartitionsUnknown { stage, .. }
-            | Self::InsecureWebhook { stage } => stage,
+            | Self::InsecureWebhook { stage }
+            | Self::HostNotAllowed { stage, .. } => stage,
         }
     }
 
@@ -168,6 +196,9 @@ impl StageIssue {
                  is set (the Secret is sent as the Authorization header); the stage is held at 0 \
                  replicas until it does, or until the operator runs with --allow-insecure-webhooks"
             ),
+            Self::HostNotAllowed { stage, reason } => {
+                format!("stage {stage} is held at 0 replicas: {reason}")
+            }
         }
     }
 }
@@ -503,6 +534,35 @@ mod tests {
                 .iter()
                 .all(|s| s.scaling != Scaling::stopped())
         );
+    }
+
+    #[test]
+    fn a_refused_webhook_holds_its_stage_and_refused_brokers_hold_every_stage() {
+        let p = checkout_notifying_to("https://hooks.example.com/order-updates");
+        let (mut v, _) = validate(&p, &partitions(6), Capabilities::default(), &settings());
+        let webhook = Dialer::Webhook {
+            stage: "notify".into(),
+        };
+        let refused = BTreeMap::from([(webhook, "hooks.example.com is not allowed".to_owned())]);
+        let issues = v.hold_refused_hosts(&refused);
+        assert_eq!(issues.len(), 1);
+        assert_eq!(issues[0].reason(), "HostNotAllowed");
+        assert!(
+            issues[0]
+                .message()
+                .contains("hooks.example.com is not allowed")
+        );
+        assert_eq!(v.stages[2].scaling, Scaling::stopped());
+        assert!(
+            v.stages[..2]
+                .iter()
+                .all(|s| s.scaling != Scaling::stopped())
+        );
+
+        let refused = BTreeMap::from([(Dialer::Kafka, "169.254.169.254".to_owned())]);
+        let issues = v.hold_refused_hosts(&refused);
+        assert_eq!(issues.len(), 3);
+        assert!(v.stages.iter().all(|s| s.scaling == Scaling::stopped()));
     }
 
     fn fixed(replicas: i32, capped_from: Option<i32>) -> Scaling {

@@ -1,10 +1,12 @@
 //! The operator-wide settings from the command line that shape what it builds: the worker image,
 //! the Prometheus the canary analysis queries, where worker pods run, how often it resyncs, whether
-//! a webhook may receive its Secret over plain http.
+//! a webhook may receive its Secret over plain http, which hosts pipelines may have dialled.
 //!
 //! Plain data: parsed by `main`, read by the pure builders. Nothing here reads the cluster.
 
 use std::collections::BTreeMap;
+
+use crate::egress::AllowList;
 
 /// Operator-wide settings from the command line.
 #[derive(Clone, Debug, PartialEq, Default)]
@@ -20,6 +22,9 @@ pub struct OperatorSettings {
     /// Let a notify stage send its webhook auth Secret over `http://` (off: such a stage is held
     /// at zero replicas and says why).
     pub allow_insecure_webhooks: bool,
+    /// Hosts pipelines may make the operator and the workers dial (`--allowed-hosts`; empty: any
+    /// that is not link-local or a metadata service).
+    pub allowed_hosts: AllowList,
 }
 
 /// Node selection for every worker pod, set operator-wide.

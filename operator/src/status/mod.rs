@@ -29,8 +29,9 @@ pub struct Observed<'a> {
     pub generation: Option<i64>,
     pub pipeline: &'a ValidatedPipeline,
     pub topics: Vec<TopicStatus>,
-    /// Set when Kafka could not be reached or refused the operator; the topic list is then stale.
-    pub kafka_error: Option<String>,
+    /// Set when Kafka could not be reached, refused the operator, or was not dialled; the topic
+    /// list is then stale.
+    pub kafka_error: Option<KafkaProblem>,
     /// The live workload (Deployment or Rollout) of each stage, by stage name.
     pub workloads: BTreeMap<String, Value>,
     /// The live HorizontalPodAutoscaler of each autoscaled stage, by stage name.
@@ -46,6 +47,14 @@ pub struct Observed<'a> {
     /// Set when the stages' objects could not be built or written; the live objects may then be
     /// an older generation's.
     pub children_error: Option<ChildrenError>,
+}
+
+/// Why the topics could not be observed: `TopicsReady`'s reason and message.
+#[derive(Debug, Clone)]
+pub struct KafkaProblem {
+    /// PascalCase: `KafkaUnavailable`, or `HostNotAllowed` when the operator would not dial.
+    pub reason: &'static str,
+    pub message: String,
 }
 
 /// Why the stages' objects could not be built or written.
@@ -72,7 +81,7 @@ pub fn compute(
     let intake = intake_status(observed);
 
     let topics_condition = match (&observed.kafka_error, topics.iter().find(|t| !t.ready)) {
-        (Some(error), _) => ("False", "KafkaUnavailable".to_string(), error.clone()),
+        (Some(problem), _) => ("False", problem.reason.to_string(), problem.message.clone()),
         (None, Some(first)) => (
             "False",
             first
