@@ -41,7 +41,7 @@ use orderpipe_demo::WebhookReceiver;
 use orderpipe_e2e::deployed::{Replica, delete_cluster_rbac, operator_identity};
 use orderpipe_e2e::load::{SteadyProducer, produce_transaction};
 use orderpipe_e2e::policy::DenyDeployments;
-use orderpipe_e2e::rules::{ALERT_WAIT, AlertWatch, LiveRules};
+use orderpipe_e2e::rules::{ALERT_WAIT, AlertWatch, LiveRules, WINDOW};
 use orderpipe_e2e::{CONVERGE, apply_pipeline, on_node_agent, wait_ready};
 use orderpipe_node_agent::{ImageMapping, NodeAgent, NodeAgentConfig, running_pid};
 use orderpipe_stack::prometheus::{self, LocalTarget, Target};
@@ -316,6 +316,23 @@ impl Run {
     /// For `span`, no alert of this run pends or fires: none for the namespace, none of the
     /// operator's (the only operator Prometheus scrapes is this test's).
     async fn quiet_while_idle(&self, span: Duration) -> anyhow::Result<()> {
+        // Drained in Kafka is not yet drained in Prometheus: the workers refresh their lag gauge
+        // every 5 s and are scraped every 15 s, so the rules' window still holds the load's lag
+        // for a while (and "lag grew over the window" with it). Idle starts once every lag sample
+        // in the window reads 0.
+        let settled = format!(
+            "max(max_over_time(orderpipe_consumer_lag{{namespace=\"{}\"}}[{WINDOW}]))",
+            self.ns.name()
+        );
+        wait_until(
+            "the workers' lag reads 0 over the rules' window",
+            ALERT_WAIT,
+            || async {
+                let samples = prometheus::query(&self.prometheus, &settled).await.ok()?;
+                samples.iter().all(|s| s.value == 0.0).then_some(())
+            },
+        )
+        .await?;
         let until = Instant::now() + span;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         while Instant::now() < until {
