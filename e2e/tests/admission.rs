@@ -158,6 +158,41 @@ async fn invalid_pipelines_are_rejected_naming_the_field() -> anyhow::Result<()>
         ],
     );
 
+    // The intake gateway (issue #19): its topics must be a validate stage's input and a status
+    // stage's changes, its objects' name must not collide with a stage's, min <= max.
+    let with_intake = |name: &str| {
+        serde_json::to_value(orderpipe_api::OrderPipeline::test(name).with_intake())
+            .expect("fixture serializes")
+    };
+    let mut p = with_intake("intake-orders");
+    p["spec"]["intake"]["ordersTopic"] = json!("orders.rejected");
+    assert_names(
+        &rejection(&api, p).await?,
+        &[
+            "spec.intake.ordersTopic",
+            "must be the input topic of a validate stage",
+        ],
+    );
+    let mut p = with_intake("intake-status");
+    p["spec"]["intake"]["statusTopic"] = json!("orders.validated");
+    assert_names(
+        &rejection(&api, p).await?,
+        &[
+            "spec.intake.statusTopic",
+            "'changes' output of a status stage",
+        ],
+    );
+    let mut p = with_intake("intake-name");
+    p["spec"]["stages"][1]["name"] = json!("intake");
+    assert_names(&rejection(&api, p).await?, &["must not be 'intake'"]);
+    let mut p = with_intake("intake-bounds");
+    p["spec"]["intake"]["minReplicas"] = json!(5);
+    p["spec"]["intake"]["maxReplicas"] = json!(3);
+    assert_names(
+        &rejection(&api, p).await?,
+        &["spec.intake.minReplicas", "must not exceed maxReplicas"],
+    );
+
     // Duplicate stage names (list-map key).
     let mut p = minimal("duplicate-stage");
     let stage = p["spec"]["stages"][0].clone();

@@ -112,7 +112,9 @@ use super::{IntakeSpec, KafkaSpec, OrderPipelineStatus, StageSpec, TopicSpec};
     validation = Rule::new("!has(self.intake) || !self.stages.exists(s, s.name == 'intake')")
         .message("spec.stages[].name must not be 'intake' while spec.intake is set: the gateway's objects are named <pipeline>-intake")
         .field_path(".stages")
-        .reason(Reason::FieldValueDuplicate),
+        // Not FieldValueDuplicate: the apiserver renders that reason as "Duplicate value" alone,
+        // dropping the message.
+        .reason(Reason::FieldValueInvalid),
 )]
 pub struct OrderPipelineSpec {
     /// How workers and the operator reach Kafka.
