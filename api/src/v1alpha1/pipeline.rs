@@ -63,6 +63,13 @@ use super::{IntakeSpec, KafkaSpec, OrderPipelineStatus, StageSpec, TopicSpec};
         description = "Records the stages are behind on their inputs, summed"
     ),
     printcolumn(
+        name = "Intake",
+        type_ = "string",
+        json_path = ".status.intake.replicasReady",
+        priority = 1,
+        description = "Ready intake gateway replicas / desired, when spec.intake is set"
+    ),
+    printcolumn(
         name = "Paused",
         type_ = "boolean",
         json_path = ".spec.paused",
