@@ -571,11 +571,10 @@ async fn sync_topics(
             let desired = topics::desired_topics(pipeline);
             let last = topics::LastStatus::of(pipeline);
             let query = topics::TopicQuery::new(&desired, &last);
-            let observed = admin.describe(&query).await.map_err(Error::Kafka)?;
-            let brokers = admin.brokers(&query).await.map_err(Error::Kafka)?;
+            let described = admin.describe(&query).await.map_err(Error::Kafka)?;
             ctx.metrics
                 .admin_operation(topics::Operation::Describe.as_str(), true);
-            topics::plan(&desired, &observed, &ownership, &last, brokers)
+            topics::plan(&desired, &described, &ownership, &last)
         }
         TopicSync::Finalize => topics::finalize_plan(pipeline, &ownership),
     };

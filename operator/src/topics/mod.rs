@@ -41,8 +41,8 @@ pub use execute::{TopicOutcome, execute};
 pub use kafka_admin::KafkaTopicAdmin;
 pub use ownership::{OwnershipView, PipelineRef};
 pub use plan::{
-    ConfigReason, LastStatus, ObservedTopic, TOPIC_FINALIZER, TopicAction, TopicPlan, TopicQuery,
-    finalize_plan, has_finalizer, needs_finalizer, plan,
+    ConfigReason, Described, LastStatus, ObservedTopic, TOPIC_FINALIZER, TopicAction, TopicPlan,
+    TopicQuery, finalize_plan, has_finalizer, needs_finalizer, plan,
 };
 pub use pool::{AdminPool, AdminSettings};
 
