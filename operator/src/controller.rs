@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::{Future, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
@@ -42,6 +42,7 @@ use crate::scale_to_zero::{self, Decision};
 use crate::settings::OperatorSettings;
 use crate::status::{self, ChildrenError, Observed};
 use crate::topics::cleanup::{self, Verdict};
+use crate::topics::looks::{Asked, LastLooks, Look};
 use crate::topics::{self, AdminPool, ResolvedKafkaSecrets, TopicAdmin, TopicOutcome};
 use crate::writer::Writer;
 
@@ -73,6 +74,9 @@ pub struct Context {
     /// Which of the stores' objects belong to which pipeline.
     pub child_index: Arc<Mutex<ChildIndex>>,
     pub kafka: Arc<AdminPool>,
+    /// The last look at each pipeline's topics, reused by reconciles that changed nothing topic
+    /// related (no Kafka request for those).
+    looks: Arc<LastLooks>,
     /// The stages' lag, shared with the external metrics API when `main` runs both.
     pub lag: Arc<LagCache<KafkaLagSource>>,
     pub metrics: Arc<Metrics>,
@@ -137,13 +141,16 @@ pub async fn run(
     // The pipeline watch as Controller::new builds it, with a look at each event for the gauge.
     let pipeline_cache = reflector::store::Writer::default();
     let pipeline_store = pipeline_cache.as_reader();
-    let gauge = (metrics.clone(), pipeline_store.clone());
+    // Looks at Kafka are reused for at most a resync period: the bound on how long drift made in
+    // Kafka goes unseen stays what it was when every reconcile described.
+    let looks = Arc::new(LastLooks::new(settings.resync.unwrap_or(RESYNC)));
+    let gauge = (metrics.clone(), Arc::clone(&looks), pipeline_store.clone());
     let watched = reflector(
         pipeline_cache,
         watcher(pipelines, watcher::Config::default().any_semantic()),
     )
     .default_backoff()
-    .inspect_ok(move |event| forget_deleted_pipelines(&gauge.0, &gauge.1, event))
+    .inspect_ok(move |event| forget_deleted_pipelines(&gauge.0, &gauge.1, &gauge.2, event))
     .applied_objects();
     let watched = recovering(watched, "OrderPipeline");
     let mut controller = Controller::for_stream(watched, pipeline_store).with_config(
@@ -191,6 +198,7 @@ pub async fn run(
         children: stores,
         child_index,
         kafka,
+        looks,
         lag,
         metrics,
         failures: Mutex::new(HashMap::new()),
@@ -235,11 +243,13 @@ fn recovering<T>(
     })
 }
 
-/// Keeps the Ready gauge to the pipelines that exist. A pipeline without a finalizer is gone
-/// before any reconcile could see it deleted, so the gauge follows the watch: at a Delete, and at
-/// the end of a relist (deletions missed while the watch was down), the store is what exists.
+/// Keeps the Ready gauge and the looks at Kafka to the pipelines that exist. A pipeline without a
+/// finalizer is gone before any reconcile could see it deleted, so both follow the watch: at a
+/// Delete, and at the end of a relist (deletions missed while the watch was down), the store is
+/// what exists.
 fn forget_deleted_pipelines(
     metrics: &Metrics,
+    looks: &LastLooks,
     store: &Store<OrderPipeline>,
     event: &watcher::Event<OrderPipeline>,
 ) {
@@ -250,6 +260,7 @@ fn forget_deleted_pipelines(
             .map(|p| pipeline_key(&p.namespace().unwrap_or_default(), &p.name_any()))
             .collect();
         metrics.retain_pipelines(|key| live.contains(key));
+        looks.retain(|key| live.contains(key));
     }
 }
 
@@ -351,7 +362,13 @@ async fn reconcile(pipeline: Arc<OrderPipeline>, ctx: Arc<Context>) -> Result<Ac
         .chain(scale_to_zero::changes(&validated, &parking))
         .collect();
     writer.events(&pipeline, &changes).await;
-    Ok(settle(&ctx, &pipeline, &validated, ready.as_deref()))
+    Ok(settle(
+        &ctx,
+        &pipeline,
+        &validated,
+        ready.as_deref(),
+        topics.recheck,
+    ))
 }
 
 /// Measures the lag of the stages with a lag target and decides which stages with
@@ -388,12 +405,14 @@ async fn write_status(
         .map(|c| c.status.clone()))
 }
 
-/// The bookkeeping of a reconcile that succeeded, and when to look at the pipeline again.
+/// The bookkeeping of a reconcile that succeeded, and when to look at the pipeline again: by
+/// `recheck` at the latest when its topics were planned from a look at Kafka that expires then.
 fn settle(
     ctx: &Context,
     pipeline: &OrderPipeline,
     validated: &ValidatedPipeline,
     ready: Option<&str>,
+    recheck: Option<Duration>,
 ) -> Action {
     if let Ok(mut failures) = ctx.failures.lock() {
         failures.remove(&ObjectRef::from(pipeline));
@@ -404,6 +423,7 @@ fn settle(
     } else {
         CONVERGING
     };
+    let requeue = recheck.map_or(requeue, |expires_in| requeue.min(expires_in));
     // A stage that may be parked is re-checked every lag interval: that is how a parked stage
     // wakes (nothing else watches its lag) and how its idle period is sampled.
     Action::requeue(if scale_to_zero::watches_lag(validated) {
@@ -480,6 +500,7 @@ async fn finalize(
     }
     let outcome = sync_topics(pipeline, ctx, TopicSync::Finalize)
         .await
+        .map(|(outcome, _)| outcome)
         .and_then(|outcome| match outcome.error_summary() {
             Some(errors) => Err(Error::TopicCleanup(errors)),
             None => Ok(outcome),
@@ -518,17 +539,20 @@ struct TopicsOutcome {
     /// Why Kafka could not be reached, or the admin calls that failed; reported in TopicsReady,
     /// retried on the next pass.
     error: Option<String>,
+    /// Planned from an earlier look at Kafka, which expires after this long.
+    recheck: Option<Duration>,
 }
 
 /// Kafka topics: observe, plan (pure), execute. Kafka unreachable is a state to report, not a
 /// reason to stop managing the workloads: the last reported topics stand until it answers again.
 async fn reconcile_topics(pipeline: &OrderPipeline, ctx: &Context) -> TopicsOutcome {
     match sync_topics(pipeline, ctx, TopicSync::Reconcile).await {
-        Ok(outcome) => TopicsOutcome {
+        Ok((outcome, recheck)) => TopicsOutcome {
             partitions: outcome.partitions(),
             error: outcome.error_summary(),
             changes: outcome.changes,
             statuses: outcome.statuses,
+            recheck,
         },
         Err(error) => TopicsOutcome {
             statuses: pipeline
@@ -539,6 +563,7 @@ async fn reconcile_topics(pipeline: &OrderPipeline, ctx: &Context) -> TopicsOutc
             partitions: topics::LastStatus::of(pipeline).partitions(),
             changes: Vec::new(),
             error: Some(error.to_string()),
+            recheck: None,
         },
     }
 }
@@ -546,19 +571,21 @@ async fn reconcile_topics(pipeline: &OrderPipeline, ctx: &Context) -> TopicsOutc
 /// Which plan a topic sync runs.
 #[derive(Clone, Copy, Debug)]
 enum TopicSync {
-    /// The pipeline's topics as declared: described in Kafka, then planned.
+    /// The pipeline's topics as declared: described in Kafka (or the last look reused, see
+    /// `topics::looks`), then planned.
     Reconcile,
     /// The pipeline is being deleted: its topics with deletion policy Delete go.
     Finalize,
 }
 
 /// Connects to the pipeline's Kafka cluster, plans the topic actions and runs them, counting every
-/// admin call in the metrics.
+/// admin call in the metrics. Also returns how long the look at Kafka it planned from may still be
+/// reused, when it reused one.
 async fn sync_topics(
     pipeline: &OrderPipeline,
     ctx: &Context,
     sync: TopicSync,
-) -> Result<TopicOutcome, Error> {
+) -> Result<(TopicOutcome, Option<Duration>), Error> {
     let all: Vec<Arc<OrderPipeline>> = ctx.pipelines.state();
     let ownership = topics::OwnershipView::new(pipeline, all.iter().map(AsRef::as_ref));
     let secrets = resolve_kafka_secrets(&ctx.client, pipeline).await?;
@@ -566,23 +593,49 @@ async fn sync_topics(
         .kafka
         .get(&pipeline.spec.kafka, &secrets)
         .map_err(Error::Kafka)?;
-    let plan = match sync {
+    let (plan, recheck) = match sync {
         TopicSync::Reconcile => {
             let desired = topics::desired_topics(pipeline);
             let last = topics::LastStatus::of(pipeline);
-            let query = topics::TopicQuery::new(&desired, &last);
-            let described = admin.describe(&query).await.map_err(Error::Kafka)?;
-            ctx.metrics
-                .admin_operation(topics::Operation::Describe.as_str(), true);
-            topics::plan(&desired, &described, &ownership, &last)
+            let key = pipeline_key(
+                &pipeline.namespace().unwrap_or_default(),
+                &pipeline.name_any(),
+            );
+            let asked = Asked {
+                uid: pipeline.metadata.uid.clone(),
+                generation: pipeline.metadata.generation,
+                query: topics::TopicQuery::new(&desired, &last),
+            };
+            let now = Instant::now();
+            match ctx.looks.reusable(&key, &asked, now) {
+                Some(reused) => {
+                    let plan = topics::plan(&desired, &reused.described, &ownership, &last);
+                    // Ownership may have changed since (an older pipeline on the cluster went).
+                    ctx.looks.keep_if_still_worth(&key, &plan);
+                    (plan, Some(reused.expires_in))
+                }
+                None => {
+                    let described = admin.describe(&asked.query).await.map_err(Error::Kafka)?;
+                    ctx.metrics
+                        .admin_operation(topics::Operation::Describe.as_str(), true);
+                    let plan = topics::plan(&desired, &described, &ownership, &last);
+                    let look = Look {
+                        asked,
+                        described,
+                        taken: now,
+                    };
+                    ctx.looks.remember(&key, look, &plan);
+                    (plan, None)
+                }
+            }
         }
-        TopicSync::Finalize => topics::finalize_plan(pipeline, &ownership),
+        TopicSync::Finalize => (topics::finalize_plan(pipeline, &ownership), None),
     };
     let outcome = topics::execute(&admin, plan).await;
     for (operation, ok) in &outcome.operations {
         ctx.metrics.admin_operation(operation, *ok);
     }
-    Ok(outcome)
+    Ok((outcome, recheck))
 }
 
 /// Reads the TLS and SASL material the pipeline references (for topic management and for the lag
@@ -676,10 +729,33 @@ mod tests {
             .to_owned()
     }
 
+    /// Whether `looks` still holds a look for `key` (one remembered by [`remember_a_look`]).
+    fn has_look(looks: &LastLooks, key: &str) -> bool {
+        looks.reusable(key, &looked_for(), Instant::now()).is_some()
+    }
+
+    fn looked_for() -> Asked {
+        Asked {
+            uid: None,
+            generation: None,
+            query: topics::TopicQuery::default(),
+        }
+    }
+
+    fn remember_a_look(looks: &LastLooks, key: &str) {
+        let look = Look {
+            asked: looked_for(),
+            described: topics::Described::default(),
+            taken: Instant::now(),
+        };
+        looks.remember(key, look, &topics::TopicPlan::default());
+    }
+
     #[test]
-    fn a_deleted_pipeline_leaves_the_gauge_at_its_delete_or_at_the_next_relist() {
+    fn a_deleted_pipeline_leaves_the_gauge_and_the_looks_at_its_delete_or_at_the_next_relist() {
         let mut registry = Registry::default();
         let metrics = Metrics::register(&mut registry);
+        let looks = LastLooks::new(RESYNC);
         let mut cache = reflector::store::Writer::<OrderPipeline>::default();
         let store = cache.as_reader();
         let shop = OrderPipeline::test("checkout").in_namespace("shop");
@@ -689,22 +765,27 @@ mod tests {
             watcher::Event::Apply(eu.clone()),
         ] {
             cache.apply_watcher_event(&event);
-            forget_deleted_pipelines(&metrics, &store, &event);
+            forget_deleted_pipelines(&metrics, &looks, &store, &event);
         }
-        metrics.set_pipeline_ready("shop/checkout", Some("True"));
-        metrics.set_pipeline_ready("eu/checkout", Some("True"));
+        for key in ["shop/checkout", "eu/checkout"] {
+            metrics.set_pipeline_ready(key, Some("True"));
+            remember_a_look(&looks, key);
+        }
         assert_eq!(ready_count(&registry), "2");
 
         let delete = watcher::Event::Delete(shop);
         cache.apply_watcher_event(&delete);
-        forget_deleted_pipelines(&metrics, &store, &delete);
+        forget_deleted_pipelines(&metrics, &looks, &store, &delete);
         assert_eq!(ready_count(&registry), "1");
+        assert!(!has_look(&looks, "shop/checkout"));
+        assert!(has_look(&looks, "eu/checkout"));
 
         // The watch was down while eu/checkout went: the relist does not list it.
         for event in [watcher::Event::Init, watcher::Event::InitDone] {
             cache.apply_watcher_event(&event);
-            forget_deleted_pipelines(&metrics, &store, &event);
+            forget_deleted_pipelines(&metrics, &looks, &store, &event);
         }
         assert_eq!(ready_count(&registry), "0");
+        assert!(!has_look(&looks, "eu/checkout"));
     }
 }
