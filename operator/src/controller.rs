@@ -14,7 +14,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::{Future, StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DynamicObject};
@@ -23,8 +22,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store, reflector};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
-use orderpipe_api::contract::SecretString;
-use orderpipe_api::v1alpha1::{KafkaSpec, OrderPipeline, TopicStatus};
+use orderpipe_api::v1alpha1::{OrderPipeline, TopicStatus};
 use serde_json::Value;
 use tracing::{info, instrument, warn};
 
@@ -39,11 +37,12 @@ use crate::lag::{KafkaLagSource, LagCache, StageKey};
 use crate::metrics::Metrics;
 use crate::model::{self, Scaling, ValidatedPipeline};
 use crate::scale_to_zero::{self, Decision};
+use crate::secrets::SecretCache;
 use crate::settings::OperatorSettings;
 use crate::status::{self, ChildrenError, Observed};
 use crate::topics::cleanup::{self, Verdict};
 use crate::topics::looks::{Asked, LastLooks, Look};
-use crate::topics::{self, AdminPool, ResolvedKafkaSecrets, TopicAdmin, TopicOutcome};
+use crate::topics::{self, AdminPool, TopicAdmin, TopicOutcome};
 use crate::writer::Writer;
 
 /// How often a Ready pipeline is re-checked unless the settings say otherwise; Kafka changes (config
@@ -74,6 +73,8 @@ pub struct Context {
     /// Which of the stores' objects belong to which pipeline.
     pub child_index: Arc<Mutex<ChildIndex>>,
     pub kafka: Arc<AdminPool>,
+    /// The Kafka credentials pipelines reference, read at most once per period.
+    secrets: SecretCache,
     /// The last look at each pipeline's topics, reused by reconciles that changed nothing topic
     /// related (no Kafka request for those).
     looks: Arc<LastLooks>,
@@ -191,6 +192,7 @@ pub async fn run(
     let gauge_metrics = metrics.clone();
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
+        secrets: SecretCache::new(client.clone(), SecretCache::TTL),
         client,
         settings,
         capabilities,
@@ -588,7 +590,7 @@ async fn sync_topics(
 ) -> Result<(TopicOutcome, Option<Duration>), Error> {
     let all: Vec<Arc<OrderPipeline>> = ctx.pipelines.state();
     let ownership = topics::OwnershipView::new(pipeline, all.iter().map(AsRef::as_ref));
-    let secrets = resolve_kafka_secrets(&ctx.client, pipeline).await?;
+    let secrets = ctx.secrets.kafka(pipeline).await?;
     let admin = ctx
         .kafka
         .get(&pipeline.spec.kafka, &secrets)
@@ -636,57 +638,6 @@ async fn sync_topics(
         ctx.metrics.admin_operation(operation, *ok);
     }
     Ok((outcome, recheck))
-}
-
-/// Reads the TLS and SASL material the pipeline references (for topic management and for the lag
-/// consumer). Values never leave this function except inside `ResolvedKafkaSecrets`, whose Debug
-/// output redacts them.
-pub async fn resolve_kafka_secrets(
-    client: &Client,
-    pipeline: &OrderPipeline,
-) -> Result<ResolvedKafkaSecrets, Error> {
-    let namespace = pipeline.namespace().ok_or(Error::MissingNamespace)?;
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
-    let read = |name: String, key: String| {
-        let secrets = secrets.clone();
-        async move {
-            let secret = secrets
-                .get(&name)
-                .await
-                .map_err(|source| Error::ReadSecret {
-                    secret: name.clone(),
-                    source,
-                })?;
-            secret
-                .data
-                .and_then(|mut data| data.remove(&key))
-                .map(|bytes| String::from_utf8_lossy(&bytes.0).into_owned())
-                .ok_or(Error::SecretKeyMissing { secret: name, key })
-        }
-    };
-    let KafkaSpec { tls, sasl, .. } = &pipeline.spec.kafka;
-    let mut resolved = ResolvedKafkaSecrets::default();
-    if let Some(tls) = tls {
-        if let Some(ca) = &tls.ca_secret_ref {
-            resolved.ca_pem = Some(read(ca.name.0.clone(), ca.key.0.clone()).await?);
-        }
-        if let Some(client) = &tls.client_cert_secret_name {
-            resolved.client_certificate = Some(topics::ClientCertificate {
-                certificate_pem: read(client.0.clone(), "tls.crt".into()).await?,
-                key_pem: SecretString::new(read(client.0.clone(), "tls.key".into()).await?),
-            });
-        }
-    }
-    if let Some(sasl) = sasl {
-        let creds = &sasl.credentials_secret_ref;
-        resolved.sasl = Some(topics::SaslCredentials {
-            username: read(creds.name.0.clone(), creds.username_key.0.clone()).await?,
-            password: SecretString::new(
-                read(creds.name.0.clone(), creds.password_key.0.clone()).await?,
-            ),
-        });
-    }
-    Ok(resolved)
 }
 
 /// Owned children of one pipeline, from the watch caches (no API call): the index names them, the

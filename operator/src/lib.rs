@@ -2,8 +2,8 @@
 //! services, monitors and a truthful status.
 //!
 //! The reconcile is a straight script: observe -> validate -> desired -> plan -> write -> status.
-//! Only the modules that say so in their header do I/O (`controller` reads, `writer` writes to
-//! Kubernetes, `topics::kafka_admin` and `lag::kafka` talk to Kafka, `capabilities` discovers);
+//! Only the modules that say so in their header do I/O (`controller` and `secrets` read, `writer`
+//! writes to Kubernetes, `topics::kafka_admin` and `lag::kafka` talk to Kafka, `capabilities` discovers);
 //! `model`, `desired`, `children`, `child_index`, `child_plan`, `topics::plan`, `lag::offsets`,
 //! `scale_to_zero` and `status` are pure and tested without a cluster.
 
@@ -21,6 +21,7 @@ pub mod lag;
 pub mod metrics;
 pub mod model;
 pub mod scale_to_zero;
+pub mod secrets;
 pub mod settings;
 pub mod status;
 pub mod topics;
