@@ -30,7 +30,7 @@ use rdkafka::error::{KafkaResult, RDKafkaErrorCode};
 
 use super::admin::{Effect, TopicAdmin};
 use super::connection::AdminConnection;
-use super::diagnosis::{connection_failure, explained, is_local};
+use super::diagnosis::{Diagnosis, connection_failure, explained, is_local};
 use super::error::{Operation, TopicError};
 use super::plan::{Described, ObservedTopic, TopicQuery};
 
@@ -44,6 +44,9 @@ pub struct KafkaTopicAdmin {
     pub(super) client: Arc<AdminClient<DefaultClientContext>>,
     /// The client's config, for a probe that finds out why a connection fails.
     config: Arc<ClientConfig>,
+    /// The last probe's answer. The lock is held while a probe runs, so the reconciles failing at
+    /// the same time wait for one probe instead of starting one each.
+    diagnosis: Arc<tokio::sync::Mutex<Option<Diagnosis>>>,
     /// Per request: librdkafka's request and operation timeout, and our own deadline.
     timeout: Duration,
 }
@@ -66,6 +69,7 @@ impl KafkaTopicAdmin {
         Ok(Self {
             client: Arc::new(client),
             config: Arc::new(config),
+            diagnosis: Arc::default(),
             timeout,
         })
     }
@@ -146,14 +150,24 @@ impl KafkaTopicAdmin {
     }
 
     /// `error`, with the reason the brokers are unreachable when it is about that (see
-    /// [`connection_failure`]); the probe blocks, so it runs on the blocking pool.
+    /// [`connection_failure`]): the last probe's answer while it is recent, else a new probe's; the
+    /// probe blocks, so it runs on the blocking pool.
     async fn diagnosed(&self, error: TopicError) -> TopicError {
         if !is_local(&error) {
             return error;
         }
+        let mut last = self.diagnosis.lock().await;
+        if let Some(cause) = last.as_ref().and_then(|d| d.recent(Instant::now())) {
+            return explained(error, cause.clone());
+        }
         let config = Arc::clone(&self.config);
         let probe = tokio::task::spawn_blocking(move || connection_failure(&config));
-        explained(error, probe.await.ok().flatten())
+        let cause = probe.await.ok().flatten();
+        *last = Some(Diagnosis {
+            cause: cause.clone(),
+            heard: Instant::now(),
+        });
+        explained(error, cause)
     }
 
     /// The current configuration entries of one topic.
