@@ -44,7 +44,11 @@ const WRITE_VERBS: [&str; 4] = ["post", "put", "patch", "delete"];
 const MIB: f64 = 1024.0 * 1024.0;
 
 pub async fn run(ctx: &Context) -> anyhow::Result<Vec<Section>> {
-    let sizes: &[usize] = if ctx.quick { &[1, 20] } else { &[1, 100, 1000] };
+    let sizes: &[usize] = match (&ctx.pipelines[..], ctx.quick) {
+        ([], true) => &[1, 20],
+        ([], false) => &[1, 100, 1000],
+        (chosen, _) => chosen,
+    };
     // Other work on a shared machine changes every number here; the report says how busy it was.
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     eprintln!("[bench] operator: starting a private stack");
