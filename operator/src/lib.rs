@@ -3,9 +3,10 @@
 //!
 //! The reconcile is a straight script: observe -> validate -> desired -> plan -> write -> status.
 //! Only the modules that say so in their header do I/O (`controller` and `secrets` read, `writer`
-//! writes to Kubernetes, `topics::kafka_admin` and `lag::kafka` talk to Kafka, `capabilities` discovers);
-//! `model`, `desired`, `children`, `child_index`, `child_plan`, `topics::plan`, `lag::offsets`,
-//! `scale_to_zero` and `status` are pure and tested without a cluster.
+//! and `recorder` write to Kubernetes, `topics::kafka_admin` and `lag::kafka` talk to Kafka,
+//! `capabilities` discovers); `model`, `desired`, `children`, `child_index`, `child_plan`,
+//! `topics::plan`, `lag::offsets`, `scale_to_zero` and `status` are pure and tested without a
+//! cluster.
 
 pub mod capabilities;
 pub mod child_index;
@@ -20,6 +21,7 @@ pub mod http;
 pub mod lag;
 pub mod metrics;
 pub mod model;
+pub mod recorder;
 pub mod scale_to_zero;
 pub mod secrets;
 pub mod settings;
