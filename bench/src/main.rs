@@ -32,6 +32,9 @@ struct Cli {
     /// Partition counts of the worker side-by-side runs (default: 1,4,8; --quick: 1).
     #[arg(long, value_delimiter = ',')]
     partitions: Vec<i32>,
+    /// Pipeline counts of the operator section (default: 1,100,1000; --quick: 1,20).
+    #[arg(long, value_delimiter = ',')]
+    pipelines: Vec<usize>,
     /// Skip the whole-pipeline and commit-interval sweep sections of `--only worker`.
     #[arg(long)]
     side_by_side_only: bool,
@@ -70,6 +73,8 @@ enum Part {
 pub struct Context {
     pub quick: bool,
     pub worker: worker::Focus,
+    /// The operator section's sizes; empty: its defaults.
+    pub pipelines: Vec<usize>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -97,6 +102,7 @@ fn main() -> anyhow::Result<()> {
             partitions: cli.partitions.clone(),
             side_by_side_only: cli.side_by_side_only,
         },
+        pipelines: cli.pipelines.clone(),
     };
     let runtime = tokio::runtime::Runtime::new()?;
     let mut sections = Vec::new();

@@ -2,7 +2,8 @@
 //! requests, reconcile latency.
 //!
 //! One private stack (real apiserver, controller-manager, scheduler, kwok, Kafka); per size a fresh
-//! namespace and a fresh release operator process watching only it, so each row's memory and
+//! namespace and a fresh release operator process watching only it, authenticating as the shipped
+//! RBAC's ServiceAccount (what it may do is what it may do deployed), so each row's memory and
 //! latency belong to that size alone. Ready is read from a watch on the pipelines, never by polling
 //! with sleeps. This module drives the run; the numbers come from the pure functions in `scrape`.
 
@@ -19,6 +20,7 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use orderpipe_api::OrderPipeline;
+use orderpipe_e2e::deployed::operator_identity_in;
 use orderpipe_stack::{Stack, wait_until};
 use serde_json::{Value, json};
 
@@ -42,7 +44,11 @@ const WRITE_VERBS: [&str; 4] = ["post", "put", "patch", "delete"];
 const MIB: f64 = 1024.0 * 1024.0;
 
 pub async fn run(ctx: &Context) -> anyhow::Result<Vec<Section>> {
-    let sizes: &[usize] = if ctx.quick { &[1, 20] } else { &[1, 100, 1000] };
+    let sizes: &[usize] = match (&ctx.pipelines[..], ctx.quick) {
+        ([], true) => &[1, 20],
+        ([], false) => &[1, 100, 1000],
+        (chosen, _) => chosen,
+    };
     // Other work on a shared machine changes every number here; the report says how busy it was.
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     eprintln!("[bench] operator: starting a private stack");
@@ -64,8 +70,12 @@ async fn run_sizes(stack: &Stack, sizes: &[usize]) -> anyhow::Result<Vec<Row>> {
     for &size in sizes {
         let namespace = format!("bench-{size}");
         create_namespace(&client, &namespace).await?;
+        // The ClusterRole and its binding go with the private stack.
+        let (identity, _cluster_rbac) = operator_identity_in(&client, kubeconfig, &namespace)
+            .await
+            .context("binding the shipped RBAC")?;
         let log = stack.work_dir().join(format!("operator-{size}.log"));
-        let operator = OperatorProcess::start(kubeconfig, &namespace, RESYNC, &log).await?;
+        let operator = OperatorProcess::start(&identity, &namespace, RESYNC, &log).await?;
         eprintln!(
             "[bench] operator pid {} watching {namespace}, log {}",
             operator.pid(),
@@ -293,7 +303,7 @@ fn section(rows: &[Row], load: &str) -> Section {
         table,
         notes: vec![
             "Targets: idle RSS <= 20 MiB; <= 64 MiB and all Ready within 60 s at 1,000 pipelines; 0 writes per idle resync.".into(),
-            "Each size: a fresh namespace and a fresh release operator process (--watch-namespace, no leader election) on one private stack (kube-apiserver, controller-manager, scheduler, kwok node, KRaft Kafka); earlier sizes' objects stay in the cluster.".into(),
+            "Each size: a fresh namespace and a fresh release operator process (--watch-namespace, no leader election, authenticating as a ServiceAccount bound to the shipped config/rbac) on one private stack (kube-apiserver, controller-manager, scheduler, kwok node, KRaft Kafka); earlier sizes' objects stay in the cluster.".into(),
             format!("Pipeline: one validate stage, 1 replica (a kwok pod, Ready once scheduled), four 1-partition topics of its own; applied {APPLY_CONCURRENCY} at a time with server-side apply. Ready = condition Ready True at the current generation, seen on a watch; the clock starts at the first apply."),
             "RSS: VmRSS of the operator from /proc once its watches are open (idle) and when all are Ready; peak = VmHWM over the whole run of that size.".into(),
             "Reconcile p50 / p99: from the operator's orderpipe_operator_reconcile_duration_seconds histogram (buckets 1 ms x 2^k, linear interpolation inside a bucket), over every reconcile of that run including the idle resync; 32768 ms is the last finite bucket and means \"that or more\".".into(),

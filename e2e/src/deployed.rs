@@ -74,11 +74,20 @@ pub async fn operator_identity(
     stack: &SharedStack,
     ns: &TestNamespace,
 ) -> anyhow::Result<(PathBuf, String)> {
-    let client = ns.client();
+    operator_identity_in(ns.client(), stack.kubeconfig()?, ns.name()).await
+}
+
+/// [`operator_identity`] on any cluster: `client` and `admin_kubeconfig` are an admin's, the
+/// ServiceAccount goes to `namespace` (which exists).
+pub async fn operator_identity_in(
+    client: &kube::Client,
+    admin_kubeconfig: &Path,
+    namespace: &str,
+) -> anyhow::Result<(PathBuf, String)> {
     let cluster_name = unique_name("orderpipe-operator");
     let mut sa = rbac_manifest("service_account.yaml")?;
-    sa["metadata"]["namespace"] = json!(ns.name());
-    apply_dynamic(client, Some(ns.name()), &sa).await?;
+    sa["metadata"]["namespace"] = json!(namespace);
+    apply_dynamic(client, Some(namespace), &sa).await?;
 
     let mut role = rbac_manifest("role.yaml")?;
     role["metadata"]["name"] = json!(cluster_name);
@@ -86,18 +95,18 @@ pub async fn operator_identity(
     let mut binding = rbac_manifest("role_binding.yaml")?;
     binding["metadata"]["name"] = json!(cluster_name);
     binding["roleRef"]["name"] = json!(cluster_name);
-    binding["subjects"][0]["namespace"] = json!(ns.name());
+    binding["subjects"][0]["namespace"] = json!(namespace);
     apply_dynamic(client, None, &binding).await?;
     for file in [
         "leader_election_role.yaml",
         "leader_election_role_binding.yaml",
     ] {
         let mut object = rbac_manifest(file)?;
-        object["metadata"]["namespace"] = json!(ns.name());
+        object["metadata"]["namespace"] = json!(namespace);
         if let Some(subjects) = object.get_mut("subjects") {
-            subjects[0]["namespace"] = json!(ns.name());
+            subjects[0]["namespace"] = json!(namespace);
         }
-        apply_dynamic(client, Some(ns.name()), &object).await?;
+        apply_dynamic(client, Some(namespace), &object).await?;
     }
 
     let request = TokenRequest {
@@ -107,16 +116,16 @@ pub async fn operator_identity(
         },
         ..TokenRequest::default()
     };
-    let token = Api::<ServiceAccount>::namespaced(client.clone(), ns.name())
+    let token = Api::<ServiceAccount>::namespaced(client.clone(), namespace)
         .create_token_request("orderpipe-operator", &PostParams::default(), &request)
         .await?
         .status
         .context("token request has no status")?
         .token;
     let mut kubeconfig: Value =
-        serde_norway::from_str(&std::fs::read_to_string(stack.kubeconfig()?)?)?;
+        serde_norway::from_str(&std::fs::read_to_string(admin_kubeconfig)?)?;
     kubeconfig["users"][0]["user"] = json!({ "token": token });
-    let path = std::env::temp_dir().join(format!("{}-operator.kubeconfig", ns.name()));
+    let path = std::env::temp_dir().join(format!("{namespace}-operator.kubeconfig"));
     std::fs::write(&path, serde_norway::to_string(&kubeconfig)?)?;
     Ok((path, cluster_name))
 }

@@ -11,20 +11,18 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::{Future, StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DynamicObject};
 use kube::runtime::controller::{self, Action};
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use kube::runtime::reflector::{self, ObjectRef, Store, reflector};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
-use orderpipe_api::contract::SecretString;
-use orderpipe_api::v1alpha1::{KafkaSpec, OrderPipeline, TopicStatus};
+use orderpipe_api::v1alpha1::{OrderPipeline, TopicStatus};
 use serde_json::Value;
 use tracing::{info, instrument, warn};
 
@@ -39,11 +37,14 @@ use crate::events::Change;
 use crate::lag::{KafkaLagSource, LagCache, StageKey};
 use crate::metrics::Metrics;
 use crate::model::{self, Scaling, ValidatedPipeline};
+use crate::recorder::Recorder;
 use crate::scale_to_zero::{self, Decision};
+use crate::secrets::SecretCache;
 use crate::settings::OperatorSettings;
 use crate::status::{self, ChildrenError, KafkaProblem, Observed};
 use crate::topics::cleanup::{self, Verdict};
-use crate::topics::{self, AdminPool, ResolvedKafkaSecrets, TopicAdmin, TopicOutcome};
+use crate::topics::looks::{Asked, LastLooks, Look};
+use crate::topics::{self, AdminPool, TopicAdmin, TopicOutcome};
 use crate::writer::Writer;
 
 /// How often a Ready pipeline is re-checked unless the settings say otherwise; Kafka changes (config
@@ -74,6 +75,11 @@ pub struct Context {
     /// Which of the stores' objects belong to which pipeline.
     pub child_index: Arc<Mutex<ChildIndex>>,
     pub kafka: Arc<AdminPool>,
+    /// The Kafka credentials pipelines reference, read at most once per period.
+    secrets: SecretCache,
+    /// The last look at each pipeline's topics, reused by reconciles that changed nothing topic
+    /// related (no Kafka request for those).
+    looks: Arc<LastLooks>,
     /// The stages' lag, shared with the external metrics API when `main` runs both.
     pub lag: Arc<LagCache<KafkaLagSource>>,
     pub metrics: Arc<Metrics>,
@@ -138,13 +144,16 @@ pub async fn run(
     // The pipeline watch as Controller::new builds it, with a look at each event for the gauge.
     let pipeline_cache = reflector::store::Writer::default();
     let pipeline_store = pipeline_cache.as_reader();
-    let gauge = (metrics.clone(), pipeline_store.clone());
+    // Looks at Kafka are reused for at most a resync period: the bound on how long drift made in
+    // Kafka goes unseen stays what it was when every reconcile described.
+    let looks = Arc::new(LastLooks::new(settings.resync.unwrap_or(RESYNC)));
+    let gauge = (metrics.clone(), Arc::clone(&looks), pipeline_store.clone());
     let watched = reflector(
         pipeline_cache,
         watcher(pipelines, watcher::Config::default().any_semantic()),
     )
     .default_backoff()
-    .inspect_ok(move |event| forget_deleted_pipelines(&gauge.0, &gauge.1, event))
+    .inspect_ok(move |event| forget_deleted_pipelines(&gauge.0, &gauge.1, &gauge.2, event))
     .applied_objects();
     let watched = recovering(watched, "OrderPipeline");
     let mut controller = Controller::for_stream(watched, pipeline_store).with_config(
@@ -185,6 +194,7 @@ pub async fn run(
     let gauge_metrics = metrics.clone();
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
+        secrets: SecretCache::new(client.clone(), SecretCache::TTL),
         client,
         settings,
         capabilities,
@@ -192,6 +202,7 @@ pub async fn run(
         children: stores,
         child_index,
         kafka,
+        looks,
         lag,
         metrics,
         failures: Mutex::new(HashMap::new()),
@@ -236,11 +247,13 @@ fn recovering<T>(
     })
 }
 
-/// Keeps the Ready gauge to the pipelines that exist. A pipeline without a finalizer is gone
-/// before any reconcile could see it deleted, so the gauge follows the watch: at a Delete, and at
-/// the end of a relist (deletions missed while the watch was down), the store is what exists.
+/// Keeps the Ready gauge and the looks at Kafka to the pipelines that exist. A pipeline without a
+/// finalizer is gone before any reconcile could see it deleted, so both follow the watch: at a
+/// Delete, and at the end of a relist (deletions missed while the watch was down), the store is
+/// what exists.
 fn forget_deleted_pipelines(
     metrics: &Metrics,
+    looks: &LastLooks,
     store: &Store<OrderPipeline>,
     event: &watcher::Event<OrderPipeline>,
 ) {
@@ -251,6 +264,7 @@ fn forget_deleted_pipelines(
             .map(|p| pipeline_key(&p.namespace().unwrap_or_default(), &p.name_any()))
             .collect();
         metrics.retain_pipelines(|key| live.contains(key));
+        looks.retain(|key| live.contains(key));
     }
 }
 
@@ -359,7 +373,13 @@ async fn reconcile(pipeline: Arc<OrderPipeline>, ctx: Arc<Context>) -> Result<Ac
         .chain(scale_to_zero::changes(&validated, &parking))
         .collect();
     writer.events(&pipeline, &changes).await;
-    Ok(settle(&ctx, &pipeline, &validated, ready.as_deref()))
+    Ok(settle(
+        &ctx,
+        &pipeline,
+        &validated,
+        ready.as_deref(),
+        topics.recheck,
+    ))
 }
 
 /// Measures the lag of the stages with a lag target and decides which stages with
@@ -396,12 +416,14 @@ async fn write_status(
         .map(|c| c.status.clone()))
 }
 
-/// The bookkeeping of a reconcile that succeeded, and when to look at the pipeline again.
+/// The bookkeeping of a reconcile that succeeded, and when to look at the pipeline again: by
+/// `recheck` at the latest when its topics were planned from a look at Kafka that expires then.
 fn settle(
     ctx: &Context,
     pipeline: &OrderPipeline,
     validated: &ValidatedPipeline,
     ready: Option<&str>,
+    recheck: Option<Duration>,
 ) -> Action {
     if let Ok(mut failures) = ctx.failures.lock() {
         failures.remove(&ObjectRef::from(pipeline));
@@ -412,6 +434,7 @@ fn settle(
     } else {
         CONVERGING
     };
+    let requeue = recheck.map_or(requeue, |expires_in| requeue.min(expires_in));
     // A stage that may be parked is re-checked every lag interval: that is how a parked stage
     // wakes (nothing else watches its lag) and how its idle period is sampled.
     Action::requeue(if scale_to_zero::watches_lag(validated) {
@@ -495,6 +518,7 @@ async fn finalize(
     }
     let outcome = sync_topics(pipeline, ctx, TopicSync::Finalize)
         .await
+        .map(|(outcome, _)| outcome)
         .and_then(|outcome| match outcome.error_summary() {
             Some(errors) => Err(Error::TopicCleanup(errors)),
             None => Ok(outcome),
@@ -533,6 +557,8 @@ struct TopicsOutcome {
     /// Why Kafka could not be reached, or the admin calls that failed; reported in TopicsReady,
     /// retried on the next pass.
     error: Option<KafkaProblem>,
+    /// Planned from an earlier look at Kafka, which expires after this long.
+    recheck: Option<Duration>,
 }
 
 impl TopicsOutcome {
@@ -548,6 +574,7 @@ impl TopicsOutcome {
                     "the operator does not dial spec.kafka.bootstrapServers: {reason}"
                 ),
             }),
+            recheck: None,
         }
     }
 }
@@ -571,17 +598,19 @@ fn kafka_unavailable(message: String) -> KafkaProblem {
 /// reason to stop managing the workloads: the last reported topics stand until it answers again.
 async fn reconcile_topics(pipeline: &OrderPipeline, ctx: &Context) -> TopicsOutcome {
     match sync_topics(pipeline, ctx, TopicSync::Reconcile).await {
-        Ok(outcome) => TopicsOutcome {
+        Ok((outcome, recheck)) => TopicsOutcome {
             partitions: outcome.partitions(),
             error: outcome.error_summary().map(kafka_unavailable),
             changes: outcome.changes,
             statuses: outcome.statuses,
+            recheck,
         },
         Err(error) => TopicsOutcome {
             statuses: last_topic_statuses(pipeline),
             partitions: topics::LastStatus::of(pipeline).partitions(),
             changes: Vec::new(),
             error: Some(kafka_unavailable(error.to_string())),
+            recheck: None,
         },
     }
 }
@@ -589,95 +618,71 @@ async fn reconcile_topics(pipeline: &OrderPipeline, ctx: &Context) -> TopicsOutc
 /// Which plan a topic sync runs.
 #[derive(Clone, Copy, Debug)]
 enum TopicSync {
-    /// The pipeline's topics as declared: described in Kafka, then planned.
+    /// The pipeline's topics as declared: described in Kafka (or the last look reused, see
+    /// `topics::looks`), then planned.
     Reconcile,
     /// The pipeline is being deleted: its topics with deletion policy Delete go.
     Finalize,
 }
 
 /// Connects to the pipeline's Kafka cluster, plans the topic actions and runs them, counting every
-/// admin call in the metrics.
+/// admin call in the metrics. Also returns how long the look at Kafka it planned from may still be
+/// reused, when it reused one.
 async fn sync_topics(
     pipeline: &OrderPipeline,
     ctx: &Context,
     sync: TopicSync,
-) -> Result<TopicOutcome, Error> {
+) -> Result<(TopicOutcome, Option<Duration>), Error> {
     let all: Vec<Arc<OrderPipeline>> = ctx.pipelines.state();
     let ownership = topics::OwnershipView::new(pipeline, all.iter().map(AsRef::as_ref));
-    let secrets = resolve_kafka_secrets(&ctx.client, pipeline).await?;
+    let secrets = ctx.secrets.kafka(pipeline).await?;
     let admin = ctx
         .kafka
         .get(&pipeline.spec.kafka, &secrets)
         .map_err(Error::Kafka)?;
-    let plan = match sync {
+    let (plan, recheck) = match sync {
         TopicSync::Reconcile => {
             let desired = topics::desired_topics(pipeline);
             let last = topics::LastStatus::of(pipeline);
-            let query = topics::TopicQuery::new(&desired, &last);
-            let observed = admin.describe(&query).await.map_err(Error::Kafka)?;
-            let brokers = admin.brokers(&query).await.map_err(Error::Kafka)?;
-            ctx.metrics
-                .admin_operation(topics::Operation::Describe.as_str(), true);
-            topics::plan(&desired, &observed, &ownership, &last, brokers)
+            let key = pipeline_key(
+                &pipeline.namespace().unwrap_or_default(),
+                &pipeline.name_any(),
+            );
+            let asked = Asked {
+                uid: pipeline.metadata.uid.clone(),
+                generation: pipeline.metadata.generation,
+                query: topics::TopicQuery::new(&desired, &last),
+            };
+            let now = Instant::now();
+            match ctx.looks.reusable(&key, &asked, now) {
+                Some(reused) => {
+                    let plan = topics::plan(&desired, &reused.described, &ownership, &last);
+                    // Ownership may have changed since (an older pipeline on the cluster went).
+                    ctx.looks.keep_if_still_worth(&key, &plan);
+                    (plan, Some(reused.expires_in))
+                }
+                None => {
+                    let described = admin.describe(&asked.query).await.map_err(Error::Kafka)?;
+                    ctx.metrics
+                        .admin_operation(topics::Operation::Describe.as_str(), true);
+                    let plan = topics::plan(&desired, &described, &ownership, &last);
+                    let look = Look {
+                        asked,
+                        described,
+                        taken: now,
+                    };
+                    ctx.looks.remember(&key, look, &plan);
+                    (plan, None)
+                }
+            }
         }
-        TopicSync::Finalize => topics::finalize_plan(pipeline, &ownership),
+        TopicSync::Finalize => (topics::finalize_plan(pipeline, &ownership), None),
     };
     let outcome = topics::execute(&admin, plan).await;
     for (operation, ok) in &outcome.operations {
         ctx.metrics.admin_operation(operation, *ok);
     }
-    Ok(outcome)
-}
-
-/// Reads the TLS and SASL material the pipeline references (for topic management and for the lag
-/// consumer). Values never leave this function except inside `ResolvedKafkaSecrets`, whose Debug
-/// output redacts them.
-pub async fn resolve_kafka_secrets(
-    client: &Client,
-    pipeline: &OrderPipeline,
-) -> Result<ResolvedKafkaSecrets, Error> {
-    let namespace = pipeline.namespace().ok_or(Error::MissingNamespace)?;
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
-    let read = |name: String, key: String| {
-        let secrets = secrets.clone();
-        async move {
-            let secret = secrets
-                .get(&name)
-                .await
-                .map_err(|source| Error::ReadSecret {
-                    secret: name.clone(),
-                    source,
-                })?;
-            secret
-                .data
-                .and_then(|mut data| data.remove(&key))
-                .map(|bytes| String::from_utf8_lossy(&bytes.0).into_owned())
-                .ok_or(Error::SecretKeyMissing { secret: name, key })
-        }
-    };
-    let KafkaSpec { tls, sasl, .. } = &pipeline.spec.kafka;
-    let mut resolved = ResolvedKafkaSecrets::default();
-    if let Some(tls) = tls {
-        if let Some(ca) = &tls.ca_secret_ref {
-            resolved.ca_pem = Some(read(ca.name.0.clone(), ca.key.0.clone()).await?);
-        }
-        if let Some(client) = &tls.client_cert_secret_name {
-            resolved.client_certificate = Some(topics::ClientCertificate {
-                certificate_pem: read(client.0.clone(), "tls.crt".into()).await?,
-                key_pem: SecretString::new(read(client.0.clone(), "tls.key".into()).await?),
-            });
-        }
-    }
-    if let Some(sasl) = sasl {
-        let creds = &sasl.credentials_secret_ref;
-        resolved.sasl = Some(topics::SaslCredentials {
-            username: read(creds.name.0.clone(), creds.username_key.0.clone()).await?,
-            password: SecretString::new(
-                read(creds.name.0.clone(), creds.password_key.0.clone()).await?,
-            ),
-        });
-    }
-    Ok(resolved)
+    Ok((outcome, recheck))
 }
 
 /// Owned children of one pipeline, from the watch caches (no API call): the index names them, the
@@ -720,10 +725,33 @@ mod tests {
             .to_owned()
     }
 
+    /// Whether `looks` still holds a look for `key` (one remembered by [`remember_a_look`]).
+    fn has_look(looks: &LastLooks, key: &str) -> bool {
+        looks.reusable(key, &looked_for(), Instant::now()).is_some()
+    }
+
+    fn looked_for() -> Asked {
+        Asked {
+            uid: None,
+            generation: None,
+            query: topics::TopicQuery::default(),
+        }
+    }
+
+    fn remember_a_look(looks: &LastLooks, key: &str) {
+        let look = Look {
+            asked: looked_for(),
+            described: topics::Described::default(),
+            taken: Instant::now(),
+        };
+        looks.remember(key, look, &topics::TopicPlan::default());
+    }
+
     #[test]
-    fn a_deleted_pipeline_leaves_the_gauge_at_its_delete_or_at_the_next_relist() {
+    fn a_deleted_pipeline_leaves_the_gauge_and_the_looks_at_its_delete_or_at_the_next_relist() {
         let mut registry = Registry::default();
         let metrics = Metrics::register(&mut registry);
+        let looks = LastLooks::new(RESYNC);
         let mut cache = reflector::store::Writer::<OrderPipeline>::default();
         let store = cache.as_reader();
         let shop = OrderPipeline::test("checkout").in_namespace("shop");
@@ -733,22 +761,27 @@ mod tests {
             watcher::Event::Apply(eu.clone()),
         ] {
             cache.apply_watcher_event(&event);
-            forget_deleted_pipelines(&metrics, &store, &event);
+            forget_deleted_pipelines(&metrics, &looks, &store, &event);
         }
-        metrics.set_pipeline_ready("shop/checkout", Some("True"));
-        metrics.set_pipeline_ready("eu/checkout", Some("True"));
+        for key in ["shop/checkout", "eu/checkout"] {
+            metrics.set_pipeline_ready(key, Some("True"));
+            remember_a_look(&looks, key);
+        }
         assert_eq!(ready_count(&registry), "2");
 
         let delete = watcher::Event::Delete(shop);
         cache.apply_watcher_event(&delete);
-        forget_deleted_pipelines(&metrics, &store, &delete);
+        forget_deleted_pipelines(&metrics, &looks, &store, &delete);
         assert_eq!(ready_count(&registry), "1");
+        assert!(!has_look(&looks, "shop/checkout"));
+        assert!(has_look(&looks, "eu/checkout"));
 
         // The watch was down while eu/checkout went: the relist does not list it.
         for event in [watcher::Event::Init, watcher::Event::InitDone] {
             cache.apply_watcher_event(&event);
-            forget_deleted_pipelines(&metrics, &store, &event);
+            forget_deleted_pipelines(&metrics, &looks, &store, &event);
         }
         assert_eq!(ready_count(&registry), "0");
+        assert!(!has_look(&looks, "eu/checkout"));
     }
 }

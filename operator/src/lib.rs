@@ -2,10 +2,11 @@
 //! services, monitors and a truthful status.
 //!
 //! The reconcile is a straight script: observe -> validate -> desired -> plan -> write -> status.
-//! Only the modules that say so in their header do I/O (`controller` reads, `writer` writes to
-//! Kubernetes, `topics::kafka_admin` and `lag::kafka` talk to Kafka, `capabilities` discovers);
-//! `model`, `desired`, `children`, `child_index`, `child_plan`, `topics::plan`, `lag::offsets`,
-//! `scale_to_zero` and `status` are pure and tested without a cluster.
+//! Only the modules that say so in their header do I/O (`controller` and `secrets` read, `writer`
+//! and `recorder` write to Kubernetes, `topics::kafka_admin` and `lag::kafka` talk to Kafka,
+//! `capabilities` discovers); `model`, `desired`, `children`, `child_index`, `child_plan`,
+//! `topics::plan`, `lag::offsets`, `scale_to_zero` and `status` are pure and tested without a
+//! cluster.
 
 pub mod capabilities;
 pub mod child_index;
@@ -21,7 +22,9 @@ pub mod http;
 pub mod lag;
 pub mod metrics;
 pub mod model;
+pub mod recorder;
 pub mod scale_to_zero;
+pub mod secrets;
 pub mod settings;
 pub mod status;
 pub mod topics;

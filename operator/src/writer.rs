@@ -7,7 +7,7 @@
 //! [`FIELD_MANAGER`], so fields other managers own (their finalizers, say) are left alone.
 
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{Event, EventType};
 use kube::{Client, Resource, ResourceExt};
 use orderpipe_api::v1alpha1::{OrderPipeline, OrderPipelineStatus};
 use serde_json::{Value, json};
@@ -18,6 +18,7 @@ use crate::children::{ChildKind, FIELD_MANAGER, REPLICA_SEED_MANAGER};
 use crate::error::Error;
 use crate::events::Change;
 use crate::metrics::Metrics;
+use crate::recorder::Recorder;
 use crate::topics::TOPIC_FINALIZER;
 
 /// Kind label of the writes to the pipeline itself.
@@ -124,8 +125,8 @@ impl<'a> Writer<'a> {
     /// Publishes one Event per change. An Event that cannot be written is logged, not retried: the
     /// change itself already happened.
     ///
-    /// The Recorder folds events with the same reason and action into one series (keeping the first
-    /// note), so the action names the object changed: eight topics created are eight Events, while
+    /// The [`Recorder`] folds events with the same reason and action into one series (keeping the
+    /// first note), so the action names the object changed: eight topics created are eight Events, while
     /// the same drift restored again on the same topic counts up one series.
     pub async fn events(&self, pipeline: &OrderPipeline, changes: &[Change]) {
         for change in changes {

@@ -58,9 +58,8 @@ async fn reconcile(pipeline: &mut OrderPipeline, admin: &KafkaTopicAdmin) -> Top
     let desired = desired_topics(pipeline);
     let last = LastStatus::of(pipeline);
     let query = TopicQuery::new(&desired, &last);
-    let observed = admin.describe(&query).await.expect("describe");
-    let brokers = admin.brokers(&query).await.expect("brokers");
-    let outcome = execute(admin, plan(&desired, &observed, &owners, &last, brokers)).await;
+    let described = admin.describe(&query).await.expect("describe");
+    let outcome = execute(admin, plan(&desired, &described, &owners, &last)).await;
     assert!(outcome.errors.is_empty(), "{:?}", outcome.errors);
     pipeline.status = Some(OrderPipelineStatus {
         observed_generation: pipeline.metadata.generation,
@@ -326,7 +325,8 @@ async fn create_and_delete_are_idempotent_and_describe_never_creates() {
         names: [topic.clone()].into(),
         config_keys: Default::default(),
     };
-    assert!(admin.describe(&query).await.expect("describe").is_empty());
+    let described = admin.describe(&query).await.expect("describe");
+    assert!(described.topics.is_empty());
     assert_eq!(
         partitions(&topic),
         None,
@@ -343,8 +343,8 @@ async fn create_and_delete_are_idempotent_and_describe_never_creates() {
         .await
         .expect("exists: success");
     assert_eq!(raced, Effect::AlreadyInPlace);
-    let observed = admin.describe(&query).await.expect("describe");
-    let replication = observed.get(&topic).map(|t| t.replication_factor);
+    let described = admin.describe(&query).await.expect("describe");
+    let replication = described.topics.get(&topic).map(|t| t.replication_factor);
     assert_eq!(replication, Some(1), "-1 became the broker default");
 
     assert_eq!(admin.delete(&topic).await.expect("delete"), Effect::Applied);
@@ -392,6 +392,7 @@ async fn an_applied_change_is_visible_to_the_very_next_describe() {
                 .describe(&query)
                 .await
                 .expect("describe")
+                .topics
                 .remove(&topic)
         };
         admin

@@ -3,7 +3,7 @@
 //! with a status naming the field (nothing created); one replica on a multi-broker cluster is
 //! ready with a warning. On the shared one-broker stack and on a private three-broker cluster, one
 //! of whose brokers is killed and restarted. Reconciles run the controller's steps (desired,
-//! describe, brokers, plan, execute). Needs the e2e tools (`make test-e2e`).
+//! describe, plan, execute). Needs the e2e tools (`make test-e2e`).
 
 use std::time::Duration;
 
@@ -41,9 +41,8 @@ async fn reconcile(pipeline: &OrderPipeline, admin: &KafkaTopicAdmin) -> TopicOu
     let desired = desired_topics(pipeline);
     let last = LastStatus::of(pipeline);
     let query = TopicQuery::new(&desired, &last);
-    let observed = admin.describe(&query).await.expect("describe");
-    let brokers = admin.brokers(&query).await.expect("brokers");
-    let outcome = execute(admin, plan(&desired, &observed, &owners, &last, brokers)).await;
+    let described = admin.describe(&query).await.expect("describe");
+    let outcome = execute(admin, plan(&desired, &described, &owners, &last)).await;
     assert!(outcome.errors.is_empty(), "{:?}", outcome.errors);
     outcome
 }
@@ -70,12 +69,13 @@ async fn three_replicas_on_the_one_broker_stack_are_refused_naming_the_field() {
     let admin = admin(&pipeline);
     assert_eq!(
         admin
-            .brokers(&TopicQuery::new(
+            .describe(&TopicQuery::new(
                 &desired_topics(&pipeline),
                 &LastStatus::of(&pipeline)
             ))
             .await
-            .expect("brokers"),
+            .expect("describe")
+            .brokers,
         Some(1)
     );
 
@@ -157,7 +157,7 @@ async fn a_three_broker_cluster_gets_replicated_topics_and_warnings_for_single_r
     wait_until(
         "the dead broker fenced (metadata lists 2 brokers)",
         Duration::from_secs(90),
-        || async { (admin.brokers(&query).await.ok()?? == 2).then_some(()) },
+        || async { (admin.describe(&query).await.ok()?.brokers? == 2).then_some(()) },
     )
     .await?;
     let outcome = reconcile(&pipeline, &admin).await;

@@ -3,8 +3,8 @@
 //! committed offsets and the input's offsets, then counts the records of small gaps.
 //!
 //! I/O only: what the offsets mean is decided in `offsets`. The connection settings and
-//! credentials are the ones topic management uses (`topics::AdminConnection`, the controller's
-//! Secret resolution), never a second way to reach Kafka. The consumer never subscribes, so it
+//! credentials are the ones topic management uses (`topics::AdminConnection`, the `secrets`
+//! module's resolution), never a second way to reach Kafka. The consumer never subscribes, so it
 //! never joins the stage's group, and never commits: it only reads the group's offsets
 //! (OffsetFetch) and, to count, reads assigned partitions from explicit offsets.
 
@@ -22,7 +22,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 
 use super::offsets::{COUNT_GAPS_UP_TO, PartitionLag, PartitionOffsets, partition_lag, stage_lag};
 use super::{LagError, LagSource, StageKey};
-use crate::controller::resolve_kafka_secrets;
+use crate::secrets::SecretCache;
 use crate::topics::pool::drop_blocking;
 use crate::topics::{AdminConnection, ConnectionKey, TopicError};
 
@@ -247,11 +247,13 @@ fn count_records(
     outcome
 }
 
-/// [`LagSource`] over Kafka: per measurement, one read of the OrderPipeline and its Kafka Secrets
-/// and one lag query; the consumer is kept per stage while its connection and group stay the same.
+/// [`LagSource`] over Kafka: per measurement, one read of the OrderPipeline, its Kafka Secrets
+/// (through a [`SecretCache`] of its own: at most one read per Secret per period) and one lag
+/// query; the consumer is kept per stage while its connection and group stay the same.
 #[derive(Clone)]
 pub struct KafkaLagSource {
     client: kube::Client,
+    secrets: Arc<SecretCache>,
     /// Deadline of each Kafka request and of the count.
     timeout: Duration,
 }
@@ -266,7 +268,12 @@ impl fmt::Debug for KafkaLagSource {
 
 impl KafkaLagSource {
     pub fn new(client: kube::Client, timeout: Duration) -> Self {
-        Self { client, timeout }
+        let secrets = Arc::new(SecretCache::new(client.clone(), SecretCache::TTL));
+        Self {
+            client,
+            secrets,
+            timeout,
+        }
     }
 }
 
@@ -295,7 +302,7 @@ impl LagSource for KafkaLagSource {
             })?
             .input
             .clone();
-        let secrets = resolve_kafka_secrets(&self.client, &pipeline)
+        let secrets = (self.secrets.kafka(&pipeline))
             .await
             .map_err(|error| LagError::Credentials(Box::new(error)))?;
         let connection =

@@ -9,16 +9,17 @@ use std::collections::BTreeMap;
 use std::future::Future;
 
 use super::error::TopicError;
-use super::plan::{ObservedTopic, TopicQuery};
+use super::plan::{Described, TopicQuery};
 
 /// What Kafka needs to do for the pipeline's topics. Methods are `async` with a `Send` future (the
 /// controller's reconcile future must be `Send`); implementations may write `async fn`.
 pub trait TopicAdmin: Sync {
-    /// The queried topics that exist, with the queried config keys' effective values.
+    /// The queried topics that exist, with the queried config keys' effective values, and the
+    /// brokers the cluster lists, as the same metadata answers tell them.
     fn describe(
         &self,
         query: &TopicQuery,
-    ) -> impl Future<Output = Result<BTreeMap<String, ObservedTopic>, TopicError>> + Send;
+    ) -> impl Future<Output = Result<Described, TopicError>> + Send;
 
     /// Creates a topic; `replication_factor: None` uses the broker default. A topic that already
     /// exists (someone raced us) is [`Effect::AlreadyInPlace`].
@@ -46,17 +47,6 @@ pub trait TopicAdmin: Sync {
 
     /// Deletes a topic and its records. A topic that is already gone is [`Effect::AlreadyInPlace`].
     fn delete(&self, name: &str) -> impl Future<Output = Result<Effect, TopicError>> + Send;
-
-    /// How many brokers the cluster has now, as its metadata lists them (brokers that are down
-    /// are not listed); `None` when the admin cannot tell. `query` names topics to ask about, so
-    /// the answer does not list every topic of the cluster.
-    fn brokers(
-        &self,
-        query: &TopicQuery,
-    ) -> impl Future<Output = Result<Option<usize>, TopicError>> + Send {
-        let _ = query;
-        async { Ok(None) }
-    }
 }
 
 /// What an admin call did.

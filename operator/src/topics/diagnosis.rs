@@ -3,7 +3,9 @@
 //! carries that reason.
 //!
 //! Blocking I/O (the probe connects to the bootstrap brokers): callers run it on the blocking pool.
-//! It only listens; it sends no request and decides nothing about topics.
+//! It only listens; it sends no request and decides nothing about topics. A probe's answer is kept
+//! per client for [`ANSWER_TIME`] ([`Diagnosis`]): when a cluster goes away, every reconcile of its
+//! pipelines fails, and each would otherwise start a producer of its own.
 
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -18,6 +20,24 @@ use super::error::TopicError;
 
 /// How long a probe may listen for the reason a connection fails.
 const PROBE_TIME: Duration = Duration::from_secs(3);
+/// How long a probe's answer explains the failures of the same client. Short: a fixed credential or
+/// a broker back should not be explained away for long, and the answer is only an explanation.
+pub(super) const ANSWER_TIME: Duration = Duration::from_secs(10);
+
+/// A probe's answer, and when it was heard.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Diagnosis {
+    /// What the probe heard; `None`: nothing within [`PROBE_TIME`], which is an answer too.
+    pub cause: Option<String>,
+    pub heard: Instant,
+}
+
+impl Diagnosis {
+    /// The answer, if it was heard less than [`ANSWER_TIME`] before `now`.
+    pub(super) fn recent(&self, now: Instant) -> Option<&Option<String>> {
+        (now.saturating_duration_since(self.heard) < ANSWER_TIME).then_some(&self.cause)
+    }
+}
 
 /// Listens to what librdkafka reports about broker connections (authentication, TLS, name
 /// resolution) and keeps the first error. A request that fails for such a reason only says
@@ -147,6 +167,20 @@ mod tests {
             ),
             "a broker's own answer needs no explaining"
         );
+    }
+
+    #[test]
+    fn a_probe_answer_explains_failures_for_a_short_while_only() {
+        let heard = Instant::now();
+        let diagnosis = Diagnosis {
+            cause: Some("Connection refused".into()),
+            heard,
+        };
+        let soon = heard + ANSWER_TIME - Duration::from_millis(1);
+        assert_eq!(diagnosis.recent(soon), Some(&diagnosis.cause));
+        assert_eq!(diagnosis.recent(heard + ANSWER_TIME), None);
+        let silent = Diagnosis { cause: None, heard };
+        assert_eq!(silent.recent(heard), Some(&None), "silence is kept too");
     }
 
     #[test]

@@ -153,7 +153,7 @@ mod tests {
     use rdkafka::error::RDKafkaErrorCode;
 
     use super::*;
-    use crate::topics::plan::{ConfigReason, ObservedTopic, TopicQuery};
+    use crate::topics::plan::{ConfigReason, Described, TopicQuery};
 
     /// Answers every call from two sets and records the calls in order.
     #[derive(Default)]
@@ -187,11 +187,8 @@ mod tests {
     }
 
     impl TopicAdmin for FakeAdmin {
-        async fn describe(
-            &self,
-            _query: &TopicQuery,
-        ) -> Result<BTreeMap<String, ObservedTopic>, TopicError> {
-            Ok(BTreeMap::new())
+        async fn describe(&self, _query: &TopicQuery) -> Result<Described, TopicError> {
+            Ok(Described::default())
         }
 
         async fn create(

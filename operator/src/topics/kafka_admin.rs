@@ -30,9 +30,9 @@ use rdkafka::error::{KafkaResult, RDKafkaErrorCode};
 
 use super::admin::{Effect, TopicAdmin};
 use super::connection::AdminConnection;
-use super::diagnosis::{connection_failure, explained, is_local};
+use super::diagnosis::{Diagnosis, connection_failure, explained, is_local};
 use super::error::{Operation, TopicError};
-use super::plan::{ObservedTopic, TopicQuery};
+use super::plan::{Described, ObservedTopic, TopicQuery};
 
 /// Added to the request timeout for our own deadline, so librdkafka's timeout (with its precise
 /// error) normally fires first.
@@ -44,6 +44,9 @@ pub struct KafkaTopicAdmin {
     pub(super) client: Arc<AdminClient<DefaultClientContext>>,
     /// The client's config, for a probe that finds out why a connection fails.
     config: Arc<ClientConfig>,
+    /// The last probe's answer. The lock is held while a probe runs, so the reconciles failing at
+    /// the same time wait for one probe instead of starting one each.
+    diagnosis: Arc<tokio::sync::Mutex<Option<Diagnosis>>>,
     /// Per request: librdkafka's request and operation timeout, and our own deadline.
     timeout: Duration,
 }
@@ -66,6 +69,7 @@ impl KafkaTopicAdmin {
         Ok(Self {
             client: Arc::new(client),
             config: Arc::new(config),
+            diagnosis: Arc::default(),
             timeout,
         })
     }
@@ -117,21 +121,25 @@ impl KafkaTopicAdmin {
         }
     }
 
-    /// Partitions and replication factor of each named topic that exists. librdkafka's metadata
-    /// call blocks its thread, so it runs on the blocking pool.
-    async fn shapes(&self, names: Vec<String>) -> Result<Vec<Shape>, TopicError> {
+    /// Partitions and replication factor of each named topic that exists, and the brokers the
+    /// last metadata answer lists (`None` when no topic is named, so nothing was asked).
+    /// librdkafka's metadata call blocks its thread, so it runs on the blocking pool.
+    async fn shapes(&self, names: Vec<String>) -> Result<(Vec<Shape>, Option<usize>), TopicError> {
         let client = Arc::clone(&self.client);
         let timeout = self.timeout;
         let topics = names.join(", ");
         let task = tokio::task::spawn_blocking(move || {
             let mut shapes = Vec::new();
+            let mut brokers = None;
             for name in names {
-                shapes.extend(shape_of(&client, name, timeout)?);
+                let (shape, listed) = shape_of(&client, name, timeout)?;
+                shapes.extend(shape);
+                brokers = Some(listed);
             }
-            Ok(shapes)
+            Ok((shapes, brokers))
         });
         match task.await {
-            Ok(Ok(shapes)) => Ok(shapes),
+            Ok(Ok(answer)) => Ok(answer),
             Ok(Err(error)) => Err(self.diagnosed(error).await),
             Err(source) => Err(TopicError::Blocking {
                 op: Operation::Describe,
@@ -142,14 +150,24 @@ impl KafkaTopicAdmin {
     }
 
     /// `error`, with the reason the brokers are unreachable when it is about that (see
-    /// [`connection_failure`]); the probe blocks, so it runs on the blocking pool.
+    /// [`connection_failure`]): the last probe's answer while it is recent, else a new probe's; the
+    /// probe blocks, so it runs on the blocking pool.
     async fn diagnosed(&self, error: TopicError) -> TopicError {
         if !is_local(&error) {
             return error;
         }
+        let mut last = self.diagnosis.lock().await;
+        if let Some(cause) = last.as_ref().and_then(|d| d.recent(Instant::now())) {
+            return explained(error, cause.clone());
+        }
         let config = Arc::clone(&self.config);
         let probe = tokio::task::spawn_blocking(move || connection_failure(&config));
-        explained(error, probe.await.ok().flatten())
+        let cause = probe.await.ok().flatten();
+        *last = Some(Diagnosis {
+            cause: cause.clone(),
+            heard: Instant::now(),
+        });
+        explained(error, cause)
     }
 
     /// The current configuration entries of one topic.
@@ -219,7 +237,7 @@ impl KafkaTopicAdmin {
 
     async fn shows(&self, name: &str, visible: &Visible<'_>) -> Result<bool, TopicError> {
         let shape =
-            || async { Ok::<_, TopicError>(self.shapes(vec![name.to_owned()]).await?.pop()) };
+            || async { Ok::<_, TopicError>(self.shapes(vec![name.to_owned()]).await?.0.pop()) };
         Ok(match visible {
             Visible::Exists => shape().await?.is_some(),
             Visible::Gone => shape().await?.is_none(),
@@ -243,22 +261,23 @@ struct Shape {
     replication_factor: i16,
 }
 
-/// `None` when the topic does not exist.
+/// The topic's shape (`None` when it does not exist) and the brokers its metadata answer lists.
 fn shape_of(
     client: &AdminClient<DefaultClientContext>,
     name: String,
     timeout: Duration,
-) -> Result<Option<Shape>, TopicError> {
+) -> Result<(Option<Shape>, usize), TopicError> {
     let metadata = client
         .inner()
         .fetch_metadata(Some(&name), timeout)
         .map_err(|error| TopicError::kafka(Operation::Describe, &name, error))?;
+    let brokers = metadata.brokers().len();
     let Some(topic) = metadata.topics().iter().find(|topic| topic.name() == name) else {
-        return Ok(None);
+        return Ok((None, brokers));
     };
     match topic.error().map(RDKafkaErrorCode::from) {
         None => {}
-        Some(RDKafkaErrorCode::UnknownTopicOrPartition) => return Ok(None),
+        Some(RDKafkaErrorCode::UnknownTopicOrPartition) => return Ok((None, brokers)),
         Some(code) => {
             return Err(TopicError::Broker {
                 op: Operation::Describe,
@@ -273,51 +292,22 @@ fn shape_of(
         .map(|p| p.replicas().len())
         .min()
         .unwrap_or(0);
-    Ok(Some(Shape {
+    let shape = Shape {
         partitions: i32::try_from(partitions.len()).unwrap_or(i32::MAX),
         replication_factor: i16::try_from(replicas).unwrap_or(i16::MAX),
         name,
-    }))
-}
-
-/// Brokers listed in the metadata of `name` (a topic the pipeline declares; it need not exist).
-fn broker_count(
-    client: &AdminClient<DefaultClientContext>,
-    name: Option<&str>,
-    timeout: Duration,
-) -> Result<usize, TopicError> {
-    client
-        .inner()
-        .fetch_metadata(name, timeout)
-        .map(|metadata| metadata.brokers().len())
-        .map_err(|error| TopicError::kafka(Operation::Describe, name.unwrap_or("*"), error))
+    };
+    Ok((Some(shape), brokers))
 }
 
 impl TopicAdmin for KafkaTopicAdmin {
-    async fn brokers(&self, query: &TopicQuery) -> Result<Option<usize>, TopicError> {
-        let client = Arc::clone(&self.client);
-        let timeout = self.timeout;
-        let name = query.names.iter().next().cloned();
-        let task =
-            tokio::task::spawn_blocking(move || broker_count(&client, name.as_deref(), timeout));
-        match task.await {
-            Ok(Ok(brokers)) => Ok(Some(brokers)),
-            Ok(Err(error)) => Err(self.diagnosed(error).await),
-            Err(source) => Err(TopicError::Blocking {
-                op: Operation::Describe,
-                topic: "*".to_owned(),
-                source,
-            }),
-        }
-    }
-
-    async fn describe(
-        &self,
-        query: &TopicQuery,
-    ) -> Result<BTreeMap<String, ObservedTopic>, TopicError> {
-        let shapes = self.shapes(query.names.iter().cloned().collect()).await?;
+    async fn describe(&self, query: &TopicQuery) -> Result<Described, TopicError> {
+        let (shapes, brokers) = self.shapes(query.names.iter().cloned().collect()).await?;
         if shapes.is_empty() {
-            return Ok(BTreeMap::new());
+            return Ok(Described {
+                topics: BTreeMap::new(),
+                brokers,
+            });
         }
         let resources: Vec<ResourceSpecifier<'_>> = shapes
             .iter()
@@ -367,7 +357,10 @@ impl TopicAdmin for KafkaTopicAdmin {
             };
             observed.insert(shape.name.clone(), topic);
         }
-        Ok(observed)
+        Ok(Described {
+            topics: observed,
+            brokers,
+        })
     }
 
     async fn create(

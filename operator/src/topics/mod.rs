@@ -5,7 +5,8 @@
 //! 1. [`OwnershipView::new`] over every pipeline in its store: who owns each topic (the oldest
 //!    pipeline on the same Kafka cluster that declares it).
 //! 2. [`desired_topics`], [`LastStatus::of`] and [`TopicQuery::new`]: what to look at.
-//! 3. [`AdminPool::get`] and [`TopicAdmin::describe`]: what Kafka has (I/O).
+//! 3. [`AdminPool::get`] and [`TopicAdmin::describe`]: what Kafka has (I/O), unless the pipeline's
+//!    last look ([`looks`]) still answers.
 //! 4. [`plan`](fn@plan): the actions and the per-topic status (pure).
 //! 5. [`execute`](fn@execute): runs the actions, returns the Events to publish, the errors, and
 //!    the statuses corrected for actions that failed (I/O through [`TopicAdmin`] only).
@@ -16,8 +17,9 @@
 //! Only [`kafka_admin`] holds a Kafka client (kept in the [`pool`]; [`diagnosis`] probes the
 //! brokers when they cannot be reached); [`desired`], [`plan`](mod@plan), [`ownership`],
 //! [`connection`] and [`error`] are pure, and [`execute`](mod@execute) drives whatever
-//! [`TopicAdmin`] it is given. Nothing here keeps memory between reconciles: what the operator
-//! manages is read back from `status.topics`.
+//! [`TopicAdmin`] it is given. The one memory between reconciles is the last look at each
+//! pipeline's topics ([`looks`], a cache bounded by the resync period); what the operator manages
+//! is read back from `status.topics`.
 
 pub mod admin;
 pub mod cleanup;
@@ -27,6 +29,7 @@ pub mod diagnosis;
 pub mod error;
 pub mod execute;
 pub mod kafka_admin;
+pub mod looks;
 pub mod ownership;
 pub mod plan;
 pub mod pool;
@@ -41,8 +44,8 @@ pub use execute::{TopicOutcome, execute};
 pub use kafka_admin::KafkaTopicAdmin;
 pub use ownership::{OwnershipView, PipelineRef};
 pub use plan::{
-    ConfigReason, LastStatus, ObservedTopic, TOPIC_FINALIZER, TopicAction, TopicPlan, TopicQuery,
-    finalize_plan, has_finalizer, needs_finalizer, plan,
+    ConfigReason, Described, LastStatus, ObservedTopic, TOPIC_FINALIZER, TopicAction, TopicPlan,
+    TopicQuery, finalize_plan, has_finalizer, needs_finalizer, plan,
 };
 pub use pool::{AdminPool, AdminSettings};
 

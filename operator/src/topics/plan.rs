@@ -46,6 +46,17 @@ pub struct ObservedTopic {
     pub config: BTreeMap<String, String>,
 }
 
+/// What one [`TopicAdmin::describe`](super::TopicAdmin::describe) saw of the cluster.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Described {
+    /// The queried topics that exist.
+    pub topics: BTreeMap<String, ObservedTopic>,
+    /// How many brokers the cluster's metadata lists (brokers that are down are not listed);
+    /// `None` when unknown (no topic was queried), and then nothing is checked against it. It comes
+    /// with the topics' metadata, so it costs no request of its own.
+    pub brokers: Option<usize>,
+}
+
 /// What the operator knows from its last status write; it keeps no memory in the process.
 #[derive(Clone, Copy, Debug)]
 pub struct LastStatus<'a> {
@@ -251,16 +262,19 @@ impl TopicPlan {
     }
 }
 
-/// Plans one reconcile of the pipeline's topics. `observed` holds the topics that exist (as
-/// described for [`TopicQuery::new`]); `owners` was built for this pipeline; `brokers` is how many
-/// brokers the cluster has now (`None`: unknown, nothing is checked against it).
+/// Plans one reconcile of the pipeline's topics. `described` is what Kafka has (as described for
+/// [`TopicQuery::new`]); `owners` was built for this pipeline.
 pub fn plan(
     desired: &[DesiredTopic],
-    observed: &BTreeMap<String, ObservedTopic>,
+    described: &Described,
     owners: &OwnershipView,
     last: &LastStatus<'_>,
-    brokers: Option<usize>,
 ) -> TopicPlan {
+    let Described {
+        topics: observed,
+        brokers,
+    } = described;
+    let brokers = *brokers;
     let mut out = TopicPlan::default();
     for topic in desired {
         let live = observed.get(&topic.name);

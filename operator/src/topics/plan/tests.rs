@@ -47,12 +47,15 @@ fn plan_among(
     observed: &BTreeMap<String, ObservedTopic>,
 ) -> TopicPlan {
     let owners = OwnershipView::new(me, all.iter().copied());
+    let described = Described {
+        topics: observed.clone(),
+        brokers: None,
+    };
     plan(
         &desired_topics(me),
-        observed,
+        &described,
         &owners,
         &LastStatus::of(me),
-        None,
     )
 }
 
@@ -675,12 +678,15 @@ fn plan_on_brokers(
     brokers: usize,
 ) -> TopicPlan {
     let owners = OwnershipView::new(me, [me]);
+    let described = Described {
+        topics: observed.clone(),
+        brokers: Some(brokers),
+    };
     plan(
         &desired_topics(me),
-        observed,
+        &described,
         &owners,
         &LastStatus::of(me),
-        Some(brokers),
     )
 }
 
