@@ -110,7 +110,14 @@ impl OrderPipeline {
             replication_factor: None,
             config: Default::default(),
             deletion_policy: DeletionPolicy::Retain,
+            adopt: false,
         });
+        self
+    }
+
+    /// Opts in to adopting `topic` when it already exists in Kafka.
+    pub fn adopt(mut self, topic: &str) -> Self {
+        self.topic_mut(topic).adopt = true;
         self
     }
 

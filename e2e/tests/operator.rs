@@ -16,7 +16,9 @@ use kube::core::{ApiResource, GroupVersionKind};
 use orderpipe_api::OrderPipeline;
 use orderpipe_e2e::policy::DenyDeployments;
 use orderpipe_e2e::{CONVERGE, OperatorTest, apply_pipeline, condition, wait_ready};
-use orderpipe_stack::{TestNamespace, partition_count, wait_until};
+use orderpipe_stack::{
+    TestNamespace, create_topics_with, partition_count, topic_config, wait_until,
+};
 use serde_json::{Value, json};
 
 /// A two-stage pipeline whose topics carry the namespace name, so parallel tests never share one.
@@ -387,6 +389,81 @@ async fn the_newer_of_two_pipelines_claiming_a_topic_gets_a_conflict() -> anyhow
         condition(&shop, "Ready").map(|c| c.0),
         Some("True".into()),
         "the older pipeline keeps its topics"
+    );
+
+    // The owner goes and keeps its topics (Retain): the copycat does not take them over silently.
+    api.delete("shop", &DeleteParams::default()).await?;
+    wait_until(
+        "copycat reports AdoptionRequired once shop is gone",
+        CONVERGE,
+        || async {
+            let p = api.get("copycat").await.ok()?;
+            (condition(&p, "TopicsReady")? == ("False".into(), "AdoptionRequired".into()))
+                .then_some(())
+        },
+    )
+    .await?;
+    OperatorTest::finish(operator, ns).await
+}
+
+#[tokio::test]
+#[ignore = "needs the local stack: make test-e2e"]
+async fn an_existing_topic_is_left_alone_until_the_spec_opts_in_to_adopting_it()
+-> anyhow::Result<()> {
+    let OperatorTest {
+        bootstrap,
+        ns,
+        operator,
+        ..
+    } = OperatorTest::start("op-adopt").await?;
+    // Somebody else's topic, with fewer partitions and another retention than the spec declares.
+    let orders = format!("{}.orders", ns.name());
+    create_topics_with(
+        &bootstrap,
+        &[(&orders, 1)],
+        None,
+        &[("retention.ms", "1000")],
+    )?;
+    let mut spec = pipeline(ns.name(), &bootstrap);
+    apply_pipeline(&ns, &spec).await?;
+    let api = pipelines(&ns);
+    let refused = wait_until("TopicsReady=False AdoptionRequired", CONVERGE, || async {
+        let p = api.get("shop").await.ok()?;
+        (condition(&p, "TopicsReady")? == ("False".into(), "AdoptionRequired".into())).then_some(p)
+    })
+    .await?;
+    let message = refused
+        .status
+        .iter()
+        .flat_map(|s| s.conditions.iter())
+        .find(|c| c.type_ == "TopicsReady")
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    assert!(
+        message.contains(&format!("spec.topics[name={orders}].adopt: true")),
+        "the condition says how to opt in: {message}"
+    );
+    assert_eq!(partition_count(&bootstrap, &orders)?, Some(1), "not grown");
+    let config = topic_config(&bootstrap, &orders)?;
+    assert_eq!(
+        config.get("retention.ms").map(String::as_str),
+        Some("1000"),
+        "not configured"
+    );
+
+    spec["spec"]["topics"][0]["adopt"] = json!(true);
+    apply_pipeline(&ns, &spec).await?;
+    wait_ready(&ns, "shop").await?;
+    assert_eq!(
+        partition_count(&bootstrap, &orders)?,
+        Some(2),
+        "grown as declared"
+    );
+    let config = topic_config(&bootstrap, &orders)?;
+    assert_eq!(
+        config.get("retention.ms").map(String::as_str),
+        Some("86400000"),
+        "configured as declared"
     );
     OperatorTest::finish(operator, ns).await
 }

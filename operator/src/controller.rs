@@ -314,7 +314,7 @@ async fn reconcile(pipeline: Arc<OrderPipeline>, ctx: Arc<Context>) -> Result<Ac
     let refused = egress::refusals(&ctx.settings.allowed_hosts, &pipeline).await;
     let topics = match refused.get(&Dialer::Kafka) {
         Some(reason) => TopicsOutcome::not_dialled(&pipeline, reason),
-        None => reconcile_topics(&pipeline, &ctx).await,
+        None => reconcile_topics(&pipeline, &ctx, &writer).await?,
     };
     let (mut validated, mut issues) = model::validate(
         &pipeline,
@@ -516,7 +516,7 @@ async fn finalize(
         writer.warning(pipeline, "TopicCleanupSkipped", &note).await;
         return writer.finalizer(pipeline, false).await;
     }
-    let outcome = sync_topics(pipeline, ctx, TopicSync::Finalize)
+    let outcome = sync_topics(pipeline, ctx, writer, TopicSync::Finalize)
         .await
         .map(|(outcome, _)| outcome)
         .and_then(|outcome| match outcome.error_summary() {
@@ -596,23 +596,32 @@ fn kafka_unavailable(message: String) -> KafkaProblem {
 
 /// Kafka topics: observe, plan (pure), execute. Kafka unreachable is a state to report, not a
 /// reason to stop managing the workloads: the last reported topics stand until it answers again.
-async fn reconcile_topics(pipeline: &OrderPipeline, ctx: &Context) -> TopicsOutcome {
-    match sync_topics(pipeline, ctx, TopicSync::Reconcile).await {
-        Ok((outcome, recheck)) => TopicsOutcome {
-            partitions: outcome.partitions(),
-            error: outcome.error_summary().map(kafka_unavailable),
-            changes: outcome.changes,
-            statuses: outcome.statuses,
-            recheck,
+/// Fails only when the status could not record the topics about to be created: then nothing was
+/// created, and the reconcile is retried like any failed status write.
+async fn reconcile_topics(
+    pipeline: &OrderPipeline,
+    ctx: &Context,
+    writer: &Writer<'_>,
+) -> Result<TopicsOutcome, Error> {
+    Ok(
+        match sync_topics(pipeline, ctx, writer, TopicSync::Reconcile).await {
+            Ok((outcome, recheck)) => TopicsOutcome {
+                partitions: outcome.partitions(),
+                error: outcome.error_summary().map(kafka_unavailable),
+                changes: outcome.changes,
+                statuses: outcome.statuses,
+                recheck,
+            },
+            Err(error @ Error::Status(_)) => return Err(error),
+            Err(error) => TopicsOutcome {
+                statuses: last_topic_statuses(pipeline),
+                partitions: topics::LastStatus::of(pipeline).partitions(),
+                changes: Vec::new(),
+                error: Some(kafka_unavailable(error.to_string())),
+                recheck: None,
+            },
         },
-        Err(error) => TopicsOutcome {
-            statuses: last_topic_statuses(pipeline),
-            partitions: topics::LastStatus::of(pipeline).partitions(),
-            changes: Vec::new(),
-            error: Some(kafka_unavailable(error.to_string())),
-            recheck: None,
-        },
-    }
+    )
 }
 
 /// Which plan a topic sync runs.
@@ -626,11 +635,13 @@ enum TopicSync {
 }
 
 /// Connects to the pipeline's Kafka cluster, plans the topic actions and runs them, counting every
-/// admin call in the metrics. Also returns how long the look at Kafka it planned from may still be
-/// reused, when it reused one.
+/// admin call in the metrics; topics it is about to create are first recorded in the status
+/// (`topics::creation_record`). Also returns how long the look at Kafka it planned from may still
+/// be reused, when it reused one.
 async fn sync_topics(
     pipeline: &OrderPipeline,
     ctx: &Context,
+    writer: &Writer<'_>,
     sync: TopicSync,
 ) -> Result<(TopicOutcome, Option<Duration>), Error> {
     let all: Vec<Arc<OrderPipeline>> = ctx.pipelines.state();
@@ -678,6 +689,11 @@ async fn sync_topics(
         }
         TopicSync::Finalize => (topics::finalize_plan(pipeline, &ownership), None),
     };
+    if let Some(recorded) = topics::creation_record(&plan, &topics::LastStatus::of(pipeline)) {
+        let mut status = pipeline.status.clone().unwrap_or_default();
+        status.topics = recorded;
+        writer.status(pipeline, &status).await?;
+    }
     let outcome = topics::execute(&admin, plan).await;
     for (operation, ok) in &outcome.operations {
         ctx.metrics.admin_operation(operation, *ok);

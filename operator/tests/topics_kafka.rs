@@ -158,7 +158,7 @@ async fn a_second_reconcile_against_the_broker_changes_nothing() {
 
 #[tokio::test]
 #[ignore = "needs the local stack: make test-e2e"]
-async fn adopts_an_existing_topic_and_sets_only_its_declared_keys() {
+async fn adopts_an_existing_topic_only_on_opt_in_and_sets_only_its_declared_keys() {
     let prefix = unique_name("adopt");
     let orders = format!("{prefix}.orders");
     create_topics(&bootstrap(), &[(&orders, 3)]).expect("create");
@@ -168,7 +168,27 @@ async fn adopts_an_existing_topic_and_sets_only_its_declared_keys() {
     );
 
     let mut pipeline = pipeline(&prefix, 3);
-    let outcome = reconcile(&mut pipeline, &admin()).await;
+    let admin = admin();
+    let outcome = reconcile(&mut pipeline, &admin).await;
+    let refused = outcome
+        .statuses
+        .iter()
+        .find(|s| s.name == orders)
+        .expect("a status for the existing topic");
+    assert_eq!(refused.reason.as_deref(), Some("AdoptionRequired"));
+    assert!(
+        outcome.changes.iter().all(|c| !c.note.contains(&orders)),
+        "{:?}",
+        outcome.changes
+    );
+    assert_eq!(
+        config(&orders).get("retention.ms").map(String::as_str),
+        Some("1000"),
+        "not adopted: left as it was"
+    );
+
+    pipeline = pipeline.adopt(&orders);
+    let outcome = reconcile(&mut pipeline, &admin).await;
     let configured: Vec<&str> = outcome
         .changes
         .iter()

@@ -128,7 +128,8 @@ pub struct OrderPipelineSpec {
     pub kafka: KafkaSpec,
 
     /// Kafka topics this pipeline owns. Names are unique (the list is keyed by `name`). Partitions may
-    /// only grow. A topic that already exists in Kafka is adopted.
+    /// only grow. A topic that already exists in Kafka and that this pipeline did not create is left
+    /// alone unless it opts in with `adopt: true`.
     #[schemars(length(min = 1, max = 32))]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub topics: Vec<TopicSpec>,

@@ -60,6 +60,14 @@ pub struct TopicSpec {
     /// business records, so the default keeps them.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+
+    /// Take this topic over when it already exists in Kafka and no pipeline manages it (created
+    /// by hand, by another tool, or kept by a deleted pipeline's `Retain`). Without it such a
+    /// topic is left untouched and reported `AdoptionRequired`: its config is not set, it is not
+    /// grown, and it is never deleted on this pipeline's behalf. A topic this pipeline created is
+    /// managed without it. Applies to the stage state topics that follow this topic too.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub adopt: bool,
 }
 
 /// A topic configuration value (Kafka config values are strings).

@@ -24,6 +24,9 @@ pub struct DesiredTopic {
     /// For a state topic, the input it must stay co-partitioned with: the worker that owns input
     /// partition N restores the state of exactly those keys from state partition N.
     pub co_partitioned_with: Option<String>,
+    /// The user opted in to taking the topic over if it exists unmanaged (a state topic follows
+    /// its input).
+    pub adopt: bool,
 }
 
 /// Kafka carries replication factors as int16; the CRD bounds them to 1..=32, so this never fails for
@@ -46,6 +49,7 @@ pub fn desired_topics(pipeline: &OrderPipeline) -> Vec<DesiredTopic> {
             .collect(),
         deletion_policy: topic.deletion_policy,
         co_partitioned_with: None,
+        adopt: topic.adopt,
     });
     let state = state_topics(pipeline).map(|(name, processor, input)| DesiredTopic {
         name,
@@ -54,6 +58,7 @@ pub fn desired_topics(pipeline: &OrderPipeline) -> Vec<DesiredTopic> {
         config: state_topic_config(processor),
         deletion_policy: input.deletion_policy,
         co_partitioned_with: Some(input.name.clone()),
+        adopt: input.adopt,
     });
     let mut seen = BTreeSet::new();
     declared

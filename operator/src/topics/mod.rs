@@ -7,7 +7,8 @@
 //! 2. [`desired_topics`], [`LastStatus::of`] and [`TopicQuery::new`]: what to look at.
 //! 3. [`AdminPool::get`] and [`TopicAdmin::describe`]: what Kafka has (I/O), unless the pipeline's
 //!    last look ([`looks`]) still answers.
-//! 4. [`plan`](fn@plan): the actions and the per-topic status (pure).
+//! 4. [`plan`](fn@plan): the actions and the per-topic status (pure); [`creation_record`]: the
+//!    topics to record in the status as the operator's own before it creates them.
 //! 5. [`execute`](fn@execute): runs the actions, returns the Events to publish, the errors, and
 //!    the statuses corrected for actions that failed (I/O through [`TopicAdmin`] only).
 //!
@@ -45,7 +46,7 @@ pub use kafka_admin::KafkaTopicAdmin;
 pub use ownership::{OwnershipView, PipelineRef};
 pub use plan::{
     ConfigReason, Described, LastStatus, ObservedTopic, TOPIC_FINALIZER, TopicAction, TopicPlan,
-    TopicQuery, finalize_plan, has_finalizer, needs_finalizer, plan,
+    TopicQuery, creation_record, finalize_plan, has_finalizer, needs_finalizer, plan,
 };
 pub use pool::{AdminPool, AdminSettings};
 
@@ -63,6 +64,12 @@ pub mod reason {
     pub const TOPIC_DELETED: &str = "TopicDeleted";
     /// Status: an older pipeline on the same Kafka cluster declares the topic.
     pub const CONFLICT: &str = "Conflict";
+    /// Status: the topic exists in Kafka, this pipeline did not create it, and the spec does not
+    /// opt in to adopting it (`adopt: true`).
+    pub const ADOPTION_REQUIRED: &str = "AdoptionRequired";
+    /// Status: the operator is creating the topic (recorded before the create call, so a crash
+    /// in between still knows the topic is its own).
+    pub const CREATING: &str = "Creating";
     /// Status: the topic has more partitions than declared; they are never removed.
     pub const PARTITION_DECREASE_REFUSED: &str = "PartitionDecreaseRefused";
     /// Status: the topic's replication factor differs from the declared one.

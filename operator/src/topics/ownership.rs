@@ -5,7 +5,8 @@
 //! pipelines on the same Kafka cluster (their bootstrap server sets intersect, host names compared
 //! without case) that declare a topic, the oldest `metadata.creationTimestamp` wins; ties go to the
 //! smaller namespace, then name. A pipeline being deleted releases its claims, so the next one in
-//! line takes the topic over (adopting it) on its next reconcile.
+//! line becomes the owner on its next reconcile; it manages the topic only if its spec opts in to
+//! adopting it (`adopt: true`, see `plan`), as the topic exists and it did not create it.
 //!
 //! The view answers for the topics the pipeline it was built for declares or lists in its status;
 //! it must not be used for another pipeline.

@@ -21,6 +21,11 @@
 //!   factor and deletion policy.
 //! - A topic an older pipeline on the same cluster declares gets no action, only a `Conflict`
 //!   status.
+//! - A topic that exists in Kafka but that this pipeline neither created nor took over (its last
+//!   status does not record it as managed) gets no action unless its spec says `adopt: true`, only
+//!   an `AdoptionRequired` status: it may be another team's or another tool's. Creation is
+//!   recorded before it happens ([`creation_record`]), so a crash between the two does not turn
+//!   the operator's own topic into one it must be told to adopt.
 //! - Deletion is opt-in (`deletionPolicy: Delete`) and only of topics this pipeline managed, as its
 //!   last status records them, and that no other live pipeline on the cluster declares.
 
@@ -280,6 +285,9 @@ pub fn plan(
         let live = observed.get(&topic.name);
         match owners.other_owner(&topic.name) {
             Some(owner) => out.statuses.push(conflict(&topic.name, live, owner)),
+            None if needs_adoption(topic, live, last) => {
+                out.statuses.push(adoption_required(topic, live));
+            }
             None => match unplaceable(topic, live, brokers) {
                 Some(refused) => out.statuses.push(refused),
                 None => {
@@ -307,6 +315,45 @@ pub fn plan(
         }
     }
     out
+}
+
+/// The `status.topics` to record before `plan`'s actions run, when it creates topics the last
+/// status does not record as managed: the last statuses with those topics added as `Creating`
+/// (with their deletion policy, which is what marks a topic managed). `None` when there is no such
+/// creation, so nothing needs writing first.
+///
+/// Without this record, a crash between a create and the status write after it would leave a topic
+/// the operator made looking exactly like one somebody else made, and [`plan`] would then ask the
+/// user to adopt it. A create that fails after the record leaves a managed topic that does not
+/// exist, which the next plan simply creates again.
+pub fn creation_record(plan: &TopicPlan, last: &LastStatus<'_>) -> Option<Vec<TopicStatus>> {
+    let creating: Vec<TopicStatus> = plan
+        .actions
+        .iter()
+        .filter_map(|action| match action {
+            TopicAction::Create { name, .. } if !last.managed(name) => {
+                plan.statuses.iter().find(|status| status.name == *name)
+            }
+            _ => None,
+        })
+        .map(|planned| TopicStatus {
+            ready: false,
+            reason: Some(reason::CREATING.to_owned()),
+            message: Some(format!("creating topic {}", planned.name)),
+            ..planned.clone()
+        })
+        .collect();
+    if creating.is_empty() {
+        return None;
+    }
+    let mut recorded: Vec<TopicStatus> = last
+        .topics
+        .iter()
+        .filter(|status| !creating.iter().any(|c| c.name == status.name))
+        .cloned()
+        .collect();
+    recorded.extend(creating);
+    Some(recorded)
 }
 
 /// On pipeline deletion: deletes the topics this pipeline managed (as its last status records)
@@ -569,6 +616,34 @@ fn managed_status(topic: &DesiredTopic, partitions: i32, issues: &[Issue]) -> To
         reason: issues.first().map(|issue| issue.reason().to_owned()),
         message: (!messages.is_empty()).then(|| messages.join("; ")),
         deletion_policy: Some(topic.deletion_policy),
+    }
+}
+
+/// Whether `topic` exists in Kafka without this pipeline managing it (it did not create it and
+/// never took it over) and the spec does not opt in to taking it over. Such a topic may be another
+/// team's or another tool's: the operator neither configures, grows nor deletes it.
+fn needs_adoption(
+    topic: &DesiredTopic,
+    live: Option<&ObservedTopic>,
+    last: &LastStatus<'_>,
+) -> bool {
+    live.is_some() && !topic.adopt && !last.managed(&topic.name)
+}
+
+/// The status of a topic that [`needs_adoption`]: not ready, not managed (no deletion policy), and
+/// the message says how to opt in.
+fn adoption_required(topic: &DesiredTopic, live: Option<&ObservedTopic>) -> TopicStatus {
+    TopicStatus {
+        name: topic.name.clone(),
+        ready: false,
+        partitions: live.map(|live| live.partitions),
+        reason: Some(reason::ADOPTION_REQUIRED.to_owned()),
+        message: Some(format!(
+            "topic {} already exists in Kafka and this pipeline did not create it, so the operator              leaves it untouched; to manage it (set its declared config, grow it, delete it by              deletionPolicy) set {}: true",
+            topic.name,
+            spec_field(topic, "adopt"),
+        )),
+        deletion_policy: None,
     }
 }
 

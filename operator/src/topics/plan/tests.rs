@@ -82,9 +82,10 @@ fn with_status(
     pipeline
 }
 
-/// The pipeline after a converged reconcile: its status records every topic as managed.
+/// The pipeline after the operator created its topics: its status records every topic as
+/// managed.
 fn reconciled(pipeline: OrderPipeline) -> OrderPipeline {
-    let statuses = plan_alone(&pipeline, &converged(&pipeline)).statuses;
+    let statuses = plan_alone(&pipeline, &BTreeMap::new()).statuses;
     with_status(pipeline, statuses, false)
 }
 
@@ -166,7 +167,7 @@ fn a_converged_pipeline_plans_nothing_and_reports_the_same_status_again() {
 
 #[test]
 fn partitions_never_decrease() {
-    let pipeline = checkout();
+    let pipeline = reconciled(checkout());
     let mut observed = converged(&pipeline);
     observed
         .get_mut("orders.rejected")
@@ -200,7 +201,7 @@ fn partitions_never_decrease() {
 
 #[test]
 fn growing_partitions_emits_an_event_about_key_remapping() {
-    let pipeline = checkout();
+    let pipeline = reconciled(checkout());
     let mut observed = converged(&pipeline);
     observed
         .get_mut("orders.validated")
@@ -259,8 +260,97 @@ fn a_config_value_edited_in_the_spec_is_configured_not_restored() {
 }
 
 #[test]
-fn an_existing_topic_is_adopted_and_given_its_declared_config() {
+fn an_existing_topic_nobody_manages_is_left_alone_until_the_spec_opts_in() {
     let pipeline = checkout();
+    let mut observed = converged(&pipeline);
+    observed.get_mut("orders").expect("converged").config = config(&[("retention.ms", "1000")]);
+    observed.get_mut("orders").expect("converged").partitions = 2;
+    let plan = plan_alone(&pipeline, &observed);
+
+    assert_eq!(actions_on(&plan, "orders"), Vec::<&TopicAction>::new());
+    assert_eq!(
+        actions_on(&plan, STATE),
+        Vec::<&TopicAction>::new(),
+        "its state topic follows it"
+    );
+    let refused = status(&plan, "orders");
+    assert!(!refused.ready);
+    assert_eq!(refused.reason.as_deref(), Some("AdoptionRequired"));
+    assert_eq!(refused.partitions, Some(2), "what Kafka has");
+    assert_eq!(
+        refused.deletion_policy, None,
+        "not managed, so never deleted by this pipeline"
+    );
+    let message = refused.message.as_deref().unwrap_or_default();
+    assert!(
+        message.contains("did not create it")
+            && message.contains("spec.topics[name=orders].adopt: true"),
+        "{message}"
+    );
+    let state = status(&plan, STATE);
+    assert_eq!(state.reason.as_deref(), Some("AdoptionRequired"));
+    assert!(
+        state
+            .message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("spec.topics[name=orders].adopt (state topic"),
+        "{state:?}"
+    );
+
+    // The same topics, recorded as created by this pipeline: managed without opting in.
+    let plan = plan_alone(&reconciled(checkout()), &observed);
+    assert_eq!(
+        status(&plan, "orders").deletion_policy,
+        Some(DeletionPolicy::Retain)
+    );
+    assert!(!actions_on(&plan, "orders").is_empty());
+}
+
+#[test]
+fn creations_are_recorded_before_they_run_and_only_when_new() {
+    let pipeline = checkout();
+    let plan = plan_alone(&pipeline, &BTreeMap::new());
+    let recorded = creation_record(&plan, &LastStatus::of(&pipeline)).expect("five creations");
+    assert_eq!(recorded.len(), 5);
+    for topic in &recorded {
+        assert!(!topic.ready);
+        assert_eq!(topic.reason.as_deref(), Some("Creating"));
+        assert!(
+            topic.deletion_policy.is_some(),
+            "{topic:?} is recorded as managed"
+        );
+    }
+    // Recorded, the topics exist after a crash and are managed, not up for adoption.
+    let after_crash = with_status(checkout(), recorded, false);
+    let plan = plan_alone(&after_crash, &converged(&after_crash));
+    assert!(plan.statuses.iter().all(|s| s.ready), "{:?}", plan.statuses);
+
+    // A recorded creation that failed is created again without another record.
+    let retry = plan_alone(&after_crash, &BTreeMap::new());
+    assert_eq!(retry.actions.len(), 5);
+    assert_eq!(creation_record(&retry, &LastStatus::of(&after_crash)), None);
+
+    // One new topic: the record keeps the others' last statuses and adds it.
+    let grown = with_status(
+        checkout().topic("orders.audit", 1),
+        plan_alone(&checkout(), &BTreeMap::new()).statuses,
+        true,
+    );
+    let plan = plan_alone(&grown, &converged(&checkout()));
+    let recorded = creation_record(&plan, &LastStatus::of(&grown)).expect("one creation");
+    assert_eq!(recorded.len(), 6);
+    let creating: Vec<&str> = recorded
+        .iter()
+        .filter(|s| s.reason.as_deref() == Some("Creating"))
+        .map(|s| s.name.as_str())
+        .collect();
+    assert_eq!(creating, ["orders.audit"]);
+}
+
+#[test]
+fn an_existing_topic_is_adopted_on_opt_in_and_given_its_declared_config() {
+    let pipeline = checkout().adopt("orders");
     let mut observed = converged(&pipeline);
     observed.get_mut("orders").expect("converged").config = config(&[("retention.ms", "1000")]);
     let plan = plan_alone(&pipeline, &observed);
@@ -299,7 +389,7 @@ fn undeclared_config_keys_are_left_alone() {
 
 #[test]
 fn replication_factor_mismatch_is_reported_without_an_action() {
-    let pipeline = checkout();
+    let pipeline = reconciled(checkout());
     let mut observed = converged(&pipeline);
     observed
         .get_mut("orders")
@@ -324,7 +414,7 @@ fn replication_factor_mismatch_is_reported_without_an_action() {
 
 #[test]
 fn several_issues_keep_the_first_reason_and_say_everything() {
-    let pipeline = checkout();
+    let pipeline = reconciled(checkout());
     let mut observed = converged(&pipeline);
     let live = observed.get_mut("orders").expect("converged");
     live.partitions = 9;
@@ -339,7 +429,7 @@ fn several_issues_keep_the_first_reason_and_say_everything() {
 
 #[test]
 fn older_pipeline_keeps_a_shared_topic_and_newer_gets_conflict() {
-    let older = checkout();
+    let older = reconciled(checkout());
     let newer = named("returns", "2026-03-01T00:00:00Z");
     let mut observed = converged(&older);
     observed.get_mut("orders").expect("converged").config = BTreeMap::new();
@@ -750,7 +840,8 @@ fn min_insync_replicas_above_the_replicas_is_refused_naming_the_field() {
     );
 
     // An existing topic's replicas count when none is declared; the config is not set on it.
-    let pipeline = checkout().topic_config("orders.rejected", "min.insync.replicas", "2");
+    let pipeline =
+        reconciled(checkout().topic_config("orders.rejected", "min.insync.replicas", "2"));
     let mut observed = converged(&pipeline);
     observed
         .get_mut("orders.rejected")
@@ -767,7 +858,7 @@ fn min_insync_replicas_above_the_replicas_is_refused_naming_the_field() {
 
 #[test]
 fn one_replica_on_a_multi_broker_cluster_stays_ready_with_a_warning() {
-    let pipeline = checkout();
+    let pipeline = reconciled(checkout());
     // Undeclared replication factors got the broker default, 1.
     let observed = converged(&pipeline);
     let plan = plan_on_brokers(&pipeline, &observed, 3);
