@@ -406,6 +406,52 @@ async fn the_newer_of_two_pipelines_claiming_a_topic_gets_a_conflict() -> anyhow
     OperatorTest::finish(operator, ns).await
 }
 
+/// The same brokers under another name: `localhost` for a loopback address and back.
+fn alias_of(bootstrap: &str) -> String {
+    if bootstrap.contains("127.0.0.1") {
+        bootstrap.replace("127.0.0.1", "localhost")
+    } else {
+        bootstrap.replace("localhost", "127.0.0.1")
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs the local stack: make test-e2e"]
+async fn pipelines_naming_one_kafka_cluster_by_different_addresses_conflict_by_its_cluster_id()
+-> anyhow::Result<()> {
+    let OperatorTest {
+        bootstrap,
+        ns,
+        operator,
+        ..
+    } = OperatorTest::start("op-cluster-id").await?;
+    apply_pipeline(&ns, &pipeline(ns.name(), &bootstrap)).await?;
+    let older = wait_ready(&ns, "shop").await?;
+    let cluster_id = older
+        .status
+        .as_ref()
+        .and_then(|s| s.kafka_cluster_id.clone());
+    anyhow::ensure!(cluster_id.is_some(), "the status records the cluster id");
+
+    let alias = alias_of(&bootstrap);
+    anyhow::ensure!(alias != bootstrap, "no alias for {bootstrap}");
+    let mut newer = pipeline(ns.name(), &alias);
+    newer["metadata"]["name"] = json!("copycat");
+    apply_pipeline(&ns, &newer).await?;
+    let api = pipelines(&ns);
+    let copycat = wait_until("copycat reports a topic Conflict", CONVERGE, || async {
+        let p = api.get("copycat").await.ok()?;
+        (condition(&p, "TopicsReady")? == ("False".into(), "Conflict".into())).then_some(p)
+    })
+    .await?;
+    assert_eq!(
+        copycat.status.and_then(|s| s.kafka_cluster_id),
+        cluster_id,
+        "{alias} and {bootstrap} are one cluster"
+    );
+    OperatorTest::finish(operator, ns).await
+}
+
 #[tokio::test]
 #[ignore = "needs the local stack: make test-e2e"]
 async fn an_existing_topic_is_left_alone_until_the_spec_opts_in_to_adopting_it()

@@ -346,6 +346,7 @@ async fn reconcile(pipeline: Arc<OrderPipeline>, ctx: Arc<Context>) -> Result<Ac
         pipeline: &validated,
         topics: topics.statuses,
         kafka_error: topics.error,
+        kafka_cluster_id: topics.cluster_id,
         workloads: child_plan::live_workloads(&validated, &live),
         autoscalers: child_plan::live_autoscalers(&validated, &live),
         intake_workload: child_plan::live_intake_workload(&validated, &live),
@@ -518,7 +519,7 @@ async fn finalize(
     }
     let outcome = sync_topics(pipeline, ctx, writer, TopicSync::Finalize)
         .await
-        .map(|(outcome, _)| outcome)
+        .map(|synced| synced.outcome)
         .and_then(|outcome| match outcome.error_summary() {
             Some(errors) => Err(Error::TopicCleanup(errors)),
             None => Ok(outcome),
@@ -559,6 +560,8 @@ struct TopicsOutcome {
     error: Option<KafkaProblem>,
     /// Planned from an earlier look at Kafka, which expires after this long.
     recheck: Option<Duration>,
+    /// The id the cluster's brokers reported, when they did.
+    cluster_id: Option<String>,
 }
 
 impl TopicsOutcome {
@@ -575,6 +578,7 @@ impl TopicsOutcome {
                 ),
             }),
             recheck: None,
+            cluster_id: None,
         }
     }
 }
@@ -605,12 +609,17 @@ async fn reconcile_topics(
 ) -> Result<TopicsOutcome, Error> {
     Ok(
         match sync_topics(pipeline, ctx, writer, TopicSync::Reconcile).await {
-            Ok((outcome, recheck)) => TopicsOutcome {
+            Ok(Synced {
+                outcome,
+                recheck,
+                cluster_id,
+            }) => TopicsOutcome {
                 partitions: outcome.partitions(),
                 error: outcome.error_summary().map(kafka_unavailable),
                 changes: outcome.changes,
                 statuses: outcome.statuses,
                 recheck,
+                cluster_id,
             },
             Err(error @ Error::Status(_)) => return Err(error),
             Err(error) => TopicsOutcome {
@@ -619,6 +628,7 @@ async fn reconcile_topics(
                 changes: Vec::new(),
                 error: Some(kafka_unavailable(error.to_string())),
                 recheck: None,
+                cluster_id: None,
             },
         },
     )
@@ -634,24 +644,34 @@ enum TopicSync {
     Finalize,
 }
 
+/// What one topic sync did.
+struct Synced {
+    outcome: TopicOutcome,
+    /// How long the look at Kafka it planned from may still be reused, when it reused one.
+    recheck: Option<Duration>,
+    /// The id the cluster's brokers reported, when they did.
+    cluster_id: Option<String>,
+}
+
 /// Connects to the pipeline's Kafka cluster, plans the topic actions and runs them, counting every
 /// admin call in the metrics; topics it is about to create are first recorded in the status
-/// (`topics::creation_record`). Also returns how long the look at Kafka it planned from may still
-/// be reused, when it reused one.
+/// (`topics::creation_record`).
 async fn sync_topics(
     pipeline: &OrderPipeline,
     ctx: &Context,
     writer: &Writer<'_>,
     sync: TopicSync,
-) -> Result<(TopicOutcome, Option<Duration>), Error> {
-    let all: Vec<Arc<OrderPipeline>> = ctx.pipelines.state();
-    let ownership = topics::OwnershipView::new(pipeline, all.iter().map(AsRef::as_ref));
+) -> Result<Synced, Error> {
     let secrets = ctx.secrets.kafka(pipeline).await?;
     let admin = ctx
         .kafka
         .get(&pipeline.spec.kafka, &secrets)
         .map_err(Error::Kafka)?;
-    let (plan, recheck) = match sync {
+    let all: Vec<Arc<OrderPipeline>> = ctx.pipelines.state();
+    let owners = |cluster_id: Option<&str>| {
+        topics::OwnershipView::new(pipeline, all.iter().map(AsRef::as_ref), cluster_id)
+    };
+    let (plan, recheck, cluster_id) = match sync {
         TopicSync::Reconcile => {
             let desired = topics::desired_topics(pipeline);
             let last = topics::LastStatus::of(pipeline);
@@ -665,29 +685,36 @@ async fn sync_topics(
                 query: topics::TopicQuery::new(&desired, &last),
             };
             let now = Instant::now();
-            match ctx.looks.reusable(&key, &asked, now) {
-                Some(reused) => {
-                    let plan = topics::plan(&desired, &reused.described, &ownership, &last);
-                    // Ownership may have changed since (an older pipeline on the cluster went).
-                    ctx.looks.keep_if_still_worth(&key, &plan);
-                    (plan, Some(reused.expires_in))
-                }
+            let (described, recheck) = match ctx.looks.reusable(&key, &asked, now) {
+                Some(reused) => (reused.described, Some(reused.expires_in)),
                 None => {
                     let described = admin.describe(&asked.query).await.map_err(Error::Kafka)?;
                     ctx.metrics
                         .admin_operation(topics::Operation::Describe.as_str(), true);
-                    let plan = topics::plan(&desired, &described, &ownership, &last);
-                    let look = Look {
-                        asked,
-                        described,
-                        taken: now,
-                    };
-                    ctx.looks.remember(&key, look, &plan);
-                    (plan, None)
+                    (described, None)
                 }
+            };
+            // After a describe librdkafka holds the id from the metadata answer: no request.
+            let cluster_id = admin.cluster_id().await;
+            let plan = topics::plan(&desired, &described, &owners(cluster_id.as_deref()), &last);
+            if recheck.is_some() {
+                // Ownership may have changed since (an older pipeline on the cluster went).
+                ctx.looks.keep_if_still_worth(&key, &plan);
+            } else {
+                let look = Look {
+                    asked,
+                    described,
+                    taken: now,
+                };
+                ctx.looks.remember(&key, look, &plan);
             }
+            (plan, recheck, cluster_id)
         }
-        TopicSync::Finalize => (topics::finalize_plan(pipeline, &ownership), None),
+        TopicSync::Finalize => {
+            let cluster_id = admin.cluster_id().await;
+            let plan = topics::finalize_plan(pipeline, &owners(cluster_id.as_deref()));
+            (plan, None, cluster_id)
+        }
     };
     if let Some(recorded) = topics::creation_record(&plan, &topics::LastStatus::of(pipeline)) {
         let mut status = pipeline.status.clone().unwrap_or_default();
@@ -698,7 +725,11 @@ async fn sync_topics(
     for (operation, ok) in &outcome.operations {
         ctx.metrics.admin_operation(operation, *ok);
     }
-    Ok((outcome, recheck))
+    Ok(Synced {
+        outcome,
+        recheck,
+        cluster_id,
+    })
 }
 
 /// Owned children of one pipeline, from the watch caches (no API call): the index names them, the

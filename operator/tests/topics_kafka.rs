@@ -54,7 +54,7 @@ fn admin() -> KafkaTopicAdmin {
 
 /// One topic reconcile as the controller runs it, then the status write it would make.
 async fn reconcile(pipeline: &mut OrderPipeline, admin: &KafkaTopicAdmin) -> TopicOutcome {
-    let owners = OwnershipView::new(pipeline, [&*pipeline]);
+    let owners = OwnershipView::new(pipeline, [&*pipeline], None);
     let desired = desired_topics(pipeline);
     let last = LastStatus::of(pipeline);
     let query = TopicQuery::new(&desired, &last);
@@ -328,7 +328,7 @@ async fn finalizing_deletes_the_delete_policy_topics_only() {
     let admin = admin();
     reconcile(&mut pipeline, &admin).await;
 
-    let owners = OwnershipView::new(&pipeline, [&pipeline]);
+    let owners = OwnershipView::new(&pipeline, [&pipeline], None);
     let outcome = execute(&admin, finalize_plan(&pipeline, &owners)).await;
     assert!(outcome.errors.is_empty(), "{:?}", outcome.errors);
     assert_eq!(reasons(&outcome), ["TopicDeleted"]);

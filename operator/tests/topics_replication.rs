@@ -37,7 +37,7 @@ fn admin(pipeline: &OrderPipeline) -> KafkaTopicAdmin {
 
 /// One topic reconcile as the controller runs it.
 async fn reconcile(pipeline: &OrderPipeline, admin: &KafkaTopicAdmin) -> TopicOutcome {
-    let owners = OwnershipView::new(pipeline, [pipeline]);
+    let owners = OwnershipView::new(pipeline, [pipeline], None);
     let desired = desired_topics(pipeline);
     let last = LastStatus::of(pipeline);
     let query = TopicQuery::new(&desired, &last);

@@ -51,6 +51,11 @@ pub struct OrderPipelineStatus {
     /// The intake gateway, when `spec.intake` is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub intake: Option<IntakeStatus>,
+
+    /// The id the Kafka cluster's brokers report. Two pipelines share a cluster (and compete for
+    /// its topic names) when their ids match, whatever addresses they name the brokers by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka_cluster_id: Option<String>,
 }
 
 /// Observed state of the intake gateway.

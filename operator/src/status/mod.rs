@@ -32,6 +32,9 @@ pub struct Observed<'a> {
     /// Set when Kafka could not be reached, refused the operator, or was not dialled; the topic
     /// list is then stale.
     pub kafka_error: Option<KafkaProblem>,
+    /// The id the cluster's brokers reported this time, when they did (the last one is kept
+    /// otherwise).
+    pub kafka_cluster_id: Option<String>,
     /// The live workload (Deployment or Rollout) of each stage, by stage name.
     pub workloads: BTreeMap<String, Value>,
     /// The live HorizontalPodAutoscaler of each autoscaled stage, by stage name.
@@ -217,6 +220,10 @@ pub fn compute(
         topics,
         stages,
         intake,
+        kafka_cluster_id: observed
+            .kafka_cluster_id
+            .clone()
+            .or_else(|| previous.and_then(|p| p.kafka_cluster_id.clone())),
     }
 }
 

@@ -49,6 +49,8 @@ pub struct KafkaTopicAdmin {
     diagnosis: Arc<tokio::sync::Mutex<Option<Diagnosis>>>,
     /// Per request: librdkafka's request and operation timeout, and our own deadline.
     timeout: Duration,
+    /// The cluster's id, once a metadata answer carried it.
+    cluster_id: Arc<tokio::sync::OnceCell<String>>,
 }
 
 impl fmt::Debug for KafkaTopicAdmin {
@@ -71,7 +73,24 @@ impl KafkaTopicAdmin {
             config: Arc::new(config),
             diagnosis: Arc::default(),
             timeout,
+            cluster_id: Arc::default(),
         })
+    }
+
+    /// The id of the Kafka cluster the client talks to: what tells two pipelines apart or together
+    /// whatever addresses they name the brokers by. `None` while no broker has answered within the
+    /// timeout. librdkafka keeps the id from its last metadata answer, so after a describe this
+    /// costs no request, and once known it is kept for the life of the client.
+    pub async fn cluster_id(&self) -> Option<String> {
+        if let Some(id) = self.cluster_id.get() {
+            return Some(id.clone());
+        }
+        let client = Arc::clone(&self.client);
+        let timeout = self.timeout;
+        // Blocks its thread until the metadata answer arrives, so it runs on the blocking pool.
+        let task = tokio::task::spawn_blocking(move || client.inner().fetch_cluster_id(timeout));
+        let id = task.await.ok().flatten()?;
+        Some(self.cluster_id.get_or_init(|| async { id }).await.clone())
     }
 
     fn options(&self) -> AdminOptions {

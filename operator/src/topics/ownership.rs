@@ -2,9 +2,14 @@
 //!
 //! Pure: decided from the pipelines the controller already holds in its reflector store, with no
 //! client and no clock, so every operator replica and every reconcile agree. Among the live
-//! pipelines on the same Kafka cluster (their bootstrap server sets intersect, host names compared
-//! without case) that declare a topic, the oldest `metadata.creationTimestamp` wins; ties go to the
-//! smaller namespace, then name. A pipeline being deleted releases its claims, so the next one in
+//! pipelines on the same Kafka cluster that declare a topic, the oldest
+//! `metadata.creationTimestamp` wins; ties go to the smaller namespace, then name.
+//!
+//! "The same cluster" is decided by the cluster id the brokers report (`status.kafkaClusterId`,
+//! and the id the caller just read for the pipeline at hand), so a cluster named by a DNS name in
+//! one pipeline and by an address or another listener in the next is still one cluster. Until
+//! both ids are known, bootstrap server sets that intersect (host names compared without case)
+//! stand in. A pipeline being deleted releases its claims, so the next one in
 //! line becomes the owner on its next reconcile; it manages the topic only if its spec opts in to
 //! adopting it (`adopt: true`, see `plan`), as the topic exists and it did not create it.
 //!
@@ -87,8 +92,9 @@ pub struct OwnershipView {
 impl OwnershipView {
     /// Builds the view for `me` from every pipeline in the store (`me` may be among them; the
     /// argument is used, as it is the fresher copy). `me` counts even while being deleted, so its
-    /// finalizer still knows what it owned.
-    pub fn new<I>(me: &OrderPipeline, pipelines: I) -> Self
+    /// finalizer still knows what it owned. `cluster_id` is the id `me`'s brokers reported now, if
+    /// known; its last recorded one stands in otherwise.
+    pub fn new<I>(me: &OrderPipeline, pipelines: I, cluster_id: Option<&str>) -> Self
     where
         I: IntoIterator,
         I::Item: Borrow<OrderPipeline>,
@@ -100,7 +106,7 @@ impl OwnershipView {
             .iter()
             .flat_map(|s| s.topics.iter().map(|t| t.name.clone()));
         let interest: BTreeSet<String> = mine.iter().cloned().chain(status_topics).collect();
-        let cluster = cluster_of(me);
+        let cluster = Cluster::of(me, cluster_id);
         let me_ref = PipelineRef::of(me);
 
         let mut oldest: BTreeMap<String, Seniority> = mine
@@ -115,7 +121,7 @@ impl OwnershipView {
             let other = other.borrow();
             if PipelineRef::of(other) == me_ref
                 || other.metadata.deletion_timestamp.is_some()
-                || cluster.is_disjoint(&cluster_of(other))
+                || !cluster.shared_with(&Cluster::of(other, None))
             {
                 continue;
             }
@@ -163,12 +169,38 @@ impl OwnershipView {
     }
 }
 
-/// The pipeline's bootstrap servers, normalised: DNS names are case-insensitive.
-fn cluster_of(pipeline: &OrderPipeline) -> BTreeSet<String> {
-    let servers = pipeline.spec.kafka.bootstrap_servers.iter();
-    servers
-        .map(|server| server.0.trim().to_ascii_lowercase())
-        .collect()
+/// How a pipeline's Kafka cluster is recognised.
+struct Cluster {
+    /// The id its brokers report, once known.
+    id: Option<String>,
+    /// Its bootstrap servers, normalised: DNS names are case-insensitive.
+    servers: BTreeSet<String>,
+}
+
+impl Cluster {
+    /// `pipeline`'s cluster: `id` if given, else the id its status recorded.
+    fn of(pipeline: &OrderPipeline, id: Option<&str>) -> Self {
+        let recorded = pipeline
+            .status
+            .as_ref()
+            .and_then(|s| s.kafka_cluster_id.as_deref());
+        let servers = pipeline.spec.kafka.bootstrap_servers.iter();
+        Self {
+            id: id.or(recorded).map(ToOwned::to_owned),
+            servers: servers
+                .map(|server| server.0.trim().to_ascii_lowercase())
+                .collect(),
+        }
+    }
+
+    /// The ids decide when both are known: the same brokers may be named differently, and one
+    /// name may be reused for another cluster. Until then, a shared bootstrap server.
+    fn shared_with(&self, other: &Self) -> bool {
+        match (&self.id, &other.id) {
+            (Some(mine), Some(theirs)) => mine == theirs,
+            _ => !self.servers.is_disjoint(&other.servers),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -207,7 +239,7 @@ mod tests {
         let new = pipeline("shop", "new", LATE, "kafka:9092", &["shared", "own"]);
         let all = [old.clone(), new.clone()];
 
-        let view = OwnershipView::new(&new, &all);
+        let view = OwnershipView::new(&new, &all, None);
         assert_eq!(owner(&view, "shared").as_deref(), Some("shop/old"));
         assert!(!view.is_mine("shared"));
         assert_eq!(
@@ -218,7 +250,7 @@ mod tests {
         );
         assert!(view.is_mine("own"));
 
-        let view = OwnershipView::new(&old, &all);
+        let view = OwnershipView::new(&old, &all, None);
         assert!(view.is_mine("shared"));
         assert!(view.other_owner("shared").is_none());
         assert!(
@@ -234,7 +266,7 @@ mod tests {
         let c = pipeline("alpha", "omega", EARLY, "kafka:9092", &["shared"]);
         let all = [a.clone(), b.clone(), c.clone()];
         for me in &all {
-            let view = OwnershipView::new(me, &all);
+            let view = OwnershipView::new(me, &all, None);
             assert_eq!(owner(&view, "shared").as_deref(), Some("alpha/omega"));
         }
     }
@@ -254,8 +286,8 @@ mod tests {
         // Same creation second, and "copycat" sorts before "shop".
         let newcomer = pipeline("shop", "copycat", EARLY, "kafka:9092", &["shared"]);
         for view in [
-            OwnershipView::new(&newcomer, [&incumbent, &newcomer]),
-            OwnershipView::new(&incumbent, [&incumbent, &newcomer]),
+            OwnershipView::new(&newcomer, [&incumbent, &newcomer], None),
+            OwnershipView::new(&incumbent, [&incumbent, &newcomer], None),
         ] {
             assert_eq!(
                 view.owner_of("shared").map(|p| p.name.as_str()),
@@ -268,7 +300,45 @@ mod tests {
     fn pipelines_on_different_clusters_do_not_compete() {
         let old = pipeline("shop", "old", EARLY, "kafka-a:9092", &["shared"]);
         let new = pipeline("shop", "new", LATE, "kafka-b:9092", &["shared"]);
-        let view = OwnershipView::new(&new, [&old, &new]);
+        let view = OwnershipView::new(&new, [&old, &new], None);
+        assert!(view.is_mine("shared"));
+        assert!(!view.is_claimed_by_another("shared"));
+    }
+
+    fn on_cluster(mut pipeline: OrderPipeline, id: &str) -> OrderPipeline {
+        pipeline.status = Some(orderpipe_api::OrderPipelineStatus {
+            kafka_cluster_id: Some(id.into()),
+            ..Default::default()
+        });
+        pipeline
+    }
+
+    #[test]
+    fn one_cluster_named_by_different_addresses_is_one_cluster_once_its_id_is_known() {
+        let old = on_cluster(
+            pipeline("shop", "old", EARLY, "kafka.example.com:9092", &["shared"]),
+            "cluster-a",
+        );
+        let new = pipeline("shop", "new", LATE, "10.0.0.7:9092", &["shared"]);
+        // Before `new` has reached its brokers, the addresses are all there is.
+        assert!(OwnershipView::new(&new, [&old, &new], None).is_mine("shared"));
+        // Its brokers report the same cluster as `old`'s.
+        let view = OwnershipView::new(&new, [&old, &new], Some("cluster-a"));
+        assert_eq!(owner(&view, "shared").as_deref(), Some("shop/old"));
+        // `old` sees `new` on its cluster once `new` recorded the id.
+        let new = on_cluster(new, "cluster-a");
+        let view = OwnershipView::new(&old, [&old, &new], Some("cluster-a"));
+        assert!(view.is_claimed_by_another("shared"));
+    }
+
+    #[test]
+    fn one_address_reused_for_another_cluster_is_two_clusters_once_the_ids_are_known() {
+        let old = on_cluster(
+            pipeline("shop", "old", EARLY, "kafka:9092", &["shared"]),
+            "cluster-a",
+        );
+        let new = pipeline("dev", "new", LATE, "kafka:9092", &["shared"]);
+        let view = OwnershipView::new(&new, [&old, &new], Some("cluster-b"));
         assert!(view.is_mine("shared"));
         assert!(!view.is_claimed_by_another("shared"));
     }
@@ -277,7 +347,7 @@ mod tests {
     fn bootstrap_hosts_compare_without_case() {
         let old = pipeline("shop", "old", EARLY, "Kafka.Example.COM:9092", &["shared"]);
         let new = pipeline("shop", "new", LATE, "kafka.example.com:9092", &["shared"]);
-        let view = OwnershipView::new(&new, [&old, &new]);
+        let view = OwnershipView::new(&new, [&old, &new], None);
         assert!(!view.is_mine("shared"));
     }
 
@@ -289,13 +359,13 @@ mod tests {
         ));
         let new = pipeline("shop", "new", LATE, "kafka:9092", &["shared"]);
 
-        let view = OwnershipView::new(&new, [&old, &new]);
+        let view = OwnershipView::new(&new, [&old, &new], None);
         assert!(view.is_mine("shared"));
         assert!(!view.is_claimed_by_another("shared"));
 
         // The pipeline being deleted still sees its own claims (its finalizer needs them), and sees
         // that a live pipeline declares the topic, so it must not delete it.
-        let view = OwnershipView::new(&old, [&old, &new]);
+        let view = OwnershipView::new(&old, [&old, &new], None);
         assert!(view.is_mine("shared"));
         assert!(view.is_claimed_by_another("shared"));
     }
@@ -305,7 +375,7 @@ mod tests {
         let stored = pipeline("shop", "stored", LATE, "kafka:9092", &["shared"]);
         let mut fresh = pipeline("aaa", "fresh", EARLY, "kafka:9092", &["shared"]);
         fresh.metadata.creation_timestamp = None;
-        let view = OwnershipView::new(&fresh, [&stored]);
+        let view = OwnershipView::new(&fresh, [&stored], None);
         assert_eq!(owner(&view, "shared").as_deref(), Some("shop/stored"));
     }
 
@@ -315,7 +385,7 @@ mod tests {
             .in_namespace("shop")
             .created_at("2026-01-01T00:00:00Z")
             .bootstrap("kafka:9092");
-        let view = OwnershipView::new(&me, [&me]);
+        let view = OwnershipView::new(&me, [&me], None);
         assert!(view.is_mine("orderpipe.shop.checkout.validate.state"));
     }
 }

@@ -46,7 +46,7 @@ fn plan_among(
     all: &[&OrderPipeline],
     observed: &BTreeMap<String, ObservedTopic>,
 ) -> TopicPlan {
-    let owners = OwnershipView::new(me, all.iter().copied());
+    let owners = OwnershipView::new(me, all.iter().copied(), None);
     let described = Described {
         topics: observed.clone(),
         brokers: None,
@@ -664,7 +664,7 @@ fn finalize_deletes_managed_delete_topics_that_no_live_pipeline_declares() {
         ..TopicStatus::default()
     });
 
-    let owners = OwnershipView::new(&pipeline, [&pipeline]);
+    let owners = OwnershipView::new(&pipeline, [&pipeline], None);
     let deleted: Vec<String> = finalize_plan(&pipeline, &owners)
         .actions
         .iter()
@@ -673,7 +673,7 @@ fn finalize_deletes_managed_delete_topics_that_no_live_pipeline_declares() {
     assert_eq!(deleted, ["orders.dlq", "orders.old"]);
 
     let other = named("returns", "2026-03-01T00:00:00Z");
-    let owners = OwnershipView::new(&pipeline, [&pipeline, &other]);
+    let owners = OwnershipView::new(&pipeline, [&pipeline, &other], None);
     let deleted: Vec<String> = finalize_plan(&pipeline, &owners)
         .actions
         .iter()
@@ -691,19 +691,19 @@ fn finalize_follows_the_current_spec_policy_and_forgets_nothing_unmanaged() {
     let mut pipeline = reconciled(checkout());
     // The user switched to Retain right before deleting the pipeline.
     pipeline.spec.topics[3].deletion_policy = DeletionPolicy::Retain;
-    let owners = OwnershipView::new(&pipeline, [&pipeline]);
+    let owners = OwnershipView::new(&pipeline, [&pipeline], None);
     assert_eq!(finalize_plan(&pipeline, &owners).actions, []);
 
     // Never reconciled: nothing recorded as managed, nothing deleted.
     let fresh = checkout();
-    let owners = OwnershipView::new(&fresh, [&fresh]);
+    let owners = OwnershipView::new(&fresh, [&fresh], None);
     assert_eq!(finalize_plan(&fresh, &owners).actions, []);
 }
 
 #[test]
 fn a_finalizing_plan_lists_the_topics_being_deleted() {
     let pipeline = reconciled(checkout());
-    let owners = OwnershipView::new(&pipeline, [&pipeline]);
+    let owners = OwnershipView::new(&pipeline, [&pipeline], None);
     let plan = finalize_plan(&pipeline, &owners);
     let deleting = status(&plan, "orders.dlq");
     assert_eq!(deleting.reason.as_deref(), Some("Deleting"));
@@ -767,7 +767,7 @@ fn plan_on_brokers(
     observed: &BTreeMap<String, ObservedTopic>,
     brokers: usize,
 ) -> TopicPlan {
-    let owners = OwnershipView::new(me, [me]);
+    let owners = OwnershipView::new(me, [me], None);
     let described = Described {
         topics: observed.clone(),
         brokers: Some(brokers),
