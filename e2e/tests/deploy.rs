@@ -1,4 +1,4 @@
-//! `kubectl apply -k config/default` for real: the rendered manifests (ServiceAccount, shipped RBAC,
+//! `kubectl apply -k config/default` and `config/namespaced` for real: the rendered manifests (ServiceAccount, shipped RBAC,
 //! Service, Deployment) applied server-side, the operator started as a pod by a node agent from
 //! the built binary standing in for its image, reaching the apiserver as its ServiceAccount (so
 //! the shipped RBAC is what it runs with), serving its probes on the port the agent mapped; then the
@@ -17,6 +17,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use k8s_openapi::api::authentication::v1::SelfSubjectReview;
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+};
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
@@ -46,15 +49,34 @@ fn config_dir(dir: &str) -> PathBuf {
         .join(dir)
 }
 
-/// `kubectl kustomize config/default` with the stack's pinned kubectl, one object per document.
-fn render_default() -> anyhow::Result<Vec<Value>> {
+/// The two ways to install the operator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Install {
+    /// config/default: a ClusterRole; the test adds `--watch-namespace` to confine it.
+    Default,
+    /// config/namespaced: Roles only, watching the namespace it runs in by itself.
+    Namespaced,
+}
+
+impl Install {
+    fn dir(self) -> &'static str {
+        match self {
+            Self::Default => "default",
+            Self::Namespaced => "namespaced",
+        }
+    }
+}
+
+/// `kubectl kustomize config/<install>` with the stack's pinned kubectl, one object per document.
+fn render(install: Install) -> anyhow::Result<Vec<Value>> {
     let output = Command::new(Tools::locate()?.bin("kubectl")?)
         .arg("kustomize")
-        .arg(config_dir("default"))
+        .arg(config_dir(install.dir()))
         .output()?;
     anyhow::ensure!(
         output.status.success(),
-        "kubectl kustomize config/default: {}",
+        "kubectl kustomize config/{}: {}",
+        install.dir(),
         String::from_utf8_lossy(&output.stderr)
     );
     let mut objects = Vec::new();
@@ -76,7 +98,8 @@ struct Manifests {
 }
 
 /// The rendered objects as this test applies them (see the module doc).
-fn for_the_test(rendered: Vec<Value>, ns: &str, node: &str) -> anyhow::Result<Manifests> {
+fn for_the_test(install: Install, ns: &str, node: &str) -> anyhow::Result<Manifests> {
+    let rendered = render(install)?;
     let placement = on_node_agent(node);
     let mut objects = Vec::new();
     let mut cluster_scoped = Vec::new();
@@ -111,8 +134,12 @@ fn for_the_test(rendered: Vec<Value>, ns: &str, node: &str) -> anyhow::Result<Ma
             let args = pod["containers"][0]["args"]
                 .as_array_mut()
                 .context("the operator container has args")?;
+            let watch = match install {
+                Install::Default => vec!["--watch-namespace".to_owned(), ns.to_owned()],
+                Install::Namespaced => Vec::new(),
+            };
             args.extend(
-                ["--watch-namespace".to_owned(), ns.to_owned()]
+                watch
                     .into_iter()
                     .chain(placement_args(&placement))
                     .map(Value::from),
@@ -140,6 +167,20 @@ fn pod_ready(pod: &Pod) -> bool {
 #[ignore = "needs the local stack: make test-e2e"]
 async fn kustomize_default_runs_the_operator_as_a_pod_that_makes_the_sample_ready()
 -> anyhow::Result<()> {
+    install_and_run(Install::Default).await
+}
+
+/// config/namespaced: nothing cluster-scoped is installed, the operator's ServiceAccount may read
+/// Secrets in its own namespace and not in another, and with that it makes the sample Ready (its
+/// webhook and intake Secrets included), is scraped, and finalizes it.
+#[tokio::test]
+#[ignore = "needs the local stack: make test-e2e"]
+async fn kustomize_namespaced_runs_the_operator_on_roles_alone_that_cannot_read_other_namespaces()
+-> anyhow::Result<()> {
+    install_and_run(Install::Namespaced).await
+}
+
+async fn install_and_run(install: Install) -> anyhow::Result<()> {
     let began = Instant::now();
     let stack = SharedStack::get()?;
     let ns = stack.namespace("deploy").await?;
@@ -147,7 +188,13 @@ async fn kustomize_default_runs_the_operator_as_a_pod_that_makes_the_sample_read
     let Manifests {
         objects,
         cluster_scoped,
-    } = for_the_test(render_default()?, ns.name(), &node)?;
+    } = for_the_test(install, ns.name(), &node)?;
+    if install == Install::Namespaced {
+        anyhow::ensure!(
+            cluster_scoped.is_empty(),
+            "config/namespaced installs cluster-scoped {cluster_scoped:?}"
+        );
+    }
     let work = tempfile::tempdir()?;
     let kubeconfig = Kubeconfig::read_from(stack.kubeconfig()?)?;
     let agent = NodeAgent::start(
@@ -164,7 +211,7 @@ async fn kustomize_default_runs_the_operator_as_a_pod_that_makes_the_sample_read
             .service_account_tokens(&kubeconfig)?,
     )
     .await?;
-    let proven = deploy_and_run(&stack, &ns, &agent, &objects).await;
+    let proven = deploy_and_run(&stack, &ns, &agent, &objects, install).await;
     // The pipeline is gone (or the test failed): stop the operator pod before its RBAC goes. The
     // test's own failure comes first; a failed test may not have created every object.
     let stopped = agent.stop().await;
@@ -180,11 +227,42 @@ async fn kustomize_default_runs_the_operator_as_a_pod_that_makes_the_sample_read
     Ok(())
 }
 
+/// Whether the operator's ServiceAccount in `ns` may `get` Secrets in `namespace`.
+async fn operator_may_read_secrets_in(ns: &TestNamespace, namespace: &str) -> anyhow::Result<bool> {
+    let review = SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: Some(format!(
+                "system:serviceaccount:{}:orderpipe-operator",
+                ns.name()
+            )),
+            groups: Some(vec![
+                "system:serviceaccounts".into(),
+                format!("system:serviceaccounts:{}", ns.name()),
+                "system:authenticated".into(),
+            ]),
+            resource_attributes: Some(ResourceAttributes {
+                namespace: Some(namespace.into()),
+                verb: Some("get".into()),
+                resource: Some("secrets".into()),
+                name: Some("anything".into()),
+                ..ResourceAttributes::default()
+            }),
+            ..SubjectAccessReviewSpec::default()
+        },
+        ..SubjectAccessReview::default()
+    };
+    let answer = Api::<SubjectAccessReview>::all(ns.client().clone())
+        .create(&PostParams::default(), &review)
+        .await?;
+    Ok(answer.status.is_some_and(|s| s.allowed))
+}
+
 async fn deploy_and_run(
     stack: &SharedStack,
     ns: &TestNamespace,
     agent: &NodeAgent,
     objects: &[Value],
+    install: Install,
 ) -> anyhow::Result<()> {
     let began = Instant::now();
     for object in objects {
@@ -192,7 +270,17 @@ async fn deploy_and_run(
         apply_dynamic(ns.client(), namespace, object).await?;
     }
     let kinds: Vec<&str> = objects.iter().filter_map(|o| o["kind"].as_str()).collect();
-    eprintln!("measured: applied from config/default: {kinds:?}");
+    eprintln!("measured: applied from config/{}: {kinds:?}", install.dir());
+    if install == Install::Namespaced {
+        anyhow::ensure!(
+            operator_may_read_secrets_in(ns, ns.name()).await?,
+            "the operator cannot read the Secrets of its own namespace"
+        );
+        anyhow::ensure!(
+            !operator_may_read_secrets_in(ns, "kube-system").await?,
+            "the namespaced operator can read kube-system's Secrets"
+        );
+    }
 
     let pods: Api<Pod> = ns.api();
     let operator_pods = ListParams::default().labels(OPERATOR_SELECTOR);
