@@ -38,6 +38,7 @@ use crate::lag::{KafkaLagSource, LagCache, StageKey};
 use crate::metrics::Metrics;
 use crate::model::{self, Scaling, ValidatedPipeline};
 use crate::recorder::Recorder;
+use crate::rotation;
 use crate::scale_to_zero::{self, Decision};
 use crate::secrets::SecretCache;
 use crate::settings::OperatorSettings;
@@ -194,7 +195,7 @@ pub async fn run(
     let gauge_metrics = metrics.clone();
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
-        secrets: SecretCache::new(client.clone(), SecretCache::TTL),
+        secrets: SecretCache::new(client.clone(), secret_refresh(&settings)),
         client,
         settings,
         capabilities,
@@ -329,13 +330,17 @@ async fn reconcile(pipeline: Arc<OrderPipeline>, ctx: Arc<Context>) -> Result<Ac
     // A failure to build or apply the children is reported in the status and as a Warning Event
     // before the reconcile fails (and backs off): the status must not go on describing the
     // generation before it.
-    let children = match desired_children(&pipeline, &validated, ctx.capabilities, &ctx.settings) {
-        Ok(desired) => {
-            let child_writes = child_plan::plan(desired, &live, &validated);
-            writer.children(&child_writes).await
-        }
-        Err(error) => Err(Error::from(error)),
-    };
+    let mut uses_secrets = false;
+    let children = async {
+        let mut desired = desired_children(&pipeline, &validated, ctx.capabilities, &ctx.settings)?;
+        let used = rotation::secrets_used(&desired);
+        uses_secrets = !used.is_empty();
+        let versions = ctx.secrets.versions(&namespace, &used).await?;
+        rotation::stamp(&mut desired, &versions);
+        let child_writes = child_plan::plan(desired, &live, &validated);
+        writer.children(&child_writes).await
+    }
+    .await;
     let (child_changes, children_error) = match children {
         Ok(changes) => (changes, None),
         Err(error) => (Vec::new(), Some(error)),
@@ -374,12 +379,21 @@ async fn reconcile(pipeline: Arc<OrderPipeline>, ctx: Arc<Context>) -> Result<Ac
         .chain(scale_to_zero::changes(&validated, &parking))
         .collect();
     writer.events(&pipeline, &changes).await;
+    // Pods that use Secrets are re-stamped with their versions once per refresh period: that is
+    // how a rotated Secret is found (nothing watches Secrets, see `secrets`).
+    let recheck = match (
+        topics.recheck,
+        uses_secrets.then(|| secret_refresh(&ctx.settings)),
+    ) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
     Ok(settle(
         &ctx,
         &pipeline,
         &validated,
         ready.as_deref(),
-        topics.recheck,
+        recheck,
     ))
 }
 
@@ -417,8 +431,14 @@ async fn write_status(
         .map(|c| c.status.clone()))
 }
 
+/// How long a Secret read is reused, and how often pods' Secrets are looked at again.
+fn secret_refresh(settings: &OperatorSettings) -> Duration {
+    settings.secret_refresh.unwrap_or(SecretCache::TTL)
+}
+
 /// The bookkeeping of a reconcile that succeeded, and when to look at the pipeline again: by
-/// `recheck` at the latest when its topics were planned from a look at Kafka that expires then.
+/// `recheck` at the latest (when its topics were planned from a look at Kafka that expires then,
+/// or its pods use Secrets that may be rotated).
 fn settle(
     ctx: &Context,
     pipeline: &OrderPipeline,

@@ -5,7 +5,7 @@
 //! Only the modules that say so in their header do I/O (`controller` and `secrets` read, `writer`
 //! and `recorder` write to Kubernetes, `topics::kafka_admin` and `lag::kafka` talk to Kafka,
 //! `capabilities` discovers); `model`, `desired`, `children`, `child_index`, `child_plan`,
-//! `topics::plan`, `lag::offsets`, `scale_to_zero` and `status` are pure and tested without a
+//! `topics::plan`, `lag::offsets`, `rotation`, `scale_to_zero` and `status` are pure and tested without a
 //! cluster.
 
 pub mod capabilities;
@@ -23,6 +23,7 @@ pub mod lag;
 pub mod metrics;
 pub mod model;
 pub mod recorder;
+pub mod rotation;
 pub mod scale_to_zero;
 pub mod secrets;
 pub mod settings;

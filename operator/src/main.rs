@@ -71,6 +71,10 @@ struct Args {
     /// Seconds between re-checks of a Ready pipeline (default 300); Kafka drift is found this way.
     #[arg(long, env = "ORDERPIPE_RESYNC_SECONDS")]
     resync_seconds: Option<u64>,
+    /// Seconds a Secret read is reused, and between re-checks of a pipeline whose pods use
+    /// Secrets (default 30): a rotated Secret rolls those pods within two periods.
+    #[arg(long, env = "ORDERPIPE_SECRET_REFRESH_SECONDS")]
+    secret_refresh_seconds: Option<u64>,
     /// Let notify stages send their webhook's auth Secret over plain `http://` (e.g. to a sidecar
     /// or inside a service mesh that encrypts). Off: such a stage is held at zero replicas.
     #[arg(long, env = "ORDERPIPE_ALLOW_INSECURE_WEBHOOKS")]
@@ -154,6 +158,9 @@ async fn main() -> anyhow::Result<()> {
             tolerations: args.worker_tolerations.clone(),
         },
         resync: args.resync_seconds.map(std::time::Duration::from_secs),
+        secret_refresh: args
+            .secret_refresh_seconds
+            .map(std::time::Duration::from_secs),
         allow_insecure_webhooks: args.allow_insecure_webhooks,
         allowed_hosts: AllowList(args.allowed_hosts.clone()),
     };

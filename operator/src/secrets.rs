@@ -1,7 +1,8 @@
-//! The Kafka TLS and SASL material pipelines reference, read from their Secrets through a short
-//! cache: [`SecretCache`] keeps each Secret it read for [`SecretCache::TTL`], so a pipeline's
-//! reconciles (and, in their own cache, its lag readings) make one GET per Secret per period
-//! instead of one per reconcile or reading, however many pipelines share the credentials.
+//! The Kafka TLS and SASL material pipelines reference, and the versions of the Secrets their pods
+//! use (for `rotation`), read from their Secrets through a short cache: [`SecretCache`] keeps each
+//! Secret it read for one period ([`SecretCache::TTL`] by default), so a pipeline's reconciles
+//! (and, in their own cache, its lag readings) make one GET per Secret per period instead of one
+//! per reconcile or reading, however many pipelines share the credentials.
 //!
 //! Why not a watch: a watch needs `list`/`watch` on Secrets, which RBAC cannot limit to the Secrets
 //! pipelines name, so the operator would receive (and cache) every Secret of every namespace it
@@ -12,7 +13,7 @@
 //! Values never leave this module except inside [`ResolvedKafkaSecrets`], whose Debug output
 //! redacts them.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -27,15 +28,24 @@ use orderpipe_api::v1alpha1::KafkaSpec;
 use crate::error::Error;
 use crate::topics::{ClientCertificate, ResolvedKafkaSecrets, SaslCredentials};
 
-/// A Secret's data as read, shared by the readers of the same period.
-type Data = Arc<BTreeMap<String, ByteString>>;
+/// A Secret as read, shared by the readers of the same period. No Debug: it holds the values.
+struct Read {
+    data: BTreeMap<String, ByteString>,
+    /// `metadata.resourceVersion`: changes with every change to the Secret.
+    version: String,
+}
+
+type Shared = Arc<Read>;
+
+/// The version [`SecretCache::versions`] gives a Secret that does not exist.
+pub const ABSENT: &str = "absent";
 
 /// The Secrets read for pipelines, each kept for one period.
 pub struct SecretCache {
     client: Client,
     ttl: Duration,
-    /// By (namespace, name): the data and when it was read.
-    read: Mutex<HashMap<(String, String), (Data, Instant)>>,
+    /// By (namespace, name): the Secret and when it was read.
+    read: Mutex<HashMap<(String, String), (Shared, Instant)>>,
 }
 
 impl std::fmt::Debug for SecretCache {
@@ -50,7 +60,8 @@ impl std::fmt::Debug for SecretCache {
 }
 
 impl SecretCache {
-    /// How long a Secret read is used before it is read again.
+    /// How long a Secret read is used before it is read again, unless the operator is told
+    /// otherwise (`--secret-refresh-seconds`).
     pub const TTL: Duration = Duration::from_secs(30);
 
     pub fn new(client: Client, ttl: Duration) -> Self {
@@ -66,8 +77,9 @@ impl SecretCache {
     pub async fn kafka(&self, pipeline: &OrderPipeline) -> Result<ResolvedKafkaSecrets, Error> {
         let namespace = pipeline.namespace().ok_or(Error::MissingNamespace)?;
         let value = async |name: &str, key: &str| {
-            let data = self.data(&namespace, name).await?;
-            data.get(key)
+            let read = self.read(&namespace, name).await?;
+            read.data
+                .get(key)
                 .map(|bytes| String::from_utf8_lossy(&bytes.0).into_owned())
                 .ok_or_else(|| Error::SecretKeyMissing {
                     secret: name.to_owned(),
@@ -97,12 +109,34 @@ impl SecretCache {
         Ok(resolved)
     }
 
-    /// The Secret's data: as read within the period, or read now.
-    async fn data(&self, namespace: &str, name: &str) -> Result<Data, Error> {
+    /// The `metadata.resourceVersion` of each named Secret of `namespace`, [`ABSENT`] for one that
+    /// does not exist (its pods cannot start until it does).
+    pub async fn versions(
+        &self,
+        namespace: &str,
+        names: &BTreeSet<String>,
+    ) -> Result<BTreeMap<String, String>, Error> {
+        let mut versions = BTreeMap::new();
+        for name in names {
+            let version = match self.read(namespace, name).await {
+                Ok(read) => read.version.clone(),
+                Err(Error::ReadSecret {
+                    source: kube::Error::Api(status),
+                    ..
+                }) if status.code == 404 => ABSENT.to_owned(),
+                Err(error) => return Err(error),
+            };
+            versions.insert(name.clone(), version);
+        }
+        Ok(versions)
+    }
+
+    /// The Secret: as read within the period, or read now.
+    async fn read(&self, namespace: &str, name: &str) -> Result<Shared, Error> {
         let key = (namespace.to_owned(), name.to_owned());
         let now = Instant::now();
-        if let Some(data) = fresh(&self.lock(), &key, now, self.ttl) {
-            return Ok(data);
+        if let Some(read) = fresh(&self.lock(), &key, now, self.ttl) {
+            return Ok(read);
         }
         let secret = Api::<Secret>::namespaced(self.client.clone(), namespace)
             .get(name)
@@ -111,27 +145,30 @@ impl SecretCache {
                 secret: name.to_owned(),
                 source,
             })?;
-        let data: Data = Arc::new(secret.data.unwrap_or_default());
+        let shared: Shared = Arc::new(Read {
+            version: secret.metadata.resource_version.unwrap_or_default(),
+            data: secret.data.unwrap_or_default(),
+        });
         let mut read = self.lock();
         // Expired entries go on every read, so Secrets no pipeline names any more are not kept.
         read.retain(|_, (_, at)| now.saturating_duration_since(*at) < self.ttl);
-        read.insert(key, (Arc::clone(&data), now));
-        Ok(data)
+        read.insert(key, (Arc::clone(&shared), now));
+        Ok(shared)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), (Data, Instant)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), (Shared, Instant)>> {
         // A poisoned lock only means another thread panicked mid-update of a plain map.
         self.read.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
-/// The data read for `key`, if it was read less than `ttl` before `now`.
+/// The Secret read for `key`, if it was read less than `ttl` before `now`.
 fn fresh(
-    read: &HashMap<(String, String), (Data, Instant)>,
+    read: &HashMap<(String, String), (Shared, Instant)>,
     key: &(String, String),
     now: Instant,
     ttl: Duration,
-) -> Option<Data> {
+) -> Option<Shared> {
     let (data, at) = read.get(key)?;
     (now.saturating_duration_since(*at) < ttl).then(|| Arc::clone(data))
 }
@@ -145,16 +182,18 @@ mod tests {
         let t0 = Instant::now();
         let ttl = Duration::from_secs(30);
         let key = ("shop".to_owned(), "kafka-client".to_owned());
-        let data: Data = Arc::new([("password".to_owned(), ByteString(b"s3cret".to_vec()))].into());
-        let read = HashMap::from([(key.clone(), (Arc::clone(&data), t0))]);
+        let secret: Shared = Arc::new(Read {
+            data: [("password".to_owned(), ByteString(b"s3cret".to_vec()))].into(),
+            version: "7".into(),
+        });
+        let read = HashMap::from([(key.clone(), (Arc::clone(&secret), t0))]);
 
         let within = fresh(&read, &key, t0 + Duration::from_secs(29), ttl);
-        assert_eq!(within.as_deref(), Some(data.as_ref()));
-        assert_eq!(fresh(&read, &key, t0 + ttl, ttl), None);
+        assert!(within.is_some_and(|w| Arc::ptr_eq(&w, &secret)));
+        assert!(fresh(&read, &key, t0 + ttl, ttl).is_none());
         let other = ("eu".to_owned(), "kafka-client".to_owned());
-        assert_eq!(
-            fresh(&read, &other, t0, ttl),
-            None,
+        assert!(
+            fresh(&read, &other, t0, ttl).is_none(),
             "Secrets are per namespace"
         );
     }

@@ -1,5 +1,6 @@
 //! The operator-wide settings from the command line that shape what it builds: the worker image,
-//! the Prometheus the canary analysis queries, where worker pods run, how often it resyncs, whether
+//! the Prometheus the canary analysis queries, where worker pods run, how often it resyncs and
+//! re-reads Secrets, whether
 //! a webhook may receive its Secret over plain http, which hosts pipelines may have dialled.
 //!
 //! Plain data: parsed by `main`, read by the pure builders. Nothing here reads the cluster.
@@ -19,6 +20,10 @@ pub struct OperatorSettings {
     pub worker_placement: WorkerPlacement,
     /// How often a Ready pipeline is re-checked (`None`: the controller's default of 5 minutes).
     pub resync: Option<std::time::Duration>,
+    /// How long a Secret read is reused, and how often a pipeline whose pods use Secrets is
+    /// re-checked for rotated ones (`None`: `SecretCache::TTL`, 30 s). A rotated Secret reaches
+    /// the pods within two periods.
+    pub secret_refresh: Option<std::time::Duration>,
     /// Let a notify stage send its webhook auth Secret over `http://` (off: such a stage is held
     /// at zero replicas and says why).
     pub allow_insecure_webhooks: bool,
