@@ -1,15 +1,16 @@
 //! The operator under faults of the parts it depends on, on the local stack: a Kafka cluster that
-//! goes away while its pipeline changes, or before its pipeline's topics could be deleted, and a
-//! kube-apiserver that restarts while pipelines change. Each test brings a private broker (or a
+//! goes away while its pipeline changes, or before its pipeline's topics could be deleted, Kafka
+//! credentials deleted before their namespace, and a kube-apiserver that restarts while pipelines
+//! change. Each test brings a private broker (or a
 //! whole private stack) it can stop: the shared one serves every other test. Needs
 //! `make test-e2e`.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::Event;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use k8s_openapi::api::core::v1::{Event, Namespace, Secret};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use orderpipe_api::OrderPipeline;
 use orderpipe_api::v1alpha1::{AutoscalingSpec, DeletionPolicy};
 use orderpipe_e2e::{
@@ -17,7 +18,7 @@ use orderpipe_e2e::{
 };
 use orderpipe_operator::settings::WorkerPlacement;
 use orderpipe_operator::topics::cleanup::SKIP_ANNOTATION;
-use orderpipe_stack::{Stack, TestNamespace, unique_name, wait_until};
+use orderpipe_stack::{Stack, TestNamespace, partition_count, unique_name, wait_until};
 use serde_json::json;
 
 /// The input's partitions, below the autoscaler's declared maximum: the HPA is capped at them.
@@ -229,6 +230,90 @@ async fn held_then_skipped(test: &mut PrivateKafkaTest) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A namespace deleted after the Kafka credentials Secrets of its `deletionPolicy: Delete` pipeline
+/// went: the cleanup cannot authenticate, so after the give-up time the operator releases the
+/// pipeline with its topics left behind, and the namespace finishes terminating.
+#[tokio::test]
+#[ignore = "needs the local stack: make test-e2e"]
+async fn a_namespace_whose_kafka_secrets_went_first_finishes_terminating_with_its_topics_kept()
+-> anyhow::Result<()> {
+    let give_up = Duration::from_secs(5);
+    let OperatorTest {
+        stack,
+        bootstrap: plaintext,
+        ns,
+        operator,
+    } = OperatorTest::start_with("nsdelete", |settings| {
+        settings.topic_cleanup_give_up = Some(give_up);
+        // Short, so the finalizer reads the Secrets again rather than from the cache.
+        settings.secret_refresh = Some(Duration::from_secs(1));
+    })
+    .await?;
+    let secure = stack.kafka_secure()?;
+    let secrets = ns.api::<Secret>();
+    let ca_pem = std::fs::read_to_string(&secure.ca_file)?;
+    for (name, data) in [
+        ("kafka-ca", json!({ "ca.crt": ca_pem })),
+        (
+            "kafka-user",
+            json!({ "username": secure.username, "password": secure.password }),
+        ),
+    ] {
+        let secret = json!({ "apiVersion": "v1", "kind": "Secret", "metadata": { "name": name }, "stringData": data });
+        secrets
+            .patch(
+                name,
+                &PatchParams::apply("e2e-user"),
+                &Patch::Apply(&secret),
+            )
+            .await?;
+    }
+    let dead_letter = format!("{}.dlq", ns.name());
+    let mut pipeline = serde_json::to_value(
+        OrderPipeline::test("shop")
+            .bootstrap(&secure.bootstrap)
+            .topic_prefix(ns.name())
+            .deletion_policy(&dead_letter, DeletionPolicy::Delete),
+    )?;
+    pipeline["spec"]["kafka"]["tls"] =
+        json!({ "caSecretRef": { "name": "kafka-ca", "key": "ca.crt" } });
+    pipeline["spec"]["kafka"]["sasl"] =
+        json!({ "mechanism": "PLAIN", "credentialsSecretRef": { "name": "kafka-user" } });
+    apply_pipeline(&ns, &pipeline).await?;
+    wait_ready(&ns, "shop").await?;
+
+    for name in ["kafka-ca", "kafka-user"] {
+        secrets.delete(name, &DeleteParams::default()).await?;
+    }
+    let deleted = Instant::now();
+    let namespaces = Api::<Namespace>::all(ns.client().clone());
+    namespaces
+        .delete(ns.name(), &DeleteParams::background())
+        .await?;
+    wait_until("the namespace finishes terminating", CONVERGE, || async {
+        namespaces
+            .get_opt(ns.name())
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await?;
+    eprintln!(
+        "measured: the namespace was gone {:?} after its deletion (cleanup given up after {give_up:?})",
+        deleted.elapsed()
+    );
+    anyhow::ensure!(
+        deleted.elapsed() >= give_up,
+        "released before the give-up time: the cleanup did not fail as the test means"
+    );
+    anyhow::ensure!(
+        partition_count(&plaintext, &dead_letter)?.is_some(),
+        "{dead_letter} was deleted: the cleanup should not have reached Kafka"
+    );
+    OperatorTest::finish(operator, ns).await
+}
+
 /// Pipelines on a control plane of the test's own, so its apiserver may restart.
 const RESTART_PIPELINES: usize = 10;
 
@@ -279,7 +364,7 @@ async fn restart_while_changing(stack: &mut Stack, ns: &TestNamespace) -> anyhow
     for &index in &before {
         apply_pipeline(ns, &pipeline(index, 2)?).await?;
     }
-    let restart = std::time::Instant::now();
+    let restart = Instant::now();
     stack.stop_apiserver().await?;
     stack.start_apiserver().await?;
     eprintln!(
@@ -290,7 +375,7 @@ async fn restart_while_changing(stack: &mut Stack, ns: &TestNamespace) -> anyhow
         apply_pipeline(ns, &pipeline(index, 2)?).await?;
     }
 
-    let converged = std::time::Instant::now();
+    let converged = Instant::now();
     let deployments = ns.api::<k8s_openapi::api::apps::v1::Deployment>();
     let pipelines = ns.api::<OrderPipeline>();
     let waited = wait_until(

@@ -519,13 +519,17 @@ async fn finalize(
         return Ok(());
     }
     let now = Time(Timestamp::now());
+    let give_up = ctx
+        .settings
+        .topic_cleanup_give_up
+        .unwrap_or(cleanup::GIVE_UP_AFTER);
     let kept = |why: String| {
         format!(
             "topics {:?} were not deleted: {why}",
             cleanup::left_behind(pipeline)
         )
     };
-    if cleanup::verdict(pipeline, false, &now) == Verdict::Skip {
+    if cleanup::verdict(pipeline, false, &now, give_up) == Verdict::Skip {
         let note = kept(format!("annotation {}", cleanup::SKIP_ANNOTATION));
         writer.warning(pipeline, "TopicCleanupSkipped", &note).await;
         return writer.finalizer(pipeline, false).await;
@@ -546,10 +550,10 @@ async fn finalize(
         });
     match outcome {
         Ok(outcome) => writer.events(pipeline, &outcome.changes).await,
-        Err(error) if cleanup::verdict(pipeline, true, &now) == Verdict::Abandon => {
+        Err(error) if cleanup::verdict(pipeline, true, &now, give_up) == Verdict::Abandon => {
             let note = kept(format!(
                 "still failing {:?} after the deletion request: {error}",
-                cleanup::GIVE_UP_AFTER
+                give_up
             ));
             writer
                 .warning(pipeline, "TopicCleanupAbandoned", &note)

@@ -75,6 +75,10 @@ struct Args {
     /// Secrets (default 30): a rotated Secret rolls those pods within two periods.
     #[arg(long, env = "ORDERPIPE_SECRET_REFRESH_SECONDS")]
     secret_refresh_seconds: Option<u64>,
+    /// Seconds a deleted pipeline's failing topic cleanup is retried before the pipeline is
+    /// released with its topics left behind and a Warning Event (default 600).
+    #[arg(long, env = "ORDERPIPE_TOPIC_CLEANUP_GIVE_UP_SECONDS")]
+    topic_cleanup_give_up_seconds: Option<u64>,
     /// Let notify stages send their webhook's auth Secret over plain `http://` (e.g. to a sidecar
     /// or inside a service mesh that encrypts). Off: such a stage is held at zero replicas.
     #[arg(long, env = "ORDERPIPE_ALLOW_INSECURE_WEBHOOKS")]
@@ -160,6 +164,9 @@ async fn main() -> anyhow::Result<()> {
         resync: args.resync_seconds.map(std::time::Duration::from_secs),
         secret_refresh: args
             .secret_refresh_seconds
+            .map(std::time::Duration::from_secs),
+        topic_cleanup_give_up: args
+            .topic_cleanup_give_up_seconds
             .map(std::time::Duration::from_secs),
         allow_insecure_webhooks: args.allow_insecure_webhooks,
         allowed_hosts: AllowList(args.allowed_hosts.clone()),

@@ -24,6 +24,9 @@ pub struct OperatorSettings {
     /// re-checked for rotated ones (`None`: `SecretCache::TTL`, 30 s). A rotated Secret reaches
     /// the pods within two periods.
     pub secret_refresh: Option<std::time::Duration>,
+    /// How long a deleted pipeline's failing topic cleanup is retried before it is released with
+    /// its topics left behind (`None`: `cleanup::GIVE_UP_AFTER`, 10 minutes).
+    pub topic_cleanup_give_up: Option<std::time::Duration>,
     /// Let a notify stage send its webhook auth Secret over `http://` (off: such a stage is held
     /// at zero replicas and says why).
     pub allow_insecure_webhooks: bool,

@@ -1,8 +1,8 @@
 //! When the topic-cleanup finalizer stops trying. Deleting a pipeline must not hang for ever
 //! because its Kafka cluster is gone or its Secrets were deleted first (a namespace deletion
-//! removes them in any order): the user can skip the cleanup with an annotation, and after
-//! [`GIVE_UP_AFTER`] of failed attempts the operator releases the pipeline itself, saying which
-//! topics it left behind. Pure.
+//! removes them in any order): the user can skip the cleanup with an annotation, and after a
+//! bounded time of failed attempts ([`GIVE_UP_AFTER`] unless the operator is told otherwise) the
+//! operator releases the pipeline itself, saying which topics it left behind. Pure.
 
 use std::time::Duration;
 
@@ -12,7 +12,8 @@ use orderpipe_api::OrderPipeline;
 /// `orderpipe.dev/skip-topic-cleanup: "true"` on a pipeline being deleted: release it without
 /// deleting its topics.
 pub const SKIP_ANNOTATION: &str = "orderpipe.dev/skip-topic-cleanup";
-/// How long after the deletion request failed cleanups are retried (with backoff).
+/// How long after the deletion request failed cleanups are retried (with backoff), unless
+/// `--topic-cleanup-give-up-seconds` says otherwise.
 pub const GIVE_UP_AFTER: Duration = Duration::from_secs(600);
 
 /// What the finalizer does next.
@@ -22,12 +23,18 @@ pub enum Verdict {
     Attempt,
     /// The user asked to keep the topics: release the pipeline.
     Skip,
-    /// Attempts failed for [`GIVE_UP_AFTER`]: release the pipeline, topics left behind.
+    /// Attempts failed for the give-up time: release the pipeline, topics left behind.
     Abandon,
 }
 
-/// The verdict for a pipeline being deleted; `failed` says whether the last attempt failed.
-pub fn verdict(pipeline: &OrderPipeline, failed: bool, now: &Time) -> Verdict {
+/// The verdict for a pipeline being deleted; `failed` says whether the last attempt failed, and
+/// failures are retried for `give_up_after` from the deletion request.
+pub fn verdict(
+    pipeline: &OrderPipeline,
+    failed: bool,
+    now: &Time,
+    give_up_after: Duration,
+) -> Verdict {
     let skip = pipeline
         .metadata
         .annotations
@@ -43,7 +50,7 @@ pub fn verdict(pipeline: &OrderPipeline, failed: bool, now: &Time) -> Verdict {
         .as_ref()
         .and_then(|since| Duration::try_from(now.0.duration_since(since.0)).ok())
         .unwrap_or_default();
-    if failed && deleting_for >= GIVE_UP_AFTER {
+    if failed && deleting_for >= give_up_after {
         Verdict::Abandon
     } else {
         Verdict::Attempt
@@ -81,11 +88,11 @@ mod tests {
     #[test]
     fn failures_are_retried_until_the_give_up_time_then_abandoned() {
         let (p, now) = deleting(599, None);
-        assert_eq!(verdict(&p, true, &now), Verdict::Attempt);
+        assert_eq!(verdict(&p, true, &now, GIVE_UP_AFTER), Verdict::Attempt);
         let (p, now) = deleting(600, None);
-        assert_eq!(verdict(&p, true, &now), Verdict::Abandon);
+        assert_eq!(verdict(&p, true, &now, GIVE_UP_AFTER), Verdict::Abandon);
         assert_eq!(
-            verdict(&p, false, &now),
+            verdict(&p, false, &now, GIVE_UP_AFTER),
             Verdict::Attempt,
             "a first attempt after a long wait still runs"
         );
@@ -94,9 +101,9 @@ mod tests {
     #[test]
     fn the_annotation_skips_at_once_and_only_when_true() {
         let (p, now) = deleting(0, Some("true"));
-        assert_eq!(verdict(&p, false, &now), Verdict::Skip);
+        assert_eq!(verdict(&p, false, &now, GIVE_UP_AFTER), Verdict::Skip);
         let (p, now) = deleting(0, Some("yes"));
-        assert_eq!(verdict(&p, false, &now), Verdict::Attempt);
+        assert_eq!(verdict(&p, false, &now, GIVE_UP_AFTER), Verdict::Attempt);
     }
 
     #[test]
