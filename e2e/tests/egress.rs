@@ -79,7 +79,7 @@ async fn brokers_outside_the_allow_list_are_never_dialled_and_allowed_ones_are()
         "the stage of the refused pipeline is held at 0 replicas"
     );
 
-    let ready = wait_ready(&ns, "inside").await?;
+    wait_ready(&ns, "inside").await?;
     eprintln!("measured: pipeline inside Ready via localhost:{port}; outside refused: {message}");
     // The refused pipeline's topics were never created on the broker both name.
     let orders = format!("{}.outside.orders", ns.name());
@@ -87,6 +87,10 @@ async fn brokers_outside_the_allow_list_are_never_dialled_and_allowed_ones_are()
         partition_count(&bootstrap, &orders)?.is_none(),
         "{orders} exists: the refused pipeline was dialled"
     );
-    anyhow::ensure!(ready.status.is_some());
+    let allowed = format!("{}.inside.orders", ns.name());
+    anyhow::ensure!(
+        partition_count(&bootstrap, &allowed)?.is_some(),
+        "{allowed} is missing: the allowed pipeline's topics were not created"
+    );
     OperatorTest::finish(operator, ns).await
 }

@@ -31,7 +31,7 @@ use crate::child_index::ChildIndex;
 use crate::child_plan::{self, ChildKey};
 use crate::children::{ChildKind, MANAGED_BY, MANAGED_BY_LABEL};
 use crate::desired::desired_children;
-use crate::egress::{self, Dialer};
+use crate::egress::{self, Dialer, Resolver};
 use crate::error::Error;
 use crate::events::Change;
 use crate::lag::{KafkaLagSource, LagCache, StageKey};
@@ -76,8 +76,10 @@ pub struct Context {
     /// Which of the stores' objects belong to which pipeline.
     pub child_index: Arc<Mutex<ChildIndex>>,
     pub kafka: Arc<AdminPool>,
-    /// The Kafka credentials pipelines reference, read at most once per period.
+    /// The Secrets pipelines reference, read at most once per period.
     secrets: SecretCache,
+    /// What the pipelines' hosts resolve to, looked up at most once per period.
+    resolver: Resolver,
     /// The last look at each pipeline's topics, reused by reconciles that changed nothing topic
     /// related (no Kafka request for those).
     looks: Arc<LastLooks>,
@@ -196,6 +198,7 @@ pub async fn run(
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
         secrets: SecretCache::new(client.clone(), secret_refresh(&settings)),
+        resolver: Resolver::default(),
         client,
         settings,
         capabilities,
@@ -312,7 +315,7 @@ async fn reconcile(pipeline: Arc<OrderPipeline>, ctx: Arc<Context>) -> Result<Ac
 
     ensure_finalizer(&pipeline, &writer).await?;
     // Hosts the operator will not dial are not dialled, not even to describe topics.
-    let refused = egress::refusals(&ctx.settings.allowed_hosts, &pipeline).await;
+    let refused = egress::refusals(&ctx.settings.allowed_hosts, &ctx.resolver, &pipeline).await;
     let topics = match refused.get(&Dialer::Kafka) {
         Some(reason) => TopicsOutcome::not_dialled(&pipeline, reason),
         None => reconcile_topics(&pipeline, &ctx, &writer).await?,
@@ -534,7 +537,7 @@ async fn finalize(
         writer.warning(pipeline, "TopicCleanupSkipped", &note).await;
         return writer.finalizer(pipeline, false).await;
     }
-    let refused = egress::refusals(&ctx.settings.allowed_hosts, pipeline).await;
+    let refused = egress::refusals(&ctx.settings.allowed_hosts, &ctx.resolver, pipeline).await;
     if let Some(reason) = refused.get(&Dialer::Kafka) {
         // Not dialled to create them, not dialled to delete them either.
         let note = kept(format!("the operator does not dial the brokers: {reason}"));

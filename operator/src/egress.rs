@@ -9,16 +9,20 @@
 //! - with an operator-wide allow-list (`--allowed-hosts`), a host must match it: by name (exact,
 //!   or a `*.suffix`), or with every address it resolves to inside one of its CIDRs.
 //!
-//! [`judge`] is pure; [`resolve`] is the I/O edge (the system resolver, as librdkafka and the
-//! worker's HTTP client use). A name that resolves differently for the operator and later for a
+//! [`judge`] is pure; [`Resolver`] is the I/O edge (the system resolver, as librdkafka and the
+//! worker's HTTP client use), whose answers serve for [`Resolver::TTL`] so a reconcile does not
+//! wait on DNS every time. A name that resolves differently for the operator and later for a
 //! worker (DNS rebinding) is not caught: the allow-list by name is the stronger form.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
+use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use orderpipe_api::OrderPipeline;
+
+use crate::ttl_cache::TtlCache;
 
 /// One entry of `--allowed-hosts`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -165,28 +169,59 @@ fn split_host_port(server: &str) -> Option<(String, u16)> {
 }
 
 /// The refusals of the pipeline's hosts, by who dials them; empty when every host may be dialled.
-pub async fn refusals(allowed: &AllowList, pipeline: &OrderPipeline) -> BTreeMap<Dialer, String> {
+pub async fn refusals(
+    allowed: &AllowList,
+    resolver: &Resolver,
+    pipeline: &OrderPipeline,
+) -> BTreeMap<Dialer, String> {
     let mut refused = BTreeMap::new();
     for (dialer, host, port) in hosts(pipeline) {
         if refused.contains_key(&dialer) {
             continue;
         }
-        if let Some(reason) = judge(allowed, &host, &resolve(&host, port).await) {
+        if let Some(reason) = judge(allowed, &host, &resolver.resolve(&host, port).await) {
             refused.insert(dialer, reason);
         }
     }
     refused
 }
 
-/// The addresses `host` resolves to; empty when it does not (the dial would fail anyway, and the
-/// client reports that better).
-async fn resolve(host: &str, port: u16) -> Vec<IpAddr> {
-    match host.parse::<IpAddr>() {
-        Ok(address) => vec![address],
-        Err(_) => tokio::net::lookup_host((host, port))
+/// The system resolver, its answers kept for [`Resolver::TTL`].
+#[derive(Debug)]
+pub struct Resolver {
+    answers: TtlCache<(String, u16), Vec<IpAddr>>,
+}
+
+impl Default for Resolver {
+    fn default() -> Self {
+        Self {
+            answers: TtlCache::new(Self::TTL),
+        }
+    }
+}
+
+impl Resolver {
+    /// How long an answer is used: a host moved to a refused address is caught within this.
+    pub const TTL: Duration = Duration::from_secs(30);
+
+    /// The addresses `host` resolves to; empty when it does not (the dial would fail anyway, and
+    /// the client reports that better; such an answer is not kept).
+    pub async fn resolve(&self, host: &str, port: u16) -> Vec<IpAddr> {
+        if let Ok(address) = host.parse::<IpAddr>() {
+            return vec![address];
+        }
+        let key = (host.to_owned(), port);
+        if let Some(addresses) = self.answers.get(&key, Instant::now()) {
+            return addresses;
+        }
+        let addresses: Vec<IpAddr> = tokio::net::lookup_host((host, port))
             .await
             .map(|addresses| addresses.map(|a| a.ip()).collect())
-            .unwrap_or_default(),
+            .unwrap_or_default();
+        if !addresses.is_empty() {
+            self.answers.insert(key, addresses.clone(), Instant::now());
+        }
+        addresses
     }
 }
 

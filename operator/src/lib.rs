@@ -29,4 +29,5 @@ pub mod secrets;
 pub mod settings;
 pub mod status;
 pub mod topics;
+pub mod ttl_cache;
 pub mod writer;

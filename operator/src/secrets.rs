@@ -13,8 +13,8 @@
 //! Values never leave this module except inside [`ResolvedKafkaSecrets`], whose Debug output
 //! redacts them.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::ByteString;
@@ -27,6 +27,7 @@ use orderpipe_api::v1alpha1::KafkaSpec;
 
 use crate::error::Error;
 use crate::topics::{ClientCertificate, ResolvedKafkaSecrets, SaslCredentials};
+use crate::ttl_cache::TtlCache;
 
 /// A Secret as read, shared by the readers of the same period. No Debug: it holds the values.
 struct Read {
@@ -43,18 +44,16 @@ pub const ABSENT: &str = "absent";
 /// The Secrets read for pipelines, each kept for one period.
 pub struct SecretCache {
     client: Client,
-    ttl: Duration,
-    /// By (namespace, name): the Secret and when it was read.
-    read: Mutex<HashMap<(String, String), (Shared, Instant)>>,
+    /// By (namespace, name).
+    read: TtlCache<(String, String), Shared>,
 }
 
 impl std::fmt::Debug for SecretCache {
     /// Names the Secrets held, never their data.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let held: Vec<(String, String)> = self.lock().keys().cloned().collect();
         f.debug_struct("SecretCache")
-            .field("ttl", &self.ttl)
-            .field("held", &held)
+            .field("ttl", &self.read.ttl())
+            .field("held", &self.read.keys())
             .finish_non_exhaustive()
     }
 }
@@ -67,8 +66,7 @@ impl SecretCache {
     pub fn new(client: Client, ttl: Duration) -> Self {
         Self {
             client,
-            ttl,
-            read: Mutex::new(HashMap::new()),
+            read: TtlCache::new(ttl),
         }
     }
 
@@ -135,7 +133,7 @@ impl SecretCache {
     async fn read(&self, namespace: &str, name: &str) -> Result<Shared, Error> {
         let key = (namespace.to_owned(), name.to_owned());
         let now = Instant::now();
-        if let Some(read) = fresh(&self.lock(), &key, now, self.ttl) {
+        if let Some(read) = self.read.get(&key, now) {
             return Ok(read);
         }
         let secret = Api::<Secret>::namespaced(self.client.clone(), namespace)
@@ -149,52 +147,7 @@ impl SecretCache {
             version: secret.metadata.resource_version.unwrap_or_default(),
             data: secret.data.unwrap_or_default(),
         });
-        let mut read = self.lock();
-        // Expired entries go on every read, so Secrets no pipeline names any more are not kept.
-        read.retain(|_, (_, at)| now.saturating_duration_since(*at) < self.ttl);
-        read.insert(key, (Arc::clone(&shared), now));
+        self.read.insert(key, Arc::clone(&shared), now);
         Ok(shared)
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), (Shared, Instant)>> {
-        // A poisoned lock only means another thread panicked mid-update of a plain map.
-        self.read.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-/// The Secret read for `key`, if it was read less than `ttl` before `now`.
-fn fresh(
-    read: &HashMap<(String, String), (Shared, Instant)>,
-    key: &(String, String),
-    now: Instant,
-    ttl: Duration,
-) -> Option<Shared> {
-    let (data, at) = read.get(key)?;
-    (now.saturating_duration_since(*at) < ttl).then(|| Arc::clone(data))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_secret_read_serves_for_one_period_then_is_read_again() {
-        let t0 = Instant::now();
-        let ttl = Duration::from_secs(30);
-        let key = ("shop".to_owned(), "kafka-client".to_owned());
-        let secret: Shared = Arc::new(Read {
-            data: [("password".to_owned(), ByteString(b"s3cret".to_vec()))].into(),
-            version: "7".into(),
-        });
-        let read = HashMap::from([(key.clone(), (Arc::clone(&secret), t0))]);
-
-        let within = fresh(&read, &key, t0 + Duration::from_secs(29), ttl);
-        assert!(within.is_some_and(|w| Arc::ptr_eq(&w, &secret)));
-        assert!(fresh(&read, &key, t0 + ttl, ttl).is_none());
-        let other = ("eu".to_owned(), "kafka-client".to_owned());
-        assert!(
-            fresh(&read, &other, t0, ttl).is_none(),
-            "Secrets are per namespace"
-        );
     }
 }
