@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use k8s_openapi::api::core::v1::Toleration;
+use k8s_openapi::api::core::v1::{Pod, Secret, Toleration};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::Reporter;
 use orderpipe_api::OrderPipeline;
@@ -231,6 +231,48 @@ pub async fn apply_pipeline(ns: &TestNamespace, object: &Value) -> anyhow::Resul
         .await
         .with_context(|| format!("applying OrderPipeline {name}"))?;
     Ok(())
+}
+
+/// Creates or replaces the Secret `name` in `ns` with `string_data` (server-side apply).
+pub async fn apply_secret(
+    ns: &TestNamespace,
+    name: &str,
+    string_data: Value,
+) -> anyhow::Result<()> {
+    let secret = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": { "name": name },
+        "stringData": string_data,
+    });
+    ns.api::<Secret>()
+        .patch(
+            name,
+            &PatchParams::apply("e2e-user"),
+            &Patch::Apply(&secret),
+        )
+        .await
+        .with_context(|| format!("applying Secret {name}"))?;
+    Ok(())
+}
+
+/// Points a pipeline manifest at the stack's SASL_SSL listener: TLS with the CA in the Secret
+/// `kafka-ca` (key `ca.crt`), SASL/PLAIN with the credentials in the Secret `credentials`.
+pub fn over_sasl_ssl(pipeline: &mut Value, credentials: &str) {
+    let kafka = &mut pipeline["spec"]["kafka"];
+    kafka["tls"] = serde_json::json!({ "caSecretRef": { "name": "kafka-ca", "key": "ca.crt" } });
+    kafka["sasl"] = serde_json::json!({ "mechanism": "PLAIN", "credentialsSecretRef": { "name": credentials } });
+}
+
+/// Whether the pod runs and its Ready condition is true.
+pub fn pod_ready(pod: &Pod) -> bool {
+    let status = pod.status.as_ref();
+    status.and_then(|s| s.phase.as_deref()) == Some("Running")
+        && status
+            .and_then(|s| s.conditions.as_ref())
+            .into_iter()
+            .flatten()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
 }
 
 /// Status and reason of the condition `type_`, if the status has it.

@@ -27,7 +27,7 @@ use kube::config::Kubeconfig;
 use orderpipe_api::OrderPipeline;
 use orderpipe_demo::{WebhookReceiver, checkout, intake_tokens_secret, new_token};
 use orderpipe_e2e::deployed::{apply_dynamic, delete_cluster_rbac, placement_args};
-use orderpipe_e2e::{CONVERGE, apply_pipeline, on_node_agent, wait_ready};
+use orderpipe_e2e::{CONVERGE, apply_pipeline, on_node_agent, pod_ready, wait_ready};
 use orderpipe_node_agent::{
     ImageMapping, NodeAgent, NodeAgentConfig, OPERATOR_IMAGE, WORKER_IMAGE, local_ports,
 };
@@ -151,16 +151,6 @@ fn for_the_test(install: Install, ns: &str, node: &str) -> anyhow::Result<Manife
         objects,
         cluster_scoped,
     })
-}
-
-fn pod_ready(pod: &Pod) -> bool {
-    let status = pod.status.as_ref();
-    status.and_then(|s| s.phase.as_deref()) == Some("Running")
-        && status
-            .and_then(|s| s.conditions.as_ref())
-            .into_iter()
-            .flatten()
-            .any(|c| c.type_ == "Ready" && c.status == "True")
 }
 
 #[tokio::test]

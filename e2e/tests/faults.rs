@@ -14,7 +14,8 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use orderpipe_api::OrderPipeline;
 use orderpipe_api::v1alpha1::{AutoscalingSpec, DeletionPolicy};
 use orderpipe_e2e::{
-    CONVERGE, InProcessOperator, NO_PROMETHEUS, OperatorTest, apply_pipeline, wait_ready,
+    CONVERGE, InProcessOperator, NO_PROMETHEUS, OperatorTest, apply_pipeline, apply_secret,
+    over_sasl_ssl, wait_ready,
 };
 use orderpipe_operator::settings::WorkerPlacement;
 use orderpipe_operator::topics::cleanup::SKIP_ANNOTATION;
@@ -250,24 +251,10 @@ async fn a_namespace_whose_kafka_secrets_went_first_finishes_terminating_with_it
     })
     .await?;
     let secure = stack.kafka_secure()?;
-    let secrets = ns.api::<Secret>();
     let ca_pem = std::fs::read_to_string(&secure.ca_file)?;
-    for (name, data) in [
-        ("kafka-ca", json!({ "ca.crt": ca_pem })),
-        (
-            "kafka-user",
-            json!({ "username": secure.username, "password": secure.password }),
-        ),
-    ] {
-        let secret = json!({ "apiVersion": "v1", "kind": "Secret", "metadata": { "name": name }, "stringData": data });
-        secrets
-            .patch(
-                name,
-                &PatchParams::apply("e2e-user"),
-                &Patch::Apply(&secret),
-            )
-            .await?;
-    }
+    apply_secret(&ns, "kafka-ca", json!({ "ca.crt": ca_pem })).await?;
+    let credentials = json!({ "username": secure.username, "password": secure.password });
+    apply_secret(&ns, "kafka-user", credentials).await?;
     let dead_letter = format!("{}.dlq", ns.name());
     let mut pipeline = serde_json::to_value(
         OrderPipeline::test("shop")
@@ -275,13 +262,11 @@ async fn a_namespace_whose_kafka_secrets_went_first_finishes_terminating_with_it
             .topic_prefix(ns.name())
             .deletion_policy(&dead_letter, DeletionPolicy::Delete),
     )?;
-    pipeline["spec"]["kafka"]["tls"] =
-        json!({ "caSecretRef": { "name": "kafka-ca", "key": "ca.crt" } });
-    pipeline["spec"]["kafka"]["sasl"] =
-        json!({ "mechanism": "PLAIN", "credentialsSecretRef": { "name": "kafka-user" } });
+    over_sasl_ssl(&mut pipeline, "kafka-user");
     apply_pipeline(&ns, &pipeline).await?;
     wait_ready(&ns, "shop").await?;
 
+    let secrets = ns.api::<Secret>();
     for name in ["kafka-ca", "kafka-user"] {
         secrets.delete(name, &DeleteParams::default()).await?;
     }

@@ -9,13 +9,15 @@ use std::time::Duration;
 use anyhow::Context;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{Event, Secret, Service};
+use k8s_openapi::api::core::v1::{Event, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use orderpipe_api::OrderPipeline;
 use orderpipe_e2e::policy::DenyDeployments;
-use orderpipe_e2e::{CONVERGE, OperatorTest, apply_pipeline, condition, wait_ready};
+use orderpipe_e2e::{
+    CONVERGE, OperatorTest, apply_pipeline, apply_secret, condition, over_sasl_ssl, wait_ready,
+};
 use orderpipe_stack::{
     TestNamespace, create_topics_with, partition_count, topic_config, wait_until,
 };
@@ -658,37 +660,20 @@ async fn over_tls_with_sasl_topics_are_created_and_a_wrong_password_is_reported_
         operator,
     } = OperatorTest::start("op-sasl-ssl").await?;
     let secure = stack.kafka_secure()?;
-    let secrets = ns.api::<Secret>();
-    let secret = |name: &str, data: Value| json!({ "apiVersion": "v1", "kind": "Secret", "metadata": { "name": name }, "stringData": data });
     let ca_pem = std::fs::read_to_string(&secure.ca_file)?;
     let wrong_password = "definitely-not-the-password";
-    for object in [
-        secret("kafka-ca", json!({ "ca.crt": ca_pem })),
-        secret(
-            "kafka-user",
-            json!({ "username": secure.username, "password": secure.password }),
-        ),
-        secret(
-            "kafka-intruder",
-            json!({ "username": secure.username, "password": wrong_password }),
-        ),
+    for (name, password) in [
+        ("kafka-user", secure.password.as_str()),
+        ("kafka-intruder", wrong_password),
     ] {
-        let name = object["metadata"]["name"].as_str().unwrap_or_default();
-        secrets
-            .patch(
-                name,
-                &PatchParams::apply("e2e-user"),
-                &Patch::Apply(&object),
-            )
-            .await?;
+        let credentials = json!({ "username": secure.username, "password": password });
+        apply_secret(&ns, name, credentials).await?;
     }
+    apply_secret(&ns, "kafka-ca", json!({ "ca.crt": ca_pem })).await?;
     let secured = |name: &str, credentials: &str| {
         let mut p = pipeline(&format!("{}.{name}", ns.name()), &secure.bootstrap);
         p["metadata"]["name"] = json!(name);
-        p["spec"]["kafka"]["tls"] =
-            json!({ "caSecretRef": { "name": "kafka-ca", "key": "ca.crt" } });
-        p["spec"]["kafka"]["sasl"] =
-            json!({ "mechanism": "PLAIN", "credentialsSecretRef": { "name": credentials } });
+        over_sasl_ssl(&mut p, credentials);
         p
     };
     apply_pipeline(&ns, &secured("shop", "kafka-user")).await?;

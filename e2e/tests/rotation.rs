@@ -14,7 +14,7 @@ use kube::ResourceExt;
 use kube::api::ListParams;
 use orderpipe_demo::{WebhookReceiver, checkout, intake_tokens_secret, new_token};
 use orderpipe_e2e::deployed::apply_dynamic;
-use orderpipe_e2e::{CONVERGE, OperatorTest, apply_pipeline, on_node_agent, wait_ready};
+use orderpipe_e2e::{CONVERGE, OperatorTest, apply_pipeline, on_node_agent, pod_ready, wait_ready};
 use orderpipe_node_agent::{ImageMapping, NodeAgent, NodeAgentConfig, local_ports};
 use orderpipe_operator::children::{PIPELINE_LABEL, STAGE_LABEL};
 use orderpipe_operator::rotation::SECRET_VERSIONS_ANNOTATION;
@@ -26,16 +26,6 @@ const PIPELINE: &str = "checkout";
 const GATEWAY: &str = "checkout-intake";
 /// How often the operator here looks at the Secrets again (30 s by default).
 const REFRESH: Duration = Duration::from_secs(2);
-
-fn pod_ready(pod: &Pod) -> bool {
-    let status = pod.status.as_ref();
-    status.and_then(|s| s.phase.as_deref()) == Some("Running")
-        && status
-            .and_then(|s| s.conditions.as_ref())
-            .into_iter()
-            .flatten()
-            .any(|c| c.type_ == "Ready" && c.status == "True")
-}
 
 /// The gateway's ready pods and the host port each serves its API on.
 async fn gateway_ports(ns: &TestNamespace) -> Vec<(String, u16)> {
