@@ -3,6 +3,7 @@
 //! manifest the cluster would refuse fails here rather than at deploy time. `make lint` builds the
 //! same overlays without an apiserver. Needs `make test-e2e`.
 
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -64,20 +65,6 @@ fn api_group(object: &Value) -> &str {
 #[ignore = "needs the local stack: make test-e2e"]
 fn every_overlay_passes_a_server_side_dry_run() -> anyhow::Result<()> {
     let stack = SharedStack::get()?;
-    // A dry-run creates nothing, so the namespaced objects of config/default need their namespace
-    // for real: the same Namespace config/default ships.
-    let namespace = config_dir().join("default/namespace.yaml");
-    let created = kubectl(
-        &stack,
-        &["apply", "--server-side", "-f", &namespace.to_string_lossy()],
-        None,
-    )?;
-    anyhow::ensure!(
-        created.status.success(),
-        "{}",
-        String::from_utf8_lossy(&created.stderr)
-    );
-
     let mut failures = Vec::new();
     let overlays = overlays()?;
     assert!(overlays.len() >= 6, "found only {overlays:?}");
@@ -101,6 +88,26 @@ fn every_overlay_passes_a_server_side_dry_run() -> anyhow::Result<()> {
             if !object.is_null() && !NOT_SERVED.contains(&api_group(&object)) {
                 items.push(object);
             }
+        }
+        // A dry-run creates nothing, so the overlay's namespaced objects need their namespace for
+        // real (config/default ships its own Namespace; config/namespaced installs into one that
+        // exists).
+        let namespaces: BTreeSet<&str> = items
+            .iter()
+            .filter_map(|object| object["metadata"]["namespace"].as_str())
+            .collect();
+        for namespace in namespaces {
+            let object = json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": namespace } });
+            let created = kubectl(
+                &stack,
+                &["apply", "--server-side", "-f", "-"],
+                Some(object.to_string().as_bytes()),
+            )?;
+            anyhow::ensure!(
+                created.status.success(),
+                "creating namespace {namespace}: {}",
+                String::from_utf8_lossy(&created.stderr)
+            );
         }
         let list = json!({ "apiVersion": "v1", "kind": "List", "items": items });
         let dry_run = kubectl(
