@@ -151,13 +151,14 @@ pub async fn run(
     // Kafka goes unseen stays what it was when every reconcile described.
     let looks = Arc::new(LastLooks::new(settings.resync.unwrap_or(RESYNC)));
     let gauge = (metrics.clone(), Arc::clone(&looks), pipeline_store.clone());
-    let watched = reflector(
-        pipeline_cache,
-        watcher(pipelines, watcher::Config::default().any_semantic()),
-    )
-    .default_backoff()
-    .inspect_ok(move |event| forget_deleted_pipelines(&gauge.0, &gauge.1, &gauge.2, event))
-    .applied_objects();
+    // managedFields are a large share of an applied pipeline and nothing reads them: every write
+    // to the pipeline is a server-side apply, which needs no resourceVersion or field owners.
+    let pipeline_events = watcher(pipelines, watcher::Config::default().any_semantic())
+        .modify(|pipeline: &mut OrderPipeline| pipeline.metadata.managed_fields = None);
+    let watched = reflector(pipeline_cache, pipeline_events)
+        .default_backoff()
+        .inspect_ok(move |event| forget_deleted_pipelines(&gauge.0, &gauge.1, &gauge.2, event))
+        .applied_objects();
     let watched = recovering(watched, "OrderPipeline");
     let mut controller = Controller::for_stream(watched, pipeline_store).with_config(
         controller::Config::default()
