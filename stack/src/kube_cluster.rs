@@ -45,6 +45,8 @@ pub(crate) struct KubeOptions {
     pub crd_files: Vec<PathBuf>,
     /// Also run the Argo Rollouts controller (needs `Kubernetes::Full` and the Argo CRDs).
     pub argo_rollouts: bool,
+    /// The controller-manager's and scheduler's client rate limit; `None`: their defaults.
+    pub controller_api_qps: Option<u32>,
     pub timeout: Duration,
 }
 
@@ -88,8 +90,18 @@ impl KubeCluster {
             mode,
             crd_files,
             argo_rollouts,
+            controller_api_qps,
             timeout,
         } = options;
+        let rate_limit = |qps: Option<u32>| -> Vec<String> {
+            qps.map(|qps| {
+                vec![
+                    format!("--kube-api-qps={qps}"),
+                    format!("--kube-api-burst={}", qps * 2),
+                ]
+            })
+            .unwrap_or_default()
+        };
         let full = mode == Kubernetes::Full;
         let logs = dir.join("logs");
         fs::create_dir_all(&logs).map_err(|e| StackError::io("creating", &logs, e))?;
@@ -239,6 +251,7 @@ impl KubeCluster {
             // a test sees a scale decision within seconds of the metric changing.
             "--horizontal-pod-autoscaler-sync-period=5s".to_owned(),
         ]);
+        let kcm = kcm.args(rate_limit(controller_api_qps));
 
         let scheduler_port = free_port()?;
         let scheduler_kubeconfig = dir.join("kube-scheduler.kubeconfig");
@@ -260,6 +273,7 @@ impl KubeCluster {
             format!("--secure-port={scheduler_port}"),
             "--leader-elect=false".to_owned(),
         ]);
+        let scheduler = scheduler.args(rate_limit(controller_api_qps));
 
         let kwok_port = free_port()?;
         let mut kwok = CommandSpec::new(tools.bin("kwok")?, dir).args([

@@ -53,6 +53,22 @@ impl Scrape {
         buckets
     }
 
+    /// The cumulative buckets of histogram `name` minus those of an earlier scrape: the
+    /// observations made between the two.
+    pub fn buckets_since(&self, earlier: &Scrape, name: &str) -> Vec<(f64, f64)> {
+        let before: Vec<(f64, f64)> = earlier.buckets(name);
+        self.buckets(name)
+            .into_iter()
+            .map(|(bound, count)| {
+                let earlier = before
+                    .iter()
+                    .find(|(b, _)| *b == bound)
+                    .map_or(0.0, |(_, c)| *c);
+                (bound, count - earlier)
+            })
+            .collect()
+    }
+
     /// The difference of two scrapes of one counter: what happened between them.
     pub fn delta(&self, earlier: &Scrape, name: &str, labels: &[&str]) -> f64 {
         self.sum(name, labels) - earlier.sum(name, labels)
