@@ -100,6 +100,19 @@ struct Manifests {
 /// The rendered objects as this test applies them (see the module doc).
 fn for_the_test(install: Install, ns: &str, node: &str) -> anyhow::Result<Manifests> {
     let rendered = render(install)?;
+    if install == Install::Namespaced {
+        // kustomize puts the install namespace on every namespaced kind it knows and on no
+        // cluster-scoped one, so an object without a namespace would be installed cluster-wide.
+        let cluster_wide: Vec<String> = rendered
+            .iter()
+            .filter(|o| o["metadata"]["namespace"].as_str().is_none())
+            .map(|o| format!("{} {}", o["kind"], o["metadata"]["name"]))
+            .collect();
+        anyhow::ensure!(
+            cluster_wide.is_empty(),
+            "config/namespaced installs cluster-scoped {cluster_wide:?}"
+        );
+    }
     let placement = on_node_agent(node);
     let mut objects = Vec::new();
     let mut cluster_scoped = Vec::new();
@@ -179,12 +192,6 @@ async fn install_and_run(install: Install) -> anyhow::Result<()> {
         objects,
         cluster_scoped,
     } = for_the_test(install, ns.name(), &node)?;
-    if install == Install::Namespaced {
-        anyhow::ensure!(
-            cluster_scoped.is_empty(),
-            "config/namespaced installs cluster-scoped {cluster_scoped:?}"
-        );
-    }
     let work = tempfile::tempdir()?;
     let kubeconfig = Kubeconfig::read_from(stack.kubeconfig()?)?;
     let agent = NodeAgent::start(

@@ -57,6 +57,21 @@ fn pipelines(ns: &TestNamespace) -> Api<OrderPipeline> {
     ns.api::<OrderPipeline>()
 }
 
+/// Waits until pipeline `name` reports `TopicsReady=False` with `reason`, and returns it.
+async fn topics_not_ready(
+    api: &Api<OrderPipeline>,
+    name: &str,
+    reason: &str,
+) -> anyhow::Result<OrderPipeline> {
+    let what = format!("{name} reports TopicsReady=False {reason}");
+    let result = wait_until(&what, CONVERGE, || async {
+        let p = api.get(name).await.ok()?;
+        (condition(&p, "TopicsReady")? == ("False".to_owned(), reason.to_owned())).then_some(p)
+    })
+    .await?;
+    Ok(result)
+}
+
 /// The managed fields of one field manager, as JSON text.
 fn fields_owned_by(metadata: &kube::api::ObjectMeta, manager: &str) -> String {
     metadata
@@ -380,12 +395,7 @@ async fn the_newer_of_two_pipelines_claiming_a_topic_gets_a_conflict() -> anyhow
     newer["metadata"]["name"] = json!("copycat");
     apply_pipeline(&ns, &newer).await?;
     let api = pipelines(&ns);
-    wait_until("copycat reports a topic Conflict", CONVERGE, || async {
-        let p = api.get("copycat").await.ok()?;
-        let (status, reason) = condition(&p, "TopicsReady")?;
-        (status == "False" && reason == "Conflict").then_some(())
-    })
-    .await?;
+    topics_not_ready(&api, "copycat", "Conflict").await?;
     let shop = api.get("shop").await?;
     assert_eq!(
         condition(&shop, "Ready").map(|c| c.0),
@@ -395,16 +405,7 @@ async fn the_newer_of_two_pipelines_claiming_a_topic_gets_a_conflict() -> anyhow
 
     // The owner goes and keeps its topics (Retain): the copycat does not take them over silently.
     api.delete("shop", &DeleteParams::default()).await?;
-    wait_until(
-        "copycat reports AdoptionRequired once shop is gone",
-        CONVERGE,
-        || async {
-            let p = api.get("copycat").await.ok()?;
-            (condition(&p, "TopicsReady")? == ("False".into(), "AdoptionRequired".into()))
-                .then_some(())
-        },
-    )
-    .await?;
+    topics_not_ready(&api, "copycat", "AdoptionRequired").await?;
     OperatorTest::finish(operator, ns).await
 }
 
@@ -441,11 +442,7 @@ async fn pipelines_naming_one_kafka_cluster_by_different_addresses_conflict_by_i
     newer["metadata"]["name"] = json!("copycat");
     apply_pipeline(&ns, &newer).await?;
     let api = pipelines(&ns);
-    let copycat = wait_until("copycat reports a topic Conflict", CONVERGE, || async {
-        let p = api.get("copycat").await.ok()?;
-        (condition(&p, "TopicsReady")? == ("False".into(), "Conflict".into())).then_some(p)
-    })
-    .await?;
+    let copycat = topics_not_ready(&api, "copycat", "Conflict").await?;
     assert_eq!(
         copycat.status.and_then(|s| s.kafka_cluster_id),
         cluster_id,
@@ -475,11 +472,7 @@ async fn an_existing_topic_is_left_alone_until_the_spec_opts_in_to_adopting_it()
     let mut spec = pipeline(ns.name(), &bootstrap);
     apply_pipeline(&ns, &spec).await?;
     let api = pipelines(&ns);
-    let refused = wait_until("TopicsReady=False AdoptionRequired", CONVERGE, || async {
-        let p = api.get("shop").await.ok()?;
-        (condition(&p, "TopicsReady")? == ("False".into(), "AdoptionRequired".into())).then_some(p)
-    })
-    .await?;
+    let refused = topics_not_ready(&api, "shop", "AdoptionRequired").await?;
     let message = refused
         .status
         .iter()

@@ -385,13 +385,8 @@ async fn reconcile(pipeline: Arc<OrderPipeline>, ctx: Arc<Context>) -> Result<Ac
     writer.events(&pipeline, &changes).await;
     // Pods that use Secrets are re-stamped with their versions once per refresh period: that is
     // how a rotated Secret is found (nothing watches Secrets, see `secrets`).
-    let recheck = match (
-        topics.recheck,
-        uses_secrets.then(|| secret_refresh(&ctx.settings)),
-    ) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    };
+    let secrets_recheck = uses_secrets.then(|| secret_refresh(&ctx.settings));
+    let recheck = topics.recheck.into_iter().chain(secrets_recheck).min();
     Ok(settle(
         &ctx,
         &pipeline,
@@ -593,30 +588,28 @@ struct TopicsOutcome {
 }
 
 impl TopicsOutcome {
-    /// The last reported topics, with the reason the operator did not dial the cluster.
-    fn not_dialled(pipeline: &OrderPipeline, reason: &str) -> TopicsOutcome {
+    /// The topics and partitions of the last status, which stand while Kafka is not reached this
+    /// time, with `problem` saying why.
+    fn last_reported(pipeline: &OrderPipeline, problem: KafkaProblem) -> TopicsOutcome {
+        let last = topics::LastStatus::of(pipeline);
         TopicsOutcome {
-            statuses: last_topic_statuses(pipeline),
-            partitions: topics::LastStatus::of(pipeline).partitions(),
+            statuses: last.topics.to_vec(),
+            partitions: last.partitions(),
             changes: Vec::new(),
-            error: Some(KafkaProblem {
-                reason: "HostNotAllowed",
-                message: format!(
-                    "the operator does not dial spec.kafka.bootstrapServers: {reason}"
-                ),
-            }),
+            error: Some(problem),
             recheck: None,
             cluster_id: None,
         }
     }
-}
 
-fn last_topic_statuses(pipeline: &OrderPipeline) -> Vec<TopicStatus> {
-    pipeline
-        .status
-        .as_ref()
-        .map(|s| s.topics.clone())
-        .unwrap_or_default()
+    /// [`TopicsOutcome::last_reported`], because the operator does not dial the brokers.
+    fn not_dialled(pipeline: &OrderPipeline, reason: &str) -> TopicsOutcome {
+        let problem = KafkaProblem {
+            reason: "HostNotAllowed",
+            message: format!("the operator does not dial spec.kafka.bootstrapServers: {reason}"),
+        };
+        TopicsOutcome::last_reported(pipeline, problem)
+    }
 }
 
 fn kafka_unavailable(message: String) -> KafkaProblem {
@@ -650,14 +643,9 @@ async fn reconcile_topics(
                 cluster_id,
             },
             Err(error @ Error::Status(_)) => return Err(error),
-            Err(error) => TopicsOutcome {
-                statuses: last_topic_statuses(pipeline),
-                partitions: topics::LastStatus::of(pipeline).partitions(),
-                changes: Vec::new(),
-                error: Some(kafka_unavailable(error.to_string())),
-                recheck: None,
-                cluster_id: None,
-            },
+            Err(error) => {
+                TopicsOutcome::last_reported(pipeline, kafka_unavailable(error.to_string()))
+            }
         },
     )
 }

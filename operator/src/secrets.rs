@@ -39,7 +39,7 @@ struct Read {
 type Shared = Arc<Read>;
 
 /// The version [`SecretCache::versions`] gives a Secret that does not exist.
-pub const ABSENT: &str = "absent";
+const ABSENT: &str = "absent";
 
 /// The Secrets read for pipelines, each kept for one period.
 pub struct SecretCache {
