@@ -111,6 +111,7 @@ impl OrderPipeline {
             config: Default::default(),
             deletion_policy: DeletionPolicy::Retain,
             adopt: false,
+            settle_seconds: None,
         });
         self
     }

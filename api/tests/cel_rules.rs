@@ -353,6 +353,25 @@ fn kafka_internal_topic_names_are_refused() {
     );
 }
 
+#[test]
+fn topic_names_the_operator_derives_are_refused() {
+    // Another namespace's state and control topics: a pipeline must not reach them by name.
+    for name in [
+        "orderpipe.other.checkout.status.state",
+        "orderpipe.other.checkout.control",
+        "orderpipe.",
+    ] {
+        assert_rejected_naming(
+            &violations(minimal().topic(name, 1)),
+            "spec.topics[].name must not start with 'orderpipe.'",
+        );
+    }
+    assert_eq!(
+        violations(minimal().topic("orderpipe-orders", 1)),
+        Vec::<String>::new()
+    );
+}
+
 /// Link-local and cloud-metadata hosts, as a bootstrap server (`host:port`) writes them.
 const METADATA_SERVERS: [&str; 9] = [
     "169.254.169.254:80",

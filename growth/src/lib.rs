@@ -11,9 +11,10 @@
 //! - [`control`]: the worker's view of a growth (phase, settle barrier), which only moves forward;
 //! - [`marker`]: the re-shard marker a worker commits with an old partition's offset;
 //! - [`hold`]: may a record be processed now, held, or forwarded, and when to re-shard;
-//! - [`reshard`]: which keys' state leaves an old partition, and for which new one.
+//! - [`reshard`]: which keys' state leaves an old partition, and for which new one;
+//! - [`wire`]: the control record's bytes, as the operator writes and workers read them.
 //!
-//! It must not do I/O: no Kafka client, no Kubernetes client, no async runtime, no clock.
+//! It must not do I/O (encoding bytes is not I/O): no Kafka client, no Kubernetes client, no async runtime, no clock.
 
 pub mod control;
 pub mod growth;
@@ -21,6 +22,7 @@ pub mod hold;
 pub mod marker;
 pub mod placement;
 pub mod reshard;
+pub mod wire;
 
 pub use control::{BarrierError, GrowthView, Phase, SettleBarrier};
 pub use growth::{Growth, GrowthError, KeyPlacement};
@@ -28,3 +30,4 @@ pub use hold::{Verdict, reshard_due, verdict};
 pub use marker::ReshardMarker;
 pub use placement::{Partitions, murmur2, partition_for};
 pub use reshard::{Move, ReshardPlan};
+pub use wire::{ControlRecord, WireError};

@@ -366,6 +366,11 @@ async fn reconcile(pipeline: Arc<OrderPipeline>, ctx: Arc<Context>) -> Result<Ac
             reason: error.reason(),
             message: error.to_string(),
         }),
+        growth: pipeline
+            .status
+            .as_ref()
+            .map(|status| status.growth.clone())
+            .unwrap_or_default(),
     };
     let ready = write_status(&pipeline, &observed, &writer, &now).await?;
     ctx.metrics.set_pipeline_ready(&key, ready.as_deref());

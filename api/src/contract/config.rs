@@ -126,6 +126,9 @@ pub struct NotifyConfig {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WorkerConfig {
     pub pipeline: String,
+    /// The OrderPipeline's `metadata.uid`: control records of another incarnation of the pipeline
+    /// are ignored. Empty from an operator that predates it.
+    pub pipeline_uid: String,
     pub namespace: String,
     pub stage: String,
     pub pod_name: String,
@@ -136,6 +139,9 @@ pub struct WorkerConfig {
     pub outputs: BTreeMap<String, String>,
     pub dead_letter_topic: String,
     pub state_topic: Option<String>,
+    /// The pipeline's control topic (partition growth, `docs/partition-growth.md`); `None` from an
+    /// operator that predates it: the worker then processes every partition as it comes.
+    pub control_topic: Option<String>,
     pub consumer_group: String,
     pub metrics_port: u16,
     pub shutdown_grace: StdDuration,
@@ -184,6 +190,7 @@ impl WorkerConfig {
         };
         Ok(Self {
             pipeline: vars.required(env::PIPELINE)?,
+            pipeline_uid: vars.optional(env::PIPELINE_UID).unwrap_or_default(),
             namespace: vars.required(env::NAMESPACE)?,
             stage: vars.required(env::STAGE)?,
             pod_name: vars.required(env::POD_NAME)?,
@@ -193,6 +200,7 @@ impl WorkerConfig {
             outputs: vars.parse_or(env::OUTPUTS, BTreeMap::new(), parse_outputs)?,
             dead_letter_topic: vars.required(env::DEAD_LETTER_TOPIC)?,
             state_topic: vars.optional(env::STATE_TOPIC),
+            control_topic: vars.optional(env::CONTROL_TOPIC),
             consumer_group: vars.required(env::CONSUMER_GROUP)?,
             metrics_port: vars.parse_or(env::METRICS_PORT, METRICS_PORT, parse_port)?,
             shutdown_grace: vars.parse_or(

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use super::config::Malformed;
 
 pub const PIPELINE: &str = "ORDERPIPE_PIPELINE";
+pub const PIPELINE_UID: &str = "ORDERPIPE_PIPELINE_UID";
 pub const NAMESPACE: &str = "ORDERPIPE_NAMESPACE";
 pub const STAGE: &str = "ORDERPIPE_STAGE";
 pub const POD_NAME: &str = "ORDERPIPE_POD_NAME";
@@ -22,6 +23,7 @@ pub const INPUT_TOPIC: &str = "ORDERPIPE_INPUT_TOPIC";
 pub const OUTPUTS: &str = "ORDERPIPE_OUTPUTS";
 pub const DEAD_LETTER_TOPIC: &str = "ORDERPIPE_DEAD_LETTER_TOPIC";
 pub const STATE_TOPIC: &str = "ORDERPIPE_STATE_TOPIC";
+pub const CONTROL_TOPIC: &str = "ORDERPIPE_CONTROL_TOPIC";
 pub const CONSUMER_GROUP: &str = "ORDERPIPE_CONSUMER_GROUP";
 pub const METRICS_PORT: &str = "ORDERPIPE_METRICS_PORT";
 pub const SHUTDOWN_GRACE_SECONDS: &str = "ORDERPIPE_SHUTDOWN_GRACE_SECONDS";

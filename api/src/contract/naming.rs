@@ -17,6 +17,12 @@ pub fn state_topic(namespace: &str, pipeline: &str, stage: &str) -> String {
     format!("orderpipe.{namespace}.{pipeline}.{stage}.state")
 }
 
+/// The pipeline's compacted, one-partition control topic: the operator publishes each stage's
+/// phase of a partition growth there (key: the stage), workers read it (`orderpipe_growth::wire`).
+pub fn control_topic(namespace: &str, pipeline: &str) -> String {
+    format!("orderpipe.{namespace}.{pipeline}.control")
+}
+
 /// Transactional id of one worker: stable across restarts of the same pod, so a restarted
 /// process fences its previous incarnation.
 pub fn transactional_id(consumer_group: &str, pod_name: &str) -> String {

@@ -38,6 +38,10 @@ pub fn render_env(pipeline: &OrderPipeline, stage: &StageSpec) -> Result<Vec<Env
 
     let mut vars = vec![
         value(env::PIPELINE, name),
+        value(
+            env::PIPELINE_UID,
+            pipeline.metadata.uid.as_deref().unwrap_or_default(),
+        ),
         field(env::NAMESPACE, "metadata.namespace"),
         value(env::STAGE, &stage.name),
         field(env::POD_NAME, "metadata.name"),
@@ -50,6 +54,7 @@ pub fn render_env(pipeline: &OrderPipeline, stage: &StageSpec) -> Result<Vec<Env
             env::CONSUMER_GROUP,
             &naming::consumer_group(namespace, name, &stage.name),
         ),
+        value(env::CONTROL_TOPIC, &naming::control_topic(namespace, name)),
         value(env::METRICS_PORT, &METRICS_PORT.to_string()),
         value(
             env::SHUTDOWN_GRACE_SECONDS,

@@ -36,7 +36,10 @@ pub use notify::{NotifySpec, RetrySpec, WebhookSpec};
 pub use pipeline::{OrderPipeline, OrderPipelineSpec};
 pub use secret::{SecretKey, SecretKeyRef, SecretName};
 pub use stage::{OutputTopic, Processor, StageSpec};
-pub use status::{CanaryStatus, IntakeStatus, OrderPipelineStatus, StageStatus, TopicStatus};
+pub use status::{
+    CanaryStatus, GrowthPhase, GrowthStatus, IntakeStatus, OrderPipelineStatus, StageStatus,
+    TopicStatus,
+};
 pub use topic::{DeletionPolicy, TopicConfigValue, TopicSpec};
 pub use workload::{
     AutoscalingSpec, CanaryAnalysis, CanaryPause, CanarySpec, CanaryStep, RolloutSpec,

@@ -70,6 +70,13 @@ use super::{IntakeSpec, KafkaSpec, OrderPipelineStatus, StageSpec, TopicSpec};
         description = "Ready intake gateway replicas / desired, when spec.intake is set"
     ),
     printcolumn(
+        name = "Growth",
+        type_ = "string",
+        json_path = ".status.growth[?(@.phase!=\"Completed\")].summary",
+        priority = 1,
+        description = "Partition growths in progress, e.g. orders 3->6 Draining 2/3"
+    ),
+    printcolumn(
         name = "Paused",
         type_ = "boolean",
         json_path = ".spec.paused",

@@ -3,6 +3,7 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::KubeSchema;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::DeletionPolicy;
@@ -56,6 +57,68 @@ pub struct OrderPipelineStatus {
     /// its topic names) when their ids match, whatever addresses they name the brokers by.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kafka_cluster_id: Option<String>,
+
+    /// The latest coordinated partition growth of each stage input that grew (see
+    /// `docs/partition-growth.md`): the operator's record of where the growth stands, so a new
+    /// leader continues it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["topic"]))]
+    pub growth: Vec<GrowthStatus>,
+}
+
+/// One coordinated growth of a stage input: its partitions grow to a multiple while every stage
+/// reading it holds the new partitions, drains the old ones to a barrier, moves its per-key state
+/// to the keys' new partitions, then releases.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct GrowthStatus {
+    /// The grown topic.
+    pub topic: String,
+    /// When the growth was announced, in Unix milliseconds (and above every earlier growth's): it
+    /// orders control records and re-shard markers, also against those a deleted predecessor of
+    /// this pipeline left in the control topic and the consumer groups.
+    pub generation: i64,
+    /// Partitions before the growth.
+    pub from: i32,
+    /// Partitions after it (a multiple of `from`).
+    pub to: i32,
+    pub phase: GrowthPhase,
+    /// The stages reading the topic, which hold, drain and re-shard.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<String>,
+    /// When the topic got its new partitions (producers start writing there as their metadata
+    /// refreshes; the settle window counts from here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grown_at: Option<Time>,
+    /// The old partitions' end offsets once the settle window passed: each stage re-shards an old
+    /// partition's state on reaching its barrier offset.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub barrier: Vec<i64>,
+    /// Old partitions whose re-shard every stage has committed, e.g. `2/3`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resharded: Option<String>,
+    /// When the new partitions were released.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub released_at: Option<Time>,
+    /// How long the new partitions were held, from `grownAt` to `releasedAt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_seconds: Option<i64>,
+    /// One line for `kubectl get -o wide`, e.g. `orders 3->6 Draining 2/3`.
+    pub summary: String,
+}
+
+/// Where a coordinated growth stands.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GrowthPhase {
+    /// Recorded, and the stages told to hold the new partitions; the topic is grown next.
+    Announced,
+    /// Grown; producers switch to the new count as their metadata refreshes, for the topic's
+    /// `settleSeconds`.
+    Settling,
+    /// The barrier is published; the stages re-shard each old partition on reaching it.
+    Draining,
+    /// Every old partition re-sharded; the new partitions are processed.
+    Completed,
 }
 
 /// Observed state of the intake gateway.

@@ -23,6 +23,12 @@ use serde::{Deserialize, Serialize};
         .reason(Reason::FieldValueForbidden),
 )]
 #[x_kube(
+    validation = Rule::new("!self.name.startsWith('orderpipe.')")
+        .message("spec.topics[].name must not start with 'orderpipe.': the operator names its own topics so (stage state, pipeline control), and a pipeline must not reach another's")
+        .field_path(".name")
+        .reason(Reason::FieldValueForbidden),
+)]
+#[x_kube(
     validation = Rule::new("self.partitions >= oldSelf.partitions")
         .message(Message::Expression("'spec.topics[' + self.name + '].partitions may only grow (Kafka cannot remove partitions); declare a new topic instead'".into()))
         .field_path(".partitions")
@@ -68,6 +74,15 @@ pub struct TopicSpec {
     /// managed without it. Applies to the stage state topics that follow this topic too.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub adopt: bool,
+
+    /// When this topic is a stage's input and grows: the longest time, in seconds, any producer
+    /// may go on writing with the old partition count (its metadata refresh interval plus a
+    /// margin). The stages hold the keys that move until then; a shorter window holds less, a
+    /// window shorter than a producer's refresh breaks that producer's per-key order. Default
+    /// 330: Java clients' and librdkafka's 300 s default refresh plus margin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub settle_seconds: Option<i32>,
 }
 
 /// A topic configuration value (Kafka config values are strings).

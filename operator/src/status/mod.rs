@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use orderpipe_api::v1alpha1::{
-    CanaryStatus, IntakeStatus, OrderPipelineStatus, StageStatus, TopicStatus,
+    CanaryStatus, GrowthStatus, IntakeStatus, OrderPipelineStatus, StageStatus, TopicStatus,
 };
 use serde_json::Value;
 
@@ -50,6 +50,8 @@ pub struct Observed<'a> {
     /// Set when the stages' objects could not be built or written; the live objects may then be
     /// an older generation's.
     pub children_error: Option<ChildrenError>,
+    /// The coordinated partition growths, as `growth::step` left them this time.
+    pub growth: Vec<GrowthStatus>,
 }
 
 /// Why the topics could not be observed: `TopicsReady`'s reason and message.
@@ -224,6 +226,7 @@ pub fn compute(
             .kafka_cluster_id
             .clone()
             .or_else(|| previous.and_then(|p| p.kafka_cluster_id.clone())),
+        growth: observed.growth.clone(),
     }
 }
 

@@ -71,6 +71,7 @@ fn compute_with(
         scale_to_zero: &BTreeMap::new(),
         issues: &[],
         children_error: None,
+        growth: Vec::new(),
     };
     compute(&observed, previous, &at(now))
 }
@@ -102,6 +103,7 @@ fn autoscaled_status(
         scale_to_zero: &stage(decision),
         issues: &[],
         children_error: None,
+        growth: Vec::new(),
     };
     compute(&observed, None, &at(10))
 }
@@ -148,6 +150,7 @@ fn a_failed_apply_makes_the_stages_and_the_pipeline_not_ready_with_its_error() {
             reason: "ApplyFailed",
             message: "applying Deployment shop-validate: admission webhook denied".into(),
         }),
+        growth: Vec::new(),
     };
     let s = compute(&observed, None, &at(10));
     for type_ in [READY, STAGES_READY] {
@@ -412,6 +415,7 @@ fn with_gateway(live: Option<Value>) -> OrderPipelineStatus {
         scale_to_zero: &BTreeMap::new(),
         issues: &[],
         children_error: None,
+        growth: Vec::new(),
     };
     compute(&observed, None, &at(10))
 }

@@ -1,5 +1,6 @@
-//! The topics a pipeline declares: its declared topics plus one compacted state topic per
-//! stateful stage, co-partitioned with the stage's input.
+//! The topics a pipeline declares: its declared topics, one compacted state topic per stateful
+//! stage, co-partitioned with the stage's input, and the pipeline's control topic when it has
+//! stages (partition growth, `docs/partition-growth.md`).
 //!
 //! Pure: read from the spec alone. It knows nothing of Kafka, of other pipelines or of the last
 //! status; `ownership` asks it which names a pipeline claims, `plan` what each topic should be.
@@ -35,8 +36,9 @@ fn kafka_replication_factor(declared: i32) -> Option<i16> {
     i16::try_from(declared).ok()
 }
 
-/// The declared topics, then one compacted state topic per stateful stage. The first declaration of
-/// a name wins, so a user who declares a state topic's name explicitly gets their own settings.
+/// The declared topics, then one compacted state topic per stateful stage, then the control topic.
+/// The first declaration of a name wins, so a user who declares a state topic's name explicitly gets
+/// their own settings.
 pub fn desired_topics(pipeline: &OrderPipeline) -> Vec<DesiredTopic> {
     let declared = pipeline.spec.topics.iter().map(|topic| DesiredTopic {
         name: topic.name.clone(),
@@ -60,9 +62,23 @@ pub fn desired_topics(pipeline: &OrderPipeline) -> Vec<DesiredTopic> {
         co_partitioned_with: Some(input.name.clone()),
         adopt: input.adopt,
     });
+    let control = control_topic(pipeline).map(|name| DesiredTopic {
+        name,
+        partitions: 1,
+        replication_factor: None,
+        config: BTreeMap::from([("cleanup.policy".to_owned(), "compact".to_owned())]),
+        // Kept like any retained topic: its records name the pipeline incarnation that wrote them,
+        // so a re-created pipeline ignores its predecessor's.
+        deletion_policy: DeletionPolicy::Retain,
+        co_partitioned_with: None,
+        // The name is reserved for the operator (admission refuses `orderpipe.` names), so an
+        // existing one is a predecessor's: taken over without asking.
+        adopt: true,
+    });
     let mut seen = BTreeSet::new();
     declared
         .chain(state)
+        .chain(control)
         .filter(|topic| seen.insert(topic.name.clone()))
         .collect()
 }
@@ -73,7 +89,15 @@ pub(super) fn claimed_topic_names(pipeline: &OrderPipeline) -> BTreeSet<String> 
     let declared = pipeline.spec.topics.iter().map(|topic| topic.name.clone());
     declared
         .chain(state_topics(pipeline).map(|(name, _, _)| name))
+        .chain(control_topic(pipeline))
         .collect()
+}
+
+/// The control topic's name, for a pipeline with stages (nothing reads it otherwise).
+fn control_topic(pipeline: &OrderPipeline) -> Option<String> {
+    let namespace = pipeline.metadata.namespace.as_deref().unwrap_or_default();
+    let name = pipeline.metadata.name.as_deref().unwrap_or_default();
+    (!pipeline.spec.stages.is_empty()).then(|| naming::control_topic(namespace, name))
 }
 
 /// The state topic name of each stateful stage, with the stage's processor and input topic.

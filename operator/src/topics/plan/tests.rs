@@ -5,6 +5,7 @@ use orderpipe_api::OrderPipelineStatus;
 use super::*;
 
 const STATE: &str = "orderpipe.shop.checkout.validate.state";
+const CONTROL: &str = "orderpipe.shop.checkout.control";
 
 /// The validate stage of the checkout pipeline: four declared topics and one state topic.
 fn checkout() -> OrderPipeline {
@@ -123,7 +124,8 @@ fn missing_topics_are_created_as_declared() {
             "orders.validated",
             "orders.rejected",
             "orders.dlq",
-            STATE
+            STATE,
+            CONTROL
         ]
     );
     assert_eq!(
@@ -311,8 +313,8 @@ fn an_existing_topic_nobody_manages_is_left_alone_until_the_spec_opts_in() {
 fn creations_are_recorded_before_they_run_and_only_when_new() {
     let pipeline = checkout();
     let plan = plan_alone(&pipeline, &BTreeMap::new());
-    let recorded = creation_record(&plan, &LastStatus::of(&pipeline)).expect("five creations");
-    assert_eq!(recorded.len(), 5);
+    let recorded = creation_record(&plan, &LastStatus::of(&pipeline)).expect("six creations");
+    assert_eq!(recorded.len(), 6);
     for topic in &recorded {
         assert!(!topic.ready);
         assert_eq!(topic.reason.as_deref(), Some("Creating"));
@@ -328,7 +330,7 @@ fn creations_are_recorded_before_they_run_and_only_when_new() {
 
     // A recorded creation that failed is created again without another record.
     let retry = plan_alone(&after_crash, &BTreeMap::new());
-    assert_eq!(retry.actions.len(), 5);
+    assert_eq!(retry.actions.len(), 6);
     assert_eq!(creation_record(&retry, &LastStatus::of(&after_crash)), None);
 
     // One new topic: the record keeps the others' last statuses and adds it.
@@ -339,7 +341,7 @@ fn creations_are_recorded_before_they_run_and_only_when_new() {
     );
     let plan = plan_alone(&grown, &converged(&checkout()));
     let recorded = creation_record(&plan, &LastStatus::of(&grown)).expect("one creation");
-    assert_eq!(recorded.len(), 6);
+    assert_eq!(recorded.len(), 7);
     let creating: Vec<&str> = recorded
         .iter()
         .filter(|s| s.reason.as_deref() == Some("Creating"))
@@ -635,6 +637,7 @@ fn query_covers_desired_topics_deletion_candidates_and_declared_keys() {
     assert_eq!(
         names,
         [
+            CONTROL,
             STATE,
             "orders",
             "orders.dlq",
@@ -789,7 +792,7 @@ fn a_replication_factor_above_the_brokers_present_is_refused_naming_the_field() 
     let created: Vec<&str> = plan.actions.iter().map(TopicAction::topic).collect();
     assert_eq!(
         created,
-        ["orders.validated", "orders.rejected", "orders.dlq"]
+        ["orders.validated", "orders.rejected", "orders.dlq", CONTROL]
     );
     let orders = status(&plan, "orders");
     assert!(!orders.ready);
@@ -813,7 +816,7 @@ fn a_replication_factor_above_the_brokers_present_is_refused_naming_the_field() 
 
     // Three brokers: everything is created as declared.
     let plan = plan_on_brokers(&pipeline, &BTreeMap::new(), 3);
-    assert_eq!(plan.actions.len(), 5);
+    assert_eq!(plan.actions.len(), 6);
     assert!(plan.statuses.iter().all(|s| s.ready), "{:?}", plan.statuses);
 }
 
