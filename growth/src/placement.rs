@@ -19,6 +19,12 @@ impl Partitions {
         (count >= 1).then_some(Self(count))
     }
 
+    /// `count`, or one for a count below one: for counts read back from a record whose writer
+    /// only ever wrote real partition counts.
+    pub fn at_least_one(count: i32) -> Self {
+        Self(count.max(1))
+    }
+
     pub fn get(self) -> i32 {
         self.0
     }

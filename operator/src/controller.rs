@@ -22,7 +22,8 @@ use kube::runtime::events::Reporter;
 use kube::runtime::reflector::{self, ObjectRef, Store, reflector};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
-use orderpipe_api::v1alpha1::{OrderPipeline, TopicStatus};
+use orderpipe_api::contract::naming;
+use orderpipe_api::v1alpha1::{GrowthStatus, OrderPipeline, TopicStatus};
 use serde_json::Value;
 use tracing::{info, instrument, warn};
 
@@ -34,6 +35,7 @@ use crate::desired::desired_children;
 use crate::egress::{self, Dialer, Resolver};
 use crate::error::Error;
 use crate::events::Change;
+use crate::growth;
 use crate::lag::{KafkaLagSource, LagCache, StageKey};
 use crate::metrics::Metrics;
 use crate::model::{self, Scaling, ValidatedPipeline};
@@ -45,7 +47,7 @@ use crate::settings::OperatorSettings;
 use crate::status::{self, ChildrenError, KafkaProblem, Observed};
 use crate::topics::cleanup::{self, Verdict};
 use crate::topics::looks::{Asked, LastLooks, Look};
-use crate::topics::{self, AdminPool, TopicAdmin, TopicOutcome};
+use crate::topics::{self, AdminConnection, AdminPool, TopicAdmin, TopicOutcome};
 use crate::writer::Writer;
 
 /// How often a Ready pipeline is re-checked unless the settings say otherwise; Kafka changes (config
@@ -366,11 +368,13 @@ async fn reconcile(pipeline: Arc<OrderPipeline>, ctx: Arc<Context>) -> Result<Ac
             reason: error.reason(),
             message: error.to_string(),
         }),
-        growth: pipeline
-            .status
-            .as_ref()
-            .map(|status| status.growth.clone())
-            .unwrap_or_default(),
+        growth: topics.growth.unwrap_or_else(|| {
+            pipeline
+                .status
+                .as_ref()
+                .map(|status| status.growth.clone())
+                .unwrap_or_default()
+        }),
     };
     let ready = write_status(&pipeline, &observed, &writer, &now).await?;
     ctx.metrics.set_pipeline_ready(&key, ready.as_deref());
@@ -590,6 +594,8 @@ struct TopicsOutcome {
     recheck: Option<Duration>,
     /// The id the cluster's brokers reported, when they did.
     cluster_id: Option<String>,
+    /// `status.growth` after this pass; `None` when Kafka was not reached (the last one stands).
+    growth: Option<Vec<GrowthStatus>>,
 }
 
 impl TopicsOutcome {
@@ -604,6 +610,7 @@ impl TopicsOutcome {
             error: Some(problem),
             recheck: None,
             cluster_id: None,
+            growth: None,
         }
     }
 
@@ -639,6 +646,7 @@ async fn reconcile_topics(
                 outcome,
                 recheck,
                 cluster_id,
+                growth,
             }) => TopicsOutcome {
                 partitions: outcome.partitions(),
                 error: outcome.error_summary().map(kafka_unavailable),
@@ -646,6 +654,7 @@ async fn reconcile_topics(
                 statuses: outcome.statuses,
                 recheck,
                 cluster_id,
+                growth,
             },
             Err(error @ Error::Status(_)) => return Err(error),
             Err(error) => {
@@ -668,10 +677,12 @@ enum TopicSync {
 /// What one topic sync did.
 struct Synced {
     outcome: TopicOutcome,
-    /// How long the look at Kafka it planned from may still be reused, when it reused one.
+    /// When to look again: the look at Kafka it planned from expires, or a growth waits.
     recheck: Option<Duration>,
     /// The id the cluster's brokers reported, when they did.
     cluster_id: Option<String>,
+    /// `status.growth` after this sync (`None` when finalizing).
+    growth: Option<Vec<GrowthStatus>>,
 }
 
 /// Connects to the pipeline's Kafka cluster, plans the topic actions and runs them, counting every
@@ -692,9 +703,9 @@ async fn sync_topics(
     let owners = |cluster_id: Option<&str>| {
         topics::OwnershipView::new(pipeline, all.iter().map(AsRef::as_ref), cluster_id)
     };
-    let (plan, recheck, cluster_id) = match sync {
+    let (plan, recheck, cluster_id, growth) = match sync {
         TopicSync::Reconcile => {
-            let desired = topics::desired_topics(pipeline);
+            let mut desired = topics::desired_topics(pipeline);
             let last = topics::LastStatus::of(pipeline);
             let key = pipeline_key(
                 &pipeline.namespace().unwrap_or_default(),
@@ -717,7 +728,11 @@ async fn sync_topics(
             };
             // After a describe librdkafka holds the id from the metadata answer: no request.
             let cluster_id = admin.cluster_id().await;
-            let plan = topics::plan(&desired, &described, &owners(cluster_id.as_deref()), &last);
+            let growth = step_growth(pipeline, &desired, &described, &secrets).await?;
+            growth::constrain(&mut desired, &growth);
+            let mut plan =
+                topics::plan(&desired, &described, &owners(cluster_id.as_deref()), &last);
+            growth::mark_refused(&mut plan.statuses, &growth);
             if recheck.is_some() {
                 // Ownership may have changed since (an older pipeline on the cluster went).
                 ctx.looks.keep_if_still_worth(&key, &plan);
@@ -729,28 +744,108 @@ async fn sync_topics(
                 };
                 ctx.looks.remember(&key, look, &plan);
             }
-            (plan, recheck, cluster_id)
+            (plan, recheck, cluster_id, Some(growth))
         }
         TopicSync::Finalize => {
             let cluster_id = admin.cluster_id().await;
             let plan = topics::finalize_plan(pipeline, &owners(cluster_id.as_deref()));
-            (plan, None, cluster_id)
+            (plan, None, cluster_id, None)
         }
     };
-    if let Some(recorded) = topics::creation_record(&plan, &topics::LastStatus::of(pipeline)) {
+    // Decisions workers will act on are recorded before anything acts on them: topics about to be
+    // created (`topics::creation_record`), a growth announced or its barrier taken.
+    let created = topics::creation_record(&plan, &topics::LastStatus::of(pipeline));
+    let decided = growth.as_ref().and_then(|g| g.status_first.clone());
+    if created.is_some() || decided.is_some() {
         let mut status = pipeline.status.clone().unwrap_or_default();
-        status.topics = recorded;
+        if let Some(recorded) = created {
+            status.topics = recorded;
+        }
+        if let Some(decided) = decided {
+            status.growth = decided;
+        }
         writer.status(pipeline, &status).await?;
     }
-    let outcome = topics::execute(&admin, plan).await;
+    if let Some(growth) = &growth {
+        let connection =
+            AdminConnection::new(&pipeline.spec.kafka, &secrets).map_err(Error::Kafka)?;
+        let namespace = pipeline.namespace().unwrap_or_default();
+        let control = naming::control_topic(&namespace, &pipeline.name_any());
+        growth::kafka::publish(
+            &connection,
+            &control,
+            &growth.publish,
+            growth::KAFKA_TIMEOUT,
+        )
+        .await
+        .map_err(Error::Growth)?;
+    }
+    let mut outcome = topics::execute(&admin, plan).await;
     for (operation, ok) in &outcome.operations {
         ctx.metrics.admin_operation(operation, *ok);
     }
+    let (recheck, growth) = match growth {
+        Some(step) => {
+            outcome.changes.extend(step.events);
+            let recheck = [recheck, step.recheck].into_iter().flatten().min();
+            (recheck, Some(step.statuses))
+        }
+        None => (recheck, None),
+    };
     Ok(Synced {
         outcome,
         recheck,
         cluster_id,
+        growth,
     })
+}
+
+/// One reconcile's growth decisions: reads from Kafka what the running growths wait on, then
+/// [`growth::step`]. A failed read leaves its growth where it is (logged in `growth::kafka`).
+async fn step_growth(
+    pipeline: &OrderPipeline,
+    desired: &[topics::DesiredTopic],
+    described: &topics::Described,
+    secrets: &topics::ResolvedKafkaSecrets,
+) -> Result<growth::GrowthStep, Error> {
+    let inputs = growth::coordinated_inputs(pipeline);
+    let last = pipeline
+        .status
+        .as_ref()
+        .map(|status| status.growth.as_slice())
+        .unwrap_or_default();
+    let now = Timestamp::now();
+    let needs = growth::needs(&inputs, last, now);
+    let observed = if needs.is_empty() {
+        growth::Observations::default()
+    } else {
+        let connection =
+            AdminConnection::new(&pipeline.spec.kafka, secrets).map_err(Error::Kafka)?;
+        growth::kafka::observe(&connection, needs, growth::KAFKA_TIMEOUT)
+            .await
+            .map_err(Error::Growth)?
+    };
+    let namespace = pipeline.namespace().unwrap_or_default();
+    let control = naming::control_topic(&namespace, &pipeline.name_any());
+    let declared = desired
+        .iter()
+        .map(|topic| (topic.name.clone(), topic.partitions))
+        .collect();
+    let live = described
+        .topics
+        .iter()
+        .map(|(name, topic)| (name.clone(), topic.partitions))
+        .collect();
+    Ok(growth::step(&growth::StepInput {
+        pipeline_uid: pipeline.metadata.uid.as_deref().unwrap_or_default(),
+        inputs: &inputs,
+        declared: &declared,
+        live: &live,
+        control_topic_exists: described.topics.contains_key(&control),
+        last,
+        observed: &observed,
+        now,
+    }))
 }
 
 /// Owned children of one pipeline, from the watch caches (no API call): the index names them, the

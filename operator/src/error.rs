@@ -18,6 +18,8 @@ pub enum Error {
     SecretKeyMissing { secret: String, key: String },
     #[error("connecting to Kafka: {0}")]
     Kafka(#[source] crate::topics::TopicError),
+    #[error("partition growth: {0}")]
+    Growth(#[source] crate::growth::kafka::GrowthKafkaError),
     #[error("building the stage objects: {0}")]
     Desired(#[from] DesiredError),
     #[error("applying {kind} {name}: {source}")]
@@ -69,7 +71,7 @@ impl Error {
         match self {
             Self::MissingNamespace => "invalid",
             Self::ReadSecret { .. } | Self::SecretKeyMissing { .. } => "secret",
-            Self::Kafka(_) | Self::TopicCleanup(_) => "kafka",
+            Self::Kafka(_) | Self::Growth(_) | Self::TopicCleanup(_) => "kafka",
             Self::Desired(_) => "desired",
             Self::Apply { .. } => "apply",
             Self::Delete { .. } => "delete",

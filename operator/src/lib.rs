@@ -18,6 +18,7 @@ pub mod egress;
 pub mod error;
 pub mod events;
 pub mod external_metrics;
+pub mod growth;
 pub mod http;
 pub mod lag;
 pub mod metrics;

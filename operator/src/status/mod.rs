@@ -12,7 +12,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use orderpipe_api::v1alpha1::{
-    CanaryStatus, GrowthStatus, IntakeStatus, OrderPipelineStatus, StageStatus, TopicStatus,
+    CanaryStatus, GrowthPhase, GrowthStatus, IntakeStatus, OrderPipelineStatus, StageStatus,
+    TopicStatus,
 };
 use serde_json::Value;
 
@@ -22,6 +23,8 @@ use crate::scale_to_zero::Decision;
 pub const READY: &str = "Ready";
 pub const TOPICS_READY: &str = "TopicsReady";
 pub const STAGES_READY: &str = "StagesReady";
+/// Present once a stage input grew under coordination (`crate::growth`).
+pub const RESHARDING: &str = crate::growth::reason::RESHARDING;
 
 /// Everything the status is computed from.
 #[derive(Debug)]
@@ -190,13 +193,15 @@ pub fn compute(
         }
     };
 
+    let mut conditions = vec![
+        condition(READY, ready_condition),
+        condition(TOPICS_READY, topics_condition),
+        condition(STAGES_READY, stages_condition),
+    ];
+    conditions.extend(resharding_condition(&observed.growth).map(|c| condition(RESHARDING, c)));
     OrderPipelineStatus {
         observed_generation: observed.generation,
-        conditions: vec![
-            condition(READY, ready_condition),
-            condition(TOPICS_READY, topics_condition),
-            condition(STAGES_READY, stages_condition),
-        ],
+        conditions,
         topics_ready: Some(format!(
             "{}/{}",
             topics.iter().filter(|t| t.ready).count(),
@@ -228,6 +233,25 @@ pub fn compute(
             .or_else(|| previous.and_then(|p| p.kafka_cluster_id.clone())),
         growth: observed.growth.clone(),
     }
+}
+
+/// `Resharding`: True while a coordinated growth runs (reason: the first running growth's phase),
+/// False once every growth completed; absent for a pipeline that never grew a stage input.
+fn resharding_condition(growth: &[GrowthStatus]) -> Option<(&'static str, String, String)> {
+    if growth.is_empty() {
+        return None;
+    }
+    let summaries = growth
+        .iter()
+        .map(|g| g.summary.as_str())
+        .collect::<Vec<_>>()
+        .join("; ");
+    Some(
+        match growth.iter().find(|g| g.phase != GrowthPhase::Completed) {
+            Some(running) => ("True", format!("{:?}", running.phase), summaries),
+            None => ("False", "Completed".to_owned(), summaries),
+        },
+    )
 }
 
 /// The gateway's summary from its live Deployment; `None` when the pipeline declares none.

@@ -28,6 +28,9 @@ pub struct DesiredTopic {
     /// The user opted in to taking the topic over if it exists unmanaged (a state topic follows
     /// its input).
     pub adopt: bool,
+    /// Set by `crate::growth` while a coordinated growth runs on the topic (or its input): its
+    /// generation, and `partitions` is then the growth's target.
+    pub growth_generation: Option<i64>,
 }
 
 /// Kafka carries replication factors as int16; the CRD bounds them to 1..=32, so this never fails for
@@ -52,6 +55,7 @@ pub fn desired_topics(pipeline: &OrderPipeline) -> Vec<DesiredTopic> {
         deletion_policy: topic.deletion_policy,
         co_partitioned_with: None,
         adopt: topic.adopt,
+        growth_generation: None,
     });
     let state = state_topics(pipeline).map(|(name, processor, input)| DesiredTopic {
         name,
@@ -61,6 +65,7 @@ pub fn desired_topics(pipeline: &OrderPipeline) -> Vec<DesiredTopic> {
         deletion_policy: input.deletion_policy,
         co_partitioned_with: Some(input.name.clone()),
         adopt: input.adopt,
+        growth_generation: None,
     });
     let control = control_topic(pipeline).map(|name| DesiredTopic {
         name,
@@ -74,6 +79,7 @@ pub fn desired_topics(pipeline: &OrderPipeline) -> Vec<DesiredTopic> {
         // The name is reserved for the operator (admission refuses `orderpipe.` names), so an
         // existing one is a predecessor's: taken over without asking.
         adopt: true,
+        growth_generation: None,
     });
     let mut seen = BTreeSet::new();
     declared

@@ -249,6 +249,7 @@ mod tests {
                     name: "grown".into(),
                     from: 3,
                     to: 6,
+                    generation: None,
                 },
                 TopicAction::AlterConfig {
                     name: "drifted".into(),

@@ -154,6 +154,8 @@ pub enum TopicAction {
         name: String,
         from: i32,
         to: i32,
+        /// The coordinated growth this is a step of (`crate::growth`), if it is one.
+        generation: Option<i64>,
     },
     /// Sets these declared keys; other keys of the topic are kept.
     AlterConfig {
@@ -200,7 +202,25 @@ impl TopicAction {
                     ),
                 }
             }
-            Self::AddPartitions { name, from, to } => Change {
+            Self::AddPartitions {
+                name,
+                from,
+                to,
+                generation: Some(generation),
+            } => Change {
+                reason: reason::PARTITIONS_INCREASED,
+                note: format!(
+                    "topic {name} grew from {from} to {to} partitions as part of coordinated growth \
+                     {generation}: the stages hold the new partitions until every key's state has \
+                     moved"
+                ),
+            },
+            Self::AddPartitions {
+                name,
+                from,
+                to,
+                generation: None,
+            } => Change {
                 reason: reason::PARTITIONS_INCREASED,
                 note: format!(
                     "topic {name} grew from {from} to {to} partitions; keys are remapped: records \
@@ -446,6 +466,7 @@ fn manage(
             name: topic.name.clone(),
             from: live.partitions,
             to: target,
+            generation: topic.growth_generation,
         }),
         Ordering::Greater => issues.push(Issue::PartitionDecreaseRefused {
             has: live.partitions,

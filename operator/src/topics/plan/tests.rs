@@ -215,6 +215,7 @@ fn growing_partitions_emits_an_event_about_key_remapping() {
         name: "orders.validated".into(),
         from: 4,
         to: 6,
+        generation: None,
     };
     assert_eq!(actions_on(&plan, "orders.validated"), [&grow]);
     let change = grow.change();
@@ -561,6 +562,7 @@ fn state_topic_follows_input_partitions() {
         name: name.into(),
         from: 6,
         to: 12,
+        generation: None,
     };
     assert_eq!(actions_on(&plan, "orders"), [&grow("orders")]);
     assert_eq!(actions_on(&plan, STATE), [&grow(STATE)]);
@@ -578,6 +580,7 @@ fn state_topic_follows_input_partitions() {
         name: STATE.into(),
         from: 6,
         to: 9,
+        generation: None,
     };
     assert_eq!(actions_on(&plan, STATE), [&follow]);
 
