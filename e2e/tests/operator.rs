@@ -111,8 +111,9 @@ async fn pipeline_becomes_ready_with_topics_workloads_and_capped_autoscaler() ->
     let p = wait_ready(&ns, "shop").await?;
     let status = p.status.clone().unwrap_or_default();
     assert_eq!(status.stages_ready.as_deref(), Some("2/2"));
-    // 6 declared topics plus the two operator-managed state topics of validate and status.
-    assert_eq!(status.topics_ready.as_deref(), Some("8/8"));
+    // 6 declared topics plus the operator's: the state topics of validate and status, and the
+    // pipeline's control topic.
+    assert_eq!(status.topics_ready.as_deref(), Some("9/9"));
     let validate = status
         .stages
         .iter()
@@ -172,8 +173,8 @@ async fn pipeline_becomes_ready_with_topics_workloads_and_capped_autoscaler() ->
             .await?
             .is_none()
     );
-    wait_until("one TopicCreated Event per topic (8)", CONVERGE, || async {
-        (events_with_reason(&ns, "TopicCreated").await == 8).then_some(())
+    wait_until("one TopicCreated Event per topic (9)", CONVERGE, || async {
+        (events_with_reason(&ns, "TopicCreated").await == 9).then_some(())
     })
     .await?;
 
@@ -758,5 +759,169 @@ async fn a_refused_apply_shows_in_the_status_and_a_warning_event_and_recovers() 
     }
     // The backoff retries; once the policy is gone the apply goes through.
     wait_ready(&ns, "shop").await?;
+    OperatorTest::finish(operator, ns).await
+}
+
+/// The control topic's latest record per stage, decoded.
+fn control_records(
+    bootstrap: &str,
+    ns: &str,
+) -> anyhow::Result<std::collections::BTreeMap<String, orderpipe_growth::ControlRecord>> {
+    let topic = orderpipe_api::contract::naming::control_topic(ns, "shop");
+    let records =
+        orderpipe_stack::read_all(bootstrap, &topic, orderpipe_stack::Isolation::ReadCommitted)?;
+    records
+        .iter()
+        .map(|record| {
+            let value = record.payload.as_deref().unwrap_or_default();
+            let decoded = orderpipe_growth::ControlRecord::decode(value)
+                .with_context(|| format!("control record at offset {}", record.offset))?;
+            Ok((record.key_str(), decoded))
+        })
+        .collect()
+}
+
+/// The growth of `topic` in the pipeline's status, once `ready` accepts it.
+async fn growth_where(
+    api: &Api<OrderPipeline>,
+    topic: &str,
+    what: &str,
+    ready: impl Fn(&orderpipe_api::v1alpha1::GrowthStatus) -> bool,
+) -> anyhow::Result<orderpipe_api::v1alpha1::GrowthStatus> {
+    let result = wait_until(what, CONVERGE, || async {
+        let p = api.get("shop").await.ok()?;
+        let growth = p.status?.growth.into_iter().find(|g| g.topic == topic)?;
+        ready(&growth).then_some(growth)
+    })
+    .await?;
+    Ok(result)
+}
+
+/// The operator's half of coordinated growth on the real apiserver and broker; the stages' half
+/// (holding, re-sharding) is stood in for by committing their re-shard markers from the test.
+#[tokio::test]
+#[ignore = "needs the local stack: make test-e2e"]
+async fn a_grown_input_is_held_until_every_old_partition_commits_its_reshard() -> anyhow::Result<()>
+{
+    use orderpipe_api::v1alpha1::GrowthPhase;
+    use orderpipe_growth::{Phase, ReshardMarker};
+
+    let OperatorTest {
+        bootstrap,
+        ns,
+        operator,
+        ..
+    } = OperatorTest::start("op-growth").await?;
+    let orders = format!("{}.orders", ns.name());
+    let mut spec = pipeline(ns.name(), &bootstrap);
+    spec["spec"]["topics"][0]["settleSeconds"] = json!(1);
+    apply_pipeline(&ns, &spec).await?;
+    wait_ready(&ns, "shop").await?;
+    let api = pipelines(&ns);
+
+    spec["spec"]["topics"][0]["partitions"] = json!(4);
+    apply_pipeline(&ns, &spec).await?;
+    let draining = growth_where(&api, &orders, "the growth drains", |g| {
+        g.phase == GrowthPhase::Draining
+    })
+    .await?;
+    assert_eq!((draining.from, draining.to), (2, 4));
+    assert_eq!(draining.stages, ["validate"]);
+    assert_eq!(draining.barrier.len(), 2);
+    assert_eq!(partition_count(&bootstrap, &orders)?, Some(4));
+    let state = format!("orderpipe.{}.shop.validate.state", ns.name());
+    assert_eq!(partition_count(&bootstrap, &state)?, Some(4));
+    // The barrier is recorded before it is published; the condition follows at the end of that
+    // reconcile.
+    wait_until("Resharding=True Draining", CONVERGE, || async {
+        let p = api.get("shop").await.ok()?;
+        (condition(&p, "Resharding")? == ("True".to_owned(), "Draining".to_owned())).then_some(())
+    })
+    .await?;
+    // What the validate stage's workers are told: drain to the recorded barrier.
+    let control = control_records(&bootstrap, ns.name())?;
+    let told = &control
+        .get("validate")
+        .context("a control record for validate")?
+        .view;
+    match &told.phase {
+        Phase::Draining(barrier) => assert_eq!(barrier.offsets(), draining.barrier.as_slice()),
+        other => panic!("validate is told {other:?}"),
+    }
+    assert!(
+        !control.contains_key("status"),
+        "the status stage reads another topic"
+    );
+
+    // One old partition re-sharded: progress, no release.
+    let group = format!("orderpipe.{}.shop.validate", ns.name());
+    let generation = u64::try_from(draining.generation)?;
+    let marker = ReshardMarker { generation }.to_metadata();
+    let commit = |partitions: &[i32]| {
+        let offsets: Vec<(i32, i64, &str)> = partitions
+            .iter()
+            .map(|&p| {
+                (
+                    p,
+                    draining.barrier[usize::try_from(p).expect("partition")],
+                    marker.as_str(),
+                )
+            })
+            .collect();
+        orderpipe_stack::commit_offsets(&bootstrap, &group, &orders, &offsets)
+    };
+    commit(&[0])?;
+    growth_where(&api, &orders, "one of two old partitions re-sharded", |g| {
+        g.resharded.as_deref() == Some("1/2")
+    })
+    .await?;
+    assert!(matches!(
+        control_records(&bootstrap, ns.name())?["validate"]
+            .view
+            .phase,
+        Phase::Draining(_)
+    ));
+
+    commit(&[0, 1])?;
+    let done = growth_where(&api, &orders, "the growth completes", |g| {
+        g.phase == GrowthPhase::Completed
+    })
+    .await?;
+    assert!(done.held_seconds.is_some() && done.released_at.is_some());
+    assert_eq!(
+        control_records(&bootstrap, ns.name())?["validate"]
+            .view
+            .phase,
+        Phase::Released
+    );
+    wait_until("Resharding=False Completed", CONVERGE, || async {
+        let p = api.get("shop").await.ok()?;
+        (condition(&p, "Resharding")? == ("False".to_owned(), "Completed".to_owned())).then_some(())
+    })
+    .await?;
+    for reason in ["GrowthAnnounced", "GrowthSettled", "GrowthReleased"] {
+        wait_until(&format!("a {reason} Event"), CONVERGE, || async {
+            (events_with_reason(&ns, reason).await >= 1).then_some(())
+        })
+        .await?;
+    }
+
+    // 4 -> 6 is not a multiple: refused, naming the field and the next multiple; not grown.
+    spec["spec"]["topics"][0]["partitions"] = json!(6);
+    apply_pipeline(&ns, &spec).await?;
+    let refused = topics_not_ready(&api, "shop", "GrowthRefused").await?;
+    let status = refused.status.context("status")?;
+    let topic = status
+        .topics
+        .iter()
+        .find(|t| t.name == orders)
+        .context("orders")?;
+    let message = topic.message.as_deref().unwrap_or_default();
+    assert!(
+        message.contains(&format!("spec.topics[name={orders}].partitions"))
+            && message.contains("e.g. 8"),
+        "{message}"
+    );
+    assert_eq!(partition_count(&bootstrap, &orders)?, Some(4));
     OperatorTest::finish(operator, ns).await
 }

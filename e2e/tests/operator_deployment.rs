@@ -137,8 +137,9 @@ async fn two_replicas_with_shipped_rbac_elect_a_leader_and_hand_over_on_sigterm(
         || async { new.is_leader().await.then_some(()) },
     )
     .await?;
-    apply_pipeline(&ns, &pipeline(ns.name(), &bootstrap, 3)).await?;
-    wait_ready_at_partitions(&api, 3).await?;
+    // A coordinated growth of the stage input (to a multiple: 2 -> 4).
+    apply_pipeline(&ns, &pipeline(ns.name(), &bootstrap, 4)).await?;
+    wait_ready_at_partitions(&api, 4).await?;
 
     // The finalizer (a Delete topic) also works with the shipped permissions.
     api.delete("shop", &DeleteParams::default()).await?;

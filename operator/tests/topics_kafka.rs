@@ -104,7 +104,8 @@ async fn creates_declared_topics_with_their_config_and_a_compacted_state_topic()
     let admin = admin();
 
     let outcome = reconcile(&mut pipeline, &admin).await;
-    assert_eq!(reasons(&outcome), ["TopicCreated"; 5]);
+    // Four declared, the validate stage's state topic and the pipeline's control topic.
+    assert_eq!(reasons(&outcome), ["TopicCreated"; 6]);
     for (name, topic) in desired(&pipeline) {
         assert_eq!(partitions(&name), Some(topic.partitions as usize), "{name}");
     }

@@ -52,9 +52,9 @@ pub use ports::free_port;
 pub use process::{dismiss_watchdog, pid_alive, spawn_watchdog};
 pub use stack::{Stack, StackBuilder};
 pub use topics::{
-    Isolation, PartitionInfo, Record, alter_topic_config, caught_up, committed_offsets,
-    coordinator_partition, create_topics, create_topics_with, end_offsets, group_coordinator,
-    in_sync, partition_count, partition_infos, partition_leader, partition_leaders, read_all,
-    topic_config, transaction_coordinator,
+    Isolation, PartitionInfo, Record, alter_topic_config, caught_up, commit_offsets,
+    committed_offsets, coordinator_partition, create_topics, create_topics_with, end_offsets,
+    group_coordinator, in_sync, partition_count, partition_infos, partition_leader,
+    partition_leaders, read_all, topic_config, transaction_coordinator,
 };
 pub use wait::{try_wait_until, wait_until, wait_until_blocking};

@@ -384,6 +384,31 @@ pub fn committed_offsets(bootstrap: &str, group: &str, topic: &str) -> Result<BT
         .collect())
 }
 
+/// Commits `offsets` (partition, offset, metadata) of `topic` for `group` as an outside client
+/// would (the group must have no live members): what a test uses to stand in for a group's
+/// workers, e.g. their re-shard markers.
+pub fn commit_offsets(
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+    offsets: &[(i32, i64, &str)],
+) -> Result<()> {
+    let consumer = client_config(bootstrap, group, Isolation::ReadCommitted)
+        .create::<BaseConsumer>()
+        .map_err(|e| StackError::kafka(format!("consumer of group {group}"), e))?;
+    let mut list = TopicPartitionList::new();
+    for &(partition, offset, metadata) in offsets {
+        let mut element = list.add_partition(topic, partition);
+        element
+            .set_offset(Offset::Offset(offset))
+            .map_err(|e| StackError::kafka(format!("offset {offset} of {topic}/{partition}"), e))?;
+        element.set_metadata(metadata);
+    }
+    retrying(&format!("committing {group}'s offsets in {topic}"), || {
+        consumer.commit(&list, rdkafka::consumer::CommitMode::Sync)
+    })
+}
+
 /// Whether `group` has committed every record currently visible in `topic`: nothing a
 /// read_committed reader finds after the committed offsets. (Comparing with the end offsets is not
 /// enough: a transactional topic ends with commit markers, which no consumer ever commits past.)
