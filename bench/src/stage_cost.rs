@@ -32,6 +32,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             key: record.key,
             payload: Some(record.payload),
             timestamp: chrono::Utc::now(),
+            headers: Vec::new(),
         })
         .collect();
     let stage = Stateful(Validator::new(ValidatePolicy {

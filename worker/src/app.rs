@@ -1,6 +1,7 @@
 //! `orderpipe-worker run`: wires one stage from the worker contract — metrics and health
 //! endpoints, the stage handler, the producer for the configured delivery guarantee, the state
-//! topic reader, the coordinator and the stage consumer — and runs the loop on its own thread
+//! topic reader, the control topic's reader (partition growth), the coordinator and the stage
+//! consumer — and runs the loop on its own thread, and the control topic's tail on another,
 //! until shutdown. Must not contain loop logic (see [`crate::runtime`]).
 
 use std::net::Ipv4Addr;
@@ -13,6 +14,7 @@ use orderpipe_orders::status::StatusMachine;
 use orderpipe_orders::validate::{ValidatePolicy, Validator};
 use rdkafka::consumer::BaseConsumer;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::WorkerError;
@@ -20,9 +22,11 @@ use crate::kafka::GroupCommit;
 use crate::kafka::changelog::KafkaChangelog;
 use crate::kafka::client;
 use crate::kafka::consumer::{KafkaSource, StageContext};
+use crate::kafka::control::{self, KafkaControl};
 use crate::kafka::producer::{AtLeastOnceSink, TransactionalSink};
 use crate::metrics::Metrics;
 use crate::output_topics::OutputTopics;
+use crate::runtime::growth::{ControlFilter, View};
 use crate::runtime::{
     ChangelogReader, Coordinator, CoordinatorParts, DEFAULT_COMMIT_STALL, Health, LagBook, Sink,
     SinkError, Tuning, driver,
@@ -193,6 +197,7 @@ fn stage_loop<H: StageHandler>(
             topic.clone(),
         )) as Arc<dyn ChangelogReader>
     });
+    let (control, growth) = control_reader(config)?;
     let lag = Arc::new(LagBook::new(Arc::clone(&shared.metrics)));
     let coordinator = Arc::new(Mutex::new(Coordinator::new(CoordinatorParts {
         stage: Arc::new(stage),
@@ -206,9 +211,14 @@ fn stage_loop<H: StageHandler>(
         health: Arc::clone(&shared.health),
         lag: Arc::clone(&lag),
         transactional_id: config.transactional_id(),
+        growth,
     })));
     let consumer: BaseConsumer<StageContext<H, KafkaSink>> = client::stage_consumer(config)
-        .create_with_context(StageContext::new(Arc::clone(&coordinator), lag))
+        .create_with_context(StageContext::new(
+            Arc::clone(&coordinator),
+            lag,
+            control.clone(),
+        ))
         .map_err(|error| WorkerError::KafkaClient {
             client: "consumer",
             source: error.into(),
@@ -224,11 +234,61 @@ fn stage_loop<H: StageHandler>(
         delivery = config.delivery.as_str(),
         "worker started"
     );
-    driver::drive(
+    let tail_stop = shutdown.child_token();
+    let tail = control
+        .map(|control| {
+            let stop = tail_stop.clone();
+            std::thread::Builder::new()
+                .name("orderpipe-control".to_owned())
+                .spawn(move || control::tail_until(&control, &stop))
+        })
+        .transpose()
+        .map_err(|error| WorkerError::Thread {
+            what: "control topic tail",
+            detail: error.to_string(),
+        })?;
+    let result = driver::drive(
         &mut source,
         &coordinator,
         shutdown,
         &shared.health,
         config.shutdown_grace,
-    )
+    );
+    tail_stop.cancel();
+    if let Some(tail) = tail
+        && tail.join().is_err()
+    {
+        tracing::warn!("the control topic's tail panicked");
+    }
+    result
+}
+
+/// The control topic's reader, shared by the assignment callback and the tail thread.
+type SharedControl = Arc<Mutex<KafkaControl>>;
+
+/// The control topic's reader, read to its end before the stage joins its group, and the view it
+/// keeps; without a control topic the view stays `None` (no growth is followed, as before).
+fn control_reader(
+    config: &WorkerConfig,
+) -> Result<(Option<SharedControl>, watch::Receiver<View>), WorkerError> {
+    let Some(topic) = &config.control_topic else {
+        return Ok((None, watch::channel(None).1));
+    };
+    let filter = ControlFilter {
+        stage: config.stage.clone(),
+        input_topic: config.input_topic.clone(),
+        pipeline_uid: config.pipeline_uid.clone(),
+    };
+    let (mut reader, view) =
+        KafkaControl::new(&client::control_consumer(config), topic.clone(), filter).map_err(
+            |error| WorkerError::KafkaClient {
+                client: "control topic consumer",
+                source: error.into(),
+            },
+        )?;
+    reader.sync().map_err(|reason| WorkerError::Control {
+        topic: topic.clone(),
+        reason,
+    })?;
+    Ok((Some(Arc::new(Mutex::new(reader))), view))
 }

@@ -79,6 +79,26 @@ pub enum WorkerError {
 
     #[error("the {what} thread failed: {detail}")]
     Thread { what: &'static str, detail: String },
+
+    #[error("reading the control topic {topic:?} failed: {reason}")]
+    Control {
+        topic: String,
+        reason: ControlFailure,
+    },
+}
+
+/// Why the control topic could not be read to its end (partition growth): without it, a partition
+/// the input grew by could be started before the record that holds it was read.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlFailure {
+    #[error("Kafka error: {0}")]
+    Broker(#[source] BrokerError),
+    #[error("the end offset {end} was not reached within {waited:?} (position {position})")]
+    Timeout {
+        end: i64,
+        position: i64,
+        waited: Duration,
+    },
 }
 
 /// Why restoring per-key state from a changelog partition failed.

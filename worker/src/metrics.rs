@@ -34,6 +34,9 @@ pub struct Metrics {
     state_bytes: Family<PartitionLabel, Gauge>,
     processing_duration: Histogram,
     pipeline_latency: Histogram,
+    partitions_held: Gauge,
+    reshard_keys_moved: Counter,
+    growth_forwarded: Counter,
 }
 
 /// Result label values of [`names::TRANSACTIONS`].
@@ -88,6 +91,9 @@ impl Metrics {
             processing_duration: Histogram::new(exponential_buckets(0.000_05, 4.0, 12)),
             // 1 ms (a record decided as it arrives) to ~2.5 h (a backlog worked off).
             pipeline_latency: Histogram::new(exponential_buckets(0.001, 3.0, 16)),
+            partitions_held: Gauge::default(),
+            reshard_keys_moved: Counter::default(),
+            growth_forwarded: Counter::default(),
         };
         // The series rate() alerts and panels read exist from the start, at 0: a counter series
         // that appears with its first increment hides that increment from rate(), so a lone dead
@@ -168,6 +174,21 @@ impl Metrics {
             "Seconds from the order entering the pipeline (its input record's timestamp, which every stage passes on) to this stage's decision",
             metrics.pipeline_latency.clone(),
         );
+        r.register(
+            names::PARTITIONS_HELD,
+            "Assigned input partitions a growth of the input holds until it is released",
+            metrics.partitions_held.clone(),
+        );
+        r.register(
+            counter_name(names::RESHARD_KEYS_MOVED),
+            "Keys whose state a committed re-shard moved from an old partition to a new one",
+            metrics.reshard_keys_moved.clone(),
+        );
+        r.register(
+            counter_name(names::GROWTH_FORWARDED),
+            "Records forwarded to their key's new partition after a re-shard (a producer broke the settle window)",
+            metrics.growth_forwarded.clone(),
+        );
         metrics
     }
 
@@ -211,6 +232,19 @@ impl Metrics {
     pub fn set_assigned_partitions(&self, count: usize) {
         self.assigned_partitions
             .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
+    pub fn set_partitions_held(&self, count: usize) {
+        self.partitions_held
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
+    pub fn reshard_keys_moved(&self, count: u64) {
+        self.reshard_keys_moved.inc_by(count);
+    }
+
+    pub fn growth_forwarded(&self, count: u64) {
+        self.growth_forwarded.inc_by(count);
     }
 
     pub fn set_consumer_lag(&self, partition: i32, lag: i64) {
@@ -281,6 +315,10 @@ mod tests {
             "orderpipe_processing_duration_seconds_count{",
             r#"orderpipe_pipeline_latency_seconds_sum{pipeline="checkout",stage="validate"} 1.5"#,
             r#"orderpipe_pipeline_latency_seconds_count{pipeline="checkout",stage="validate"} 2"#,
+            // Growth: present at 0 so alerts on forwarded records see the first one.
+            r#"orderpipe_partitions_held{pipeline="checkout",stage="validate"} 0"#,
+            r#"orderpipe_reshard_keys_moved_total{pipeline="checkout",stage="validate"} 0"#,
+            r#"orderpipe_growth_forwarded_total{pipeline="checkout",stage="validate"} 0"#,
         ] {
             assert!(text.contains(expected), "missing {expected} in\n{text}");
         }

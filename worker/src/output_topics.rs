@@ -97,6 +97,7 @@ impl OutputTopics {
             key: emit.key.as_deref(),
             payload: Some(&emit.payload),
             headers: &emit.headers,
+            passthrough: &[],
             // Dead letters and changelog records are the stage's own records, stamped when written
             // (a changelog's compaction and a dead letter's retention count from then).
             timestamp: (!matches!(emit.output, Output::DeadLetter | Output::Changelog))
@@ -114,6 +115,28 @@ impl OutputTopics {
             key: Some(key),
             payload: None,
             headers: &[],
+            passthrough: &[],
+            timestamp: None,
+        })
+    }
+
+    /// `key`'s state `state` (a changelog record's payload) written to the changelog partition of
+    /// input partition `to`, where a re-shard moves it (partition growth); `None` for a stage
+    /// without a state topic.
+    pub fn moved_state<'a>(
+        &'a self,
+        key: &'a [u8],
+        state: &'a [u8],
+        to: i32,
+    ) -> Option<OutRecord<'a>> {
+        let topic = self.topics.get(&Output::Changelog)?;
+        Some(OutRecord {
+            topic,
+            partition: Some(to),
+            key: Some(key),
+            payload: Some(state),
+            headers: &[],
+            passthrough: &[],
             timestamp: None,
         })
     }

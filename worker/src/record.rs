@@ -17,6 +17,25 @@ pub struct SourceRecord {
     pub payload: Option<Vec<u8>>,
     /// The record's Kafka timestamp; the processors derive every time they write from it.
     pub timestamp: DateTime<Utc>,
+    /// Its Kafka headers as they came; only a forwarded record (partition growth) passes them on.
+    pub headers: Vec<RawHeader>,
+}
+
+/// A Kafka header as a producer wrote it: any name, any bytes, or no value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RawHeader {
+    pub name: String,
+    pub value: Option<Vec<u8>>,
+}
+
+// By hand: a header's value is the producer's and may hold anything a payload may.
+impl fmt::Debug for RawHeader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RawHeader")
+            .field("name", &self.name)
+            .field("value_bytes", &self.value.as_ref().map(Vec::len))
+            .finish()
+    }
 }
 
 impl SourceRecord {
@@ -36,7 +55,12 @@ impl SourceRecord {
 
     /// Bytes this record holds, for the in-flight memory budget.
     pub fn size(&self) -> usize {
-        self.key.as_ref().map_or(0, Vec::len) + self.payload.as_ref().map_or(0, Vec::len)
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|h| h.name.len() + h.value.as_ref().map_or(0, Vec::len))
+            .sum();
+        self.key.as_ref().map_or(0, Vec::len) + self.payload.as_ref().map_or(0, Vec::len) + headers
     }
 }
 
@@ -49,6 +73,7 @@ impl fmt::Debug for SourceRecord {
             .field("key", &self.key.as_deref().map(String::from_utf8_lossy))
             .field("payload_bytes", &self.payload.as_ref().map(Vec::len))
             .field("timestamp", &self.timestamp)
+            .field("headers", &self.headers.len())
             .finish()
     }
 }
@@ -64,6 +89,8 @@ pub struct OutRecord<'a> {
     /// `None` for a tombstone (a changelog key's state deleted).
     pub payload: Option<&'a [u8]>,
     pub headers: &'a [Header],
+    /// Headers copied as they are from an input record (a forwarded record's), after `headers`.
+    pub passthrough: &'a [RawHeader],
     /// The record's Kafka timestamp: the input's, for a record carrying the order on (Kafka
     /// Streams' timestamp propagation), so every stage sees when the order entered the pipeline;
     /// `None` (produce time) for dead letters and changelog records.
@@ -78,6 +105,7 @@ impl fmt::Debug for OutRecord<'_> {
             .field("key", &self.key.map(String::from_utf8_lossy))
             .field("payload_bytes", &self.payload.map(<[u8]>::len))
             .field("headers", &self.headers)
+            .field("passthrough", &self.passthrough.len())
             .field("timestamp", &self.timestamp)
             .finish()
     }

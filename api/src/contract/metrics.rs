@@ -42,6 +42,14 @@ pub const PROCESSING_DURATION: &str = "orderpipe_processing_duration_seconds";
 /// gives the records it passes on its input's timestamp (as Kafka Streams does), so the input's
 /// timestamp is the first topic's: the last stage's latency is the pipeline's end to end.
 pub const PIPELINE_LATENCY: &str = "orderpipe_pipeline_latency_seconds";
+/// Gauge: input partitions assigned to this worker that a growth of the input holds (new
+/// partitions before the growth is released; `docs/partition-growth.md`).
+pub const PARTITIONS_HELD: &str = "orderpipe_partitions_held";
+/// Counter: keys whose state a re-shard moved from an old partition to a new one.
+pub const RESHARD_KEYS_MOVED: &str = "orderpipe_reshard_keys_moved_total";
+/// Counter: records of moved keys that still arrived on their old partition after the re-shard and
+/// were forwarded to their new partition (a producer broke the settle window).
+pub const GROWTH_FORWARDED: &str = "orderpipe_growth_forwarded_total";
 
 /// Label names.
 pub mod labels {

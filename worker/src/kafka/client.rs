@@ -115,3 +115,18 @@ pub fn restore_consumer(config: &WorkerConfig) -> ClientConfig {
         .set("auto.offset.reset", "earliest");
     client
 }
+
+/// Reads the pipeline's control topic (partition growth); assigned, never a group member, never
+/// commits. Read_committed like every reader of the worker, though the operator's writes are not
+/// transactional.
+pub fn control_consumer(config: &WorkerConfig) -> ClientConfig {
+    let mut client = connection(&config.kafka, &format!("{}.control", config.pod_name));
+    client
+        // Names the client in broker logs only: the partition is assigned, nothing is committed.
+        .set("group.id", format!("{}.control", config.consumer_group))
+        .set("isolation.level", "read_committed")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("auto.offset.reset", "earliest");
+    client
+}

@@ -1,24 +1,31 @@
 //! The stage consumer: the [`Source`] over a librdkafka group member, and its context, whose
 //! rebalance callback hands assignments and revocations to the coordinator *before* librdkafka
-//! applies them, so revoked partitions are committed while this member still owns them.
+//! applies them, so revoked partitions are committed while this member still owns them. On an
+//! assignment it first reads the control topic to its end, so a partition a growth added is held
+//! before it could start, and hands over each partition's committed re-shard marker.
 //! Must not process or produce records.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use orderpipe_growth::ReshardMarker;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, ConsumerGroupMetadata, Rebalance,
 };
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
+use super::control::KafkaControl;
 use super::{GroupCommit, offsets_list};
-use crate::record::SourceRecord;
+use crate::error::WorkerError;
+use crate::record::{RawHeader, SourceRecord};
 use crate::runtime::driver::lock;
+use crate::runtime::growth::Markers;
 use crate::runtime::{
     BrokerError, CommittedOffsets, Coordinator, FetchView, LagBook, Offsets, Sink, Source,
 };
@@ -32,6 +39,8 @@ pub struct StageContext<H: StageHandler, K: Sink> {
     coordinator: Arc<Mutex<Coordinator<H, K>>>,
     lag: Arc<LagBook>,
     topic: String,
+    /// The control topic's reader; `None` when the pipeline has none.
+    control: Option<Arc<Mutex<KafkaControl>>>,
 }
 
 impl<H: StageHandler, K: Sink> std::fmt::Debug for StageContext<H, K> {
@@ -43,12 +52,17 @@ impl<H: StageHandler, K: Sink> std::fmt::Debug for StageContext<H, K> {
 }
 
 impl<H: StageHandler, K: Sink> StageContext<H, K> {
-    pub fn new(coordinator: Arc<Mutex<Coordinator<H, K>>>, lag: Arc<LagBook>) -> Self {
+    pub fn new(
+        coordinator: Arc<Mutex<Coordinator<H, K>>>,
+        lag: Arc<LagBook>,
+        control: Option<Arc<Mutex<KafkaControl>>>,
+    ) -> Self {
         let topic = lock(&coordinator).input_topic().to_owned();
         Self {
             coordinator,
             lag,
             topic,
+            control,
         }
     }
 
@@ -92,20 +106,41 @@ impl<H: StageHandler, K: Sink<Group = dyn GroupCommit>> ConsumerContext for Stag
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(list) => {
+                // Before any partition starts: a partition the input grew by is only known to be
+                // held once the control record announcing the growth has been read, and the
+                // operator writes it before growing the topic.
+                if let Some(control) = &self.control {
+                    let mut control = lock(control);
+                    if let Err(reason) = control.sync() {
+                        let error = WorkerError::Control {
+                            topic: control.topic().to_owned(),
+                            reason,
+                        };
+                        tracing::error!(%error, "not starting the assigned partitions");
+                        lock(&self.coordinator).stop(error);
+                        return;
+                    }
+                }
                 let partitions = self.partitions(list);
                 // Read before the workers restore state: with read_committed this waits for a
                 // previous owner's pending transactional commit, whose changelog records the
                 // restore must then see.
-                let committed = match consumer
+                let (committed, markers) = match consumer
                     .committed_offsets((*list).clone(), GROUP_CALL_TIMEOUT)
                 {
-                    Ok(list) => committed_offsets(&list, &self.topic),
+                    Ok(list) => (
+                        committed_offsets(&list, &self.topic),
+                        committed_markers(&list, &self.topic),
+                    ),
                     Err(error) => {
                         tracing::warn!(%error, "reading committed offsets of the assignment failed");
-                        partitions.iter().map(|&p| (p, None)).collect()
+                        (
+                            partitions.iter().map(|&p| (p, None)).collect(),
+                            Markers::new(),
+                        )
                     }
                 };
-                lock(&self.coordinator).assign(&committed);
+                lock(&self.coordinator).assign(&committed, &markers);
             }
             Rebalance::Revoke(list) => {
                 let partitions = self.partitions(list);
@@ -122,8 +157,13 @@ impl<C: ConsumerContext> GroupCommit for BaseConsumer<C> {
         Consumer::group_metadata(self)
     }
 
-    fn commit_offsets(&self, topic: &str, offsets: &Offsets) -> Result<(), KafkaError> {
-        self.commit(&offsets_list(topic, offsets)?, CommitMode::Sync)
+    fn commit_offsets(
+        &self,
+        topic: &str,
+        offsets: &Offsets,
+        markers: &Markers,
+    ) -> Result<(), KafkaError> {
+        self.commit(&offsets_list(topic, offsets, markers)?, CommitMode::Sync)
     }
 }
 
@@ -136,6 +176,22 @@ fn committed_offsets(list: &TopicPartitionList, topic: &str) -> CommittedOffsets
                 _ => None,
             };
             (element.partition(), offset)
+        })
+        .collect()
+}
+
+/// The re-shard markers in the committed offsets' metadata (foreign metadata is no marker).
+fn committed_markers(list: &TopicPartitionList, topic: &str) -> Markers {
+    list.elements_for_topic(topic)
+        .iter()
+        .filter_map(|element| {
+            // rdkafka's accessor panics on metadata that is not UTF-8; every Kafka client writes
+            // a string, so only a hand-crafted commit could, and it would be no marker anyway.
+            let metadata = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                element.metadata().to_owned()
+            }))
+            .ok()?;
+            Some((element.partition(), ReshardMarker::parse(&metadata)?))
         })
         .collect()
 }
@@ -193,6 +249,18 @@ fn source_record(message: &BorrowedMessage<'_>) -> SourceRecord {
         key: message.key().map(<[u8]>::to_vec),
         payload: message.payload().map(<[u8]>::to_vec),
         timestamp,
+        headers: message
+            .headers()
+            .map(|headers| {
+                headers
+                    .iter()
+                    .map(|header| RawHeader {
+                        name: header.key.to_owned(),
+                        value: header.value.map(<[u8]>::to_vec),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
     }
 }
 
@@ -230,6 +298,27 @@ impl<C: ConsumerContext + 'static> Source for KafkaSource<C> {
         Ok(self
             .consumer()?
             .seek(&self.topic, partition, offset, GROUP_CALL_TIMEOUT)?)
+    }
+
+    fn positions(&mut self, partitions: &[i32]) -> BTreeMap<i32, i64> {
+        let Ok(consumer) = self.consumer() else {
+            return BTreeMap::new();
+        };
+        let list = match consumer.position() {
+            Ok(list) => list,
+            Err(error) => {
+                tracing::warn!(%error, "reading the consumer's positions failed");
+                return BTreeMap::new();
+            }
+        };
+        list.elements_for_topic(&self.topic)
+            .iter()
+            .filter(|element| partitions.contains(&element.partition()))
+            .filter_map(|element| match element.offset() {
+                Offset::Offset(offset) => Some((element.partition(), offset)),
+                _ => None,
+            })
+            .collect()
     }
 
     fn group(&self) -> &Self::Group {
@@ -272,7 +361,12 @@ impl GroupCommit for Closed {
         None
     }
 
-    fn commit_offsets(&self, _topic: &str, _offsets: &Offsets) -> Result<(), KafkaError> {
+    fn commit_offsets(
+        &self,
+        _topic: &str,
+        _offsets: &Offsets,
+        _markers: &Markers,
+    ) -> Result<(), KafkaError> {
         Err(KafkaError::Canceled)
     }
 }

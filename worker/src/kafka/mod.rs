@@ -10,12 +10,14 @@
 pub mod changelog;
 pub mod client;
 pub mod consumer;
+pub mod control;
 pub mod producer;
 
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::KafkaError;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
+use crate::runtime::growth::Markers;
 use crate::runtime::{BrokerError, Offsets};
 
 /// The consumer group's side of a commit (the Kafka sinks' [`crate::runtime::Sink::Group`]): its
@@ -23,7 +25,12 @@ use crate::runtime::{BrokerError, Offsets};
 /// at-least-once.
 pub trait GroupCommit {
     fn group_metadata(&self) -> Option<ConsumerGroupMetadata>;
-    fn commit_offsets(&self, topic: &str, offsets: &Offsets) -> Result<(), KafkaError>;
+    fn commit_offsets(
+        &self,
+        topic: &str,
+        offsets: &Offsets,
+        markers: &Markers,
+    ) -> Result<(), KafkaError>;
 }
 
 /// Every runtime port reports librdkafka's errors this way.
@@ -33,14 +40,21 @@ impl From<KafkaError> for BrokerError {
     }
 }
 
-/// `offsets` of `topic` as librdkafka's list type.
+/// `offsets` of `topic` as librdkafka's list type, each partition in `markers` with its re-shard
+/// marker as the offset's metadata (which the commit stores and the operator reads back).
 pub(crate) fn offsets_list(
     topic: &str,
     offsets: &Offsets,
+    markers: &Markers,
 ) -> Result<TopicPartitionList, KafkaError> {
     let mut list = TopicPartitionList::new();
     for (&partition, &offset) in offsets {
         list.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+        if let Some(marker) = markers.get(&partition)
+            && let Some(mut element) = list.find_partition(topic, partition)
+        {
+            element.set_metadata(marker.to_metadata());
+        }
     }
     Ok(list)
 }

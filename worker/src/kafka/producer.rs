@@ -19,6 +19,7 @@ use rdkafka::producer::{
 use super::{GroupCommit, offsets_list};
 use crate::record::OutRecord;
 use crate::runtime::driver::lock;
+use crate::runtime::growth::Markers;
 use crate::runtime::{BrokerError, Offsets, Position, Refusal, Sink, SinkError, SinkErrorKind};
 
 /// How long one transactional call (init, send offsets, commit, abort) may take.
@@ -251,11 +252,18 @@ impl Connection {
     fn send(&self, from: Position, record: OutRecord<'_>) -> Result<(), SinkError> {
         let deadline = Instant::now() + QUEUE_FULL_WAIT;
         loop {
-            let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+            let mut headers =
+                OwnedHeaders::new_with_capacity(record.headers.len() + record.passthrough.len());
             for header in record.headers {
                 headers = headers.insert(Header {
                     key: header.name,
                     value: Some(header.value.as_bytes()),
+                });
+            }
+            for header in record.passthrough {
+                headers = headers.insert(Header {
+                    key: &header.name,
+                    value: header.value.as_deref(),
                 });
             }
             let mut base: BaseRecord<'_, [u8], [u8], Box<Position>> =
@@ -346,6 +354,7 @@ impl Sink for TransactionalSink {
         &mut self,
         input_topic: &str,
         offsets: &Offsets,
+        markers: &Markers,
         group: &dyn GroupCommit,
     ) -> Result<(), SinkError> {
         let metadata = group.group_metadata().ok_or_else(|| SinkError {
@@ -353,7 +362,7 @@ impl Sink for TransactionalSink {
             operation: "reading the consumer group metadata",
             cause: BrokerError::new("the consumer has none (it is closed or not a group member)"),
         })?;
-        let list = offsets_list(input_topic, offsets).map_err(|error| SinkError {
+        let list = offsets_list(input_topic, offsets, markers).map_err(|error| SinkError {
             kind: SinkErrorKind::Abortable,
             operation: "listing offsets",
             cause: error.into(),
@@ -431,10 +440,17 @@ impl Sink for AtLeastOnceSink {
         self.connection.send(from, record)
     }
 
+    /// A re-shard's moves are flushed before its marker is committed, but not atomically with it.
+    /// The coordinator commits what came before a re-shard first, so a crash in between only
+    /// leaves moved states without the marker: the next owner restores the partition without the
+    /// moved keys, continues at the barrier, and re-shards again, which moves nothing twice. What
+    /// at-least-once loses is what it always loses: outputs between the last commit and a crash
+    /// are written again.
     fn commit(
         &mut self,
         input_topic: &str,
         offsets: &Offsets,
+        markers: &Markers,
         group: &dyn GroupCommit,
     ) -> Result<(), SinkError> {
         let abortable = |operation, cause| SinkError {
@@ -453,7 +469,7 @@ impl Sink for AtLeastOnceSink {
             ));
         }
         tracing::debug_span!("commit_offsets")
-            .in_scope(|| group.commit_offsets(input_topic, offsets))
+            .in_scope(|| group.commit_offsets(input_topic, offsets, markers))
             .map_err(|error| abortable("committing offsets", error.into()))
     }
 

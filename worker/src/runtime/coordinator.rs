@@ -15,6 +15,12 @@
 //! What the open transaction holds and counts is kept by `transaction`, each partition's worker
 //! and held-back records by its `slot`.
 //!
+//! During a growth of the input (`docs/partition-growth.md`) it starts no partition the growth
+//! holds (it asks the driver to pause it instead) until the view says released, then starts it
+//! like a rewound partition; it writes the moves and forwarded records the workers report into
+//! the transaction, and commits each re-sharded partition's offset with its marker, on every later
+//! commit too.
+//!
 //! It runs on the driver's thread (and inside rebalance callbacks on that thread), never on the
 //! async runtime, because Kafka's transactional calls block. It must not poll the consumer.
 
@@ -23,10 +29,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use orderpipe_api::contract::metrics::outcome;
-use tokio::sync::mpsc;
+use orderpipe_orders::Header;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::partition::{Completed, PartitionWorker, Report};
+use super::growth::{FORWARDED_FROM, Markers, View, commit_markers, is_held, is_resharded};
+use super::partition::{Completed, Forwarded, PartitionWorker, Report, Resharded};
 use super::refusals::{Position, Refusals};
 use super::slot::{Routed, Slot, WorkerHandle};
 use super::transaction::OpenTransaction;
@@ -37,7 +45,7 @@ use super::{
 use crate::error::WorkerError;
 use crate::metrics::{Metrics, rebalance, transaction};
 use crate::output_topics::OutputTopics;
-use crate::record::SourceRecord;
+use crate::record::{OutRecord, SourceRecord};
 use crate::stage::StageHandler;
 
 /// Reports handled per [`Coordinator::tick`], so a flood of results cannot starve polling (and
@@ -64,6 +72,8 @@ pub struct CoordinatorParts<H, K> {
     pub lag: Arc<LagBook>,
     /// For the error that stops a fenced worker.
     pub transactional_id: String,
+    /// The view of the input's latest growth (the control topic's reader keeps it current).
+    pub growth: watch::Receiver<View>,
 }
 
 impl<H, K> std::fmt::Debug for CoordinatorParts<H, K> {
@@ -101,6 +111,11 @@ pub struct Coordinator<H: StageHandler, K: Sink> {
     fatal: Option<WorkerError>,
     /// Inputs whose outputs Kafka refused; shared with the partition workers.
     refusals: Arc<Refusals>,
+    growth: watch::Receiver<View>,
+    /// The committed re-shard marker of each owned partition that has one.
+    markers: Markers,
+    /// Partitions a growth holds, for the driver to pause.
+    to_pause: Vec<i32>,
 }
 
 impl<H: StageHandler, K: Sink> std::fmt::Debug for Coordinator<H, K> {
@@ -141,6 +156,9 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
             recreate_at: None,
             fatal: None,
             refusals: Arc::default(),
+            growth: parts.growth,
+            markers: Markers::new(),
+            to_pause: Vec::new(),
         }
     }
 
@@ -163,22 +181,38 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
     }
 
     /// Starts workers for newly assigned partitions; `committed` are their committed offsets,
-    /// read before the workers restore state so a restore sees every committed transaction.
-    pub fn assign(&mut self, committed: &CommittedOffsets) {
+    /// read before the workers restore state so a restore sees every committed transaction, and
+    /// `markers` the re-shard markers in their metadata. A partition a growth holds is not
+    /// started: the driver pauses it (see [`Coordinator::take_pauses`]).
+    pub fn assign(&mut self, committed: &CommittedOffsets, markers: &Markers) {
         self.metrics.rebalance(rebalance::ASSIGNED);
         for (&partition, &offset) in committed {
             if self.slots.contains_key(&partition) {
                 continue;
             }
+            if let Some(marker) = markers.get(&partition) {
+                self.markers.insert(partition, *marker);
+            }
+            self.lag.committed(partition, offset);
+            if is_held(self.growth.borrow().as_ref(), partition) {
+                self.slots
+                    .insert(partition, Slot::held_by_growth(self.next_incarnation));
+                self.to_pause.push(partition);
+                tracing::info!(
+                    partition,
+                    ?offset,
+                    "partition assigned; held until the growth of the input is released"
+                );
+                continue;
+            }
             let slot = if self.can_restart() {
-                self.spawn(partition)
+                self.spawn(partition, offset)
             } else {
                 // Started by the rewind that follows the producer's recovery.
                 self.to_rewind.insert(partition);
                 Slot::awaiting_seek(self.next_incarnation)
             };
             self.slots.insert(partition, slot);
-            self.lag.committed(partition, offset);
             // A Kafka consumer keeps a partition's pause across revocation and re-assignment: one
             // paused when it was revoked would otherwise never deliver again.
             self.to_resume.push(partition);
@@ -246,6 +280,7 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
     /// into freed queue space, and commit when the interval is over.
     pub fn tick(&mut self, group: &K::Group) {
         self.retry_recreate();
+        self.release_growth_holds();
         for _ in 0..REPORTS_PER_TICK {
             match self.reports_rx.try_recv() {
                 Ok(report) => self.on_report(report, group),
@@ -263,6 +298,44 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
         std::mem::take(&mut self.to_resume)
     }
 
+    /// Newly assigned partitions a growth holds; the caller pauses fetching them (released ones
+    /// are resumed by the rewind that starts them).
+    pub fn take_pauses(&mut self) -> Vec<i32> {
+        std::mem::take(&mut self.to_pause)
+    }
+
+    /// Old partitions that may have to re-shard without a record (the view is draining or
+    /// released and their marker does not cover it): the caller reports how far polling got in
+    /// each with [`Coordinator::fetched_to`].
+    pub fn position_probes(&self) -> Vec<i32> {
+        let view = self.growth.borrow();
+        let Some(current) = view.as_ref() else {
+            return Vec::new();
+        };
+        if current.barrier().is_none() && !current.is_released() {
+            return Vec::new();
+        }
+        self.slots
+            .keys()
+            .copied()
+            .filter(|&partition| {
+                current.growth.is_old_partition(partition)
+                    && !is_resharded(view.as_ref(), self.markers.get(&partition).copied())
+            })
+            .collect()
+    }
+
+    /// Polling has handed out everything below each partition's offset in `positions`; their
+    /// workers learn it behind the records routed to them (an idle partition whose last record is
+    /// a transaction marker reaches its settle barrier that way).
+    pub fn fetched_to(&mut self, positions: &BTreeMap<i32, i64>) {
+        for (partition, &offset) in positions {
+            if let Some(slot) = self.slots.get_mut(partition) {
+                slot.fetched_to(offset);
+            }
+        }
+    }
+
     /// Whether rewound partitions may restart: not while the producer is unusable, because
     /// nothing they finish could be produced.
     pub fn can_restart(&self) -> bool {
@@ -273,6 +346,12 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
     /// committed offset, resumes it, then calls [`Coordinator::restart`].
     pub fn take_rewinds(&mut self) -> Vec<i32> {
         std::mem::take(&mut self.to_rewind).into_iter().collect()
+    }
+
+    /// Ends this worker with `error` (found outside the coordinator, e.g. by the consumer's
+    /// callbacks); the driver shuts down at its next turn.
+    pub fn stop(&mut self, error: WorkerError) {
+        self.fatal.get_or_insert(error);
     }
 
     /// The error that ends this worker, if one happened.
@@ -292,7 +371,7 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
                 .get(&partition)
                 .is_some_and(Slot::is_awaiting_seek);
             if awaiting {
-                let slot = self.spawn(partition);
+                let slot = self.spawn(partition, offset);
                 self.slots.insert(partition, slot);
                 self.lag.committed(partition, offset);
                 tracing::info!(
@@ -322,7 +401,7 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
         self.health.set_ready(false);
     }
 
-    fn spawn(&mut self, partition: i32) -> Slot {
+    fn spawn(&mut self, partition: i32, committed: Option<i64>) -> Slot {
         let incarnation = self.next_incarnation;
         self.next_incarnation += 1;
         let (queue, records) = mpsc::channel(self.tuning.partition_queue.max(1));
@@ -337,6 +416,9 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
             stop: stop.clone(),
             metrics: Arc::clone(&self.metrics),
             refusals: Arc::clone(&self.refusals),
+            growth: self.growth.clone(),
+            committed,
+            marker: self.markers.get(&partition).copied(),
         };
         let task = self.runtime.spawn(worker.run(records));
         Slot::running(incarnation, WorkerHandle { queue, stop, task })
@@ -345,6 +427,7 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
     fn release(&mut self, partitions: &[i32]) {
         for partition in partitions {
             self.slots.remove(partition);
+            self.markers.remove(partition);
             self.lag.forget(*partition);
             self.refusals.released(*partition);
         }
@@ -368,7 +451,110 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
                 self.fatal.get_or_insert(error);
             }
             Report::Done(done) => self.take_into_transaction(done, group),
+            Report::Resharded(resharded) => self.take_reshard(resharded, group),
+            Report::Forwarded(forwarded) => self.take_forward(forwarded),
         }
+    }
+
+    /// Writes a re-shard's moves into a transaction of their own: each key's state to its new
+    /// state partition and a tombstone in the old one, committed with the partition's offset and
+    /// marker. What came before is committed first: were it in the same transaction, an
+    /// at-least-once sink (which cannot abort what it flushed) could lose the moved state and then
+    /// replay records below the barrier without it.
+    fn take_reshard(&mut self, resharded: Resharded, group: &K::Group) {
+        self.commit_now(group);
+        let still_current = self
+            .slots
+            .get(&resharded.partition)
+            .is_some_and(|slot| slot.is_current(resharded.incarnation));
+        // A failed commit rewound the partition: its next worker re-shards again.
+        if self.fatal.is_some() || !still_current || !self.open_transaction() {
+            return;
+        }
+        let Resharded {
+            partition,
+            next_offset,
+            marker,
+            moves,
+            ..
+        } = resharded;
+        // Blamed on the next record should Kafka refuse a move; it has the bytes the changelog
+        // already accepted for that key, so it will not be.
+        let from = Position {
+            partition,
+            offset: next_offset,
+        };
+        let (outputs, sink) = (&self.outputs, &mut self.sink);
+        let sent = moves.iter().try_for_each(|moved| {
+            [
+                outputs.moved_state(&moved.key, &moved.state, moved.to),
+                outputs.tombstone(&moved.key, partition),
+            ]
+            .into_iter()
+            .flatten()
+            .try_for_each(|record| sink.send(from, record))
+        });
+        if let Err(error) = sent {
+            self.fail_transaction(error);
+            return;
+        }
+        if let Some(transaction) = &mut self.transaction {
+            transaction.resharded(partition, next_offset, marker, moves.len());
+            self.health.uncommitted_work();
+        }
+    }
+
+    /// Produces a record of a moved key, unchanged but for a header naming where it comes from, to
+    /// its key's new partition of the input, in the transaction that commits its offset here.
+    fn take_forward(&mut self, forwarded: Forwarded) {
+        if self.fatal.is_some() || !self.open_transaction() {
+            return;
+        }
+        let record = &forwarded.record;
+        let from = Position {
+            partition: record.partition,
+            offset: record.offset,
+        };
+        let origin = [Header::new(
+            FORWARDED_FROM,
+            format!("{}/{}", record.partition, record.offset),
+        )];
+        let copy = OutRecord {
+            topic: &self.topic,
+            partition: Some(forwarded.to),
+            key: record.key.as_deref(),
+            payload: record.payload.as_deref(),
+            headers: &origin,
+            passthrough: &record.headers,
+            timestamp: Some(record.timestamp),
+        };
+        if let Err(error) = self.sink.send(from, copy) {
+            self.fail_transaction(error);
+            return;
+        }
+        tracing::warn!(
+            partition = record.partition,
+            offset = record.offset,
+            to = forwarded.to,
+            "forwarding a record of a moved key to its new partition: its producer wrote it with the old partition count after the settle window"
+        );
+        if let Some(transaction) = &mut self.transaction {
+            transaction.forwarded(record.partition, record.offset);
+            self.health.uncommitted_work();
+        }
+    }
+
+    /// Begins a transaction unless one is open; false if that failed (and was handled).
+    fn open_transaction(&mut self) -> bool {
+        if self.transaction.is_some() {
+            return true;
+        }
+        if let Err(error) = self.sink.begin() {
+            self.fail_transaction(error);
+            return false;
+        }
+        self.transaction = Some(OpenTransaction::begin(Instant::now()));
+        true
     }
 
     /// Produces a finished record's outputs into the open transaction (beginning one if needed)
@@ -401,12 +587,8 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
         let _span =
             tracing::trace_span!("produce", partition = done.partition, offset = done.offset)
                 .entered();
-        if self.transaction.is_none() {
-            if let Err(error) = self.sink.begin() {
-                self.fail_transaction(error);
-                return;
-            }
-            self.transaction = Some(OpenTransaction::begin(Instant::now()));
+        if !self.open_transaction() {
+            return;
         }
         let from = Position {
             partition: done.partition,
@@ -468,8 +650,13 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
             open_ms = transaction.age(Instant::now()).as_millis()
         )
         .entered();
-        match self.sink.commit(&self.topic, transaction.offsets(), group) {
+        let markers = commit_markers(transaction.offsets(), &self.markers, transaction.markers());
+        match self
+            .sink
+            .commit(&self.topic, transaction.offsets(), &markers, group)
+        {
             Ok(()) => {
+                self.markers.extend(markers);
                 self.health.all_committed();
                 transaction.count_committed(&self.metrics);
                 for (&partition, &offset) in transaction.offsets() {
@@ -599,6 +786,23 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
         }
     }
 
+    /// Partitions held by a growth the view now releases start like rewound ones: the driver
+    /// seeks them to their committed offset (the partition's start when none) and resumes them,
+    /// then their workers restore the state the re-shards moved there.
+    fn release_growth_holds(&mut self) {
+        let view = self.growth.borrow();
+        for (&partition, slot) in &mut self.slots {
+            if slot.is_held_by_growth() && !is_held(view.as_ref(), partition) {
+                slot.release_growth_hold();
+                self.to_rewind.insert(partition);
+                tracing::info!(
+                    partition,
+                    "the growth of the input is released; starting the partition"
+                );
+            }
+        }
+    }
+
     fn release_held(&mut self) {
         for (&partition, slot) in &mut self.slots {
             if slot.release_held(&self.budget) {
@@ -612,6 +816,12 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
         if self.slots.is_empty() && self.transaction.is_none() {
             self.health.all_committed();
         }
+        let held = self
+            .slots
+            .values()
+            .filter(|slot| slot.is_held_by_growth())
+            .count();
+        self.metrics.set_partitions_held(held);
         let ready = self.slots.values().all(Slot::is_ready);
         self.health.set_ready(ready && self.fatal.is_none());
     }

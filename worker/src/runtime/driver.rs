@@ -1,6 +1,8 @@
 //! The read-process-write loop: poll a burst of records, route them (pausing partitions whose
 //! queue is full), let the coordinator take finished records into the transaction and commit,
-//! resume drained partitions, seek rewound partitions back to their committed offsets. On shutdown:
+//! resume drained partitions, pause partitions a growth of the input holds, tell old partitions
+//! how far polling got while a growth drains, seek rewound partitions back to their committed
+//! offsets. On shutdown:
 //! stop fetching, finish the records in hand, commit, leave the group.
 //!
 //! Runs on a dedicated thread: polling and the transactional calls block, and rebalance callbacks
@@ -71,7 +73,7 @@ where
         }
         poll.record("records", polled_records);
         drop(poll);
-        let (resumes, assigned, can_restart) = {
+        let (resumes, pauses, probes, assigned, can_restart) = {
             let _tick = tracing::trace_span!("tick").entered();
             let mut coordinator = lock(coordinator);
             coordinator.tick(source.group());
@@ -81,6 +83,8 @@ where
             rewinds.extend(coordinator.take_rewinds());
             (
                 coordinator.take_resumes(),
+                coordinator.take_pauses(),
+                coordinator.position_probes(),
                 coordinator.assigned(),
                 coordinator.can_restart(),
             )
@@ -89,6 +93,16 @@ where
             if let Err(error) = source.resume(partition) {
                 tracing::warn!(partition, %error, "resuming a drained partition failed");
             }
+        }
+        for partition in pauses {
+            // Its records are dropped meanwhile and fetched again after the release's seek.
+            if let Err(error) = source.pause(partition) {
+                tracing::warn!(partition, %error, "pausing a partition the growth holds failed");
+            }
+        }
+        if !probes.is_empty() {
+            let positions = source.positions(&probes);
+            lock(coordinator).fetched_to(&positions);
         }
         rewinds.retain(|partition| assigned.contains(partition));
         if !rewinds.is_empty() && can_restart {

@@ -14,6 +14,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use tokio_util::sync::CancellationToken;
 
 use super::driver::lock;
+use super::growth::Markers;
 use super::{
     ApplyChangelog, BrokerError, ChangelogReader, CommittedOffsets, Coordinator, Offsets, Position,
     Refusal, Sink, SinkError, SinkErrorKind, Source,
@@ -52,6 +53,8 @@ impl Produced {
 pub struct BrokerState {
     pub input: BTreeMap<i32, Vec<SourceRecord>>,
     pub committed: Offsets,
+    /// The re-shard markers in the committed offsets' metadata.
+    pub markers: Markers,
     /// Records of committed transactions, in commit order.
     pub outputs: Vec<Produced>,
     /// Commit attempts so far.
@@ -130,6 +133,7 @@ impl Broker {
                 key,
                 payload: Some(payload),
                 timestamp,
+                headers: Vec::new(),
             });
         }
         Arc::new(Self {
@@ -142,6 +146,37 @@ impl Broker {
 
     pub fn state(&self) -> MutexGuard<'_, BrokerState> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Grows the input to `partitions` (partition growth); the group member assigns the new
+    /// partitions at its next poll, as a consumer does after its metadata refresh.
+    pub fn grow(&self, partitions: i32) {
+        let mut state = self.state();
+        for partition in 0..partitions {
+            state.input.entry(partition).or_default();
+        }
+    }
+
+    /// Appends a record where a producer that knows `partitions` partitions puts it (murmur2, like
+    /// Kafka's clients); returns its partition.
+    pub fn produce(&self, partitions: i32, key: &[u8], payload: &[u8]) -> i32 {
+        let count =
+            orderpipe_growth::Partitions::new(partitions).expect("a positive partition count");
+        let partition = orderpipe_growth::partition_for(key, count);
+        let mut state = self.state();
+        let log = state.input.entry(partition).or_default();
+        log.push(SourceRecord {
+            partition,
+            offset: log.len() as i64,
+            key: Some(key.to_vec()),
+            payload: Some(payload.to_vec()),
+            timestamp: DateTime::<Utc>::from_timestamp(1_750_000_000, 0).unwrap_or_default(),
+            headers: vec![crate::record::RawHeader {
+                name: "traceparent".to_owned(),
+                value: Some(b"00-trace".to_vec()),
+            }],
+        });
+        partition
     }
 
     /// Makes commit attempts `attempts` (1-based) fail as abortable.
@@ -233,12 +268,25 @@ impl Sink for MemorySink {
                 .headers
                 .iter()
                 .map(|header| (header.name.to_owned(), header.value.clone()))
+                .chain(record.passthrough.iter().map(|header| {
+                    let value = header.value.as_deref().unwrap_or_default();
+                    (
+                        header.name.clone(),
+                        String::from_utf8_lossy(value).into_owned(),
+                    )
+                }))
                 .collect(),
         });
         Ok(())
     }
 
-    fn commit(&mut self, _input_topic: &str, offsets: &Offsets, (): &()) -> Result<(), SinkError> {
+    fn commit(
+        &mut self,
+        _input_topic: &str,
+        offsets: &Offsets,
+        markers: &Markers,
+        (): &(),
+    ) -> Result<(), SinkError> {
         let mut state = self.broker.state();
         state.commit_attempts += 1;
         let attempt = state.commit_attempts;
@@ -263,6 +311,13 @@ impl Sink for MemorySink {
         }
         state.outputs.append(&mut self.open);
         state.committed.extend(offsets);
+        // Like Kafka: a commit without metadata for a partition clears what it had.
+        for partition in offsets.keys() {
+            match markers.get(partition) {
+                Some(marker) => state.markers.insert(*partition, *marker),
+                None => state.markers.remove(partition),
+            };
+        }
         Ok(())
     }
 
@@ -310,11 +365,12 @@ pub struct MemorySource<H: StageHandler, K: Sink> {
     assigned: BTreeSet<i32>,
     positions: BTreeMap<i32, i64>,
     paused: BTreeSet<i32>,
-    started: bool,
     polled: u64,
     rebalance: Option<Rebalance>,
     revoked: bool,
     next: usize,
+    /// Partitions this member has seen in the topic; new ones (growth) are assigned to it.
+    known: BTreeSet<i32>,
 }
 
 impl<H: StageHandler, K: Sink<Group = ()>> MemorySource<H, K> {
@@ -329,28 +385,34 @@ impl<H: StageHandler, K: Sink<Group = ()>> MemorySource<H, K> {
             assigned: BTreeSet::new(),
             positions: BTreeMap::new(),
             paused: BTreeSet::new(),
-            started: false,
             polled: 0,
             rebalance,
             revoked: false,
             next: 0,
+            known: BTreeSet::new(),
         }
     }
 
     fn assign(&mut self, partitions: &[i32]) {
-        let committed: CommittedOffsets = {
+        let (committed, markers): (CommittedOffsets, Markers) = {
             let state = self.broker.state();
-            partitions
-                .iter()
-                .map(|p| (*p, state.committed.get(p).copied()))
-                .collect()
+            (
+                partitions
+                    .iter()
+                    .map(|p| (*p, state.committed.get(p).copied()))
+                    .collect(),
+                partitions
+                    .iter()
+                    .filter_map(|p| Some((*p, *state.markers.get(p)?)))
+                    .collect(),
+            )
         };
         for (&partition, &offset) in &committed {
             // Like a Kafka consumer, a pause outlives revocation and re-assignment.
             self.assigned.insert(partition);
             self.positions.insert(partition, offset.unwrap_or(0));
         }
-        lock(&self.coordinator).assign(&committed);
+        lock(&self.coordinator).assign(&committed, &markers);
     }
 
     /// Runs the scripted rebalance when its time has come, as a Kafka consumer runs callbacks in poll.
@@ -377,10 +439,17 @@ impl<H: StageHandler, K: Sink<Group = ()>> Source for MemorySource<H, K> {
     type Group = ();
 
     fn poll(&mut self, timeout: Duration) -> Option<Result<SourceRecord, BrokerError>> {
-        if !self.started {
-            self.started = true;
-            let all: Vec<i32> = self.broker.state().input.keys().copied().collect();
-            self.assign(&all);
+        let added: Vec<i32> = self
+            .broker
+            .state()
+            .input
+            .keys()
+            .copied()
+            .filter(|p| !self.known.contains(p))
+            .collect();
+        if !added.is_empty() {
+            self.known.extend(&added);
+            self.assign(&added);
         }
         self.rebalance();
         let partitions: Vec<i32> = self.assigned.iter().copied().collect();
@@ -431,6 +500,13 @@ impl<H: StageHandler, K: Sink<Group = ()>> Source for MemorySource<H, K> {
     fn seek(&mut self, partition: i32, offset: Option<i64>) -> Result<(), BrokerError> {
         self.positions.insert(partition, offset.unwrap_or(0));
         Ok(())
+    }
+
+    fn positions(&mut self, partitions: &[i32]) -> BTreeMap<i32, i64> {
+        partitions
+            .iter()
+            .filter_map(|p| Some((*p, *self.positions.get(p)?)))
+            .collect()
     }
 
     fn group(&self) -> &() {

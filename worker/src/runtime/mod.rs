@@ -11,6 +11,10 @@
 //!   partition's worker, phase and held-back records are a `slot`.
 //! - partition workers (`partition`) handle one partition's records one at a time, in offset
 //!   order, after restoring its per-key state from the [`ChangelogReader`].
+//! - [`growth`]: the worker's side of coordinated partition growth (issue #22): which control
+//!   records are the stage's, which partitions a growth holds, which markers a commit carries.
+//!   Partition workers apply `orderpipe_growth`'s per-record rule; the coordinator holds, pauses
+//!   and releases new partitions and commits re-shard markers.
 //!
 //! - `ports`: what the loop needs from a broker ([`Source`], [`Sink`], [`ChangelogReader`]) and the
 //!   errors they report, in the runtime's own types. Kafka implements the ports in `crate::kafka`;
@@ -22,6 +26,7 @@
 mod budget;
 mod coordinator;
 pub mod driver;
+pub mod growth;
 mod health;
 mod lag;
 #[cfg(test)]

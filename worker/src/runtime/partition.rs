@@ -3,18 +3,26 @@
 //! partition is what keeps per-key order; partitions run in parallel as separate tasks.
 //! A worker never produces or commits (the coordinator does) and never outlives its incarnation:
 //! on stop it finishes the record in hand and returns, leaving queued records uncommitted.
+//!
+//! During a growth of the input (`docs/partition-growth.md`) it judges each record by
+//! `orderpipe_growth::verdict` before the stage sees it: an old partition re-shards its state when
+//! it reaches the settle barrier (also when idle: on a view change, or when told how far polling
+//! got) and forwards records of keys whose state moved; it reports both for the coordinator to put
+//! into the transaction that commits its offset.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use orderpipe_growth::{ReshardMarker, Verdict, reshard, reshard_due, verdict};
 use orderpipe_orders::DeadLetterReason;
 use orderpipe_orders::dead_letter::{self, DeadLetterCopy};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::ChangelogReader;
 use super::budget::BytePermit;
+use super::growth::{View, is_resharded};
 use super::refusals::{Escape, Position, Refusals};
 use crate::error::{RestoreFailure, WorkerError};
 use crate::metrics::Metrics;
@@ -28,6 +36,17 @@ pub(crate) struct Queued {
     pub permit: BytePermit,
 }
 
+/// What a worker's queue carries, in the order the partition was polled.
+#[derive(Debug)]
+pub(crate) enum Work {
+    Record(Queued),
+    /// Polling has handed out everything of the partition below this offset, so once the worker
+    /// gets here it has processed every record below it: transaction markers take offsets but are
+    /// never delivered, and an idle partition's last record is often one of them. Tells an idle
+    /// old partition it has reached the settle barrier.
+    FetchedTo(i64),
+}
+
 /// What a worker tells the coordinator. Every report names the worker's incarnation, so reports of
 /// a worker that was replaced (after a rewind) are recognised and dropped.
 #[derive(Debug)]
@@ -39,6 +58,12 @@ pub(crate) enum Report {
         took: Duration,
     },
     Done(Completed),
+    /// The partition's state re-sharded for a growth: every record below `next_offset` is
+    /// processed; commit `next_offset` with `marker`, in the transaction that writes `moves`.
+    Resharded(Resharded),
+    /// A record of a key whose state moved: produce it to partition `to` of the input in the
+    /// transaction that commits its offset here.
+    Forwarded(Forwarded),
     Failed {
         partition: i32,
         incarnation: u64,
@@ -61,6 +86,8 @@ impl Report {
                 ..
             } => (*partition, *incarnation),
             Self::Done(done) => (done.partition, done.incarnation),
+            Self::Resharded(resharded) => (resharded.partition, resharded.incarnation),
+            Self::Forwarded(forwarded) => (forwarded.record.partition, forwarded.incarnation),
         }
     }
 }
@@ -81,6 +108,53 @@ pub(crate) struct Completed {
     pub _permit: BytePermit,
 }
 
+/// One key's state leaving an old partition for state partition `to`.
+#[derive(Debug)]
+pub(crate) struct MovedState {
+    pub key: Vec<u8>,
+    pub to: i32,
+    /// Its changelog record, as the stage encodes it.
+    pub state: Vec<u8>,
+}
+
+/// See [`Report::Resharded`].
+#[derive(Debug)]
+pub(crate) struct Resharded {
+    pub partition: i32,
+    pub incarnation: u64,
+    pub next_offset: i64,
+    pub marker: ReshardMarker,
+    pub moves: Vec<MovedState>,
+}
+
+/// See [`Report::Forwarded`].
+#[derive(Debug)]
+pub(crate) struct Forwarded {
+    pub incarnation: u64,
+    pub record: SourceRecord,
+    pub to: i32,
+    /// Held until the coordinator has produced the copy, like [`Completed`]'s.
+    pub _permit: BytePermit,
+}
+
+/// What the growth rule made of a record.
+enum Judged {
+    Process,
+    /// Forward it to this partition of the input.
+    Forward(i32),
+    /// The worker stops (revoked, shutting down, or the coordinator is gone).
+    Stop,
+}
+
+/// How far a worker got, for the growth rule.
+#[derive(Debug, Clone, Copy)]
+struct Progress {
+    /// Every record below it is processed (or forwarded).
+    next_offset: i64,
+    /// The partition's re-shard marker: committed, or written by this incarnation.
+    marker: Option<ReshardMarker>,
+}
+
 /// Everything a worker needs besides its queue.
 pub(crate) struct PartitionWorker<H: StageHandler> {
     pub partition: i32,
@@ -93,10 +167,15 @@ pub(crate) struct PartitionWorker<H: StageHandler> {
     pub metrics: Arc<Metrics>,
     /// Inputs whose outputs Kafka refused: produced alone, then dead-lettered if refused again.
     pub refusals: Arc<Refusals>,
+    /// The view of the input's latest growth, as the control topic says.
+    pub growth: watch::Receiver<View>,
+    /// The partition's committed offset (`None`: nothing committed) and re-shard marker.
+    pub committed: Option<i64>,
+    pub marker: Option<ReshardMarker>,
 }
 
 impl<H: StageHandler> PartitionWorker<H> {
-    pub async fn run(self, mut queue: mpsc::Receiver<Queued>) {
+    pub async fn run(mut self, mut queue: mpsc::Receiver<Work>) {
         let restore_started = Instant::now();
         let mut states = match self.restore().await {
             Ok(states) => states,
@@ -134,16 +213,64 @@ impl<H: StageHandler> PartitionWorker<H> {
         if self.reports.send(restored).await.is_err() {
             return;
         }
+        let mut progress = Progress {
+            next_offset: self.committed.unwrap_or(0),
+            marker: self.marker,
+        };
+        // Cleared once the view's sender is gone (shutting down): nothing more to wait for.
+        let mut watching = true;
         loop {
-            let queued = tokio::select! {
+            let work = tokio::select! {
                 // Stop wins over a waiting record: queued records stay uncommitted for the next owner.
                 biased;
                 () = self.stop.cancelled() => return,
+                changed = self.growth.changed(), if watching => {
+                    watching = changed.is_ok();
+                    None
+                }
                 next = queue.recv() => match next {
-                    Some(queued) => queued,
+                    Some(work) => Some(work),
                     None => return,
                 },
             };
+            let queued = match work {
+                Some(Work::Record(queued)) => queued,
+                Some(Work::FetchedTo(offset)) => {
+                    progress.next_offset = progress.next_offset.max(offset);
+                    if !self.reshard_if_due(&mut states, &mut progress).await {
+                        return;
+                    }
+                    report_state_size(&states);
+                    continue;
+                }
+                // The view changed: an idle old partition may be past the barrier already.
+                None => {
+                    if !self.reshard_if_due(&mut states, &mut progress).await {
+                        return;
+                    }
+                    report_state_size(&states);
+                    continue;
+                }
+            };
+            let offset = queued.record.offset;
+            match self.judge(&queued.record, &mut states, &mut progress).await {
+                Judged::Process => {}
+                Judged::Forward(to) => {
+                    report_state_size(&states);
+                    let forwarded = Report::Forwarded(Forwarded {
+                        incarnation: self.incarnation,
+                        record: queued.record,
+                        to,
+                        _permit: queued.permit,
+                    });
+                    if self.reports.send(forwarded).await.is_err() {
+                        return;
+                    }
+                    progress.next_offset = offset + 1;
+                    continue;
+                }
+                Judged::Stop => return,
+            }
             self.metrics.consumed();
             let started = Instant::now();
             let position = Position {
@@ -205,7 +332,125 @@ impl<H: StageHandler> PartitionWorker<H> {
             if self.reports.send(done).await.is_err() {
                 return;
             }
+            progress.next_offset = offset + 1;
+            // Past the barrier with a record of a key that stays: re-shard now, not at the next
+            // moved key (which may never come).
+            if !self.reshard_if_due(&mut states, &mut progress).await {
+                return;
+            }
+            report_state_size(&states);
         }
+    }
+
+    /// Applies the growth rule to `record` (re-sharding first where it says so) until the record
+    /// may be processed here or belongs to another partition.
+    async fn judge(
+        &mut self,
+        record: &SourceRecord,
+        states: &mut KeyStates<H::State>,
+        progress: &mut Progress,
+    ) -> Judged {
+        loop {
+            let decided = {
+                let view = self.growth.borrow();
+                verdict(
+                    view.as_ref(),
+                    self.partition,
+                    record.offset,
+                    record.key.as_deref(),
+                    is_resharded(view.as_ref(), progress.marker),
+                )
+            };
+            match decided {
+                Verdict::Process => return Judged::Process,
+                Verdict::Forward { to } => return Judged::Forward(to),
+                Verdict::ReshardFirst => {
+                    // Records arrive in offset order: every one below this is processed.
+                    progress.next_offset = progress.next_offset.max(record.offset);
+                    if !self.reshard(states, progress).await {
+                        return Judged::Stop;
+                    }
+                }
+                // The coordinator starts no held partition; only a view that has not caught up
+                // with a later growth of the topic gets here. Wait for it to catch up.
+                Verdict::Hold => {
+                    tokio::select! {
+                        biased;
+                        () = self.stop.cancelled() => return Judged::Stop,
+                        changed = self.growth.changed() => if changed.is_err() {
+                            return Judged::Stop;
+                        },
+                    }
+                }
+            }
+        }
+    }
+
+    /// Re-shards when `reshard_due` says so; false when the coordinator is gone.
+    async fn reshard_if_due(
+        &self,
+        states: &mut KeyStates<H::State>,
+        progress: &mut Progress,
+    ) -> bool {
+        let due = {
+            let view = self.growth.borrow();
+            reshard_due(
+                view.as_ref(),
+                self.partition,
+                progress.next_offset,
+                is_resharded(view.as_ref(), progress.marker),
+            )
+        };
+        !due || self.reshard(states, progress).await
+    }
+
+    /// Moves the state of the keys that now belong to a new partition out of this one's and
+    /// reports the moves, to be committed with `progress.next_offset` and the marker; false when
+    /// the coordinator is gone. If that transaction aborts, this incarnation is replaced and the
+    /// next one restores the state the changelog still holds, so nothing moves twice.
+    async fn reshard(&self, states: &mut KeyStates<H::State>, progress: &mut Progress) -> bool {
+        let Some(growth) = self.growth.borrow().as_ref().map(|view| view.growth) else {
+            return true;
+        };
+        let plan = reshard::plan(growth, self.partition, states.keys());
+        let (kept, foreign, per_destination) = (plan.kept, plan.foreign, plan.per_destination());
+        let moves: Vec<MovedState> = plan
+            .moves
+            .iter()
+            .filter_map(|step| {
+                let state = states.get(step.key)?;
+                Some(MovedState {
+                    key: step.key.to_vec(),
+                    to: step.to,
+                    state: self.stage.encode_state(state),
+                })
+            })
+            .collect();
+        for moved in &moves {
+            states.remove(&moved.key);
+        }
+        let marker = ReshardMarker {
+            generation: growth.generation(),
+        };
+        progress.marker = Some(marker);
+        tracing::info!(
+            partition = self.partition,
+            generation = growth.generation(),
+            offset = progress.next_offset,
+            moved = moves.len(),
+            kept,
+            foreign,
+            ?per_destination,
+            "re-sharding the partition's state for a growth of the input"
+        );
+        let resharded = Report::Resharded(Resharded {
+            partition: self.partition,
+            incarnation: self.incarnation,
+            next_offset: progress.next_offset,
+            marker,
+            moves,
+        });
+        self.reports.send(resharded).await.is_ok()
     }
 
     /// The dead letter that replaces the outputs of `record`, which Kafka refused even alone.

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use super::growth::Markers;
 use super::refusals::{Position, Refusal};
 use crate::error::RestoreFailure;
 use crate::record::{OutRecord, SourceRecord};
@@ -85,11 +86,13 @@ pub trait Sink: Send + 'static {
     fn begin(&mut self) -> Result<(), SinkError>;
     /// Produces one record, an output of the input record at `from`, into the open transaction.
     fn send(&mut self, from: Position, record: OutRecord<'_>) -> Result<(), SinkError>;
-    /// Adds the input offsets to the transaction and commits it.
+    /// Adds the input offsets to the transaction and commits it. A partition in `markers` is
+    /// committed with that re-shard marker as its offset's metadata (partition growth).
     fn commit(
         &mut self,
         input_topic: &str,
         offsets: &Offsets,
+        markers: &Markers,
         group: &Self::Group,
     ) -> Result<(), SinkError>;
     fn abort(&mut self) -> Result<(), SinkError>;
@@ -134,6 +137,10 @@ pub trait Source {
     fn committed(&mut self, partitions: &[i32]) -> Result<CommittedOffsets, BrokerError>;
     /// Makes the next record of `partition` the one at `offset` (`None`: the earliest).
     fn seek(&mut self, partition: i32, offset: Option<i64>) -> Result<(), BrokerError>;
+    /// For each of `partitions`, the offset after the last record (or transaction marker, which
+    /// is never delivered) polling has handed out since it was assigned or sought; partitions
+    /// without one yet are left out.
+    fn positions(&mut self, partitions: &[i32]) -> BTreeMap<i32, i64>;
     fn group(&self) -> &Self::Group;
     /// Leaves the group (running the final revocation) by `deadline`.
     fn close(&mut self, deadline: Instant);
@@ -152,8 +159,14 @@ impl<G: ?Sized + 'static> Sink for Box<dyn Sink<Group = G>> {
         (**self).send(from, record)
     }
 
-    fn commit(&mut self, input_topic: &str, offsets: &Offsets, group: &G) -> Result<(), SinkError> {
-        (**self).commit(input_topic, offsets, group)
+    fn commit(
+        &mut self,
+        input_topic: &str,
+        offsets: &Offsets,
+        markers: &Markers,
+        group: &G,
+    ) -> Result<(), SinkError> {
+        (**self).commit(input_topic, offsets, markers, group)
     }
 
     fn abort(&mut self) -> Result<(), SinkError> {

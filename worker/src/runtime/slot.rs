@@ -1,5 +1,6 @@
 //! One assigned partition as the coordinator tracks it: the incarnation of its worker, its phase
-//! (running, stopping, awaiting a rewind's seek), whether its state is restored, and the records
+//! (running, stopping, awaiting a rewind's seek, held by a growth of the input), whether its state
+//! is restored, and the records
 //! held back while its queue or the byte budget is full (fetching it is paused meanwhile). Owns
 //! handing polled records to the worker in offset order under those bounds. Must not produce,
 //! commit or call the consumer: the coordinator and the driver do.
@@ -7,12 +8,11 @@
 use std::collections::VecDeque;
 
 use tokio::sync::mpsc;
-use tokio::sync::mpsc::error::TrySendError;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::ByteBudget;
-use super::partition::Queued;
+use super::partition::{Queued, Work};
 use crate::record::SourceRecord;
 
 /// What [`Coordinator::route`](super::Coordinator::route) did with a record.
@@ -35,12 +35,15 @@ enum Phase {
     Stopping,
     /// Its uncommitted progress was discarded; waiting for the consumer to seek back.
     AwaitingSeek,
+    /// A partition a growth of the input added, not released yet: no worker, no state restored,
+    /// fetching paused; its records are dropped (the consumer seeks back when it is released).
+    Held,
 }
 
 /// The coordinator's side of a running partition worker.
 #[derive(Debug)]
 pub(crate) struct WorkerHandle {
-    pub queue: mpsc::Sender<Queued>,
+    pub queue: mpsc::Sender<Work>,
     pub stop: CancellationToken,
     pub task: JoinHandle<()>,
 }
@@ -64,6 +67,8 @@ pub(crate) struct Slot {
     /// The offset after the last record routed here: what the lag gauge compares with the
     /// committed offset to tell "everything taken is committed" (commit markers are never routed).
     routed_to: Option<i64>,
+    /// The last [`Work::FetchedTo`] sent to the worker.
+    fetched_to: Option<i64>,
 }
 
 impl Slot {
@@ -76,18 +81,59 @@ impl Slot {
             held: VecDeque::new(),
             paused: false,
             routed_to: None,
+            fetched_to: None,
         }
     }
 
     pub fn awaiting_seek(incarnation: u64) -> Self {
+        Self::idle(incarnation, Phase::AwaitingSeek)
+    }
+
+    /// A partition held by a growth of the input (see [`Phase::Held`]).
+    pub fn held_by_growth(incarnation: u64) -> Self {
+        Self::idle(incarnation, Phase::Held)
+    }
+
+    fn idle(incarnation: u64, phase: Phase) -> Self {
         Self {
             incarnation,
-            phase: Phase::AwaitingSeek,
+            phase,
             worker: None,
             restored: false,
             held: VecDeque::new(),
             paused: false,
             routed_to: None,
+            fetched_to: None,
+        }
+    }
+
+    pub fn is_held_by_growth(&self) -> bool {
+        self.phase == Phase::Held
+    }
+
+    /// The growth released it: it starts like a rewound partition, from its committed offset
+    /// once the consumer has sought there.
+    pub fn release_growth_hold(&mut self) {
+        if self.phase == Phase::Held {
+            self.phase = Phase::AwaitingSeek;
+        }
+    }
+
+    /// Tells the worker that polling handed out everything below `offset` (see
+    /// [`Work::FetchedTo`]), unless records still wait here to be queued (they come first) or
+    /// the worker was told already. Skipped when its queue is full: a busy worker reaches the
+    /// offset with its records, and the next turn tells it again.
+    pub fn fetched_to(&mut self, offset: i64) {
+        if self.phase != Phase::Running
+            || !self.held.is_empty()
+            || self.fetched_to.is_some_and(|sent| sent >= offset)
+        {
+            return;
+        }
+        if let Some(worker) = &self.worker
+            && worker.queue.try_send(Work::FetchedTo(offset)).is_ok()
+        {
+            self.fetched_to = Some(offset);
         }
     }
 
@@ -111,9 +157,10 @@ impl Slot {
         self.restored = true;
     }
 
-    /// Running with its state restored: what readiness waits for.
+    /// Running with its state restored, or held by a growth (which is the plan, not a fault):
+    /// what readiness waits for.
     pub fn is_ready(&self) -> bool {
-        self.phase == Phase::Running && self.restored
+        (self.phase == Phase::Running && self.restored) || self.phase == Phase::Held
     }
 
     /// Whether its worker is still running (finishing the record in hand, after a stop).
@@ -183,9 +230,9 @@ impl Slot {
 
     /// Discards the uncommitted progress of a partition still being processed: its worker is
     /// aborted and it waits for the consumer to seek back. False for a stopping partition, which
-    /// is on its way out and is not rewound.
+    /// is on its way out and is not rewound, and for a held one, which has no progress.
     pub fn discard(&mut self) -> bool {
-        if self.phase == Phase::Stopping {
+        if matches!(self.phase, Phase::Stopping | Phase::Held) {
             return false;
         }
         if let Some(worker) = self.worker.take() {
@@ -210,8 +257,11 @@ fn offer(
     let Some(permit) = budget.try_acquire(record.size()) else {
         return Err(record);
     };
-    match worker.queue.try_send(Queued { record, permit }) {
-        Ok(()) => Ok(()),
-        Err(TrySendError::Full(queued) | TrySendError::Closed(queued)) => Err(queued.record),
+    match worker.queue.try_reserve() {
+        Ok(slot) => {
+            slot.send(Work::Record(Queued { record, permit }));
+            Ok(())
+        }
+        Err(_) => Err(record),
     }
 }

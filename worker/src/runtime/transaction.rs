@@ -1,11 +1,15 @@
 //! The open transaction's bookkeeping: when it began, how far each partition got in it (the next
-//! offset to consume, which its commit stores), and what it counts once committed (records by
-//! outcome, dead letters by reason). It decides when the transaction is due; beginning, producing,
+//! offset to consume, which its commit stores, and the re-shard markers it writes), and what it
+//! counts once committed (records by outcome, dead letters by reason, moved keys, forwarded
+//! records). It decides when the transaction is due; beginning, producing,
 //! committing and aborting are the coordinator's calls to the sink. Must not touch the sink.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use orderpipe_growth::ReshardMarker;
+
+use super::growth::Markers;
 use super::{Offsets, Tuning};
 use crate::metrics::{Metrics, transaction};
 use crate::stage::Outcome;
@@ -18,6 +22,9 @@ pub(crate) struct OpenTransaction {
     records: u64,
     outcomes: BTreeMap<&'static str, u64>,
     dead_letters: BTreeMap<&'static str, u64>,
+    markers: Markers,
+    moved_keys: u64,
+    forwarded: u64,
 }
 
 impl OpenTransaction {
@@ -28,7 +35,37 @@ impl OpenTransaction {
             records: 0,
             outcomes: BTreeMap::new(),
             dead_letters: BTreeMap::new(),
+            markers: Markers::new(),
+            moved_keys: 0,
+            forwarded: 0,
         }
+    }
+
+    /// `partition`'s state was re-sharded in it (`moved_keys` moves written): every record below
+    /// `next_offset` is processed, and the commit carries `marker`.
+    pub fn resharded(
+        &mut self,
+        partition: i32,
+        next_offset: i64,
+        marker: ReshardMarker,
+        moved_keys: usize,
+    ) {
+        let offset = self.offsets.entry(partition).or_insert(next_offset);
+        *offset = (*offset).max(next_offset);
+        let kept = self.markers.entry(partition).or_insert(marker);
+        *kept = (*kept).max(marker);
+        self.moved_keys += moved_keys as u64;
+    }
+
+    /// The input record at `offset` of `partition` was forwarded to its key's new partition in it.
+    pub fn forwarded(&mut self, partition: i32, offset: i64) {
+        self.offsets.insert(partition, offset + 1);
+        self.forwarded += 1;
+    }
+
+    /// The re-shard markers it writes.
+    pub fn markers(&self) -> &Markers {
+        &self.markers
     }
 
     /// The input record at `offset` of `partition` is finished: its outputs are in the
@@ -72,6 +109,8 @@ impl OpenTransaction {
         for (reason, count) in &self.dead_letters {
             metrics.dead_lettered(reason, *count);
         }
+        metrics.reshard_keys_moved(self.moved_keys);
+        metrics.growth_forwarded(self.forwarded);
     }
 }
 
@@ -89,6 +128,29 @@ mod tests {
         open.finished(0, 5, Outcome::PROCESSED);
         assert_eq!(open.offsets(), &Offsets::from([(0, 6), (1, 10)]));
         assert_eq!(open.records(), 3);
+    }
+
+    #[test]
+    fn a_reshard_moves_progress_to_its_offset_and_writes_its_marker() {
+        let mut open = OpenTransaction::begin(Instant::now());
+        open.finished(0, 4, Outcome::PROCESSED);
+        // Idle after a transaction marker at 5: the re-shard commits 6.
+        open.resharded(0, 6, ReshardMarker { generation: 2 }, 3);
+        open.resharded(1, 0, ReshardMarker { generation: 2 }, 0);
+        open.forwarded(0, 6);
+        assert_eq!(open.offsets(), &Offsets::from([(0, 7), (1, 0)]));
+        assert_eq!(
+            open.markers(),
+            &Markers::from([
+                (0, ReshardMarker { generation: 2 }),
+                (1, ReshardMarker { generation: 2 })
+            ])
+        );
+        assert_eq!(
+            open.records(),
+            1,
+            "moves and forwards are not processed records"
+        );
     }
 
     #[test]

@@ -49,6 +49,10 @@ impl<H: StageHandler> StageHandler for DeadLetterEverything<H> {
         self.0.decode_state(payload)
     }
 
+    fn encode_state(&self, state: &Self::State) -> Vec<u8> {
+        self.0.encode_state(state)
+    }
+
     fn handle<'a>(
         &'a self,
         record: &'a SourceRecord,
@@ -82,6 +86,7 @@ mod tests {
             key: Some(b"order-1".to_vec()),
             payload: Some(br#"{"a valid order": "or not, it does not matter"}"#.to_vec()),
             timestamp: DateTime::UNIX_EPOCH,
+            headers: Vec::new(),
         };
         let mut states = KeyStates::default();
         let handling = stage

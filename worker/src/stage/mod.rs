@@ -72,6 +72,11 @@ impl<S> KeyStates<S> {
         self.by_key.len()
     }
 
+    /// Every key with a state, in no particular order (a re-shard plans over them).
+    pub fn keys(&self) -> impl Iterator<Item = &[u8]> {
+        self.by_key.keys().map(AsRef::as_ref)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.by_key.is_empty()
     }
@@ -178,6 +183,10 @@ pub trait StageHandler: Send + Sync + 'static {
     /// Decodes one changelog record written by this stage.
     fn decode_state(&self, payload: &[u8]) -> Result<Self::State, StateDecodeError>;
 
+    /// The changelog record of `state`, as [`StageHandler::decode_state`] reads it back: what a
+    /// re-shard writes to the key's new state partition (partition growth).
+    fn encode_state(&self, state: &Self::State) -> Vec<u8>;
+
     /// Handles one record. `stop` asks the handler to give up waits (retry backoff) early.
     fn handle<'a>(
         &'a self,
@@ -236,6 +245,10 @@ where
 
     fn decode_state(&self, payload: &[u8]) -> Result<P::State, StateDecodeError> {
         P::State::decode(payload)
+    }
+
+    fn encode_state(&self, state: &P::State) -> Vec<u8> {
+        state.encode()
     }
 
     fn handle<'a>(

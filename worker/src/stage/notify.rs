@@ -128,6 +128,11 @@ impl<W: Webhook> StageHandler for NotifyStage<W> {
         Ok(())
     }
 
+    /// Never called: without states a re-shard moves nothing.
+    fn encode_state(&self, (): &()) -> Vec<u8> {
+        Vec::new()
+    }
+
     async fn handle<'a>(
         &'a self,
         record: &'a SourceRecord,

@@ -107,7 +107,7 @@ impl Pipeline {
         ]
     }
 
-    fn state_topic(&self, stage: Stage) -> String {
+    pub fn state_topic(&self, stage: Stage) -> String {
         format!("{}.{}.state", self.id, stage.name())
     }
 

@@ -1,7 +1,8 @@
 //! The runtime against the in-memory broker, one file per concern: `exactly_once` (outputs once
 //! across aborted transactions, a producer re-created late, revocations, per-key order,
 //! back-pressure), `notify` (the notify stage's retries and dead letters), `refusals` (outputs
-//! Kafka refuses for good), `expiry` (forgotten state and what a restore reads back).
+//! Kafka refuses for good), `expiry` (forgotten state and what a restore reads back), `growth`
+//! (a growth of the input: held new partitions, re-shard, forwarding, markers).
 //!
 //! This file holds the fixtures: [`TestStage`] builds and starts a stage, [`Running`] stops it
 //! and reads its metrics. Tests must not reach into the coordinator; they judge what reached the
@@ -9,6 +10,7 @@
 
 mod exactly_once;
 mod expiry;
+mod growth;
 mod notify;
 mod refusals;
 
@@ -22,9 +24,11 @@ use orderpipe_orders::headers;
 use orderpipe_orders::status::StatusMachine;
 use orderpipe_orders::validate::Validator;
 use prometheus_client::registry::Registry;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::driver::drive;
+use super::growth::View;
 use super::memory::{
     Broker, BrokerState, MemoryChangelog, MemorySink, MemorySource, Produced, Rebalance,
 };
@@ -78,6 +82,7 @@ struct TestStage<H> {
     make: MakeStage<H>,
     tuning: Tuning,
     rebalance: Option<Rebalance>,
+    growth: Option<watch::Receiver<View>>,
 }
 
 impl TestStage<Stateful<Validator>> {
@@ -108,6 +113,15 @@ impl<H: StageHandler> TestStage<H> {
             make: Box::new(make),
             tuning: fast_tuning(),
             rebalance: None,
+            growth: None,
+        }
+    }
+
+    /// Follows the growth view `growth` (a test's stand-in for the control topic).
+    fn growth(self, growth: watch::Receiver<View>) -> Self {
+        Self {
+            growth: Some(growth),
+            ..self
         }
     }
 
@@ -129,6 +143,7 @@ impl<H: StageHandler> TestStage<H> {
             make,
             tuning,
             rebalance,
+            growth,
         } = self;
         let (registry, metrics) = Metrics::registry("shop", &config.stage);
         let metrics = Arc::new(metrics);
@@ -156,6 +171,7 @@ impl<H: StageHandler> TestStage<H> {
             health: Arc::clone(&health),
             lag: Arc::new(LagBook::new(metrics)),
             transactional_id: "test".to_owned(),
+            growth: growth.unwrap_or_else(|| watch::channel(None).1),
         })));
         let shutdown = CancellationToken::new();
         let driver = {
