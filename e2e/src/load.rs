@@ -1,5 +1,6 @@
 //! Orders for the e2e tests, produced as upstream systems would: a steady stream
-//! ([`SteadyProducer`]) or a burst committed in one transaction ([`produce_transaction`]), so
+//! ([`SteadyProducer`]), a paced stream of the load generator's records with their expectations
+//! ([`PacedLoad`]), or a burst committed in one transaction ([`produce_transaction`]), so
 //! every partition ends in a commit marker as behind an exactly-once upstream stage.
 
 use std::collections::BTreeSet;
@@ -10,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, ensure};
 use orderpipe_orders::generator::{GenConfig, OrderGenerator};
 use orderpipe_stack::unique_name;
+use orderpipe_worker::loadgen::{self, LoadSpec};
 use rdkafka::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
@@ -75,6 +77,72 @@ impl SteadyProducer {
 
     /// Stops producing; the keys of every order sent (all delivered: the flush succeeded).
     pub async fn stop(self) -> anyhow::Result<BTreeSet<Vec<u8>>> {
+        drop(self.stop);
+        self.task.await?
+    }
+}
+
+/// The load generator's records ([`loadgen::generate`]) at a steady rate on a blocking thread until
+/// stopped, placed as a Java producer would (murmur2 of the key) and noticing a grown topic within
+/// `metadata_refresh` (what a topic's `settleSeconds` must cover).
+#[derive(Debug)]
+pub struct PacedLoad {
+    stop: StopOnDrop,
+    task: tokio::task::JoinHandle<anyhow::Result<u64>>,
+}
+
+impl PacedLoad {
+    pub fn start(
+        bootstrap: &str,
+        topic: &str,
+        spec: LoadSpec,
+        rate: u64,
+        metadata_refresh: Duration,
+    ) -> PacedLoad {
+        let (bootstrap, topic) = (bootstrap.to_owned(), topic.to_owned());
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let task = tokio::task::spawn_blocking(move || {
+            let producer: BaseProducer = ClientConfig::new()
+                .set("bootstrap.servers", &bootstrap)
+                .set("enable.idempotence", "true")
+                .set("partitioner", "murmur2_random")
+                .set(
+                    "topic.metadata.refresh.interval.ms",
+                    metadata_refresh.as_millis().to_string(),
+                )
+                .create()?;
+            let began = Instant::now();
+            let mut sent = 0u64;
+            for record in loadgen::generate(&spec) {
+                if stopped.load(Ordering::Relaxed) {
+                    break;
+                }
+                // Paced by the clock: record n leaves at n / rate seconds.
+                let due = Duration::from_millis(sent * 1000 / rate.max(1));
+                producer.poll(due.saturating_sub(began.elapsed()));
+                let mut next = BaseRecord::to(&topic).payload(&record.payload);
+                if let Some(key) = &record.key {
+                    next = next.key(key);
+                }
+                producer
+                    .send(next)
+                    .map_err(|(error, _)| error)
+                    .with_context(|| format!("producing record {sent} to {topic}"))?;
+                sent += 1;
+            }
+            producer.flush(Duration::from_secs(30))?;
+            anyhow::Ok(sent)
+        });
+        PacedLoad {
+            stop: StopOnDrop(stop),
+            task,
+        }
+    }
+
+    /// Stops producing; how many records were sent (all delivered: the flush succeeded). They are
+    /// the first that many of `loadgen::generate(&spec)`.
+    pub async fn stop(self) -> anyhow::Result<u64> {
         drop(self.stop);
         self.task.await?
     }

@@ -187,7 +187,10 @@ impl OrderGenerator {
             garbage_share,
             duplicate_share,
         } = self.config;
-        if draw < duplicate_share && !self.recent_valid.is_empty() {
+        // A re-submission drawn before any valid order exists becomes a valid order, never one of
+        // the other kinds: with no garbage or invalid share configured, none may appear.
+        let resubmission = draw < duplicate_share;
+        if resubmission && !self.recent_valid.is_empty() {
             let pick = self.rng.random_range(0..self.recent_valid.len());
             if let Some(original) = self.recent_valid.get(pick) {
                 return GeneratedRecord {
@@ -196,11 +199,11 @@ impl OrderGenerator {
                 };
             }
         }
-        if draw < duplicate_share + garbage_share {
+        if !resubmission && draw < duplicate_share + garbage_share {
             return self.garbage();
         }
         let order = self.valid_order();
-        if draw < duplicate_share + garbage_share + invalid_share {
+        if !resubmission && draw < duplicate_share + garbage_share + invalid_share {
             let mutation = *Mutation::ALL
                 .choose(&mut self.rng)
                 .unwrap_or(&Mutation::TotalMismatch);

@@ -30,6 +30,29 @@ fn the_same_seed_yields_the_same_records_and_another_seed_does_not() {
 }
 
 #[test]
+fn only_valid_orders_and_resubmissions_come_from_a_mix_of_only_those() {
+    let resubmissions_only = GenConfig {
+        invalid_share: 0.0,
+        garbage_share: 0.0,
+        duplicate_share: 0.5,
+    };
+    // Many seeds, so some draw a re-submission first, before any order exists to re-submit.
+    for seed in 0..64 {
+        let kinds: Vec<_> = OrderGenerator::new(seed, resubmissions_only.clone())
+            .take(20)
+            .map(|record| record.expected)
+            .collect();
+        assert!(
+            kinds
+                .iter()
+                .all(|e| matches!(e, Expected::Valid | Expected::Duplicate)),
+            "seed {seed}: {kinds:?}"
+        );
+        assert_eq!(kinds[0], Expected::Valid, "seed {seed}");
+    }
+}
+
+#[test]
 fn valid_orders_are_about_one_kilobyte_with_unique_ids() {
     let mut generator = OrderGenerator::new(1, GenConfig::default());
     let orders: Vec<_> = (0..500).map(|_| generator.valid_order()).collect();

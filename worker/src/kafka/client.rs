@@ -67,7 +67,12 @@ pub fn stage_consumer(config: &WorkerConfig) -> ClientConfig {
         .set("fetch.queue.backoff.ms", "10")
         .set("fetch.max.bytes", "16777216")
         // Statistics carry each partition's high watermark for the lag gauge.
-        .set("statistics.interval.ms", "5000");
+        .set("statistics.interval.ms", "5000")
+        // A grown input's new partitions are assigned (held, until their growth is released) at
+        // the group's next metadata refresh: 10 s rather than the default 5 minutes, so a growth
+        // whose settle window is short is not then held for minutes more. One small metadata
+        // request per 10 s per worker.
+        .set("topic.metadata.refresh.interval.ms", "10000");
     client
 }
 

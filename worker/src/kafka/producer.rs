@@ -26,6 +26,8 @@ use crate::runtime::{BrokerError, Offsets, Position, Refusal, Sink, SinkError, S
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a send waits for room in a full producer queue.
 const QUEUE_FULL_WAIT: Duration = Duration::from_secs(30);
+/// How long a send waits for a metadata refresh that may show a partition it does not know yet.
+const METADATA_WAIT: Duration = Duration::from_secs(5);
 
 /// How long [`Sink::take_refusals`] waits for the delivery reports of an aborted transaction.
 const REPORTS_WAIT: Duration = Duration::from_secs(10);
@@ -251,6 +253,7 @@ impl Connection {
     /// one the broker refuses later.
     fn send(&self, from: Position, record: OutRecord<'_>) -> Result<(), SinkError> {
         let deadline = Instant::now() + QUEUE_FULL_WAIT;
+        let mut metadata_refreshed = false;
         loop {
             let mut headers =
                 OwnedHeaders::new_with_capacity(record.headers.len() + record.passthrough.len());
@@ -295,6 +298,21 @@ impl Connection {
                 {
                     // The producer's own thread drains the queue; back off briefly and try again.
                     thread::sleep(Duration::from_millis(5));
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::UnknownPartition), _))
+                    if record.partition.is_some() && !metadata_refreshed =>
+                {
+                    // A partition the topic just grew by (a growth's re-shard or forward writes to
+                    // one explicitly): librdkafka knows the count of its last metadata refresh,
+                    // every 5 minutes. A metadata request updates it; then try once more.
+                    metadata_refreshed = true;
+                    if let Err(error) = self
+                        .producer
+                        .client()
+                        .fetch_metadata(Some(record.topic), METADATA_WAIT)
+                    {
+                        tracing::warn!(%error, topic = record.topic, "refreshing the topic's metadata");
+                    }
                 }
                 Err((error, _)) => {
                     if error.rdkafka_error_code().is_some_and(is_record_refusal) {
