@@ -79,7 +79,9 @@ pub struct TopicSpec {
     /// may go on writing with the old partition count (its metadata refresh interval plus a
     /// margin). The stages hold the keys that move until then; a shorter window holds less, a
     /// window shorter than a producer's refresh breaks that producer's per-key order. Default
-    /// 330: Java clients' and librdkafka's 300 s default refresh plus margin.
+    /// 330: Java clients' and librdkafka's 300 s default refresh plus margin. Growth keeps each
+    /// key's order and state only for producers that place keys with murmur2 (Java's default;
+    /// librdkafka's `partitioner=murmur2_random`), and only to a multiple of the current count.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 86400))]
     pub settle_seconds: Option<i32>,
