@@ -20,6 +20,7 @@
 //! | ReconcileErrors | an admission policy refusing the operator's Deployments | removing it |
 //! | OperatorDown | SIGKILL of the operator | a new operator process |
 //! | NoLeader | a Lease another holder keeps renewing | the holder stopping: the Lease expires |
+//! | GrowthForwarding | proven in `growth.rs`: a producer that keeps the old partition count through a growth's settle window | (not undone there) |
 //!
 //! Before the faults, after a transactional load has drained: every panel query of the Grafana
 //! dashboard returns data (the panel test), Prometheus's active targets are the running pods plus

@@ -3,6 +3,13 @@
 //! (with re-submissions) and multi-event order histories are produced continuously, placed as Java
 //! producers place them and switching to the new count at their own metadata refresh.
 //!
+//! One more producer of orders keeps librdkafka's default metadata refresh (5 minutes), far beyond
+//! the topics' settle window, until the first growth is released: its records of moved keys past
+//! the barrier are forwarded to their keys' new partitions, and the shipped
+//! `OrderPipelineGrowthForwarding` alert fires on the stack's Prometheus (rules loaded as
+//! `orderpipe_e2e::rules` shortens them). It stops before the second growth, which a producer two
+//! growths behind would break (see `docs/partition-growth.md`).
+//!
 //! Afterwards every order's status changes appear once and in event order, no re-submitted order
 //! is validated twice, nothing is dead-lettered (so nothing quarantined), and every valid order is
 //! validated exactly once. The hold of each growth (from the grow to the release) is printed.
@@ -15,12 +22,14 @@ use anyhow::{Context as _, ensure};
 use orderpipe_api::OrderPipeline;
 use orderpipe_api::v1alpha1::{GrowthPhase, GrowthStatus, Processor};
 use orderpipe_e2e::load::PacedLoad;
+use orderpipe_e2e::rules::{AlertWatch, LiveRules};
 use orderpipe_e2e::{OperatorTest, apply_pipeline, on_node_agent, wait_ready};
 use orderpipe_node_agent::{NodeAgent, NodeAgentConfig};
 use orderpipe_orders::generator::{EventExpectation, Expected};
 use orderpipe_orders::{OrderState, StatusChanged};
 use orderpipe_stack::{
-    Isolation, TestNamespace, caught_up, partition_count, read_all, tools, unique_name, wait_until,
+    Isolation, SharedStack, TestNamespace, caught_up, partition_count, prometheus, read_all, tools,
+    unique_name, wait_until,
 };
 use orderpipe_worker::loadgen::{self, Expectation, LoadMode, LoadSpec};
 use serde_json::{Value, json};
@@ -28,6 +37,8 @@ use serde_json::{Value, json};
 /// The producers notice a grown topic within this; the topics' settle window covers it twice.
 const METADATA_REFRESH: Duration = Duration::from_secs(2);
 const SETTLE_SECONDS: i32 = 5;
+/// librdkafka's default `topic.metadata.refresh.interval.ms`: a producer that breaks the window.
+const LATE_REFRESH: Duration = Duration::from_secs(300);
 /// Records per second into each input.
 const RATE: u64 = 60;
 /// From a partition change to the growth's release: the grow, the settle window, the drain.
@@ -45,6 +56,14 @@ fn orders_spec() -> LoadSpec {
         // Re-submissions, some of which straddle a growth: the dedup state must have moved.
         duplicate_share: 0.2,
         seed: 22,
+    }
+}
+
+/// The late producer's orders: another seed, so other order ids.
+fn late_orders_spec() -> LoadSpec {
+    LoadSpec {
+        seed: 24,
+        ..orders_spec()
     }
 }
 
@@ -115,10 +134,10 @@ async fn inputs_grow_3_to_6_to_12_under_load_keeping_order_state_and_dedup() -> 
     let worker = tools::built_binary("orderpipe-worker")?;
     let node = unique_name("growth-node");
     let OperatorTest {
+        stack,
         bootstrap,
         ns,
         operator,
-        ..
     } = OperatorTest::start_placed("growth", on_node_agent(&node)).await?;
     let work = tempfile::tempdir()?;
     let agent = NodeAgent::start(
@@ -126,14 +145,22 @@ async fn inputs_grow_3_to_6_to_12_under_load_keeping_order_state_and_dedup() -> 
         NodeAgentConfig::new(&node, work.path()).worker_releases(worker.clone(), worker),
     )
     .await?;
-    let proven = grow_under_load(&bootstrap, &ns).await;
+    let proven = grow_under_load(&stack, &bootstrap, &ns).await;
     agent.stop().await?;
     proven?;
     OperatorTest::finish(operator, ns).await
 }
 
-async fn grow_under_load(bootstrap: &str, ns: &TestNamespace) -> anyhow::Result<()> {
+async fn grow_under_load(
+    stack: &SharedStack,
+    bootstrap: &str,
+    ns: &TestNamespace,
+) -> anyhow::Result<()> {
     let topics = Topics::of(ns.name());
+    let prometheus_url = stack.prometheus_url()?.to_owned();
+    let rules =
+        LiveRules::install(stack.prometheus_rules_dir()?, &prometheus_url, ns.name()).await?;
+    let alerts = AlertWatch::new(&prometheus_url, Some(ns.name()));
     apply_pipeline(ns, &pipeline(ns.name(), bootstrap, 3)?).await?;
     wait_ready(ns, "shop").await?;
     let orders = PacedLoad::start(
@@ -143,6 +170,14 @@ async fn grow_under_load(bootstrap: &str, ns: &TestNamespace) -> anyhow::Result<
         RATE,
         METADATA_REFRESH,
     );
+    let mut late = Some(PacedLoad::start(
+        bootstrap,
+        &topics.orders,
+        late_orders_spec(),
+        RATE / 2,
+        LATE_REFRESH,
+    ));
+    let mut sent_late = 0;
     let events = PacedLoad::start(
         bootstrap,
         &topics.events,
@@ -177,12 +212,22 @@ async fn grow_under_load(bootstrap: &str, ns: &TestNamespace) -> anyhow::Result<
                 "{topic} has {live:?} partitions"
             );
         }
+        if let Some(late) = late.take() {
+            // The late producer's records past the barrier were forwarded, and that is alerted.
+            alerts
+                .fires("OrderPipelineGrowthForwarding", &[("stage", "validate")])
+                .await?;
+            sent_late = late.stop().await?;
+        }
     }
     // Records with the final count after the last release.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let sent_orders = orders.stop().await?;
     let sent_events = events.stop().await?;
-    eprintln!("measured: {sent_orders} order records and {sent_events} event records produced");
+    eprintln!(
+        "measured: {sent_orders} + {sent_late} (late producer) order records and {sent_events} \
+         event records produced"
+    );
 
     for (group, topic) in [("validate", &topics.orders), ("status", &topics.events)] {
         let group = format!("orderpipe.{}.shop.{group}", ns.name());
@@ -201,10 +246,25 @@ async fn grow_under_load(bootstrap: &str, ns: &TestNamespace) -> anyhow::Result<
         dead.len(),
         dead.first().map(|r| r.headers.clone())
     );
-    validated_once(&read(&topics.validated)?, sent_orders)?;
+    validated_once(
+        &read(&topics.validated)?,
+        &[
+            (orders_spec(), sent_orders),
+            (late_orders_spec(), sent_late),
+        ],
+    )?;
     changes_in_order(&read(&topics.changes)?, sent_events)?;
     ensure!(holds.len() == 4, "four growths: {holds:?}");
-    Ok(())
+    let forwarded = prometheus::query(
+        &prometheus_url,
+        &format!(
+            "sum by (stage) (orderpipe_growth_forwarded_total{{namespace=\"{}\"}})",
+            ns.name()
+        ),
+    )
+    .await?;
+    eprintln!("measured: records forwarded, by stage: {forwarded:?}");
+    rules.remove().await
 }
 
 /// Waits until the latest growth of each of `topics` to `partitions` completed.
@@ -233,14 +293,20 @@ async fn completed(
 }
 
 /// Every valid order exactly once in the validated output: a re-submission is never validated
-/// again, wherever the growth put it.
-fn validated_once(validated: &[orderpipe_stack::Record], sent: u64) -> anyhow::Result<()> {
+/// again, wherever the growth put it. `sent`: each producer's load and how many records it sent.
+fn validated_once(
+    validated: &[orderpipe_stack::Record],
+    sent: &[(LoadSpec, u64)],
+) -> anyhow::Result<()> {
     let mut expected: BTreeMap<Vec<u8>, usize> = BTreeMap::new();
     let mut resubmissions = 0;
-    for record in loadgen::generate(&LoadSpec {
-        count: sent,
-        ..orders_spec()
-    }) {
+    let records = sent.iter().flat_map(|(spec, count)| {
+        loadgen::generate(&LoadSpec {
+            count: *count,
+            ..spec.clone()
+        })
+    });
+    for record in records {
         match record.expectation {
             Expectation::Order(Expected::Valid) => {
                 expected.insert(record.key.unwrap_or_default(), 0);

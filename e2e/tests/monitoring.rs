@@ -88,6 +88,9 @@ fn worker_exports() -> BTreeSet<String> {
         worker::ASSIGNED_PARTITIONS,
         worker::PROCESSING_DURATION,
         worker::PIPELINE_LATENCY,
+        worker::PARTITIONS_HELD,
+        worker::RESHARD_KEYS_MOVED,
+        worker::GROWTH_FORWARDED,
     ]
     .into_iter()
     .map(String::from)
