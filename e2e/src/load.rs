@@ -11,19 +11,19 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, ensure};
 use orderpipe_orders::generator::{GenConfig, OrderGenerator};
 use orderpipe_stack::unique_name;
-use orderpipe_worker::loadgen::{self, LoadSpec};
+use orderpipe_worker::loadgen::{self, LoadMode, LoadSpec};
 use rdkafka::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
 /// Valid orders at a steady rate on a blocking thread until stopped, so a stage has records to
-/// process all through a release or a fault.
+/// process all through a release or a fault: a [`PacedLoad`] of valid orders only, with
+/// librdkafka's default metadata refresh.
 #[derive(Debug)]
 pub struct SteadyProducer {
-    stop: StopOnDrop,
-    task: tokio::task::JoinHandle<anyhow::Result<BTreeSet<Vec<u8>>>>,
+    load: PacedLoad,
 }
 
-/// Sets the flag when dropped: a test that fails before [`SteadyProducer::stop`] must not leave the
+/// Sets the flag when dropped: a test that fails before [`PacedLoad::stop`] must not leave the
 /// thread producing, since the runtime waits for it at the end of the test.
 #[derive(Debug)]
 struct StopOnDrop(Arc<AtomicBool>);
@@ -37,48 +37,35 @@ impl Drop for StopOnDrop {
 impl SteadyProducer {
     /// Starts producing `rate` orders per second to `topic`.
     pub fn start(bootstrap: &str, topic: &str, rate: u64) -> SteadyProducer {
-        let (bootstrap, topic) = (bootstrap.to_owned(), topic.to_owned());
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopped = Arc::clone(&stop);
-        let task = tokio::task::spawn_blocking(move || {
-            let producer: BaseProducer = ClientConfig::new()
-                .set("bootstrap.servers", &bootstrap)
-                .set("enable.idempotence", "true")
-                .create()?;
-            let valid_only = GenConfig {
-                invalid_share: 0.0,
-                garbage_share: 0.0,
-                duplicate_share: 0.0,
-            };
-            let mut keys = BTreeSet::new();
-            let began = Instant::now();
-            for (sent, record) in (0u64..).zip(OrderGenerator::new(17, valid_only)) {
-                if stopped.load(Ordering::Relaxed) {
-                    break;
-                }
-                // Paced by the clock: record n leaves at n / rate seconds.
-                let due = Duration::from_millis(sent * 1000 / rate.max(1));
-                producer.poll(due.saturating_sub(began.elapsed()));
-                let key = record.key.clone().context("generated orders have keys")?;
-                producer
-                    .send(BaseRecord::to(&topic).key(&key).payload(&record.payload))
-                    .map_err(|(error, _)| error)
-                    .with_context(|| format!("producing to {topic}"))?;
-                keys.insert(key);
-            }
-            producer.flush(Duration::from_secs(30))?;
-            anyhow::Ok(keys)
-        });
-        SteadyProducer {
-            stop: StopOnDrop(stop),
-            task,
+        let load = PacedLoad::start(
+            bootstrap,
+            topic,
+            Self::spec(u64::MAX),
+            rate,
+            Duration::from_secs(300),
+        );
+        SteadyProducer { load }
+    }
+
+    fn spec(count: u64) -> LoadSpec {
+        LoadSpec {
+            mode: LoadMode::Orders,
+            count,
+            rate: None,
+            keys: 0,
+            invalid_share: 0.0,
+            garbage_share: 0.0,
+            duplicate_share: 0.0,
+            seed: 17,
         }
     }
 
     /// Stops producing; the keys of every order sent (all delivered: the flush succeeded).
     pub async fn stop(self) -> anyhow::Result<BTreeSet<Vec<u8>>> {
-        drop(self.stop);
-        self.task.await?
+        let sent = self.load.stop().await?;
+        Ok(loadgen::generate(&Self::spec(sent))
+            .filter_map(|record| record.key)
+            .collect())
     }
 }
 

@@ -110,25 +110,22 @@ pub fn idempotent_producer(kafka: &KafkaConnection, client_id: &str) -> ClientCo
 
 /// Reads a state topic partition from the start; assigned, never a group member, never commits.
 pub fn restore_consumer(config: &WorkerConfig) -> ClientConfig {
-    let mut client = connection(&config.kafka, &format!("{}.restore", config.pod_name));
-    client
-        // Names the client in broker logs only: partitions are assigned, nothing is committed.
-        .set("group.id", format!("{}.restore", config.consumer_group))
-        .set("isolation.level", "read_committed")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .set("auto.offset.reset", "earliest");
-    client
+    assigned_reader(config, "restore")
 }
 
 /// Reads the pipeline's control topic (partition growth); assigned, never a group member, never
 /// commits. Read_committed like every reader of the worker, though the operator's writes are not
 /// transactional.
 pub fn control_consumer(config: &WorkerConfig) -> ClientConfig {
-    let mut client = connection(&config.kafka, &format!("{}.control", config.pod_name));
+    assigned_reader(config, "control")
+}
+
+/// A read_committed reader of assigned partitions from their start, named `<pod>.<role>`.
+fn assigned_reader(config: &WorkerConfig, role: &str) -> ClientConfig {
+    let mut client = connection(&config.kafka, &format!("{}.{role}", config.pod_name));
     client
-        // Names the client in broker logs only: the partition is assigned, nothing is committed.
-        .set("group.id", format!("{}.control", config.consumer_group))
+        // Names the client in broker logs only: partitions are assigned, nothing is committed.
+        .set("group.id", format!("{}.{role}", config.consumer_group))
         .set("isolation.level", "read_committed")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
