@@ -797,14 +797,18 @@ async fn growth_where(
     Ok(result)
 }
 
-/// The operator's half of coordinated growth on the real apiserver and broker; the stages' half
-/// (holding, re-sharding) is stood in for by committing their re-shard markers from the test.
+/// The operator's half of coordinated growth on the real apiserver and broker, across an operator
+/// restart mid-growth; the stages' half (holding, re-sharding) is stood in for by committing their
+/// re-shard markers from the test.
 #[tokio::test]
 #[ignore = "needs the local stack: make test-e2e"]
 async fn a_grown_input_is_held_until_every_old_partition_commits_its_reshard() -> anyhow::Result<()>
 {
     use orderpipe_api::v1alpha1::GrowthPhase;
     use orderpipe_growth::{Phase, ReshardMarker};
+
+    use orderpipe_e2e::{InProcessOperator, NO_PROMETHEUS};
+    use orderpipe_operator::settings::WorkerPlacement;
 
     let OperatorTest {
         bootstrap,
@@ -882,6 +886,10 @@ async fn a_grown_input_is_held_until_every_old_partition_commits_its_reshard() -
         Phase::Draining(_)
     ));
 
+    // The operator goes away mid-growth; a new one continues from the status alone.
+    operator.stop().await;
+    let operator =
+        InProcessOperator::start(&ns, WorkerPlacement::default(), NO_PROMETHEUS.into()).await;
     commit(&[0, 1])?;
     let done = growth_where(&api, &orders, "the growth completes", |g| {
         g.phase == GrowthPhase::Completed

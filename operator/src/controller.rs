@@ -728,7 +728,8 @@ async fn sync_topics(
             };
             // After a describe librdkafka holds the id from the metadata answer: no request.
             let cluster_id = admin.cluster_id().await;
-            let growth = step_growth(pipeline, &desired, &described, &secrets).await?;
+            let following = stages_following_control(ctx, pipeline);
+            let growth = step_growth(pipeline, &desired, &described, &secrets, &following).await?;
             growth::constrain(&mut desired, &growth);
             let mut plan =
                 topics::plan(&desired, &described, &owners(cluster_id.as_deref()), &last);
@@ -800,6 +801,27 @@ async fn sync_topics(
     })
 }
 
+/// The stages whose live workload runs only workers that follow the control topic
+/// (`growth::follows_control`), from the watch cache.
+fn stages_following_control(ctx: &Context, pipeline: &OrderPipeline) -> BTreeSet<String> {
+    let namespace = pipeline.namespace().unwrap_or_default();
+    let name = pipeline.name_any();
+    let live = observed_children(ctx, &namespace, &name);
+    pipeline
+        .spec
+        .stages
+        .iter()
+        .filter(|stage| {
+            let workload = naming::workload(&name, &stage.name);
+            [ChildKind::Deployment, ChildKind::Rollout]
+                .into_iter()
+                .filter_map(|kind| live.get(&(kind, workload.clone())))
+                .any(growth::follows_control)
+        })
+        .map(|stage| stage.name.clone())
+        .collect()
+}
+
 /// One reconcile's growth decisions: reads from Kafka what the running growths wait on, then
 /// [`growth::step`]. A failed read leaves its growth where it is (logged in `growth::kafka`).
 async fn step_growth(
@@ -807,6 +829,7 @@ async fn step_growth(
     desired: &[topics::DesiredTopic],
     described: &topics::Described,
     secrets: &topics::ResolvedKafkaSecrets,
+    following: &BTreeSet<String>,
 ) -> Result<growth::GrowthStep, Error> {
     let inputs = growth::coordinated_inputs(pipeline);
     let last = pipeline
@@ -842,6 +865,7 @@ async fn step_growth(
         declared: &declared,
         live: &live,
         control_topic_exists: described.topics.contains_key(&control),
+        following,
         last,
         observed: &observed,
         now,

@@ -13,7 +13,7 @@
 
 pub mod kafka;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -27,6 +27,7 @@ use orderpipe_growth::{
 
 use crate::events::Change;
 use crate::topics::DesiredTopic;
+use serde_json::Value;
 
 /// Producers' default metadata refresh (Java `metadata.max.age.ms`, librdkafka
 /// `topic.metadata.refresh.interval.ms`: 300 s) plus margin.
@@ -49,6 +50,9 @@ pub mod reason {
     pub const GROWTH_RELEASED: &str = "GrowthReleased";
     /// Topic status: the declared count is not a multiple of the current one; not grown.
     pub const GROWTH_REFUSED: &str = "GrowthRefused";
+    /// Topic status (still ready): the growth starts once every reading stage follows the control
+    /// topic.
+    pub const GROWTH_WAITING: &str = "GrowthWaiting";
     /// Condition type: whether a growth is running.
     pub const RESHARDING: &str = "Resharding";
 }
@@ -169,6 +173,10 @@ pub struct StepInput<'a> {
     /// Whether the control topic exists: no growth starts before it does (an operator upgrade
     /// creates it in the first reconcile; until then the topic's growth waits one pass).
     pub control_topic_exists: bool,
+    /// Stages whose workload is fully rolled out with workers that follow the control topic
+    /// ([`follows_control`]): a growth starts only when every reader is one, since a worker
+    /// that predates the protocol would process the new partitions at once.
+    pub following: &'a BTreeSet<String>,
     pub last: &'a [GrowthStatus],
     pub observed: &'a Observations,
     pub now: Timestamp,
@@ -184,6 +192,8 @@ pub struct GrowthStep {
     pub targets: BTreeMap<String, Target>,
     /// Topic → why its declared growth is refused (the topic is not grown).
     pub refused: BTreeMap<String, String>,
+    /// Topic → what its growth waits for before it starts (the topic stays ready meanwhile).
+    pub deferred: BTreeMap<String, String>,
     /// Control records to write, key = stage.
     pub publish: Vec<(String, ControlRecord)>,
     /// The status to write before publishing, when a decision (a new growth, a barrier) must be
@@ -284,15 +294,48 @@ pub fn constrain(desired: &mut [DesiredTopic], step: &GrowthStep) {
     }
 }
 
-/// Marks the topics whose growth is refused in the planned statuses: not ready, with the rule.
+/// Marks the planned statuses of topics whose growth is refused (not ready, with the rule) or
+/// waits to start (still ready, saying for what).
 pub fn mark_refused(statuses: &mut [TopicStatus], step: &GrowthStep) {
     for status in statuses {
         if let Some(why) = step.refused.get(&status.name) {
             status.ready = false;
             status.reason = Some(reason::GROWTH_REFUSED.to_owned());
             status.message = Some(why.clone());
+        } else if let Some(waiting) = step.deferred.get(&status.name) {
+            status.reason = Some(reason::GROWTH_WAITING.to_owned());
+            status.message = Some(waiting.clone());
         }
     }
+}
+
+/// Whether a stage's live workload (a Deployment or an Argo Rollout, as the watch cache holds it)
+/// runs only workers that follow the control topic: its pod template sets the control topic's
+/// variable and its controller reports every replica on that template.
+pub fn follows_control(workload: &Value) -> bool {
+    let sets_control_topic = workload
+        .pointer("/spec/template/spec/containers")
+        .and_then(Value::as_array)
+        .is_some_and(|containers| {
+            containers.iter().any(|container| {
+                container["env"].as_array().is_some_and(|env| {
+                    env.iter()
+                        .any(|var| var["name"] == orderpipe_api::contract::env::CONTROL_TOPIC)
+                })
+            })
+        });
+    // Argo Rollouts writes observedGeneration as a string, Deployments as a number.
+    let number = |pointer: &str| {
+        workload.pointer(pointer).and_then(|value| {
+            value
+                .as_i64()
+                .or_else(|| value.as_str().and_then(|text| text.parse().ok()))
+        })
+    };
+    let observed = number("/status/observedGeneration") >= number("/metadata/generation");
+    let replicas = number("/status/replicas").unwrap_or(0);
+    let updated = number("/status/updatedReplicas").unwrap_or(0);
+    sets_control_topic && observed && updated >= replicas
 }
 
 /// A new growth when the declared count is above the live one; `None` otherwise (refusals are
@@ -314,6 +357,25 @@ fn start(
         generation: None,
     };
     if !input.control_topic_exists {
+        out.targets.insert(topic.clone(), hold_at_live);
+        soon(out, POLL);
+        return None;
+    }
+    let rolling: Vec<&str> = coordinated
+        .stages
+        .iter()
+        .map(|reader| reader.stage.as_str())
+        .filter(|stage| !input.following.contains(*stage))
+        .collect();
+    if !rolling.is_empty() {
+        out.deferred.insert(
+            topic.clone(),
+            format!(
+                "growing from {live} to {declared} partitions once stage(s) {} finish rolling out \
+                 (every worker must follow the control topic before the new partitions exist)",
+                rolling.join(", ")
+            ),
+        );
         out.targets.insert(topic.clone(), hold_at_live);
         soon(out, POLL);
         return None;

@@ -1,3 +1,5 @@
+use serde_json::json;
+
 use super::*;
 
 const STATE: &str = "orderpipe.shop.checkout.validate.state";
@@ -29,12 +31,19 @@ fn run(
         .map(|t| (t.name.clone(), t.partitions))
         .collect();
     let live = live.iter().map(|(t, n)| ((*t).to_owned(), *n)).collect();
+    let following = pipeline
+        .spec
+        .stages
+        .iter()
+        .map(|s| s.name.clone())
+        .collect();
     step(&StepInput {
         pipeline_uid: "uid-1",
         inputs: &inputs,
         declared: &declared,
         live: &live,
         control_topic_exists: true,
+        following: &following,
         last,
         observed,
         now,
@@ -126,6 +135,7 @@ fn no_growth_starts_before_the_control_topic_exists() {
         declared: &declared,
         live: &live,
         control_topic_exists: false,
+        following: &BTreeSet::from(["validate".to_owned()]),
         last: &[],
         observed: &Observations::default(),
         now: at(1),
@@ -339,4 +349,68 @@ fn a_release_in_the_same_pass_as_another_topics_announcement_is_recorded_only_af
         phase_of(first, "orders.validated"),
         Some(GrowthPhase::Announced)
     );
+}
+
+#[test]
+fn a_growth_waits_until_every_reading_stage_runs_workers_that_follow_the_control_topic() {
+    let grown = pipeline(6);
+    let inputs = coordinated_inputs(&grown);
+    let declared = BTreeMap::from([("orders".to_owned(), 6)]);
+    let live = BTreeMap::from([("orders".to_owned(), 3)]);
+    let step = step(&StepInput {
+        pipeline_uid: "uid-1",
+        inputs: &inputs,
+        declared: &declared,
+        live: &live,
+        control_topic_exists: true,
+        following: &BTreeSet::new(),
+        last: &[],
+        observed: &Observations::default(),
+        now: at(1),
+    });
+    assert!(step.statuses.is_empty() && step.publish.is_empty());
+    assert_eq!(step.targets["orders"].partitions, 3, "not grown yet");
+    let waiting = step.deferred.get("orders").expect("says what it waits for");
+    assert!(
+        waiting.contains("validate") && waiting.contains("rolling out"),
+        "{waiting}"
+    );
+
+    let mut statuses = vec![TopicStatus {
+        name: "orders".into(),
+        ready: true,
+        ..TopicStatus::default()
+    }];
+    mark_refused(&mut statuses, &step);
+    assert!(statuses[0].ready, "waiting is not a fault");
+    assert_eq!(statuses[0].reason.as_deref(), Some(reason::GROWTH_WAITING));
+}
+
+#[test]
+fn a_workload_follows_the_control_topic_once_every_replica_runs_a_template_that_sets_it() {
+    let workload = |env: Value, status: Value| {
+        json!({
+            "metadata": { "generation": 4 },
+            "spec": { "template": { "spec": { "containers": [{ "name": "worker", "env": env }] } } },
+            "status": status,
+        })
+    };
+    let control = json!([{ "name": "ORDERPIPE_CONTROL_TOPIC", "value": "c" }]);
+    let rolled = json!({ "observedGeneration": 4, "replicas": 2, "updatedReplicas": 2 });
+    assert!(follows_control(&workload(control.clone(), rolled.clone())));
+    // Argo Rollouts' string generation.
+    let argo = json!({ "observedGeneration": "4", "replicas": 2, "updatedReplicas": 2 });
+    assert!(follows_control(&workload(control.clone(), argo)));
+    // Old pods still running, a template not yet observed, or no variable: not yet.
+    let rolling = json!({ "observedGeneration": 4, "replicas": 3, "updatedReplicas": 2 });
+    assert!(!follows_control(&workload(control.clone(), rolling)));
+    let stale = json!({ "observedGeneration": 3, "replicas": 2, "updatedReplicas": 2 });
+    assert!(!follows_control(&workload(control, stale)));
+    assert!(!follows_control(&workload(json!([]), rolled)));
+    // A parked stage (no replicas) runs no old worker.
+    let parked = json!({ "observedGeneration": 4 });
+    assert!(follows_control(&workload(
+        json!([{ "name": "ORDERPIPE_CONTROL_TOPIC", "value": "c" }]),
+        parked
+    )));
 }
