@@ -1,6 +1,6 @@
 //! The topics a pipeline declares: its declared topics, one compacted state topic per stateful
-//! stage, co-partitioned with the stage's input, and the pipeline's control topic when it has
-//! stages (partition growth, `docs/partition-growth.md`).
+//! stage, co-partitioned with the stage's input, and the pipeline's control topic once a stage
+//! input grows (partition growth, `docs/partition-growth.md`).
 //!
 //! Pure: read from the spec alone. It knows nothing of Kafka, of other pipelines or of the last
 //! status; `ownership` asks it which names a pipeline claims, `plan` what each topic should be.
@@ -99,11 +99,33 @@ pub(super) fn claimed_topic_names(pipeline: &OrderPipeline) -> BTreeSet<String> 
         .collect()
 }
 
-/// The control topic's name, for a pipeline with stages (nothing reads it otherwise).
+/// The control topic's name, once the pipeline needs one: a stage input is declared larger than
+/// the status last recorded it (a growth is asked for), or the status already records the control
+/// topic or a growth. Created with the first growth rather than with the pipeline, so the many
+/// pipelines that never grow an input cost no topic (workers find it when it appears; the growth
+/// waits for it, see `crate::growth`).
 fn control_topic(pipeline: &OrderPipeline) -> Option<String> {
     let namespace = pipeline.metadata.namespace.as_deref().unwrap_or_default();
-    let name = pipeline.metadata.name.as_deref().unwrap_or_default();
-    (!pipeline.spec.stages.is_empty()).then(|| naming::control_topic(namespace, name))
+    let name = naming::control_topic(
+        namespace,
+        pipeline.metadata.name.as_deref().unwrap_or_default(),
+    );
+    let status = pipeline.status.as_ref()?;
+    let recorded = |topic: &str| {
+        status
+            .topics
+            .iter()
+            .find(|t| t.name == topic)
+            .and_then(|t| t.partitions)
+    };
+    let kept = !status.growth.is_empty() || recorded(&name).is_some();
+    let growing = pipeline.spec.stages.iter().any(|stage| {
+        let declared = pipeline.spec.topics.iter().find(|t| t.name == stage.input);
+        declared
+            .zip(recorded(&stage.input))
+            .is_some_and(|(declared, recorded)| declared.partitions > recorded)
+    });
+    (kept || growing).then_some(name)
 }
 
 /// The state topic name of each stateful stage, with the stage's processor and input topic.

@@ -7,6 +7,55 @@ use super::*;
 const STATE: &str = "orderpipe.shop.checkout.validate.state";
 const CONTROL: &str = "orderpipe.shop.checkout.control";
 
+#[test]
+fn the_control_topic_comes_with_the_first_growth_of_a_stage_input_and_stays() {
+    let names = |pipeline: &OrderPipeline| -> Vec<String> {
+        desired_topics(pipeline)
+            .into_iter()
+            .map(|t| t.name)
+            .collect()
+    };
+    // New, and reconciled at its declared size: no control topic.
+    let pipeline = checkout();
+    assert!(!names(&pipeline).contains(&CONTROL.to_owned()));
+    let reconciled = reconciled(checkout());
+    assert!(!names(&reconciled).contains(&CONTROL.to_owned()));
+    // A stage input declared above what the status recorded: a growth is asked for.
+    let mut growing = reconciled.clone();
+    growing
+        .spec
+        .topics
+        .iter_mut()
+        .filter(|t| t.name == "orders")
+        .for_each(|t| t.partitions *= 2);
+    assert!(names(&growing).contains(&CONTROL.to_owned()));
+    let control = desired_topics(&growing)
+        .into_iter()
+        .find(|t| t.name == CONTROL)
+        .expect("control topic");
+    assert_eq!(control.partitions, 1);
+    assert_eq!(
+        control.config.get("cleanup.policy").map(String::as_str),
+        Some("compact")
+    );
+    // Growing a topic no stage reads asks for none.
+    let mut other = reconciled.clone();
+    other
+        .spec
+        .topics
+        .iter_mut()
+        .filter(|t| t.name == "orders.dlq")
+        .for_each(|t| t.partitions *= 2);
+    assert!(!names(&other).contains(&CONTROL.to_owned()));
+    // Once recorded, it stays (with the growth done and the sizes equal again).
+    let kept = with_status(
+        reconciled.clone(),
+        plan_alone(&growing, &BTreeMap::new()).statuses,
+        false,
+    );
+    assert!(names(&kept).contains(&CONTROL.to_owned()));
+}
+
 /// The validate stage of the checkout pipeline: four declared topics and one state topic.
 fn checkout() -> OrderPipeline {
     named("checkout", "2026-01-01T00:00:00Z")
@@ -124,8 +173,7 @@ fn missing_topics_are_created_as_declared() {
             "orders.validated",
             "orders.rejected",
             "orders.dlq",
-            STATE,
-            CONTROL
+            STATE
         ]
     );
     assert_eq!(
@@ -314,8 +362,8 @@ fn an_existing_topic_nobody_manages_is_left_alone_until_the_spec_opts_in() {
 fn creations_are_recorded_before_they_run_and_only_when_new() {
     let pipeline = checkout();
     let plan = plan_alone(&pipeline, &BTreeMap::new());
-    let recorded = creation_record(&plan, &LastStatus::of(&pipeline)).expect("six creations");
-    assert_eq!(recorded.len(), 6);
+    let recorded = creation_record(&plan, &LastStatus::of(&pipeline)).expect("five creations");
+    assert_eq!(recorded.len(), 5);
     for topic in &recorded {
         assert!(!topic.ready);
         assert_eq!(topic.reason.as_deref(), Some("Creating"));
@@ -331,7 +379,7 @@ fn creations_are_recorded_before_they_run_and_only_when_new() {
 
     // A recorded creation that failed is created again without another record.
     let retry = plan_alone(&after_crash, &BTreeMap::new());
-    assert_eq!(retry.actions.len(), 6);
+    assert_eq!(retry.actions.len(), 5);
     assert_eq!(creation_record(&retry, &LastStatus::of(&after_crash)), None);
 
     // One new topic: the record keeps the others' last statuses and adds it.
@@ -342,7 +390,7 @@ fn creations_are_recorded_before_they_run_and_only_when_new() {
     );
     let plan = plan_alone(&grown, &converged(&checkout()));
     let recorded = creation_record(&plan, &LastStatus::of(&grown)).expect("one creation");
-    assert_eq!(recorded.len(), 7);
+    assert_eq!(recorded.len(), 6);
     let creating: Vec<&str> = recorded
         .iter()
         .filter(|s| s.reason.as_deref() == Some("Creating"))
@@ -640,7 +688,6 @@ fn query_covers_desired_topics_deletion_candidates_and_declared_keys() {
     assert_eq!(
         names,
         [
-            CONTROL,
             STATE,
             "orders",
             "orders.dlq",
@@ -795,7 +842,7 @@ fn a_replication_factor_above_the_brokers_present_is_refused_naming_the_field() 
     let created: Vec<&str> = plan.actions.iter().map(TopicAction::topic).collect();
     assert_eq!(
         created,
-        ["orders.validated", "orders.rejected", "orders.dlq", CONTROL]
+        ["orders.validated", "orders.rejected", "orders.dlq"]
     );
     let orders = status(&plan, "orders");
     assert!(!orders.ready);
@@ -819,7 +866,7 @@ fn a_replication_factor_above_the_brokers_present_is_refused_naming_the_field() 
 
     // Three brokers: everything is created as declared.
     let plan = plan_on_brokers(&pipeline, &BTreeMap::new(), 3);
-    assert_eq!(plan.actions.len(), 6);
+    assert_eq!(plan.actions.len(), 5);
     assert!(plan.statuses.iter().all(|s| s.ready), "{:?}", plan.statuses);
 }
 
