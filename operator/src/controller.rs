@@ -728,8 +728,7 @@ async fn sync_topics(
             };
             // After a describe librdkafka holds the id from the metadata answer: no request.
             let cluster_id = admin.cluster_id().await;
-            let following = stages_following_control(ctx, pipeline);
-            let growth = step_growth(pipeline, &desired, &described, &secrets, &following).await?;
+            let growth = step_growth(ctx, pipeline, &desired, &described, &secrets).await?;
             growth::constrain(&mut desired, &growth);
             let mut plan =
                 topics::plan(&desired, &described, &owners(cluster_id.as_deref()), &last);
@@ -825,11 +824,11 @@ fn stages_following_control(ctx: &Context, pipeline: &OrderPipeline) -> BTreeSet
 /// One reconcile's growth decisions: reads from Kafka what the running growths wait on, then
 /// [`growth::step`]. A failed read leaves its growth where it is (logged in `growth::kafka`).
 async fn step_growth(
+    ctx: &Context,
     pipeline: &OrderPipeline,
     desired: &[topics::DesiredTopic],
     described: &topics::Described,
     secrets: &topics::ResolvedKafkaSecrets,
-    following: &BTreeSet<String>,
 ) -> Result<growth::GrowthStep, Error> {
     let inputs = growth::coordinated_inputs(pipeline);
     let last = pipeline
@@ -859,13 +858,20 @@ async fn step_growth(
         .iter()
         .map(|(name, topic)| (name.clone(), topic.partitions))
         .collect();
+    // Only a growth about to start asks whether the stages follow the control topic: reading the
+    // live workloads out of the watch cache is not for every reconcile.
+    let following = if growth::asked(&inputs, &declared, &live) {
+        stages_following_control(ctx, pipeline)
+    } else {
+        BTreeSet::new()
+    };
     Ok(growth::step(&growth::StepInput {
         pipeline_uid: pipeline.metadata.uid.as_deref().unwrap_or_default(),
         inputs: &inputs,
         declared: &declared,
         live: &live,
         control_topic_exists: described.topics.contains_key(&control),
-        following,
+        following: &following,
         last,
         observed: &observed,
         now,

@@ -115,6 +115,21 @@ pub fn coordinated_inputs(pipeline: &OrderPipeline) -> Vec<CoordinatedInput> {
         .collect()
 }
 
+/// Whether the spec asks for a growth of some coordinated input: declared above its live count.
+/// Only then does [`step`] look at which stages follow the control topic.
+pub fn asked(
+    inputs: &[CoordinatedInput],
+    declared: &BTreeMap<String, i32>,
+    live: &BTreeMap<String, i32>,
+) -> bool {
+    inputs.iter().any(|input| {
+        declared
+            .get(&input.topic)
+            .zip(live.get(&input.topic))
+            .is_some_and(|(declared, live)| declared > live)
+    })
+}
+
 /// What the next [`step`] needs read from Kafka first.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Needs {

@@ -436,3 +436,19 @@ fn a_workload_follows_the_control_topic_once_every_replica_runs_a_template_that_
         parked
     )));
 }
+
+#[test]
+fn a_growth_is_asked_for_only_by_a_coordinated_input_declared_above_its_live_count() {
+    let inputs = coordinated_inputs(&pipeline(6));
+    let sizes = |pairs: &[(&str, i32)]| -> BTreeMap<String, i32> {
+        pairs.iter().map(|(t, n)| ((*t).to_owned(), *n)).collect()
+    };
+    let declared = sizes(&[("orders", 6), ("orders.dlq", 4)]);
+    assert!(asked(&inputs, &declared, &sizes(&[("orders", 3)])));
+    assert!(!asked(
+        &inputs,
+        &declared,
+        &sizes(&[("orders", 6), ("orders.dlq", 1)])
+    ));
+    assert!(!asked(&inputs, &declared, &sizes(&[])), "not created yet");
+}
