@@ -6,9 +6,9 @@
 use std::collections::{BTreeSet, HashMap};
 
 use kube::ResourceExt;
-use kube::api::DynamicObject;
 use kube::runtime::watcher::Event;
 
+use crate::cached_child::CachedChild;
 use crate::children::{ChildKind, PIPELINE_LABEL};
 
 /// A pipeline by namespace and name.
@@ -28,7 +28,7 @@ pub struct ChildIndex {
 
 impl ChildIndex {
     /// Applies one event of the watch on `kind`, in the order the reflector applies it to its store.
-    pub fn apply(&mut self, kind: ChildKind, event: &Event<DynamicObject>) {
+    pub fn apply(&mut self, kind: ChildKind, event: &Event<CachedChild>) {
         match event {
             Event::Apply(object) => match entry(kind, object) {
                 Some((child, pipeline)) => self.insert(child, pipeline),
@@ -97,7 +97,7 @@ impl ChildIndex {
     }
 }
 
-fn child_ref(kind: ChildKind, object: &DynamicObject) -> ChildRef {
+fn child_ref(kind: ChildKind, object: &CachedChild) -> ChildRef {
     (
         kind,
         object.namespace().unwrap_or_default(),
@@ -106,21 +106,21 @@ fn child_ref(kind: ChildKind, object: &DynamicObject) -> ChildRef {
 }
 
 /// The child and the pipeline its label names, if it names one.
-fn entry(kind: ChildKind, object: &DynamicObject) -> Option<(ChildRef, String)> {
+fn entry(kind: ChildKind, object: &CachedChild) -> Option<(ChildRef, String)> {
     let pipeline = object.labels().get(PIPELINE_LABEL)?.clone();
     Some((child_ref(kind, object), pipeline))
 }
 
 #[cfg(test)]
 mod tests {
-    use kube::api::ObjectMeta;
+    use kube::api::{DynamicObject, ObjectMeta};
 
     use super::*;
 
     const DEPLOYMENT: ChildKind = ChildKind::Deployment;
     const SERVICE: ChildKind = ChildKind::Service;
 
-    fn object(namespace: &str, name: &str, pipeline: Option<&str>) -> DynamicObject {
+    fn object(namespace: &str, name: &str, pipeline: Option<&str>) -> CachedChild {
         DynamicObject {
             types: None,
             metadata: ObjectMeta {
@@ -131,6 +131,7 @@ mod tests {
             },
             data: serde_json::Value::Null,
         }
+        .into()
     }
 
     /// An `Apply` of a child in namespace `shop` (or `other/name`) labelled with `pipeline`.

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use futures::{Future, StreamExt, TryStreamExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DynamicObject};
+use kube::api::Api;
 use kube::runtime::controller::{self, Action};
 use kube::runtime::events::Reporter;
 use kube::runtime::reflector::{self, ObjectRef, Store, reflector};
@@ -27,6 +27,7 @@ use orderpipe_api::v1alpha1::{GrowthStatus, OrderPipeline, TopicStatus};
 use serde_json::Value;
 use tracing::{info, instrument, warn};
 
+use crate::cached_child::CachedChild;
 use crate::capabilities::Capabilities;
 use crate::child_index::ChildIndex;
 use crate::child_plan::{self, ChildKey};
@@ -74,7 +75,7 @@ pub struct Context {
     pub settings: OperatorSettings,
     pub capabilities: Capabilities,
     pub pipelines: Store<OrderPipeline>,
-    pub children: BTreeMap<ChildKind, Store<DynamicObject>>,
+    pub children: BTreeMap<ChildKind, Store<CachedChild>>,
     /// Which of the stores' objects belong to which pipeline.
     pub child_index: Arc<Mutex<ChildIndex>>,
     pub kafka: Arc<AdminPool>,
@@ -175,7 +176,8 @@ pub async fn run(
         .filter(|k| k.is_served(capabilities))
     {
         let resource = kind.api_resource();
-        let api: Api<DynamicObject> = match &watch_namespace {
+        // Compact entries: the objects as JSON text, parsed only for their own pipeline's plan.
+        let api: Api<CachedChild> = match &watch_namespace {
             Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
             None => Api::all_with(client.clone(), &resource),
         };
@@ -183,11 +185,7 @@ pub async fn run(
         stores.insert(kind, writer.as_reader());
         let index = child_index.clone();
         // The index sees each event right after the store and before the reconcile it triggers.
-        // managedFields are most of a cached Deployment and nothing here reads them.
-        let children = watcher(api, owned.clone()).modify(|object: &mut DynamicObject| {
-            object.metadata.managed_fields = None;
-        });
-        let stream = reflector(writer, children)
+        let stream = reflector(writer, watcher(api, owned.clone()))
             .default_backoff()
             .inspect_ok(move |event| {
                 if let Ok(mut index) = index.lock() {
@@ -891,8 +889,7 @@ fn observed_children(ctx: &Context, namespace: &str, pipeline: &str) -> BTreeMap
         .filter_map(|(kind, name)| {
             let key = ObjectRef::new_with(&name, kind.api_resource()).within(namespace);
             let object = ctx.children.get(&kind)?.get(&key)?;
-            let value = serde_json::to_value(object.as_ref()).unwrap_or_default();
-            Some(((kind, name), value))
+            Some(((kind, name), object.to_value()))
         })
         .collect()
 }

@@ -4,10 +4,11 @@
 //! The reconcile is a straight script: observe -> validate -> desired -> plan -> write -> status.
 //! Only the modules that say so in their header do I/O (`controller` and `secrets` read, `writer`
 //! and `recorder` write to Kubernetes, `topics::kafka_admin` and `lag::kafka` talk to Kafka,
-//! `capabilities` discovers); `model`, `desired`, `children`, `child_index`, `child_plan`,
+//! `capabilities` discovers); `model`, `desired`, `cached_child`, `children`, `child_index`, `child_plan`,
 //! `topics::plan`, `lag::offsets`, `rotation`, `scale_to_zero` and `status` are pure and tested without a
 //! cluster.
 
+pub mod cached_child;
 pub mod capabilities;
 pub mod child_index;
 pub mod child_plan;
