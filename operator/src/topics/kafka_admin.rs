@@ -17,7 +17,9 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
+use std::ops::Deref;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
@@ -33,6 +35,7 @@ use super::connection::AdminConnection;
 use super::diagnosis::{Diagnosis, connection_failure, explained, is_local};
 use super::error::{Operation, TopicError};
 use super::plan::{Described, ObservedTopic, TopicQuery};
+use super::pool::drop_blocking;
 
 /// Added to the request timeout for our own deadline, so librdkafka's timeout (with its precise
 /// error) normally fires first.
@@ -41,7 +44,12 @@ const DEADLINE_GRACE: Duration = Duration::from_secs(2);
 /// [`TopicAdmin`] over an rdkafka `AdminClient`. Cheap to clone: clones share the client.
 #[derive(Clone)]
 pub struct KafkaTopicAdmin {
-    pub(super) client: Arc<AdminClient<DefaultClientContext>>,
+    pub(super) client: Arc<OwnedClient>,
+    /// Topics whose metadata this client has fetched. librdkafka keeps a topic object (and one
+    /// per partition) for every topic it was asked about, for the client's whole life: about
+    /// 5 KiB each, 22 MiB at 1,000 pipelines (docs/benchmarks.md, issue #17). The pool retires a
+    /// client past a bound on this count.
+    pub(super) looked_up: Arc<AtomicUsize>,
     /// The client's config, for a probe that finds out why a connection fails.
     config: Arc<ClientConfig>,
     /// The last probe's answer. The lock is held while a probe runs, so the reconciles failing at
@@ -69,7 +77,8 @@ impl KafkaTopicAdmin {
         let config = connection.client_config();
         let client = config.create().map_err(TopicError::client)?;
         Ok(Self {
-            client: Arc::new(client),
+            client: Arc::new(OwnedClient(Some(client))),
+            looked_up: Arc::default(),
             config: Arc::new(config),
             diagnosis: Arc::default(),
             timeout,
@@ -91,6 +100,11 @@ impl KafkaTopicAdmin {
         let task = tokio::task::spawn_blocking(move || client.inner().fetch_cluster_id(timeout));
         let id = task.await.ok().flatten()?;
         Some(self.cluster_id.get_or_init(|| async { id }).await.clone())
+    }
+
+    /// How many topics this client has fetched the metadata of (each is state it keeps).
+    pub fn topics_looked_up(&self) -> usize {
+        self.looked_up.load(Ordering::Relaxed)
     }
 
     fn options(&self) -> AdminOptions {
@@ -145,12 +159,14 @@ impl KafkaTopicAdmin {
     /// librdkafka's metadata call blocks its thread, so it runs on the blocking pool.
     async fn shapes(&self, names: Vec<String>) -> Result<(Vec<Shape>, Option<usize>), TopicError> {
         let client = Arc::clone(&self.client);
+        let looked_up = Arc::clone(&self.looked_up);
         let timeout = self.timeout;
         let topics = names.join(", ");
         let task = tokio::task::spawn_blocking(move || {
             let mut shapes = Vec::new();
             let mut brokers = None;
             for name in names {
+                looked_up.fetch_add(1, Ordering::Relaxed);
                 let (shape, listed) = shape_of(&client, name, timeout)?;
                 shapes.extend(shape);
                 brokers = Some(listed);
@@ -268,6 +284,30 @@ impl KafkaTopicAdmin {
                 })
             }
         })
+    }
+}
+
+/// The admin client, destroyed on the blocking pool: destroying a librdkafka client joins its
+/// threads, and the last handle of a client the pool closed or retired may be a reconcile's, on
+/// an async worker.
+pub(super) struct OwnedClient(Option<AdminClient<DefaultClientContext>>);
+
+impl Deref for OwnedClient {
+    type Target = AdminClient<DefaultClientContext>;
+
+    fn deref(&self) -> &Self::Target {
+        // Only `drop` takes the client out.
+        self.0
+            .as_ref()
+            .expect("the client lives until the handle is dropped")
+    }
+}
+
+impl Drop for OwnedClient {
+    fn drop(&mut self) {
+        if let Some(client) = self.0.take() {
+            drop_blocking(client);
+        }
     }
 }
 

@@ -2,6 +2,9 @@
 //! closed when idle and bounded in number (least recently used first), so pipelines naming ever new
 //! clusters or credentials cannot make the operator hold ever more connections and threads.
 //!
+//! A client that has looked up many topics is replaced by a fresh one, which bounds the per-topic
+//! state librdkafka keeps for a client's life.
+//!
 //! Builds clients (local work: a client connects on its first request) and drops them; it sends no
 //! admin request itself. Which clients to close is decided by the pure `to_close`.
 
@@ -28,6 +31,10 @@ pub struct AdminSettings {
     /// handful of clusters and identities, so this is only reached when something is wrong, and
     /// then the least recently used client not held by a reconcile is closed to make room.
     pub max_clients: usize,
+    /// Topics a client may look up before it is replaced by a fresh one: librdkafka keeps state
+    /// for every topic a client was asked about until the client is destroyed, so a bound here is
+    /// a bound on that memory (about 5 KiB per topic). A replacement costs one connection setup.
+    pub max_topic_lookups: usize,
 }
 
 impl Default for AdminSettings {
@@ -38,6 +45,9 @@ impl Default for AdminSettings {
             // Above the controller's 32 concurrent reconciles, so a client that is not in use can
             // always be found to make room.
             max_clients: 64,
+            // About 5 MiB of librdkafka topic state; at 1,000 pipelines of 7 topics, a new
+            // connection every 140 or so pipelines described.
+            max_topic_lookups: 1_024,
         }
     }
 }
@@ -91,6 +101,14 @@ impl AdminPool {
             .cloned()
             .collect();
         let closed: Vec<Pooled> = closing.iter().filter_map(|k| clients.remove(k)).collect();
+        let worn = clients.get(&key).is_some_and(|pooled| {
+            pooled.admin.topics_looked_up() >= self.settings.max_topic_lookups
+        });
+        if worn {
+            // Reconciles holding the retired client finish with it; the last one closes it.
+            clients.remove(&key);
+            tracing::debug!(connection = %key, "replacing a Kafka admin client past its topic lookups");
+        }
         let admin = match clients.entry(key) {
             Entry::Occupied(mut entry) => {
                 entry.get_mut().last_used = now;
@@ -101,7 +119,9 @@ impl AdminPool {
             Entry::Vacant(entry) => {
                 let timeout = self.settings.request_timeout;
                 KafkaTopicAdmin::connect(&connection, timeout).inspect(|admin| {
-                    tracing::info!(connection = %entry.key(), "opened a Kafka admin client");
+                    if !worn {
+                        tracing::info!(connection = %entry.key(), "opened a Kafka admin client");
+                    }
                     let pooled = Pooled {
                         admin: admin.clone(),
                         last_used: now,
@@ -116,7 +136,6 @@ impl AdminPool {
                 clients = closed.len(),
                 "closing Kafka admin clients (idle, or least recently used beyond the pool's maximum)"
             );
-            drop_blocking(closed);
         }
         admin
     }
@@ -132,8 +151,8 @@ struct Usage<K> {
 }
 
 /// The clients to close before `wanted` is served at `now`. `wanted` and the clients in use stay:
-/// closing the pool's handle of a client in use would leave its last, blocking drop to a reconcile
-/// on an async worker. Of the others, oldest first, every idle one goes, then as many as it takes
+/// a reconcile is working with them, and the next one would open the same client again. Of the
+/// others, oldest first, every idle one goes, then as many as it takes
 /// to fit `wanted` into `max_clients`. With every client in use the pool exceeds its maximum by
 /// at most the number of concurrent reconciles, until they let go.
 fn to_close<K: PartialEq + Clone>(
@@ -175,6 +194,7 @@ pub(crate) fn drop_blocking<T: Send + 'static>(clients: T) {
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
+    use std::sync::atomic::Ordering;
 
     use orderpipe_api::v1alpha1::BootstrapServer;
 
@@ -201,6 +221,7 @@ mod tests {
             request_timeout: Duration::from_secs(1),
             idle_timeout: Duration::ZERO,
             max_clients: 8,
+            ..AdminSettings::default()
         });
         let none = ResolvedKafkaSecrets::default();
         let first = pool.get(&plaintext("127.0.0.1:9"), &none).expect("client");
@@ -234,6 +255,39 @@ mod tests {
         assert_eq!(keys.len(), 2, "{keys:?}");
         assert!(keys[0].starts_with("127.0.0.1:9#"), "{keys:?}");
         assert!(keys[1].starts_with("127.0.0.3:9#"), "{keys:?}");
+    }
+
+    #[test]
+    fn a_client_past_its_topic_lookups_is_replaced_and_its_holders_keep_it() {
+        let pool = AdminPool::new(AdminSettings {
+            max_topic_lookups: 3,
+            ..AdminSettings::default()
+        });
+        let none = ResolvedKafkaSecrets::default();
+        let first = pool.get(&plaintext("127.0.0.1:9"), &none).expect("client");
+        first.looked_up.fetch_add(2, Ordering::Relaxed);
+        let same = pool.get(&plaintext("127.0.0.1:9"), &none).expect("client");
+        assert!(Arc::ptr_eq(&first.client, &same.client), "below the bound");
+
+        first.looked_up.fetch_add(1, Ordering::Relaxed);
+        let fresh = pool.get(&plaintext("127.0.0.1:9"), &none).expect("client");
+        assert!(
+            !Arc::ptr_eq(&first.client, &fresh.client),
+            "replaced at the bound"
+        );
+        assert_eq!(fresh.topics_looked_up(), 0);
+        assert_eq!(
+            open_clients(&pool).len(),
+            1,
+            "the pool holds only the new one"
+        );
+        // The retired client still serves the reconcile that holds it.
+        assert_eq!(first.topics_looked_up(), 3);
+        assert_eq!(
+            Arc::strong_count(&first.client),
+            2,
+            "held by `first` and `same` only"
+        );
     }
 
     /// Clients `a`, `b`, `c` last used 30, 20 and 10 minutes before `now`.
