@@ -227,10 +227,8 @@ impl Run {
     /// every replica to be back in sync, checks the books and stops the cluster.
     fn finish(mut self) -> Delivered {
         self.wait_produced();
-        wait_until_blocking("every stage to drain its input", DRAIN_TIMEOUT, || {
-            self.pipeline.drained(self.bootstrap())
-        })
-        .expect("in time");
+        self.pipeline
+            .wait_drained(&self.cluster.bootstrap, &mut self.workers, DRAIN_TIMEOUT);
         self.phase("every stage drained");
         for mut worker in std::mem::take(&mut self.workers) {
             worker.stop_gracefully();

@@ -46,12 +46,9 @@ fn baseline_every_valid_order_flows_once_through_validate_status_and_notify() {
     produce(&bootstrap, &pipeline.orders, &spec);
     let produced = started.elapsed();
 
-    let workers = start_stages(&pipeline, &bootstrap, &Stage::ALL, "0", &webhook);
+    let mut workers = start_stages(&pipeline, &bootstrap, &Stage::ALL, "0", &webhook);
     let processing = Instant::now();
-    wait_until_blocking("every stage to drain its input", DRAIN_TIMEOUT, || {
-        pipeline.drained(&bootstrap)
-    })
-    .expect("in time");
+    pipeline.wait_drained(&bootstrap, &mut workers, DRAIN_TIMEOUT);
     let took = processing.elapsed();
     for mut worker in workers {
         worker.stop_gracefully();
@@ -110,10 +107,11 @@ fn sigkilled_workers_resume_from_committed_state_and_a_flaky_webhook_is_retried(
             })
             .collect();
     }
-    wait_until_blocking("every stage to drain its input", DRAIN_TIMEOUT, || {
-        pipeline.drained(&bootstrap)
-    })
-    .expect("in time");
+    pipeline.wait_drained(
+        &bootstrap,
+        workers.iter_mut().map(|(_, worker)| worker),
+        DRAIN_TIMEOUT,
+    );
     for (_, mut worker) in workers {
         worker.stop_gracefully();
     }
@@ -134,7 +132,7 @@ fn rebalances_between_two_validate_workers_keep_every_order_exactly_once() {
     let spec = spec(fault_orders(), 300);
     produce(&bootstrap, &pipeline.orders, &spec);
 
-    let steady = start_stages(&pipeline, &bootstrap, &Stage::ALL, "a", &webhook);
+    let mut steady = start_stages(&pipeline, &bootstrap, &Stage::ALL, "a", &webhook);
     // A second validate worker joins and leaves repeatedly: each join and each graceful leave is a
     // cooperative rebalance that moves partitions between the two while they process.
     for (round, until) in [0.15, 0.35, 0.55, 0.75].into_iter().enumerate() {
@@ -153,10 +151,7 @@ fn rebalances_between_two_validate_workers_keep_every_order_exactly_once() {
         .expect("in time");
         joiner.stop_gracefully();
     }
-    wait_until_blocking("every stage to drain its input", DRAIN_TIMEOUT, || {
-        pipeline.drained(&bootstrap)
-    })
-    .expect("in time");
+    pipeline.wait_drained(&bootstrap, &mut steady, DRAIN_TIMEOUT);
     for mut worker in steady {
         worker.stop_gracefully();
     }
@@ -186,7 +181,7 @@ fn a_broker_restart_mid_run_loses_and_duplicates_nothing() {
     let spec = spec(fault_orders(), 400);
     produce(&bootstrap, &pipeline.orders, &spec);
 
-    let workers = start_stages(&pipeline, &bootstrap, &Stage::ALL, "0", &webhook);
+    let mut workers = start_stages(&pipeline, &bootstrap, &Stage::ALL, "0", &webhook);
     wait_until_blocking("30% validate progress", DRAIN_TIMEOUT, || {
         validate_progress(&bootstrap, &pipeline) >= 0.3
     })
@@ -206,10 +201,7 @@ fn a_broker_restart_mid_run_loses_and_duplicates_nothing() {
         .block_on(stack.start_kafka())
         .expect("broker restarted");
 
-    wait_until_blocking("every stage to drain its input", DRAIN_TIMEOUT, || {
-        pipeline.drained(&bootstrap)
-    })
-    .expect("in time");
+    pipeline.wait_drained(&bootstrap, &mut workers, DRAIN_TIMEOUT);
     for mut worker in workers {
         worker.stop_gracefully();
     }
@@ -243,7 +235,7 @@ fn status_events_over_10000_interleaved_keys_change_each_order_in_order_and_noti
         ..orders(0, 500)
     };
     produce(&bootstrap, &pipeline.events, &spec);
-    let workers = start_stages(
+    let mut workers = start_stages(
         &pipeline,
         &bootstrap,
         &[Stage::Status, Stage::Notify],
@@ -251,12 +243,7 @@ fn status_events_over_10000_interleaved_keys_change_each_order_in_order_and_noti
         &webhook,
     );
     let processing = Instant::now();
-    wait_until_blocking(
-        "status and notify to drain their inputs",
-        DRAIN_TIMEOUT,
-        || pipeline.drained(&bootstrap),
-    )
-    .expect("in time");
+    pipeline.wait_drained(&bootstrap, &mut workers, DRAIN_TIMEOUT);
     let took = processing.elapsed();
     for mut worker in workers {
         worker.stop_gracefully();

@@ -375,7 +375,7 @@ impl WorkerProcess {
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
+            if let Some(status) = self.exit_status() {
                 return status;
             }
             assert!(
@@ -385,6 +385,11 @@ impl WorkerProcess {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// How the process ended, or `None` while it runs.
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("wait")
     }
 
     pub fn log_text(&self) -> String {

@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -17,7 +18,7 @@ use orderpipe_orders::headers::IDEMPOTENCY_KEY;
 use orderpipe_orders::{DispatchResult, NotificationDispatched, OrderState, StatusChanged};
 use orderpipe_stack::{
     Isolation, caught_up, committed_offsets, create_topics, end_offsets, free_port, read_all,
-    unique_name,
+    unique_name, wait_until_blocking,
 };
 use orderpipe_worker::loadgen::LoadSpec;
 
@@ -129,6 +130,58 @@ impl Pipeline {
             caught_up(bootstrap, &self.group(*stage), self.input(*stage))
                 .expect("the group's progress")
         })
+    }
+
+    /// Waits until every stage has drained its input. Fails at once if one of `workers` exits
+    /// (nothing would drain what it owned), and on either failure names what is behind: each
+    /// stage's committed and end offsets per partition, and the tail of every worker's log.
+    pub fn wait_drained<'a>(
+        &self,
+        bootstrap: &str,
+        workers: impl IntoIterator<Item = &'a mut WorkerProcess>,
+        timeout: Duration,
+    ) {
+        let mut workers: Vec<&mut WorkerProcess> = workers.into_iter().collect();
+        let mut exited = None;
+        let waited = wait_until_blocking("every stage to drain its input", timeout, || {
+            exited = workers.iter_mut().find_map(|worker| {
+                worker
+                    .exit_status()
+                    .map(|status| format!("{} exited ({status})", worker.log.display()))
+            });
+            exited.is_some() || self.drained(bootstrap)
+        });
+        let failure = match (waited, exited) {
+            (_, Some(exited)) => exited,
+            (Err(timeout), None) => timeout.to_string(),
+            (Ok(()), None) => return,
+        };
+        let logs: Vec<String> = workers
+            .iter()
+            .map(|worker| format!("--- {}:\n{}", worker.log.display(), worker.log_tail()))
+            .collect();
+        panic!(
+            "{failure}\n{}\n{}",
+            self.progress_report(bootstrap),
+            logs.join("\n")
+        );
+    }
+
+    /// Each stage's committed offset and end offset per input partition, one line per stage.
+    fn progress_report(&self, bootstrap: &str) -> String {
+        Stage::ALL
+            .iter()
+            .map(|stage| {
+                let input = self.input(*stage);
+                let committed = committed_offsets(bootstrap, &self.group(*stage), input);
+                let ends = end_offsets(bootstrap, input);
+                format!(
+                    "{} ({input}): committed {committed:?}, end {ends:?}",
+                    stage.name()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// The worker contract's environment of `stage`, for pod `pod`.
