@@ -84,16 +84,22 @@ fn fields_owned_by(metadata: &kube::api::ObjectMeta, manager: &str) -> String {
 }
 
 async fn events_with_reason(ns: &TestNamespace, reason: &str) -> usize {
+    event_notes(ns, reason).await.len()
+}
+
+/// The notes of the namespace's Events with `reason`.
+async fn event_notes(ns: &TestNamespace, reason: &str) -> Vec<String> {
     ns.api::<Event>()
         .list(&ListParams::default())
         .await
         .map(|l| {
             l.items
-                .iter()
+                .into_iter()
                 .filter(|e| e.reason.as_deref() == Some(reason))
-                .count()
+                .filter_map(|e| e.message)
+                .collect()
         })
-        .unwrap_or(0)
+        .unwrap_or_default()
 }
 
 #[tokio::test]
@@ -173,10 +179,24 @@ async fn pipeline_becomes_ready_with_topics_workloads_and_capped_autoscaler() ->
             .await?
             .is_none()
     );
-    wait_until("one TopicCreated Event per topic (8)", CONVERGE, || async {
-        (events_with_reason(&ns, "TopicCreated").await == 8).then_some(())
+    // An Event per reconcile names every topic that reconcile created: all 8, each once.
+    let notes = wait_until("TopicCreated Events naming 8 topics", CONVERGE, || async {
+        let notes = event_notes(&ns, "TopicCreated").await;
+        (notes
+            .iter()
+            .map(|n| n.matches("created topic ").count())
+            .sum::<usize>()
+            == 8)
+            .then_some(notes)
     })
     .await?;
+    assert!(
+        notes.iter().any(|n| n.contains(&format!(
+            "created topic {}.orders with 2 partitions",
+            ns.name()
+        ))),
+        "{notes:?}"
+    );
 
     OperatorTest::finish(operator, ns).await
 }

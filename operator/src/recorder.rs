@@ -3,10 +3,10 @@
 //! only what a repeat needs: the Event's name, its count and when it was last seen.
 //!
 //! Why not kube's `Recorder`: its cache keeps the whole Event and its key for every Event of the
-//! last six minutes, in a map that never shrinks. Each change the operator makes is an Event of its
-//! own (the action names the object changed), so 1,000 new pipelines publish about ten thousand;
+//! last six minutes, in a map that never shrinks. Each reconcile publishes an Event per reason of
+//! its changes (the action names the objects changed), so 1,000 new pipelines publish thousands;
 //! the heap profile of issue #17 showed that map's table alone at 5.9 MB for 300 new pipelines,
-//! still held after the burst.
+//! still held after the burst (when every change was an Event of its own).
 //!
 //! I/O only in [`Recorder::publish`]; what a publish becomes (a new Event or a repeat) is decided
 //! by the pure [`SeriesMemory`].

@@ -16,7 +16,7 @@ use tracing::warn;
 use crate::child_plan::ChildWrite;
 use crate::children::{ChildKind, FIELD_MANAGER, REPLICA_SEED_MANAGER};
 use crate::error::Error;
-use crate::events::Change;
+use crate::events::{self, Change};
 use crate::metrics::Metrics;
 use crate::recorder::Recorder;
 use crate::topics::TOPIC_FINALIZER;
@@ -122,14 +122,14 @@ impl<'a> Writer<'a> {
         Ok(())
     }
 
-    /// Publishes one Event per change. An Event that cannot be written is logged, not retried: the
-    /// change itself already happened.
+    /// Publishes one Event per reason among `changes` ([`events::coalesced`]). An Event that
+    /// cannot be written is logged, not retried: the change itself already happened.
     ///
     /// The [`Recorder`] folds events with the same reason and action into one series (keeping the
-    /// first note), so the action names the object changed: eight topics created are eight Events, while
-    /// the same drift restored again on the same topic counts up one series.
+    /// first note), so the action is the start of the note, which names the objects changed: the
+    /// same drift restored again on the same topic counts up one series.
     pub async fn events(&self, pipeline: &OrderPipeline, changes: &[Change]) {
-        for change in changes {
+        for change in events::coalesced(changes) {
             self.publish(pipeline, EventType::Normal, change.reason, &change.note)
                 .await;
         }

@@ -1,5 +1,5 @@
-//! Runs a [`TopicPlan`] against a [`TopicAdmin`]: the actions in order, an Event for each change
-//! that took effect, and the plan's statuses corrected for the actions that failed.
+//! Runs a [`TopicPlan`] against a [`TopicAdmin`]: the actions in order, a change to announce for
+//! each action that took effect, and the plan's statuses corrected for the actions that failed.
 //!
 //! Holds no client (the admin is passed in) and decides nothing (the plan did). A failed action
 //! does not stop the others, since topics are independent: the failure shows in that topic's status
