@@ -40,23 +40,15 @@ impl From<DynamicObject> for CachedChild {
         object.metadata.managed_fields = None;
         // A DynamicObject always serialises (string keys, finite numbers from JSON).
         let json = serde_json::to_string(&object).unwrap_or_default();
-        let ObjectMeta {
-            name,
-            namespace,
-            labels,
-            owner_references,
-            resource_version,
-            uid,
-            ..
-        } = object.metadata;
+        let kept = object.metadata;
         Self {
             metadata: ObjectMeta {
-                name,
-                namespace,
-                labels,
-                owner_references,
-                resource_version,
-                uid,
+                name: kept.name,
+                namespace: kept.namespace,
+                labels: kept.labels,
+                owner_references: kept.owner_references,
+                resource_version: kept.resource_version,
+                uid: kept.uid,
                 ..ObjectMeta::default()
             },
             json: json.into_boxed_str(),
