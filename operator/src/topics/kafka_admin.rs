@@ -45,7 +45,8 @@ const DEADLINE_GRACE: Duration = Duration::from_secs(2);
 #[derive(Clone)]
 pub struct KafkaTopicAdmin {
     pub(super) client: Arc<OwnedClient>,
-    /// Topics whose metadata this client has fetched. librdkafka keeps a topic object (and one
+    /// Single-topic metadata lookups this client has made, a topic looked up again counted again:
+    /// an upper bound on the topics it holds state for. librdkafka keeps a topic object (and one
     /// per partition) for every topic it was asked about, for the client's whole life: about
     /// 5 KiB each, 22 MiB at 1,000 pipelines (docs/benchmarks.md, issue #17). The pool retires a
     /// client past a bound on this count.
@@ -102,7 +103,7 @@ impl KafkaTopicAdmin {
         Some(self.cluster_id.get_or_init(|| async { id }).await.clone())
     }
 
-    /// How many topics this client has fetched the metadata of (each is state it keeps).
+    /// How many single-topic metadata lookups this client has made (see `looked_up`).
     pub fn topics_looked_up(&self) -> usize {
         self.looked_up.load(Ordering::Relaxed)
     }

@@ -152,9 +152,9 @@ struct Usage<K> {
 
 /// The clients to close before `wanted` is served at `now`. `wanted` and the clients in use stay:
 /// a reconcile is working with them, and the next one would open the same client again. Of the
-/// others, oldest first, every idle one goes, then as many as it takes
-/// to fit `wanted` into `max_clients`. With every client in use the pool exceeds its maximum by
-/// at most the number of concurrent reconciles, until they let go.
+/// others, oldest first, every idle one goes, then as many as it takes to fit `wanted` into
+/// `max_clients`. With every client in use the pool exceeds its maximum by at most the number of
+/// concurrent reconciles, until they let go.
 fn to_close<K: PartialEq + Clone>(
     clients: &[Usage<K>],
     wanted: &K,
