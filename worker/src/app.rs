@@ -23,7 +23,7 @@ use crate::kafka::changelog::KafkaChangelog;
 use crate::kafka::client;
 use crate::kafka::consumer::{KafkaSource, StageContext};
 use crate::kafka::control::{self, KafkaControl};
-use crate::kafka::producer::{AtLeastOnceSink, TransactionalSink};
+use crate::kafka::producer::{self, AtLeastOnceSink, TransactionalSink};
 use crate::metrics::Metrics;
 use crate::output_topics::OutputTopics;
 use crate::runtime::growth::{ControlFilter, View};
@@ -185,7 +185,11 @@ fn stage_loop<H: StageHandler>(
     // worker and aborts its open transaction, so its records never become visible.
     let sink: KafkaSink = match config.delivery {
         Delivery::ExactlyOnce => Box::new(
-            TransactionalSink::connect(client::transactional_producer(config)).map_err(startup)?,
+            TransactionalSink::connect(
+                client::transactional_producer(config),
+                producer::CALL_TIMEOUT,
+            )
+            .map_err(startup)?,
         ),
         Delivery::AtLeastOnce => {
             Box::new(AtLeastOnceSink::connect(client::producer(config)).map_err(startup)?)

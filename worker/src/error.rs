@@ -44,7 +44,9 @@ pub enum WorkerError {
 
     #[error(
         "the producer was fenced: another worker with transactional id {transactional_id:?} took \
-         over, so this process is a zombie and stops"
+         over, or the broker aborted a transaction of ours that outlived transaction.timeout.ms. \
+         Either way this process may be a zombie, so it stops and its replacement resumes from \
+         the committed offsets"
     )]
     Fenced { transactional_id: String },
 

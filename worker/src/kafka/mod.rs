@@ -7,6 +7,7 @@
 //! reaches the sinks as [`GroupCommit`]. Must not decide what to produce; the stages and the
 //! coordinator do.
 
+mod bounded;
 pub mod changelog;
 pub mod client;
 pub mod consumer;

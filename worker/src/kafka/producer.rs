@@ -16,14 +16,19 @@ use rdkafka::producer::{
     BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig, ThreadedProducer,
 };
 
+use super::bounded::BoundedCalls;
 use super::{GroupCommit, offsets_list};
 use crate::record::OutRecord;
 use crate::runtime::driver::lock;
 use crate::runtime::growth::Markers;
 use crate::runtime::{BrokerError, Offsets, Position, Refusal, Sink, SinkError, SinkErrorKind};
 
-/// How long one transactional call (init, send offsets, commit, abort) may take.
-const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one transactional call (init, send offsets, commit, abort) may take, its retries
+/// included, and how long a flush waits for acknowledgements.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How much longer than a transactional call's timeout the sink waits for its answer before it
+/// gives up on the producer: librdkafka answers a timed-out call a moment after its deadline.
+const ANSWER_GRACE: Duration = Duration::from_secs(5);
 /// How long a send waits for room in a full producer queue.
 const QUEUE_FULL_WAIT: Duration = Duration::from_secs(30);
 /// How long a send waits for a metadata refresh that may show a partition it does not know yet.
@@ -170,15 +175,17 @@ fn classify(producer: &Client, operation: &'static str, source: KafkaError) -> S
     }
 }
 
-/// Runs a transactional call, repeating it while librdkafka says a retry can succeed.
+/// Runs a transactional call, repeating it while librdkafka says a retry can succeed, each time
+/// with what is left of `timeout`.
 fn retrying(
     producer: &Client,
     operation: &'static str,
-    call: impl Fn(&Client) -> Result<(), KafkaError>,
+    timeout: Duration,
+    call: impl Fn(&Client, Duration) -> Result<(), KafkaError>,
 ) -> Result<(), SinkError> {
-    let deadline = Instant::now() + CALL_TIMEOUT;
+    let deadline = Instant::now() + timeout;
     loop {
-        match call(producer) {
+        match call(producer, deadline.saturating_duration_since(Instant::now())) {
             Ok(()) => return Ok(()),
             Err(KafkaError::Transaction(error))
                 if error.is_retriable()
@@ -198,29 +205,25 @@ fn retrying(
 struct Connection {
     config: ClientConfig,
     context: Deliveries,
-    producer: Client,
-    /// Makes each producer of this connection: the first one and every re-created one.
-    create: fn(&ClientConfig, &Deliveries) -> Result<Client, SinkError>,
+    /// Shared only with a transactional call in flight, which may outlive the connection's use of
+    /// this producer (see [`TransactionalSink::call`]).
+    producer: Arc<Client>,
 }
 
 impl Connection {
-    fn open(
-        config: ClientConfig,
-        create: fn(&ClientConfig, &Deliveries) -> Result<Client, SinkError>,
-    ) -> Result<Self, SinkError> {
+    fn open(config: ClientConfig) -> Result<Self, SinkError> {
         let context = Deliveries::default();
-        let producer = create(&config, &context)?;
+        let producer = Arc::new(create(&config, &context)?);
         Ok(Self {
             config,
             context,
             producer,
-            create,
         })
     }
 
     /// Replaces the producer; the old one's missing delivery reports will never come.
     fn recreate(&mut self) -> Result<(), SinkError> {
-        self.producer = (self.create)(&self.config, &self.context)?;
+        self.producer = Arc::new(create(&self.config, &self.context)?);
         self.context.replaced();
         Ok(())
     }
@@ -328,6 +331,10 @@ impl Connection {
 /// Exactly-once: one transactional producer per worker process.
 pub struct TransactionalSink {
     connection: Connection,
+    /// Where the blocking transactional calls run, so that one librdkafka never answers costs
+    /// `call_timeout` and a new producer instead of the worker (see [`super::bounded`]).
+    calls: BoundedCalls,
+    call_timeout: Duration,
 }
 
 impl std::fmt::Debug for TransactionalSink {
@@ -337,20 +344,50 @@ impl std::fmt::Debug for TransactionalSink {
 }
 
 impl TransactionalSink {
-    /// Creates the producer and initialises transactions, which fences any earlier incarnation
-    /// with the same transactional id and aborts what it left open.
-    pub fn connect(config: ClientConfig) -> Result<Self, SinkError> {
-        Ok(Self {
-            connection: Connection::open(config, Self::initialised)?,
+    /// Creates the producer and initialises transactions; each transactional call may take
+    /// `call_timeout` ([`CALL_TIMEOUT`] outside tests).
+    pub fn connect(config: ClientConfig, call_timeout: Duration) -> Result<Self, SinkError> {
+        let mut sink = Self {
+            connection: Connection::open(config)?,
+            calls: BoundedCalls::default(),
+            call_timeout,
+        };
+        sink.init()?;
+        Ok(sink)
+    }
+
+    /// Initialises transactions, which fences any earlier incarnation with the same transactional
+    /// id (a re-created producer's predecessor included) and aborts what it left open.
+    fn init(&mut self) -> Result<(), SinkError> {
+        self.call("initialising transactions", |p, timeout| {
+            p.init_transactions(timeout)
         })
     }
 
-    fn initialised(config: &ClientConfig, context: &Deliveries) -> Result<Client, SinkError> {
-        let producer = create(config, context)?;
-        retrying(&producer, "initialising transactions", |p| {
-            p.init_transactions(CALL_TIMEOUT)
-        })?;
-        Ok(producer)
+    /// Runs a transactional call of the current producer with its retries, waiting for the answer
+    /// at most a little longer than the call's own timeout. No answer by then means librdkafka
+    /// lost the call (see [`super::bounded`]): the producer is unusable, and re-creating it (what
+    /// the coordinator does with [`SinkErrorKind::Fatal`]) fences the stuck one.
+    fn call(
+        &mut self,
+        operation: &'static str,
+        call: impl Fn(&Client, Duration) -> Result<(), KafkaError> + Send + 'static,
+    ) -> Result<(), SinkError> {
+        let producer = Arc::clone(&self.connection.producer);
+        let timeout = self.call_timeout;
+        self.calls
+            .run(timeout + ANSWER_GRACE, move || {
+                retrying(&producer, operation, timeout, call)
+            })
+            .unwrap_or_else(|unanswered| {
+                Err(SinkError {
+                    kind: SinkErrorKind::Fatal,
+                    operation,
+                    cause: BrokerError::new(format!(
+                        "librdkafka gave {unanswered}; the producer is given up on and re-created"
+                    )),
+                })
+            })
     }
 }
 
@@ -386,14 +423,12 @@ impl Sink for TransactionalSink {
             cause: error.into(),
         })?;
         tracing::debug_span!("send_offsets").in_scope(|| {
-            retrying(
-                &self.connection.producer,
-                "sending offsets to the transaction",
-                |p| p.send_offsets_to_transaction(&list, &metadata, CALL_TIMEOUT),
-            )
+            self.call("sending offsets to the transaction", move |p, timeout| {
+                p.send_offsets_to_transaction(&list, &metadata, timeout)
+            })
         })?;
         tracing::debug_span!("flush")
-            .in_scope(|| self.connection.flush(CALL_TIMEOUT))
+            .in_scope(|| self.connection.flush(self.call_timeout))
             .map_err(|error| {
                 classify(
                     &self.connection.producer,
@@ -403,24 +438,23 @@ impl Sink for TransactionalSink {
             })?;
         // Nothing is in flight any more, so the flush inside commit_transaction returns at once.
         tracing::debug_span!("commit_transaction").in_scope(|| {
-            retrying(
-                &self.connection.producer,
-                "committing the transaction",
-                |p| p.commit_transaction(CALL_TIMEOUT),
-            )
+            self.call("committing the transaction", |p, timeout| {
+                p.commit_transaction(timeout)
+            })
         })
     }
 
     fn abort(&mut self) -> Result<(), SinkError> {
-        retrying(&self.connection.producer, "aborting the transaction", |p| {
-            p.abort_transaction(CALL_TIMEOUT)
+        self.call("aborting the transaction", |p, timeout| {
+            p.abort_transaction(timeout)
         })
     }
 
     /// Replaces the producer; the old one's missing delivery reports will never come.
     fn recreate(&mut self) -> Result<(), SinkError> {
         tracing::warn!("re-creating the transactional producer");
-        self.connection.recreate()
+        self.connection.recreate()?;
+        self.init()
     }
 
     fn take_refusals(&mut self) -> Vec<Refusal> {
@@ -442,7 +476,7 @@ impl std::fmt::Debug for AtLeastOnceSink {
 impl AtLeastOnceSink {
     pub fn connect(config: ClientConfig) -> Result<Self, SinkError> {
         Ok(Self {
-            connection: Connection::open(config, create)?,
+            connection: Connection::open(config)?,
         })
     }
 }
@@ -507,5 +541,93 @@ impl Sink for AtLeastOnceSink {
 
     fn take_refusals(&mut self) -> Vec<Refusal> {
         self.connection.context.take_refusals(REPORTS_WAIT)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The sink against librdkafka's in-process mock cluster, which can hold one broker down
+    //! while others serve: the one way to take the group coordinator away mid-call here.
+
+    use rdkafka::consumer::BaseConsumer;
+    use rdkafka::mocking::{MockCluster, MockCoordinator};
+
+    use super::*;
+
+    const GROUP: &str = "orders-validate";
+    const TRANSACTIONAL_ID: &str = "orders-validate-0";
+    const GROUP_COORDINATOR: i32 = 3;
+
+    fn send_one(sink: &mut TransactionalSink, offset: i64) {
+        sink.begin().expect("beginning a transaction");
+        let record = OutRecord {
+            topic: "orders-valid",
+            partition: None,
+            key: Some(b"order-1"),
+            payload: Some(b"{}"),
+            headers: &[],
+            passthrough: &[],
+            timestamp: None,
+        };
+        sink.send(
+            Position {
+                partition: 0,
+                offset,
+            },
+            record,
+        )
+        .expect("queueing a record");
+    }
+
+    #[test]
+    fn a_commit_librdkafka_never_answers_gives_up_the_producer_and_a_new_one_commits() {
+        let cluster = MockCluster::new(3).expect("starting the mock cluster");
+        for topic in ["orders", "orders-valid"] {
+            cluster.create_topic(topic, 1, 3).expect("creating a topic");
+        }
+        // The transaction coordinator stays up; only the group coordinator goes away.
+        cluster
+            .coordinator(MockCoordinator::Transaction(TRANSACTIONAL_ID.into()), 1)
+            .expect("placing the transaction coordinator");
+        cluster
+            .coordinator(MockCoordinator::Group(GROUP.into()), GROUP_COORDINATOR)
+            .expect("placing the group coordinator");
+        let bootstrap = cluster.bootstrap_servers();
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &bootstrap)
+            .set("transactional.id", TRANSACTIONAL_ID);
+        let call_timeout = Duration::from_secs(2);
+        let mut sink =
+            TransactionalSink::connect(config, call_timeout).expect("initialising transactions");
+        // Its group metadata is all a commit reads; it need not join.
+        let member: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("group.id", GROUP)
+            .create()
+            .expect("creating the consumer");
+
+        send_one(&mut sink, 0);
+        cluster
+            .broker_down(GROUP_COORDINATOR)
+            .expect("taking the group coordinator down");
+        let started = Instant::now();
+        let given_up = sink
+            .commit("orders", &Offsets::from([(0, 1)]), &Markers::new(), &member)
+            .expect_err("the offsets cannot reach a coordinator that is down");
+        let waited = started.elapsed();
+        assert_eq!(given_up.kind, SinkErrorKind::Fatal, "{given_up}");
+        assert!(
+            waited < call_timeout + ANSWER_GRACE + Duration::from_secs(5),
+            "the commit waited {waited:?}"
+        );
+
+        cluster
+            .broker_up(GROUP_COORDINATOR)
+            .expect("bringing the group coordinator back");
+        sink.recreate().expect("a new producer initialises");
+        send_one(&mut sink, 0);
+        sink.commit("orders", &Offsets::from([(0, 1)]), &Markers::new(), &member)
+            .expect("the new producer commits");
     }
 }

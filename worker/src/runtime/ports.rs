@@ -51,7 +51,8 @@ pub enum SinkErrorKind {
     Abortable,
     /// The producer is unusable: re-create it (which aborts what it left open), rewind, continue.
     Fatal,
-    /// A newer instance with our transactional id exists: this process is a zombie and stops.
+    /// A newer instance with our transactional id exists, or the broker aborted a transaction
+    /// that timed out (Kafka fences that producer epoch too): this process stops.
     Fenced,
 }
 
