@@ -57,7 +57,7 @@ impl Plan {
             }
         } else {
             Self {
-                backlog: 100_000,
+                backlog: 300_000,
                 partitions: vec![1, 4, 8],
                 pace: Pace {
                     rate: 500,
