@@ -1,8 +1,9 @@
 //! The stage consumer: the [`Source`] over a librdkafka group member, and its context, whose
 //! rebalance callback hands assignments and revocations to the coordinator *before* librdkafka
 //! applies them, so revoked partitions are committed while this member still owns them. On an
-//! assignment it first reads the control topic to its end, so a partition a growth added is held
-//! before it could start, and hands over each partition's committed re-shard marker.
+//! assignment it first splits each new partition's queue off (see [`super::partition_queues`]),
+//! reads the control topic to its end, so a partition a growth added is held before it could
+//! start, and hands over each partition's committed re-shard marker.
 //! Must not process or produce records.
 
 use std::collections::BTreeMap;
@@ -15,12 +16,13 @@ use rdkafka::client::ClientContext;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, ConsumerGroupMetadata, Rebalance,
 };
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use super::control::KafkaControl;
+use super::partition_queues::PartitionQueues;
 use super::{GroupCommit, offsets_list};
 use crate::error::WorkerError;
 use crate::record::{RawHeader, SourceRecord};
@@ -35,15 +37,28 @@ use crate::stage::StageHandler;
 const GROUP_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Callbacks of the stage consumer.
-pub struct StageContext<H: StageHandler, K: Sink> {
+pub struct StageContext<H: StageHandler, K: Sink<Group = dyn GroupCommit>> {
     coordinator: Arc<Mutex<Coordinator<H, K>>>,
     lag: Arc<LagBook>,
     topic: String,
     /// The control topic's reader; `None` when the pipeline has none.
     control: Option<Arc<Mutex<KafkaControl>>>,
+    queues: PartitionQueues<Self>,
 }
 
-impl<H: StageHandler, K: Sink> std::fmt::Debug for StageContext<H, K> {
+/// A consumer context that keeps its consumer's split partition queues: what the [`KafkaSource`]
+/// polls, and what the context's rebalance callback splits and drops.
+pub trait SplitsPartitions: ConsumerContext + Sized {
+    fn partition_queues(&self) -> &PartitionQueues<Self>;
+}
+
+impl<H: StageHandler, K: Sink<Group = dyn GroupCommit>> SplitsPartitions for StageContext<H, K> {
+    fn partition_queues(&self) -> &PartitionQueues<Self> {
+        &self.queues
+    }
+}
+
+impl<H: StageHandler, K: Sink<Group = dyn GroupCommit>> std::fmt::Debug for StageContext<H, K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StageContext")
             .field("topic", &self.topic)
@@ -51,7 +66,7 @@ impl<H: StageHandler, K: Sink> std::fmt::Debug for StageContext<H, K> {
     }
 }
 
-impl<H: StageHandler, K: Sink> StageContext<H, K> {
+impl<H: StageHandler, K: Sink<Group = dyn GroupCommit>> StageContext<H, K> {
     pub fn new(
         coordinator: Arc<Mutex<Coordinator<H, K>>>,
         lag: Arc<LagBook>,
@@ -61,6 +76,7 @@ impl<H: StageHandler, K: Sink> StageContext<H, K> {
         Self {
             coordinator,
             lag,
+            queues: PartitionQueues::new(&topic),
             topic,
             control,
         }
@@ -74,7 +90,7 @@ impl<H: StageHandler, K: Sink> StageContext<H, K> {
     }
 }
 
-impl<H: StageHandler, K: Sink> ClientContext for StageContext<H, K> {
+impl<H: StageHandler, K: Sink<Group = dyn GroupCommit>> ClientContext for StageContext<H, K> {
     fn stats(&self, statistics: Statistics) {
         if let Some(topic) = statistics.topics.get(&self.topic) {
             // Called from the poll loop, which holds no lock while it polls.
@@ -106,6 +122,22 @@ impl<H: StageHandler, K: Sink<Group = dyn GroupCommit>> ConsumerContext for Stag
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(list) => {
+                let partitions = self.partitions(list);
+                // Before librdkafka starts fetching them, or their first records would reach the
+                // consumer's queue.
+                let unsplit = self.queues.split(&partitions);
+                if !unsplit.is_empty() {
+                    let error = WorkerError::KafkaClient {
+                        client: "consumer",
+                        source: BrokerError::new(format!(
+                            "librdkafka gave no queue of their own for partitions {unsplit:?} of {}",
+                            self.topic
+                        )),
+                    };
+                    tracing::error!(%error, "not starting the assigned partitions");
+                    lock(&self.coordinator).stop(error);
+                    return;
+                }
                 // Before any partition starts: a partition the input grew by is only known to be
                 // held once the control record announcing the growth has been read, and the
                 // operator writes it before growing the topic.
@@ -121,7 +153,6 @@ impl<H: StageHandler, K: Sink<Group = dyn GroupCommit>> ConsumerContext for Stag
                         return;
                     }
                 }
-                let partitions = self.partitions(list);
                 // Read before the workers restore state: with read_committed this waits for a
                 // previous owner's pending transactional commit, whose changelog records the
                 // restore must then see.
@@ -146,6 +177,7 @@ impl<H: StageHandler, K: Sink<Group = dyn GroupCommit>> ConsumerContext for Stag
                 let partitions = self.partitions(list);
                 let lost = consumer.assignment_lost();
                 lock(&self.coordinator).revoke(&partitions, lost, consumer);
+                self.queues.remove(&partitions);
             }
             Rebalance::Error(error) => tracing::warn!(%error, "rebalance error"),
         }
@@ -197,13 +229,14 @@ fn committed_markers(list: &TopicPartitionList, topic: &str) -> Markers {
 }
 
 /// The stage's input, consumed as a member of its group.
-pub struct KafkaSource<C: ConsumerContext> {
-    /// `None` once closed, or abandoned after a close that did not finish in time.
-    consumer: Option<BaseConsumer<C>>,
+pub struct KafkaSource<C: SplitsPartitions> {
+    /// `None` once closed, or abandoned after a close that did not finish in time. Shared only
+    /// with the split partition queues, which the context keeps.
+    consumer: Option<Arc<BaseConsumer<C>>>,
     topic: String,
 }
 
-impl<C: ConsumerContext> std::fmt::Debug for KafkaSource<C> {
+impl<C: SplitsPartitions> std::fmt::Debug for KafkaSource<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KafkaSource")
             .field("topic", &self.topic)
@@ -211,9 +244,14 @@ impl<C: ConsumerContext> std::fmt::Debug for KafkaSource<C> {
     }
 }
 
-impl<C: ConsumerContext> KafkaSource<C> {
+impl<C: SplitsPartitions> KafkaSource<C> {
     /// Subscribes `consumer` to `topic`.
-    pub fn subscribe(consumer: BaseConsumer<C>, topic: &str) -> Result<Self, KafkaError> {
+    pub fn subscribe(mut consumer: BaseConsumer<C>, topic: &str) -> Result<Self, KafkaError> {
+        // Rebalances, errors and statistics wake a waiting poll like records do.
+        let arrivals = Arc::clone(consumer.context().partition_queues().arrivals());
+        consumer.set_nonempty_callback(move || arrivals.notify());
+        let consumer = Arc::new(consumer);
+        consumer.context().partition_queues().attach(&consumer);
         consumer.subscribe(&[topic])?;
         Ok(Self {
             consumer: Some(consumer),
@@ -223,7 +261,7 @@ impl<C: ConsumerContext> KafkaSource<C> {
 
     fn consumer(&self) -> Result<&BaseConsumer<C>, BrokerError> {
         self.consumer
-            .as_ref()
+            .as_deref()
             .ok_or_else(|| BrokerError::new("the consumer is closed"))
     }
 
@@ -264,26 +302,54 @@ fn source_record(message: &BorrowedMessage<'_>) -> SourceRecord {
     }
 }
 
-impl<C: ConsumerContext + 'static> Source for KafkaSource<C> {
+fn taken(polled: KafkaResult<BorrowedMessage<'_>>) -> Result<SourceRecord, BrokerError> {
+    polled
+        .map(|message| source_record(&message))
+        .map_err(BrokerError::from)
+}
+
+impl<C: SplitsPartitions + 'static> Source for KafkaSource<C> {
     type Group = dyn GroupCommit;
 
+    /// Serves the consumer's own queue (rebalance callbacks run here), then takes the next record
+    /// of a partition not held, waiting up to `timeout` for anything to arrive.
     fn poll(&mut self, timeout: Duration) -> Option<Result<SourceRecord, BrokerError>> {
         let consumer = self.consumer.as_ref()?;
-        consumer.poll(timeout).map(|polled| {
-            polled
-                .map(|message| source_record(&message))
-                .map_err(BrokerError::from)
-        })
+        let queues = consumer.context().partition_queues();
+        let deadline = Instant::now() + timeout;
+        loop {
+            let seen = queues.arrivals().seen();
+            // Records only before a partition's queue is split, which happens before its fetching
+            // starts; errors and callbacks always.
+            if let Some(polled) = consumer.poll(Duration::ZERO) {
+                return Some(taken(polled));
+            }
+            if let Some(polled) = queues.poll(taken) {
+                return Some(polled);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            queues.arrivals().wait(seen, deadline);
+        }
     }
 
+    /// Stops taking `partition`'s records without a librdkafka pause, which would purge what is
+    /// prefetched: librdkafka stops fetching once the partition's queue is at its bound.
     fn pause(&mut self, partition: i32) -> Result<(), BrokerError> {
-        Ok(self.consumer()?.pause(&self.partition_list(&[partition]))?)
+        self.consumer()?
+            .context()
+            .partition_queues()
+            .hold(partition, true);
+        Ok(())
     }
 
     fn resume(&mut self, partition: i32) -> Result<(), BrokerError> {
-        Ok(self
-            .consumer()?
-            .resume(&self.partition_list(&[partition]))?)
+        self.consumer()?
+            .context()
+            .partition_queues()
+            .hold(partition, false);
+        Ok(())
     }
 
     fn committed(&mut self, partitions: &[i32]) -> Result<CommittedOffsets, BrokerError> {
@@ -323,7 +389,7 @@ impl<C: ConsumerContext + 'static> Source for KafkaSource<C> {
 
     fn group(&self) -> &Self::Group {
         match &self.consumer {
-            Some(consumer) => consumer,
+            Some(consumer) => &**consumer,
             None => &Closed,
         }
     }
@@ -332,6 +398,8 @@ impl<C: ConsumerContext + 'static> Source for KafkaSource<C> {
         let Some(consumer) = self.consumer.take() else {
             return;
         };
+        // The queues hold the consumer too; the last holder's drop is what closes it.
+        consumer.context().partition_queues().clear();
         // Dropping closes the consumer: it runs the final revocation and leaves the group, with no
         // deadline of its own, so it happens on a helper thread we stop waiting for at `deadline`.
         let (closed, wait) = std::sync::mpsc::channel();

@@ -12,6 +12,7 @@ pub mod changelog;
 pub mod client;
 pub mod consumer;
 pub mod control;
+pub mod partition_queues;
 pub mod producer;
 
 use rdkafka::consumer::ConsumerGroupMetadata;
