@@ -8,7 +8,8 @@
 //! the consumer is thrown out of the group 5 minutes later. Here the caller gets a
 //! [`Unanswered`] instead and can give up on the stuck client; the thread that holds it ends when
 //! the call finally returns.
-//! Must not know what the calls do; the producer decides what an unanswered call means.
+//! The stage consumer's close, which has no deadline of its own, is such a call too.
+//! Must not know what the calls do; the callers decide what an unanswered call means.
 
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread;

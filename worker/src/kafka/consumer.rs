@@ -21,6 +21,7 @@ use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
+use super::bounded::BoundedCalls;
 use super::control::KafkaControl;
 use super::partition_queues::PartitionQueues;
 use super::{GroupCommit, offsets_list};
@@ -401,22 +402,11 @@ impl<C: SplitsPartitions + 'static> Source for KafkaSource<C> {
         // The queues hold the consumer too; the last holder's drop is what closes it.
         consumer.context().partition_queues().clear();
         // Dropping closes the consumer: it runs the final revocation and leaves the group, with no
-        // deadline of its own, so it happens on a helper thread we stop waiting for at `deadline`.
-        let (closed, wait) = std::sync::mpsc::channel();
-        let spawned = std::thread::Builder::new()
-            .name("orderpipe-close".to_owned())
-            .spawn(move || {
-                drop(consumer);
-                let _ = closed.send(());
-            });
-        if let Err(error) = spawned {
-            tracing::warn!(%error, "cannot close the consumer on a helper thread");
-            return;
-        }
-        let left = wait.recv_timeout(deadline.saturating_duration_since(Instant::now()));
-        if left.is_err() {
+        // deadline of its own, so it is a bounded call we stop waiting for at `deadline`.
+        let limit = deadline.saturating_duration_since(Instant::now());
+        if let Err(unanswered) = BoundedCalls::default().run(limit, move || drop(consumer)) {
             // The process is exiting; the group times the member out instead.
-            tracing::warn!("the consumer did not leave the group in time");
+            tracing::warn!(%unanswered, "the consumer did not leave the group in time");
         }
     }
 }
