@@ -16,8 +16,10 @@ use kube::core::{ApiResource, GroupVersionKind};
 use orderpipe_api::OrderPipeline;
 use orderpipe_e2e::policy::DenyDeployments;
 use orderpipe_e2e::{
-    CONVERGE, OperatorTest, apply_pipeline, apply_secret, condition, over_sasl_ssl, wait_ready,
+    CONVERGE, InProcessOperator, NO_PROMETHEUS, OperatorTest, apply_pipeline, apply_secret,
+    condition, over_sasl_ssl, wait_ready,
 };
+use orderpipe_operator::settings::WorkerPlacement;
 use orderpipe_stack::{
     TestNamespace, create_topics_with, partition_count, topic_config, wait_until,
 };
@@ -396,6 +398,71 @@ async fn spec_changes_and_out_of_band_edits_converge() -> anyhow::Result<()> {
     .await
     .with_context(|| format!("{:?}", paused.status))?;
 
+    OperatorTest::finish(operator, ns).await
+}
+
+#[tokio::test]
+#[ignore = "needs the local stack: make test-e2e"]
+async fn a_stage_service_with_a_virtual_ip_from_an_older_operator_is_replaced_by_a_headless_one()
+-> anyhow::Result<()> {
+    let OperatorTest {
+        bootstrap,
+        ns,
+        operator,
+        ..
+    } = OperatorTest::start("op-headless").await?;
+    apply_pipeline(&ns, &pipeline(ns.name(), &bootstrap)).await?;
+    wait_ready(&ns, "shop").await?;
+    let services = ns.api::<Service>();
+    let headless = services.get("shop-validate").await?;
+    assert_eq!(
+        headless.spec.as_ref().and_then(|s| s.cluster_ip.as_deref()),
+        Some("None")
+    );
+
+    // An older operator's Service: the same object, with a virtual IP the apiserver allocates.
+    operator.stop().await;
+    services
+        .delete("shop-validate", &DeleteParams::default())
+        .await?;
+    let mut older = serde_json::to_value(&headless)?;
+    let spec = older["spec"].as_object_mut().context("spec")?;
+    for field in ["clusterIP", "clusterIPs"] {
+        spec.remove(field);
+    }
+    let metadata = older["metadata"].as_object_mut().context("metadata")?;
+    for field in [
+        "resourceVersion",
+        "uid",
+        "creationTimestamp",
+        "managedFields",
+    ] {
+        metadata.remove(field);
+    }
+    let older: Service = serde_json::from_value(older)?;
+    let created = services.create(&Default::default(), &older).await?;
+    let virtual_ip = created
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .context("the apiserver allocates a virtual IP")?;
+    assert_ne!(virtual_ip, "None");
+
+    // This operator deletes it and creates the headless one: clusterIP cannot be changed in place.
+    let operator =
+        InProcessOperator::start(&ns, WorkerPlacement::default(), NO_PROMETHEUS.into()).await;
+    wait_until("the stage Service is headless again", CONVERGE, || async {
+        let service = services.get("shop-validate").await.ok()?;
+        (service.spec?.cluster_ip.as_deref() == Some("None")).then_some(())
+    })
+    .await?;
+    wait_until("a ChildDeleted Event naming it", CONVERGE, || async {
+        let notes = event_notes(&ns, "ChildDeleted").await;
+        notes
+            .iter()
+            .any(|n| n.contains("Deleted Service shop-validate"))
+            .then_some(())
+    })
+    .await?;
     OperatorTest::finish(operator, ns).await
 }
 
@@ -826,9 +893,6 @@ async fn a_grown_input_is_held_until_every_old_partition_commits_its_reshard() -
 {
     use orderpipe_api::v1alpha1::GrowthPhase;
     use orderpipe_growth::{Phase, ReshardMarker};
-
-    use orderpipe_e2e::{InProcessOperator, NO_PROMETHEUS};
-    use orderpipe_operator::settings::WorkerPlacement;
 
     let OperatorTest {
         bootstrap,

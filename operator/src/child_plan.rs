@@ -72,6 +72,26 @@ pub fn is_subset(desired: &Value, live: &Value) -> bool {
     }
 }
 
+/// Fields the API server never changes on an existing object, by kind, as JSON pointers. A desired
+/// value that differs from a live one can only be had by deleting the object and creating it anew.
+const IMMUTABLE_FIELDS: &[(ChildKind, &str)] = &[
+    // A stage's Service became headless; those made by an older operator have a virtual IP.
+    (ChildKind::Service, "/spec/clusterIP"),
+];
+
+/// Whether applying `desired` over `live` would change a field the API server rejects changes of.
+pub fn must_replace(kind: ChildKind, desired: &Value, live: &Value) -> bool {
+    IMMUTABLE_FIELDS
+        .iter()
+        .filter(|(immutable_in, _)| *immutable_in == kind)
+        .any(
+            |(_, pointer)| match (desired.pointer(pointer), live.pointer(pointer)) {
+                (Some(wanted), Some(has)) => wanted != has,
+                _ => false,
+            },
+        )
+}
+
 /// The seed to apply when an autoscaled Rollout has no replica count yet: `Some(patch)` or `None`.
 /// The writer applies it under
 /// [`REPLICA_SEED_MANAGER`](crate::children::REPLICA_SEED_MANAGER), whose documentation says why.
@@ -165,8 +185,9 @@ impl ChildWrite {
 }
 
 /// Plans one reconcile of a pipeline's children: for each desired child in order, its apply when
-/// the live object differs and then its replica seed (after the apply, so a seed never creates a
-/// Rollout on its own), then the deletes of the orphans.
+/// the live object differs (after deleting the live one when it differs in an immutable field) and
+/// then its replica seed (after the apply, so a seed never creates a Rollout on its own), then the
+/// deletes of the orphans.
 pub fn plan(
     desired: Vec<Child>,
     observed: &BTreeMap<ChildKey, Value>,
@@ -177,9 +198,16 @@ pub fn plan(
     for child in &desired {
         let live = observed.get(&(child.kind, child.name.clone()));
         if needs_apply(&child.object, live) {
+            let replaced = live.is_some_and(|live| must_replace(child.kind, &child.object, live));
+            if replaced {
+                writes.push(ChildWrite::Delete {
+                    kind: child.kind,
+                    name: child.name.clone(),
+                });
+            }
             writes.push(ChildWrite::Apply {
                 child: child.clone(),
-                created: live.is_none(),
+                created: live.is_none() || replaced,
             });
         }
         let min_replicas = pipeline

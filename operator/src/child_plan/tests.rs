@@ -160,7 +160,14 @@ fn canary_children() -> Vec<Child> {
 
 /// The cluster once every planned apply and seed has been made.
 fn converged(writes: &[ChildWrite]) -> BTreeMap<ChildKey, Value> {
-    let mut live = BTreeMap::new();
+    written(BTreeMap::new(), writes)
+}
+
+/// `live` once the planned writes have been made.
+fn written(
+    mut live: BTreeMap<ChildKey, Value>,
+    writes: &[ChildWrite],
+) -> BTreeMap<ChildKey, Value> {
     for write in writes {
         let key = (write.kind(), write.name().to_owned());
         match write {
@@ -253,6 +260,46 @@ fn a_child_edited_out_of_band_is_updated_and_reported_as_such() {
     let change = writes[0].change().expect("an update is reported");
     assert_eq!(change.reason, "ChildUpdated");
     assert_eq!(change.note, "Updated Service canary-validate");
+}
+
+#[test]
+fn a_service_with_a_virtual_ip_where_a_headless_one_is_desired_is_deleted_then_created() {
+    let headless = || {
+        let mut children = canary_children();
+        children[2].object["spec"]["clusterIP"] = json!("None");
+        children
+    };
+    let mut live = converged(&plan(canary_children(), &BTreeMap::new(), &canary()));
+    let service = (ChildKind::Service, "canary-validate".to_owned());
+    // As an older operator left it: the apiserver allocated a virtual IP.
+    live.get_mut(&service).expect("applied")["spec"]["clusterIP"] = json!("10.96.0.12");
+    let writes = plan(headless(), &live, &canary());
+    assert_eq!(
+        summary(&writes),
+        ["delete Service canary-validate", "create Service"]
+    );
+    let reasons: Vec<&str> = writes
+        .iter()
+        .filter_map(ChildWrite::change)
+        .map(|change| change.reason)
+        .collect();
+    assert_eq!(reasons, ["ChildDeleted", "ChildCreated"]);
+    // Once replaced, the headless Service is left alone.
+    let live = written(live, &writes);
+    assert_eq!(plan(headless(), &live, &canary()), []);
+}
+
+#[test]
+fn an_edit_that_leaves_immutable_fields_alone_is_an_update_in_place() {
+    let mut live = converged(&plan(canary_children(), &BTreeMap::new(), &canary()));
+    let service = (ChildKind::Service, "canary-validate".to_owned());
+    // A virtual IP the desired object does not name is the apiserver's to keep.
+    live.get_mut(&service).expect("applied")["spec"]["clusterIP"] = json!("10.96.0.12");
+    live.get_mut(&service).expect("applied")["spec"]["ports"][0]["port"] = json!(9999);
+    assert_eq!(
+        summary(&plan(canary_children(), &live, &canary())),
+        ["update Service"]
+    );
 }
 
 #[test]

@@ -122,7 +122,12 @@ pub fn desired_children(
         if let Some(hpa) = hpa::desired_hpa(&ctx) {
             children.push(meta.child(ChildKind::HorizontalPodAutoscaler, hpa)?);
         }
-        children.extend(service_children(meta, pod::STAGE_PORTS, capabilities)?);
+        children.extend(service_children(
+            meta,
+            pod::STAGE_PORTS,
+            service::Address::Headless,
+            capabilities,
+        )?);
     }
     if let Some(intake) = &validated.intake {
         let meta = ComponentMeta {
@@ -141,7 +146,12 @@ pub fn desired_children(
             ChildKind::HorizontalPodAutoscaler,
             hpa::desired_intake_hpa(&meta, &intake.spec),
         )?);
-        children.extend(service_children(&meta, pod::INTAKE_PORTS, capabilities)?);
+        children.extend(service_children(
+            &meta,
+            pod::INTAKE_PORTS,
+            service::Address::Virtual,
+            capabilities,
+        )?);
     }
     Ok(children)
 }
@@ -151,9 +161,11 @@ pub fn desired_children(
 fn service_children(
     meta: &ComponentMeta<'_>,
     ports: &[(&str, u16)],
+    address: service::Address,
     capabilities: Capabilities,
 ) -> Result<Vec<Child>, DesiredError> {
-    let mut children = vec![meta.child(ChildKind::Service, service::desired_service(meta, ports))?];
+    let service = service::desired_service(meta, ports, address);
+    let mut children = vec![meta.child(ChildKind::Service, service)?];
     if ChildKind::ServiceMonitor.is_served(capabilities) {
         children.push(meta.child(
             ChildKind::ServiceMonitor,

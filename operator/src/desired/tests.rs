@@ -769,13 +769,14 @@ fn an_unparsable_duration_names_the_stage_and_field() {
 }
 
 #[test]
-fn service_and_monitor_expose_the_metrics_port_of_their_stage_only() {
+fn service_and_monitor_expose_the_metrics_port_of_their_stage_only_without_a_virtual_ip() {
     let children = render(&sample(CHECKOUT), ALL_CRDS);
     let service = object(&children, ChildKind::Service, "checkout-status");
     assert_eq!(
         service["spec"],
         json!({
             "type": "ClusterIP",
+            "clusterIP": "None",
             "selector": selector_labels("checkout", "status"),
             "ports": [{"name": "metrics", "port": contract::METRICS_PORT,
                        "targetPort": "metrics", "protocol": "TCP"}],
@@ -929,6 +930,8 @@ fn the_intake_gateway_is_a_deployment_with_autoscaler_service_monitor_and_budget
         })
         .collect();
     assert_eq!(ports, [("http", 8080), ("metrics", 9090)]);
+    // Clients call the gateway through its virtual IP, which the apiserver allocates.
+    assert_eq!(service["spec"].get("clusterIP"), None);
     assert_eq!(
         service["spec"]["selector"],
         json!(selector_labels("checkout", "intake"))
