@@ -20,6 +20,7 @@ pub mod error;
 pub mod events;
 pub mod external_metrics;
 pub mod growth;
+pub mod heap;
 pub mod http;
 pub mod lag;
 pub mod metrics;

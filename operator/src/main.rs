@@ -21,7 +21,7 @@ use orderpipe_operator::lag::{CacheSettings, KafkaLagSource, LagCache};
 use orderpipe_operator::metrics::Metrics;
 use orderpipe_operator::settings::{OperatorSettings, WorkerPlacement};
 use orderpipe_operator::topics::{AdminPool, AdminSettings};
-use orderpipe_operator::{capabilities, controller};
+use orderpipe_operator::{capabilities, controller, heap};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
@@ -130,6 +130,7 @@ async fn main() -> anyhow::Result<()> {
 
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
+    tokio::spawn(heap::trim_when_grown(shutdown.clone()));
 
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::register(&mut registry));
