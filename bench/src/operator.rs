@@ -7,6 +7,7 @@
 //! latency belong to that size alone. Ready is read from a watch on the pipelines, never by polling
 //! with sleeps. This module drives the run; the numbers come from the pure functions in `scrape`.
 
+mod floor;
 mod process;
 mod scrape;
 
@@ -44,6 +45,8 @@ const WRITE_VERBS: [&str; 4] = ["post", "put", "patch", "delete"];
 const MIB: f64 = 1024.0 * 1024.0;
 /// The benchmark stack's controller-manager and scheduler client rate (their defaults: 20, 50).
 const CONTROLLER_API_QPS: u32 = 200;
+/// The stage image the operator is told to use; kwok runs no container, so it never pulls.
+const WORKER_IMAGE: &str = "orderpipe/orderpipe-worker:bench";
 
 pub async fn run(ctx: &Context) -> anyhow::Result<Vec<Section>> {
     let sizes: &[usize] = match (&ctx.pipelines[..], ctx.quick) {
@@ -91,7 +94,21 @@ async fn run_sizes(stack: &Stack, sizes: &[usize]) -> anyhow::Result<Vec<Row>> {
             .await
             .with_context(|| format!("{size} pipelines (operator log {})", log.display()))?;
         operator.stop().await?;
-        rows.push(row);
+        // After the operator's row, so the platform has that row's objects too: its floor is
+        // measured on a cluster at least as full.
+        let floor_namespace = format!("floor-{size}");
+        create_namespace(&client, &floor_namespace).await?;
+        eprintln!("[bench] platform floor: {size} pipelines' objects without the operator");
+        let floor = floor::measure(
+            &client,
+            &floor_namespace,
+            &bootstrap,
+            size,
+            ready_budget(size)?,
+        )
+        .await
+        .with_context(|| format!("the platform floor at {size} pipelines"))?;
+        rows.push(Row { floor, ..row });
     }
     Ok(rows)
 }
@@ -106,6 +123,8 @@ struct Row {
     reconcile_p50: Option<f64>,
     reconcile_p99: Option<f64>,
     resync: Option<ResyncRequests>,
+    /// The same objects without the operator, to every Deployment ready (`floor`).
+    floor: Option<Duration>,
 }
 
 #[derive(Debug)]
@@ -134,8 +153,7 @@ async fn measure(
 ) -> anyhow::Result<Row> {
     let idle = operator.memory()?;
     let api: Api<OrderPipeline> = Api::namespaced(client.clone(), namespace);
-    let budget = READY_BASE + READY_PER_PIPELINE * u32::try_from(size)?;
-    let ready = apply_and_wait_ready(&api, namespace, bootstrap, size, budget).await?;
+    let ready = apply_and_wait_ready(&api, namespace, bootstrap, size, ready_budget(size)?).await?;
     let loaded = operator.memory()?;
     let resync = match ready {
         ReadyOutcome::AllReady(_) => Some(idle_resync(operator, size).await?),
@@ -151,7 +169,13 @@ async fn measure(
         reconcile_p50: histogram_quantile(0.5, &buckets),
         reconcile_p99: histogram_quantile(0.99, &buckets),
         resync,
+        floor: None,
     })
+}
+
+/// How long one size's apply -> Ready may take, per pipeline on top of a base.
+fn ready_budget(size: usize) -> anyhow::Result<Duration> {
+    Ok(READY_BASE + READY_PER_PIPELINE * u32::try_from(size)?)
 }
 
 /// Applies `size` pipelines with bounded concurrency and waits, on a watch, until every one is
@@ -298,6 +322,7 @@ fn section(rows: &[Row], load: &str) -> Section {
         "pipelines",
         "apply → all Ready",
         "Ready/s",
+        "platform floor",
         "RSS idle",
         "RSS all Ready",
         "peak RSS",
@@ -315,6 +340,7 @@ fn section(rows: &[Row], load: &str) -> Section {
             "Targets: idle RSS <= 20 MiB; <= 64 MiB and all Ready within 60 s at 1,000 pipelines; 0 writes per idle resync.".into(),
             format!("Each size: a fresh namespace and a fresh release operator process (--watch-namespace, no leader election, authenticating as a ServiceAccount bound to the shipped config/rbac) on one private stack (kube-apiserver, controller-manager and scheduler with a client rate of {CONTROLLER_API_QPS} requests/s instead of their defaults 20 and 50, kwok node, KRaft Kafka); earlier sizes' objects stay in the cluster."),
             format!("Pipeline: one validate stage, 1 replica (a kwok pod, Ready once scheduled), four 1-partition topics of its own; applied {APPLY_CONCURRENCY} at a time with server-side apply. Ready = condition Ready True at the current generation, seen on a watch; the clock starts at the first apply."),
+            "Platform floor: after each size, the same number of the same pipelines in a namespace of their own with no operator watching it: each pipeline applied, its topics created through the operator's Kafka admin and its children written by the operator's own rendering, plan and writer (no status, Events, finalizer or re-reconciles), timed from the first apply until every stage Deployment has a ready replica (what the operator's Ready waits for). It is what this box's apiserver, controller-manager, scheduler, kwok and Kafka need for those objects alone: apply -> all Ready minus the floor is the operator's whole overhead.".into(),
             "RSS: VmRSS of the operator from /proc once its watches are open (idle) and when all are Ready; peak = VmHWM over the whole run of that size.".into(),
             "Reconcile p50 / p99: from the operator's orderpipe_operator_reconcile_duration_seconds histogram (buckets 1 ms x 2^k, linear interpolation inside a bucket), over every reconcile of that run including the idle resync; 32768 ms is the last finite bucket and means \"that or more\".".into(),
             format!("Idle resync: the operator runs with --resync-seconds {}; the window runs from all Ready until one resync period has passed (so every pipeline's last reconcile has come due) and the operator has completed at least as many reconciles as there are pipelines; the row takes the difference of its client-side request counter (orderpipe_operator_api_requests_total, a layer on its kube client counting every request by verb); reads include re-opened watches; writes = POST+PUT+PATCH+DELETE. Its reconcile p99 is the same histogram's difference over the window: the steady state, where nothing changes.", RESYNC.as_secs()),
@@ -356,6 +382,9 @@ fn cells(row: &Row) -> Vec<String> {
         row.pipelines.to_string(),
         ready,
         rate,
+        row.floor.map_or("timed out".into(), |took| {
+            format!("{:.1} s", took.as_secs_f64())
+        }),
         mib(row.idle.rss),
         mib(row.loaded.rss),
         mib(row.loaded.peak),

@@ -58,7 +58,7 @@ const RESYNC: Duration = Duration::from_secs(300);
 /// Reconciles running at once. Each one mostly waits on the one Kafka cluster (topic metadata calls
 /// hold a blocking-pool thread each) and the apiserver; unbounded, 1,000 new pipelines meant
 /// hundreds of threads and concurrent topic creations timing out on the broker.
-const CONCURRENCY: u16 = 32;
+pub const CONCURRENCY: u16 = 32;
 /// Triggers arriving this close together make one reconcile: a new pipeline's own status write and
 /// its children's creation and rollout would otherwise cost about ten reconciles, each describing
 /// every topic of the pipeline in Kafka.

@@ -52,7 +52,7 @@ impl OperatorProcess {
             .args(["--leader-election", "false"])
             .args(["--resync-seconds", &resync.as_secs().to_string()])
             .args(["--log-format", "text"])
-            .args(["--worker-image", "orderpipe/orderpipe-worker:bench"])
+            .args(["--worker-image", super::WORKER_IMAGE])
             .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
             .stdout(log_file.try_clone()?)
             .stderr(log_file)
