@@ -30,14 +30,12 @@ use orderpipe_operator::model;
 use orderpipe_operator::recorder::Recorder;
 use orderpipe_operator::settings::OperatorSettings;
 use orderpipe_operator::topics::{
-    AdminConnection, KafkaTopicAdmin, ResolvedKafkaSecrets, TopicAdmin, desired_topics,
+    AdminConnection, AdminSettings, KafkaTopicAdmin, ResolvedKafkaSecrets, TopicAdmin,
+    desired_topics,
 };
 use orderpipe_operator::writer::Writer;
 
 use super::{WORKER_IMAGE, pipeline};
-
-/// How long one Kafka admin call may take, as the operator's default.
-const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Creates `size` pipelines' objects without an operator in `namespace` (which exists) and returns
 /// how long it took until every stage Deployment had a ready replica, or `None` after `budget`.
@@ -58,12 +56,13 @@ pub async fn measure(
     let first: OrderPipeline = serde_json::from_value(pipeline(namespace, "p0", bootstrap))?;
     let connection = AdminConnection::new(&first.spec.kafka, &ResolvedKafkaSecrets::default())
         .context("the pipelines' Kafka connection")?;
-    let admin = KafkaTopicAdmin::connect(&connection, ADMIN_TIMEOUT)
+    // The operator's own timeout for one admin call.
+    let admin = KafkaTopicAdmin::connect(&connection, AdminSettings::default().request_timeout)
         .context("connecting the Kafka admin")?;
     let writes = Writes::new(client, namespace, admin);
     let start = Instant::now();
     let create = futures::stream::iter(0..size)
-        .map(|i| writes.pipeline(namespace, format!("p{i}"), bootstrap))
+        .map(|i| writes.pipeline(format!("p{i}"), bootstrap))
         .buffer_unordered(usize::from(CONCURRENCY))
         .try_for_each(|_| async { Ok(()) });
     let mut create = std::pin::pin!(create);
@@ -129,7 +128,8 @@ impl Writes {
     }
 
     /// One pipeline: applied, its topics created, its children written.
-    async fn pipeline(&self, namespace: &str, name: String, bootstrap: &str) -> anyhow::Result<()> {
+    async fn pipeline(&self, name: String, bootstrap: &str) -> anyhow::Result<()> {
+        let namespace = &self.namespace;
         let api: Api<OrderPipeline> = Api::namespaced(self.client.clone(), namespace);
         let applied = api
             .patch(
