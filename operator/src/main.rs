@@ -123,9 +123,19 @@ impl Args {
 
 const LEASE_NAME: &str = "orderpipe-operator-leader";
 const LEASE_SECONDS: u64 = 15;
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+
+fn main() -> anyhow::Result<()> {
+    // Before the runtime starts its threads, so the limit holds for every arena.
+    heap::limit_arenas();
     let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     init_logging(&args.log_format);
 
     let shutdown = CancellationToken::new();

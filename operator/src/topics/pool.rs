@@ -45,9 +45,9 @@ impl Default for AdminSettings {
             // Above the controller's 32 concurrent reconciles, so a client that is not in use can
             // always be found to make room.
             max_clients: 64,
-            // About 5 MiB of librdkafka topic state; at 1,000 pipelines of 7 topics, a new
-            // connection every 140 or so pipelines described.
-            max_topic_lookups: 1_024,
+            // About 1.3 MiB of librdkafka topic state; at 1,000 pipelines of 7 topics, a new
+            // connection every 36 or so pipelines described, a few a second at most.
+            max_topic_lookups: 256,
         }
     }
 }
