@@ -55,6 +55,11 @@ use crate::writer::Writer;
 /// drift, partitions changed out of band) produce no Kubernetes watch event, so this is how drift is
 /// found. Also the longest error backoff.
 const RESYNC: Duration = Duration::from_secs(300);
+/// A Ready pipeline's resync comes after 1.0-1.1 times the period, at random: pipelines reconciled
+/// together (all of them, after the operator starts) would otherwise stay in step and resync in
+/// one wave every period, each wave a queue that user changes wait behind. Never earlier than the
+/// period, so the look at Kafka it reuses has expired and the resync looks again.
+const RESYNC_JITTER: f64 = 0.1;
 /// Reconciles running at once. Each one mostly waits on the one Kafka cluster (topic metadata calls
 /// hold a blocking-pool thread each) and the apiserver; unbounded, 1,000 new pipelines meant
 /// hundreds of threads and concurrent topic creations timing out on the broker.
@@ -457,7 +462,7 @@ fn settle(
     }
     ctx.metrics.reconciled();
     let requeue = if ready == Some("True") {
-        ctx.settings.resync.unwrap_or(RESYNC)
+        jittered(ctx.settings.resync.unwrap_or(RESYNC))
     } else {
         CONVERGING
     };
@@ -469,6 +474,11 @@ fn settle(
     } else {
         requeue
     })
+}
+
+/// A resync `period` stretched by up to [`RESYNC_JITTER`] of itself.
+fn jittered(period: Duration) -> Duration {
+    period.mul_f64(1.0 + rand::random_range(0.0..RESYNC_JITTER))
 }
 
 /// The lag of every stage with a lag target, through the shared cache (at most one Kafka query per
@@ -913,6 +923,22 @@ mod tests {
             .next()
             .unwrap_or_default()
             .to_owned()
+    }
+
+    #[test]
+    fn a_resync_comes_after_its_period_and_within_a_tenth_more() {
+        let period = Duration::from_secs(300);
+        let delays: Vec<Duration> = (0..1_000).map(|_| jittered(period)).collect();
+        assert!(
+            delays
+                .iter()
+                .all(|d| *d >= period && *d < period.mul_f64(1.1))
+        );
+        // Spread, not one value: pipelines reconciled together drift apart.
+        let longest = delays.iter().max().copied().unwrap_or_default();
+        let shortest = delays.iter().min().copied().unwrap_or_default();
+        let spread = longest.saturating_sub(shortest);
+        assert!(spread > Duration::from_secs(20), "{spread:?}");
     }
 
     /// Whether `looks` still holds a look for `key` (one remembered by [`remember_a_look`]).
