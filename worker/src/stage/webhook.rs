@@ -68,19 +68,110 @@ impl Webhook for HttpWebhook {
             }
         }
         match request.send().await {
-            Ok(response) => HttpOutcome::Response {
-                status: response.status().as_u16(),
-                retry_after: response
-                    .headers()
-                    .get(RETRY_AFTER)
-                    .and_then(|value| value.to_str().ok())
-                    .map(str::to_owned),
-            },
+            Ok(response) => {
+                let outcome = HttpOutcome::Response {
+                    status: response.status().as_u16(),
+                    retry_after: response
+                        .headers()
+                        .get(RETRY_AFTER)
+                        .and_then(|value| value.to_str().ok())
+                        .map(str::to_owned),
+                };
+                drain(response).await;
+                outcome
+            }
             Err(error) if error.is_timeout() => HttpOutcome::Timeout,
             Err(error) => {
                 tracing::debug!(%error, "webhook request failed");
                 HttpOutcome::ConnectionFailed
             }
         }
+    }
+}
+
+/// Most bytes of a webhook's answer read so that its connection is reused.
+const DRAINED_BYTES: usize = 64 * 1024;
+
+/// Reads the answer's body to its end, so the connection goes back to the pool: the client reuses
+/// a connection only once its response was read whole. A short body that came with the headers is
+/// already read; without this, any longer answer (a receipt over a few KiB, or one sent after the
+/// headers) cost a new TCP (and TLS) connection per notification. An answer longer than
+/// [`DRAINED_BYTES`] is not worth reading; its connection is closed instead. The client's timeout
+/// bounds the reading, and a failure while reading changes nothing: the status decided.
+async fn drain(mut response: reqwest::Response) {
+    let mut read = 0;
+    while let Ok(Some(chunk)) = response.chunk().await {
+        read += chunk.len();
+        if read > DRAINED_BYTES {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::net::SocketAddr;
+    use std::sync::{Arc, Mutex};
+
+    use axum::Router;
+    use axum::extract::{ConnectInfo, State};
+    use axum::routing::post;
+
+    use super::*;
+
+    type Peers = Arc<Mutex<HashSet<SocketAddr>>>;
+
+    /// A webhook endpoint answering 200 with a body, noting each client connection it serves.
+    async fn endpoint_with_a_body() -> (String, Peers) {
+        async fn receive(
+            State(peers): State<Peers>,
+            ConnectInfo(peer): ConnectInfo<SocketAddr>,
+        ) -> String {
+            peers.lock().expect("not poisoned").insert(peer);
+            // A receipt longer than one read of the socket.
+            format!(r#"{{"received":true,"note":"{}"}}"#, "x".repeat(32 * 1024))
+        }
+        let peers = Peers::default();
+        let app = Router::new()
+            .route("/hook", post(receive))
+            .with_state(Arc::clone(&peers))
+            .into_make_service_with_connect_info::<SocketAddr>();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binds loopback");
+        let address = listener.local_addr().expect("has an address");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (format!("http://{address}/hook"), peers)
+    }
+
+    fn config(url: String) -> NotifyConfig {
+        NotifyConfig {
+            url,
+            authorization: None,
+            timeout: Duration::from_secs(5),
+            channel: "email".into(),
+            max_attempts: 1,
+            initial_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(1),
+        }
+    }
+
+    #[tokio::test]
+    async fn notifications_to_a_webhook_that_answers_with_a_body_share_one_connection() {
+        let (url, peers) = endpoint_with_a_body().await;
+        let webhook = HttpWebhook::new(&config(url)).expect("client builds");
+        for _ in 0..5 {
+            let outcome = webhook.post(b"{}", &[]).await;
+            assert!(
+                matches!(outcome, HttpOutcome::Response { status: 200, .. }),
+                "{outcome:?}"
+            );
+        }
+        let connections = peers.lock().expect("not poisoned").len();
+        assert_eq!(
+            connections, 1,
+            "one connection per notification: {connections}"
+        );
     }
 }
