@@ -72,6 +72,9 @@ pub enum WorkerError {
     #[error("building the webhook HTTP client failed: {0}")]
     HttpClient(#[source] reqwest::Error),
 
+    #[error("{var} is not an absolute URL: {reason}")]
+    WebhookUrl { var: &'static str, reason: String },
+
     #[error("serving /metrics on port {port} failed: {source}")]
     Serve {
         port: u16,
