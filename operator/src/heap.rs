@@ -8,7 +8,7 @@
 //! 65 MiB (docs/benchmarks.md, issue 17); the operator's threads wait on the network, not on the
 //! allocator's locks.
 //!
-//! Why: glibc keeps freed memory in its arenas and returns only the top of each heap. After a
+//! Why trim: glibc keeps freed memory in its arenas and returns only the top of each heap. After a
 //! burst (1,000 new pipelines: their list and watch bodies, applies, Kafka answers), most of what
 //! was freed sits between live allocations and stays resident: at 1,000 Ready the operator had
 //! 84 MiB anonymous RSS, of which `malloc_trim(0)` (which also releases whole free pages inside the
