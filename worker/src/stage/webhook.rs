@@ -188,7 +188,7 @@ mod tests {
         let connections = peers.lock().expect("not poisoned").len();
         assert_eq!(
             connections, 1,
-            "one connection per notification: {connections}"
+            "5 notifications used {connections} connections"
         );
     }
 }
