@@ -114,11 +114,33 @@ impl AlertWatch {
         Ok(prometheus::alerts(&self.url).await?)
     }
 
+    /// Every shipped alert (`OrderPipeline...`) of this test that pends or fires now.
+    pub async fn ours(&self) -> anyhow::Result<Vec<Alert>> {
+        Ok(self
+            .current()
+            .await?
+            .into_iter()
+            .filter(|alert| {
+                let label = |key: &str| alert.labels.get(key).map(String::as_str);
+                label("alertname").is_some_and(|name| name.starts_with("OrderPipeline"))
+                    && self.is_ours(alert)
+            })
+            .collect())
+    }
+
+    /// Whether `alert` is of this test: of its namespace, or of none (the operator's).
+    fn is_ours(&self, alert: &Alert) -> bool {
+        alert
+            .labels
+            .get("namespace")
+            .is_none_or(|ns| Some(ns.as_str()) == self.namespace.as_deref())
+    }
+
     /// Whether `alert` is `name`, of this test, with every one of `labels`.
     pub fn matches(&self, alert: &Alert, name: &str, labels: &[(&str, &str)]) -> bool {
         let label = |key: &str| alert.labels.get(key).map(String::as_str);
         label("alertname") == Some(name)
-            && label("namespace").is_none_or(|ns| Some(ns) == self.namespace.as_deref())
+            && self.is_ours(alert)
             && labels.iter().all(|&(key, value)| label(key) == Some(value))
     }
 

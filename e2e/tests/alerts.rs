@@ -317,20 +317,32 @@ impl Run {
     /// For `span`, no alert of this run pends or fires: none for the namespace, none of the
     /// operator's (the only operator Prometheus scrapes is this test's).
     async fn quiet_while_idle(&self, span: Duration) -> anyhow::Result<()> {
-        // Drained in Kafka is not yet drained in Prometheus: the workers refresh their lag gauge
-        // every 5 s and are scraped every 15 s, so the rules' window still holds the load's lag
-        // for a while (and "lag grew over the window" with it). Idle starts once every lag sample
-        // in the window reads 0.
-        let settled = format!(
-            "max(max_over_time(orderpipe_consumer_lag{{namespace=\"{}\"}}[{WINDOW}]))",
-            self.ns.name()
-        );
+        // Idle in Kafka and in the apiserver is not yet idle in Prometheus: it holds each
+        // target's last scrape (every 5 s) and the alerts of its last rule evaluation. The
+        // operator's gauge may still read the pipeline not Ready from before it was, and the
+        // rules' window still holds the load's lag (and "lag grew over the window" with it).
+        // Idle starts once Prometheus has scraped the operator's Ready pipeline and only zero lag
+        // over the whole window (series that exist: no sample is not a zero), and its rules have
+        // let every alert of ours go since.
+        let ns = self.ns.name();
+        let settled = [
+            format!("max(max_over_time(orderpipe_consumer_lag{{namespace=\"{ns}\"}}[{WINDOW}]))"),
+            format!(
+                "sum(orderpipe_operator_pipelines{{namespace=\"{ns}\",condition=\"Ready\",\
+                 status=\"False\"}})"
+            ),
+        ];
         wait_until(
-            "the workers' lag reads 0 over the rules' window",
+            "Prometheus holds the idle pipeline: zero lag over the window, the pipeline Ready, \
+             no alert of ours",
             ALERT_WAIT,
             || async {
-                let samples = prometheus::query(&self.prometheus, &settled).await.ok()?;
-                samples.iter().all(|s| s.value == 0.0).then_some(())
+                for promql in &settled {
+                    let samples = prometheus::query(&self.prometheus, promql).await.ok()?;
+                    let zero = !samples.is_empty() && samples.iter().all(|s| s.value == 0.0);
+                    zero.then_some(())?;
+                }
+                self.alerts.ours().await.ok()?.is_empty().then_some(())
             },
         )
         .await?;
@@ -338,20 +350,7 @@ impl Run {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         while Instant::now() < until {
             tick.tick().await;
-            let ours: Vec<_> = prometheus::alerts(&self.prometheus)
-                .await?
-                .into_iter()
-                .filter(|alert| {
-                    alert
-                        .labels
-                        .get("namespace")
-                        .is_none_or(|ns| ns == self.ns.name())
-                        && alert
-                            .labels
-                            .get("alertname")
-                            .is_some_and(|name| name.starts_with("OrderPipeline"))
-                })
-                .collect();
+            let ours = self.alerts.ours().await?;
             ensure!(ours.is_empty(), "alerts on the idle pipeline: {ours:?}");
         }
         eprintln!("measured: no alert pended or fired in {span:?} of the drained pipeline");
