@@ -237,6 +237,10 @@ impl Connection {
     /// then a non-blocking flush confirms librdkafka's own count is zero (its reports are released
     /// a moment after our callback saw them).
     fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        // The records in flight when the wait begins; the span's busy time when it closes is how
+        // long the broker took to acknowledge them (docs/benchmarks.md compares the two modes).
+        let _span =
+            tracing::debug_span!("flush", in_flight = self.producer.in_flight_count()).entered();
         let deadline = Instant::now() + timeout;
         self.context.wait_settled(deadline);
         loop {
@@ -427,15 +431,13 @@ impl Sink for TransactionalSink {
                 p.send_offsets_to_transaction(&list, &metadata, timeout)
             })
         })?;
-        tracing::debug_span!("flush")
-            .in_scope(|| self.connection.flush(self.call_timeout))
-            .map_err(|error| {
-                classify(
-                    &self.connection.producer,
-                    "waiting for acknowledgements",
-                    error,
-                )
-            })?;
+        self.connection.flush(self.call_timeout).map_err(|error| {
+            classify(
+                &self.connection.producer,
+                "waiting for acknowledgements",
+                error,
+            )
+        })?;
         // Nothing is in flight any more, so the flush inside commit_transaction returns at once.
         tracing::debug_span!("commit_transaction").in_scope(|| {
             self.call("committing the transaction", |p, timeout| {
@@ -510,8 +512,8 @@ impl Sink for AtLeastOnceSink {
             operation,
             cause,
         };
-        tracing::debug_span!("flush")
-            .in_scope(|| self.connection.flush(CALL_TIMEOUT))
+        self.connection
+            .flush(CALL_TIMEOUT)
             .map_err(|error| abortable("waiting for acknowledgements", error.into()))?;
         let failed = self.connection.context.failures.swap(0, Ordering::AcqRel);
         if failed > 0 {
