@@ -33,6 +33,8 @@ const BACKLOG_SEED: u64 = 7;
 #[derive(Debug, Clone)]
 struct Plan {
     backlog: u64,
+    /// Orders each variant drains, untimed, before the first timed run ([`warm_up`]).
+    warm_up: u64,
     partitions: Vec<i32>,
     pace: Pace,
     sweep_ms: Vec<u64>,
@@ -44,6 +46,7 @@ impl Plan {
         if quick {
             Self {
                 backlog: 20_000,
+                warm_up: 10_000,
                 partitions: vec![1],
                 pace: Pace {
                     rate: 200,
@@ -58,6 +61,7 @@ impl Plan {
         } else {
             Self {
                 backlog: 300_000,
+                warm_up: 100_000,
                 partitions: vec![1, 4, 8],
                 pace: Pace {
                     rate: 500,
@@ -168,9 +172,12 @@ fn measure_all(
             format!(
                 "Input: {} orders from the load generator (mean payload {order_bytes} bytes; 2 % invalid, \
                  1 % re-submitted), pre-produced once per partition count and read by every variant \
-                 with its own group. Commit interval {} ms for all.",
+                 with its own group. Commit interval {} ms for all. Before the first timed run, \
+                 every variant drains {} orders once, untimed, so that none is timed on a cold \
+                 broker.",
                 plan.backlog,
-                COMMIT_INTERVAL.as_millis()
+                COMMIT_INTERVAL.as_millis(),
+                plan.warm_up
             ),
             "orders/s: the variant's process is started on the full backlog; the clock runs from the \
              first probe (every 100 ms) that sees >= 10 % of the backlog in the group's committed \
@@ -191,6 +198,7 @@ fn measure_all(
                 .to_owned(),
         ],
     };
+    warm_up(plan, programs, variants);
     let mut sweep_input = None;
     for &partitions in &plan.partitions {
         let input = backlog(plan, programs, partitions)?;
@@ -241,6 +249,52 @@ fn pipeline_section(plan: &Plan, handle: &tokio::runtime::Handle, programs: &Pro
         notes: vec![format!("{error:#}")],
         ..Section::default()
     })
+}
+
+/// Lets every variant drain a small backlog once, untimed, so that no timed run pays for a cold
+/// broker. The broker's JVM compiles its produce, fetch, transaction and group-commit paths during
+/// its first minute of such work, and the first variant timed paid for it: its broker used about
+/// twice the CPU for the same backlog, and exactly-once, always first, measured 0.67-0.75 of
+/// at-least-once at 1 partition; with at-least-once first, the same binaries measured 1.07
+/// (docs/benchmarks.md, session 15). A failed warm-up is only reported: the variant's timed run
+/// fails in its own row.
+fn warm_up(plan: &Plan, programs: &Programs, variants: &[Variant]) {
+    let input = "warm-up.orders";
+    let filled = create_topics(&programs.bootstrap, &[(input, 1)])
+        .map_err(anyhow::Error::from)
+        .and_then(|()| {
+            kafka::fill(
+                &programs.bootstrap,
+                input,
+                &kafka::orders(plan.warm_up, None, BACKLOG_SEED),
+            )
+        });
+    if let Err(error) = filled {
+        eprintln!("[bench] worker: no warm-up, its input failed: {error:#}");
+        return;
+    }
+    for &variant in variants {
+        eprintln!(
+            "[bench] worker: warming the broker up with {} ({} orders, untimed)",
+            variant.label(),
+            plan.warm_up
+        );
+        let run = Run::new(variant, input, 1, COMMIT_INTERVAL, "warm-up");
+        let outputs = run.outputs();
+        let outputs: Vec<(&str, i32)> = outputs
+            .iter()
+            .map(|(name, p)| (name.as_str(), *p))
+            .collect();
+        let drained = create_topics(&programs.bootstrap, &outputs)
+            .map_err(anyhow::Error::from)
+            .and_then(|()| measure::throughput(programs, &run, plan.warm_up));
+        if let Err(error) = drained {
+            eprintln!(
+                "[bench] worker: warm-up with {} failed: {error:#}",
+                variant.label()
+            );
+        }
+    }
 }
 
 /// Creates `p<n>.orders` and fills it with the plan's backlog.
