@@ -251,11 +251,11 @@ fn pipeline_section(plan: &Plan, handle: &tokio::runtime::Handle, programs: &Pro
     })
 }
 
-/// Lets every variant drain a small backlog once, untimed, so that no timed run pays for a cold
-/// broker. The broker's JVM compiles its produce, fetch, transaction and group-commit paths during
-/// its first minute of such work, and the first variant timed paid for it: its broker used about
-/// twice the CPU for the same backlog, and exactly-once, always first, measured 0.67-0.75 of
-/// at-least-once at 1 partition; with at-least-once first, the same binaries measured 1.07
+/// Lets every variant drain a small backlog once, untimed, so that no timed run alone pays for a
+/// cold broker. The first variant timed used to: its broker used about twice the CPU for the same
+/// backlog (most likely the JVM still compiling its produce, fetch, transaction and group-commit
+/// paths), and exactly-once, always first, measured 0.67-0.75 of at-least-once at 1 partition;
+/// with at-least-once first, the same binaries measured 1.07. With this warm-up: 0.77-0.89
 /// (docs/benchmarks.md, session 15). A failed warm-up is only reported: the variant's timed run
 /// fails in its own row.
 fn warm_up(plan: &Plan, programs: &Programs, variants: &[Variant]) {
