@@ -14,6 +14,12 @@ pub(crate) fn encode(record: &impl Serialize) -> Vec<u8> {
     serde_json::to_vec(record).expect("orderpipe records always serialise to JSON")
 }
 
+/// Serialises one of this crate's records into `writer`, which must not fail (a hasher, a buffer).
+pub(crate) fn encode_into(writer: impl std::io::Write, record: &impl Serialize) {
+    // Same invariant as `encode`, and the writers given here never return an error.
+    serde_json::to_writer(writer, record).expect("orderpipe records always serialise to JSON")
+}
+
 /// Converts one of this crate's records to a JSON value (for generators that edit records as JSON).
 pub(crate) fn to_value(record: &impl Serialize) -> serde_json::Value {
     // Same invariant as `encode`: our records always serialise.

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-pub use dedup::SeenOrder;
+pub use dedup::{Fingerprint, SeenOrder};
 
 use crate::dead_letter::{DeadLetterReason, Failure, Undecodable, decode_payload};
 use crate::decision::{Decision, Emit, InputRecord, Output, Processor, Stage};
@@ -79,7 +79,7 @@ impl ValidateOutcome {
 pub struct Admitted {
     pub order_id: String,
     /// The same content fingerprint the stage's dedup record holds ([`SeenOrder::fingerprint`]).
-    pub fingerprint: String,
+    pub fingerprint: Fingerprint,
 }
 
 /// Why [`Validator::admit`] refused a submission: the stage would dead-letter it (`Undecodable`,

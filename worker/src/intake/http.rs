@@ -356,7 +356,11 @@ async fn submit(intake: &Arc<Intake>, request: Request) -> Result<Response, Refu
         })?;
     let claim = {
         let mut ledger = intake.ledger();
-        let claim = ledger.claim(&admitted.order_id, &admitted.fingerprint, key.as_deref());
+        let claim = ledger.claim(
+            &admitted.order_id,
+            &admitted.fingerprint.to_string(),
+            key.as_deref(),
+        );
         intake.metrics.idempotency_entries(ledger.len());
         claim
     };
