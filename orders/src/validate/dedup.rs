@@ -58,7 +58,8 @@ impl SeenOrder {
 /// timestamp offsets do not matter. FNV-1a is stable across Rust releases (std's hasher is not) and
 /// is enough to tell a retry from a different order; it is not a security boundary, since a producer
 /// that wants to reuse an id can simply send different content. Held as a number: the stage keeps
-/// one per validated order in memory, and a `String` cost 40 bytes more each.
+/// one per validated order in memory, where a `String` took 16 bytes more in each hash-table bucket
+/// and an allocation of its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Fingerprint(u64);
 
