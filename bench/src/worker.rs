@@ -280,13 +280,7 @@ fn warm_up(plan: &Plan, programs: &Programs, variants: &[Variant]) {
             plan.warm_up
         );
         let run = Run::new(variant, input, 1, COMMIT_INTERVAL, "warm-up");
-        let outputs = run.outputs();
-        let outputs: Vec<(&str, i32)> = outputs
-            .iter()
-            .map(|(name, p)| (name.as_str(), *p))
-            .collect();
-        let drained = create_topics(&programs.bootstrap, &outputs)
-            .map_err(anyhow::Error::from)
+        let drained = kafka::create_named_topics(&programs.bootstrap, &run.outputs())
             .and_then(|()| measure::throughput(programs, &run, plan.warm_up));
         if let Err(error) = drained {
             eprintln!(
@@ -331,8 +325,8 @@ fn measure_variant(
     let mut topics = run.outputs();
     topics.extend(latency_run.outputs());
     topics.push((latency_input.clone(), partitions));
-    let topics: Vec<(&str, i32)> = topics.iter().map(|(name, p)| (name.as_str(), *p)).collect();
-    create_topics(&programs.bootstrap, &topics).context("creating the run's topics")?;
+    kafka::create_named_topics(&programs.bootstrap, &topics)
+        .context("creating the run's topics")?;
 
     eprintln!(
         "[bench] worker: {} on {partitions} partition(s), commit interval {} ms: throughput",

@@ -20,6 +20,16 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 /// Every wait on the broker gives up after this long.
 const BROKER_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Creates topics whose names the runs build at run time (`(name, partitions)`), through the
+/// stack's Kafka kit.
+pub fn create_named_topics(bootstrap: &str, topics: &[(String, i32)]) -> anyhow::Result<()> {
+    let topics: Vec<(&str, i32)> = topics
+        .iter()
+        .map(|(name, partitions)| (name.as_str(), *partitions))
+        .collect();
+    Ok(orderpipe_stack::create_topics(bootstrap, &topics)?)
+}
+
 /// Orders as a shop sends them: mostly valid, a few invalid and re-submitted ones.
 pub fn orders(count: u64, rate: Option<u32>, seed: u64) -> LoadSpec {
     LoadSpec {

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use orderpipe_api::contract::env;
 use orderpipe_orders::generator::Expected;
-use orderpipe_stack::create_topics;
 use orderpipe_worker::loadgen::{self, Expectation};
 
 use super::process::{Measured, cpu_share};
@@ -43,8 +42,8 @@ pub fn measure(
         .map(|name| (topic(name), PARTITIONS))
         .collect();
     topics.extend([(topic("rejected"), 1), (topic("dlq"), 1)]);
-    let names: Vec<(&str, i32)> = topics.iter().map(|(n, p)| (n.as_str(), *p)).collect();
-    create_topics(&programs.bootstrap, &names).context("creating the pipeline's topics")?;
+    kafka::create_named_topics(&programs.bootstrap, &topics)
+        .context("creating the pipeline's topics")?;
     let webhook = Webhook::start(handle)?;
 
     let spec = kafka::orders(plan.backlog, None, 21);

@@ -90,15 +90,14 @@ impl<'de> Deserialize<'de> for Fingerprint {
             && text
                 .bytes()
                 .all(|byte| byte.is_ascii_digit() || (b'a'..=b'f').contains(&byte));
-        is_hex
-            .then(|| u64::from_str_radix(&text, 16).ok())
-            .flatten()
+        if !is_hex {
+            return Err(serde::de::Error::custom(format!(
+                "fingerprint {text:?} is not 16 lowercase hex digits"
+            )));
+        }
+        u64::from_str_radix(&text, 16)
             .map(Self)
-            .ok_or_else(|| {
-                serde::de::Error::custom(format!(
-                    "fingerprint {text:?} is not 16 lowercase hex digits"
-                ))
-            })
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -153,6 +152,19 @@ mod tests {
                 Fingerprint(fnv1a64(&crate::json::encode(&order)))
             );
         }
+    }
+
+    #[test]
+    fn a_fixed_order_keeps_the_fingerprint_its_dedup_records_hold() {
+        // Pinned: a changed canonical encoding would turn every retry inside the dedup window
+        // into an `order_id_reused` rejection after an upgrade.
+        let order: OrderPlaced = serde_json::from_str(
+            r#"{"totalMinor": 2500, "orderId": "ord-1", "customerId": "cus-1",
+                "createdAt": "2025-03-01T10:00:00+01:00", "currency": "EUR",
+                "items": [{"sku": "SKU-1", "quantity": 2, "unitPriceMinor": 1250}]}"#,
+        )
+        .expect("a valid order");
+        assert_eq!(Fingerprint::of(&order).to_string(), "46a8f127f247e160");
     }
 
     #[test]
