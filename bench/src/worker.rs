@@ -55,6 +55,7 @@ impl Plan {
                 sweep_ms: vec![10, 1_000],
                 pipeline: PipelinePlan {
                     backlog: 20_000,
+                    warm_up: 5_000,
                     paced_seconds: 3,
                 },
             }
@@ -70,6 +71,7 @@ impl Plan {
                 sweep_ms: vec![10, 100, 1_000],
                 pipeline: PipelinePlan {
                     backlog: 1_000_000,
+                    warm_up: 200_000,
                     paced_seconds: 20,
                 },
             }
