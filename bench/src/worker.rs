@@ -35,6 +35,9 @@ struct Plan {
     backlog: u64,
     /// Orders each variant drains, untimed, before the first timed run ([`warm_up`]).
     warm_up: u64,
+    /// Timed throughput runs per variant and partition count, the variants taking turns; the
+    /// report shows the median run.
+    rounds: usize,
     partitions: Vec<i32>,
     pace: Pace,
     sweep_ms: Vec<u64>,
@@ -47,6 +50,7 @@ impl Plan {
             Self {
                 backlog: 20_000,
                 warm_up: 10_000,
+                rounds: 1,
                 partitions: vec![1],
                 pace: Pace {
                     rate: 200,
@@ -63,6 +67,7 @@ impl Plan {
             Self {
                 backlog: 300_000,
                 warm_up: 100_000,
+                rounds: 3,
                 partitions: vec![1, 4, 8],
                 pace: Pace {
                     rate: 500,
@@ -181,11 +186,16 @@ fn measure_all(
                 COMMIT_INTERVAL.as_millis(),
                 plan.warm_up
             ),
-            "orders/s: the variant's process is started on the full backlog; the clock runs from the \
-             first probe (every 100 ms) that sees >= 10 % of the backlog in the group's committed \
-             offsets to the first that sees all of it (start-up, group join and restore excluded). \
-             With transactions, committed offsets become visible with the outputs."
-                .to_owned(),
+            format!(
+                "orders/s: the variant's process is started on the full backlog; the clock runs \
+                 from the first probe (every 100 ms) that sees >= 10 % of the backlog in the \
+                 group's committed offsets to the first that sees all of it (start-up, group join \
+                 and restore excluded). With transactions, committed offsets become visible with \
+                 the outputs. Each variant is timed {} time(s), the variants taking turns with a \
+                 group of their own each time; the row shows the run of median rate (with its RSS \
+                 and CPU), and the ratios are of those runs.",
+                plan.rounds
+            ),
             format!(
                 "p50/p99: a fresh process on an empty input, a 100-order warm-up committed, then \
                  {} valid orders at {}/s; latency = from handing an order to the bench's producer to a \
@@ -204,18 +214,38 @@ fn measure_all(
     let mut sweep_input = None;
     for &partitions in &plan.partitions {
         let input = backlog(plan, programs, partitions)?;
+        let tag = format!("p{partitions}");
+        let mut rounds: Vec<Vec<anyhow::Result<Throughput>>> =
+            variants.iter().map(|_| Vec::new()).collect();
+        for round in 1..=plan.rounds {
+            for (&variant, runs) in variants.iter().zip(&mut rounds) {
+                let tag = format!("{tag}.r{round}");
+                let run = Run::new(variant, &input, partitions, COMMIT_INTERVAL, &tag);
+                runs.push(measure_throughput(programs, &run, plan.backlog));
+            }
+        }
         let mut results = Vec::new();
-        for &variant in variants {
-            let tag = format!("p{partitions}");
-            let result = measure_variant(
-                plan,
-                programs,
-                variant,
-                &input,
-                partitions,
-                COMMIT_INTERVAL,
-                &tag,
-            );
+        let mut per_round = Vec::new();
+        for (&variant, runs) in variants.iter().zip(rounds) {
+            per_round.push(format!(
+                "{} {}",
+                variant.slug(),
+                runs.iter()
+                    .map(|run| run.as_ref().map_or_else(
+                        |_| "failed".to_owned(),
+                        |throughput| stats::whole(throughput.rate)
+                    ))
+                    .collect::<Vec<_>>()
+                    .join(" / ")
+            ));
+            let result = median_run(runs).and_then(|throughput| {
+                let latencies =
+                    measure_latency(plan, programs, variant, partitions, COMMIT_INTERVAL, &tag)?;
+                Ok(Measurement {
+                    throughput,
+                    latencies,
+                })
+            });
             side_by_side.table.row(row(
                 vec![partitions.to_string(), variant.label().to_owned()],
                 &result,
@@ -227,6 +257,13 @@ fn measure_all(
                 ));
             }
             results.push((variant, result.ok()));
+        }
+        if plan.rounds > 1 {
+            side_by_side.notes.push(format!(
+                "{partitions} partition(s), orders/s of the {} rounds: {}",
+                plan.rounds,
+                per_round.join("; ")
+            ));
         }
         side_by_side.notes.push(ratios(partitions, &results));
         if partitions == 1 {
@@ -321,31 +358,74 @@ fn measure_variant(
     tag: &str,
 ) -> anyhow::Result<Measurement> {
     let run = Run::new(variant, input, partitions, interval, tag);
-    let latency_tag = format!("{tag}.latency");
-    let latency_input = format!("{latency_tag}.{}.orders", run.name);
-    let latency_run = Run::new(variant, &latency_input, partitions, interval, &latency_tag);
-    let mut topics = run.outputs();
-    topics.extend(latency_run.outputs());
-    topics.push((latency_input.clone(), partitions));
-    kafka::create_named_topics(&programs.bootstrap, &topics)
-        .context("creating the run's topics")?;
-
-    eprintln!(
-        "[bench] worker: {} on {partitions} partition(s), commit interval {} ms: throughput",
-        variant.label(),
-        interval.as_millis()
-    );
-    let throughput = measure::throughput(programs, &run, plan.backlog)?;
-    eprintln!(
-        "[bench] worker: {}: {:.0} orders/s; latency",
-        variant.label(),
-        throughput.rate.unwrap_or(0.0)
-    );
-    let latencies = measure::latency(programs, &latency_run, plan.pace)?;
+    let throughput = measure_throughput(programs, &run, plan.backlog)?;
+    let latencies = measure_latency(plan, programs, variant, partitions, interval, tag)?;
     Ok(Measurement {
         throughput,
         latencies,
     })
+}
+
+/// `run` started on its input's whole backlog of `backlog` orders.
+fn measure_throughput(programs: &Programs, run: &Run, backlog: u64) -> anyhow::Result<Throughput> {
+    kafka::create_named_topics(&programs.bootstrap, &run.outputs())
+        .context("creating the run's topics")?;
+    eprintln!(
+        "[bench] worker: {} on {} partition(s), commit interval {} ms ({}): throughput",
+        run.variant.label(),
+        run.partitions,
+        run.commit_interval.as_millis(),
+        run.name
+    );
+    let throughput = measure::throughput(programs, run, backlog)?;
+    eprintln!(
+        "[bench] worker: {}: {:.0} orders/s",
+        run.variant.label(),
+        throughput.rate.unwrap_or(0.0)
+    );
+    Ok(throughput)
+}
+
+/// Latencies of `variant` on an input of its own, paced by the plan.
+fn measure_latency(
+    plan: &Plan,
+    programs: &Programs,
+    variant: Variant,
+    partitions: i32,
+    interval: Duration,
+    tag: &str,
+) -> anyhow::Result<Vec<Duration>> {
+    let tag = format!("{tag}.latency");
+    let input = format!("{tag}.{}.orders", variant.slug());
+    let run = Run::new(variant, &input, partitions, interval, &tag);
+    let mut topics = run.outputs();
+    topics.push((input.clone(), partitions));
+    kafka::create_named_topics(&programs.bootstrap, &topics)
+        .context("creating the latency run's topics")?;
+    eprintln!("[bench] worker: {}: latency", variant.label());
+    measure::latency(programs, &run, plan.pace)
+}
+
+/// The run of median rate (of an even count, the lower of the middle two); the first failure when
+/// none succeeded.
+fn median_run(runs: Vec<anyhow::Result<Throughput>>) -> anyhow::Result<Throughput> {
+    let mut measured = Vec::new();
+    let mut first_error = None;
+    for run in runs {
+        match run {
+            Ok(throughput) => measured.push(throughput),
+            Err(error) => {
+                first_error.get_or_insert(error);
+            }
+        }
+    }
+    measured.sort_by(|a, b| a.rate.unwrap_or(0.0).total_cmp(&b.rate.unwrap_or(0.0)));
+    let middle = measured.len().saturating_sub(1) / 2;
+    match (measured.into_iter().nth(middle), first_error) {
+        (Some(median), _) => Ok(median),
+        (None, Some(error)) => Err(error),
+        (None, None) => anyhow::bail!("no throughput run"),
+    }
 }
 
 /// A table of `leading` columns, then what [`row`] fills in.

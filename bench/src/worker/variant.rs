@@ -37,7 +37,8 @@ impl Variant {
         }
     }
 
-    fn slug(self) -> &'static str {
+    /// Its name in topics, groups and logs.
+    pub fn slug(self) -> &'static str {
         match self {
             Variant::ExactlyOnce => "eos",
             Variant::AtLeastOnce => "alo",
