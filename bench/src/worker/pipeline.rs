@@ -39,9 +39,9 @@ pub fn measure(
 ) -> anyhow::Result<Section> {
     let webhook = Webhook::start(handle)?;
     warm_up(plan, programs, &webhook);
-    let input = Pipeline::new("pipe");
-    let expected = input.fill(programs, plan.backlog, 21)?;
-    let mut stages = input.start(programs, &webhook)?;
+    let timed = Pipeline::new("pipe");
+    let expected = timed.fill(programs, plan.backlog, 21)?;
+    let mut stages = timed.start(programs, &webhook)?;
     let mut section = Section {
         title: format!(
             "Worker: whole pipeline validate -> status -> notify ({PARTITIONS} partitions, exactly-once)"
@@ -83,7 +83,7 @@ pub fn measure(
         let (samples, all_delivered) = paced(
             programs,
             &webhook,
-            &input.topic("orders"),
+            &timed.topic("orders"),
             rate,
             plan.paced_seconds,
             index,
