@@ -20,8 +20,10 @@ use tokio_util::sync::CancellationToken;
 
 // glibc's malloc took a fifth of the worker's CPU on the validate benchmark (perf: _int_malloc,
 // unlink_chunk, _int_free, malloc_consolidate): records and their outputs are allocated on one
-// thread and freed on another (driver, partition workers, librdkafka's threads). Built without
-// its transparent-huge-page requests (the workspace's `no_thp` feature): they inflated peak RSS.
+// thread and freed on another (driver, partition workers, librdkafka's threads). It also replaces
+// malloc/free for the C libraries (the workspace's `override` feature): librdkafka copies every
+// produced record into a malloc'd message that its broker thread frees. Built without its
+// transparent-huge-page requests (`no_thp`): they inflated peak RSS.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
