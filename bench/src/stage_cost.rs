@@ -63,7 +63,9 @@ fn handle_all(stage: &Stateful<Validator>, records: &[SourceRecord]) -> anyhow::
             futures::executor::block_on(stage.handle(record, "orders", &mut states, &stop));
         match handling {
             Handling::Done(handled) => emitted += handled.emits.len(),
-            Handling::Interrupted => anyhow::bail!("the validate handler was interrupted"),
+            Handling::Waiting(_) | Handling::Interrupted => {
+                anyhow::bail!("the validate handler did not decide at once, which it always does")
+            }
         }
     }
     Ok(emitted)

@@ -417,6 +417,7 @@ impl<H: StageHandler, K: Sink> Coordinator<H, K> {
             metrics: Arc::clone(&self.metrics),
             refusals: Arc::clone(&self.refusals),
             growth: self.growth.clone(),
+            records_in_flight: self.tuning.records_in_flight,
             committed,
             marker: self.markers.get(&partition).copied(),
         };

@@ -10,7 +10,8 @@
 //!   What the open transaction holds and counts is `transaction`'s bookkeeping; each assigned
 //!   partition's worker, phase and held-back records are a `slot`.
 //! - partition workers (`partition`) handle one partition's records one at a time, in offset
-//!   order, after restoring its per-key state from the [`ChangelogReader`].
+//!   order, after restoring its per-key state from the [`ChangelogReader`]; decisions that wait on
+//!   I/O overlap for records of distinct keys (`in_flight`) and are still reported in order.
 //! - [`growth`]: the worker's side of coordinated partition growth (issue #22): which control
 //!   records are the stage's, which partitions a growth holds, which markers a commit carries.
 //!   Partition workers apply `orderpipe_growth`'s per-record rule; the coordinator holds, pauses
@@ -28,6 +29,7 @@ mod coordinator;
 pub mod driver;
 pub mod growth;
 mod health;
+mod in_flight;
 mod lag;
 #[cfg(test)]
 mod memory;
@@ -61,6 +63,9 @@ pub struct Tuning {
     pub max_records_per_transaction: usize,
     /// Records queued per partition before its fetching is paused.
     pub partition_queue: usize,
+    /// Records of distinct keys a partition worker keeps in flight while their decisions wait on
+    /// I/O (the notify stage's webhook); 1 handles them one at a time.
+    pub records_in_flight: usize,
     /// Bytes of input records queued or in processing, over all partitions, before fetching of the
     /// partition that hits the limit is paused.
     pub max_in_flight_bytes: usize,
@@ -77,6 +82,9 @@ impl Tuning {
             commit_interval,
             max_records_per_transaction: 20_000,
             partition_queue: 10_000,
+            // Enough to keep the cores busy on loopback (docs/benchmarks.md, session 18) and
+            // 8 POSTs per partition against a slow webhook; per-key order holds at any value.
+            records_in_flight: 8,
             max_in_flight_bytes: 32 * 1024 * 1024,
             // Leaves part of the grace period for the commit and leaving the group.
             stop_timeout: shutdown_grace.mul_f64(0.6),

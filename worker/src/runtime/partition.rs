@@ -1,8 +1,10 @@
 //! One partition worker: restores the partition's per-key state, then handles its queued records
-//! one at a time, in offset order, and reports each decision to the coordinator. Sequential per
-//! partition is what keeps per-key order; partitions run in parallel as separate tasks.
+//! one at a time, in offset order, and reports each decision to the coordinator in that order.
+//! Sequential per partition is what keeps per-key order; partitions run in parallel as separate
+//! tasks. Decisions that wait on I/O only (notify's webhook) stay in flight while the worker goes
+//! on with records of other keys (`in_flight`), up to [`super::Tuning::records_in_flight`].
 //! A worker never produces or commits (the coordinator does) and never outlives its incarnation:
-//! on stop it finishes the record in hand and returns, leaving queued records uncommitted.
+//! on stop it finishes the records in hand and returns, leaving queued records uncommitted.
 //!
 //! During a growth of the input (`docs/partition-growth.md`) it judges each record by
 //! `orderpipe_growth::verdict` before the stage sees it: an old partition re-shards its state when
@@ -13,7 +15,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use orderpipe_growth::{ReshardMarker, Verdict, reshard, reshard_due, verdict};
+use orderpipe_growth::{GrowthView, ReshardMarker, Verdict, reshard, reshard_due, verdict};
 use orderpipe_orders::DeadLetterReason;
 use orderpipe_orders::dead_letter::{self, DeadLetterCopy};
 use tokio::sync::{mpsc, watch};
@@ -23,6 +25,7 @@ use tracing::Instrument;
 use super::ChangelogReader;
 use super::budget::BytePermit;
 use super::growth::{View, is_resharded};
+use super::in_flight::{Finished, InFlight};
 use super::refusals::{Escape, Position, Refusals};
 use crate::error::{RestoreFailure, WorkerError};
 use crate::metrics::Metrics;
@@ -169,6 +172,8 @@ pub(crate) struct PartitionWorker<H: StageHandler> {
     pub refusals: Arc<Refusals>,
     /// The view of the input's latest growth, as the control topic says.
     pub growth: watch::Receiver<View>,
+    /// See [`super::Tuning::records_in_flight`].
+    pub records_in_flight: usize,
     /// The partition's committed offset (`None`: nothing committed) and re-shard marker.
     pub committed: Option<i64>,
     pub marker: Option<ReshardMarker>,
@@ -219,23 +224,49 @@ impl<H: StageHandler> PartitionWorker<H> {
         };
         // Cleared once the view's sender is gone (shutting down): nothing more to wait for.
         let mut watching = true;
+        let mut in_flight = InFlight::new(self.records_in_flight);
         loop {
             let work = tokio::select! {
-                // Stop wins over a waiting record: queued records stay uncommitted for the next owner.
+                // Stop wins over a waiting record: queued records stay uncommitted for the next
+                // owner. What is in flight finishes and is reported, as the record in hand did
+                // before there were several (a webhook's retry wait gives up at once).
                 biased;
-                () = self.stop.cancelled() => return,
+                () = self.stop.cancelled() => {
+                    self.report_until(&mut in_flight, &mut states, &mut progress, InFlight::is_empty)
+                        .await;
+                    return;
+                }
                 changed = self.growth.changed(), if watching => {
                     watching = changed.is_ok();
                     None
                 }
-                next = queue.recv() => match next {
+                Some(finished) = in_flight.next(), if !in_flight.is_empty() => {
+                    if !self.report(finished, &mut states, &mut progress).await {
+                        return;
+                    }
+                    report_state_size(&states);
+                    continue;
+                }
+                next = queue.recv(), if in_flight.has_room() => match next {
                     Some(work) => Some(work),
                     None => return,
                 },
             };
             let queued = match work {
                 Some(Work::Record(queued)) => queued,
+                // Both say "every record below is processed": true once nothing is in flight.
                 Some(Work::FetchedTo(offset)) => {
+                    if !self
+                        .report_until(
+                            &mut in_flight,
+                            &mut states,
+                            &mut progress,
+                            InFlight::is_empty,
+                        )
+                        .await
+                    {
+                        return;
+                    }
                     progress.next_offset = progress.next_offset.max(offset);
                     if !self.reshard_if_due(&mut states, &mut progress).await {
                         return;
@@ -245,6 +276,17 @@ impl<H: StageHandler> PartitionWorker<H> {
                 }
                 // The view changed: an idle old partition may be past the barrier already.
                 None => {
+                    if !self
+                        .report_until(
+                            &mut in_flight,
+                            &mut states,
+                            &mut progress,
+                            InFlight::is_empty,
+                        )
+                        .await
+                    {
+                        return;
+                    }
                     if !self.reshard_if_due(&mut states, &mut progress).await {
                         return;
                     }
@@ -252,6 +294,30 @@ impl<H: StageHandler> PartitionWorker<H> {
                     continue;
                 }
             };
+            // A record is handled alongside those in flight only if its key is not among them
+            // and the growth rule would simply process it; otherwise the records in flight are
+            // reported first, so per-key order and the growth rule see one record in hand.
+            if !in_flight.is_empty() {
+                let key = queued.record.key.as_deref();
+                let reported = if self.may_overlap(&queued.record, &progress) {
+                    self.report_until(&mut in_flight, &mut states, &mut progress, |in_flight| {
+                        !in_flight.holds(key)
+                    })
+                    .await
+                } else {
+                    self.report_until(
+                        &mut in_flight,
+                        &mut states,
+                        &mut progress,
+                        InFlight::is_empty,
+                    )
+                    .await
+                };
+                if !reported {
+                    return;
+                }
+                report_state_size(&states);
+            }
             let offset = queued.record.offset;
             match self.judge(&queued.record, &mut states, &mut progress).await {
                 Judged::Process => {}
@@ -312,34 +378,114 @@ impl<H: StageHandler> PartitionWorker<H> {
                     return;
                 }
             };
-            self.metrics.observe_processing(started.elapsed());
-            self.metrics
-                .observe_pipeline_latency(chrono::Utc::now() - queued.record.timestamp);
-            report_state_size(&states);
-            let handled = match handling {
-                Handling::Done(handled) => handled,
-                Handling::Interrupted => return,
-            };
-            let done = Report::Done(Completed {
-                partition: self.partition,
-                incarnation: self.incarnation,
-                offset: queued.record.offset,
-                timestamp: queued.record.timestamp,
-                handled,
+            let timestamp = queued.record.timestamp;
+            let permit = queued.permit;
+            let finished = move |handled| Finished {
+                offset,
+                timestamp,
                 isolate,
-                _permit: queued.permit,
-            });
-            if self.reports.send(done).await.is_err() {
-                return;
-            }
-            progress.next_offset = offset + 1;
-            // Past the barrier with a record of a key that stays: re-shard now, not at the next
-            // moved key (which may never come).
-            if !self.reshard_if_due(&mut states, &mut progress).await {
-                return;
+                permit,
+                took: started.elapsed(),
+                handled,
+            };
+            match handling {
+                Handling::Waiting(decision) => in_flight.push(
+                    queued.record.key,
+                    Box::pin(async move { finished(decision.await) }),
+                ),
+                Handling::Done(handled) if in_flight.is_empty() => {
+                    if !self
+                        .report(finished(Some(handled)), &mut states, &mut progress)
+                        .await
+                    {
+                        return;
+                    }
+                }
+                // Its turn to be reported comes after the records in flight.
+                Handling::Done(handled) => {
+                    let finished = finished(Some(handled));
+                    in_flight.push(None, Box::pin(std::future::ready(finished)));
+                }
+                Handling::Interrupted => {
+                    self.report_until(
+                        &mut in_flight,
+                        &mut states,
+                        &mut progress,
+                        InFlight::is_empty,
+                    )
+                    .await;
+                    return;
+                }
             }
             report_state_size(&states);
         }
+    }
+
+    /// Whether `record` may be handled while others are in flight, as far as the growth rule goes:
+    /// under a settled view (no growth, or the latest released) it would just be processed here.
+    fn may_overlap(&self, record: &SourceRecord, progress: &Progress) -> bool {
+        let view = self.growth.borrow();
+        let settled = view.as_ref().is_none_or(GrowthView::is_released);
+        settled
+            && verdict(
+                view.as_ref(),
+                self.partition,
+                record.offset,
+                record.key.as_deref(),
+                is_resharded(view.as_ref(), progress.marker),
+            ) == Verdict::Process
+    }
+
+    /// Reports the records in flight, oldest first, until `enough` says so (or none is left);
+    /// false when the worker must stop.
+    async fn report_until(
+        &self,
+        in_flight: &mut InFlight,
+        states: &mut KeyStates<H::State>,
+        progress: &mut Progress,
+        enough: impl Fn(&InFlight) -> bool,
+    ) -> bool {
+        while !enough(in_flight) {
+            let Some(finished) = in_flight.next().await else {
+                break;
+            };
+            if !self.report(finished, states, progress).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Reports one finished record to the coordinator, then re-shards if that made it due; false
+    /// when the worker must stop (interrupted, or the coordinator is gone).
+    async fn report(
+        &self,
+        finished: Finished,
+        states: &mut KeyStates<H::State>,
+        progress: &mut Progress,
+    ) -> bool {
+        self.metrics.observe_processing(finished.took);
+        self.metrics
+            .observe_pipeline_latency(chrono::Utc::now() - finished.timestamp);
+        let Some(handled) = finished.handled else {
+            return false;
+        };
+        let done = Report::Done(Completed {
+            partition: self.partition,
+            incarnation: self.incarnation,
+            offset: finished.offset,
+            timestamp: finished.timestamp,
+            handled,
+            isolate: finished.isolate,
+            _permit: finished.permit,
+        });
+        if self.reports.send(done).await.is_err() {
+            return false;
+        }
+        progress.next_offset = finished.offset + 1;
+        // Past the barrier with a record of a key that stays: re-shard now, not at the next
+        // moved key (which may never come).
+        self.reshard_if_due(states, progress).await
     }
 
     /// Applies the growth rule to `record` (re-sharding first where it says so) until the record

@@ -1,6 +1,7 @@
 //! The stages as the runtime drives them: one [`StageHandler`] per built-in processor, wrapping the
 //! pure decisions of `orderpipe-orders`. A handler turns one input record (plus the partition's
-//! per-key state) into the records to produce; only the notify stage does I/O (its webhook).
+//! per-key state) into the records to produce; only the notify stage does I/O (its webhook), and
+//! hands that part back as a [`Decision`] still waiting.
 //! This module must not touch Kafka, offsets or transactions.
 
 pub mod fault;
@@ -8,7 +9,8 @@ pub mod notify;
 pub mod webhook;
 
 use std::collections::HashMap;
-use std::future::Future;
+use std::future::{Future, IntoFuture};
+use std::pin::Pin;
 
 use chrono::{DateTime, TimeDelta, Utc};
 
@@ -166,13 +168,43 @@ impl Handled {
 #[derive(Debug)]
 pub enum Handling {
     Done(Handled),
+    /// The decision waits on I/O only and needs nothing more of the partition or its state (the
+    /// notify stage's webhook): the partition worker takes later records of other keys meanwhile
+    /// and still reports every record in offset order (`runtime::in_flight`).
+    Waiting(Decision),
     /// Stopped (revocation, shutdown) before a decision; the record stays uncommitted and is
     /// processed again by whoever owns the partition next.
     Interrupted,
 }
 
+/// A decision still waiting on I/O; it resolves to `None` if stopped first, like
+/// [`Handling::Interrupted`].
+pub struct Decision(Pin<Box<dyn Future<Output = Option<Handled>> + Send>>);
+
+impl Decision {
+    pub fn new(decision: impl Future<Output = Option<Handled>> + Send + 'static) -> Self {
+        Self(Box::pin(decision))
+    }
+}
+
+impl IntoFuture for Decision {
+    type Output = Option<Handled>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Option<Handled>> + Send>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        self.0
+    }
+}
+
+impl std::fmt::Debug for Decision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Decision(waiting)")
+    }
+}
+
 /// One stage of the pipeline, as the partition workers call it. Records of one partition are
-/// handled one at a time, in offset order.
+/// handed to it one at a time, in offset order; only decisions that wait on I/O
+/// ([`Handling::Waiting`]) overlap, and never two of one key.
 pub trait StageHandler: Send + Sync + 'static {
     /// Per-key state restored from the changelog; `()` for stateless stages.
     type State: Send + 'static;

@@ -1,5 +1,6 @@
 //! The notify stage: plan a notification (pure), POST it, and retry transient failures with the
-//! pure policy's backoff, blocking only this record's partition. The audit record (and, after a
+//! pure policy's backoff, blocking only this order's later notifications (the POST is a
+//! [`Decision`] the partition worker keeps in flight while it goes on with other orders). The audit record (and, after a
 //! permanent failure or exhausted retries, the dead letter) is produced in the transaction that
 //! commits the offset; a crash before that commit repeats the POST with the same idempotency key.
 //! This module must not touch Kafka; it must not sleep past a stop request.
@@ -14,7 +15,7 @@ use orderpipe_orders::{Stage, StateDecodeError};
 use tokio_util::sync::CancellationToken;
 
 use super::webhook::Webhook;
-use super::{Handled, Handling, KeyStates, Outcome, StageHandler};
+use super::{Decision, Handled, Handling, KeyStates, Outcome, StageHandler};
 use crate::metrics::Metrics;
 use crate::record::SourceRecord;
 
@@ -35,25 +36,38 @@ pub fn policy(config: &NotifyConfig) -> NotifyPolicy {
 /// The notify stage over a [`Webhook`].
 #[derive(Debug)]
 pub struct NotifyStage<W> {
-    notifier: Notifier,
-    webhook: W,
-    metrics: Arc<Metrics>,
+    /// Shared with the dispatches in flight, which outlive the call that started them.
+    dispatcher: Arc<Dispatcher<W>>,
 }
 
 impl<W: Webhook> NotifyStage<W> {
     pub fn new(policy: NotifyPolicy, webhook: W, metrics: Arc<Metrics>) -> Self {
         Self {
-            notifier: Notifier::new(policy),
-            webhook,
-            metrics,
+            dispatcher: Arc::new(Dispatcher {
+                notifier: Notifier::new(policy),
+                webhook,
+                metrics,
+            }),
         }
     }
+}
 
+/// POSTs planned notifications, with retries.
+#[derive(Debug)]
+struct Dispatcher<W> {
+    notifier: Notifier,
+    webhook: W,
+    metrics: Arc<Metrics>,
+}
+
+impl<W: Webhook> Dispatcher<W> {
+    /// The handled record once the webhook took the notification or the policy gave up; `None`
+    /// if stopped during a retry wait.
     async fn dispatch(
         &self,
         dispatch: &orderpipe_orders::notify::Dispatch,
         stop: &CancellationToken,
-    ) -> Handling {
+    ) -> Option<Handled> {
         let mut attempt: u32 = 1;
         loop {
             let outcome = self
@@ -70,14 +84,14 @@ impl<W: Webhook> NotifyStage<W> {
             );
             match decision {
                 AttemptDecision::Delivered { audit } => {
-                    return Handling::Done(Handled::emitting(Outcome::PROCESSED, vec![audit]));
+                    return Some(Handled::emitting(Outcome::PROCESSED, vec![audit]));
                 }
                 AttemptDecision::GiveUp {
                     reason,
                     audit,
                     dead_letter,
                 } => {
-                    return Handling::Done(Handled::emitting(
+                    return Some(Handled::emitting(
                         Outcome::dead_lettered(reason),
                         vec![audit, dead_letter],
                     ));
@@ -92,7 +106,7 @@ impl<W: Webhook> NotifyStage<W> {
                     );
                     tokio::select! {
                         () = tokio::time::sleep(after) => {}
-                        () = stop.cancelled() => return Handling::Interrupted,
+                        () = stop.cancelled() => return None,
                     }
                     attempt = attempt.saturating_add(1);
                 }
@@ -140,7 +154,7 @@ impl<W: Webhook> StageHandler for NotifyStage<W> {
         _states: &'a mut KeyStates<()>,
         stop: &'a CancellationToken,
     ) -> Handling {
-        match self.notifier.plan(&record.as_input(topic)) {
+        match self.dispatcher.notifier.plan(&record.as_input(topic)) {
             NotifyPlan::Skip { .. } => {
                 Handling::Done(Handled::emitting(Outcome::IGNORED, Vec::new()))
             }
@@ -151,7 +165,15 @@ impl<W: Webhook> StageHandler for NotifyStage<W> {
                 Outcome::dead_lettered(reason),
                 vec![dead_letter],
             )),
-            NotifyPlan::Dispatch(dispatch) => self.dispatch(&dispatch, stop).await,
+            // The POST (and its retries) need nothing of the partition: records of other
+            // orders go on meanwhile.
+            NotifyPlan::Dispatch(dispatch) => {
+                let dispatcher = Arc::clone(&self.dispatcher);
+                let stop = stop.clone();
+                Handling::Waiting(Decision::new(async move {
+                    dispatcher.dispatch(&dispatch, &stop).await
+                }))
+            }
         }
     }
 }

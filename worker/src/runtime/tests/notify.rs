@@ -1,6 +1,6 @@
 //! The notify stage: transient webhook failures are retried, permanent and exhausted ones
 //! dead-lettered, each attempt audited once; a partition waiting on its webhook does not hold back
-//! the others.
+//! the others, and one waiting order does not hold back the other orders of its partition.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -267,4 +267,66 @@ fn a_partition_blocked_by_retries_does_not_hold_back_the_others() {
         broker.state().outputs_to("notifications.audit").count(),
         orders.len()
     );
+}
+
+#[test]
+fn a_partition_posts_for_other_orders_while_one_waits_and_each_orders_notifications_keep_their_order()
+ {
+    let gate = CancellationToken::new();
+    let webhook = Arc::new(ScriptedWebhook {
+        gate: Some(("ord-a:1:webhook".to_owned(), gate.clone())),
+        ..ScriptedWebhook::default()
+    });
+    // One partition: offsets 0 to 4.
+    let broker = Broker::with_input(
+        1,
+        [
+            changed("ord-a", OrderState::Validated, 1),
+            changed("ord-b", OrderState::Validated, 1),
+            changed("ord-c", OrderState::Validated, 1),
+            changed("ord-a", OrderState::Shipped, 2),
+            changed("ord-d", OrderState::Validated, 1),
+        ],
+    );
+    let running = stage(&webhook).start(&broker);
+    let deadline = std::time::Instant::now() + WAIT;
+    while !(webhook.calls_for("ord-b:1:webhook") == 1 && webhook.calls_for("ord-c:1:webhook") == 1)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for the POSTs of ord-b and ord-c while ord-a's waits: {:?}",
+            webhook.calls.lock().expect("calls")
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(
+        webhook.calls_for("ord-a:2:webhook"),
+        0,
+        "ord-a's second notification went out before its first was answered"
+    );
+    assert_eq!(
+        broker.state().committed.get(&0).copied().unwrap_or(0),
+        0,
+        "offsets after the unanswered record were committed"
+    );
+
+    gate.cancel();
+    broker.wait_until(
+        "everything committed once the webhook answers",
+        WAIT,
+        BrokerState::all_committed,
+    );
+    running.stop().expect("clean shutdown");
+    let calls = webhook.calls.lock().expect("calls").clone();
+    let position = |key: &str| calls.iter().position(|call| call == key);
+    assert!(
+        position("ord-a:1:webhook") < position("ord-a:2:webhook"),
+        "{calls:?}"
+    );
+    let audited_offsets: Vec<i64> = broker
+        .state()
+        .outputs_to("notifications.audit")
+        .map(|audit| audit.from.offset)
+        .collect();
+    assert_eq!(audited_offsets, [0, 1, 2, 3, 4], "audits in offset order");
 }
