@@ -61,6 +61,7 @@ impl Plan {
                     backlog: 20_000,
                     warm_up: 5_000,
                     paced_seconds: 3,
+                    slow_webhook_backlog: 2_000,
                 },
             }
         } else {
@@ -78,6 +79,7 @@ impl Plan {
                     backlog: 1_000_000,
                     warm_up: 200_000,
                     paced_seconds: 20,
+                    slow_webhook_backlog: 20_000,
                 },
             }
         }

@@ -1,7 +1,8 @@
 //! The whole pipeline validate -> status -> notify, one exactly-once worker process per stage and
 //! a webhook receiver in the bench: how fast a backlog drains, and which paced rates it keeps up
-//! with (every order delivered within [`KEPT_UP_WITHIN`] of being produced). Must not render
-//! anything but its own section.
+//! with (every order delivered within [`KEPT_UP_WITHIN`] of being produced), and how fast a smaller
+//! backlog drains when the webhook takes [`SLOW_ANSWER`] to answer. Must not render anything but
+//! its own section.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -22,6 +23,8 @@ use crate::report::{Section, Table};
 const KEPT_UP_WITHIN: Duration = Duration::from_secs(5);
 const PARTITIONS: i32 = 4;
 const STAGES: [&str; 3] = ["validate", "status", "notify"];
+/// The answer time of the slow webhook row: a shop's endpoint across a network, doing some work.
+const SLOW_ANSWER: Duration = Duration::from_millis(20);
 
 /// Sizes of the pipeline runs.
 #[derive(Debug, Clone, Copy)]
@@ -30,6 +33,8 @@ pub struct PipelinePlan {
     /// Orders drained untimed first, by a pipeline of their own ([`warm_up`]).
     pub warm_up: u64,
     pub paced_seconds: u32,
+    /// Orders drained through a pipeline whose webhook answers in [`SLOW_ANSWER`].
+    pub slow_webhook_backlog: u64,
 }
 
 pub fn measure(
@@ -37,7 +42,7 @@ pub fn measure(
     handle: &tokio::runtime::Handle,
     programs: &Programs,
 ) -> anyhow::Result<Section> {
-    let webhook = Webhook::start(handle)?;
+    let webhook = Webhook::start(handle, Duration::ZERO)?;
     warm_up(plan, programs, &webhook);
     let timed = Pipeline::new("pipe");
     let expected = timed.fill(programs, plan.backlog, 21)?;
@@ -113,7 +118,50 @@ pub fn measure(
             |rate| format!("at least {rate} orders/s")
         )
     ));
+    // Its workers stop before the next pipeline's start: they would share the cores.
+    drop(stages);
+    slow_webhook(plan, handle, programs, &mut section)?;
     Ok(section)
+}
+
+/// The backlog row of a pipeline of its own whose webhook answers in [`SLOW_ANSWER`]: what notify
+/// does when the webhook, not the CPU, is what it waits on.
+fn slow_webhook(
+    plan: PipelinePlan,
+    handle: &tokio::runtime::Handle,
+    programs: &Programs,
+    section: &mut Section,
+) -> anyhow::Result<()> {
+    let webhook = Webhook::start(handle, SLOW_ANSWER)?;
+    let slow = Pipeline::new("slow-webhook.pipe");
+    let expected = slow.fill(programs, plan.slow_webhook_backlog, 25)?;
+    let mut stages = slow.start(programs, &webhook)?;
+    let drain = drain(&mut stages, &webhook, plan.slow_webhook_backlog, expected)?;
+    section.table.row(vec![
+        format!(
+            "backlog of {} orders, webhook answering in {} ms",
+            plan.slow_webhook_backlog,
+            SLOW_ANSWER.as_millis()
+        ),
+        stats::whole(stats::rate(plan.slow_webhook_backlog, drain.total)),
+        "-".into(),
+        "-".into(),
+        "-".into(),
+        "-".into(),
+    ]);
+    let one_at_a_time = f64::from(PARTITIONS) / SLOW_ANSWER.as_secs_f64();
+    section.notes.push(format!(
+        "Slow webhook: a pipeline of its own, its webhook answering each POST {} ms after it \
+         arrived, drained {} orders ({expected} valid) in {:.1} s. Handling one record at a time \
+         per partition would cap notify at {one_at_a_time:.0} notifications/s here ({PARTITIONS} \
+         partitions / {} ms). Per stage over the drain: {}.",
+        SLOW_ANSWER.as_millis(),
+        plan.slow_webhook_backlog,
+        drain.total.as_secs_f64(),
+        SLOW_ANSWER.as_millis(),
+        drain.per_stage.join("; ")
+    ));
+    Ok(())
 }
 
 /// Drains a small backlog through a pipeline of its own, untimed, so that the timed drain does not

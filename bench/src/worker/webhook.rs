@@ -1,12 +1,13 @@
-//! The shop's webhook endpoint for the pipeline benchmark: answers every notification 200 at once,
-//! counts deliveries, and notes when each order's first delivery arrived while asked to. Must not
-//! fail requests: the benchmark measures the pipeline, not its retries.
+//! The shop's webhook endpoint for the pipeline benchmark: answers every notification 200, at once
+//! or after a set time (a real endpoint's answer time), counts deliveries, and notes when each
+//! order's first delivery arrived while asked to. Must not fail requests: the benchmark measures
+//! the pipeline, not its retries.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use axum::Router;
@@ -17,6 +18,8 @@ use orderpipe_orders::headers::IDEMPOTENCY_KEY;
 
 #[derive(Debug, Default)]
 struct Received {
+    /// How long each request waits for its answer.
+    answer_after: Duration,
     deliveries: AtomicU64,
     /// First arrival per orderId, while recording.
     arrivals: Mutex<Option<HashMap<String, Instant>>>,
@@ -30,11 +33,15 @@ pub struct Webhook {
 }
 
 impl Webhook {
-    pub fn start(runtime: &tokio::runtime::Handle) -> anyhow::Result<Self> {
+    /// A receiver answering each request `answer_after` it arrived.
+    pub fn start(runtime: &tokio::runtime::Handle, answer_after: Duration) -> anyhow::Result<Self> {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").context("webhook port")?;
         let addr: SocketAddr = listener.local_addr()?;
         listener.set_nonblocking(true)?;
-        let received = Arc::new(Received::default());
+        let received = Arc::new(Received {
+            answer_after,
+            ..Received::default()
+        });
         let app = Router::new()
             .route("/hook", post(receive))
             .with_state(Arc::clone(&received));
@@ -87,6 +94,9 @@ async fn receive(State(received): State<Arc<Received>>, headers: HeaderMap) -> S
         && let Some(arrivals) = arrivals.as_mut()
     {
         arrivals.entry(order_id.to_owned()).or_insert(now);
+    }
+    if !received.answer_after.is_zero() {
+        tokio::time::sleep(received.answer_after).await;
     }
     StatusCode::OK
 }
