@@ -2,7 +2,7 @@
 //! consume -> produce copy with no processing, in its own process so its RSS and CPU are its own:
 //! every record's key and bytes go to the output unchanged; every commit interval the producer is
 //! flushed and the consumed offsets are committed (at-least-once). Consumer and producer use the
-//! worker's client settings (read_committed, idempotent producer, acks=all, zstd), so the
+//! worker's client settings (read_committed, idempotent producer, acks=all, lz4), so the
 //! difference to the worker is the worker's own work. Runs until killed.
 
 use std::collections::HashMap;

@@ -70,7 +70,7 @@ pub fn stage_consumer(config: &WorkerConfig) -> ClientConfig {
         .set("fetch.max.bytes", "16777216")
         // What one fetch brings per partition, compressed. librdkafka keeps each decompressed
         // batch until its last record is taken: at the 1 MiB default, 8 partitions held 44 MiB of
-        // decompressed zstd batches at the peak (heaptrack).
+        // decompressed batches at the peak (heaptrack, when the producers used zstd).
         .set("max.partition.fetch.bytes", "262144")
         // Statistics carry each partition's high watermark for the lag gauge.
         .set("statistics.interval.ms", "5000")
@@ -106,7 +106,10 @@ pub fn idempotent_producer(kafka: &KafkaConnection, client_id: &str) -> ClientCo
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "5")
-        .set("compression.type", "zstd")
+        // lz4, not zstd: on the whole pipeline zstd's compression was 15 % of the validate
+        // worker's CPU, and the cores, not the network, are what an order pipeline runs out of
+        // (docs/benchmarks.md, session 18). JSON orders still shrink about 2x.
+        .set("compression.type", "lz4")
         // Same key -> same partition as the Java clients (Kafka Streams, Connect) compute it.
         .set("partitioner", "murmur2_random")
         // The producer's share of the flat memory bound.
