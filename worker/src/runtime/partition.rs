@@ -232,8 +232,7 @@ impl<H: StageHandler> PartitionWorker<H> {
                 // before there were several (a webhook's retry wait gives up at once).
                 biased;
                 () = self.stop.cancelled() => {
-                    self.report_until(&mut in_flight, &mut states, &mut progress, InFlight::is_empty)
-                        .await;
+                    self.report_all(&mut in_flight, &mut states, &mut progress).await;
                     return;
                 }
                 changed = self.growth.changed(), if watching => {
@@ -254,38 +253,18 @@ impl<H: StageHandler> PartitionWorker<H> {
             };
             let queued = match work {
                 Some(Work::Record(queued)) => queued,
-                // Both say "every record below is processed": true once nothing is in flight.
-                Some(Work::FetchedTo(offset)) => {
+                // Polling got this far, or the view changed (an idle old partition may be past the
+                // barrier already). Both are about every record below being processed: true once
+                // nothing is in flight.
+                idle => {
                     if !self
-                        .report_until(
-                            &mut in_flight,
-                            &mut states,
-                            &mut progress,
-                            InFlight::is_empty,
-                        )
+                        .report_all(&mut in_flight, &mut states, &mut progress)
                         .await
                     {
                         return;
                     }
-                    progress.next_offset = progress.next_offset.max(offset);
-                    if !self.reshard_if_due(&mut states, &mut progress).await {
-                        return;
-                    }
-                    report_state_size(&states);
-                    continue;
-                }
-                // The view changed: an idle old partition may be past the barrier already.
-                None => {
-                    if !self
-                        .report_until(
-                            &mut in_flight,
-                            &mut states,
-                            &mut progress,
-                            InFlight::is_empty,
-                        )
-                        .await
-                    {
-                        return;
+                    if let Some(Work::FetchedTo(offset)) = idle {
+                        progress.next_offset = progress.next_offset.max(offset);
                     }
                     if !self.reshard_if_due(&mut states, &mut progress).await {
                         return;
@@ -305,13 +284,8 @@ impl<H: StageHandler> PartitionWorker<H> {
                     })
                     .await
                 } else {
-                    self.report_until(
-                        &mut in_flight,
-                        &mut states,
-                        &mut progress,
-                        InFlight::is_empty,
-                    )
-                    .await
+                    self.report_all(&mut in_flight, &mut states, &mut progress)
+                        .await
                 };
                 if !reported {
                     return;
@@ -407,13 +381,8 @@ impl<H: StageHandler> PartitionWorker<H> {
                     in_flight.push(None, Box::pin(std::future::ready(finished)));
                 }
                 Handling::Interrupted => {
-                    self.report_until(
-                        &mut in_flight,
-                        &mut states,
-                        &mut progress,
-                        InFlight::is_empty,
-                    )
-                    .await;
+                    self.report_all(&mut in_flight, &mut states, &mut progress)
+                        .await;
                     return;
                 }
             }
@@ -434,6 +403,17 @@ impl<H: StageHandler> PartitionWorker<H> {
                 record.key.as_deref(),
                 is_resharded(view.as_ref(), progress.marker),
             ) == Verdict::Process
+    }
+
+    /// Reports every record in flight, oldest first; false when the worker must stop.
+    async fn report_all(
+        &self,
+        in_flight: &mut InFlight,
+        states: &mut KeyStates<H::State>,
+        progress: &mut Progress,
+    ) -> bool {
+        self.report_until(in_flight, states, progress, InFlight::is_empty)
+            .await
     }
 
     /// Reports the records in flight, oldest first, until `enough` says so (or none is left);
