@@ -36,6 +36,11 @@ use crate::stage::StageHandler;
 
 /// How long a group call (committed offsets, seek) may take.
 const GROUP_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Records taken from the partition queues before the consumer's own queue (rebalance callbacks,
+/// errors, statistics) is served again; it is also served whenever the partition queues are empty.
+/// Serving it costs a lock and several clock reads, about as much as taking a record, and it
+/// almost never holds anything (docs/benchmarks.md, session 19).
+const RECORDS_PER_MAIN_QUEUE_SERVE: u32 = 64;
 
 /// Callbacks of the stage consumer.
 pub struct StageContext<H: StageHandler, K: Sink<Group = dyn GroupCommit>> {
@@ -235,6 +240,8 @@ pub struct KafkaSource<C: SplitsPartitions> {
     /// with the split partition queues, which the context keeps.
     consumer: Option<Arc<BaseConsumer<C>>>,
     topic: String,
+    /// Records taken since the consumer's own queue was last served.
+    taken_since_main_queue: u32,
 }
 
 impl<C: SplitsPartitions> std::fmt::Debug for KafkaSource<C> {
@@ -257,6 +264,7 @@ impl<C: SplitsPartitions> KafkaSource<C> {
         Ok(Self {
             consumer: Some(consumer),
             topic: topic.to_owned(),
+            taken_since_main_queue: 0,
         })
     }
 
@@ -312,22 +320,34 @@ fn taken(polled: KafkaResult<BorrowedMessage<'_>>) -> Result<SourceRecord, Broke
 impl<C: SplitsPartitions + 'static> Source for KafkaSource<C> {
     type Group = dyn GroupCommit;
 
-    /// Serves the consumer's own queue (rebalance callbacks run here), then takes the next record
-    /// of a partition not held, waiting up to `timeout` for anything to arrive.
+    /// Takes the next record of a partition not held, serving the consumer's own queue (rebalance
+    /// callbacks run there) every [`RECORDS_PER_MAIN_QUEUE_SERVE`] records and whenever the
+    /// partition queues are empty; waits up to `timeout` for anything to arrive.
     fn poll(&mut self, timeout: Duration) -> Option<Result<SourceRecord, BrokerError>> {
         let consumer = self.consumer.as_ref()?;
         let queues = consumer.context().partition_queues();
-        let deadline = Instant::now() + timeout;
+        let mut deadline = None;
         loop {
             let seen = queues.arrivals().seen();
+            let main_queue_due = self.taken_since_main_queue >= RECORDS_PER_MAIN_QUEUE_SERVE;
+            if !main_queue_due && let Some(polled) = queues.poll(taken) {
+                self.taken_since_main_queue += 1;
+                return Some(polled);
+            }
+            self.taken_since_main_queue = 0;
             // Records only before a partition's queue is split, which happens before its fetching
             // starts; errors and callbacks always.
             if let Some(polled) = consumer.poll(Duration::ZERO) {
                 return Some(taken(polled));
             }
-            if let Some(polled) = queues.poll(taken) {
-                return Some(polled);
+            if main_queue_due {
+                // The partition queues were skipped for it: look at them before waiting.
+                continue;
             }
+            if timeout.is_zero() {
+                return None;
+            }
+            let deadline = *deadline.get_or_insert_with(|| Instant::now() + timeout);
             if Instant::now() >= deadline {
                 return None;
             }
