@@ -178,6 +178,11 @@ bench: e2e-tools bench-tools ## Benchmarks on a local stack (release builds), si
 	$(CARGO) build --release -p orderpipe-worker -p orderpipe-operator -p orderpipe-bench
 	$(or $(CARGO_TARGET_DIR),target)/release/orderpipe-bench $(BENCH_FLAGS)
 
+.PHONY: profile
+profile: e2e-tools ## Flame graph of every CPU while the pipeline benchmark drains (needs perf), into docs/profiles/
+	$(CARGO) build --release -p orderpipe-worker -p orderpipe-bench
+	tools/profile/pipeline.sh
+
 .PHONY: api-test
 api-test: e2e-tools postman-tools ## Postman (newman) tests of the operator's probes and the intake gateway's API on a local stack
 	$(CARGO) build -q -p orderpipe-operator -p orderpipe-worker
