@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Profiles the whole machine while the benchmark's three-stage pipeline drains its backlog
 # (`make profile`), and draws the flame graph docs/benchmarks.md shows:
-#   1. runs `orderpipe-bench --only pipeline` (release build) on its private broker;
+#   1. runs `orderpipe-bench PROFILE_BENCH_FLAGS` (release build; `--only pipeline` unless set) on
+#      its private broker, which writes its report where `make bench` does
+#      (bench/results/latest.md); `--only worker` drains the pipeline after the side-by-side runs,
+#      as the report does, when the broker no longer spends a tenth of the machine compiling;
 #   2. once the timed drain has started (the first "of N delivered" after the timed backlog is
 #      produced), notes which process is which (validate, status, notify, broker, bench) and
 #      samples every CPU with call stacks (`perf record -a --call-graph dwarf`) for
@@ -16,8 +19,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 
 INFERNO_VERSION=0.12.3
 seconds="${PROFILE_SECONDS:-10}"
+read -r -a bench_flags <<<"${PROFILE_BENCH_FLAGS:---only pipeline}"
 out="${PROFILE_OUT:-docs/profiles/pipeline-drain.svg}"
 target="${CARGO_TARGET_DIR:-target}"
+report=bench/results/latest.md
 tools="${ORDERPIPE_CACHE:-${HOME}/.cache/orderpipe}/tools/inferno-${INFERNO_VERSION}"
 work="$(mktemp -d "${TMPDIR:-/tmp}/orderpipe-profile.XXXXXX")"
 step() { printf '[profile] %s\n' "$*" >&2; }
@@ -32,7 +37,7 @@ if [[ ! -x "${tools}/bin/inferno-flamegraph" ]]; then
 fi
 
 step "running the pipeline benchmark (log: ${work}/bench.log)"
-"${target}/release/orderpipe-bench" --only pipeline --out "${work}/report.md" >"${work}/bench.log" 2>&1 &
+"${target}/release/orderpipe-bench" "${bench_flags[@]}" --out "${report}" >"${work}/bench.log" 2>&1 &
 bench=$!
 trap 'kill "${bench}" 2>/dev/null || true' EXIT
 
@@ -65,7 +70,7 @@ perf record -a --call-graph dwarf,8192 -F 99 -o "${work}/perf.data" -- sleep "${
 step "waiting for the benchmark to finish"
 wait "${bench}"
 trap - EXIT
-grep -F 'backlog of 1000000 orders' "${work}/report.md" >&2 || true
+grep -F 'backlog of 1000000 orders' "${report}" >&2 || true
 
 step "folding the stacks"
 mkdir -p "$(dirname "${out}")"
@@ -82,7 +87,7 @@ perf script -F +pid -i "${work}/perf.data" 2>/dev/null |
 		}' "${work}/roles" - >"${folded}"
 "${tools}/bin/inferno-flamegraph" \
 	--title "Whole pipeline draining its backlog, every CPU, ${seconds} s ($(git rev-parse --short HEAD))" \
-	--subtitle "orderpipe-bench --only pipeline; perf record -a --call-graph dwarf -F 99" \
+	--subtitle "orderpipe-bench ${bench_flags[*]}; perf record -a --call-graph dwarf -F 99" \
 	--countname samples --minwidth 1 <"${folded}" >"${out}"
 step "wrote ${out}; share of the samples by process:"
 awk '{ split($1, frames, ";"); n[frames[1]] += $NF; total += $NF }
